@@ -1,0 +1,46 @@
+# Strait. `make test` is what CI runs; see README.md.
+GO        ?= go
+BIN       := bin/strait
+PKGS      := ./...
+PROTOS    := $(shell find controlplane -name '*.proto')
+
+.PHONY: all build test test-long lint fmt generate bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/strait
+
+## test: the suite CI runs (race detector on, real clusters on loopback).
+test:
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## test-long: also the long fuzz smoke and chaos runs.
+test-long:
+	STRAIT_LONG=1 $(GO) test -race -count=1 -timeout 40m $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## generate: recreate the committed protobuf code (needs protoc; see CONTRIBUTING in README).
+generate:
+	protoc --proto_path=. \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		$(PROTOS)
+
+## bench: the benchmarks behind BENCHMARKS.md.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./controlplane/... ./trust/...
+	./scripts/bench-raft.sh
+
+demo: build
+	$(BIN) server --dev
+
+clean:
+	rm -rf bin

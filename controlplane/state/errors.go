@@ -1,0 +1,16 @@
+package state
+
+import "errors"
+
+// Errors returned by Apply. They mean the command was rejected and changed
+// nothing.
+var (
+	// ErrNotFound: the service, instance or token does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the command contradicts the current state.
+	ErrConflict = errors.New("conflict")
+	// ErrTokenInvalid: the token is unknown, expired or used up.
+	ErrTokenInvalid = errors.New("token invalid")
+	// ErrNotBootstrapped: the site has no identity yet.
+	ErrNotBootstrapped = errors.New("site not bootstrapped")
+)

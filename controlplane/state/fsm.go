@@ -1,0 +1,204 @@
+package state
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+)
+
+// FSM adapts a Store to Raft.
+type FSM struct{ *Store }
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+// Result is what Apply returns for each log: the command's output or the
+// reason it was rejected.
+type Result struct {
+	Value any
+	Err   error
+}
+
+// Encode marshals a command for the Raft log.
+func Encode(cmd *statepb.Command) ([]byte, error) {
+	return proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
+}
+
+// Apply implements raft.FSM.
+func (f *FSM) Apply(l *raft.Log) any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applyLog(l)
+}
+
+// ApplyBatch implements raft.BatchingFSM: one lock for a batch of logs.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, l := range logs {
+		out[i] = f.applyLog(l)
+	}
+	return out
+}
+
+func (f *FSM) applyLog(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		if l.Index > f.index {
+			f.index = l.Index
+		}
+		return nil
+	}
+	var cmd statepb.Command
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		// Only our own servers write the log, so this is a bug or a
+		// corrupt store; rejecting the entry keeps replicas identical.
+		return Result{Err: fmt.Errorf("decode command at index %d: %w", l.Index, err)}
+	}
+	v, err := f.applyLocked(l.Index, &cmd)
+	return Result{Value: v, Err: err}
+}
+
+const snapshotVersion = 1
+
+// Snapshot implements raft.FSM. Values are immutable, so copying the maps'
+// pointers under the read lock is a consistent point-in-time view.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	snap := &fsmSnapshot{index: f.index, site: f.site}
+	snap.services = make([]*apipb.Service, 0, len(f.services))
+	snap.instances = make([]*apipb.Instance, 0, f.nInst)
+	for k, svc := range f.services {
+		snap.services = append(snap.services, svc)
+		for _, in := range f.instances[k] {
+			snap.instances = append(snap.instances, in)
+		}
+	}
+	for _, t := range f.tokens {
+		snap.tokens = append(snap.tokens, t)
+	}
+	return snap, nil
+}
+
+type fsmSnapshot struct {
+	index     uint64
+	site      *statepb.Bootstrap
+	services  []*apipb.Service
+	instances []*apipb.Instance
+	tokens    []*statepb.TokenRecord
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.write(sink); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) write(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 256<<10)
+	put := func(m proto.Message) error {
+		_, err := protodelim.MarshalTo(bw, m)
+		return err
+	}
+	if err := put(&statepb.SnapshotHeader{Version: snapshotVersion, Index: s.index}); err != nil {
+		return err
+	}
+	if s.site != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Site{Site: s.site}}); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.services {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Service{Service: v}}); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.instances {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Instance{Instance: v}}); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.tokens {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Token{Token: v}}); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+func (s *fsmSnapshot) Release() {}
+
+// maxSnapshotRecord bounds one record; real ones are a few hundred bytes.
+const maxSnapshotRecord = 4 << 20
+
+// Restore implements raft.FSM: it replaces the whole state, or nothing.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	n := &Store{}
+	n.reset()
+	br := bufio.NewReaderSize(rc, 256<<10)
+	opts := protodelim.UnmarshalOptions{MaxSize: maxSnapshotRecord}
+	var hdr statepb.SnapshotHeader
+	if err := opts.UnmarshalFrom(br, &hdr); err != nil {
+		return fmt.Errorf("restore snapshot: header: %w", err)
+	}
+	if hdr.Version != snapshotVersion {
+		return fmt.Errorf("restore snapshot: version %d, this server reads %d", hdr.Version, snapshotVersion)
+	}
+	for {
+		var rec statepb.SnapshotRecord
+		err := opts.UnmarshalFrom(br, &rec)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("restore snapshot: record: %w", err)
+		}
+		switch r := rec.Record.(type) {
+		case *statepb.SnapshotRecord_Site:
+			n.site = r.Site
+		case *statepb.SnapshotRecord_Service:
+			n.services[ServiceKey{r.Service.Namespace, r.Service.Name}] = r.Service
+		case *statepb.SnapshotRecord_Instance:
+			k := ServiceKey{r.Instance.Namespace, r.Instance.Service}
+			if n.instances[k] == nil {
+				n.instances[k] = make(map[string]*apipb.Instance)
+			}
+			n.instances[k][r.Instance.Id] = r.Instance
+			n.nInst++
+		case *statepb.SnapshotRecord_Token:
+			n.putToken(r.Token)
+		default:
+			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
+		}
+	}
+	for k := range n.services {
+		if n.instances[k] == nil {
+			n.instances[k] = make(map[string]*apipb.Instance)
+		}
+	}
+	for k := range n.instances {
+		if _, ok := n.services[k]; !ok {
+			return fmt.Errorf("restore snapshot: instances of unknown service %s/%s", k.Namespace, k.Name)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.index, f.site = hdr.Index, n.site
+	f.services, f.instances, f.nInst = n.services, n.instances, n.nInst
+	f.tokens, f.byHash = n.tokens, n.byHash
+	f.events.restart(hdr.Index)
+	return nil
+}

@@ -1,0 +1,404 @@
+package state
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+)
+
+// ServiceKey identifies a service.
+type ServiceKey struct{ Namespace, Name string }
+
+// Store holds the state in memory.
+type Store struct {
+	mu        sync.RWMutex
+	index     uint64
+	site      *statepb.Bootstrap
+	services  map[ServiceKey]*apipb.Service
+	instances map[ServiceKey]map[string]*apipb.Instance
+	nInst     int
+	tokens    map[string]*statepb.TokenRecord // by accessor ID
+	byHash    map[[32]byte]string             // secret hash -> accessor ID
+	events    *publisher
+}
+
+// NewStore returns an empty store whose watch buffer keeps the last
+// retain changes for resumption (4096 when zero).
+func NewStore(retain int) *Store {
+	if retain <= 0 {
+		retain = 4096
+	}
+	s := &Store{}
+	s.reset()
+	s.events = newPublisher(retain, 0)
+	return s
+}
+
+func (s *Store) reset() {
+	s.site = nil
+	s.services = make(map[ServiceKey]*apipb.Service)
+	s.instances = make(map[ServiceKey]map[string]*apipb.Instance)
+	s.nInst = 0
+	s.tokens = make(map[string]*statepb.TokenRecord)
+	s.byHash = make(map[[32]byte]string)
+}
+
+// Index is the Raft index of the last applied command.
+func (s *Store) Index() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.index
+}
+
+// Site returns the site's identity, or nil before bootstrap.
+func (s *Store) Site() *statepb.Bootstrap {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.site
+}
+
+// Counts returns the number of services and instances.
+func (s *Store) Counts() (services, instances int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.services), s.nInst
+}
+
+// ServiceSummaries lists services, in one namespace or all, sorted.
+func (s *Store) ServiceSummaries(namespace string) ([]*apipb.ServiceSummary, uint64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*apipb.ServiceSummary
+	for k, svc := range s.services {
+		if namespace != "" && k.Namespace != namespace {
+			continue
+		}
+		sum := &apipb.ServiceSummary{Service: svc}
+		for _, in := range s.instances[k] {
+			sum.Instances++
+			if in.Health == apipb.Health_HEALTH_PASSING {
+				sum.Passing++
+			}
+		}
+		out = append(out, sum)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].Service, out[j].Service
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+	return out, s.index
+}
+
+// Service returns a service and its instances sorted by ID.
+func (s *Store) Service(k ServiceKey, passingOnly bool) (*apipb.Service, []*apipb.Instance, uint64, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	svc, ok := s.services[k]
+	if !ok {
+		return nil, nil, s.index, false
+	}
+	insts := make([]*apipb.Instance, 0, len(s.instances[k]))
+	for _, in := range s.instances[k] {
+		if passingOnly && in.Health != apipb.Health_HEALTH_PASSING {
+			continue
+		}
+		insts = append(insts, in)
+	}
+	sort.Slice(insts, func(i, j int) bool { return insts[i].Id < insts[j].Id })
+	return svc, insts, s.index, true
+}
+
+// Instance returns one instance.
+func (s *Store) Instance(k *apipb.InstanceKey) (*apipb.Instance, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	in, ok := s.instances[ServiceKey{k.Namespace, k.Service}][k.Id]
+	return in, ok
+}
+
+// HashSecret is how token secrets are stored: SHA-256. Secrets are 256
+// random bits, so a slow password hash would add nothing.
+func HashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
+
+// TokenBySecret resolves a secret to its token, if it exists.
+func (s *Store) TokenBySecret(hash [32]byte) (*statepb.TokenRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	acc, ok := s.byHash[hash]
+	if !ok {
+		return nil, false
+	}
+	return s.tokens[acc], true
+}
+
+// Tokens lists tokens sorted by creation time.
+func (s *Store) Tokens() []*apipb.Token {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*apipb.Token, 0, len(s.tokens))
+	for _, t := range s.tokens {
+		out = append(out, t.Token)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].CreateTime.AsTime(), out[j].CreateTime.AsTime()
+		if !a.Equal(b) {
+			return a.Before(b)
+		}
+		return out[i].AccessorId < out[j].AccessorId
+	})
+	return out
+}
+
+// ApplyCommand applies one command at index. On error the state is
+// unchanged. The result is the command's output (see each case).
+func (s *Store) ApplyCommand(index uint64, cmd *statepb.Command) (any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.applyLocked(index, cmd)
+}
+
+func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
+	if index > s.index {
+		s.index = index
+	}
+	now := cmd.GetTime().AsTime()
+	var ch changes
+	var out any
+	var err error
+	switch c := cmd.Cmd.(type) {
+	case *statepb.Command_Bootstrap:
+		err = s.applyBootstrap(c.Bootstrap)
+	case *statepb.Command_Register:
+		err = s.applyRegister(index, c.Register, &ch)
+	case *statepb.Command_Deregister:
+		err = s.applyDeregister(c.Deregister, &ch)
+	case *statepb.Command_SetHealth:
+		s.applySetHealth(index, c.SetHealth, &ch)
+	case *statepb.Command_CreateToken:
+		err = s.applyCreateToken(c.CreateToken)
+	case *statepb.Command_RevokeToken:
+		err = s.applyRevokeToken(c.RevokeToken)
+	case *statepb.Command_ConsumeToken:
+		out, err = s.applyConsumeToken(c.ConsumeToken, now)
+	default:
+		err = fmt.Errorf("unknown command %T", cmd.Cmd)
+	}
+	if len(ch) > 0 {
+		s.events.publish(&apipb.WatchEvent{Index: index, Changes: ch})
+	}
+	return out, err
+}
+
+type changes []*apipb.Change
+
+func (c *changes) service(v *apipb.Service) {
+	*c = append(*c, &apipb.Change{Change: &apipb.Change_Service{Service: v}})
+}
+func (c *changes) instance(v *apipb.Instance) {
+	*c = append(*c, &apipb.Change{Change: &apipb.Change_Instance{Instance: v}})
+}
+func (c *changes) serviceDeleted(k ServiceKey) {
+	*c = append(*c, &apipb.Change{Change: &apipb.Change_ServiceDeleted{ServiceDeleted: &apipb.ServiceKey{Namespace: k.Namespace, Name: k.Name}}})
+}
+func (c *changes) instanceDeleted(in *apipb.Instance) {
+	*c = append(*c, &apipb.Change{Change: &apipb.Change_InstanceDeleted{InstanceDeleted: &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id}}})
+}
+
+func (s *Store) applyBootstrap(b *statepb.Bootstrap) error {
+	if s.site != nil {
+		return fmt.Errorf("bootstrap: site %q is already bootstrapped: %w", s.site.Site, ErrConflict)
+	}
+	site := proto.Clone(b).(*statepb.Bootstrap)
+	mt := site.ManagementToken
+	site.ManagementToken = nil
+	s.site = site
+	if mt != nil {
+		s.putToken(mt)
+	}
+	return nil
+}
+
+func (s *Store) applyRegister(index uint64, req *apipb.RegisterRequest, ch *changes) error {
+	k := ServiceKey{req.Service.GetNamespace(), req.Service.GetName()}
+	old := s.services[k]
+	if err := s.checkPortsInUse(k, req); err != nil {
+		return err
+	}
+	svc := proto.Clone(req.Service).(*apipb.Service)
+	if old != nil {
+		svc.CreateIndex, svc.ModifyIndex = old.CreateIndex, old.ModifyIndex
+		if !proto.Equal(old, svc) {
+			svc.ModifyIndex = index
+			s.services[k] = svc
+			ch.service(svc)
+		}
+	} else {
+		svc.CreateIndex, svc.ModifyIndex = index, index
+		s.services[k] = svc
+		s.instances[k] = make(map[string]*apipb.Instance)
+		ch.service(svc)
+	}
+	if req.Instance == nil {
+		return nil
+	}
+	in := proto.Clone(req.Instance).(*apipb.Instance)
+	in.Namespace, in.Service = k.Namespace, k.Name
+	if in.Health == apipb.Health_HEALTH_UNSPECIFIED {
+		in.Health = apipb.Health_HEALTH_PASSING
+	}
+	byID := s.instances[k]
+	if prev, ok := byID[in.Id]; ok {
+		in.CreateIndex, in.ModifyIndex = prev.CreateIndex, prev.ModifyIndex
+		if proto.Equal(prev, in) {
+			return nil
+		}
+	} else {
+		in.CreateIndex = index
+		s.nInst++
+	}
+	in.ModifyIndex = index
+	byID[in.Id] = in
+	ch.instance(in)
+	return nil
+}
+
+// checkPortsInUse rejects a service definition that drops a port its
+// instances (other than the one being replaced) still use, and an instance
+// naming a port the service does not define.
+func (s *Store) checkPortsInUse(k ServiceKey, req *apipb.RegisterRequest) error {
+	defined := make(map[string]bool, len(req.Service.GetPorts()))
+	for _, p := range req.Service.GetPorts() {
+		defined[p.Name] = true
+	}
+	for name := range req.Instance.GetPorts() {
+		if !defined[name] {
+			return fmt.Errorf("instance.ports: port %q is not defined by service %s/%s: %w", name, k.Namespace, k.Name, ErrConflict)
+		}
+	}
+	for id, in := range s.instances[k] {
+		if req.Instance != nil && id == req.Instance.Id {
+			continue
+		}
+		for name := range in.Ports {
+			if !defined[name] {
+				return fmt.Errorf("service.ports: port %q is used by instance %s; deregister it or keep the port: %w", name, id, ErrConflict)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Store) applyDeregister(req *apipb.DeregisterRequest, ch *changes) error {
+	k := ServiceKey{req.Namespace, req.Service}
+	byID, ok := s.instances[k]
+	if !ok {
+		return fmt.Errorf("service %s/%s: %w", k.Namespace, k.Name, ErrNotFound)
+	}
+	if req.InstanceId != "" {
+		in, ok := byID[req.InstanceId]
+		if !ok {
+			return fmt.Errorf("instance %s of %s/%s: %w", req.InstanceId, k.Namespace, k.Name, ErrNotFound)
+		}
+		delete(byID, req.InstanceId)
+		s.nInst--
+		ch.instanceDeleted(in)
+		return nil
+	}
+	ids := make([]string, 0, len(byID))
+	for id := range byID {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		ch.instanceDeleted(byID[id])
+	}
+	s.nInst -= len(byID)
+	delete(s.instances, k)
+	delete(s.services, k)
+	ch.serviceDeleted(k)
+	return nil
+}
+
+func (s *Store) applySetHealth(index uint64, req *statepb.SetHealth, ch *changes) {
+	for _, k := range req.Instances {
+		byID := s.instances[ServiceKey{k.Namespace, k.Service}]
+		in, ok := byID[k.Id]
+		if !ok || in.Health == req.Health {
+			continue // deregistered or already there since the proposal
+		}
+		in = proto.Clone(in).(*apipb.Instance)
+		in.Health = req.Health
+		in.ModifyIndex = index
+		byID[k.Id] = in
+		ch.instance(in)
+	}
+}
+
+func (s *Store) putToken(t *statepb.TokenRecord) {
+	var h [32]byte
+	copy(h[:], t.SecretHash)
+	s.tokens[t.Token.AccessorId] = t
+	s.byHash[h] = t.Token.AccessorId
+}
+
+func (s *Store) applyCreateToken(t *statepb.TokenRecord) error {
+	if len(t.SecretHash) != 32 || t.Token.GetAccessorId() == "" {
+		return fmt.Errorf("create token: malformed record: %w", ErrConflict)
+	}
+	if _, ok := s.tokens[t.Token.AccessorId]; ok {
+		return fmt.Errorf("create token: accessor %s exists: %w", t.Token.AccessorId, ErrConflict)
+	}
+	s.putToken(proto.Clone(t).(*statepb.TokenRecord))
+	return nil
+}
+
+func (s *Store) applyRevokeToken(req *statepb.RevokeToken) error {
+	t, ok := s.tokens[req.AccessorId]
+	if !ok {
+		return fmt.Errorf("token %s: %w", req.AccessorId, ErrNotFound)
+	}
+	var h [32]byte
+	copy(h[:], t.SecretHash)
+	delete(s.byHash, h)
+	delete(s.tokens, req.AccessorId)
+	return nil
+}
+
+// applyConsumeToken returns the token as it was before this use.
+func (s *Store) applyConsumeToken(req *statepb.ConsumeToken, now time.Time) (*apipb.Token, error) {
+	var h [32]byte
+	copy(h[:], req.SecretHash)
+	acc, ok := s.byHash[h]
+	if !ok {
+		return nil, fmt.Errorf("unknown or revoked: %w", ErrTokenInvalid)
+	}
+	t := s.tokens[acc]
+	if err := Usable(t.Token, now); err != nil {
+		return nil, err
+	}
+	n := proto.Clone(t).(*statepb.TokenRecord)
+	n.Token.Uses++
+	s.tokens[acc] = n
+	return t.Token, nil
+}
+
+// Usable reports why a token cannot be used at now, or nil.
+func Usable(t *apipb.Token, now time.Time) error {
+	if t.ExpireTime != nil && !now.Before(t.ExpireTime.AsTime()) {
+		return fmt.Errorf("expired at %s: %w", t.ExpireTime.AsTime().Format(time.RFC3339), ErrTokenInvalid)
+	}
+	if t.MaxUses > 0 && t.Uses >= t.MaxUses {
+		return fmt.Errorf("already used: %w", ErrTokenInvalid)
+	}
+	return nil
+}

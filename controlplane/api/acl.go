@@ -1,0 +1,96 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+)
+
+// DefaultServerTokenTTL is the lifetime of a server join token when none is given.
+const DefaultServerTokenTTL = time.Hour
+
+func notFound(format string, args ...any) error {
+	return fmt.Errorf(format+": %w", append(args, state.ErrNotFound)...)
+}
+
+func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest) (*apipb.CreateTokenResponse, error) {
+	if _, ok := apipb.TokenKind_name[int32(req.Kind)]; !ok || req.Kind == apipb.TokenKind_TOKEN_KIND_UNSPECIFIED {
+		return nil, fieldErr("kind", "must be management, write, read or server")
+	}
+	if len(req.Description) > MaxDescription {
+		return nil, fieldErr("description", "is %d bytes; at most %d are allowed", len(req.Description), MaxDescription)
+	}
+	var ttl time.Duration
+	if req.Ttl != nil {
+		if err := req.Ttl.CheckValid(); err != nil {
+			return nil, fieldErr("ttl", "%v", err)
+		}
+		ttl = req.Ttl.AsDuration()
+		if ttl < 0 {
+			return nil, fieldErr("ttl", "must not be negative")
+		}
+	}
+	if req.Kind == apipb.TokenKind_TOKEN_KIND_SERVER {
+		if ttl == 0 {
+			ttl = DefaultServerTokenTTL
+		}
+		if req.MaxUses > 1 {
+			return nil, fieldErr("max_uses", "server tokens are single-use")
+		}
+		req.MaxUses = 1
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.CreateTokenResponse, error) {
+		return apipb.NewACLClient(c).CreateToken(ctx, req)
+	}); ok {
+		return r, err
+	}
+	secret, err := newSecret()
+	if err != nil {
+		return nil, err
+	}
+	acc, err := newAccessorID()
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now()
+	tok := &apipb.Token{AccessorId: acc, Kind: req.Kind, Description: req.Description, CreateTime: timestamppb.New(now), MaxUses: req.MaxUses}
+	if ttl > 0 {
+		tok.ExpireTime = timestamppb.New(now.Add(ttl))
+	}
+	h := state.HashSecret(secret)
+	cmd := &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: &statepb.TokenRecord{Token: tok, SecretHash: h[:]}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	if req.Kind == apipb.TokenKind_TOKEN_KIND_SERVER {
+		secret += "." + s.cfg.Node.TokenPin()
+	}
+	return &apipb.CreateTokenResponse{Token: tok, Secret: secret}, nil
+}
+
+func (s *Server) ListTokens(ctx context.Context, req *apipb.ListTokensRequest) (*apipb.ListTokensResponse, error) {
+	return &apipb.ListTokensResponse{Tokens: s.cfg.Node.Store().Tokens()}, nil
+}
+
+func (s *Server) RevokeToken(ctx context.Context, req *apipb.RevokeTokenRequest) (*apipb.RevokeTokenResponse, error) {
+	if len(req.AccessorId) != 32 {
+		return nil, fieldErr("accessor_id", "must be the 32-character accessor ID shown by strait token list")
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RevokeTokenResponse, error) {
+		return apipb.NewACLClient(c).RevokeToken(ctx, req)
+	}); ok {
+		return r, err
+	}
+	cmd := &statepb.Command{Cmd: &statepb.Command_RevokeToken{RevokeToken: &statepb.RevokeToken{AccessorId: req.AccessorId}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	return &apipb.RevokeTokenResponse{}, nil
+}

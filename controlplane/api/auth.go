@@ -1,0 +1,182 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/mtls"
+)
+
+// Tokens travel as "authorization: Bearer <secret>". Secrets are
+// "strait_" followed by 256 random bits; server join tokens add ".<pin>",
+// the SHA-256 of the site CA's public key, which the joiner uses to trust
+// the site before it has the bundle.
+const (
+	authHeader   = "authorization"
+	secretPrefix = "strait_"
+)
+
+// permission is what a method needs.
+type permission int
+
+const (
+	permDeny       permission = iota // default: no such method, or not callable
+	permRead                         // read, write or management tokens
+	permWrite                        // write or management tokens
+	permManage                       // management tokens
+	permServerJoin                   // a server token (consumed by the handler)
+	permServerPeer                   // the caller's SVID names a server of this site
+)
+
+var methodPerms = map[string]permission{
+	apipb.Catalog_Register_FullMethodName:     permWrite,
+	apipb.Catalog_Deregister_FullMethodName:   permWrite,
+	apipb.Catalog_Heartbeat_FullMethodName:    permWrite,
+	apipb.Catalog_ListServices_FullMethodName: permRead,
+	apipb.Catalog_GetService_FullMethodName:   permRead,
+	apipb.Catalog_Watch_FullMethodName:        permRead,
+	apipb.ACL_CreateToken_FullMethodName:      permManage,
+	apipb.ACL_ListTokens_FullMethodName:       permManage,
+	apipb.ACL_RevokeToken_FullMethodName:      permManage,
+	apipb.Operator_Status_FullMethodName:      permRead,
+	apipb.Operator_ListPeers_FullMethodName:   permRead,
+	apipb.Operator_RemovePeer_FullMethodName:  permManage,
+	apipb.Cluster_Join_FullMethodName:         permServerJoin,
+	apipb.Cluster_Promote_FullMethodName:      permServerPeer,
+	apipb.Cluster_Leave_FullMethodName:        permServerPeer,
+}
+
+func allows(kind apipb.TokenKind, p permission) bool {
+	switch kind {
+	case apipb.TokenKind_TOKEN_KIND_MANAGEMENT:
+		return p == permRead || p == permWrite || p == permManage
+	case apipb.TokenKind_TOKEN_KIND_WRITE:
+		return p == permRead || p == permWrite
+	case apipb.TokenKind_TOKEN_KIND_READ:
+		return p == permRead
+	}
+	return false
+}
+
+type ctxKey int
+
+const (
+	secretKey ctxKey = iota
+	serverNodeKey
+)
+
+// bearer returns the secret part of the call's token.
+func bearer(ctx context.Context) (string, bool) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get(authHeader) {
+		if s, ok := strings.CutPrefix(v, "Bearer "); ok {
+			s, _, _ = strings.Cut(strings.TrimSpace(s), ".")
+			return s, s != ""
+		}
+	}
+	return "", false
+}
+
+// authenticate checks the caller may call method and returns a context
+// carrying what handlers need (the secret for join, the server node name).
+func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
+	perm := methodPerms[method]
+	switch perm {
+	case permDeny:
+		return nil, status.Errorf(codes.PermissionDenied, "%s is not callable", method)
+	case permServerPeer:
+		node, ok := s.peerServer(ctx)
+		if !ok {
+			return nil, status.Error(codes.PermissionDenied, "only servers of this site, presenting their SVID, may call this")
+		}
+		return context.WithValue(ctx, serverNodeKey, node), nil
+	}
+	secret, ok := bearer(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no token: set STRAIT_TOKEN or pass --token")
+	}
+	if perm == permServerJoin {
+		return context.WithValue(ctx, secretKey, secret), nil
+	}
+	rec, ok := s.cfg.Node.Store().TokenBySecret(state.HashSecret(secret))
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "token is unknown or revoked")
+	}
+	if err := state.Usable(rec.Token, s.cfg.Now()); err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "token %s", err)
+	}
+	if !allows(rec.Token.Kind, perm) {
+		return nil, status.Errorf(codes.PermissionDenied, "a %s token may not call %s", kindName(rec.Token.Kind), method)
+	}
+	return ctx, nil
+}
+
+// peerServer returns the node name of a caller presenting a server SVID.
+func (s *Server) peerServer(ctx context.Context) (string, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", false
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return "", false
+	}
+	id, ok := mtls.PeerID(ti.State)
+	if !ok {
+		return "", false
+	}
+	return trust.ServerNode(id, s.cfg.TrustDomain())
+}
+
+func kindName(k apipb.TokenKind) string {
+	return strings.ToLower(strings.TrimPrefix(k.String(), "TOKEN_KIND_"))
+}
+
+// newSecret returns a fresh token secret.
+func newSecret() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return secretPrefix + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+func newAccessorID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// NewManagementToken creates the bootstrap management token: its secret and
+// the record to store.
+func NewManagementToken(now time.Time) (secret string, tok *apipb.Token, err error) {
+	secret, err = newSecret()
+	if err != nil {
+		return "", nil, err
+	}
+	acc, err := newAccessorID()
+	if err != nil {
+		return "", nil, err
+	}
+	return secret, &apipb.Token{AccessorId: acc, Kind: apipb.TokenKind_TOKEN_KIND_MANAGEMENT, Description: "initial management token"}, nil
+}
+
+// TrustDomainFunc returns the site's trust domain.
+type TrustDomainFunc func() spiffeid.TrustDomain

@@ -1,0 +1,143 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+)
+
+// apply commits a command on the leader, forwarding is the caller's job.
+func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error) {
+	return s.cfg.Node.Apply(ctx, cmd)
+}
+
+func (s *Server) Register(ctx context.Context, req *apipb.RegisterRequest) (*apipb.RegisterResponse, error) {
+	if err := validateRegister(req); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RegisterResponse, error) {
+		return apipb.NewCatalogClient(c).Register(ctx, req)
+	}); ok {
+		return r, err
+	}
+	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}})
+	if err != nil {
+		return nil, err
+	}
+	if in := req.Instance; in != nil && in.Ttl != nil {
+		// Registration counts as the first heartbeat.
+		_ = s.cfg.Node.Heartbeat(ctx, &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id})
+	}
+	return &apipb.RegisterResponse{Index: idx}, nil
+}
+
+func (s *Server) Deregister(ctx context.Context, req *apipb.DeregisterRequest) (*apipb.DeregisterResponse, error) {
+	if err := validateServiceRef(&req.Namespace, req.Service); err != nil {
+		return nil, err
+	}
+	if req.InstanceId != "" {
+		if err := validLabel("instance_id", req.InstanceId); err != nil {
+			return nil, err
+		}
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.DeregisterResponse, error) {
+		return apipb.NewCatalogClient(c).Deregister(ctx, req)
+	}); ok {
+		return r, err
+	}
+	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: req}})
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.DeregisterResponse{Index: idx}, nil
+}
+
+func (s *Server) Heartbeat(ctx context.Context, req *apipb.HeartbeatRequest) (*apipb.HeartbeatResponse, error) {
+	if err := validateServiceRef(&req.Namespace, req.Service); err != nil {
+		return nil, err
+	}
+	if err := validLabel("instance_id", req.InstanceId); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.HeartbeatResponse, error) {
+		return apipb.NewCatalogClient(c).Heartbeat(ctx, req)
+	}); ok {
+		return r, err
+	}
+	err := s.cfg.Node.Heartbeat(ctx, &apipb.InstanceKey{Namespace: req.Namespace, Service: req.Service, Id: req.InstanceId})
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.HeartbeatResponse{}, nil
+}
+
+// readable prepares a read in the requested mode. For a consistent read on
+// a follower it forwards; handled reports that the forwarded call answered.
+func readable[Resp any](ctx context.Context, s *Server, mode apipb.ReadMode, call func(context.Context, *grpc.ClientConn) (Resp, error)) (Resp, bool, error) {
+	var zero Resp
+	switch mode {
+	case apipb.ReadMode_READ_MODE_LOCAL:
+		return zero, false, nil
+	case apipb.ReadMode_READ_MODE_CONSISTENT:
+		if r, ok, err := forward(ctx, s, call); ok {
+			return r, true, err
+		}
+		return zero, false, s.cfg.Node.ConsistentRead(ctx)
+	}
+	return zero, true, fieldErr("mode", "unknown read mode %d", mode)
+}
+
+func (s *Server) ListServices(ctx context.Context, req *apipb.ListServicesRequest) (*apipb.ListServicesResponse, error) {
+	if req.Namespace != "" {
+		if err := validLabel("namespace", req.Namespace); err != nil {
+			return nil, err
+		}
+	}
+	if r, ok, err := readable(ctx, s, req.Mode, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ListServicesResponse, error) {
+		return apipb.NewCatalogClient(c).ListServices(ctx, req)
+	}); ok || err != nil {
+		return r, err
+	}
+	sums, idx := s.cfg.Node.Store().ServiceSummaries(req.Namespace)
+	return &apipb.ListServicesResponse{Services: sums, Index: idx}, nil
+}
+
+func (s *Server) GetService(ctx context.Context, req *apipb.GetServiceRequest) (*apipb.GetServiceResponse, error) {
+	if err := validateServiceRef(&req.Namespace, req.Name); err != nil {
+		return nil, err
+	}
+	if r, ok, err := readable(ctx, s, req.Mode, func(ctx context.Context, c *grpc.ClientConn) (*apipb.GetServiceResponse, error) {
+		return apipb.NewCatalogClient(c).GetService(ctx, req)
+	}); ok || err != nil {
+		return r, err
+	}
+	svc, insts, idx, found := s.cfg.Node.Store().Service(state.ServiceKey{Namespace: req.Namespace, Name: req.Name}, req.PassingOnly)
+	if !found {
+		return nil, toStatus(notFound("service %s/%s", req.Namespace, req.Name))
+	}
+	return &apipb.GetServiceResponse{Service: svc, Instances: insts, Index: idx}, nil
+}
+
+func (s *Server) Watch(req *apipb.WatchRequest, stream grpc.ServerStreamingServer[apipb.WatchEvent]) error {
+	ctx := stream.Context()
+	sub := s.cfg.Node.Store().Subscribe(req.FromIndex)
+	for {
+		ev, err := sub.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := stream.Send(ev); err != nil {
+			return err
+		}
+	}
+}
+
+func stamp(s *Server) *timestamppb.Timestamp { return timestamppb.New(s.cfg.Now()) }

@@ -1,0 +1,37 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// forwardedHeader marks a call forwarded by a server. A forwarded call that
+// lands on a non-leader (leadership moved meanwhile) is not forwarded again:
+// it fails Unavailable and the client retries, so calls never loop.
+const forwardedHeader = "strait-forwarded"
+
+// forward runs call against the leader when this server is not it. It
+// returns handled=false when the call should run here.
+func forward[Resp any](ctx context.Context, s *Server, call func(context.Context, *grpc.ClientConn) (Resp, error)) (resp Resp, handled bool, err error) {
+	if s.cfg.Node.IsLeader() {
+		return resp, false, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if len(md.Get(forwardedHeader)) > 0 {
+		return resp, true, status.Error(codes.Unavailable, ErrNotLeader.Error()+"; leadership moved, retry")
+	}
+	conn, err := s.cfg.Node.LeaderConn(ctx)
+	if err != nil {
+		return resp, true, err
+	}
+	out := metadata.Pairs(forwardedHeader, "1")
+	for _, v := range md.Get(authHeader) {
+		out.Append(authHeader, v)
+	}
+	resp, err = call(metadata.NewOutgoingContext(ctx, out), conn)
+	return resp, true, err
+}

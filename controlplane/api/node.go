@@ -1,0 +1,51 @@
+package api
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+)
+
+// Errors a Node returns; status.go maps them to Unavailable.
+var (
+	ErrNotLeader = errors.New("this server is not the leader")
+	ErrNoLeader  = errors.New("the site has no leader right now (an election may be in progress); retry shortly")
+)
+
+// Node is what the API needs from the server's Raft node.
+type Node interface {
+	// Store is the local replica.
+	Store() *state.Store
+	// IsLeader reports whether this server leads.
+	IsLeader() bool
+	// LeaderConn returns a connection to the current leader, waiting a
+	// bounded time for one to be elected. ErrNoLeader when there is none.
+	LeaderConn(ctx context.Context) (*grpc.ClientConn, error)
+	// Apply commits cmd through Raft (leader only; ErrNotLeader otherwise)
+	// and returns the command's result and log index.
+	Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error)
+	// ConsistentRead returns nil once a read of the local store is
+	// linearizable (leader only).
+	ConsistentRead(ctx context.Context) error
+	// Heartbeat records a heartbeat of a TTL instance (leader only).
+	Heartbeat(ctx context.Context, k *apipb.InstanceKey) error
+	// Status describes this server.
+	Status() *apipb.StatusResponse
+	// Peers lists the Raft configuration.
+	Peers() ([]*apipb.RaftPeer, error)
+	// RemovePeer removes a server from the Raft configuration (leader only).
+	RemovePeer(ctx context.Context, id string) error
+	// Join admits a new server whose token was consumed (leader only).
+	Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinResponse, error)
+	// Promote makes a caught-up non-voter a voter (leader only).
+	Promote(ctx context.Context, node string, applied uint64) error
+	// Leave removes a server at its own request (leader only).
+	Leave(ctx context.Context, node string) error
+	// TokenPin is the suffix a server token carries to pin the site CA.
+	TokenPin() string
+}

@@ -1,0 +1,89 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/meshname"
+)
+
+func (s *Server) Status(ctx context.Context, req *apipb.StatusRequest) (*apipb.StatusResponse, error) {
+	return s.cfg.Node.Status(), nil
+}
+
+func (s *Server) ListPeers(ctx context.Context, req *apipb.ListPeersRequest) (*apipb.ListPeersResponse, error) {
+	peers, err := s.cfg.Node.Peers()
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.ListPeersResponse{Peers: peers}, nil
+}
+
+func (s *Server) RemovePeer(ctx context.Context, req *apipb.RemovePeerRequest) (*apipb.RemovePeerResponse, error) {
+	if err := validLabel("id", req.Id); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RemovePeerResponse, error) {
+		return apipb.NewOperatorClient(c).RemovePeer(ctx, req)
+	}); ok {
+		return r, err
+	}
+	if err := s.cfg.Node.RemovePeer(ctx, req.Id); err != nil {
+		return nil, err
+	}
+	return &apipb.RemovePeerResponse{}, nil
+}
+
+// Join admits a new server: it validates the request, consumes the
+// single-use server token through Raft, and lets the node sign the
+// server's SVID and add it as a non-voter.
+func (s *Server) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
+	if err := meshname.ValidLabel(req.NodeId); err != nil {
+		return nil, fieldErr("node_id", "%v", err)
+	}
+	if err := validateHostPort("address", req.Address); err != nil {
+		return nil, err
+	}
+	if len(req.Csr) == 0 {
+		return nil, fieldErr("csr", "is required")
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.JoinResponse, error) {
+		return apipb.NewClusterClient(c).Join(ctx, req)
+	}); ok {
+		return r, err
+	}
+	secret, _ := ctx.Value(secretKey).(string)
+	h := state.HashSecret(secret)
+	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
+	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_SERVER {
+		return nil, status.Error(codes.PermissionDenied, "not a valid server join token: create one with `strait token create --kind server`")
+	}
+	cmd := &statepb.Command{Time: stamp(s), Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	s.cfg.Logger.Info("server joining", "node", req.NodeId, "address", req.Address, "token_accessor", rec.Token.AccessorId)
+	return s.cfg.Node.Join(ctx, req)
+}
+
+func (s *Server) Promote(ctx context.Context, req *apipb.PromoteRequest) (*apipb.PromoteResponse, error) {
+	node, _ := ctx.Value(serverNodeKey).(string)
+	if err := s.cfg.Node.Promote(ctx, node, req.AppliedIndex); err != nil {
+		return nil, err
+	}
+	return &apipb.PromoteResponse{}, nil
+}
+
+func (s *Server) Leave(ctx context.Context, req *apipb.LeaveRequest) (*apipb.LeaveResponse, error) {
+	node, _ := ctx.Value(serverNodeKey).(string)
+	if err := s.cfg.Node.Leave(ctx, node); err != nil {
+		return nil, err
+	}
+	return &apipb.LeaveResponse{}, nil
+}

@@ -1,0 +1,111 @@
+package api
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+)
+
+// Config configures the API.
+type Config struct {
+	// Node is the Raft node. Required.
+	Node Node
+	// TrustDomain returns the site's trust domain. Required.
+	TrustDomain func() spiffeid.TrustDomain
+	// Logger; slog.Default when nil.
+	Logger *slog.Logger
+	// Registerer for API metrics; none when nil.
+	Registerer prometheus.Registerer
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Server implements the gRPC services.
+type Server struct {
+	apipb.UnimplementedCatalogServer
+	apipb.UnimplementedACLServer
+	apipb.UnimplementedOperatorServer
+	apipb.UnimplementedClusterServer
+
+	cfg      Config
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// New returns the API server.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg: cfg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "strait_api_requests_total", Help: "API calls by method and gRPC code.",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "strait_api_request_duration_seconds", Help: "API unary call latency by method.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+		}, []string{"method"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.requests, s.latency)
+	}
+	return s
+}
+
+// ServerOptions are the options every gRPC server of the API needs.
+func (s *Server) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	}
+}
+
+// RegisterServices adds the services to g.
+func (s *Server) RegisterServices(g *grpc.Server) {
+	apipb.RegisterCatalogServer(g, s)
+	apipb.RegisterACLServer(g, s)
+	apipb.RegisterOperatorServer(g, s)
+	apipb.RegisterClusterServer(g, s)
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	ctx, err := s.authenticate(ctx, info.FullMethod)
+	var resp any
+	if err == nil {
+		resp, err = h(ctx, req)
+	}
+	err = toStatus(err)
+	s.requests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	s.latency.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+	return resp, err
+}
+
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (a authedStream) Context() context.Context { return a.ctx }
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
+	if err == nil {
+		err = h(srv, authedStream{ss, ctx})
+	}
+	err = toStatus(err)
+	s.requests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	return err
+}

@@ -1,0 +1,64 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/straitmesh/strait/controlplane/state"
+)
+
+// FieldError is a rejected request field: which one, and the rule it broke.
+type FieldError struct {
+	Field string
+	Rule  string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Rule }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Rule: fmt.Sprintf(format, args...)}
+}
+
+// toStatus is the one place errors become gRPC status codes.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var fe *FieldError
+	switch {
+	case errors.As(err, &fe):
+		st := status.New(codes.InvalidArgument, fe.Error())
+		if d, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: fe.Field, Description: fe.Rule}}}); derr == nil {
+			st = d
+		}
+		return st.Err()
+	case errors.Is(err, state.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, state.ErrConflict):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, state.ErrTokenInvalid):
+		return status.Error(codes.PermissionDenied, "token "+err.Error())
+	case errors.Is(err, state.ErrNotBootstrapped):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrNotLeader),
+		errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrRaftShutdown):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}

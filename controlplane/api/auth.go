@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -175,7 +176,7 @@ func NewManagementToken(now time.Time) (secret string, tok *apipb.Token, err err
 	if err != nil {
 		return "", nil, err
 	}
-	return secret, &apipb.Token{AccessorId: acc, Kind: apipb.TokenKind_TOKEN_KIND_MANAGEMENT, Description: "initial management token"}, nil
+	return secret, &apipb.Token{AccessorId: acc, Kind: apipb.TokenKind_TOKEN_KIND_MANAGEMENT, Description: "initial management token", CreateTime: timestamppb.New(now)}, nil
 }
 
 // TrustDomainFunc returns the site's trust domain.

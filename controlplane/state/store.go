@@ -402,3 +402,16 @@ func Usable(t *apipb.Token, now time.Time) error {
 	}
 	return nil
 }
+
+// EachTTLInstance calls f for every instance with a TTL, under the read lock.
+func (s *Store) EachTTLInstance(f func(*apipb.Instance)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, byID := range s.instances {
+		for _, in := range byID {
+			if in.Ttl != nil {
+				f(in)
+			}
+		}
+	}
+}

@@ -1,0 +1,422 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/straitmesh/strait/controlplane/api"
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/keywrap"
+	"github.com/straitmesh/strait/trust/mtls"
+)
+
+// identity is what a server knows about itself before Raft starts.
+type identity struct {
+	node       nodeInfo
+	td         spiffeid.TrustDomain
+	kek        *keywrap.FileKEK
+	chain      []*x509.Certificate
+	key        crypto.Signer
+	bundle     []*x509.Certificate
+	bootstrap  *ca.CA // set when this start bootstraps the site
+	persistent bool   // write node.json once the site exists
+}
+
+// prepareIdentity loads this server's identity, or creates it by
+// bootstrapping a new site or joining an existing one.
+func (s *Server) prepareIdentity(ctx context.Context) (*identity, error) {
+	c := &s.cfg
+	if c.Dev {
+		return s.newSiteIdentity(nil)
+	}
+	dd := dataDir(c.DataDir)
+	n, err := dd.readNode()
+	switch {
+	case err == nil:
+		return s.loadIdentity(dd, n)
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, err
+	case dd.hasRaftState():
+		return nil, fmt.Errorf("data_dir %s has Raft state but no node.json: an earlier bootstrap or join did not finish; remove the directory and start again", c.DataDir)
+	case c.Bootstrap:
+		kek, err := s.loadOrCreateKEK(nil)
+		if err != nil {
+			return nil, err
+		}
+		id, err := s.newSiteIdentity(kek)
+		if err != nil {
+			return nil, err
+		}
+		id.persistent = true
+		return id, dd.writeIdentity(id.chain, id.key, id.bundle)
+	case len(c.Join) > 0:
+		return s.join(ctx, dd)
+	}
+	return nil, fmt.Errorf("data_dir %s is empty: pass --bootstrap to create a new site, or --join with --join-token to join one", c.DataDir)
+}
+
+func (s *Server) loadOrCreateKEK(raw []byte) (*keywrap.FileKEK, error) {
+	if k, err := keywrap.LoadFile(s.cfg.KEKFile); err == nil {
+		if raw != nil && !bytes.Equal(k.Raw(), raw) {
+			return nil, fmt.Errorf("kek_file %s holds a different key from the site's; remove it or point kek_file elsewhere", s.cfg.KEKFile)
+		}
+		return k, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	var k *keywrap.FileKEK
+	var err error
+	if raw != nil {
+		k, err = keywrap.New(raw)
+	} else {
+		k, err = keywrap.Generate()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return k, keywrap.WriteFile(s.cfg.KEKFile, k)
+}
+
+// newSiteIdentity creates a CA and a server SVID for a new site.
+func (s *Server) newSiteIdentity(kek *keywrap.FileKEK) (*identity, error) {
+	c := &s.cfg
+	if kek == nil {
+		var err error
+		if kek, err = keywrap.Generate(); err != nil {
+			return nil, err
+		}
+	}
+	tdName := c.TrustDomain
+	if tdName == "" {
+		tdName = c.Site + ".strait"
+	}
+	td, err := spiffeid.TrustDomainFromString(tdName)
+	if err != nil {
+		return nil, fmt.Errorf("trust_domain: %w", err)
+	}
+	root, err := ca.Generate(td, c.Now(), 0)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	sid, err := trust.ServerID(td, c.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := root.SignX509SVID(sid, key.Public(), c.Now(), c.ServerSVIDTTL)
+	if err != nil {
+		return nil, err
+	}
+	return &identity{
+		node:  nodeInfo{NodeID: c.NodeID, Site: c.Site, TrustDomain: td.Name()},
+		td:    td,
+		kek:   kek,
+		chain: []*x509.Certificate{leaf}, key: key,
+		bundle:    []*x509.Certificate{root.Certificate()},
+		bootstrap: root,
+	}, nil
+}
+
+func (s *Server) loadIdentity(dd dataDir, n *nodeInfo) (*identity, error) {
+	c := &s.cfg
+	if c.Site != "" && c.Site != n.Site {
+		return nil, fmt.Errorf("site: configured %q but data_dir %s belongs to site %q", c.Site, c.DataDir, n.Site)
+	}
+	if c.NodeID != n.NodeID {
+		return nil, fmt.Errorf("node_name: configured %q but data_dir %s belongs to node %q", c.NodeID, c.DataDir, n.NodeID)
+	}
+	td, err := spiffeid.TrustDomainFromString(n.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", dd.nodeFile(), err)
+	}
+	kek, err := keywrap.LoadFile(c.KEKFile)
+	if err != nil {
+		return nil, err
+	}
+	chain, key, bundle, err := dd.readIdentity()
+	if err != nil {
+		return nil, fmt.Errorf("load server identity: %w", err)
+	}
+	return &identity{node: *n, td: td, kek: kek, chain: chain, key: key, bundle: bundle, persistent: true}, nil
+}
+
+// JoinToken is a server join token: the secret, and the pin of the site CA.
+type JoinToken struct {
+	Secret string
+	Pin    [sha256.Size]byte
+}
+
+// ParseJoinToken splits a server token into its secret and CA pin.
+func ParseJoinToken(s string) (JoinToken, error) {
+	secret, pin, ok := strings.Cut(strings.TrimSpace(s), ".")
+	if !ok || !strings.HasPrefix(secret, "strait_") || len(secret) != len("strait_")+43 {
+		return JoinToken{}, errors.New("join token is malformed or truncated: copy the whole output of `strait token create --kind server`")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(pin)
+	if err != nil || len(b) != sha256.Size {
+		return JoinToken{}, errors.New("join token has a malformed CA pin: copy the whole token")
+	}
+	var t JoinToken
+	t.Secret = secret
+	copy(t.Pin[:], b)
+	return t, nil
+}
+
+// caPin is the SHA-256 of a CA certificate's public key.
+func caPin(c *x509.Certificate) [sha256.Size]byte { return sha256.Sum256(c.RawSubjectPublicKeyInfo) }
+
+// pinnedConfig trusts a server whose chain ends in a CA matching pin and
+// whose SVID names a server of that CA's trust domain.
+func pinnedConfig(pin [sha256.Size]byte) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{"h2"},
+		InsecureSkipVerify: true, // verified below against the pinned CA
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			certs := make([]*x509.Certificate, 0, len(raw))
+			for _, r := range raw {
+				c, err := x509.ParseCertificate(r)
+				if err != nil {
+					return err
+				}
+				certs = append(certs, c)
+			}
+			for _, c := range certs {
+				if !c.IsCA || caPin(c) != pin || len(c.URIs) != 1 {
+					continue
+				}
+				tdID, err := spiffeid.FromURI(c.URIs[0])
+				if err != nil {
+					continue
+				}
+				td := tdID.TrustDomain()
+				id, _, err := x509svid.Verify(certs, x509bundle.FromX509Authorities(td, []*x509.Certificate{c}))
+				if err != nil {
+					return fmt.Errorf("server certificate does not verify against the pinned CA: %w", err)
+				}
+				if !trust.IsServer(id, td) {
+					return fmt.Errorf("peer %s is not a server of %s", id, td)
+				}
+				return nil
+			}
+			return errors.New("the server's CA does not match the join token's pin: is this the site that issued the token?")
+		},
+	}
+}
+
+// join asks an existing server to admit this one.
+func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
+	c := &s.cfg
+	tok, err := ParseJoinToken(c.JoinToken)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	req := &apipb.JoinRequest{NodeId: c.NodeID, Address: s.advertise, Csr: csr}
+	var errs []error
+	for _, addr := range c.Join {
+		resp, err := joinOne(ctx, addr, tok, req)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		id, err := s.acceptJoin(dd, resp, key)
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("joined site", "site", resp.Site, "trust_domain", resp.TrustDomain, "via", addr)
+		return id, nil
+	}
+	return nil, fmt.Errorf("join: no server admitted this one: %w", errors.Join(errs...))
+}
+
+func joinOne(ctx context.Context, addr string, tok JoinToken, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pinnedConfig(tok.Pin))))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok.Secret)
+	return apipb.NewClusterClient(conn).Join(ctx, req)
+}
+
+func (s *Server) acceptJoin(dd dataDir, resp *apipb.JoinResponse, key crypto.Signer) (*identity, error) {
+	c := &s.cfg
+	if c.Site != "" && c.Site != resp.Site {
+		return nil, fmt.Errorf("join: token belongs to site %q, this server is configured for %q", resp.Site, c.Site)
+	}
+	td, err := spiffeid.TrustDomainFromString(resp.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	parse := func(ders [][]byte) ([]*x509.Certificate, error) {
+		var out []*x509.Certificate
+		for _, d := range ders {
+			c, err := x509.ParseCertificate(d)
+			if err != nil {
+				return nil, fmt.Errorf("join: bad certificate in response: %w", err)
+			}
+			out = append(out, c)
+		}
+		return out, nil
+	}
+	chain, err := parse(resp.Svid)
+	if err != nil {
+		return nil, err
+	}
+	bundle, err := parse(resp.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	id, _, err := x509svid.Verify(chain, x509bundle.FromX509Authorities(td, bundle))
+	if err != nil {
+		return nil, fmt.Errorf("join: issued SVID does not verify: %w", err)
+	}
+	if want, _ := trust.ServerID(td, c.NodeID); id != want {
+		return nil, fmt.Errorf("join: issued SVID is %s, want %s", id, want)
+	}
+	kek, err := s.loadOrCreateKEK(resp.Kek)
+	if err != nil {
+		return nil, err
+	}
+	if err := dd.writeIdentity(chain, key, bundle); err != nil {
+		return nil, err
+	}
+	n := nodeInfo{NodeID: c.NodeID, Site: resp.Site, TrustDomain: td.Name(), JoinIndex: resp.Index}
+	if err := dd.writeNode(&n); err != nil {
+		return nil, err
+	}
+	return &identity{node: n, td: td, kek: kek, chain: chain, key: key, bundle: bundle, persistent: true}, nil
+}
+
+// siteCA returns the CA from the replicated state, opened with the KEK.
+type caCache struct {
+	mu   sync.Mutex
+	cert []byte
+	ca   *ca.CA
+}
+
+func (s *Server) siteCA() (*ca.CA, error) {
+	site := s.store.Site()
+	if site == nil {
+		return nil, state.ErrNotBootstrapped
+	}
+	s.ca.mu.Lock()
+	defer s.ca.mu.Unlock()
+	if s.ca.ca != nil && bytes.Equal(s.ca.cert, site.Root.Certificate) {
+		return s.ca.ca, nil
+	}
+	keyDER, err := s.id.kek.Open(site.Root.SealedKey, []byte(site.TrustDomain))
+	if err != nil {
+		return nil, fmt.Errorf("open site ca key: %w", err)
+	}
+	c, err := ca.Load(site.Root.Certificate, keyDER)
+	if err != nil {
+		return nil, err
+	}
+	s.ca.cert, s.ca.ca = site.Root.Certificate, c
+	return c, nil
+}
+
+// bootstrapCommand is the command that creates the site, and the
+// management token's secret to hand to the operator.
+func (s *Server) bootstrapCommand() (*statepb.Command, string, error) {
+	root := s.id.bootstrap
+	keyDER, err := root.MarshalKey()
+	if err != nil {
+		return nil, "", err
+	}
+	sealed, err := s.id.kek.Seal(keyDER, []byte(s.id.td.Name()))
+	if err != nil {
+		return nil, "", err
+	}
+	secret, tok, err := api.NewManagementToken(s.cfg.Now())
+	if err != nil {
+		return nil, "", err
+	}
+	h := state.HashSecret(secret)
+	return &statepb.Command{Cmd: &statepb.Command_Bootstrap{Bootstrap: &statepb.Bootstrap{
+		Site:            s.id.node.Site,
+		TrustDomain:     s.id.td.Name(),
+		Root:            &statepb.CARoot{Certificate: root.Certificate().Raw, SealedKey: sealed},
+		ManagementToken: &statepb.TokenRecord{Token: tok, SecretHash: h[:]},
+	}}}, secret, nil
+}
+
+// TokenPin is the CA pin appended to server join tokens.
+func (s *Server) TokenPin() string {
+	b := s.ident.Bundle().X509Authorities()
+	p := caPin(b[0])
+	return base64.RawURLEncoding.EncodeToString(p[:])
+}
+
+// renewSVID re-issues this server's SVID from the site CA when it is past
+// half its lifetime. It runs on every server (each holds the KEK).
+func (s *Server) renewSVID() error {
+	cur := s.ident.SVID()
+	leaf := cur.Certificates[0]
+	now := s.cfg.Now()
+	half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+	if now.Before(half) {
+		return nil
+	}
+	root, err := s.siteCA()
+	if err != nil {
+		return err
+	}
+	key, err := ca.NewKey()
+	if err != nil {
+		return err
+	}
+	cert, err := root.SignX509SVID(cur.ID, key.Public(), now, s.cfg.ServerSVIDTTL)
+	if err != nil {
+		return err
+	}
+	chain := []*x509.Certificate{cert}
+	if s.id.persistent {
+		if err := dataDir(s.cfg.DataDir).writeIdentity(chain, key, s.ident.Bundle().X509Authorities()); err != nil {
+			return err
+		}
+	}
+	s.log.Info("server svid renewed", "id", cur.ID.String(), "expires", cert.NotAfter)
+	return s.ident.SetSVID(chain, key)
+}
+
+func newIdentitySource(id *identity, now func() time.Time) (*mtls.Identity, error) {
+	ident := mtls.NewIdentity(x509bundle.FromX509Authorities(id.td, id.bundle), now)
+	return ident, ident.SetSVID(id.chain, id.key)
+}

@@ -1,0 +1,73 @@
+package controlplane
+
+import (
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics exports Raft and catalog state. Gauges are read from Raft and the
+// store at scrape time, so they cost nothing between scrapes.
+type metrics struct {
+	s     *Server
+	apply prometheus.Histogram
+
+	leader, term, commit, applied, lastContact, peers, services, instances *prometheus.Desc
+}
+
+func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		s: s,
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "strait_raft_apply_duration_seconds", Help: "Time from proposing a command to its commit and apply on the leader.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
+		}),
+		leader:      prometheus.NewDesc("strait_raft_leader", "1 if this server is the Raft leader.", nil, nil),
+		term:        prometheus.NewDesc("strait_raft_term", "Current Raft term.", nil, nil),
+		commit:      prometheus.NewDesc("strait_raft_commit_index", "Raft commit index.", nil, nil),
+		applied:     prometheus.NewDesc("strait_raft_applied_index", "Raft index applied to the state machine.", nil, nil),
+		lastContact: prometheus.NewDesc("strait_raft_last_contact_seconds", "Time since a follower last heard from the leader.", nil, nil),
+		peers:       prometheus.NewDesc("strait_raft_peers", "Servers in the Raft configuration.", []string{"suffrage"}, nil),
+		services:    prometheus.NewDesc("strait_catalog_services", "Services in the catalog.", nil, nil),
+		instances:   prometheus.NewDesc("strait_catalog_instances", "Service instances in the catalog.", nil, nil),
+	}
+	reg.MustRegister(m.apply, m)
+	return m
+}
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.lastContact, m.peers, m.services, m.instances} {
+		ch <- d
+	}
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	r := m.s.raft
+	if r == nil {
+		return
+	}
+	g := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	st := m.s.Status()
+	leader := 0.0
+	if r.State() == raft.Leader {
+		leader = 1
+	}
+	g(m.leader, leader)
+	g(m.term, float64(st.Term))
+	g(m.commit, float64(st.CommitIndex))
+	g(m.applied, float64(st.AppliedIndex))
+	g(m.lastContact, st.LastContact.AsDuration().Seconds())
+	voters, nonvoters := 0, 0
+	for _, p := range st.Peers {
+		if p.Voter {
+			voters++
+		} else {
+			nonvoters++
+		}
+	}
+	g(m.peers, float64(voters), "voter")
+	g(m.peers, float64(nonvoters), "nonvoter")
+	g(m.services, float64(st.Services))
+	g(m.instances, float64(st.Instances))
+}

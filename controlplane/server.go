@@ -1,0 +1,237 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/straitmesh/strait/controlplane/api"
+	"github.com/straitmesh/strait/controlplane/mux"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/mtls"
+)
+
+// Server is one control-plane server of a site.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	ln        net.Listener
+	advertise string
+
+	store *state.Store
+
+	// Set by Run before any task starts; read-only afterwards.
+	id    *identity
+	ident *mtls.Identity
+	mux   *mux.Mux
+	raft  *raft.Raft
+	close []func() error
+
+	ca         caCache
+	readyReads atomic.Bool
+	ttl        *ttlTracker
+	conns      connPool
+	metrics    *metrics
+	started    chan struct{} // closed when Raft runs
+	ranOnce    sync.Once
+}
+
+// New validates cfg and binds the server's port. It does no other I/O.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.BindAddr); err != nil {
+			return nil, fmt.Errorf("bind_addr: %w", err)
+		}
+	}
+	adv, err := cfg.advertise(ln.Addr())
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.NodeID),
+		ln:        ln,
+		advertise: adv,
+		store:     state.NewStore(0),
+		started:   make(chan struct{}),
+	}
+	s.ttl = newTTLTracker(s)
+	s.metrics = newMetrics(s, cfg.Registerer)
+	return s, nil
+}
+
+// Addr is the address the server advertises for Raft and the API.
+func (s *Server) Addr() string { return s.advertise }
+
+// Store is the local replica of the state.
+func (s *Server) Store() *state.Store { return s.store }
+
+// Bundle returns the site's CA certificates (after Run has started).
+func (s *Server) Bundle() *x509bundle.Bundle { return s.ident.Bundle() }
+
+// Started is closed once Raft runs.
+func (s *Server) Started() <-chan struct{} { return s.started }
+
+// TrustDomain is the site's trust domain (after Run has started).
+func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.id.td }
+
+func (s *Server) authorizeServer(id spiffeid.ID) error {
+	if !trust.IsServer(id, s.id.td) {
+		return fmt.Errorf("%s is not a server of %s", id, s.id.td)
+	}
+	return nil
+}
+
+// Run prepares the identity (bootstrapping or joining on first start),
+// starts Raft and serves until ctx ends. It may be called once.
+func (s *Server) Run(ctx context.Context) (err error) {
+	ran := true
+	s.ranOnce.Do(func() { ran = false })
+	if ran {
+		return errors.New("controlplane: Run called twice")
+	}
+	defer func() {
+		for i := len(s.close) - 1; i >= 0; i-- {
+			if cerr := s.close[i](); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+	}()
+	s.close = append(s.close, s.ln.Close)
+	if s.id, err = s.prepareIdentity(ctx); err != nil {
+		return err
+	}
+	if s.ident, err = newIdentitySource(s.id, s.cfg.Now); err != nil {
+		return err
+	}
+	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now})
+	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
+	apiSrv.RegisterServices(gs)
+
+	muxCtx, stopMux := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopMux()
+	muxDone := make(chan error, 1)
+	go func() { muxDone <- s.mux.Serve(muxCtx) }()
+	grpcDone := make(chan error, 1)
+	go func() { grpcDone <- gs.Serve(s.mux.GRPCListener()) }()
+
+	if err := s.startRaft(); err != nil {
+		stopMux()
+		gs.Stop()
+		return err
+	}
+	close(s.started)
+	s.log.Info("server started", "site", s.id.node.Site, "trust_domain", s.id.td.Name(), "addr", s.advertise)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.leaderLoop(gctx) })
+	g.Go(func() error { return s.renewLoop(gctx) })
+	g.Go(func() error { return s.promoteLoop(gctx) })
+	if s.cfg.MetricsAddr != "" {
+		g.Go(func() error { return s.serveMetrics(gctx) })
+	}
+	g.Go(func() error {
+		select {
+		case err := <-muxDone:
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+		case <-gctx.Done():
+		}
+		return nil
+	})
+	runErr := g.Wait()
+	if errors.Is(runErr, context.Canceled) {
+		runErr = nil
+	}
+	s.shutdown(gs, stopMux)
+	<-grpcDone
+	return runErr
+}
+
+// shutdown leaves (if configured), drains the API and stops Raft.
+func (s *Server) shutdown(gs *grpc.Server, stopMux func()) {
+	if s.cfg.LeaveOnTerminate {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := s.leave(ctx); err != nil {
+			s.log.Warn("leave failed", "err", err)
+		}
+		cancel()
+	}
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		gs.Stop()
+	}
+	if err := s.raft.Shutdown().Error(); err != nil {
+		s.log.Warn("raft shutdown", "err", err)
+	}
+	stopMux()
+	s.conns.closeAll()
+	s.log.Info("server stopped")
+}
+
+func (s *Server) serveMetrics(ctx context.Context) error {
+	m := http.NewServeMux()
+	m.Handle("/metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
+	hs := &http.Server{Addr: s.cfg.MetricsAddr, Handler: m, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", s.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics_addr: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		hs.Shutdown(sctx)
+	}()
+	if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// renewLoop keeps the server's own SVID fresh.
+func (s *Server) renewLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		if err := s.renewSVID(); err != nil && !errors.Is(err, state.ErrNotBootstrapped) {
+			s.log.Warn("server svid renewal failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -200,3 +200,11 @@ func (c *Config) advertise(bound net.Addr) (string, error) {
 	}
 	return ap.String(), nil
 }
+
+// ValidateConfig checks c as New would, without binding or touching disk.
+func ValidateConfig(c Config) error {
+	if err := c.setDefaults(); err != nil {
+		return err
+	}
+	return c.validate()
+}

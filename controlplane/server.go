@@ -235,3 +235,6 @@ func (s *Server) renewLoop(ctx context.Context) error {
 		}
 	}
 }
+
+// Site is the site's name (after Run has started).
+func (s *Server) Site() string { return s.id.node.Site }

@@ -1,0 +1,144 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+
+	"github.com/straitmesh/strait/controlplane"
+)
+
+// FileConfig is the server's config file (YAML). Every key is documented in
+// README.md; unknown keys are an error. Flags override the file.
+type FileConfig struct {
+	Site             string        `yaml:"site"`
+	TrustDomain      string        `yaml:"trust_domain"`
+	NodeName         string        `yaml:"node_name"`
+	DataDir          string        `yaml:"data_dir"`
+	BindAddr         string        `yaml:"bind_addr"`
+	AdvertiseAddr    string        `yaml:"advertise_addr"`
+	MetricsAddr      string        `yaml:"metrics_addr"`
+	Bootstrap        bool          `yaml:"bootstrap"`
+	Join             []string      `yaml:"join"`
+	JoinTokenFile    string        `yaml:"join_token_file"`
+	KEKFile          string        `yaml:"kek_file"`
+	LeaveOnTerminate bool          `yaml:"leave_on_terminate"`
+	ServerSVIDTTL    time.Duration `yaml:"server_svid_ttl"`
+	LogLevel         string        `yaml:"log_level"`
+	LogFormat        string        `yaml:"log_format"`
+	Raft             struct {
+		HeartbeatTimeout   time.Duration `yaml:"heartbeat_timeout"`
+		ElectionTimeout    time.Duration `yaml:"election_timeout"`
+		LeaderLeaseTimeout time.Duration `yaml:"leader_lease_timeout"`
+	} `yaml:"raft"`
+}
+
+// maxConfigSize bounds a config file.
+const maxConfigSize = 1 << 20
+
+// LoadConfigFile reads and strictly decodes a config file.
+func LoadConfigFile(path string) (*FileConfig, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("config file %s: larger than %d bytes", path, maxConfigSize)
+	}
+	return ParseConfig(b, path)
+}
+
+// ParseConfig strictly decodes config bytes; name is used in errors.
+func ParseConfig(b []byte, name string) (*FileConfig, error) {
+	var fc FileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config file %s: %w", name, err)
+	}
+	return &fc, nil
+}
+
+// serverConfig converts to a controlplane.Config, checking what can be
+// checked without touching the disk or the network.
+func (fc *FileConfig) serverConfig() (controlplane.Config, error) {
+	c := controlplane.Config{
+		Site: fc.Site, TrustDomain: fc.TrustDomain, NodeID: fc.NodeName, DataDir: fc.DataDir,
+		BindAddr: fc.BindAddr, AdvertiseAddr: fc.AdvertiseAddr, MetricsAddr: fc.MetricsAddr,
+		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile,
+		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: fc.ServerSVIDTTL,
+		Raft: controlplane.RaftTimeouts{
+			Heartbeat: fc.Raft.HeartbeatTimeout, Election: fc.Raft.ElectionTimeout, LeaderLease: fc.Raft.LeaderLeaseTimeout,
+		},
+	}
+	if fc.JoinTokenFile != "" {
+		b, err := os.ReadFile(fc.JoinTokenFile)
+		if err != nil {
+			return c, fmt.Errorf("join_token_file: %w", err)
+		}
+		c.JoinToken = strings.TrimSpace(string(b))
+	}
+	if _, err := parseLogLevel(fc.LogLevel); err != nil {
+		return c, err
+	}
+	switch fc.LogFormat {
+	case "", "text", "json":
+	default:
+		return c, fmt.Errorf("log_format: %q is not text or json", fc.LogFormat)
+	}
+	return c, controlplane.ValidateConfig(c)
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if s == "" {
+		return slog.LevelInfo, nil
+	}
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("log_level: %q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func (fc *FileConfig) logger(w io.Writer) *slog.Logger {
+	lvl, _ := parseLogLevel(fc.LogLevel)
+	opts := &slog.HandlerOptions{Level: lvl}
+	if fc.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func newConfigCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Work with server config files"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "validate FILE",
+		Short: "Check a server config file: syntax, keys and values",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fc, err := LoadConfigFile(args[0])
+			if err != nil {
+				return err
+			}
+			if _, err := fc.serverConfig(); err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			fmt.Fprintf(g.stdout, "%s: valid\n", args[0])
+			return nil
+		},
+	})
+	return cmd
+}

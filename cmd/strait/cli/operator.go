@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+)
+
+func newOperatorCmd(g *globals) *cobra.Command {
+	op := &cobra.Command{Use: "operator", Short: "Operate a site's servers"}
+	rc := &cobra.Command{Use: "raft", Short: "Inspect and change the Raft configuration"}
+	rc.AddCommand(&cobra.Command{
+		Use:   "list-peers",
+		Short: "List the servers in the Raft configuration",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := cl.Operator.ListPeers(ctx, &apipb.ListPeersRequest{})
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(resp)
+			}
+			t := newTable(g.stdout, "NODE", "ADDRESS", "STATE", "VOTER")
+			for _, p := range resp.Peers {
+				st := "follower"
+				if p.Leader {
+					st = "leader"
+				}
+				t.row(p.Id, p.Address, st, fmt.Sprint(p.Voter))
+			}
+			return t.flush()
+		},
+	}, &cobra.Command{
+		Use:   "remove-peer NODE",
+		Short: "Remove a server (a dead one, or one being retired) from the Raft configuration",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			if _, err := cl.Operator.RemovePeer(ctx, &apipb.RemovePeerRequest{Id: args[0]}); err != nil {
+				return err
+			}
+			if !g.json {
+				fmt.Fprintf(g.stdout, "Removed %s\n", args[0])
+			}
+			return nil
+		},
+	})
+	op.AddCommand(rc)
+	return op
+}

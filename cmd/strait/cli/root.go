@@ -1,0 +1,144 @@
+// Package cli implements the strait command line: one file per noun, each
+// verb a cobra command. Results go to stdout (a stable JSON form with
+// --json), diagnostics to stderr. Exit status: 0 success, 1 failure,
+// 2 bad usage.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/straitmesh/strait/controlplane/apiclient"
+)
+
+// globals are the connection flags every client verb shares.
+type globals struct {
+	addr, token, caFile string
+	json                bool
+	timeout             time.Duration
+	stdout, stderr      io.Writer
+}
+
+type usageError struct{ error }
+
+// Main runs the CLI and returns the exit status.
+func Main(args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := newRoot(g)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "error:", describe(err))
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+// describe turns gRPC errors into "message (Code)".
+func describe(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return fmt.Sprintf("%s (%s)", st.Message(), st.Code())
+	}
+	return err.Error()
+}
+
+func newRoot(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "strait",
+		Short:         "Strait connects services across clouds and datacenters",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.addr, "addr", "", "server address host:port (env STRAIT_ADDR)")
+	pf.StringVar(&g.token, "token", "", "ACL token (env STRAIT_TOKEN)")
+	pf.StringVar(&g.caFile, "ca-file", "", "the site's CA certificates, PEM (env STRAIT_CA_FILE)")
+	pf.BoolVar(&g.json, "json", false, "print results as JSON")
+	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "how long a command may take")
+	root.AddCommand(
+		newServerCmd(g),
+		newConfigCmd(g),
+		newServiceCmd(g),
+		newTokenCmd(g),
+		newOperatorCmd(g),
+		newStatusCmd(g),
+		newVersionCmd(g),
+	)
+	return root
+}
+
+// client connects using flags, then the environment, then the dev context.
+func (g *globals) client() (*apiclient.Client, error) {
+	cfg := apiclient.Config{Addr: first(g.addr, os.Getenv("STRAIT_ADDR")), Token: first(g.token, os.Getenv("STRAIT_TOKEN")), CAFile: first(g.caFile, os.Getenv("STRAIT_CA_FILE"))}
+	if cfg.Addr == "" || cfg.CAFile == "" || cfg.Token == "" {
+		if dc, err := readDevContext(); err == nil && (cfg.Addr == "" || cfg.Addr == dc.Addr) {
+			cfg.Addr = dc.Addr
+			cfg.Token = first(cfg.Token, dc.Token)
+			if cfg.CAFile == "" {
+				certs, err := dc.certs()
+				if err != nil {
+					return nil, err
+				}
+				cfg.CA = certs
+			}
+		}
+	}
+	return apiclient.Dial(cfg)
+}
+
+func (g *globals) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), g.timeout)
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+var jsonOpts = protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}
+
+// printJSON prints a message in the stable JSON form (proto field names).
+func (g *globals) printJSON(m proto.Message) error {
+	b, err := jsonOpts.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(g.stdout, string(b))
+	return err
+}
+
+func newVersionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintln(g.stdout, version())
+			return nil
+		},
+	}
+}

@@ -1,0 +1,282 @@
+package cli
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+)
+
+func newServiceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "service", Short: "Register, list and inspect services"}
+	cmd.AddCommand(newServiceRegisterCmd(g), newServiceDeregisterCmd(g), newServiceListCmd(g), newServiceShowCmd(g), newServiceHeartbeatCmd(g))
+	return cmd
+}
+
+// parsePort parses name=port[/protocol] (the port number may be omitted
+// when no instance is registered).
+func parsePort(s string) (*apipb.ServicePort, uint32, error) {
+	name, rest, hasNum := strings.Cut(s, "=")
+	numStr, proto, hasProto := strings.Cut(rest, "/")
+	if !hasNum {
+		name, proto, hasProto = strings.Cut(s, "/")
+		numStr = ""
+	}
+	p := &apipb.ServicePort{Name: name, Protocol: apipb.Protocol_PROTOCOL_TCP}
+	if hasProto {
+		v, ok := apipb.Protocol_value["PROTOCOL_"+strings.ToUpper(proto)]
+		if !ok || v == 0 {
+			return nil, 0, fmt.Errorf("--port %s: protocol %q is not tcp, http or grpc", s, proto)
+		}
+		p.Protocol = apipb.Protocol(v)
+	}
+	var num uint64
+	if numStr != "" {
+		var err error
+		if num, err = strconv.ParseUint(numStr, 10, 16); err != nil || num == 0 {
+			return nil, 0, fmt.Errorf("--port %s: %q is not a port number 1-65535", s, numStr)
+		}
+	}
+	return p, uint32(num), nil
+}
+
+func parseKV(flag string, kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, usageError{fmt.Errorf("--%s %q: want key=value", flag, kv)}
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func newServiceRegisterCmd(g *globals) *cobra.Command {
+	var (
+		ns, name, id, address, zone string
+		ports, meta                 []string
+		ttl                         time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "register",
+		Short: "Register a service, and optionally one instance of it",
+		Example: `  strait service register --ns payments --name api --port http=8080/http --address 10.0.1.5 --id api-1
+  strait service register --ns payments --name api --port http/http          # the definition only`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &apipb.RegisterRequest{Service: &apipb.Service{Namespace: ns, Name: name}}
+			nums := map[string]uint32{}
+			for _, ps := range ports {
+				p, num, err := parsePort(ps)
+				if err != nil {
+					return usageError{err}
+				}
+				req.Service.Ports = append(req.Service.Ports, p)
+				if num != 0 {
+					nums[p.Name] = num
+				}
+			}
+			var err error
+			if req.Service.Meta, err = parseKV("meta", meta); err != nil {
+				return err
+			}
+			if address != "" || id != "" {
+				in := &apipb.Instance{Id: id, Address: address, Ports: nums, Zone: zone}
+				if ttl > 0 {
+					in.Ttl = durationpb.New(ttl)
+				}
+				req.Instance = in
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := cl.Catalog.Register(ctx, req)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(resp)
+			}
+			what := fmt.Sprintf("service %s/%s", req.Service.Namespace, name)
+			if req.Instance != nil {
+				what += fmt.Sprintf(", instance %s (%s)", id, address)
+			}
+			fmt.Fprintf(g.stdout, "Registered %s at index %d\n", what, resp.Index)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&ns, "ns", "", "namespace (default \"default\")")
+	f.StringVar(&name, "name", "", "service name")
+	f.StringArrayVar(&ports, "port", nil, "named port: name=number/protocol (tcp, http, grpc); repeatable")
+	f.StringArrayVar(&meta, "meta", nil, "metadata key=value; repeatable")
+	f.StringVar(&id, "id", "", "instance ID")
+	f.StringVar(&address, "address", "", "instance IP address")
+	f.StringVar(&zone, "zone", "", "instance locality zone")
+	f.DurationVar(&ttl, "ttl", 0, "instance turns critical without a heartbeat for this long")
+	return cmd
+}
+
+func newServiceDeregisterCmd(g *globals) *cobra.Command {
+	var ns, name, id string
+	cmd := &cobra.Command{
+		Use:   "deregister",
+		Short: "Remove an instance (--id), or a service and all its instances",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := cl.Catalog.Deregister(ctx, &apipb.DeregisterRequest{Namespace: ns, Service: name, InstanceId: id})
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(resp)
+			}
+			fmt.Fprintf(g.stdout, "Deregistered at index %d\n", resp.Index)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
+	cmd.Flags().StringVar(&name, "name", "", "service name")
+	cmd.Flags().StringVar(&id, "id", "", "instance ID (omit to remove the whole service)")
+	return cmd
+}
+
+func readMode(consistent bool) apipb.ReadMode {
+	if consistent {
+		return apipb.ReadMode_READ_MODE_CONSISTENT
+	}
+	return apipb.ReadMode_READ_MODE_LOCAL
+}
+
+func newServiceListCmd(g *globals) *cobra.Command {
+	var ns string
+	var consistent bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List services",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := cl.Catalog.ListServices(ctx, &apipb.ListServicesRequest{Namespace: ns, Mode: readMode(consistent)})
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(resp)
+			}
+			t := newTable(g.stdout, "NAMESPACE", "SERVICE", "PORTS", "INSTANCES", "PASSING")
+			for _, s := range resp.Services {
+				t.row(s.Service.Namespace, s.Service.Name, portsString(s.Service.Ports), strconv.Itoa(int(s.Instances)), strconv.Itoa(int(s.Passing)))
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().StringVar(&ns, "ns", "", "only this namespace")
+	cmd.Flags().BoolVar(&consistent, "consistent", false, "read through the leader (linearizable)")
+	return cmd
+}
+
+func portsString(ps []*apipb.ServicePort) string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Name+"/"+lowerEnum(p.Protocol.String(), "PROTOCOL_"))
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, ",")
+}
+
+func newServiceShowCmd(g *globals) *cobra.Command {
+	var ns, name string
+	var consistent, passing bool
+	cmd := &cobra.Command{
+		Use:   "show",
+		Short: "Show a service and its instances",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := cl.Catalog.GetService(ctx, &apipb.GetServiceRequest{Namespace: ns, Name: name, Mode: readMode(consistent), PassingOnly: passing})
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(resp)
+			}
+			s := resp.Service
+			fmt.Fprintf(g.stdout, "Service %s/%s  ports %s\n", s.Namespace, s.Name, portsString(s.Ports))
+			t := newTable(g.stdout, "ID", "ADDRESS", "PORTS", "ZONE", "HEALTH")
+			for _, in := range resp.Instances {
+				var ps []string
+				for n, p := range in.Ports {
+					ps = append(ps, fmt.Sprintf("%s=%d", n, p))
+				}
+				sort.Strings(ps)
+				t.row(in.Id, in.Address, strings.Join(ps, ","), first(in.Zone, "-"), lowerEnum(in.Health.String(), "HEALTH_"))
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
+	cmd.Flags().StringVar(&name, "name", "", "service name")
+	cmd.Flags().BoolVar(&consistent, "consistent", false, "read through the leader (linearizable)")
+	cmd.Flags().BoolVar(&passing, "passing", false, "only passing instances")
+	return cmd
+}
+
+func newServiceHeartbeatCmd(g *globals) *cobra.Command {
+	var ns, name, id string
+	cmd := &cobra.Command{
+		Use:   "heartbeat",
+		Short: "Send a heartbeat for an instance registered with --ttl",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			_, err = cl.Catalog.Heartbeat(ctx, &apipb.HeartbeatRequest{Namespace: ns, Service: name, InstanceId: id})
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
+	cmd.Flags().StringVar(&name, "name", "", "service name")
+	cmd.Flags().StringVar(&id, "id", "", "instance ID")
+	return cmd
+}

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+)
+
+func newTokenCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Create, list and revoke ACL tokens"}
+	cmd.AddCommand(newTokenCreateCmd(g), newTokenListCmd(g), newTokenRevokeCmd(g))
+	return cmd
+}
+
+func newTokenCreateCmd(g *globals) *cobra.Command {
+	var (
+		kind, desc string
+		ttl        time.Duration
+		maxUses    uint32
+	)
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a token; its secret is printed once",
+		Long: `Create a token. Kinds:
+  management  everything, including tokens
+  write       catalog reads and writes
+  read        catalog reads and status
+  server      lets one new server join this site (single-use, 1h unless --ttl)`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, ok := apipb.TokenKind_value["TOKEN_KIND_"+strings.ToUpper(kind)]
+			if !ok || k == 0 {
+				return usageError{fmt.Errorf("--kind %q: want management, write, read or server", kind)}
+			}
+			req := &apipb.CreateTokenRequest{Kind: apipb.TokenKind(k), Description: desc, MaxUses: maxUses}
+			if ttl > 0 {
+				req.Ttl = durationpb.New(ttl)
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := cl.ACL.CreateToken(ctx, req)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(resp)
+			}
+			fmt.Fprintf(g.stdout, "Accessor: %s\nSecret:   %s\n", resp.Token.AccessorId, resp.Secret)
+			if resp.Token.ExpireTime != nil {
+				fmt.Fprintf(g.stdout, "Expires:  %s\n", resp.Token.ExpireTime.AsTime().Format(time.RFC3339))
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&kind, "kind", "", "management, write, read or server")
+	f.StringVar(&desc, "description", "", "what the token is for")
+	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: none; 1h for server tokens)")
+	f.Uint32Var(&maxUses, "max-uses", 0, "number of uses (default unlimited; server tokens: 1)")
+	return cmd
+}
+
+func newTokenListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List tokens (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := cl.ACL.ListTokens(ctx, &apipb.ListTokensRequest{})
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(resp)
+			}
+			t := newTable(g.stdout, "ACCESSOR", "KIND", "USES", "EXPIRES", "DESCRIPTION")
+			for _, tok := range resp.Tokens {
+				uses := strconv.Itoa(int(tok.Uses))
+				if tok.MaxUses > 0 {
+					uses += "/" + strconv.Itoa(int(tok.MaxUses))
+				}
+				exp := "never"
+				if tok.ExpireTime != nil {
+					exp = tok.ExpireTime.AsTime().Format(time.RFC3339)
+				}
+				t.row(tok.AccessorId, lowerEnum(tok.Kind.String(), "TOKEN_KIND_"), uses, exp, first(tok.Description, "-"))
+			}
+			return t.flush()
+		},
+	}
+}
+
+func newTokenRevokeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke ACCESSOR",
+		Short: "Revoke a token by its accessor ID",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			if _, err := cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: args[0]}); err != nil {
+				return err
+			}
+			if !g.json {
+				fmt.Fprintf(g.stdout, "Revoked %s\n", args[0])
+			}
+			return nil
+		},
+	}
+}

@@ -115,7 +115,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	defer func() {
 		for i := len(s.close) - 1; i >= 0; i-- {
-			if cerr := s.close[i](); cerr != nil && err == nil {
+			if cerr := s.close[i](); cerr != nil && !errors.Is(cerr, net.ErrClosed) && err == nil {
 				err = cerr
 			}
 		}

@@ -156,34 +156,49 @@ func (m *Mux) Close() error {
 	return err
 }
 
-// RaftLayer is the raft.StreamLayer over this port.
-func (m *Mux) RaftLayer() raft.StreamLayer { return &raftLayer{m: m} }
+// RaftLayer is the raft.StreamLayer over this port. Closing it stops
+// handing Raft connections over; the port stays open for gRPC.
+func (m *Mux) RaftLayer() raft.StreamLayer {
+	return &raftLayer{chanListener: newChanListener(m, m.raftCh), m: m}
+}
 
 // GRPCListener yields the connections that negotiated gRPC; serve it with
-// grpc.Creds(mux.Handshaked()).
-func (m *Mux) GRPCListener() net.Listener { return &chanListener{m: m, ch: m.grpcCh} }
+// grpc.Creds(mux.Handshaked()). Closing it leaves Raft running.
+func (m *Mux) GRPCListener() net.Listener { return newChanListener(m, m.grpcCh) }
 
 type chanListener struct {
-	m  *Mux
-	ch chan net.Conn
+	m      *Mux
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener(m *Mux, ch chan net.Conn) *chanListener {
+	return &chanListener{m: m, ch: ch, closed: make(chan struct{})}
 }
 
 func (l *chanListener) Accept() (net.Conn, error) {
 	select {
 	case c := <-l.ch:
 		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
 	case <-l.m.done:
 		return nil, net.ErrClosed
 	}
 }
-func (l *chanListener) Close() error   { return l.m.Close() }
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
 func (l *chanListener) Addr() net.Addr { return l.m.Addr() }
 
-type raftLayer struct{ m *Mux }
-
-func (r *raftLayer) Accept() (net.Conn, error) { return (&chanListener{m: r.m, ch: r.m.raftCh}).Accept() }
-func (r *raftLayer) Close() error              { return r.m.Close() }
-func (r *raftLayer) Addr() net.Addr            { return r.m.Addr() }
+type raftLayer struct {
+	*chanListener
+	m *Mux
+}
 
 func (r *raftLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := &net.Dialer{Timeout: timeout}

@@ -238,3 +238,7 @@ func (s *Server) renewLoop(ctx context.Context) error {
 
 // Site is the site's name (after Run has started).
 func (s *Server) Site() string { return s.id.node.Site }
+
+// Raft is the server's Raft node, for tests and diagnostics. Do not Apply
+// through it: use the API.
+func (s *Server) Raft() *raft.Raft { return s.raft }

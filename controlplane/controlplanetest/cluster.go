@@ -42,6 +42,29 @@ type Options struct {
 	InMemoryRaft bool
 	// Logs shows server logs (otherwise only with STRAIT_TEST_LOGS=1).
 	Logs bool
+	// Clock, when set, is the servers' clock (token and certificate
+	// expiry); Raft keeps real time.
+	Clock *Clock
+}
+
+// Clock is an adjustable clock: real time plus an offset.
+type Clock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
 }
 
 // Cluster is a running site.
@@ -99,7 +122,41 @@ func (c *Cluster) newNode(id string) *Node {
 // AddServer starts a new server that joins the site with a fresh server token.
 func (c *Cluster) AddServer(id string) *Node {
 	c.t.Helper()
-	cl := c.Client(0)
+	n := c.newNode(id)
+	n.start(controlplane.Config{Join: c.joinAddrs(n), JoinToken: c.ServerToken()})
+	return n
+}
+
+// NewServerConfig returns the config of a server that would join the
+// cluster, for tests that run it themselves.
+func (c *Cluster) NewServerConfig(id, token string) (controlplane.Config, func() error) {
+	n := c.newNode(id)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.Nodes = c.Nodes[:len(c.Nodes)-1]
+	cfg := controlplane.Config{
+		Site: c.opts.Site, NodeID: id, DataDir: n.Dir, Listener: ln, Raft: FastRaft,
+		Logger: c.logger(id), Join: c.joinAddrs(n), JoinToken: token, InMemoryRaft: true,
+	}
+	return cfg, ln.Close
+}
+
+func (c *Cluster) joinAddrs(skip *Node) []string {
+	var join []string
+	for _, o := range c.Nodes {
+		if o != skip && o.Running() {
+			join = append(join, o.Addr)
+		}
+	}
+	return join
+}
+
+// ServerToken creates a server join token.
+func (c *Cluster) ServerToken() string {
+	c.t.Helper()
+	cl := c.Client(c.Leader())
 	var tok string
 	WaitFor(c.t, 20*time.Second, func() error {
 		resp, err := cl.ACL.CreateToken(ctx(c.t), &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_SERVER, Ttl: durationpb.New(time.Hour)})
@@ -109,15 +166,7 @@ func (c *Cluster) AddServer(id string) *Node {
 		tok = resp.Secret
 		return nil
 	})
-	n := c.newNode(id)
-	var join []string
-	for _, o := range c.Nodes {
-		if o != n && o.Running() {
-			join = append(join, o.Addr)
-		}
-	}
-	n.start(controlplane.Config{Join: join, JoinToken: tok})
-	return n
+	return tok
 }
 
 func (c *Cluster) logger(id string) *slog.Logger {
@@ -151,6 +200,9 @@ func (n *Node) start(role controlplane.Config) {
 	cfg.Raft = FastRaft
 	cfg.InMemoryRaft = n.c.opts.InMemoryRaft
 	cfg.Logger = n.c.logger(n.ID)
+	if n.c.opts.Clock != nil {
+		cfg.Now = n.c.opts.Clock.Now
+	}
 	if w := n.c.opts.WrapTransport; w != nil {
 		id := n.ID
 		cfg.WrapTransport = func(tr raft.Transport) raft.Transport { return w(id, tr) }

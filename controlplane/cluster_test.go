@@ -156,3 +156,5 @@ func TestJoinRejectsExistingMember(t *testing.T) {
 		t.Fatalf("join as existing member: %v, want conflict", err)
 	}
 }
+
+func stateKey(ns, name string) state.ServiceKey { return state.ServiceKey{Namespace: ns, Name: name} }

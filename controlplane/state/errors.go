@@ -11,6 +11,9 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrTokenInvalid: the token is unknown, expired or used up.
 	ErrTokenInvalid = errors.New("token invalid")
+	// ErrMalformed: the command lacks a required part. The API validates
+	// requests before proposing them, so this means a bug or corruption.
+	ErrMalformed = errors.New("malformed command")
 	// ErrNotBootstrapped: the site has no identity yet.
 	ErrNotBootstrapped = errors.New("site not bootstrapped")
 )

@@ -171,6 +171,9 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 	if index > s.index {
 		s.index = index
 	}
+	if err := wellFormed(cmd); err != nil {
+		return nil, err
+	}
 	now := cmd.GetTime().AsTime()
 	var ch changes
 	var out any
@@ -197,6 +200,47 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		s.events.publish(&apipb.WatchEvent{Index: index, Changes: ch})
 	}
 	return out, err
+}
+
+// wellFormed checks the structure apply relies on; it never looks at the
+// state, so every replica reaches the same verdict.
+func wellFormed(cmd *statepb.Command) error {
+	bad := func(what string) error { return fmt.Errorf("%s: %w", what, ErrMalformed) }
+	switch c := cmd.Cmd.(type) {
+	case *statepb.Command_Bootstrap:
+		if c.Bootstrap.GetRoot() == nil || c.Bootstrap.Site == "" || c.Bootstrap.TrustDomain == "" {
+			return bad("bootstrap without site, trust domain or root")
+		}
+		if mt := c.Bootstrap.ManagementToken; mt != nil && (mt.Token.GetAccessorId() == "" || len(mt.SecretHash) != 32) {
+			return bad("bootstrap with a malformed management token")
+		}
+	case *statepb.Command_Register:
+		r := c.Register
+		if r.GetService().GetName() == "" || r.Service.Namespace == "" {
+			return bad("register without a service name and namespace")
+		}
+		if r.Instance != nil && r.Instance.Id == "" {
+			return bad("register with an instance without an id")
+		}
+	case *statepb.Command_Deregister:
+		if c.Deregister.GetService() == "" {
+			return bad("deregister without a service")
+		}
+	case *statepb.Command_SetHealth:
+		for _, k := range c.SetHealth.GetInstances() {
+			if k == nil {
+				return bad("set health with an empty key")
+			}
+		}
+	case *statepb.Command_CreateToken:
+		if c.CreateToken.GetToken().GetAccessorId() == "" || len(c.CreateToken.SecretHash) != 32 {
+			return bad("token without accessor or 32-byte hash")
+		}
+	case *statepb.Command_RevokeToken, *statepb.Command_ConsumeToken:
+	case nil:
+		return bad("empty command")
+	}
+	return nil
 }
 
 type changes []*apipb.Change
@@ -352,9 +396,6 @@ func (s *Store) putToken(t *statepb.TokenRecord) {
 }
 
 func (s *Store) applyCreateToken(t *statepb.TokenRecord) error {
-	if len(t.SecretHash) != 32 || t.Token.GetAccessorId() == "" {
-		return fmt.Errorf("create token: malformed record: %w", ErrConflict)
-	}
 	if _, ok := s.tokens[t.Token.AccessorId]; ok {
 		return fmt.Errorf("create token: accessor %s exists: %w", t.Token.AccessorId, ErrConflict)
 	}

@@ -42,6 +42,8 @@ type Options struct {
 	InMemoryRaft bool
 	// Logs shows server logs (otherwise only with STRAIT_TEST_LOGS=1).
 	Logs bool
+	// Raft, when set, replaces FastRaft (zero fields: production defaults).
+	Raft *controlplane.RaftTimeouts
 	// Clock, when set, is the servers' clock (token and certificate
 	// expiry); Raft keeps real time.
 	Clock *Clock
@@ -198,6 +200,9 @@ func (n *Node) start(role controlplane.Config) {
 	cfg.DataDir = n.Dir
 	cfg.Listener = ln
 	cfg.Raft = FastRaft
+	if n.c.opts.Raft != nil {
+		cfg.Raft = *n.c.opts.Raft
+	}
 	cfg.InMemoryRaft = n.c.opts.InMemoryRaft
 	cfg.Logger = n.c.logger(n.ID)
 	if n.c.opts.Clock != nil {

@@ -318,7 +318,9 @@ func (s *Store) applyRegister(index uint64, req *apipb.RegisterRequest, ch *chan
 
 // checkPortsInUse rejects a service definition that drops a port its
 // instances (other than the one being replaced) still use, and an instance
-// naming a port the service does not define.
+// naming a port the service does not define. Instances are scanned only
+// when the definition drops a port, so registering into a large service
+// stays O(1).
 func (s *Store) checkPortsInUse(k ServiceKey, req *apipb.RegisterRequest) error {
 	defined := make(map[string]bool, len(req.Service.GetPorts()))
 	for _, p := range req.Service.GetPorts() {
@@ -328,6 +330,17 @@ func (s *Store) checkPortsInUse(k ServiceKey, req *apipb.RegisterRequest) error 
 		if !defined[name] {
 			return fmt.Errorf("instance.ports: port %q is not defined by service %s/%s: %w", name, k.Namespace, k.Name, ErrConflict)
 		}
+	}
+	old := s.services[k]
+	dropped := false
+	for _, p := range old.GetPorts() {
+		if !defined[p.Name] {
+			dropped = true
+			break
+		}
+	}
+	if !dropped {
+		return nil
 	}
 	for id, in := range s.instances[k] {
 		if req.Instance != nil && id == req.Instance.Id {

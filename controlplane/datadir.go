@@ -19,7 +19,7 @@ import (
 //	tls/svid.key      its private key (0600)
 //	tls/ca.pem        the site's CA certificates (public; give it to CLI users)
 //	kek               the key-encryption key (0600), unless kek_file says otherwise
-//	raft/raft.db      the Raft log and stable store (bbolt)
+//	raft/wal/         the Raft log and stable store (raft-wal segments)
 //	raft/snapshots/   Raft snapshots
 type nodeInfo struct {
 	NodeID      string `json:"node_id"`
@@ -62,8 +62,8 @@ func (d dataDir) writeNode(n *nodeInfo) error {
 }
 
 func (d dataDir) hasRaftState() bool {
-	_, err := os.Stat(d.path("raft", "raft.db"))
-	return err == nil
+	entries, err := os.ReadDir(d.path("raft", "wal"))
+	return err == nil && len(entries) > 0
 }
 
 // writeIdentity stores the SVID, its key (0600) and the CA bundle.

@@ -60,12 +60,41 @@ func (s *Server) Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, 
 	return res.Value, f.Index(), res.Err
 }
 
-// ConsistentRead implements api.Node.
+// ConsistentRead implements api.Node. A read is linearizable when this
+// server leads, has applied every entry committed before its term (a
+// barrier committed in this term proves it), and still leads in the same
+// term after confirming with a quorum. A server leads at most once per
+// term, so checking the term also catches a lost-and-regained leadership
+// that a notification could have missed.
 func (s *Server) ConsistentRead(ctx context.Context) error {
-	if !s.readyReads.Load() {
+	if s.raft.State() != raft.Leader {
+		return api.ErrNotLeader
+	}
+	term := s.raft.CurrentTerm()
+	if s.readyTerm.Load() != term {
+		if err := s.barrier(term); err != nil {
+			return err
+		}
+	}
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return err
+	}
+	if s.raft.CurrentTerm() != term {
 		return api.ErrNoLeader
 	}
-	return s.raft.VerifyLeader().Error()
+	return nil
+}
+
+// barrier makes the FSM current for consistent reads in term.
+func (s *Server) barrier(term uint64) error {
+	if err := s.raft.Barrier(raftApplyTimeout).Error(); err != nil {
+		return err
+	}
+	if s.raft.CurrentTerm() != term {
+		return api.ErrNoLeader
+	}
+	s.readyTerm.Store(term)
+	return nil
 }
 
 // LeaderConn implements api.Node: it waits up to 5s (or ctx) for a leader.

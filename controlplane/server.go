@@ -41,13 +41,13 @@ type Server struct {
 	raft  *raft.Raft
 	close []func() error
 
-	ca         caCache
-	readyReads atomic.Bool
-	ttl        *ttlTracker
-	conns      connPool
-	metrics    *metrics
-	started    chan struct{} // closed when Raft runs
-	ranOnce    sync.Once
+	ca        caCache
+	readyTerm atomic.Uint64 // see ConsistentRead
+	ttl       *ttlTracker
+	conns     connPool
+	metrics   *metrics
+	started   chan struct{} // closed when Raft runs
+	ranOnce   sync.Once
 }
 
 // New validates cfg and binds the server's port. It does no other I/O.

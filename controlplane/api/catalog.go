@@ -84,7 +84,7 @@ func readable[Resp any](ctx context.Context, s *Server, mode apipb.ReadMode, cal
 	case apipb.ReadMode_READ_MODE_LOCAL:
 		return zero, false, nil
 	case apipb.ReadMode_READ_MODE_CONSISTENT:
-		if r, ok, err := forward(ctx, s, call); ok {
+		if r, ok, err := forwardRead(ctx, s, call); ok {
 			return r, true, err
 		}
 		return zero, false, s.cfg.Node.ConsistentRead(ctx)

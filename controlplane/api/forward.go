@@ -14,15 +14,27 @@ import (
 // it fails Unavailable and the client retries, so calls never loop.
 const forwardedHeader = "strait-forwarded"
 
-// forward runs call against the leader when this server is not it. It
-// returns handled=false when the call should run here.
-func forward[Resp any](ctx context.Context, s *Server, call func(context.Context, *grpc.ClientConn) (Resp, error)) (resp Resp, handled bool, err error) {
+// forward runs a write against the leader when this server is not it. It
+// returns handled=false when the call should run here. A forwarded write
+// that fails Unavailable without the leader saying it was not applied (the
+// connection broke mid-call) has an unknown outcome and becomes Aborted, so
+// clients do not retry it blindly.
+func forward[Resp any](ctx context.Context, s *Server, call func(context.Context, *grpc.ClientConn) (Resp, error)) (Resp, bool, error) {
+	resp, handled, err := forwardRead(ctx, s, call)
+	if handled && err != nil && status.Code(err) == codes.Unavailable && !safeToRetry(err) {
+		err = status.Errorf(codes.Aborted, "lost the leader while forwarding the write; it may or may not have been applied: read it back before retrying (%s)", status.Convert(err).Message())
+	}
+	return resp, handled, err
+}
+
+// forwardRead is forward for calls that are safe to repeat.
+func forwardRead[Resp any](ctx context.Context, s *Server, call func(context.Context, *grpc.ClientConn) (Resp, error)) (resp Resp, handled bool, err error) {
 	if s.cfg.Node.IsLeader() {
 		return resp, false, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if len(md.Get(forwardedHeader)) > 0 {
-		return resp, true, status.Error(codes.Unavailable, ErrNotLeader.Error()+"; leadership moved, retry")
+		return resp, true, retryable(ErrNotLeader.Error() + "; leadership moved, retry")
 	}
 	conn, err := s.cfg.Node.LeaderConn(ctx)
 	if err != nil {

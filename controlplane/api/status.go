@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/straitmesh/strait/controlplane/state"
 )
@@ -23,6 +25,30 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Rule }
 
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Rule: fmt.Sprintf(format, args...)}
+}
+
+// retryable is Unavailable for a call that was certainly not applied. The
+// RetryInfo detail tells a forwarding server that retrying is safe.
+func retryable(msg string) error {
+	st := status.New(codes.Unavailable, msg)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(100 * time.Millisecond)}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// safeToRetry reports whether err is Unavailable with our RetryInfo.
+func safeToRetry(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return false
+	}
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.RetryInfo); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // toStatus is the one place errors become gRPC status codes.
@@ -49,10 +75,14 @@ func toStatus(err error) error {
 		return status.Error(codes.PermissionDenied, "token "+err.Error())
 	case errors.Is(err, state.ErrNotBootstrapped):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, raft.ErrLeadershipLost):
+		// The entry may still commit under the next leader: the outcome is
+		// unknown, so this must not be retried blindly.
+		return status.Error(codes.Aborted, "leadership changed while the write was in flight; it may or may not have been applied: read it back before retrying")
 	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrNotLeader),
-		errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
-		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrRaftShutdown):
-		return status.Error(codes.Unavailable, err.Error())
+		errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress),
+		errors.Is(err, raft.ErrRaftShutdown):
+		return retryable(err.Error())
 	case errors.Is(err, raft.ErrEnqueueTimeout):
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

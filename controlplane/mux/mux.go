@@ -227,7 +227,7 @@ func (handshaked) ClientHandshake(context.Context, string, net.Conn) (net.Conn, 
 	return nil, nil, errors.New("mux: server-side credentials only")
 }
 func (handshaked) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3"}
+	return credentials.ProtocolInfo{SecurityProtocol: "tls"}
 }
 func (h handshaked) Clone() credentials.TransportCredentials { return h }
-func (handshaked) OverrideServerName(string) error            { return nil }
+func (handshaked) OverrideServerName(string) error           { return nil }

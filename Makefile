@@ -4,7 +4,12 @@ BIN       := bin/strait
 PKGS      := ./...
 PROTOS    := $(shell find controlplane -name '*.proto')
 
-.PHONY: all build test test-long lint fmt generate bench demo clean
+FUZZTIME  ?= 10s
+FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegisterRequest \
+             ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
+             ./controlplane:FuzzParseJoinToken
+
+.PHONY: all build test test-long fuzz lint fmt generate bench demo clean
 
 all: build
 
@@ -19,6 +24,12 @@ test:
 test-long:
 	STRAIT_LONG=1 $(GO) test -race -count=1 -timeout 40m $(PKGS)
 
+## fuzz: every fuzz target for FUZZTIME each (CI runs a short smoke).
+fuzz:
+	@set -e; for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); done
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
@@ -27,7 +38,7 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-## generate: recreate the committed protobuf code (needs protoc; see CONTRIBUTING in README).
+## generate: recreate the committed protobuf code (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
 generate:
 	protoc --proto_path=. \
 		--go_out=. --go_opt=paths=source_relative \
@@ -35,9 +46,9 @@ generate:
 		$(PROTOS)
 
 ## bench: the benchmarks behind BENCHMARKS.md.
-bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./controlplane/... ./trust/...
-	./scripts/bench-raft.sh
+bench:
+	taskset -c 1 $(GO) test ./trust/ca/ -run '^$$' -bench 'KeyChoice' -count 5
+	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
 
 demo: build
 	$(BIN) server --dev

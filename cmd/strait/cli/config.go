@@ -19,26 +19,39 @@ import (
 // FileConfig is the server's config file (YAML). Every key is documented in
 // README.md; unknown keys are an error. Flags override the file.
 type FileConfig struct {
-	Site             string        `yaml:"site"`
-	TrustDomain      string        `yaml:"trust_domain"`
-	NodeName         string        `yaml:"node_name"`
-	DataDir          string        `yaml:"data_dir"`
-	BindAddr         string        `yaml:"bind_addr"`
-	AdvertiseAddr    string        `yaml:"advertise_addr"`
-	MetricsAddr      string        `yaml:"metrics_addr"`
-	Bootstrap        bool          `yaml:"bootstrap"`
-	Join             []string      `yaml:"join"`
-	JoinTokenFile    string        `yaml:"join_token_file"`
-	KEKFile          string        `yaml:"kek_file"`
-	LeaveOnTerminate bool          `yaml:"leave_on_terminate"`
-	ServerSVIDTTL    time.Duration `yaml:"server_svid_ttl"`
-	LogLevel         string        `yaml:"log_level"`
-	LogFormat        string        `yaml:"log_format"`
+	Site             string   `yaml:"site"`
+	TrustDomain      string   `yaml:"trust_domain"`
+	NodeName         string   `yaml:"node_name"`
+	DataDir          string   `yaml:"data_dir"`
+	BindAddr         string   `yaml:"bind_addr"`
+	AdvertiseAddr    string   `yaml:"advertise_addr"`
+	MetricsAddr      string   `yaml:"metrics_addr"`
+	Bootstrap        bool     `yaml:"bootstrap"`
+	Join             []string `yaml:"join"`
+	JoinTokenFile    string   `yaml:"join_token_file"`
+	KEKFile          string   `yaml:"kek_file"`
+	LeaveOnTerminate bool     `yaml:"leave_on_terminate"`
+	ServerSVIDTTL    Duration `yaml:"server_svid_ttl"`
+	LogLevel         string   `yaml:"log_level"`
+	LogFormat        string   `yaml:"log_format"`
 	Raft             struct {
-		HeartbeatTimeout   time.Duration `yaml:"heartbeat_timeout"`
-		ElectionTimeout    time.Duration `yaml:"election_timeout"`
-		LeaderLeaseTimeout time.Duration `yaml:"leader_lease_timeout"`
+		HeartbeatTimeout   Duration `yaml:"heartbeat_timeout"`
+		ElectionTimeout    Duration `yaml:"election_timeout"`
+		LeaderLeaseTimeout Duration `yaml:"leader_lease_timeout"`
 	} `yaml:"raft"`
+}
+
+// Duration is a config duration written like 500ms, 2s or 72h.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration like 500ms, 2s or 72h", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // maxConfigSize bounds a config file.
@@ -79,9 +92,11 @@ func (fc *FileConfig) serverConfig() (controlplane.Config, error) {
 		Site: fc.Site, TrustDomain: fc.TrustDomain, NodeID: fc.NodeName, DataDir: fc.DataDir,
 		BindAddr: fc.BindAddr, AdvertiseAddr: fc.AdvertiseAddr, MetricsAddr: fc.MetricsAddr,
 		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile,
-		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: fc.ServerSVIDTTL,
+		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
-			Heartbeat: fc.Raft.HeartbeatTimeout, Election: fc.Raft.ElectionTimeout, LeaderLease: fc.Raft.LeaderLeaseTimeout,
+			Heartbeat:   time.Duration(fc.Raft.HeartbeatTimeout),
+			Election:    time.Duration(fc.Raft.ElectionTimeout),
+			LeaderLease: time.Duration(fc.Raft.LeaderLeaseTimeout),
 		},
 	}
 	if fc.JoinTokenFile != "" {

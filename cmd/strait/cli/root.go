@@ -5,7 +5,9 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -119,15 +121,22 @@ func first(vals ...string) string {
 	return ""
 }
 
-var jsonOpts = protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}
+var jsonOpts = protojson.MarshalOptions{UseProtoNames: true}
 
-// printJSON prints a message in the stable JSON form (proto field names).
+// printJSON prints a message in the stable JSON form: the proto3 JSON
+// mapping with proto field names, re-indented because protojson varies its
+// whitespace on purpose.
 func (g *globals) printJSON(m proto.Message) error {
 	b, err := jsonOpts.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(g.stdout, string(b))
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err = g.stdout.Write(out.Bytes())
 	return err
 }
 

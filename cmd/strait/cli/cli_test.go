@@ -1,0 +1,159 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/straitmesh/strait/controlplane"
+	"github.com/straitmesh/strait/controlplane/controlplanetest"
+)
+
+// run runs the CLI in-process and returns exit code, stdout and stderr.
+func run(t *testing.T, env map[string]string, args ...string) (int, string, string) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	var out, errb bytes.Buffer
+	code := Main(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCLIAgainstARealSite(t *testing.T) {
+	c := controlplanetest.Start(t, 1, controlplanetest.Options{})
+	env := map[string]string{
+		"STRAIT_ADDR":        c.Nodes[0].Addr,
+		"STRAIT_TOKEN":       c.Token,
+		"STRAIT_CA_FILE":     controlplane.CAFile(c.Nodes[0].Dir),
+		"STRAIT_DEV_CONTEXT": filepath.Join(t.TempDir(), "none.json"),
+	}
+	code, out, errs := run(t, env, "service", "register", "--ns", "payments", "--name", "api", "--port", "http=8080/http", "--address", "10.0.0.5", "--id", "api-1")
+	if code != 0 || !strings.Contains(out, "Registered service payments/api, instance api-1") {
+		t.Fatalf("register: %d %q %q", code, out, errs)
+	}
+	code, out, _ = run(t, env, "service", "list", "--json")
+	if code != 0 {
+		t.Fatalf("list: %d", code)
+	}
+	var list struct {
+		Services []struct {
+			Service struct {
+				Namespace, Name string
+			}
+			Instances int
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("list --json is not JSON: %v\n%s", err, out)
+	}
+	if len(list.Services) != 1 || list.Services[0].Service.Name != "api" || list.Services[0].Instances != 1 {
+		t.Fatalf("list --json: %s", out)
+	}
+	code, out, _ = run(t, env, "service", "show", "--ns", "payments", "--name", "api", "--consistent")
+	if code != 0 || !strings.Contains(out, "api-1") || !strings.Contains(out, "passing") {
+		t.Fatalf("show: %d %s", code, out)
+	}
+	code, out, _ = run(t, env, "status", "--json")
+	if code != 0 || !strings.Contains(out, `"state": "leader"`) || !strings.Contains(out, `"healthy": true`) {
+		t.Fatalf("status --json: %d %s", code, out)
+	}
+	// Validation errors: exit 1, field and rule on stderr, nothing on stdout.
+	code, out, errs = run(t, env, "service", "register", "--ns", "Payments", "--name", "api")
+	if code != 1 || out != "" || !strings.Contains(errs, "service.namespace") || !strings.Contains(errs, "InvalidArgument") {
+		t.Fatalf("bad namespace: %d %q %q", code, out, errs)
+	}
+	// Usage errors: exit 2.
+	if code, _, errs = run(t, env, "service", "register", "--name", "api", "--port", "http=99999"); code != 2 {
+		t.Fatalf("bad port: exit %d %q", code, errs)
+	}
+	// Without credentials the error says what to set.
+	noAuth := map[string]string{"STRAIT_ADDR": "", "STRAIT_TOKEN": "", "STRAIT_CA_FILE": ""}
+	if code, _, errs = run(t, noAuth, "service", "list"); code != 1 || !strings.Contains(errs, "STRAIT_ADDR") {
+		t.Fatalf("no address: %d %q", code, errs)
+	}
+}
+
+func TestParsePort(t *testing.T) {
+	tests := []struct {
+		in      string
+		name    string
+		num     uint32
+		proto   string
+		wantErr bool
+	}{
+		{"http=8080/http", "http", 8080, "PROTOCOL_HTTP", false},
+		{"db=5432", "db", 5432, "PROTOCOL_TCP", false},
+		{"grpc/grpc", "grpc", 0, "PROTOCOL_GRPC", false},
+		{"x=0", "", 0, "", true},
+		{"x=70000", "", 0, "", true},
+		{"x=80/udp", "", 0, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			p, num, err := parsePort(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatal("accepted")
+				}
+				return
+			}
+			if err != nil || p.Name != tt.name || num != tt.num || p.Protocol.String() != tt.proto {
+				t.Fatalf("got %v %d %v", p, num, err)
+			}
+		})
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.yaml", "site: aws-east\nnode_name: s1\ndata_dir: /var/lib/strait\nbind_addr: 10.0.1.5:7400\njoin: [\"10.0.1.6:7400\"]\njoin_token_file: "+write("tok", "strait_x.y\n")+"\nlog_format: json\nraft:\n  heartbeat_timeout: 2s\n")
+	tests := []struct {
+		name, file, wantErr string
+	}{
+		{"valid", good, ""},
+		{"unknown key", write("unknown.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nsiet: b\n"), "field siet not found"},
+		{"bad site", write("site.yaml", "site: AWS\nnode_name: s1\ndata_dir: /d\nbootstrap: true\n"), "site"},
+		{"bootstrap and join", write("both.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\njoin: [\"1.2.3.4:1\"]\n"), "choose one"},
+		{"join without token", write("notoken.yaml", "site: a\nnode_name: s1\ndata_dir: /d\njoin: [\"1.2.3.4:1\"]\n"), "join_token"},
+		{"bad duration", write("dur.yaml", "raft:\n  heartbeat_timeout: soon\n"), "is not a duration like"},
+		{"bad log level", write("lvl.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nlog_level: loud\n"), "log_level"},
+		{"no data dir", write("nodir.yaml", "site: a\nnode_name: s1\n"), "data_dir"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errs := run(t, nil, "config", "validate", tt.file)
+			if tt.wantErr == "" {
+				if code != 0 || !strings.Contains(out, "valid") {
+					t.Fatalf("valid config rejected: %d %q", code, errs)
+				}
+				return
+			}
+			if code == 0 || !strings.Contains(errs, tt.wantErr) {
+				t.Fatalf("exit %d, stderr %q, want an error mentioning %q", code, errs, tt.wantErr)
+			}
+		})
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte("site: a\nnode_name: s1\ndata_dir: /d\nraft:\n  heartbeat_timeout: 1s\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fc, err := ParseConfig(b, "fuzz")
+		if err != nil {
+			return
+		}
+		fc.JoinTokenFile = "" // no file reads from fuzzed input
+		_, _ = fc.serverConfig()
+	})
+}

@@ -77,6 +77,29 @@ func TestCLIAgainstARealSite(t *testing.T) {
 	}
 }
 
+// TestServerFlags runs the real server command up to the point where it
+// would contact the site, so flag handling is checked end to end.
+func TestServerFlags(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"STRAIT_JOIN_TOKEN": ""}
+	base := []string{"server", "--site", "dc1", "--node-name", "s2", "--data-dir", dir, "--bind-addr", "127.0.0.1:0", "--join", "127.0.0.1:1"}
+	// The token flag reaches the join (which then finds it malformed).
+	code, _, errs := run(t, env, append(base, "--join-token", "strait_bogus")...)
+	if code != 1 || !strings.Contains(errs, "join token is malformed") {
+		t.Fatalf("--join-token: exit %d, %q", code, errs)
+	}
+	// So does the environment variable.
+	code, _, errs = run(t, map[string]string{"STRAIT_JOIN_TOKEN": "strait_bogus"}, base...)
+	if code != 1 || !strings.Contains(errs, "join token is malformed") {
+		t.Fatalf("STRAIT_JOIN_TOKEN: exit %d, %q", code, errs)
+	}
+	// Without either, the error says how to get one.
+	code, _, errs = run(t, env, base...)
+	if code != 1 || !strings.Contains(errs, "strait token create --kind server") {
+		t.Fatalf("no token: exit %d, %q", code, errs)
+	}
+}
+
 func TestParsePort(t *testing.T) {
 	tests := []struct {
 		in      string
@@ -154,6 +177,6 @@ func FuzzParseConfig(f *testing.F) {
 			return
 		}
 		fc.JoinTokenFile = "" // no file reads from fuzzed input
-		_, _ = fc.serverConfig()
+		_, _ = fc.serverConfig(false, "")
 	})
 }

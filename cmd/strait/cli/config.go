@@ -86,12 +86,13 @@ func ParseConfig(b []byte, name string) (*FileConfig, error) {
 }
 
 // serverConfig converts to a controlplane.Config, checking what can be
-// checked without touching the disk or the network.
-func (fc *FileConfig) serverConfig() (controlplane.Config, error) {
+// checked without touching the disk or the network. dev and joinToken come
+// from flags or the environment; joinToken overrides join_token_file.
+func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Config, error) {
 	c := controlplane.Config{
 		Site: fc.Site, TrustDomain: fc.TrustDomain, NodeID: fc.NodeName, DataDir: fc.DataDir,
 		BindAddr: fc.BindAddr, AdvertiseAddr: fc.AdvertiseAddr, MetricsAddr: fc.MetricsAddr,
-		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile,
+		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
 			Heartbeat:   time.Duration(fc.Raft.HeartbeatTimeout),
@@ -99,7 +100,7 @@ func (fc *FileConfig) serverConfig() (controlplane.Config, error) {
 			LeaderLease: time.Duration(fc.Raft.LeaderLeaseTimeout),
 		},
 	}
-	if fc.JoinTokenFile != "" {
+	if c.JoinToken == "" && fc.JoinTokenFile != "" {
 		b, err := os.ReadFile(fc.JoinTokenFile)
 		if err != nil {
 			return c, fmt.Errorf("join_token_file: %w", err)
@@ -148,7 +149,7 @@ func newConfigCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := fc.serverConfig(); err != nil {
+			if _, err := fc.serverConfig(false, ""); err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			fmt.Fprintf(g.stdout, "%s: valid\n", args[0])

@@ -40,12 +40,10 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 			if dev && !cmd.Flags().Changed("metrics-addr") && file.MetricsAddr == "" {
 				file.MetricsAddr = "127.0.0.1:9400"
 			}
-			cfg, err := file.serverConfig()
-			cfg.Dev = dev
-			if err != nil && !dev {
+			cfg, err := file.serverConfig(dev, first(joinToken, os.Getenv("STRAIT_JOIN_TOKEN")))
+			if err != nil {
 				return err
 			}
-			cfg.JoinToken = first(joinToken, os.Getenv("STRAIT_JOIN_TOKEN"), cfg.JoinToken)
 			cfg.Logger = file.logger(g.stderr)
 			return runServer(cmd, g, cfg)
 		},

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/meshname"
 )
 
 func newServiceCmd(g *globals) *cobra.Command {
@@ -111,7 +112,7 @@ func newServiceRegisterCmd(g *globals) *cobra.Command {
 			if g.json {
 				return g.printJSON(resp)
 			}
-			what := fmt.Sprintf("service %s/%s", req.Service.Namespace, name)
+			what := fmt.Sprintf("service %s/%s", first(req.Service.Namespace, meshname.DefaultNamespace), name)
 			if req.Instance != nil {
 				what += fmt.Sprintf(", instance %s (%s)", id, address)
 			}

@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
@@ -83,6 +85,85 @@ func TestClusterSurvivesLeaderLoss(t *testing.T) {
 		}
 	}
 	waitInstance(t, c, old, "api", "before")
+}
+
+// TestNewLeaderSignsWithTheReplicatedCA: after the bootstrap server is
+// gone, another server opens the replicated CA key with its copy of the
+// KEK and signs a joining server's SVID.
+func TestNewLeaderSignsWithTheReplicatedCA(t *testing.T) {
+	c := controlplanetest.Start(t, 3, controlplanetest.Options{})
+	if err := c.Nodes[0].Stop(); err != nil { // s0 bootstrapped the site
+		t.Fatal(err)
+	}
+	if c.Leader() == 0 {
+		t.Fatal("stopped bootstrap server still leads")
+	}
+	n := c.AddServer("s3")
+	c.WaitVoters(4)
+	register(t, c.Client(len(c.Nodes)-1), "api", "via-s3")
+	waitInstance(t, c, len(c.Nodes)-1, "api", "via-s3")
+	if !n.Running() {
+		t.Fatal("new server not running")
+	}
+}
+
+func TestGracefulLeave(t *testing.T) {
+	c := controlplanetest.Start(t, 3, controlplanetest.Options{LeaveOnTerminate: true})
+	// The leader leaves too: it hands leadership over first.
+	l := c.Leader()
+	if err := c.Nodes[l].Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		peers, err := c.Nodes[c.Leader()].Server.Peers()
+		if err != nil {
+			return err
+		}
+		for _, p := range peers {
+			if p.Id == c.Nodes[l].ID {
+				return fmt.Errorf("%s still in the configuration", p.Id)
+			}
+		}
+		if len(peers) != 2 {
+			return fmt.Errorf("%d peers, want 2", len(peers))
+		}
+		return nil
+	})
+	// Two servers remain a working site.
+	register(t, c.Client(c.Leader()), "api", "after-leave")
+}
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := controlplanetest.Start(t, 1, controlplanetest.Options{Registry: reg})
+	register(t, c.Client(0), "api", "a1")
+	want := map[string]float64{"strait_raft_leader": 1, "strait_catalog_services": 1, "strait_catalog_instances": 1}
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		mfs, err := reg.Gather()
+		if err != nil {
+			return err
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			for _, m := range mf.Metric {
+				if g := m.GetGauge(); g != nil {
+					got[mf.GetName()] = g.GetValue()
+				}
+				if c := m.GetCounter(); c != nil && mf.GetName() == "strait_api_requests_total" {
+					got[mf.GetName()] += c.GetValue()
+				}
+			}
+		}
+		for k, v := range want {
+			if got[k] != v {
+				return fmt.Errorf("%s = %v, want %v", k, got[k], v)
+			}
+		}
+		if got["strait_api_requests_total"] < 1 {
+			return fmt.Errorf("no API requests counted")
+		}
+		return nil
+	})
 }
 
 // compactAfterSnapshot makes node i snapshot now and keep just one log

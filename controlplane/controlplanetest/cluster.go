@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/straitmesh/strait/controlplane"
@@ -44,6 +45,11 @@ type Options struct {
 	Logs bool
 	// Raft, when set, replaces FastRaft (zero fields: production defaults).
 	Raft *controlplane.RaftTimeouts
+	// Registry, when set, receives every server's metrics (one server per
+	// registry: use it with single-server clusters).
+	Registry *prometheus.Registry
+	// LeaveOnTerminate is set on every server.
+	LeaveOnTerminate bool
 	// Clock, when set, is the servers' clock (token and certificate
 	// expiry); Raft keeps real time.
 	Clock *Clock
@@ -205,6 +211,10 @@ func (n *Node) start(role controlplane.Config) {
 	}
 	cfg.InMemoryRaft = n.c.opts.InMemoryRaft
 	cfg.Logger = n.c.logger(n.ID)
+	cfg.LeaveOnTerminate = n.c.opts.LeaveOnTerminate
+	if r := n.c.opts.Registry; r != nil {
+		cfg.Registerer, cfg.Gatherer = r, r
+	}
 	if n.c.opts.Clock != nil {
 		cfg.Now = n.c.opts.Clock.Now
 	}

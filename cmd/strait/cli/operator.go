@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
 )
 
 func newOperatorCmd(g *globals) *cobra.Command {
@@ -16,49 +18,39 @@ func newOperatorCmd(g *globals) *cobra.Command {
 		Short: "List the servers in the Raft configuration",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			resp, err := cl.Operator.ListPeers(ctx, &apipb.ListPeersRequest{})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return g.printJSON(resp)
-			}
-			t := newTable(g.stdout, "NODE", "ADDRESS", "STATE", "VOTER")
-			for _, p := range resp.Peers {
-				st := "follower"
-				if p.Leader {
-					st = "leader"
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Operator.ListPeers(ctx, &apipb.ListPeersRequest{})
+				if err != nil {
+					return err
 				}
-				t.row(p.Id, p.Address, st, fmt.Sprint(p.Voter))
-			}
-			return t.flush()
+				if g.json {
+					return g.printJSON(resp)
+				}
+				t := newTable(g.stdout, "NODE", "ADDRESS", "STATE", "VOTER")
+				for _, p := range resp.Peers {
+					st := "follower"
+					if p.Leader {
+						st = "leader"
+					}
+					t.row(p.Id, p.Address, st, fmt.Sprint(p.Voter))
+				}
+				return t.flush()
+			})
 		},
 	}, &cobra.Command{
 		Use:   "remove-peer NODE",
 		Short: "Remove a server (a dead one, or one being retired) from the Raft configuration",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			if _, err := cl.Operator.RemovePeer(ctx, &apipb.RemovePeerRequest{Id: args[0]}); err != nil {
-				return err
-			}
-			if !g.json {
-				fmt.Fprintf(g.stdout, "Removed %s\n", args[0])
-			}
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				if _, err := cl.Operator.RemovePeer(ctx, &apipb.RemovePeerRequest{Id: args[0]}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Removed %s\n", args[0])
+				}
+				return nil
+			})
 		},
 	})
 	op.AddCommand(rc)

@@ -108,8 +108,17 @@ func (g *globals) client() (*apiclient.Client, error) {
 	return apiclient.Dial(cfg)
 }
 
-func (g *globals) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(cmd.Context(), g.timeout)
+// withClient connects, runs f with a context bounded by --timeout, and
+// closes the connection.
+func (g *globals) withClient(cmd *cobra.Command, f func(context.Context, *apiclient.Client) error) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+	defer cancel()
+	return f(ctx, cl)
 }
 
 func first(vals ...string) string {

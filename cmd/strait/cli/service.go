@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/meshname"
 )
 
@@ -98,26 +100,21 @@ func newServiceRegisterCmd(g *globals) *cobra.Command {
 				}
 				req.Instance = in
 			}
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			resp, err := cl.Catalog.Register(ctx, req)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return g.printJSON(resp)
-			}
-			what := fmt.Sprintf("service %s/%s", first(req.Service.Namespace, meshname.DefaultNamespace), name)
-			if req.Instance != nil {
-				what += fmt.Sprintf(", instance %s (%s)", id, address)
-			}
-			fmt.Fprintf(g.stdout, "Registered %s at index %d\n", what, resp.Index)
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Catalog.Register(ctx, req)
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				what := fmt.Sprintf("service %s/%s", first(req.Service.Namespace, meshname.DefaultNamespace), name)
+				if req.Instance != nil {
+					what += fmt.Sprintf(", instance %s (%s)", id, address)
+				}
+				fmt.Fprintf(g.stdout, "Registered %s at index %d\n", what, resp.Index)
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -139,22 +136,17 @@ func newServiceDeregisterCmd(g *globals) *cobra.Command {
 		Short: "Remove an instance (--id), or a service and all its instances",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			resp, err := cl.Catalog.Deregister(ctx, &apipb.DeregisterRequest{Namespace: ns, Service: name, InstanceId: id})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return g.printJSON(resp)
-			}
-			fmt.Fprintf(g.stdout, "Deregistered at index %d\n", resp.Index)
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Catalog.Deregister(ctx, &apipb.DeregisterRequest{Namespace: ns, Service: name, InstanceId: id})
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				fmt.Fprintf(g.stdout, "Deregistered at index %d\n", resp.Index)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
@@ -178,25 +170,20 @@ func newServiceListCmd(g *globals) *cobra.Command {
 		Short: "List services",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			resp, err := cl.Catalog.ListServices(ctx, &apipb.ListServicesRequest{Namespace: ns, Mode: readMode(consistent)})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return g.printJSON(resp)
-			}
-			t := newTable(g.stdout, "NAMESPACE", "SERVICE", "PORTS", "INSTANCES", "PASSING")
-			for _, s := range resp.Services {
-				t.row(s.Service.Namespace, s.Service.Name, portsString(s.Service.Ports), strconv.Itoa(int(s.Instances)), strconv.Itoa(int(s.Passing)))
-			}
-			return t.flush()
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Catalog.ListServices(ctx, &apipb.ListServicesRequest{Namespace: ns, Mode: readMode(consistent)})
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				t := newTable(g.stdout, "NAMESPACE", "SERVICE", "PORTS", "INSTANCES", "PASSING")
+				for _, s := range resp.Services {
+					t.row(s.Service.Namespace, s.Service.Name, portsString(s.Service.Ports), strconv.Itoa(int(s.Instances)), strconv.Itoa(int(s.Passing)))
+				}
+				return t.flush()
+			})
 		},
 	}
 	cmd.Flags().StringVar(&ns, "ns", "", "only this namespace")
@@ -223,32 +210,27 @@ func newServiceShowCmd(g *globals) *cobra.Command {
 		Short: "Show a service and its instances",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			resp, err := cl.Catalog.GetService(ctx, &apipb.GetServiceRequest{Namespace: ns, Name: name, Mode: readMode(consistent), PassingOnly: passing})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return g.printJSON(resp)
-			}
-			s := resp.Service
-			fmt.Fprintf(g.stdout, "Service %s/%s  ports %s\n", s.Namespace, s.Name, portsString(s.Ports))
-			t := newTable(g.stdout, "ID", "ADDRESS", "PORTS", "ZONE", "HEALTH")
-			for _, in := range resp.Instances {
-				var ps []string
-				for n, p := range in.Ports {
-					ps = append(ps, fmt.Sprintf("%s=%d", n, p))
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Catalog.GetService(ctx, &apipb.GetServiceRequest{Namespace: ns, Name: name, Mode: readMode(consistent), PassingOnly: passing})
+				if err != nil {
+					return err
 				}
-				sort.Strings(ps)
-				t.row(in.Id, in.Address, strings.Join(ps, ","), first(in.Zone, "-"), lowerEnum(in.Health.String(), "HEALTH_"))
-			}
-			return t.flush()
+				if g.json {
+					return g.printJSON(resp)
+				}
+				s := resp.Service
+				fmt.Fprintf(g.stdout, "Service %s/%s  ports %s\n", s.Namespace, s.Name, portsString(s.Ports))
+				t := newTable(g.stdout, "ID", "ADDRESS", "PORTS", "ZONE", "HEALTH")
+				for _, in := range resp.Instances {
+					var ps []string
+					for n, p := range in.Ports {
+						ps = append(ps, fmt.Sprintf("%s=%d", n, p))
+					}
+					sort.Strings(ps)
+					t.row(in.Id, in.Address, strings.Join(ps, ","), first(in.Zone, "-"), lowerEnum(in.Health.String(), "HEALTH_"))
+				}
+				return t.flush()
+			})
 		},
 	}
 	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
@@ -265,15 +247,10 @@ func newServiceHeartbeatCmd(g *globals) *cobra.Command {
 		Short: "Send a heartbeat for an instance registered with --ttl",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				_, err := cl.Catalog.Heartbeat(ctx, &apipb.HeartbeatRequest{Namespace: ns, Service: name, InstanceId: id})
 				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			_, err = cl.Catalog.Heartbeat(ctx, &apipb.HeartbeatRequest{Namespace: ns, Service: name, InstanceId: id})
-			return err
+			})
 		},
 	}
 	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
 )
 
 func newTokenCmd(g *globals) *cobra.Command {
@@ -42,25 +44,20 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
 			if ttl > 0 {
 				req.Ttl = durationpb.New(ttl)
 			}
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			resp, err := cl.ACL.CreateToken(ctx, req)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return g.printJSON(resp)
-			}
-			fmt.Fprintf(g.stdout, "Accessor: %s\nSecret:   %s\n", resp.Token.AccessorId, resp.Secret)
-			if resp.Token.ExpireTime != nil {
-				fmt.Fprintf(g.stdout, "Expires:  %s\n", resp.Token.ExpireTime.AsTime().Format(time.RFC3339))
-			}
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.ACL.CreateToken(ctx, req)
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				fmt.Fprintf(g.stdout, "Accessor: %s\nSecret:   %s\n", resp.Token.AccessorId, resp.Secret)
+				if resp.Token.ExpireTime != nil {
+					fmt.Fprintf(g.stdout, "Expires:  %s\n", resp.Token.ExpireTime.AsTime().Format(time.RFC3339))
+				}
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -77,33 +74,28 @@ func newTokenListCmd(g *globals) *cobra.Command {
 		Short: "List tokens (never their secrets)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			resp, err := cl.ACL.ListTokens(ctx, &apipb.ListTokensRequest{})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return g.printJSON(resp)
-			}
-			t := newTable(g.stdout, "ACCESSOR", "KIND", "USES", "EXPIRES", "DESCRIPTION")
-			for _, tok := range resp.Tokens {
-				uses := strconv.Itoa(int(tok.Uses))
-				if tok.MaxUses > 0 {
-					uses += "/" + strconv.Itoa(int(tok.MaxUses))
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.ACL.ListTokens(ctx, &apipb.ListTokensRequest{})
+				if err != nil {
+					return err
 				}
-				exp := "never"
-				if tok.ExpireTime != nil {
-					exp = tok.ExpireTime.AsTime().Format(time.RFC3339)
+				if g.json {
+					return g.printJSON(resp)
 				}
-				t.row(tok.AccessorId, lowerEnum(tok.Kind.String(), "TOKEN_KIND_"), uses, exp, first(tok.Description, "-"))
-			}
-			return t.flush()
+				t := newTable(g.stdout, "ACCESSOR", "KIND", "USES", "EXPIRES", "DESCRIPTION")
+				for _, tok := range resp.Tokens {
+					uses := strconv.Itoa(int(tok.Uses))
+					if tok.MaxUses > 0 {
+						uses += "/" + strconv.Itoa(int(tok.MaxUses))
+					}
+					exp := "never"
+					if tok.ExpireTime != nil {
+						exp = tok.ExpireTime.AsTime().Format(time.RFC3339)
+					}
+					t.row(tok.AccessorId, lowerEnum(tok.Kind.String(), "TOKEN_KIND_"), uses, exp, first(tok.Description, "-"))
+				}
+				return t.flush()
+			})
 		},
 	}
 }
@@ -114,20 +106,15 @@ func newTokenRevokeCmd(g *globals) *cobra.Command {
 		Short: "Revoke a token by its accessor ID",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := g.ctx(cmd)
-			defer cancel()
-			if _, err := cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: args[0]}); err != nil {
-				return err
-			}
-			if !g.json {
-				fmt.Fprintf(g.stdout, "Revoked %s\n", args[0])
-			}
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				if _, err := cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: args[0]}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Revoked %s\n", args[0])
+				}
+				return nil
+			})
 		},
 	}
 }

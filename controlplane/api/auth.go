@@ -15,8 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/trust"
@@ -178,6 +176,3 @@ func NewManagementToken(now time.Time) (secret string, tok *apipb.Token, err err
 	}
 	return secret, &apipb.Token{AccessorId: acc, Kind: apipb.TokenKind_TOKEN_KIND_MANAGEMENT, Description: "initial management token", CreateTime: timestamppb.New(now)}, nil
 }
-
-// TrustDomainFunc returns the site's trust domain.
-type TrustDomainFunc func() spiffeid.TrustDomain

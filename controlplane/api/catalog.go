@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
@@ -139,5 +138,3 @@ func (s *Server) Watch(req *apipb.WatchRequest, stream grpc.ServerStreamingServe
 		}
 	}
 }
-
-func stamp(s *Server) *timestamppb.Timestamp { return timestamppb.New(s.cfg.Now()) }

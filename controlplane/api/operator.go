@@ -64,7 +64,7 @@ func (s *Server) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinR
 	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_SERVER {
 		return nil, status.Error(codes.PermissionDenied, "not a valid server join token: create one with `strait token create --kind server`")
 	}
-	cmd := &statepb.Command{Time: stamp(s), Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}
+	cmd := &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}
 	if _, _, err := s.apply(ctx, cmd); err != nil {
 		return nil, err
 	}

@@ -67,13 +67,6 @@ func (i *Identity) SetSVID(chain []*x509.Certificate, key crypto.Signer) error {
 	return nil
 }
 
-// SetBundle replaces the bundle of the local trust domain.
-func (i *Identity) SetBundle(b *x509bundle.Bundle) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	i.bundle = b
-}
-
 // SVID returns the current SVID, or nil.
 func (i *Identity) SVID() *x509svid.SVID {
 	i.mu.RLock()

@@ -60,6 +60,11 @@ type Config struct {
 	Raft RaftTimeouts
 	// ServerSVIDTTL is the lifetime of server SVIDs; 72h when zero.
 	ServerSVIDTTL time.Duration
+	// WorkloadSVIDTTL is the default lifetime of workload SVIDs; 1h when zero.
+	WorkloadSVIDTTL time.Duration
+	// SignRate caps SVID signatures per second on this server (burst: a
+	// quarter of it); 2000 when zero.
+	SignRate int
 	// Logger; slog.Default when nil.
 	Logger *slog.Logger
 	// Registerer receives metrics; a private registry when nil.
@@ -120,6 +125,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ServerSVIDTTL == 0 {
 		c.ServerSVIDTTL = 72 * time.Hour
+	}
+	if c.WorkloadSVIDTTL == 0 {
+		c.WorkloadSVIDTTL = time.Hour
+	}
+	if c.SignRate == 0 {
+		c.SignRate = 2000
 	}
 	r := &c.Raft
 	r.Heartbeat = cmp0(r.Heartbeat, time.Second)

@@ -4,14 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +20,7 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
@@ -165,74 +162,10 @@ func (s *Server) loadIdentity(dd dataDir, n *nodeInfo) (*identity, error) {
 	return &identity{node: *n, td: td, kek: kek, chain: chain, key: key, bundle: bundle, persistent: true}, nil
 }
 
-// JoinToken is a server join token: the secret, and the pin of the site CA.
-type JoinToken struct {
-	Secret string
-	Pin    [sha256.Size]byte
-}
-
-// ParseJoinToken splits a server token into its secret and CA pin.
-func ParseJoinToken(s string) (JoinToken, error) {
-	secret, pin, ok := strings.Cut(strings.TrimSpace(s), ".")
-	if !ok || !strings.HasPrefix(secret, "strait_") || len(secret) != len("strait_")+43 {
-		return JoinToken{}, errors.New("join token is malformed or truncated: copy the whole output of `strait token create --kind server`")
-	}
-	b, err := base64.RawURLEncoding.DecodeString(pin)
-	if err != nil || len(b) != sha256.Size {
-		return JoinToken{}, errors.New("join token has a malformed CA pin: copy the whole token")
-	}
-	var t JoinToken
-	t.Secret = secret
-	copy(t.Pin[:], b)
-	return t, nil
-}
-
-// caPin is the SHA-256 of a CA certificate's public key.
-func caPin(c *x509.Certificate) [sha256.Size]byte { return sha256.Sum256(c.RawSubjectPublicKeyInfo) }
-
-// pinnedConfig trusts a server whose chain ends in a CA matching pin and
-// whose SVID names a server of that CA's trust domain.
-func pinnedConfig(pin [sha256.Size]byte) *tls.Config {
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		NextProtos:         []string{"h2"},
-		InsecureSkipVerify: true, // verified below against the pinned CA
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			certs := make([]*x509.Certificate, 0, len(raw))
-			for _, r := range raw {
-				c, err := x509.ParseCertificate(r)
-				if err != nil {
-					return err
-				}
-				certs = append(certs, c)
-			}
-			for _, c := range certs {
-				if !c.IsCA || caPin(c) != pin || len(c.URIs) != 1 {
-					continue
-				}
-				tdID, err := spiffeid.FromURI(c.URIs[0])
-				if err != nil {
-					continue
-				}
-				td := tdID.TrustDomain()
-				id, _, err := x509svid.Verify(certs, x509bundle.FromX509Authorities(td, []*x509.Certificate{c}))
-				if err != nil {
-					return fmt.Errorf("server certificate does not verify against the pinned CA: %w", err)
-				}
-				if !trust.IsServer(id, td) {
-					return fmt.Errorf("peer %s is not a server of %s", id, td)
-				}
-				return nil
-			}
-			return errors.New("the server's CA does not match the join token's pin: is this the site that issued the token?")
-		},
-	}
-}
-
 // join asks an existing server to admit this one.
 func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 	c := &s.cfg
-	tok, err := ParseJoinToken(c.JoinToken)
+	tok, err := jointoken.Parse(c.JoinToken)
 	if err != nil {
 		return nil, err
 	}
@@ -262,8 +195,8 @@ func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 	return nil, fmt.Errorf("join: no server admitted this one: %w", errors.Join(errs...))
 }
 
-func joinOne(ctx context.Context, addr string, tok JoinToken, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pinnedConfig(tok.Pin))))
+func joinOne(ctx context.Context, addr string, tok jointoken.Token, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(jointoken.ClientConfig(tok.Pin))))
 	if err != nil {
 		return nil, err
 	}
@@ -379,9 +312,7 @@ func (s *Server) bootstrapCommand() (*statepb.Command, string, error) {
 
 // TokenPin is the CA pin appended to server join tokens.
 func (s *Server) TokenPin() string {
-	b := s.ident.Bundle().X509Authorities()
-	p := caPin(b[0])
-	return base64.RawURLEncoding.EncodeToString(p[:])
+	return jointoken.EncodePin(s.ident.Bundle().X509Authorities()[0])
 }
 
 // renewSVID re-issues this server's SVID from the site CA when it is past

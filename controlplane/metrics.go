@@ -8,8 +8,9 @@ import (
 // metrics exports Raft and catalog state. Gauges are read from Raft and the
 // store at scrape time, so they cost nothing between scrapes.
 type metrics struct {
-	s     *Server
-	apply prometheus.Histogram
+	s      *Server
+	apply  prometheus.Histogram
+	signed prometheus.Counter
 
 	leader, term, commit, applied, lastContact, peers, services, instances *prometheus.Desc
 }
@@ -21,6 +22,9 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			Name: "strait_raft_apply_duration_seconds", Help: "Time from proposing a command to its commit and apply on the leader.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
 		}),
+		signed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "strait_ca_svids_signed_total", Help: "X.509-SVIDs signed by this server (agents, workloads).",
+		}),
 		leader:      prometheus.NewDesc("strait_raft_leader", "1 if this server is the Raft leader.", nil, nil),
 		term:        prometheus.NewDesc("strait_raft_term", "Current Raft term.", nil, nil),
 		commit:      prometheus.NewDesc("strait_raft_commit_index", "Raft commit index.", nil, nil),
@@ -30,7 +34,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		services:    prometheus.NewDesc("strait_catalog_services", "Services in the catalog.", nil, nil),
 		instances:   prometheus.NewDesc("strait_catalog_instances", "Service instances in the catalog.", nil, nil),
 	}
-	reg.MustRegister(m.apply, m)
+	reg.MustRegister(m.apply, m.signed, m)
 	return m
 }
 

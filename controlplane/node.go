@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strconv"
@@ -9,8 +10,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -20,6 +24,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -321,3 +326,36 @@ func (s *Server) Leave(ctx context.Context, node string) error {
 	}
 	return s.RemovePeer(ctx, node)
 }
+
+// SignSVID implements api.Node. Every server holds the KEK, so any server
+// signs; the rate limit keeps a mass rotation from starving the rest.
+func (s *Server) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error) {
+	if _, err := ca.ParseCSR(csr); err != nil {
+		return nil, &api.FieldError{Field: "csr", Rule: err.Error()}
+	}
+	if err := s.signLimit.Wait(ctx); err != nil {
+		return nil, status.Errorf(codes.ResourceExhausted, "signing rate limit (%v/s): %v", s.signLimit.Limit(), err)
+	}
+	root, err := s.siteCA()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := root.SignCSR(id, csr, s.cfg.Now(), ttl)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.signed.Inc()
+	return cert, nil
+}
+
+// Authorities implements api.Node.
+func (s *Server) Authorities() ([]*x509.Certificate, error) {
+	root, err := s.siteCA()
+	if err != nil {
+		return nil, err
+	}
+	return []*x509.Certificate{root.Certificate()}, nil
+}
+
+// WorkloadSVIDTTL implements api.Node.
+func (s *Server) WorkloadSVIDTTL() time.Duration { return s.cfg.WorkloadSVIDTTL }

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/api"
@@ -43,6 +44,7 @@ type Server struct {
 
 	ca        caCache
 	readyTerm atomic.Uint64 // see ConsistentRead
+	signLimit *rate.Limiter
 	ttl       *ttlTracker
 	conns     connPool
 	metrics   *metrics
@@ -79,6 +81,7 @@ func New(cfg Config) (*Server, error) {
 		started:   make(chan struct{}),
 	}
 	s.ttl = newTTLTracker(s)
+	s.signLimit = rate.NewLimiter(rate.Limit(cfg.SignRate), max(1, cfg.SignRate/4))
 	s.metrics = newMetrics(s, cfg.Registerer)
 	return s, nil
 }

@@ -15,6 +15,16 @@ func ServerID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
 	return spiffeid.FromSegments(td, "strait", "server", node)
 }
 
+// AgentID is the SPIFFE ID of the agent named node in td.
+func AgentID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "strait", "agent", node)
+}
+
+// WorkloadID is the SPIFFE ID of a service in a namespace of td.
+func WorkloadID(td spiffeid.TrustDomain, namespace, service string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "ns", namespace, "svc", service)
+}
+
 // IsServer reports whether id names a server of td.
 func IsServer(id spiffeid.ID, td spiffeid.TrustDomain) bool {
 	_, ok := ServerNode(id, td)
@@ -23,10 +33,18 @@ func IsServer(id spiffeid.ID, td spiffeid.TrustDomain) bool {
 
 // ServerNode returns the node name of a server ID of td.
 func ServerNode(id spiffeid.ID, td spiffeid.TrustDomain) (string, bool) {
+	return infraNode(id, td, "/strait/server/")
+}
+
+// AgentNode returns the node name of an agent ID of td.
+func AgentNode(id spiffeid.ID, td spiffeid.TrustDomain) (string, bool) {
+	return infraNode(id, td, "/strait/agent/")
+}
+
+func infraNode(id spiffeid.ID, td spiffeid.TrustDomain, prefix string) (string, bool) {
 	if id.TrustDomain() != td {
 		return "", false
 	}
-	const prefix = "/strait/server/"
 	p := id.Path()
 	if len(p) <= len(prefix) || p[:len(prefix)] != prefix {
 		return "", false

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -40,24 +41,33 @@ const (
 	permManage                       // management tokens
 	permServerJoin                   // a server token (consumed by the handler)
 	permServerPeer                   // the caller's SVID names a server of this site
+	permAgentJoin                    // an agent token (consumed by the handler)
+	permAgentPeer                    // the caller's SVID names an agent of this site
 )
 
 var methodPerms = map[string]permission{
-	apipb.Catalog_Register_FullMethodName:     permWrite,
-	apipb.Catalog_Deregister_FullMethodName:   permWrite,
-	apipb.Catalog_Heartbeat_FullMethodName:    permWrite,
-	apipb.Catalog_ListServices_FullMethodName: permRead,
-	apipb.Catalog_GetService_FullMethodName:   permRead,
-	apipb.Catalog_Watch_FullMethodName:        permRead,
-	apipb.ACL_CreateToken_FullMethodName:      permManage,
-	apipb.ACL_ListTokens_FullMethodName:       permManage,
-	apipb.ACL_RevokeToken_FullMethodName:      permManage,
-	apipb.Operator_Status_FullMethodName:      permRead,
-	apipb.Operator_ListPeers_FullMethodName:   permRead,
-	apipb.Operator_RemovePeer_FullMethodName:  permManage,
-	apipb.Cluster_Join_FullMethodName:         permServerJoin,
-	apipb.Cluster_Promote_FullMethodName:      permServerPeer,
-	apipb.Cluster_Leave_FullMethodName:        permServerPeer,
+	apipb.Catalog_Register_FullMethodName:       permWrite,
+	apipb.Catalog_Deregister_FullMethodName:     permWrite,
+	apipb.Catalog_Heartbeat_FullMethodName:      permWrite,
+	apipb.Catalog_ListServices_FullMethodName:   permRead,
+	apipb.Catalog_GetService_FullMethodName:     permRead,
+	apipb.Catalog_Watch_FullMethodName:          permRead,
+	apipb.ACL_CreateToken_FullMethodName:        permManage,
+	apipb.ACL_ListTokens_FullMethodName:         permManage,
+	apipb.ACL_RevokeToken_FullMethodName:        permManage,
+	apipb.Operator_Status_FullMethodName:        permRead,
+	apipb.Operator_ListPeers_FullMethodName:     permRead,
+	apipb.Operator_RemovePeer_FullMethodName:    permManage,
+	apipb.Cluster_Join_FullMethodName:           permServerJoin,
+	apipb.Cluster_Promote_FullMethodName:        permServerPeer,
+	apipb.Cluster_Leave_FullMethodName:          permServerPeer,
+	apipb.Workload_CreateEntry_FullMethodName:   permManage,
+	apipb.Workload_ListEntries_FullMethodName:   permRead,
+	apipb.Workload_DeleteEntry_FullMethodName:   permManage,
+	apipb.Identity_AgentJoin_FullMethodName:     permAgentJoin,
+	apipb.Identity_RenewAgent_FullMethodName:    permAgentPeer,
+	apipb.Identity_WatchAgent_FullMethodName:    permAgentPeer,
+	apipb.Identity_SignX509SVIDs_FullMethodName: permAgentPeer,
 }
 
 func allows(kind apipb.TokenKind, p permission) bool {
@@ -77,6 +87,7 @@ type ctxKey int
 const (
 	secretKey ctxKey = iota
 	serverNodeKey
+	agentNodeKey
 )
 
 // bearer returns the secret part of the call's token.
@@ -104,12 +115,19 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			return nil, status.Error(codes.PermissionDenied, "only servers of this site, presenting their SVID, may call this")
 		}
 		return context.WithValue(ctx, serverNodeKey, node), nil
+	case permAgentPeer:
+		id, ok := s.peerID(ctx)
+		node, isAgent := trust.AgentNode(id, s.cfg.TrustDomain())
+		if !ok || !isAgent {
+			return nil, status.Error(codes.PermissionDenied, "only agents of this site, presenting their SVID, may call this")
+		}
+		return context.WithValue(ctx, agentNodeKey, node), nil
 	}
 	secret, ok := bearer(ctx)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no token: set STRAIT_TOKEN or pass --token")
 	}
-	if perm == permServerJoin {
+	if perm == permServerJoin || perm == permAgentJoin {
 		return context.WithValue(ctx, secretKey, secret), nil
 	}
 	rec, ok := s.cfg.Node.Store().TokenBySecret(state.HashSecret(secret))
@@ -127,19 +145,24 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 
 // peerServer returns the node name of a caller presenting a server SVID.
 func (s *Server) peerServer(ctx context.Context) (string, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", false
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok {
-		return "", false
-	}
-	id, ok := mtls.PeerID(ti.State)
+	id, ok := s.peerID(ctx)
 	if !ok {
 		return "", false
 	}
 	return trust.ServerNode(id, s.cfg.TrustDomain())
+}
+
+// peerID is the SPIFFE ID of a caller that presented a (verified) SVID.
+func (s *Server) peerID(ctx context.Context) (spiffeid.ID, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	return mtls.PeerID(ti.State)
 }
 
 func kindName(k apipb.TokenKind) string {

@@ -2,7 +2,11 @@ package api
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"google.golang.org/grpc"
 
@@ -46,6 +50,13 @@ type Node interface {
 	Promote(ctx context.Context, node string, applied uint64) error
 	// Leave removes a server at its own request (leader only).
 	Leave(ctx context.Context, node string) error
-	// TokenPin is the suffix a server token carries to pin the site CA.
+	// TokenPin is the suffix server and agent tokens carry to pin the site CA.
 	TokenPin() string
+	// SignSVID issues an X.509-SVID for id over the key in a PKCS#10 CSR,
+	// waiting for the signing rate limit (ctx bounds the wait).
+	SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error)
+	// Authorities are the site's X.509 CA certificates.
+	Authorities() ([]*x509.Certificate, error)
+	// WorkloadSVIDTTL is the default lifetime of workload SVIDs.
+	WorkloadSVIDTTL() time.Duration
 }

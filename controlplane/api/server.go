@@ -33,6 +33,8 @@ type Server struct {
 	apipb.UnimplementedACLServer
 	apipb.UnimplementedOperatorServer
 	apipb.UnimplementedClusterServer
+	apipb.UnimplementedWorkloadServer
+	apipb.UnimplementedIdentityServer
 
 	cfg      Config
 	requests *prometheus.CounterVec
@@ -78,6 +80,8 @@ func (s *Server) RegisterServices(g *grpc.Server) {
 	apipb.RegisterACLServer(g, s)
 	apipb.RegisterOperatorServer(g, s)
 	apipb.RegisterClusterServer(g, s)
+	apipb.RegisterWorkloadServer(g, s)
+	apipb.RegisterIdentityServer(g, s)
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

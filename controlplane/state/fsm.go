@@ -87,6 +87,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, t := range f.tokens {
 		snap.tokens = append(snap.tokens, t)
 	}
+	for _, e := range f.entries {
+		snap.entries = append(snap.entries, e)
+	}
 	return snap, nil
 }
 
@@ -96,6 +99,7 @@ type fsmSnapshot struct {
 	services  []*apipb.Service
 	instances []*apipb.Instance
 	tokens    []*statepb.TokenRecord
+	entries   []*apipb.WorkloadEntry
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -132,6 +136,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	}
 	for _, v := range s.tokens {
 		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Token{Token: v}}); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.entries {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Entry{Entry: v}}); err != nil {
 			return err
 		}
 	}
@@ -180,6 +189,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			n.nInst++
 		case *statepb.SnapshotRecord_Token:
 			n.putToken(r.Token)
+		case *statepb.SnapshotRecord_Entry:
+			n.entries[r.Entry.Id] = r.Entry
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
@@ -199,6 +210,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.index, f.site = hdr.Index, n.site
 	f.services, f.instances, f.nInst = n.services, n.instances, n.nInst
 	f.tokens, f.byHash = n.tokens, n.byHash
+	f.entries = n.entries
 	f.events.restart(hdr.Index)
+	f.identityChanged()
 	return nil
 }

@@ -26,7 +26,11 @@ type Store struct {
 	nInst     int
 	tokens    map[string]*statepb.TokenRecord // by accessor ID
 	byHash    map[[32]byte]string             // secret hash -> accessor ID
+	entries   map[string]*apipb.WorkloadEntry // by ID
 	events    *publisher
+	// identityCh is closed (and replaced) whenever workload entries or the
+	// site's CA change; agents' watches wait on it.
+	identityCh chan struct{}
 }
 
 // NewStore returns an empty store whose watch buffer keeps the last
@@ -48,6 +52,54 @@ func (s *Store) reset() {
 	s.nInst = 0
 	s.tokens = make(map[string]*statepb.TokenRecord)
 	s.byHash = make(map[[32]byte]string)
+	s.entries = make(map[string]*apipb.WorkloadEntry)
+	s.identityCh = make(chan struct{})
+}
+
+// identityChanged wakes identity watchers. Write lock held.
+func (s *Store) identityChanged() {
+	close(s.identityCh)
+	s.identityCh = make(chan struct{})
+}
+
+// IdentityChanged returns a channel closed at the next change of workload
+// entries or of the site CA.
+func (s *Store) IdentityChanged() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.identityCh
+}
+
+// Entries lists workload entries sorted by namespace, service, ID. With a
+// non-empty agent, only the entries that agent may issue.
+func (s *Store) Entries(agent string) []*apipb.WorkloadEntry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*apipb.WorkloadEntry, 0, len(s.entries))
+	for _, e := range s.entries {
+		if agent == "" || e.Agent == agent || e.Agent == "*" {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.Id < b.Id
+	})
+	return out
+}
+
+// Entry returns one workload entry.
+func (s *Store) Entry(id string) (*apipb.WorkloadEntry, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.entries[id]
+	return e, ok
 }
 
 // Index is the Raft index of the last applied command.
@@ -193,6 +245,10 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		err = s.applyRevokeToken(c.RevokeToken)
 	case *statepb.Command_ConsumeToken:
 		out, err = s.applyConsumeToken(c.ConsumeToken, now)
+	case *statepb.Command_CreateEntry:
+		err = s.applyCreateEntry(index, c.CreateEntry)
+	case *statepb.Command_DeleteEntry:
+		err = s.applyDeleteEntry(c.DeleteEntry)
 	default:
 		err = fmt.Errorf("unknown command %T", cmd.Cmd)
 	}
@@ -236,7 +292,17 @@ func wellFormed(cmd *statepb.Command) error {
 		if c.CreateToken.GetToken().GetAccessorId() == "" || len(c.CreateToken.SecretHash) != 32 {
 			return bad("token without accessor or 32-byte hash")
 		}
-	case *statepb.Command_RevokeToken, *statepb.Command_ConsumeToken:
+	case *statepb.Command_CreateEntry:
+		e := c.CreateEntry
+		if e.Id == "" || e.Namespace == "" || e.Service == "" || e.Agent == "" || len(e.Selectors) == 0 {
+			return bad("workload entry without id, namespace, service, agent or selectors")
+		}
+		for _, sel := range e.Selectors {
+			if sel == nil {
+				return bad("workload entry with an empty selector")
+			}
+		}
+	case *statepb.Command_RevokeToken, *statepb.Command_ConsumeToken, *statepb.Command_DeleteEntry:
 	case nil:
 		return bad("empty command")
 	}
@@ -256,6 +322,48 @@ func (c *changes) serviceDeleted(k ServiceKey) {
 }
 func (c *changes) instanceDeleted(in *apipb.Instance) {
 	*c = append(*c, &apipb.Change{Change: &apipb.Change_InstanceDeleted{InstanceDeleted: &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id}}})
+}
+
+// sameEntry reports whether two entries grant the same thing.
+func sameEntry(a, b *apipb.WorkloadEntry) bool {
+	if a.Namespace != b.Namespace || a.Service != b.Service || a.Agent != b.Agent || len(a.Selectors) != len(b.Selectors) {
+		return false
+	}
+	set := make(map[string]bool, len(a.Selectors))
+	for _, x := range a.Selectors {
+		set[x.Type+"\x00"+x.Key+"\x00"+x.Value] = true
+	}
+	for _, x := range b.Selectors {
+		if !set[x.Type+"\x00"+x.Key+"\x00"+x.Value] {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) applyCreateEntry(index uint64, e *apipb.WorkloadEntry) error {
+	if _, ok := s.entries[e.Id]; ok {
+		return fmt.Errorf("workload entry %s exists: %w", e.Id, ErrConflict)
+	}
+	for _, o := range s.entries {
+		if sameEntry(o, e) {
+			return fmt.Errorf("an identical workload entry exists (%s): %w", o.Id, ErrConflict)
+		}
+	}
+	n := proto.Clone(e).(*apipb.WorkloadEntry)
+	n.CreateIndex = index
+	s.entries[n.Id] = n
+	s.identityChanged()
+	return nil
+}
+
+func (s *Store) applyDeleteEntry(d *statepb.DeleteEntry) error {
+	if _, ok := s.entries[d.Id]; !ok {
+		return fmt.Errorf("workload entry %s: %w", d.Id, ErrNotFound)
+	}
+	delete(s.entries, d.Id)
+	s.identityChanged()
+	return nil
 }
 
 func (s *Store) applyBootstrap(b *statepb.Bootstrap) error {

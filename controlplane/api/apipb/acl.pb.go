@@ -36,6 +36,8 @@ const (
 	TokenKind_TOKEN_KIND_READ TokenKind = 3
 	// Lets one new server join the site. Single-use.
 	TokenKind_TOKEN_KIND_SERVER TokenKind = 4
+	// Lets agents join this site (as many as max_uses allows).
+	TokenKind_TOKEN_KIND_AGENT TokenKind = 5
 )
 
 // Enum value maps for TokenKind.
@@ -46,6 +48,7 @@ var (
 		2: "TOKEN_KIND_WRITE",
 		3: "TOKEN_KIND_READ",
 		4: "TOKEN_KIND_SERVER",
+		5: "TOKEN_KIND_AGENT",
 	}
 	TokenKind_value = map[string]int32{
 		"TOKEN_KIND_UNSPECIFIED": 0,
@@ -53,6 +56,7 @@ var (
 		"TOKEN_KIND_WRITE":       2,
 		"TOKEN_KIND_READ":        3,
 		"TOKEN_KIND_SERVER":      4,
+		"TOKEN_KIND_AGENT":       5,
 	}
 )
 
@@ -251,7 +255,7 @@ func (x *CreateTokenRequest) GetMaxUses() uint32 {
 type CreateTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// Shown once. For server tokens it also pins the site CA.
+	// Shown once. For server and agent tokens it also pins the site CA.
 	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -491,13 +495,14 @@ const file_controlplane_api_apipb_acl_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x1f\n" +
 	"\vaccessor_id\x18\x01 \x01(\tR\n" +
 	"accessorId\"\x15\n" +
-	"\x13RevokeTokenResponse*\x84\x01\n" +
+	"\x13RevokeTokenResponse*\x9a\x01\n" +
 	"\tTokenKind\x12\x1a\n" +
 	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15TOKEN_KIND_MANAGEMENT\x10\x01\x12\x14\n" +
 	"\x10TOKEN_KIND_WRITE\x10\x02\x12\x13\n" +
 	"\x0fTOKEN_KIND_READ\x10\x03\x12\x15\n" +
-	"\x11TOKEN_KIND_SERVER\x10\x042\x84\x02\n" +
+	"\x11TOKEN_KIND_SERVER\x10\x04\x12\x14\n" +
+	"\x10TOKEN_KIND_AGENT\x10\x052\x84\x02\n" +
 	"\x03ACL\x12T\n" +
 	"\vCreateToken\x12!.strait.api.v1.CreateTokenRequest\x1a\".strait.api.v1.CreateTokenResponse\x12Q\n" +
 	"\n" +

@@ -42,6 +42,8 @@ type Command struct {
 	//	*Command_CreateToken
 	//	*Command_RevokeToken
 	//	*Command_ConsumeToken
+	//	*Command_CreateEntry
+	//	*Command_DeleteEntry
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -154,6 +156,24 @@ func (x *Command) GetConsumeToken() *ConsumeToken {
 	return nil
 }
 
+func (x *Command) GetCreateEntry() *apipb.WorkloadEntry {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateEntry); ok {
+			return x.CreateEntry
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteEntry() *DeleteEntry {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteEntry); ok {
+			return x.DeleteEntry
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -186,6 +206,14 @@ type Command_ConsumeToken struct {
 	ConsumeToken *ConsumeToken `protobuf:"bytes,8,opt,name=consume_token,json=consumeToken,proto3,oneof"`
 }
 
+type Command_CreateEntry struct {
+	CreateEntry *apipb.WorkloadEntry `protobuf:"bytes,9,opt,name=create_entry,json=createEntry,proto3,oneof"`
+}
+
+type Command_DeleteEntry struct {
+	DeleteEntry *DeleteEntry `protobuf:"bytes,10,opt,name=delete_entry,json=deleteEntry,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -199,6 +227,10 @@ func (*Command_CreateToken) isCommand_Cmd() {}
 func (*Command_RevokeToken) isCommand_Cmd() {}
 
 func (*Command_ConsumeToken) isCommand_Cmd() {}
+
+func (*Command_CreateEntry) isCommand_Cmd() {}
+
+func (*Command_DeleteEntry) isCommand_Cmd() {}
 
 // Bootstrap initializes a site once.
 type Bootstrap struct {
@@ -518,6 +550,50 @@ func (x *ConsumeToken) GetSecretHash() []byte {
 	return nil
 }
 
+type DeleteEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteEntry) Reset() {
+	*x = DeleteEntry{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteEntry) ProtoMessage() {}
+
+func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteEntry.ProtoReflect.Descriptor instead.
+func (*DeleteEntry) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeleteEntry) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 // SnapshotHeader opens a snapshot; records follow.
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -529,7 +605,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +617,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +630,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{7}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -579,6 +655,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Service
 	//	*SnapshotRecord_Instance
 	//	*SnapshotRecord_Token
+	//	*SnapshotRecord_Entry
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -586,7 +663,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +675,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +688,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{8}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -657,6 +734,15 @@ func (x *SnapshotRecord) GetToken() *TokenRecord {
 	return nil
 }
 
+func (x *SnapshotRecord) GetEntry() *apipb.WorkloadEntry {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Entry); ok {
+			return x.Entry
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -677,6 +763,10 @@ type SnapshotRecord_Token struct {
 	Token *TokenRecord `protobuf:"bytes,4,opt,name=token,proto3,oneof"`
 }
 
+type SnapshotRecord_Entry struct {
+	Entry *apipb.WorkloadEntry `protobuf:"bytes,5,opt,name=entry,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Site) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Service) isSnapshotRecord_Record() {}
@@ -685,11 +775,13 @@ func (*SnapshotRecord_Instance) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Token) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Entry) isSnapshotRecord_Record() {}
+
 var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\"\x87\x04\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\x8d\x05\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -701,7 +793,10 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"set_health\x18\x05 \x01(\v2\x1a.strait.state.v1.SetHealthH\x00R\tsetHealth\x12A\n" +
 	"\fcreate_token\x18\x06 \x01(\v2\x1c.strait.state.v1.TokenRecordH\x00R\vcreateToken\x12A\n" +
 	"\frevoke_token\x18\a \x01(\v2\x1c.strait.state.v1.RevokeTokenH\x00R\vrevokeToken\x12D\n" +
-	"\rconsume_token\x18\b \x01(\v2\x1d.strait.state.v1.ConsumeTokenH\x00R\fconsumeTokenB\x05\n" +
+	"\rconsume_token\x18\b \x01(\v2\x1d.strait.state.v1.ConsumeTokenH\x00R\fconsumeToken\x12A\n" +
+	"\fcreate_entry\x18\t \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\vcreateEntry\x12A\n" +
+	"\fdelete_entry\x18\n" +
+	" \x01(\v2\x1c.strait.state.v1.DeleteEntryH\x00R\vdeleteEntryB\x05\n" +
 	"\x03cmd\"\xb8\x01\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
@@ -724,15 +819,18 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"accessorId\"/\n" +
 	"\fConsumeToken\x12\x1f\n" +
 	"\vsecret_hash\x18\x01 \x01(\fR\n" +
-	"secretHash\"@\n" +
+	"secretHash\"\x1d\n" +
+	"\vDeleteEntry\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xed\x01\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xa3\x02\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x04site\x18\x01 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\x04site\x122\n" +
 	"\aservice\x18\x02 \x01(\v2\x16.strait.api.v1.ServiceH\x00R\aservice\x125\n" +
 	"\binstance\x18\x03 \x01(\v2\x17.strait.api.v1.InstanceH\x00R\binstance\x124\n" +
-	"\x05token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordH\x00R\x05tokenB\b\n" +
+	"\x05token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordH\x00R\x05token\x124\n" +
+	"\x05entry\x18\x05 \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\x05entryB\b\n" +
 	"\x06recordB9Z7github.com/straitmesh/strait/controlplane/state/statepbb\x06proto3"
 
 var (
@@ -747,7 +845,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 	return file_controlplane_state_statepb_state_proto_rawDescData
 }
 
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*Command)(nil),                 // 0: strait.state.v1.Command
 	(*Bootstrap)(nil),               // 1: strait.state.v1.Bootstrap
@@ -756,40 +854,45 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*TokenRecord)(nil),             // 4: strait.state.v1.TokenRecord
 	(*RevokeToken)(nil),             // 5: strait.state.v1.RevokeToken
 	(*ConsumeToken)(nil),            // 6: strait.state.v1.ConsumeToken
-	(*SnapshotHeader)(nil),          // 7: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 8: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 9: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 10: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 11: strait.api.v1.DeregisterRequest
-	(*apipb.InstanceKey)(nil),       // 12: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 13: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 14: strait.api.v1.Token
-	(*apipb.Service)(nil),           // 15: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 16: strait.api.v1.Instance
+	(*DeleteEntry)(nil),             // 7: strait.state.v1.DeleteEntry
+	(*SnapshotHeader)(nil),          // 8: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 9: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 10: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 11: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 12: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 13: strait.api.v1.WorkloadEntry
+	(*apipb.InstanceKey)(nil),       // 14: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 15: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 16: strait.api.v1.Token
+	(*apipb.Service)(nil),           // 17: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 18: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	9,  // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	10, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	10, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	11, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	11, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	12, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	3,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	4,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	5,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	6,  // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	2,  // 8: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	4,  // 9: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	12, // 10: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	13, // 11: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	14, // 12: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	1,  // 13: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	15, // 14: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	16, // 15: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	4,  // 16: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	13, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	7,  // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
+	2,  // 10: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	4,  // 11: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	14, // 12: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	15, // 13: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	16, // 14: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	1,  // 15: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	17, // 16: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	18, // 17: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	4,  // 18: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	13, // 19: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -805,12 +908,15 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_CreateToken)(nil),
 		(*Command_RevokeToken)(nil),
 		(*Command_ConsumeToken)(nil),
+		(*Command_CreateEntry)(nil),
+		(*Command_DeleteEntry)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[8].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[9].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
 		(*SnapshotRecord_Token)(nil),
+		(*SnapshotRecord_Entry)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -818,7 +924,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

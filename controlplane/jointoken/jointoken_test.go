@@ -1,17 +1,17 @@
-package controlplane_test
+package jointoken_test
 
 import (
 	"strings"
 	"testing"
 
-	"github.com/straitmesh/strait/controlplane"
+	"github.com/straitmesh/strait/controlplane/jointoken"
 )
 
-func FuzzParseJoinToken(f *testing.F) {
+func FuzzParse(f *testing.F) {
 	f.Add("strait_" + strings.Repeat("A", 43) + "." + strings.Repeat("B", 43))
 	f.Add("strait_x.y")
 	f.Fuzz(func(t *testing.T, s string) {
-		tok, err := controlplane.ParseJoinToken(s)
+		tok, err := jointoken.Parse(s)
 		if err != nil {
 			return
 		}

@@ -1,0 +1,235 @@
+package api
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"path"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/trust"
+)
+
+// Limits on workload entries and signing requests.
+const (
+	MaxSelectors     = 8
+	MinSVIDTTL       = time.Minute
+	MaxSVIDTTL       = 72 * time.Hour
+	MaxSignBatch     = 1000
+	AgentSVIDTTL     = 24 * time.Hour
+	maxSelectorValue = 4096
+)
+
+func validateEntry(e *apipb.WorkloadEntry) error {
+	if e == nil {
+		return fieldErr("entry", "is required")
+	}
+	if e.Id != "" || e.CreateIndex != 0 {
+		return fieldErr("entry.id", "is set by the server; leave it empty")
+	}
+	if err := validateServiceRef(&e.Namespace, e.Service); err != nil {
+		return err
+	}
+	if e.Agent != "*" {
+		if err := validLabel("entry.agent", e.Agent); err != nil {
+			return fieldErr("entry.agent", "%s (or \"*\" for every agent)", err.(*FieldError).Rule)
+		}
+	}
+	if len(e.Selectors) == 0 || len(e.Selectors) > MaxSelectors {
+		return fieldErr("entry.selectors", "need 1 to %d selectors, got %d", MaxSelectors, len(e.Selectors))
+	}
+	for i, sel := range e.Selectors {
+		f := "entry.selectors[" + strconv.Itoa(i) + "]"
+		if sel.Type != "unix" {
+			return fieldErr(f+".type", "%q is not a selector type (want unix)", sel.Type)
+		}
+		switch sel.Key {
+		case "uid", "gid":
+			if n, err := strconv.ParseUint(sel.Value, 10, 32); err != nil || n > 1<<31 {
+				return fieldErr(f+".value", "unix:%s wants a numeric id, got %q", sel.Key, sel.Value)
+			}
+		case "path":
+			if !path.IsAbs(sel.Value) || path.Clean(sel.Value) != sel.Value || len(sel.Value) > maxSelectorValue {
+				return fieldErr(f+".value", "unix:path wants a clean absolute path, got %q", sel.Value)
+			}
+		default:
+			return fieldErr(f+".key", "unix:%s is not a selector (want uid, gid or path)", sel.Key)
+		}
+	}
+	if e.SvidTtl != nil {
+		if err := e.SvidTtl.CheckValid(); err != nil {
+			return fieldErr("entry.svid_ttl", "%v", err)
+		}
+		if d := e.SvidTtl.AsDuration(); d < MinSVIDTTL || d > MaxSVIDTTL {
+			return fieldErr("entry.svid_ttl", "%s is outside %s to %s", d, MinSVIDTTL, MaxSVIDTTL)
+		}
+	}
+	return nil
+}
+
+func (s *Server) CreateEntry(ctx context.Context, req *apipb.CreateEntryRequest) (*apipb.CreateEntryResponse, error) {
+	if err := validateEntry(req.Entry); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.CreateEntryResponse, error) {
+		return apipb.NewWorkloadClient(c).CreateEntry(ctx, req)
+	}); ok {
+		return r, err
+	}
+	id, err := newAccessorID()
+	if err != nil {
+		return nil, err
+	}
+	req.Entry.Id = id
+	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateEntry{CreateEntry: req.Entry}})
+	if err != nil {
+		return nil, err
+	}
+	req.Entry.CreateIndex = idx
+	return &apipb.CreateEntryResponse{Entry: req.Entry}, nil
+}
+
+func (s *Server) ListEntries(ctx context.Context, req *apipb.ListEntriesRequest) (*apipb.ListEntriesResponse, error) {
+	return &apipb.ListEntriesResponse{Entries: s.cfg.Node.Store().Entries("")}, nil
+}
+
+func (s *Server) DeleteEntry(ctx context.Context, req *apipb.DeleteEntryRequest) (*apipb.DeleteEntryResponse, error) {
+	if len(req.Id) != 32 {
+		return nil, fieldErr("id", "must be the 32-character entry ID shown by strait workload list")
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.DeleteEntryResponse, error) {
+		return apipb.NewWorkloadClient(c).DeleteEntry(ctx, req)
+	}); ok {
+		return r, err
+	}
+	cmd := &statepb.Command{Cmd: &statepb.Command_DeleteEntry{DeleteEntry: &statepb.DeleteEntry{Id: req.Id}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	return &apipb.DeleteEntryResponse{}, nil
+}
+
+func ders(certs []*x509.Certificate) [][]byte {
+	out := make([][]byte, len(certs))
+	for i, c := range certs {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+// AgentJoin consumes an agent token and issues the agent's own SVID.
+func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*apipb.AgentJoinResponse, error) {
+	if err := meshname.ValidLabel(req.Node); err != nil {
+		return nil, fieldErr("node", "%v", err)
+	}
+	if len(req.Csr) == 0 {
+		return nil, fieldErr("csr", "is required")
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.AgentJoinResponse, error) {
+		return apipb.NewIdentityClient(c).AgentJoin(ctx, req)
+	}); ok {
+		return r, err
+	}
+	secret, _ := ctx.Value(secretKey).(string)
+	h := state.HashSecret(secret)
+	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
+	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_AGENT {
+		return nil, status.Error(codes.PermissionDenied, "not a valid agent token: create one with `strait token create --kind agent`")
+	}
+	cmd := &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	id, err := trust.AgentID(s.cfg.TrustDomain(), req.Node)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := s.cfg.Node.SignSVID(ctx, id, req.Csr, AgentSVIDTTL)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := s.cfg.Node.Authorities()
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Logger.Info("agent joined", "agent", req.Node, "token_accessor", rec.Token.AccessorId)
+	return &apipb.AgentJoinResponse{TrustDomain: s.cfg.TrustDomain().Name(), Svid: [][]byte{cert.Raw}, Bundle: ders(auth)}, nil
+}
+
+// RenewAgent re-issues the calling agent's SVID. Any server can sign.
+func (s *Server) RenewAgent(ctx context.Context, req *apipb.RenewAgentRequest) (*apipb.RenewAgentResponse, error) {
+	node, _ := ctx.Value(agentNodeKey).(string)
+	id, err := trust.AgentID(s.cfg.TrustDomain(), node)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := s.cfg.Node.SignSVID(ctx, id, req.Csr, AgentSVIDTTL)
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.RenewAgentResponse{Svid: [][]byte{cert.Raw}}, nil
+}
+
+// WatchAgent streams the entries the calling agent may issue and the site
+// bundle, in full, now and whenever they change.
+func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStreamingServer[apipb.AgentUpdate]) error {
+	ctx := stream.Context()
+	node, _ := ctx.Value(agentNodeKey).(string)
+	st := s.cfg.Node.Store()
+	for {
+		changed := st.IdentityChanged()
+		auth, err := s.cfg.Node.Authorities()
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&apipb.AgentUpdate{Entries: st.Entries(node), Bundle: ders(auth)}); err != nil {
+			return err
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// SignX509SVIDs signs workload SVIDs for entries the calling agent may issue.
+func (s *Server) SignX509SVIDs(ctx context.Context, req *apipb.SignRequest) (*apipb.SignResponse, error) {
+	node, _ := ctx.Value(agentNodeKey).(string)
+	if len(req.Items) == 0 || len(req.Items) > MaxSignBatch {
+		return nil, fieldErr("items", "need 1 to %d items, got %d", MaxSignBatch, len(req.Items))
+	}
+	resp := &apipb.SignResponse{}
+	for i, it := range req.Items {
+		e, ok := s.cfg.Node.Store().Entry(it.EntryId)
+		if !ok {
+			return nil, toStatus(notFound("items[%d]: workload entry %q", i, it.EntryId))
+		}
+		if e.Agent != node && e.Agent != "*" {
+			return nil, status.Errorf(codes.PermissionDenied, "items[%d]: entry %s is registered to agent %q, not %q", i, e.Id, e.Agent, node)
+		}
+		id, err := trust.WorkloadID(s.cfg.TrustDomain(), e.Namespace, e.Service)
+		if err != nil {
+			return nil, err
+		}
+		ttl := s.cfg.Node.WorkloadSVIDTTL()
+		if e.SvidTtl != nil {
+			ttl = e.SvidTtl.AsDuration()
+		}
+		cert, err := s.cfg.Node.SignSVID(ctx, id, it.Csr, ttl)
+		if err != nil {
+			return nil, fmt.Errorf("items[%d]: %w", i, err)
+		}
+		resp.Svids = append(resp.Svids, &apipb.SignResponse_SVID{EntryId: e.Id, Chain: [][]byte{cert.Raw}})
+	}
+	return resp, nil
+}

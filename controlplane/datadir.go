@@ -4,12 +4,12 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/straitmesh/strait/trust/svidfile"
 )
 
 // Data directory layout:
@@ -35,11 +35,9 @@ type dataDir string
 
 func (d dataDir) path(p ...string) string { return filepath.Join(append([]string{string(d)}, p...)...) }
 func (d dataDir) nodeFile() string        { return d.path("node.json") }
-func (d dataDir) svidFile() string        { return d.path("tls", "svid.pem") }
-func (d dataDir) keyFile() string         { return d.path("tls", "svid.key") }
 
 // CAFile is where a server keeps the site's CA certificates.
-func CAFile(dataDirPath string) string { return dataDir(dataDirPath).path("tls", "ca.pem") }
+func CAFile(dataDirPath string) string { return dataDir(dataDirPath).path("tls", svidfile.BundleFile) }
 
 func (d dataDir) readNode() (*nodeInfo, error) {
 	b, err := os.ReadFile(d.nodeFile())
@@ -68,124 +66,16 @@ func (d dataDir) hasRaftState() bool {
 
 // writeIdentity stores the SVID, its key (0600) and the CA bundle.
 func (d dataDir) writeIdentity(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) error {
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	if err := writeFileAtomic(d.keyFile(), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		return err
-	}
-	if err := writeFileAtomic(d.svidFile(), encodeCerts(chain), 0o644); err != nil {
-		return err
-	}
-	return writeFileAtomic(CAFile(string(d)), encodeCerts(bundle), 0o644)
+	return svidfile.Write(d.path("tls"), chain, key, bundle)
 }
 
-func (d dataDir) readIdentity() (chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate, err error) {
-	if chain, err = readCerts(d.svidFile()); err != nil {
-		return
-	}
-	if bundle, err = readCerts(CAFile(string(d))); err != nil {
-		return
-	}
-	fi, err := os.Stat(d.keyFile())
-	if err != nil {
-		return
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		err = fmt.Errorf("%s has permissions %04o; run chmod 600 on it", d.keyFile(), fi.Mode().Perm())
-		return
-	}
-	kb, err := os.ReadFile(d.keyFile())
-	if err != nil {
-		return
-	}
-	blk, _ := pem.Decode(kb)
-	if blk == nil {
-		err = fmt.Errorf("%s: no PEM key", d.keyFile())
-		return
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		err = fmt.Errorf("%s: %w", d.keyFile(), err)
-		return
-	}
-	key, ok := k.(crypto.Signer)
-	if !ok {
-		err = fmt.Errorf("%s: not a signing key", d.keyFile())
-	}
-	return
-}
-
-func encodeCerts(certs []*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range certs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
+func (d dataDir) readIdentity() ([]*x509.Certificate, crypto.Signer, []*x509.Certificate, error) {
+	return svidfile.Read(d.path("tls"))
 }
 
 // ReadCertsPEM parses PEM certificates.
-func ReadCertsPEM(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no certificates")
-	}
-	return out, nil
-}
+func ReadCertsPEM(b []byte) ([]*x509.Certificate, error) { return svidfile.ParseCerts(b) }
 
-func readCerts(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	c, err := ReadCertsPEM(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
-}
-
-// writeFileAtomic writes via a temporary file and rename, so a crash never
-// leaves a half-written file.
 func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return svidfile.WriteFileAtomic(path, data, perm)
 }

@@ -14,9 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -196,14 +193,13 @@ func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 }
 
 func joinOne(ctx context.Context, addr string, tok jointoken.Token, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(jointoken.ClientConfig(tok.Pin))))
+	conn, err := jointoken.Dial(addr, tok)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok.Secret)
 	return apipb.NewClusterClient(conn).Join(ctx, req)
 }
 

@@ -17,6 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -27,8 +29,11 @@ import (
 
 // Config says where and how to connect.
 type Config struct {
-	// Addr is a server's host:port. Required.
+	// Addr is a server's host:port. Required unless Addrs is set.
 	Addr string
+	// Addrs are several servers of the site; the client uses the first
+	// that answers and fails over to the others.
+	Addrs []string
 	// Token is the ACL token secret; calls are unauthenticated when empty.
 	Token string
 	// CA holds the site's CA certificates. One of CA and CAFile is required.
@@ -47,13 +52,15 @@ type Client struct {
 	ACL      apipb.ACLClient
 	Operator apipb.OperatorClient
 	Cluster  apipb.ClusterClient
+	Workload apipb.WorkloadClient
+	Identity apipb.IdentityClient
 }
 
 // retryPolicy retries calls that failed Unavailable: no leader yet, or a
 // forwarded call that met a leadership change.
 const retryPolicy = `{
   "methodConfig": [{
-    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}],
+    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}, {"service": "strait.api.v1.Workload"}, {"service": "strait.api.v1.Identity"}],
     "retryPolicy": {
       "maxAttempts": 5,
       "initialBackoff": "0.2s",
@@ -66,7 +73,10 @@ const retryPolicy = `{
 
 // Dial connects lazily; the first call does the handshake.
 func Dial(cfg Config) (*Client, error) {
-	if cfg.Addr == "" {
+	if cfg.Addr != "" {
+		cfg.Addrs = append([]string{cfg.Addr}, cfg.Addrs...)
+	}
+	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("no server address: set STRAIT_ADDR or pass --addr")
 	}
 	certs := cfg.CA
@@ -103,7 +113,18 @@ func Dial(cfg Config) (*Client, error) {
 	if cfg.Token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds(cfg.Token)))
 	}
-	conn, err := grpc.NewClient(cfg.Addr, opts...)
+	target := cfg.Addrs[0]
+	if len(cfg.Addrs) > 1 {
+		r := manual.NewBuilderWithScheme("strait")
+		var addrs []resolver.Address
+		for _, a := range cfg.Addrs {
+			addrs = append(addrs, resolver.Address{Addr: a})
+		}
+		r.InitialState(resolver.State{Addresses: addrs})
+		opts = append(opts, grpc.WithResolvers(r))
+		target = r.Scheme() + ":///site"
+	}
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -113,6 +134,8 @@ func Dial(cfg Config) (*Client, error) {
 		ACL:      apipb.NewACLClient(conn),
 		Operator: apipb.NewOperatorClient(conn),
 		Cluster:  apipb.NewClusterClient(conn),
+		Workload: apipb.NewWorkloadClient(conn),
+		Identity: apipb.NewIdentityClient(conn),
 	}, nil
 }
 

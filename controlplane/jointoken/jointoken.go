@@ -11,6 +11,7 @@
 package jointoken
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,6 +23,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/straitmesh/strait/trust"
 )
@@ -98,3 +101,18 @@ func ClientConfig(pin [sha256.Size]byte) *tls.Config {
 		},
 	}
 }
+
+// Dial connects to a site's server trusting only the token's pin, and
+// sends the token's secret with every call.
+func Dial(addr string, t Token) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(ClientConfig(t.Pin))),
+		grpc.WithPerRPCCredentials(bearer(t.Secret)))
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return true }

@@ -67,6 +67,14 @@ func (i *Identity) SetSVID(chain []*x509.Certificate, key crypto.Signer) error {
 	return nil
 }
 
+// SetBundle replaces the bundle of the local trust domain (the CA set
+// changed). The presented chain is rebuilt on the next SetSVID.
+func (i *Identity) SetBundle(b *x509bundle.Bundle) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.bundle = b
+}
+
 // SVID returns the current SVID, or nil.
 func (i *Identity) SVID() *x509svid.SVID {
 	i.mu.RLock()

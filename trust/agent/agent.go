@@ -1,0 +1,521 @@
+// Package agent is `strait agent`: it runs on a workload host, joins its
+// site with an agent token, holds its own SVID
+// spiffe://<td>/strait/agent/<node>, and serves the SPIFFE Workload API
+// (package workloadapi) to local processes, issuing each the SVIDs of the
+// workload entries registered to this agent whose selectors it matches.
+//
+// SVID keys are made here and never leave the host; servers sign CSRs.
+// SVIDs (workloads' and the agent's own) are renewed at half their
+// lifetime; the clock that decides when is injectable.
+//
+// Goroutines, under one errgroup in Run: the watch loop (the server's
+// stream of this agent's entries and the site bundle, reconnecting with
+// backoff), the mint loop (signs what is missing or past half-life), the
+// renew loop (the agent's own SVID) and the Workload API server. State is
+// guarded by mu; changed is closed and replaced on every change.
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/controlplane/jointoken"
+	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/mtls"
+	"github.com/straitmesh/strait/trust/svidfile"
+	"github.com/straitmesh/strait/trust/workloadapi"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Node is this agent's name, a DNS label. Required.
+	Node string
+	// Servers are addresses of the site's servers. Required.
+	Servers []string
+	// JoinToken is an agent token (`strait token create --kind agent`),
+	// needed on the first start only.
+	JoinToken string
+	// DataDir keeps the agent's identity. Required.
+	DataDir string
+	// SocketPath is the Workload API socket. Required.
+	SocketPath string
+	// Logger; slog.Default when nil.
+	Logger *slog.Logger
+	// Now decides when SVIDs are due for renewal; time.Now when nil.
+	Now func() time.Time
+	// CheckInterval is how often SVID ages are checked; 1s when zero.
+	CheckInterval time.Duration
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	wl  *workloadapi.Server
+
+	// Set by Run before its goroutines start.
+	td     spiffeid.TrustDomain
+	ident  *mtls.Identity
+	client *apiclient.Client
+
+	mu      sync.Mutex
+	synced  bool // the first update from the servers arrived
+	entries []*apipb.WorkloadEntry
+	bundle  *x509bundle.Bundle
+	svids   map[string]*svid // by entry ID
+	changed chan struct{}
+	kick    chan struct{}
+}
+
+type svid struct {
+	id    spiffeid.ID
+	key   crypto.Signer
+	chain []*x509.Certificate
+}
+
+type agentInfo struct {
+	Node        string `json:"node"`
+	TrustDomain string `json:"trust_domain"`
+}
+
+// New validates cfg and binds the Workload API socket.
+func New(cfg Config) (*Agent, error) {
+	if err := meshname.ValidLabel(cfg.Node); err != nil {
+		return nil, fmt.Errorf("node_name: %w", err)
+	}
+	if len(cfg.Servers) == 0 || cfg.DataDir == "" || cfg.SocketPath == "" {
+		return nil, errors.New("agent: servers, data_dir and socket_path are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.CheckInterval == 0 {
+		cfg.CheckInterval = time.Second
+	}
+	a := &Agent{
+		cfg:     cfg,
+		log:     cfg.Logger.With("agent", cfg.Node),
+		svids:   make(map[string]*svid),
+		changed: make(chan struct{}),
+		kick:    make(chan struct{}, 1),
+	}
+	wl, err := workloadapi.New(workloadapi.Config{SocketPath: cfg.SocketPath, Source: a, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	a.wl = wl
+	return a, nil
+}
+
+// Run joins (first start) or loads the agent's identity and serves until
+// ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.loadOrJoin(ctx); err != nil {
+		return err
+	}
+	cl, err := apiclient.Dial(apiclient.Config{Addrs: a.cfg.Servers, CA: a.ident.Bundle().X509Authorities(), Identity: a.ident})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	a.client = cl
+	a.log.Info("agent started", "trust_domain", a.td.Name(), "socket", a.cfg.SocketPath)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.watchLoop(gctx) })
+	g.Go(func() error { return a.mintLoop(gctx) })
+	g.Go(func() error { return a.renewLoop(gctx) })
+	g.Go(func() error { return a.wl.Run(gctx) })
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func (a *Agent) tlsDir() string   { return filepath.Join(a.cfg.DataDir, "tls") }
+func (a *Agent) infoFile() string { return filepath.Join(a.cfg.DataDir, "agent.json") }
+
+func (a *Agent) loadOrJoin(ctx context.Context) error {
+	b, err := os.ReadFile(a.infoFile())
+	switch {
+	case err == nil:
+		var info agentInfo
+		if err := json.Unmarshal(b, &info); err != nil {
+			return fmt.Errorf("%s: %w", a.infoFile(), err)
+		}
+		if info.Node != a.cfg.Node {
+			return fmt.Errorf("node_name: configured %q but data_dir belongs to agent %q", a.cfg.Node, info.Node)
+		}
+		if a.td, err = spiffeid.TrustDomainFromString(info.TrustDomain); err != nil {
+			return err
+		}
+		chain, key, bundle, err := svidfile.Read(a.tlsDir())
+		if err != nil {
+			return fmt.Errorf("load agent identity: %w", err)
+		}
+		return a.setIdentity(chain, key, bundle)
+	case !errors.Is(err, os.ErrNotExist):
+		return err
+	case a.cfg.JoinToken == "":
+		return errors.New("this agent has not joined a site yet: pass --join-token (create one with `strait token create --kind agent`)")
+	}
+	return a.join(ctx)
+}
+
+func (a *Agent) setIdentity(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) error {
+	a.ident = mtls.NewIdentity(x509bundle.FromX509Authorities(a.td, bundle), a.cfg.Now)
+	return a.ident.SetSVID(chain, key)
+}
+
+func (a *Agent) join(ctx context.Context) error {
+	tok, err := jointoken.Parse(a.cfg.JoinToken)
+	if err != nil {
+		return err
+	}
+	key, err := ca.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, addr := range a.cfg.Servers {
+		resp, err := joinOne(ctx, addr, tok, &apipb.AgentJoinRequest{Node: a.cfg.Node, Csr: csr})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		if a.td, err = spiffeid.TrustDomainFromString(resp.TrustDomain); err != nil {
+			return err
+		}
+		chain, err := parseDERs(resp.Svid)
+		if err != nil {
+			return err
+		}
+		bundle, err := parseDERs(resp.Bundle)
+		if err != nil {
+			return err
+		}
+		if err := svidfile.Write(a.tlsDir(), chain, key, bundle); err != nil {
+			return err
+		}
+		info, _ := json.Marshal(agentInfo{Node: a.cfg.Node, TrustDomain: a.td.Name()})
+		if err := svidfile.WriteFileAtomic(a.infoFile(), info, 0o644); err != nil {
+			return err
+		}
+		a.log.Info("agent joined site", "trust_domain", a.td.Name(), "via", addr)
+		return a.setIdentity(chain, key, bundle)
+	}
+	return fmt.Errorf("join: no server admitted this agent: %w", errors.Join(errs...))
+}
+
+func joinOne(ctx context.Context, addr string, tok jointoken.Token, req *apipb.AgentJoinRequest) (*apipb.AgentJoinResponse, error) {
+	conn, err := jointoken.Dial(addr, tok)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return apipb.NewIdentityClient(conn).AgentJoin(ctx, req)
+}
+
+func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
+	out := make([]*x509.Certificate, 0, len(ders))
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, fmt.Errorf("certificate from server: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// notify wakes Workload API streams. mu held.
+func (a *Agent) notify() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+// pastHalfLife reports whether a certificate should be renewed at now.
+func pastHalfLife(c *x509.Certificate, now time.Time) bool {
+	return !now.Before(c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2))
+}
+
+// watchLoop keeps entries and the bundle current from the servers.
+func (a *Agent) watchLoop(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		stream, err := a.client.Identity.WatchAgent(ctx, &apipb.WatchAgentRequest{})
+		if err == nil {
+			for {
+				upd, rerr := stream.Recv()
+				if rerr != nil {
+					err = rerr
+					break
+				}
+				backoff = 100 * time.Millisecond
+				if aerr := a.apply(upd); aerr != nil {
+					a.log.Warn("bad update from server", "err", aerr)
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.log.Warn("lost the servers' watch; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+	return nil
+}
+
+func (a *Agent) apply(upd *apipb.AgentUpdate) error {
+	certs, err := parseDERs(upd.Bundle)
+	if err != nil {
+		return err
+	}
+	bundle := x509bundle.FromX509Authorities(a.td, certs)
+	a.ident.SetBundle(bundle)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.synced = true
+	a.bundle = bundle
+	a.entries = upd.Entries
+	keep := make(map[string]bool, len(upd.Entries))
+	for _, e := range upd.Entries {
+		keep[e.Id] = true
+	}
+	for id := range a.svids {
+		if !keep[id] {
+			delete(a.svids, id)
+		}
+	}
+	a.notify()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// mintLoop signs SVIDs that are missing or past half-life.
+func (a *Agent) mintLoop(ctx context.Context) error {
+	t := time.NewTicker(a.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-a.kick:
+		}
+		if err := a.mint(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("svid signing failed; will retry", "err", err)
+		}
+	}
+}
+
+// signBatch bounds one signing request.
+const signBatch = 500
+
+type pending struct {
+	entry *apipb.WorkloadEntry
+	id    spiffeid.ID
+	key   crypto.Signer
+}
+
+func (a *Agent) mint(ctx context.Context) error {
+	now := a.cfg.Now()
+	var due []pending
+	a.mu.Lock()
+	for _, e := range a.entries {
+		if s, ok := a.svids[e.Id]; ok && !pastHalfLife(s.chain[0], now) {
+			continue
+		}
+		id, err := trust.WorkloadID(a.td, e.Namespace, e.Service)
+		if err != nil {
+			a.mu.Unlock()
+			return err
+		}
+		due = append(due, pending{entry: e, id: id})
+	}
+	a.mu.Unlock()
+	for len(due) > 0 {
+		n := min(len(due), signBatch)
+		if err := a.signSome(ctx, due[:n]); err != nil {
+			return err
+		}
+		due = due[n:]
+	}
+	return nil
+}
+
+func (a *Agent) signSome(ctx context.Context, batch []pending) error {
+	req := &apipb.SignRequest{}
+	for i := range batch {
+		key, err := ca.NewKey()
+		if err != nil {
+			return err
+		}
+		csr, err := ca.NewCSR(key)
+		if err != nil {
+			return err
+		}
+		batch[i].key = key
+		req.Items = append(req.Items, &apipb.SignRequest_Item{EntryId: batch[i].entry.Id, Csr: csr})
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := a.client.Identity.SignX509SVIDs(ctx, req)
+	if err != nil {
+		return err
+	}
+	if len(resp.Svids) != len(batch) {
+		return fmt.Errorf("asked for %d SVIDs, got %d", len(batch), len(resp.Svids))
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i, sv := range resp.Svids {
+		p := batch[i]
+		chain, err := parseDERs(sv.Chain)
+		if err != nil || len(chain) == 0 || sv.EntryId != p.entry.Id {
+			return fmt.Errorf("bad SVID for entry %s from server", p.entry.Id)
+		}
+		if got, err := spiffeIDOf(chain[0]); err != nil || got != p.id {
+			return fmt.Errorf("server signed %v for entry %s, want %s", got, p.entry.Id, p.id)
+		}
+		a.svids[p.entry.Id] = &svid{id: p.id, key: p.key, chain: chain}
+	}
+	a.notify()
+	return nil
+}
+
+func spiffeIDOf(c *x509.Certificate) (spiffeid.ID, error) {
+	if len(c.URIs) != 1 {
+		return spiffeid.ID{}, errors.New("not one URI SAN")
+	}
+	return spiffeid.FromURI(c.URIs[0])
+}
+
+// renewLoop keeps the agent's own SVID fresh.
+func (a *Agent) renewLoop(ctx context.Context) error {
+	t := time.NewTicker(a.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		cur := a.ident.SVID()
+		if !pastHalfLife(cur.Certificates[0], a.cfg.Now()) {
+			continue
+		}
+		if err := a.renew(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("agent svid renewal failed; will retry", "err", err)
+		}
+	}
+}
+
+func (a *Agent) renew(ctx context.Context) error {
+	key, err := ca.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := a.client.Identity.RenewAgent(ctx, &apipb.RenewAgentRequest{Csr: csr})
+	if err != nil {
+		return err
+	}
+	chain, err := parseDERs(resp.Svid)
+	if err != nil {
+		return err
+	}
+	if err := svidfile.Write(a.tlsDir(), chain, key, a.ident.Bundle().X509Authorities()); err != nil {
+		return err
+	}
+	a.log.Info("agent svid renewed", "expires", chain[0].NotAfter)
+	return a.ident.SetSVID(chain, key)
+}
+
+var _ workloadapi.Source = (*Agent)(nil)
+
+// Identities implements workloadapi.Source.
+func (a *Agent) Identities(c workloadapi.Caller) ([]workloadapi.Identity, bool) {
+	sel := c.Selectors()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.synced {
+		return nil, true // not known yet: callers wait for the first update
+	}
+	var out []workloadapi.Identity
+	entitled := false
+	for _, e := range a.entries {
+		if !matches(e, sel) {
+			continue
+		}
+		entitled = true
+		if s, ok := a.svids[e.Id]; ok {
+			out = append(out, workloadapi.Identity{ID: s.id, Chain: s.chain, Key: s.key})
+		}
+	}
+	return out, entitled
+}
+
+func matches(e *apipb.WorkloadEntry, sel map[string]string) bool {
+	for _, s := range e.Selectors {
+		if s.Type != "unix" || sel[s.Key] != s.Value {
+			return false
+		}
+	}
+	return len(e.Selectors) > 0
+}
+
+// Bundles implements workloadapi.Source.
+func (a *Agent) Bundles() (*x509bundle.Bundle, []*x509bundle.Bundle) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.bundle == nil {
+		return a.ident.Bundle(), nil
+	}
+	return a.bundle, nil
+}
+
+// Changed implements workloadapi.Source.
+func (a *Agent) Changed() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.changed
+}

@@ -1,0 +1,291 @@
+package agent_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/trust/agent"
+)
+
+type site struct {
+	c      *controlplanetest.Cluster
+	socket string
+	clock  *controlplanetest.Clock
+	agent  *agent.Agent
+}
+
+// startSite starts a one-server site and an agent "node1" joined to it.
+func startSite(t *testing.T) *site {
+	t.Helper()
+	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "dc1"})
+	ctx := controlplanetest.Ctx(t)
+	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// unix socket paths are short (108 bytes): keep it out of TempDir.
+	dir, err := os.MkdirTemp("", "sa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}}
+	a, err := agent.New(agent.Config{
+		Node: "node1", Servers: []string{c.Nodes[0].Addr}, JoinToken: tok.Secret,
+		DataDir: t.TempDir(), SocketPath: s.socket, Now: s.clock.Now,
+		CheckInterval: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.agent = a
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	return s
+}
+
+func (s *site) register(t *testing.T, svc, agentNode string, selectors ...*apipb.Selector) {
+	t.Helper()
+	_, err := s.c.Client(0).Workload.CreateEntry(controlplanetest.Ctx(t), &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
+		Namespace: "payments", Service: svc, Agent: agentNode, Selectors: selectors,
+	}})
+	if err != nil {
+		t.Fatalf("register %s: %v", svc, err)
+	}
+}
+
+func uidSel(uid int) *apipb.Selector {
+	return &apipb.Selector{Type: "unix", Key: "uid", Value: strconv.Itoa(uid)}
+}
+
+func workloadID(svc string) spiffeid.ID {
+	return spiffeid.RequireFromString("spiffe://dc1.strait/ns/payments/svc/" + svc)
+}
+
+// source is an unmodified go-spiffe X509Source picking one identity, as a
+// workload with that identity would see it.
+func (s *site) source(t *testing.T, svc string) *workloadapi.X509Source {
+	t.Helper()
+	want := workloadID(svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(ctx,
+		workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+s.socket)),
+		workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+			for _, sv := range svids {
+				if sv.ID == want {
+					return sv
+				}
+			}
+			return svids[0]
+		}))
+	if err != nil {
+		t.Fatalf("go-spiffe X509Source: %v", err)
+	}
+	t.Cleanup(func() { src.Close() })
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		sv, err := src.GetX509SVID()
+		if err != nil {
+			return err
+		}
+		if sv.ID != want {
+			return fmt.Errorf("source holds %s, want %s", sv.ID, want)
+		}
+		return nil
+	})
+	return src
+}
+
+// mtlsPair starts an mTLS echo server as "api" that only admits "web", and
+// returns a dial function for "web" that only accepts "api".
+func mtlsPair(t *testing.T, api, web *workloadapi.X509Source) func() error {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(api, api, tlsconfig.AuthorizeID(workloadID("web"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	clientConf := tlsconfig.MTLSClientConfig(web, web, tlsconfig.AuthorizeID(workloadID("api")))
+	return func() error {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", ln.Addr().String(), clientConf)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		if string(buf) != "ping" {
+			return errors.New("echo mismatch")
+		}
+		return nil
+	}
+}
+
+func TestWorkloadsGetIdentitiesAndTalkMTLS(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	s.register(t, "web", "*", uidSel(os.Getuid()))
+	api, web := s.source(t, "api"), s.source(t, "web")
+	dial := mtlsPair(t, api, web)
+	if err := dial(); err != nil {
+		t.Fatalf("mTLS between two workloads: %v", err)
+	}
+	// The SVID follows the X509-SVID spec as go-spiffe checks it, and the
+	// bundle is the site's.
+	sv, _ := api.GetX509SVID()
+	if ttl := sv.Certificates[0].NotAfter.Sub(sv.Certificates[0].NotBefore); ttl < 59*time.Minute || ttl > 62*time.Minute {
+		t.Fatalf("SVID lifetime %s, want the 1h default", ttl)
+	}
+	b, err := api.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("dc1.strait"))
+	if err != nil || len(b.X509Authorities()) != 1 {
+		t.Fatalf("bundle: %v", err)
+	}
+}
+
+func TestUnregisteredCallerIsDenied(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()+4242)) // not us
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+s.socket))
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("fetch by an unregistered uid: %v, want PermissionDenied", err)
+	}
+	// An entry registered to another agent does not reach this one.
+	s.register(t, "db", "node2", uidSel(os.Getuid()))
+	_, err = workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+s.socket))
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("fetch of an entry registered to another agent: %v, want PermissionDenied", err)
+	}
+}
+
+func TestSecurityHeaderRequired(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	conn, err := grpc.NewClient("unix://"+s.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("call without workload.spiffe.io header: %v, want InvalidArgument", err)
+	}
+}
+
+// TestRotationUnderTraffic: SVIDs rotate at half-life (driven by the
+// agent's clock) while two workloads keep opening mTLS connections; none
+// may fail.
+func TestRotationUnderTraffic(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	s.register(t, "web", "node1", uidSel(os.Getuid()))
+	api, web := s.source(t, "api"), s.source(t, "web")
+	dial := mtlsPair(t, api, web)
+	before, _ := api.GetX509SVID()
+
+	var ok, failed atomic.Int64
+	var lastErr atomic.Value
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := dial(); err != nil {
+				failed.Add(1)
+				lastErr.Store(err)
+			} else {
+				ok.Add(1)
+			}
+		}
+	}()
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		if ok.Load() < 20 {
+			return errors.New("traffic not flowing yet")
+		}
+		return nil
+	})
+	s.clock.Advance(31 * time.Minute) // past half of the 1h SVIDs
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		a, _ := api.GetX509SVID()
+		w, _ := web.GetX509SVID()
+		if a.Certificates[0].SerialNumber.Cmp(before.Certificates[0].SerialNumber) == 0 {
+			return errors.New("api SVID not rotated yet")
+		}
+		if w.Certificates[0].NotBefore.Before(a.Certificates[0].NotBefore.Add(-time.Minute)) {
+			return errors.New("web SVID not rotated yet")
+		}
+		return nil
+	})
+	n := ok.Load()
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		if ok.Load() < n+20 {
+			return errors.New("no traffic after rotation")
+		}
+		return nil
+	})
+	close(stop)
+	<-done
+	if f := failed.Load(); f != 0 {
+		t.Fatalf("%d of %d handshakes failed across rotation; last: %v", f, f+ok.Load(), lastErr.Load())
+	}
+	t.Logf("%d handshakes across rotation, none failed", ok.Load())
+}

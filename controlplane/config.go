@@ -133,6 +133,12 @@ func (c *Config) setDefaults() error {
 		c.SignRate = 2000
 	}
 	r := &c.Raft
+	if c.Dev {
+		// One server on loopback: elect it at once.
+		r.Heartbeat = cmp0(r.Heartbeat, 150*time.Millisecond)
+		r.Election = cmp0(r.Election, 150*time.Millisecond)
+		r.LeaderLease = cmp0(r.LeaderLease, 100*time.Millisecond)
+	}
 	r.Heartbeat = cmp0(r.Heartbeat, time.Second)
 	r.Election = cmp0(r.Election, time.Second)
 	r.LeaderLease = cmp0(r.LeaderLease, 500*time.Millisecond)

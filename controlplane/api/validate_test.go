@@ -107,3 +107,52 @@ func FuzzRegisterRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestValidateEntry(t *testing.T) {
+	valid := func() *apipb.WorkloadEntry {
+		return &apipb.WorkloadEntry{Namespace: "payments", Service: "api", Agent: "node1",
+			Selectors: []*apipb.Selector{{Type: "unix", Key: "uid", Value: "1001"}}}
+	}
+	tests := []struct {
+		name   string
+		mutate func(*apipb.WorkloadEntry)
+		field  string
+	}{
+		{"valid", func(e *apipb.WorkloadEntry) {}, ""},
+		{"every agent", func(e *apipb.WorkloadEntry) { e.Agent = "*" }, ""},
+		{"path selector", func(e *apipb.WorkloadEntry) {
+			e.Selectors = append(e.Selectors, &apipb.Selector{Type: "unix", Key: "path", Value: "/usr/bin/api"})
+		}, ""},
+		{"no agent", func(e *apipb.WorkloadEntry) { e.Agent = "" }, "entry.agent"},
+		{"bad service", func(e *apipb.WorkloadEntry) { e.Service = "Api" }, "service"},
+		{"no selectors", func(e *apipb.WorkloadEntry) { e.Selectors = nil }, "entry.selectors"},
+		{"unknown type", func(e *apipb.WorkloadEntry) { e.Selectors[0].Type = "k8s" }, "entry.selectors[0].type"},
+		{"unknown key", func(e *apipb.WorkloadEntry) { e.Selectors[0].Key = "user" }, "entry.selectors[0].key"},
+		{"non-numeric uid", func(e *apipb.WorkloadEntry) { e.Selectors[0].Value = "root" }, "entry.selectors[0].value"},
+		{"relative path", func(e *apipb.WorkloadEntry) {
+			e.Selectors[0] = &apipb.Selector{Type: "unix", Key: "path", Value: "bin/api"}
+		}, "entry.selectors[0].value"},
+		{"unclean path", func(e *apipb.WorkloadEntry) {
+			e.Selectors[0] = &apipb.Selector{Type: "unix", Key: "path", Value: "/usr/../bin/api"}
+		}, "entry.selectors[0].value"},
+		{"ttl too short", func(e *apipb.WorkloadEntry) { e.SvidTtl = durationpb.New(time.Second) }, "entry.svid_ttl"},
+		{"client-set id", func(e *apipb.WorkloadEntry) { e.Id = "x" }, "entry.id"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := valid()
+			tt.mutate(e)
+			err := validateEntry(e)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("rejected: %v", err)
+				}
+				return
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.field {
+				t.Fatalf("err %v, want a FieldError on %s", err, tt.field)
+			}
+		})
+	}
+}

@@ -131,10 +131,12 @@ func New(cfg Config) (*Agent, error) {
 // ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.loadOrJoin(ctx); err != nil {
+		a.wl.Close()
 		return err
 	}
 	cl, err := apiclient.Dial(apiclient.Config{Addrs: a.cfg.Servers, CA: a.ident.Bundle().X509Authorities(), Identity: a.ident})
 	if err != nil {
+		a.wl.Close()
 		return err
 	}
 	defer cl.Close()

@@ -100,6 +100,13 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, ln: ln}, nil
 }
 
+// Close releases the socket of a server that will not Run.
+func (s *Server) Close() error {
+	err := s.ln.Close()
+	os.Remove(s.cfg.SocketPath)
+	return err
+}
+
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	g := grpc.NewServer(grpc.Creds(peerCreds{}))

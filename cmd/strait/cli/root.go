@@ -79,6 +79,8 @@ func newRoot(g *globals) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "how long a command may take")
 	root.AddCommand(
 		newServerCmd(g),
+		newAgentCmd(g),
+		newWorkloadCmd(g),
 		newConfigCmd(g),
 		newServiceCmd(g),
 		newTokenCmd(g),

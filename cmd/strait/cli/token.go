@@ -33,12 +33,13 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
   management  everything, including tokens
   write       catalog reads and writes
   read        catalog reads and status
-  server      lets one new server join this site (single-use, 1h unless --ttl)`,
+  server      lets one new server join this site (single-use, 1h unless --ttl)
+  agent       lets agents join this site (--max-uses to bound how many)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			k, ok := apipb.TokenKind_value["TOKEN_KIND_"+strings.ToUpper(kind)]
 			if !ok || k == 0 {
-				return usageError{fmt.Errorf("--kind %q: want management, write, read or server", kind)}
+				return usageError{fmt.Errorf("--kind %q: want management, write, read, server or agent", kind)}
 			}
 			req := &apipb.CreateTokenRequest{Kind: apipb.TokenKind(k), Description: desc, MaxUses: maxUses}
 			if ttl > 0 {
@@ -61,7 +62,7 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&kind, "kind", "", "management, write, read or server")
+	f.StringVar(&kind, "kind", "", "management, write, read, server or agent")
 	f.StringVar(&desc, "description", "", "what the token is for")
 	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: none; 1h for server tokens)")
 	f.Uint32Var(&maxUses, "max-uses", 0, "number of uses (default unlimited; server tokens: 1)")

@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/straitmesh/strait/trust/agent"
+)
+
+// DefaultSocket is where agents serve the Workload API unless told otherwise.
+const DefaultSocket = "/run/strait/agent.sock"
+
+func newAgentCmd(g *globals) *cobra.Command {
+	var (
+		cfg       agent.Config
+		logLevel  string
+		logFormat string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the agent on a workload host: serves the SPIFFE Workload API",
+		Long: `Run the agent on a workload host. On its first start it joins the site with an
+agent token; afterwards its identity is in --data-dir. Local processes get their
+SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket>).
+
+  strait agent --node-name web-1 --server 10.0.1.5:7400 --data-dir /var/lib/strait-agent --join-token T`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.JoinToken = first(cfg.JoinToken, os.Getenv("STRAIT_JOIN_TOKEN"))
+			if cfg.Node == "" {
+				h, err := os.Hostname()
+				if err != nil {
+					return err
+				}
+				cfg.Node = h
+			}
+			fc := FileConfig{LogLevel: logLevel, LogFormat: logFormat}
+			if _, err := parseLogLevel(logLevel); err != nil {
+				return usageError{err}
+			}
+			cfg.Logger = fc.logger(g.stderr)
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Node, "node-name", "", "this agent's name, a DNS label (default: host name)")
+	f.StringSliceVar(&cfg.Servers, "server", nil, "addresses of the site's servers (repeatable)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "agent token, first start only (env STRAIT_JOIN_TOKEN)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the agent's identity")
+	f.StringVar(&cfg.SocketPath, "socket", DefaultSocket, "Workload API unix socket")
+	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "", "text or json")
+	return cmd
+}

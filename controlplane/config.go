@@ -43,6 +43,17 @@ type Config struct {
 	AdvertiseAddr string
 	// MetricsAddr serves Prometheus /metrics over HTTP; disabled when empty.
 	MetricsAddr string
+	// BundleAddr serves the site's SPIFFE bundle endpoint over HTTPS;
+	// disabled when empty (and BundleListener is nil).
+	BundleAddr string
+	// BundleListener, when set, is used instead of binding BundleAddr.
+	BundleListener net.Listener
+	// BundleRefreshHint is the spiffe_refresh_hint published; 5m when zero.
+	BundleRefreshHint time.Duration
+	// BundleWebCertFile and BundleWebKeyFile, when set, serve the bundle
+	// endpoint with this Web PKI certificate (https_web profile) instead of
+	// the endpoint SVID (https_spiffe).
+	BundleWebCertFile, BundleWebKeyFile string
 	// Bootstrap creates the site (CA, trust domain, management token) on
 	// the first start of the first server.
 	Bootstrap bool
@@ -129,6 +140,9 @@ func (c *Config) setDefaults() error {
 	if c.WorkloadSVIDTTL == 0 {
 		c.WorkloadSVIDTTL = time.Hour
 	}
+	if c.BundleRefreshHint == 0 {
+		c.BundleRefreshHint = 5 * time.Minute
+	}
 	if c.SignRate == 0 {
 		c.SignRate = 2000
 	}
@@ -196,6 +210,9 @@ func (c *Config) validate() error {
 		if err != nil || ap.Addr().IsUnspecified() {
 			return fmt.Errorf("advertise_addr: %q must be a specific ip:port", c.AdvertiseAddr)
 		}
+	}
+	if (c.BundleWebCertFile == "") != (c.BundleWebKeyFile == "") {
+		return errors.New("bundle_web_cert_file and bundle_web_key_file: set both or neither")
 	}
 	if c.Raft.LeaderLease > c.Raft.Heartbeat {
 		return errors.New("raft: leader lease must not exceed the heartbeat timeout")

@@ -317,8 +317,7 @@ func (s *Server) renewSVID() error {
 	cur := s.ident.SVID()
 	leaf := cur.Certificates[0]
 	now := s.cfg.Now()
-	half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
-	if now.Before(half) {
+	if now.Before(ca.RenewAt(leaf)) {
 		return nil
 	}
 	root, err := s.siteCA()

@@ -160,6 +160,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if s.cfg.MetricsAddr != "" {
 		g.Go(func() error { return s.serveMetrics(gctx) })
 	}
+	if s.cfg.BundleAddr != "" || s.cfg.BundleListener != nil {
+		g.Go(func() error { return s.serveBundle(gctx) })
+	}
 	g.Go(func() error {
 		select {
 		case err := <-muxDone:

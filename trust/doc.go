@@ -20,6 +20,12 @@ func AgentID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
 	return spiffeid.FromSegments(td, "strait", "agent", node)
 }
 
+// BundleEndpointID is the SPIFFE ID every server of td presents on its
+// SPIFFE bundle endpoint (https_spiffe profile).
+func BundleEndpointID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "strait", "bundle-endpoint")
+}
+
 // WorkloadID is the SPIFFE ID of a service in a namespace of td.
 func WorkloadID(td spiffeid.TrustDomain, namespace, service string) (spiffeid.ID, error) {
 	return spiffeid.FromSegments(td, "ns", namespace, "svc", service)

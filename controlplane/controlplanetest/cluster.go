@@ -50,6 +50,11 @@ type Options struct {
 	Registry *prometheus.Registry
 	// LeaveOnTerminate is set on every server.
 	LeaveOnTerminate bool
+	// BundleEndpoint serves each server's SPIFFE bundle endpoint on a
+	// loopback port (Node.BundleAddr); with BundleWebCertFile and
+	// BundleWebKeyFile, under the https_web profile.
+	BundleEndpoint                      bool
+	BundleWebCertFile, BundleWebKeyFile string
 	// Clock, when set, is the servers' clock (token and certificate
 	// expiry); Raft keeps real time.
 	Clock *Clock
@@ -91,9 +96,11 @@ type Node struct {
 	Dir    string
 	Addr   string
 	Server *controlplane.Server
-	cancel context.CancelFunc
-	done   chan error
-	mu     sync.Mutex
+	// BundleAddr is the bundle endpoint's address, with Options.BundleEndpoint.
+	BundleAddr string
+	cancel     context.CancelFunc
+	done       chan error
+	mu         sync.Mutex
 }
 
 // Start starts an n-server site: the first bootstraps, the others join with
@@ -212,6 +219,15 @@ func (n *Node) start(role controlplane.Config) {
 	cfg.InMemoryRaft = n.c.opts.InMemoryRaft
 	cfg.Logger = n.c.logger(n.ID)
 	cfg.LeaveOnTerminate = n.c.opts.LeaveOnTerminate
+	if n.c.opts.BundleEndpoint {
+		bl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.BundleAddr = bl.Addr().String()
+		cfg.BundleListener = bl
+		cfg.BundleWebCertFile, cfg.BundleWebKeyFile = n.c.opts.BundleWebCertFile, n.c.opts.BundleWebKeyFile
+	}
 	if r := n.c.opts.Registry; r != nil {
 		cfg.Registerer, cfg.Gatherer = r, r
 	}

@@ -232,7 +232,7 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 	var err error
 	switch c := cmd.Cmd.(type) {
 	case *statepb.Command_Bootstrap:
-		err = s.applyBootstrap(c.Bootstrap)
+		err = s.applyBootstrap(index, c.Bootstrap)
 	case *statepb.Command_Register:
 		err = s.applyRegister(index, c.Register, &ch)
 	case *statepb.Command_Deregister:
@@ -366,11 +366,12 @@ func (s *Store) applyDeleteEntry(d *statepb.DeleteEntry) error {
 	return nil
 }
 
-func (s *Store) applyBootstrap(b *statepb.Bootstrap) error {
+func (s *Store) applyBootstrap(index uint64, b *statepb.Bootstrap) error {
 	if s.site != nil {
 		return fmt.Errorf("bootstrap: site %q is already bootstrapped: %w", s.site.Site, ErrConflict)
 	}
 	site := proto.Clone(b).(*statepb.Bootstrap)
+	site.BundleSequence = index
 	mt := site.ManagementToken
 	site.ManagementToken = nil
 	s.site = site

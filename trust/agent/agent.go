@@ -263,9 +263,7 @@ func (a *Agent) notify() {
 }
 
 // pastHalfLife reports whether a certificate should be renewed at now.
-func pastHalfLife(c *x509.Certificate, now time.Time) bool {
-	return !now.Before(c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2))
-}
+func pastHalfLife(c *x509.Certificate, now time.Time) bool { return !now.Before(ca.RenewAt(c)) }
 
 // watchLoop keeps entries and the bundle current from the servers.
 func (a *Agent) watchLoop(ctx context.Context) error {

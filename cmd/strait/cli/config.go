@@ -26,6 +26,12 @@ type FileConfig struct {
 	BindAddr         string   `yaml:"bind_addr"`
 	AdvertiseAddr    string   `yaml:"advertise_addr"`
 	MetricsAddr      string   `yaml:"metrics_addr"`
+	BundleAddr       string   `yaml:"bundle_endpoint_addr"`
+	BundleHint       Duration `yaml:"bundle_refresh_hint"`
+	BundleWebCert    string   `yaml:"bundle_web_cert_file"`
+	BundleWebKey     string   `yaml:"bundle_web_key_file"`
+	WorkloadSVIDTTL  Duration `yaml:"workload_svid_ttl"`
+	SignRate         int      `yaml:"sign_rate"`
 	Bootstrap        bool     `yaml:"bootstrap"`
 	Join             []string `yaml:"join"`
 	JoinTokenFile    string   `yaml:"join_token_file"`
@@ -92,6 +98,9 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 	c := controlplane.Config{
 		Site: fc.Site, TrustDomain: fc.TrustDomain, NodeID: fc.NodeName, DataDir: fc.DataDir,
 		BindAddr: fc.BindAddr, AdvertiseAddr: fc.AdvertiseAddr, MetricsAddr: fc.MetricsAddr,
+		BundleAddr: fc.BundleAddr, BundleRefreshHint: time.Duration(fc.BundleHint),
+		BundleWebCertFile: fc.BundleWebCert, BundleWebKeyFile: fc.BundleWebKey,
+		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate,
 		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
@@ -106,6 +115,9 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 			return c, fmt.Errorf("join_token_file: %w", err)
 		}
 		c.JoinToken = strings.TrimSpace(string(b))
+	}
+	if fc.SignRate < 0 {
+		return c, fmt.Errorf("sign_rate: %d must not be negative", fc.SignRate)
 	}
 	if _, err := parseLogLevel(fc.LogLevel); err != nil {
 		return c, err

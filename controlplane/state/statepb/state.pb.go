@@ -239,8 +239,11 @@ type Bootstrap struct {
 	TrustDomain     string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	Root            *CARoot                `protobuf:"bytes,3,opt,name=root,proto3" json:"root,omitempty"`
 	ManagementToken *TokenRecord           `protobuf:"bytes,4,opt,name=management_token,json=managementToken,proto3" json:"management_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The bundle's spiffe_sequence: the Raft index of its last change. Set
+	// by apply.
+	BundleSequence uint64 `protobuf:"varint,5,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Bootstrap) Reset() {
@@ -299,6 +302,13 @@ func (x *Bootstrap) GetManagementToken() *TokenRecord {
 		return x.ManagementToken
 	}
 	return nil
+}
+
+func (x *Bootstrap) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
 }
 
 type CARoot struct {
@@ -797,12 +807,13 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\fcreate_entry\x18\t \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\vcreateEntry\x12A\n" +
 	"\fdelete_entry\x18\n" +
 	" \x01(\v2\x1c.strait.state.v1.DeleteEntryH\x00R\vdeleteEntryB\x05\n" +
-	"\x03cmd\"\xb8\x01\n" +
+	"\x03cmd\"\xe1\x01\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12+\n" +
 	"\x04root\x18\x03 \x01(\v2\x17.strait.state.v1.CARootR\x04root\x12G\n" +
-	"\x10management_token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordR\x0fmanagementToken\"I\n" +
+	"\x10management_token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordR\x0fmanagementToken\x12'\n" +
+	"\x0fbundle_sequence\x18\x05 \x01(\x04R\x0ebundleSequence\"I\n" +
 	"\x06CARoot\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x1d\n" +
 	"\n" +

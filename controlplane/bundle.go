@@ -29,6 +29,11 @@ func (s *Server) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle
 		return nil, fmt.Errorf("site not bootstrapped yet")
 	}
 	b := spiffebundle.FromX509Authorities(td, auth)
+	jwtAuth, err := s.JWTAuthorities()
+	if err != nil {
+		return nil, err
+	}
+	b.SetJWTAuthorities(jwtAuth)
 	b.SetRefreshHint(s.cfg.BundleRefreshHint)
 	b.SetSequenceNumber(site.BundleSequence)
 	return b, nil

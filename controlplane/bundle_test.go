@@ -2,6 +2,8 @@ package controlplane_test
 
 import (
 	"context"
+	"crypto"
+	"fmt"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -30,15 +32,20 @@ func TestBundleEndpointHTTPSSPIFFE(t *testing.T) {
 	defer cancel()
 	var b interface {
 		X509Authorities() []*x509.Certificate
+		JWTAuthorities() map[string]crypto.PublicKey
 		SequenceNumber() (uint64, bool)
 		RefreshHint() (time.Duration, bool)
 	}
 	controlplanetest.WaitFor(t, 10*time.Second, func() error {
 		got, err := federation.FetchBundle(ctx, td, url, federation.WithSPIFFEAuth(n.Server.Bundle(), trust.BundleEndpointID(td)))
-		if err == nil {
-			b = got
+		if err != nil {
+			return err
 		}
-		return err
+		if len(got.JWTAuthorities()) != 1 {
+			return fmt.Errorf("bundle has %d JWT authorities, want 1", len(got.JWTAuthorities()))
+		}
+		b = got
+		return nil
 	})
 	auth := b.X509Authorities()
 	if len(auth) != 1 || !auth[0].Equal(n.Server.Bundle().X509Authorities()[0]) {

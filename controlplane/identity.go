@@ -257,6 +257,7 @@ type caCache struct {
 	mu   sync.Mutex
 	cert []byte
 	ca   *ca.CA
+	jwt  *jwtCache
 }
 
 func (s *Server) siteCA() (*ca.CA, error) {

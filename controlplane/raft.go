@@ -168,6 +168,9 @@ func (s *Server) lead(ctx context.Context) {
 			return
 		}
 	}
+	if err := s.ensureJWTKey(ctx); err != nil {
+		s.log.Warn("no jwt signing key", "err", err)
+	}
 	s.ttl.run(ctx)
 }
 

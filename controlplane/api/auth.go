@@ -68,6 +68,7 @@ var methodPerms = map[string]permission{
 	apipb.Identity_RenewAgent_FullMethodName:    permAgentPeer,
 	apipb.Identity_WatchAgent_FullMethodName:    permAgentPeer,
 	apipb.Identity_SignX509SVIDs_FullMethodName: permAgentPeer,
+	apipb.Identity_SignJWTSVID_FullMethodName:   permAgentPeer,
 }
 
 func allows(kind apipb.TokenKind, p permission) bool {

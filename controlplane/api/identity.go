@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"fmt"
 	"path"
+	"sort"
 	"strconv"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -191,7 +193,11 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 		if err != nil {
 			return err
 		}
-		if err := stream.Send(&apipb.AgentUpdate{Entries: st.Entries(node), Bundle: ders(auth)}); err != nil {
+		jwtAuth, err := s.jwtAuthorities()
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&apipb.AgentUpdate{Entries: st.Entries(node), Bundle: ders(auth), JwtAuthorities: jwtAuth}); err != nil {
 			return err
 		}
 		select {
@@ -202,24 +208,74 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 	}
 }
 
+func (s *Server) jwtAuthorities() ([]*apipb.JWTAuthority, error) {
+	keys, err := s.cfg.Node.JWTAuthorities()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*apipb.JWTAuthority, 0, len(keys))
+	for kid, k := range keys {
+		der, err := x509.MarshalPKIXPublicKey(k)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &apipb.JWTAuthority{Kid: kid, PublicKey: der})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Kid < out[j].Kid })
+	return out, nil
+}
+
+// JWTSVIDTTL is the lifetime of JWT-SVIDs: bearer tokens, kept short.
+const JWTSVIDTTL = 5 * time.Minute
+
+// MaxAudiences bounds a JWT-SVID's audience list.
+const MaxAudiences = 10
+
+// agentEntry returns an entry the calling agent may issue, and its ID.
+func (s *Server) agentEntry(ctx context.Context, entryID string) (*apipb.WorkloadEntry, spiffeid.ID, error) {
+	node, _ := ctx.Value(agentNodeKey).(string)
+	e, ok := s.cfg.Node.Store().Entry(entryID)
+	if !ok {
+		return nil, spiffeid.ID{}, toStatus(notFound("workload entry %q", entryID))
+	}
+	if e.Agent != node && e.Agent != "*" {
+		return nil, spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "entry %s is registered to agent %q, not %q", e.Id, e.Agent, node)
+	}
+	id, err := trust.WorkloadID(s.cfg.TrustDomain(), e.Namespace, e.Service)
+	return e, id, err
+}
+
+// SignJWTSVID signs a JWT-SVID for an entry the calling agent may issue.
+func (s *Server) SignJWTSVID(ctx context.Context, req *apipb.SignJWTRequest) (*apipb.SignJWTResponse, error) {
+	if len(req.Audience) == 0 || len(req.Audience) > MaxAudiences {
+		return nil, fieldErr("audience", "need 1 to %d audiences, got %d", MaxAudiences, len(req.Audience))
+	}
+	for i, a := range req.Audience {
+		if a == "" || len(a) > 256 {
+			return nil, fieldErr("audience["+strconv.Itoa(i)+"]", "must be 1 to 256 bytes")
+		}
+	}
+	_, id, err := s.agentEntry(ctx, req.EntryId)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := s.cfg.Node.SignJWT(ctx, id, req.Audience, JWTSVIDTTL)
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.SignJWTResponse{Token: tok}, nil
+}
+
 // SignX509SVIDs signs workload SVIDs for entries the calling agent may issue.
 func (s *Server) SignX509SVIDs(ctx context.Context, req *apipb.SignRequest) (*apipb.SignResponse, error) {
-	node, _ := ctx.Value(agentNodeKey).(string)
 	if len(req.Items) == 0 || len(req.Items) > MaxSignBatch {
 		return nil, fieldErr("items", "need 1 to %d items, got %d", MaxSignBatch, len(req.Items))
 	}
 	resp := &apipb.SignResponse{}
 	for i, it := range req.Items {
-		e, ok := s.cfg.Node.Store().Entry(it.EntryId)
-		if !ok {
-			return nil, toStatus(notFound("items[%d]: workload entry %q", i, it.EntryId))
-		}
-		if e.Agent != node && e.Agent != "*" {
-			return nil, status.Errorf(codes.PermissionDenied, "items[%d]: entry %s is registered to agent %q, not %q", i, e.Id, e.Agent, node)
-		}
-		id, err := trust.WorkloadID(s.cfg.TrustDomain(), e.Namespace, e.Service)
+		e, id, err := s.agentEntry(ctx, it.EntryId)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("items[%d]: %w", i, err)
 		}
 		ttl := s.cfg.Node.WorkloadSVIDTTL()
 		if e.SvidTtl != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"time"
@@ -59,4 +60,8 @@ type Node interface {
 	Authorities() ([]*x509.Certificate, error)
 	// WorkloadSVIDTTL is the default lifetime of workload SVIDs.
 	WorkloadSVIDTTL() time.Duration
+	// SignJWT issues a JWT-SVID for id and audience, valid for ttl.
+	SignJWT(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, error)
+	// JWTAuthorities are the site's JWT public keys by key ID.
+	JWTAuthorities() (map[string]crypto.PublicKey, error)
 }

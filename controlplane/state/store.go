@@ -249,6 +249,8 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		err = s.applyCreateEntry(index, c.CreateEntry)
 	case *statepb.Command_DeleteEntry:
 		err = s.applyDeleteEntry(c.DeleteEntry)
+	case *statepb.Command_AddJwtKey:
+		err = s.applyAddJWTKey(index, c.AddJwtKey)
 	default:
 		err = fmt.Errorf("unknown command %T", cmd.Cmd)
 	}
@@ -302,6 +304,11 @@ func wellFormed(cmd *statepb.Command) error {
 				return bad("workload entry with an empty selector")
 			}
 		}
+	case *statepb.Command_AddJwtKey:
+		k := c.AddJwtKey
+		if k.Kid == "" || len(k.PublicKey) == 0 || len(k.SealedKey) == 0 {
+			return bad("jwt key without kid, public key or sealed key")
+		}
 	case *statepb.Command_RevokeToken, *statepb.Command_ConsumeToken, *statepb.Command_DeleteEntry:
 	case nil:
 		return bad("empty command")
@@ -353,6 +360,23 @@ func (s *Store) applyCreateEntry(index uint64, e *apipb.WorkloadEntry) error {
 	n := proto.Clone(e).(*apipb.WorkloadEntry)
 	n.CreateIndex = index
 	s.entries[n.Id] = n
+	s.identityChanged()
+	return nil
+}
+
+func (s *Store) applyAddJWTKey(index uint64, k *statepb.JWTKey) error {
+	if s.site == nil {
+		return fmt.Errorf("add jwt key: %w", ErrNotBootstrapped)
+	}
+	for _, o := range s.site.JwtKeys {
+		if o.Kid == k.Kid {
+			return fmt.Errorf("jwt key %s exists: %w", k.Kid, ErrConflict)
+		}
+	}
+	site := proto.Clone(s.site).(*statepb.Bootstrap)
+	site.JwtKeys = append(site.JwtKeys, proto.Clone(k).(*statepb.JWTKey))
+	site.BundleSequence = index
+	s.site = site
 	s.identityChanged()
 	return nil
 }

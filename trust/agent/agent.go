@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -79,7 +80,9 @@ type Agent struct {
 	synced  bool // the first update from the servers arrived
 	entries []*apipb.WorkloadEntry
 	bundle  *x509bundle.Bundle
-	svids   map[string]*svid // by entry ID
+	jwtAuth *jwtbundle.Bundle
+	svids   map[string]*svid    // by entry ID
+	jwts    map[jwtKey]*jwtSVID // by entry ID and audience
 	changed chan struct{}
 	kick    chan struct{}
 }
@@ -116,6 +119,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("agent", cfg.Node),
 		svids:   make(map[string]*svid),
+		jwts:    make(map[jwtKey]*jwtSVID),
 		changed: make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 	}
@@ -302,11 +306,22 @@ func (a *Agent) apply(upd *apipb.AgentUpdate) error {
 		return err
 	}
 	bundle := x509bundle.FromX509Authorities(a.td, certs)
+	jwtAuth := jwtbundle.New(a.td)
+	for _, k := range upd.JwtAuthorities {
+		pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
+		if err != nil {
+			return fmt.Errorf("jwt authority %s: %w", k.Kid, err)
+		}
+		if err := jwtAuth.AddJWTAuthority(k.Kid, pub); err != nil {
+			return err
+		}
+	}
 	a.ident.SetBundle(bundle)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.synced = true
 	a.bundle = bundle
+	a.jwtAuth = jwtAuth
 	a.entries = upd.Entries
 	keep := make(map[string]bool, len(upd.Entries))
 	for _, e := range upd.Entries {
@@ -315,6 +330,11 @@ func (a *Agent) apply(upd *apipb.AgentUpdate) error {
 	for id := range a.svids {
 		if !keep[id] {
 			delete(a.svids, id)
+		}
+	}
+	for k := range a.jwts {
+		if !keep[k.entry] {
+			delete(a.jwts, k)
 		}
 	}
 	a.notify()

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
@@ -288,4 +289,49 @@ func TestRotationUnderTraffic(t *testing.T) {
 		t.Fatalf("%d of %d handshakes failed across rotation; last: %v", f, f+ok.Load(), lastErr.Load())
 	}
 	t.Logf("%d handshakes across rotation, none failed", ok.Load())
+}
+
+func TestJWTSVIDs(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	addr := workloadapi.WithAddr("unix://" + s.socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var sv *jwtsvid.SVID
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		var err error
+		sv, err = workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "payments-db"}, addr)
+		return err
+	})
+	if sv.ID != workloadID("api") || len(sv.Audience) != 1 || sv.Audience[0] != "payments-db" {
+		t.Fatalf("JWT-SVID for %s audience %v", sv.ID, sv.Audience)
+	}
+	if ttl := time.Until(sv.Expiry); ttl <= 0 || ttl > 5*time.Minute {
+		t.Fatalf("JWT-SVID expires in %s, want within 5m", ttl)
+	}
+	token := sv.Marshal()
+	got, err := workloadapi.ValidateJWTSVID(ctx, token, "payments-db", addr)
+	if err != nil || got.ID != sv.ID {
+		t.Fatalf("ValidateJWTSVID: %v %v", got, err)
+	}
+	if _, err := workloadapi.ValidateJWTSVID(ctx, token, "someone-else", addr); err == nil {
+		t.Fatal("a JWT-SVID validated for an audience it was not issued to")
+	}
+	tampered := token[:len(token)-4] + "AAAA"
+	if _, err := workloadapi.ValidateJWTSVID(ctx, tampered, "payments-db", addr); err == nil {
+		t.Fatal("a tampered JWT-SVID validated")
+	}
+	// Anyone holding the JWT bundle can validate it independently.
+	bundles, err := workloadapi.FetchJWTBundles(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jwtsvid.ParseAndValidate(token, bundles, []string{"payments-db"}); err != nil {
+		t.Fatalf("validate with the JWT bundle: %v", err)
+	}
+	// A second fetch for the same audience is served from the agent's cache.
+	again, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "payments-db"}, addr)
+	if err != nil || again.Marshal() != token {
+		t.Fatalf("second fetch: %v (same token: %v)", err, again != nil && again.Marshal() == token)
+	}
 }

@@ -51,6 +51,7 @@ type Source interface {
 	// Changed returns a channel closed at the next change of identities
 	// or bundles.
 	Changed() <-chan struct{}
+	JWTSource
 }
 
 // Config configures a Server.

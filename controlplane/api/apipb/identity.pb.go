@@ -673,9 +673,11 @@ type AgentUpdate struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Entries []*WorkloadEntry       `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	// The site's X.509 authorities, DER.
-	Bundle        [][]byte `protobuf:"bytes,2,rep,name=bundle,proto3" json:"bundle,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Bundle [][]byte `protobuf:"bytes,2,rep,name=bundle,proto3" json:"bundle,omitempty"`
+	// The site's JWT authorities.
+	JwtAuthorities []*JWTAuthority `protobuf:"bytes,3,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AgentUpdate) Reset() {
@@ -722,6 +724,162 @@ func (x *AgentUpdate) GetBundle() [][]byte {
 	return nil
 }
 
+func (x *AgentUpdate) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// PKIX DER.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *JWTAuthority) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+type SignJWTRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Audience      []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTRequest) Reset() {
+	*x = SignJWTRequest{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTRequest) ProtoMessage() {}
+
+func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SignJWTRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *SignJWTRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+type SignJWTResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTResponse) Reset() {
+	*x = SignJWTResponse{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTResponse) ProtoMessage() {}
+
+func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
+func (*SignJWTResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SignJWTResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 type SignRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Items         []*SignRequest_Item    `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
@@ -731,7 +889,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +901,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +914,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SignRequest) GetItems() []*SignRequest_Item {
@@ -775,7 +933,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +945,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +958,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SignResponse) GetSvids() []*SignResponse_SVID {
@@ -820,7 +978,7 @@ type SignRequest_Item struct {
 
 func (x *SignRequest_Item) Reset() {
 	*x = SignRequest_Item{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +990,7 @@ func (x *SignRequest_Item) String() string {
 func (*SignRequest_Item) ProtoMessage() {}
 
 func (x *SignRequest_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1003,7 @@ func (x *SignRequest_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest_Item.ProtoReflect.Descriptor instead.
 func (*SignRequest_Item) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{14, 0}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{17, 0}
 }
 
 func (x *SignRequest_Item) GetEntryId() string {
@@ -873,7 +1031,7 @@ type SignResponse_SVID struct {
 
 func (x *SignResponse_SVID) Reset() {
 	*x = SignResponse_SVID{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1043,7 @@ func (x *SignResponse_SVID) String() string {
 func (*SignResponse_SVID) ProtoMessage() {}
 
 func (x *SignResponse_SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1056,7 @@ func (x *SignResponse_SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse_SVID.ProtoReflect.Descriptor instead.
 func (*SignResponse_SVID) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{15, 0}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18, 0}
 }
 
 func (x *SignResponse_SVID) GetEntryId() string {
@@ -953,10 +1111,20 @@ const file_controlplane_api_apipb_identity_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"(\n" +
 	"\x12RenewAgentResponse\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\"\x13\n" +
-	"\x11WatchAgentRequest\"]\n" +
+	"\x11WatchAgentRequest\"\xa3\x01\n" +
 	"\vAgentUpdate\x126\n" +
 	"\aentries\x18\x01 \x03(\v2\x1c.strait.api.v1.WorkloadEntryR\aentries\x12\x16\n" +
-	"\x06bundle\x18\x02 \x03(\fR\x06bundle\"y\n" +
+	"\x06bundle\x18\x02 \x03(\fR\x06bundle\x12D\n" +
+	"\x0fjwt_authorities\x18\x03 \x03(\v2\x1b.strait.api.v1.JWTAuthorityR\x0ejwtAuthorities\"?\n" +
+	"\fJWTAuthority\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"G\n" +
+	"\x0eSignJWTRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\"'\n" +
+	"\x0fSignJWTResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"y\n" +
 	"\vSignRequest\x125\n" +
 	"\x05items\x18\x01 \x03(\v2\x1f.strait.api.v1.SignRequest.ItemR\x05items\x1a3\n" +
 	"\x04Item\x12\x19\n" +
@@ -970,14 +1138,15 @@ const file_controlplane_api_apipb_identity_proto_rawDesc = "" +
 	"\bWorkload\x12T\n" +
 	"\vCreateEntry\x12!.strait.api.v1.CreateEntryRequest\x1a\".strait.api.v1.CreateEntryResponse\x12T\n" +
 	"\vListEntries\x12!.strait.api.v1.ListEntriesRequest\x1a\".strait.api.v1.ListEntriesResponse\x12T\n" +
-	"\vDeleteEntry\x12!.strait.api.v1.DeleteEntryRequest\x1a\".strait.api.v1.DeleteEntryResponse2\xc5\x02\n" +
+	"\vDeleteEntry\x12!.strait.api.v1.DeleteEntryRequest\x1a\".strait.api.v1.DeleteEntryResponse2\x93\x03\n" +
 	"\bIdentity\x12N\n" +
 	"\tAgentJoin\x12\x1f.strait.api.v1.AgentJoinRequest\x1a .strait.api.v1.AgentJoinResponse\x12Q\n" +
 	"\n" +
 	"RenewAgent\x12 .strait.api.v1.RenewAgentRequest\x1a!.strait.api.v1.RenewAgentResponse\x12L\n" +
 	"\n" +
 	"WatchAgent\x12 .strait.api.v1.WatchAgentRequest\x1a\x1a.strait.api.v1.AgentUpdate0\x01\x12H\n" +
-	"\rSignX509SVIDs\x12\x1a.strait.api.v1.SignRequest\x1a\x1b.strait.api.v1.SignResponseB5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
+	"\rSignX509SVIDs\x12\x1a.strait.api.v1.SignRequest\x1a\x1b.strait.api.v1.SignResponse\x12L\n" +
+	"\vSignJWTSVID\x12\x1d.strait.api.v1.SignJWTRequest\x1a\x1e.strait.api.v1.SignJWTResponseB5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
 
 var (
 	file_controlplane_api_apipb_identity_proto_rawDescOnce sync.Once
@@ -991,7 +1160,7 @@ func file_controlplane_api_apipb_identity_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_identity_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_controlplane_api_apipb_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_controlplane_api_apipb_identity_proto_goTypes = []any{
 	(*Selector)(nil),            // 0: strait.api.v1.Selector
 	(*WorkloadEntry)(nil),       // 1: strait.api.v1.WorkloadEntry
@@ -1007,40 +1176,46 @@ var file_controlplane_api_apipb_identity_proto_goTypes = []any{
 	(*RenewAgentResponse)(nil),  // 11: strait.api.v1.RenewAgentResponse
 	(*WatchAgentRequest)(nil),   // 12: strait.api.v1.WatchAgentRequest
 	(*AgentUpdate)(nil),         // 13: strait.api.v1.AgentUpdate
-	(*SignRequest)(nil),         // 14: strait.api.v1.SignRequest
-	(*SignResponse)(nil),        // 15: strait.api.v1.SignResponse
-	(*SignRequest_Item)(nil),    // 16: strait.api.v1.SignRequest.Item
-	(*SignResponse_SVID)(nil),   // 17: strait.api.v1.SignResponse.SVID
-	(*durationpb.Duration)(nil), // 18: google.protobuf.Duration
+	(*JWTAuthority)(nil),        // 14: strait.api.v1.JWTAuthority
+	(*SignJWTRequest)(nil),      // 15: strait.api.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),     // 16: strait.api.v1.SignJWTResponse
+	(*SignRequest)(nil),         // 17: strait.api.v1.SignRequest
+	(*SignResponse)(nil),        // 18: strait.api.v1.SignResponse
+	(*SignRequest_Item)(nil),    // 19: strait.api.v1.SignRequest.Item
+	(*SignResponse_SVID)(nil),   // 20: strait.api.v1.SignResponse.SVID
+	(*durationpb.Duration)(nil), // 21: google.protobuf.Duration
 }
 var file_controlplane_api_apipb_identity_proto_depIdxs = []int32{
 	0,  // 0: strait.api.v1.WorkloadEntry.selectors:type_name -> strait.api.v1.Selector
-	18, // 1: strait.api.v1.WorkloadEntry.svid_ttl:type_name -> google.protobuf.Duration
+	21, // 1: strait.api.v1.WorkloadEntry.svid_ttl:type_name -> google.protobuf.Duration
 	1,  // 2: strait.api.v1.CreateEntryRequest.entry:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 3: strait.api.v1.CreateEntryResponse.entry:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 4: strait.api.v1.ListEntriesResponse.entries:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 5: strait.api.v1.AgentUpdate.entries:type_name -> strait.api.v1.WorkloadEntry
-	16, // 6: strait.api.v1.SignRequest.items:type_name -> strait.api.v1.SignRequest.Item
-	17, // 7: strait.api.v1.SignResponse.svids:type_name -> strait.api.v1.SignResponse.SVID
-	2,  // 8: strait.api.v1.Workload.CreateEntry:input_type -> strait.api.v1.CreateEntryRequest
-	4,  // 9: strait.api.v1.Workload.ListEntries:input_type -> strait.api.v1.ListEntriesRequest
-	6,  // 10: strait.api.v1.Workload.DeleteEntry:input_type -> strait.api.v1.DeleteEntryRequest
-	8,  // 11: strait.api.v1.Identity.AgentJoin:input_type -> strait.api.v1.AgentJoinRequest
-	10, // 12: strait.api.v1.Identity.RenewAgent:input_type -> strait.api.v1.RenewAgentRequest
-	12, // 13: strait.api.v1.Identity.WatchAgent:input_type -> strait.api.v1.WatchAgentRequest
-	14, // 14: strait.api.v1.Identity.SignX509SVIDs:input_type -> strait.api.v1.SignRequest
-	3,  // 15: strait.api.v1.Workload.CreateEntry:output_type -> strait.api.v1.CreateEntryResponse
-	5,  // 16: strait.api.v1.Workload.ListEntries:output_type -> strait.api.v1.ListEntriesResponse
-	7,  // 17: strait.api.v1.Workload.DeleteEntry:output_type -> strait.api.v1.DeleteEntryResponse
-	9,  // 18: strait.api.v1.Identity.AgentJoin:output_type -> strait.api.v1.AgentJoinResponse
-	11, // 19: strait.api.v1.Identity.RenewAgent:output_type -> strait.api.v1.RenewAgentResponse
-	13, // 20: strait.api.v1.Identity.WatchAgent:output_type -> strait.api.v1.AgentUpdate
-	15, // 21: strait.api.v1.Identity.SignX509SVIDs:output_type -> strait.api.v1.SignResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 6: strait.api.v1.AgentUpdate.jwt_authorities:type_name -> strait.api.v1.JWTAuthority
+	19, // 7: strait.api.v1.SignRequest.items:type_name -> strait.api.v1.SignRequest.Item
+	20, // 8: strait.api.v1.SignResponse.svids:type_name -> strait.api.v1.SignResponse.SVID
+	2,  // 9: strait.api.v1.Workload.CreateEntry:input_type -> strait.api.v1.CreateEntryRequest
+	4,  // 10: strait.api.v1.Workload.ListEntries:input_type -> strait.api.v1.ListEntriesRequest
+	6,  // 11: strait.api.v1.Workload.DeleteEntry:input_type -> strait.api.v1.DeleteEntryRequest
+	8,  // 12: strait.api.v1.Identity.AgentJoin:input_type -> strait.api.v1.AgentJoinRequest
+	10, // 13: strait.api.v1.Identity.RenewAgent:input_type -> strait.api.v1.RenewAgentRequest
+	12, // 14: strait.api.v1.Identity.WatchAgent:input_type -> strait.api.v1.WatchAgentRequest
+	17, // 15: strait.api.v1.Identity.SignX509SVIDs:input_type -> strait.api.v1.SignRequest
+	15, // 16: strait.api.v1.Identity.SignJWTSVID:input_type -> strait.api.v1.SignJWTRequest
+	3,  // 17: strait.api.v1.Workload.CreateEntry:output_type -> strait.api.v1.CreateEntryResponse
+	5,  // 18: strait.api.v1.Workload.ListEntries:output_type -> strait.api.v1.ListEntriesResponse
+	7,  // 19: strait.api.v1.Workload.DeleteEntry:output_type -> strait.api.v1.DeleteEntryResponse
+	9,  // 20: strait.api.v1.Identity.AgentJoin:output_type -> strait.api.v1.AgentJoinResponse
+	11, // 21: strait.api.v1.Identity.RenewAgent:output_type -> strait.api.v1.RenewAgentResponse
+	13, // 22: strait.api.v1.Identity.WatchAgent:output_type -> strait.api.v1.AgentUpdate
+	18, // 23: strait.api.v1.Identity.SignX509SVIDs:output_type -> strait.api.v1.SignResponse
+	16, // 24: strait.api.v1.Identity.SignJWTSVID:output_type -> strait.api.v1.SignJWTResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_api_apipb_identity_proto_init() }
@@ -1054,7 +1229,7 @@ func file_controlplane_api_apipb_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_identity_proto_rawDesc), len(file_controlplane_api_apipb_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

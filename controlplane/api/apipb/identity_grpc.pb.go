@@ -205,6 +205,7 @@ const (
 	Identity_RenewAgent_FullMethodName    = "/strait.api.v1.Identity/RenewAgent"
 	Identity_WatchAgent_FullMethodName    = "/strait.api.v1.Identity/WatchAgent"
 	Identity_SignX509SVIDs_FullMethodName = "/strait.api.v1.Identity/SignX509SVIDs"
+	Identity_SignJWTSVID_FullMethodName   = "/strait.api.v1.Identity/SignJWTSVID"
 )
 
 // IdentityClient is the client API for Identity service.
@@ -218,6 +219,7 @@ type IdentityClient interface {
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error)
 	WatchAgent(ctx context.Context, in *WatchAgentRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AgentUpdate], error)
 	SignX509SVIDs(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
+	SignJWTSVID(ctx context.Context, in *SignJWTRequest, opts ...grpc.CallOption) (*SignJWTResponse, error)
 }
 
 type identityClient struct {
@@ -277,6 +279,16 @@ func (c *identityClient) SignX509SVIDs(ctx context.Context, in *SignRequest, opt
 	return out, nil
 }
 
+func (c *identityClient) SignJWTSVID(ctx context.Context, in *SignJWTRequest, opts ...grpc.CallOption) (*SignJWTResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJWTResponse)
+	err := c.cc.Invoke(ctx, Identity_SignJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IdentityServer is the server API for Identity service.
 // All implementations must embed UnimplementedIdentityServer
 // for forward compatibility.
@@ -288,6 +300,7 @@ type IdentityServer interface {
 	RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error)
 	WatchAgent(*WatchAgentRequest, grpc.ServerStreamingServer[AgentUpdate]) error
 	SignX509SVIDs(context.Context, *SignRequest) (*SignResponse, error)
+	SignJWTSVID(context.Context, *SignJWTRequest) (*SignJWTResponse, error)
 	mustEmbedUnimplementedIdentityServer()
 }
 
@@ -309,6 +322,9 @@ func (UnimplementedIdentityServer) WatchAgent(*WatchAgentRequest, grpc.ServerStr
 }
 func (UnimplementedIdentityServer) SignX509SVIDs(context.Context, *SignRequest) (*SignResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignX509SVIDs not implemented")
+}
+func (UnimplementedIdentityServer) SignJWTSVID(context.Context, *SignJWTRequest) (*SignJWTResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
 }
 func (UnimplementedIdentityServer) mustEmbedUnimplementedIdentityServer() {}
 func (UnimplementedIdentityServer) testEmbeddedByValue()                  {}
@@ -396,6 +412,24 @@ func _Identity_SignX509SVIDs_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Identity_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IdentityServer).SignJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Identity_SignJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IdentityServer).SignJWTSVID(ctx, req.(*SignJWTRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Identity_ServiceDesc is the grpc.ServiceDesc for Identity service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -414,6 +448,10 @@ var Identity_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignX509SVIDs",
 			Handler:    _Identity_SignX509SVIDs_Handler,
+		},
+		{
+			MethodName: "SignJWTSVID",
+			Handler:    _Identity_SignJWTSVID_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -44,6 +44,7 @@ type Command struct {
 	//	*Command_ConsumeToken
 	//	*Command_CreateEntry
 	//	*Command_DeleteEntry
+	//	*Command_AddJwtKey
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -174,6 +175,15 @@ func (x *Command) GetDeleteEntry() *DeleteEntry {
 	return nil
 }
 
+func (x *Command) GetAddJwtKey() *JWTKey {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_AddJwtKey); ok {
+			return x.AddJwtKey
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -214,6 +224,10 @@ type Command_DeleteEntry struct {
 	DeleteEntry *DeleteEntry `protobuf:"bytes,10,opt,name=delete_entry,json=deleteEntry,proto3,oneof"`
 }
 
+type Command_AddJwtKey struct {
+	AddJwtKey *JWTKey `protobuf:"bytes,11,opt,name=add_jwt_key,json=addJwtKey,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -232,6 +246,8 @@ func (*Command_CreateEntry) isCommand_Cmd() {}
 
 func (*Command_DeleteEntry) isCommand_Cmd() {}
 
+func (*Command_AddJwtKey) isCommand_Cmd() {}
+
 // Bootstrap initializes a site once.
 type Bootstrap struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -242,8 +258,10 @@ type Bootstrap struct {
 	// The bundle's spiffe_sequence: the Raft index of its last change. Set
 	// by apply.
 	BundleSequence uint64 `protobuf:"varint,5,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Keys that sign JWT-SVIDs; the newest signs.
+	JwtKeys       []*JWTKey `protobuf:"bytes,6,rep,name=jwt_keys,json=jwtKeys,proto3" json:"jwt_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Bootstrap) Reset() {
@@ -311,6 +329,75 @@ func (x *Bootstrap) GetBundleSequence() uint64 {
 	return 0
 }
 
+func (x *Bootstrap) GetJwtKeys() []*JWTKey {
+	if x != nil {
+		return x.JwtKeys
+	}
+	return nil
+}
+
+type JWTKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// PKIX DER.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// PKCS#8, sealed with the key-encryption key.
+	SealedKey     []byte `protobuf:"bytes,3,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTKey) Reset() {
+	*x = JWTKey{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTKey) ProtoMessage() {}
+
+func (x *JWTKey) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTKey.ProtoReflect.Descriptor instead.
+func (*JWTKey) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *JWTKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *JWTKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *JWTKey) GetSealedKey() []byte {
+	if x != nil {
+		return x.SealedKey
+	}
+	return nil
+}
+
 type CARoot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificate.
@@ -323,7 +410,7 @@ type CARoot struct {
 
 func (x *CARoot) Reset() {
 	*x = CARoot{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[2]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +422,7 @@ func (x *CARoot) String() string {
 func (*CARoot) ProtoMessage() {}
 
 func (x *CARoot) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[2]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +435,7 @@ func (x *CARoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CARoot.ProtoReflect.Descriptor instead.
 func (*CARoot) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{2}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CARoot) GetCertificate() []byte {
@@ -375,7 +462,7 @@ type SetHealth struct {
 
 func (x *SetHealth) Reset() {
 	*x = SetHealth{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[3]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +474,7 @@ func (x *SetHealth) String() string {
 func (*SetHealth) ProtoMessage() {}
 
 func (x *SetHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[3]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +487,7 @@ func (x *SetHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHealth.ProtoReflect.Descriptor instead.
 func (*SetHealth) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{3}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetHealth) GetInstances() []*apipb.InstanceKey {
@@ -428,7 +515,7 @@ type TokenRecord struct {
 
 func (x *TokenRecord) Reset() {
 	*x = TokenRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +527,7 @@ func (x *TokenRecord) String() string {
 func (*TokenRecord) ProtoMessage() {}
 
 func (x *TokenRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +540,7 @@ func (x *TokenRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenRecord.ProtoReflect.Descriptor instead.
 func (*TokenRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{4}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TokenRecord) GetToken() *apipb.Token {
@@ -479,7 +566,7 @@ type RevokeToken struct {
 
 func (x *RevokeToken) Reset() {
 	*x = RevokeToken{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +578,7 @@ func (x *RevokeToken) String() string {
 func (*RevokeToken) ProtoMessage() {}
 
 func (x *RevokeToken) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +591,7 @@ func (x *RevokeToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeToken.ProtoReflect.Descriptor instead.
 func (*RevokeToken) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{5}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RevokeToken) GetAccessorId() string {
@@ -525,7 +612,7 @@ type ConsumeToken struct {
 
 func (x *ConsumeToken) Reset() {
 	*x = ConsumeToken{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +624,7 @@ func (x *ConsumeToken) String() string {
 func (*ConsumeToken) ProtoMessage() {}
 
 func (x *ConsumeToken) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +637,7 @@ func (x *ConsumeToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeToken.ProtoReflect.Descriptor instead.
 func (*ConsumeToken) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{6}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ConsumeToken) GetSecretHash() []byte {
@@ -569,7 +656,7 @@ type DeleteEntry struct {
 
 func (x *DeleteEntry) Reset() {
 	*x = DeleteEntry{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +668,7 @@ func (x *DeleteEntry) String() string {
 func (*DeleteEntry) ProtoMessage() {}
 
 func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +681,7 @@ func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntry.ProtoReflect.Descriptor instead.
 func (*DeleteEntry) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{7}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteEntry) GetId() string {
@@ -615,7 +702,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +714,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +727,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{8}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -673,7 +760,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +772,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +785,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{9}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -791,7 +878,7 @@ var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\x8d\x05\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\xc8\x05\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -806,14 +893,22 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\rconsume_token\x18\b \x01(\v2\x1d.strait.state.v1.ConsumeTokenH\x00R\fconsumeToken\x12A\n" +
 	"\fcreate_entry\x18\t \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\vcreateEntry\x12A\n" +
 	"\fdelete_entry\x18\n" +
-	" \x01(\v2\x1c.strait.state.v1.DeleteEntryH\x00R\vdeleteEntryB\x05\n" +
-	"\x03cmd\"\xe1\x01\n" +
+	" \x01(\v2\x1c.strait.state.v1.DeleteEntryH\x00R\vdeleteEntry\x129\n" +
+	"\vadd_jwt_key\x18\v \x01(\v2\x17.strait.state.v1.JWTKeyH\x00R\taddJwtKeyB\x05\n" +
+	"\x03cmd\"\x95\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12+\n" +
 	"\x04root\x18\x03 \x01(\v2\x17.strait.state.v1.CARootR\x04root\x12G\n" +
 	"\x10management_token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordR\x0fmanagementToken\x12'\n" +
-	"\x0fbundle_sequence\x18\x05 \x01(\x04R\x0ebundleSequence\"I\n" +
+	"\x0fbundle_sequence\x18\x05 \x01(\x04R\x0ebundleSequence\x122\n" +
+	"\bjwt_keys\x18\x06 \x03(\v2\x17.strait.state.v1.JWTKeyR\ajwtKeys\"X\n" +
+	"\x06JWTKey\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
+	"\n" +
+	"sealed_key\x18\x03 \x01(\fR\tsealedKey\"I\n" +
 	"\x06CARoot\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x1d\n" +
 	"\n" +
@@ -856,54 +951,57 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 	return file_controlplane_state_statepb_state_proto_rawDescData
 }
 
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*Command)(nil),                 // 0: strait.state.v1.Command
 	(*Bootstrap)(nil),               // 1: strait.state.v1.Bootstrap
-	(*CARoot)(nil),                  // 2: strait.state.v1.CARoot
-	(*SetHealth)(nil),               // 3: strait.state.v1.SetHealth
-	(*TokenRecord)(nil),             // 4: strait.state.v1.TokenRecord
-	(*RevokeToken)(nil),             // 5: strait.state.v1.RevokeToken
-	(*ConsumeToken)(nil),            // 6: strait.state.v1.ConsumeToken
-	(*DeleteEntry)(nil),             // 7: strait.state.v1.DeleteEntry
-	(*SnapshotHeader)(nil),          // 8: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 9: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 10: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 11: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 12: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 13: strait.api.v1.WorkloadEntry
-	(*apipb.InstanceKey)(nil),       // 14: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 15: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 16: strait.api.v1.Token
-	(*apipb.Service)(nil),           // 17: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 18: strait.api.v1.Instance
+	(*JWTKey)(nil),                  // 2: strait.state.v1.JWTKey
+	(*CARoot)(nil),                  // 3: strait.state.v1.CARoot
+	(*SetHealth)(nil),               // 4: strait.state.v1.SetHealth
+	(*TokenRecord)(nil),             // 5: strait.state.v1.TokenRecord
+	(*RevokeToken)(nil),             // 6: strait.state.v1.RevokeToken
+	(*ConsumeToken)(nil),            // 7: strait.state.v1.ConsumeToken
+	(*DeleteEntry)(nil),             // 8: strait.state.v1.DeleteEntry
+	(*SnapshotHeader)(nil),          // 9: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 10: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 11: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 12: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 13: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 14: strait.api.v1.WorkloadEntry
+	(*apipb.InstanceKey)(nil),       // 15: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 16: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 17: strait.api.v1.Token
+	(*apipb.Service)(nil),           // 18: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 19: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	10, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	11, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	11, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	12, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
-	3,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
-	4,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
-	5,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
-	6,  // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	13, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
-	7,  // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
-	2,  // 10: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	4,  // 11: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	14, // 12: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	15, // 13: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	16, // 14: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	1,  // 15: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	17, // 16: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	18, // 17: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	4,  // 18: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	13, // 19: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	12, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	13, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	4,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
+	5,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
+	6,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
+	7,  // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
+	14, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	8,  // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
+	2,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
+	3,  // 11: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	5,  // 12: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	2,  // 13: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	15, // 14: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	16, // 15: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	17, // 16: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	1,  // 17: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	18, // 18: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	19, // 19: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	5,  // 20: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	14, // 21: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -921,8 +1019,9 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_ConsumeToken)(nil),
 		(*Command_CreateEntry)(nil),
 		(*Command_DeleteEntry)(nil),
+		(*Command_AddJwtKey)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[9].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[10].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -935,7 +1034,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -57,12 +57,12 @@ func (e *endpointCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.s.cfg.Now()
-	if e.svid != nil && now.Before(ca.RenewAt(e.svid.Leaf)) {
-		return e.svid, nil
-	}
 	root, err := e.s.siteCA()
 	if err != nil {
 		return nil, err
+	}
+	if e.svid != nil && now.Before(ca.RenewAt(e.svid.Leaf)) && ca.IssuedBy(e.svid.Leaf, root.Certificate()) {
+		return e.svid, nil
 	}
 	key, err := ca.NewKey()
 	if err != nil {

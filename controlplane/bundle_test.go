@@ -3,11 +3,11 @@ package controlplane_test
 import (
 	"context"
 	"crypto"
-	"fmt"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"

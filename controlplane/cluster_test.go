@@ -6,11 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
@@ -277,3 +277,44 @@ func TestJoinRejectsExistingMember(t *testing.T) {
 }
 
 func stateKey(ns, name string) state.ServiceKey { return state.ServiceKey{Namespace: ns, Name: name} }
+
+// TestCARotationAcrossServers: after a full rotation the servers still
+// replicate and forward to each other, on SVIDs from the new root only.
+func TestCARotationAcrossServers(t *testing.T) {
+	c := controlplanetest.Start(t, 3, controlplanetest.Options{Tweak: func(cfg *controlplane.Config) {
+		cfg.CAPropagationDelay = time.Second
+		cfg.MaxLeafTTL = 3 * time.Second
+	}})
+	cl := c.Client(c.Leader())
+	ctx := controlplanetest.Ctx(t)
+	if _, err := cl.Operator.RotateCA(ctx, &apipb.RotateCARequest{}); err != nil {
+		t.Fatal(err)
+	}
+	// A second rotation while one is in progress is refused clearly.
+	if _, err := cl.Operator.RotateCA(ctx, &apipb.RotateCARequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("second rotate: %v, want FailedPrecondition", err)
+	}
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		st, err := cl.Operator.CAStatus(ctx, &apipb.CAStatusRequest{})
+		if err != nil {
+			return err
+		}
+		if len(st.Roots) != 1 {
+			return fmt.Errorf("%d roots, want the new one only", len(st.Roots))
+		}
+		for _, n := range c.Nodes {
+			if got := len(n.Server.Bundle().X509Authorities()); got != 1 {
+				return fmt.Errorf("%s trusts %d roots", n.ID, got)
+			}
+		}
+		return nil
+	})
+	// Writes through a follower (forwarded over mTLS) replicate to all.
+	register(t, c.Client(c.Follower()), "api", "after-rotation")
+	for i := range c.Nodes {
+		waitInstance(t, c, i, "api", "after-rotation")
+	}
+	// A server joining now pins the new root.
+	c.AddServer("s3")
+	c.WaitVoters(4)
+}

@@ -73,6 +73,13 @@ type Config struct {
 	ServerSVIDTTL time.Duration
 	// WorkloadSVIDTTL is the default lifetime of workload SVIDs; 1h when zero.
 	WorkloadSVIDTTL time.Duration
+	// CAPropagationDelay is how long a prepared CA root is published
+	// before it signs, so that every party trusts it first; 1h when zero.
+	CAPropagationDelay time.Duration
+	// MaxLeafTTL bounds the life of any leaf a root signed: a retired root
+	// stays in the bundle this long after it stops signing. Computed from
+	// the SVID lifetimes when zero (72h plus clock skew); tests shorten it.
+	MaxLeafTTL time.Duration
 	// SignRate caps SVID signatures per second on this server (burst: a
 	// quarter of it); 2000 when zero.
 	SignRate int
@@ -142,6 +149,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.BundleRefreshHint == 0 {
 		c.BundleRefreshHint = 5 * time.Minute
+	}
+	if c.CAPropagationDelay == 0 {
+		c.CAPropagationDelay = time.Hour
 	}
 	if c.SignRate == 0 {
 		c.SignRate = 2000

@@ -307,8 +307,12 @@ func (s *Server) bootstrapCommand() (*statepb.Command, string, error) {
 	}}}, secret, nil
 }
 
-// TokenPin is the CA pin appended to server join tokens.
+// TokenPin is the CA pin appended to server and agent join tokens: the
+// active root's, which signs the servers' SVIDs.
 func (s *Server) TokenPin() string {
+	if root, err := s.siteCA(); err == nil {
+		return jointoken.EncodePin(root.Certificate())
+	}
 	return jointoken.EncodePin(s.ident.Bundle().X509Authorities()[0])
 }
 
@@ -318,12 +322,12 @@ func (s *Server) renewSVID() error {
 	cur := s.ident.SVID()
 	leaf := cur.Certificates[0]
 	now := s.cfg.Now()
-	if now.Before(ca.RenewAt(leaf)) {
-		return nil
-	}
 	root, err := s.siteCA()
 	if err != nil {
 		return err
+	}
+	if now.Before(ca.RenewAt(leaf)) && ca.IssuedBy(leaf, root.Certificate()) {
+		return nil
 	}
 	key, err := ca.NewKey()
 	if err != nil {
@@ -341,6 +345,10 @@ func (s *Server) renewSVID() error {
 	}
 	s.log.Info("server svid renewed", "id", cur.ID.String(), "expires", cert.NotAfter)
 	return s.ident.SetSVID(chain, key)
+}
+
+func bundleOf(td spiffeid.TrustDomain, certs []*x509.Certificate) *x509bundle.Bundle {
+	return x509bundle.FromX509Authorities(td, certs)
 }
 
 func newIdentitySource(id *identity, now func() time.Time) (*mtls.Identity, error) {

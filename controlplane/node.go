@@ -348,13 +348,14 @@ func (s *Server) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl t
 	return cert, nil
 }
 
-// Authorities implements api.Node.
+// Authorities implements api.Node: the site's trusted roots, the active
+// (signing) one first.
 func (s *Server) Authorities() ([]*x509.Certificate, error) {
-	root, err := s.siteCA()
-	if err != nil {
-		return nil, err
+	site := s.store.Site()
+	if site == nil {
+		return nil, state.ErrNotBootstrapped
 	}
-	return []*x509.Certificate{root.Certificate()}, nil
+	return authorities(site)
 }
 
 // WorkloadSVIDTTL implements api.Node.

@@ -171,6 +171,7 @@ func (s *Server) lead(ctx context.Context) {
 	if err := s.ensureJWTKey(ctx); err != nil {
 		s.log.Warn("no jwt signing key", "err", err)
 	}
+	go s.rotateLoop(ctx)
 	s.ttl.run(ctx)
 }
 

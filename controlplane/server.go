@@ -156,6 +156,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.leaderLoop(gctx) })
 	g.Go(func() error { return s.renewLoop(gctx) })
+	g.Go(func() error { return s.followIdentity(gctx) })
 	g.Go(func() error { return s.promoteLoop(gctx) })
 	if s.cfg.MetricsAddr != "" {
 		g.Go(func() error { return s.serveMetrics(gctx) })

@@ -58,6 +58,8 @@ var methodPerms = map[string]permission{
 	apipb.Operator_Status_FullMethodName:        permRead,
 	apipb.Operator_ListPeers_FullMethodName:     permRead,
 	apipb.Operator_RemovePeer_FullMethodName:    permManage,
+	apipb.Operator_RotateCA_FullMethodName:      permManage,
+	apipb.Operator_CAStatus_FullMethodName:      permRead,
 	apipb.Cluster_Join_FullMethodName:           permServerJoin,
 	apipb.Cluster_Promote_FullMethodName:        permServerPeer,
 	apipb.Cluster_Leave_FullMethodName:          permServerPeer,

@@ -197,7 +197,8 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 		if err != nil {
 			return err
 		}
-		if err := stream.Send(&apipb.AgentUpdate{Entries: st.Entries(node), Bundle: ders(auth), JwtAuthorities: jwtAuth}); err != nil {
+		upd := &apipb.AgentUpdate{Entries: st.Entries(node), Bundle: ders(auth), JwtAuthorities: jwtAuth, ActiveAuthority: auth[0].Raw}
+		if err := stream.Send(upd); err != nil {
 			return err
 		}
 		select {

@@ -64,4 +64,8 @@ type Node interface {
 	SignJWT(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, error)
 	// JWTAuthorities are the site's JWT public keys by key ID.
 	JWTAuthorities() (map[string]crypto.PublicKey, error)
+	// RotateCA prepares a new CA root (leader only).
+	RotateCA(ctx context.Context) (*apipb.CARootStatus, error)
+	// CAStatus lists the site's roots and their phases.
+	CAStatus() (*apipb.CAStatusResponse, error)
 }

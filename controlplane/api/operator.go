@@ -40,6 +40,25 @@ func (s *Server) RemovePeer(ctx context.Context, req *apipb.RemovePeerRequest) (
 	return &apipb.RemovePeerResponse{}, nil
 }
 
+// RotateCA starts a CA rotation: a new root is prepared now and signs
+// after the propagation delay.
+func (s *Server) RotateCA(ctx context.Context, req *apipb.RotateCARequest) (*apipb.RotateCAResponse, error) {
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RotateCAResponse, error) {
+		return apipb.NewOperatorClient(c).RotateCA(ctx, req)
+	}); ok {
+		return r, err
+	}
+	st, err := s.cfg.Node.RotateCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.RotateCAResponse{Prepared: st}, nil
+}
+
+func (s *Server) CAStatus(ctx context.Context, req *apipb.CAStatusRequest) (*apipb.CAStatusResponse, error) {
+	return s.cfg.Node.CAStatus()
+}
+
 // Join admits a new server: it validates the request, consumes the
 // single-use server token through Raft, and lets the node sign the
 // server's SVID and add it as a non-voter.

@@ -55,6 +55,8 @@ type Options struct {
 	// BundleWebKeyFile, under the https_web profile.
 	BundleEndpoint                      bool
 	BundleWebCertFile, BundleWebKeyFile string
+	// Tweak, when set, adjusts every server's config last.
+	Tweak func(*controlplane.Config)
 	// Clock, when set, is the servers' clock (token and certificate
 	// expiry); Raft keeps real time.
 	Clock *Clock
@@ -237,6 +239,9 @@ func (n *Node) start(role controlplane.Config) {
 	if w := n.c.opts.WrapTransport; w != nil {
 		id := n.ID
 		cfg.WrapTransport = func(tr raft.Transport) raft.Transport { return w(id, tr) }
+	}
+	if n.c.opts.Tweak != nil {
+		n.c.opts.Tweak(&cfg)
 	}
 	s, err := controlplane.New(cfg)
 	if err != nil {

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"sort"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
@@ -251,6 +253,12 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		err = s.applyDeleteEntry(c.DeleteEntry)
 	case *statepb.Command_AddJwtKey:
 		err = s.applyAddJWTKey(index, c.AddJwtKey)
+	case *statepb.Command_PrepareRoot:
+		err = s.applyPrepareRoot(index, c.PrepareRoot, now)
+	case *statepb.Command_ActivateRoot:
+		err = s.applyActivateRoot(index, c.ActivateRoot, now)
+	case *statepb.Command_DropRoot:
+		err = s.applyDropRoot(index, c.DropRoot)
 	default:
 		err = fmt.Errorf("unknown command %T", cmd.Cmd)
 	}
@@ -309,6 +317,18 @@ func wellFormed(cmd *statepb.Command) error {
 		if k.Kid == "" || len(k.PublicKey) == 0 || len(k.SealedKey) == 0 {
 			return bad("jwt key without kid, public key or sealed key")
 		}
+	case *statepb.Command_PrepareRoot:
+		if len(c.PrepareRoot.Certificate) == 0 || len(c.PrepareRoot.SealedKey) == 0 {
+			return bad("prepare root without certificate or key")
+		}
+	case *statepb.Command_ActivateRoot:
+		if len(c.ActivateRoot.Certificate) == 0 || c.ActivateRoot.DropAfter == nil {
+			return bad("activate root without certificate or drop time")
+		}
+	case *statepb.Command_DropRoot:
+		if len(c.DropRoot.Certificate) == 0 {
+			return bad("drop root without certificate")
+		}
 	case *statepb.Command_RevokeToken, *statepb.Command_ConsumeToken, *statepb.Command_DeleteEntry:
 	case nil:
 		return bad("empty command")
@@ -365,20 +385,74 @@ func (s *Store) applyCreateEntry(index uint64, e *apipb.WorkloadEntry) error {
 }
 
 func (s *Store) applyAddJWTKey(index uint64, k *statepb.JWTKey) error {
-	if s.site == nil {
-		return fmt.Errorf("add jwt key: %w", ErrNotBootstrapped)
-	}
-	for _, o := range s.site.JwtKeys {
-		if o.Kid == k.Kid {
-			return fmt.Errorf("jwt key %s exists: %w", k.Kid, ErrConflict)
+	return s.editSite(index, func(site *statepb.Bootstrap) error {
+		for _, o := range site.JwtKeys {
+			if o.Kid == k.Kid {
+				return fmt.Errorf("jwt key %s exists: %w", k.Kid, ErrConflict)
+			}
 		}
+		site.JwtKeys = append(site.JwtKeys, proto.Clone(k).(*statepb.JWTKey))
+		return nil
+	})
+}
+
+// editSite applies f to a copy of the site, then publishes it as a bundle
+// change at index.
+func (s *Store) editSite(index uint64, f func(site *statepb.Bootstrap) error) error {
+	if s.site == nil {
+		return ErrNotBootstrapped
 	}
 	site := proto.Clone(s.site).(*statepb.Bootstrap)
-	site.JwtKeys = append(site.JwtKeys, proto.Clone(k).(*statepb.JWTKey))
+	if err := f(site); err != nil {
+		return err
+	}
 	site.BundleSequence = index
 	s.site = site
 	s.identityChanged()
 	return nil
+}
+
+func (s *Store) applyPrepareRoot(index uint64, r *statepb.CARoot, now time.Time) error {
+	return s.editSite(index, func(site *statepb.Bootstrap) error {
+		for _, o := range site.Roots {
+			if o.Phase == statepb.RootPhase_ROOT_PHASE_PREPARED {
+				return fmt.Errorf("a root is already prepared; it activates after the propagation delay: %w", ErrConflict)
+			}
+		}
+		n := proto.Clone(r).(*statepb.CARoot)
+		n.Phase, n.Since = statepb.RootPhase_ROOT_PHASE_PREPARED, timestamppb.New(now)
+		site.Roots = append(site.Roots, n)
+		return nil
+	})
+}
+
+func (s *Store) applyActivateRoot(index uint64, a *statepb.ActivateRoot, now time.Time) error {
+	return s.editSite(index, func(site *statepb.Bootstrap) error {
+		for i, o := range site.Roots {
+			if o.Phase != statepb.RootPhase_ROOT_PHASE_PREPARED || !bytes.Equal(o.Certificate, a.Certificate) {
+				continue
+			}
+			old := site.Root
+			old.Phase, old.Since, old.DropAfter = statepb.RootPhase_ROOT_PHASE_RETIRED, timestamppb.New(now), a.DropAfter
+			site.Root = o
+			site.Root.Phase, site.Root.Since, site.Root.DropAfter = statepb.RootPhase_ROOT_PHASE_UNSPECIFIED, timestamppb.New(now), nil
+			site.Roots[i] = old
+			return nil
+		}
+		return fmt.Errorf("activate root: no such prepared root: %w", ErrNotFound)
+	})
+}
+
+func (s *Store) applyDropRoot(index uint64, d *statepb.DropRoot) error {
+	return s.editSite(index, func(site *statepb.Bootstrap) error {
+		for i, o := range site.Roots {
+			if o.Phase == statepb.RootPhase_ROOT_PHASE_RETIRED && bytes.Equal(o.Certificate, d.Certificate) {
+				site.Roots = append(site.Roots[:i], site.Roots[i+1:]...)
+				return nil
+			}
+		}
+		return fmt.Errorf("drop root: no such retired root: %w", ErrNotFound)
+	})
 }
 
 func (s *Store) applyDeleteEntry(d *statepb.DeleteEntry) error {

@@ -80,6 +80,7 @@ type Agent struct {
 	synced  bool // the first update from the servers arrived
 	entries []*apipb.WorkloadEntry
 	bundle  *x509bundle.Bundle
+	active  *x509.Certificate // the root that signs now
 	jwtAuth *jwtbundle.Bundle
 	svids   map[string]*svid    // by entry ID
 	jwts    map[jwtKey]*jwtSVID // by entry ID and audience
@@ -266,8 +267,11 @@ func (a *Agent) notify() {
 	a.changed = make(chan struct{})
 }
 
-// pastHalfLife reports whether a certificate should be renewed at now.
-func pastHalfLife(c *x509.Certificate, now time.Time) bool { return !now.Before(ca.RenewAt(c)) }
+// due reports whether a certificate should be renewed at now: past half
+// its life, or issued by a root that no longer signs (after a rotation).
+func due(c *x509.Certificate, active *x509.Certificate, now time.Time) bool {
+	return !now.Before(ca.RenewAt(c)) || (active != nil && !ca.IssuedBy(c, active))
+}
 
 // watchLoop keeps entries and the bundle current from the servers.
 func (a *Agent) watchLoop(ctx context.Context) error {
@@ -321,6 +325,9 @@ func (a *Agent) apply(upd *apipb.AgentUpdate) error {
 	defer a.mu.Unlock()
 	a.synced = true
 	a.bundle = bundle
+	if active, err := x509.ParseCertificate(upd.ActiveAuthority); err == nil {
+		a.active = active
+	}
 	a.jwtAuth = jwtAuth
 	a.entries = upd.Entries
 	keep := make(map[string]bool, len(upd.Entries))
@@ -373,10 +380,10 @@ type pending struct {
 
 func (a *Agent) mint(ctx context.Context) error {
 	now := a.cfg.Now()
-	var due []pending
+	var todo []pending
 	a.mu.Lock()
 	for _, e := range a.entries {
-		if s, ok := a.svids[e.Id]; ok && !pastHalfLife(s.chain[0], now) {
+		if s, ok := a.svids[e.Id]; ok && !due(s.chain[0], a.active, now) {
 			continue
 		}
 		id, err := trust.WorkloadID(a.td, e.Namespace, e.Service)
@@ -384,15 +391,15 @@ func (a *Agent) mint(ctx context.Context) error {
 			a.mu.Unlock()
 			return err
 		}
-		due = append(due, pending{entry: e, id: id})
+		todo = append(todo, pending{entry: e, id: id})
 	}
 	a.mu.Unlock()
-	for len(due) > 0 {
-		n := min(len(due), signBatch)
-		if err := a.signSome(ctx, due[:n]); err != nil {
+	for len(todo) > 0 {
+		n := min(len(todo), signBatch)
+		if err := a.signSome(ctx, todo[:n]); err != nil {
 			return err
 		}
-		due = due[n:]
+		todo = todo[n:]
 	}
 	return nil
 }
@@ -455,7 +462,10 @@ func (a *Agent) renewLoop(ctx context.Context) error {
 		case <-t.C:
 		}
 		cur := a.ident.SVID()
-		if !pastHalfLife(cur.Certificates[0], a.cfg.Now()) {
+		a.mu.Lock()
+		active := a.active
+		a.mu.Unlock()
+		if !due(cur.Certificates[0], active, a.cfg.Now()) {
 			continue
 		}
 		if err := a.renew(ctx); err != nil && ctx.Err() == nil {

@@ -229,3 +229,10 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 func RenewAt(c *x509.Certificate) time.Time {
 	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
 }
+
+// IssuedBy reports whether leaf names issuer's key as its authority key.
+// It is a cheap check for "signed by the current root", not a signature
+// verification.
+func IssuedBy(leaf, issuer *x509.Certificate) bool {
+	return len(leaf.AuthorityKeyId) > 0 && string(leaf.AuthorityKeyId) == string(issuer.SubjectKeyId)
+}

@@ -32,6 +32,7 @@ type FileConfig struct {
 	BundleWebKey     string   `yaml:"bundle_web_key_file"`
 	WorkloadSVIDTTL  Duration `yaml:"workload_svid_ttl"`
 	SignRate         int      `yaml:"sign_rate"`
+	CAPropagation    Duration `yaml:"ca_propagation_delay"`
 	Bootstrap        bool     `yaml:"bootstrap"`
 	Join             []string `yaml:"join"`
 	JoinTokenFile    string   `yaml:"join_token_file"`
@@ -101,7 +102,8 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		BundleAddr: fc.BundleAddr, BundleRefreshHint: time.Duration(fc.BundleHint),
 		BundleWebCertFile: fc.BundleWebCert, BundleWebKeyFile: fc.BundleWebKey,
 		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate,
-		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
+		CAPropagationDelay: time.Duration(fc.CAPropagation),
+		Bootstrap:          fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
 			Heartbeat:   time.Duration(fc.Raft.HeartbeatTimeout),

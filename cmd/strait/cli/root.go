@@ -81,6 +81,7 @@ func newRoot(g *globals) *cobra.Command {
 		newServerCmd(g),
 		newAgentCmd(g),
 		newWorkloadCmd(g),
+		newCACmd(g),
 		newConfigCmd(g),
 		newServiceCmd(g),
 		newTokenCmd(g),

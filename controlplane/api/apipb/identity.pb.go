@@ -676,8 +676,11 @@ type AgentUpdate struct {
 	Bundle [][]byte `protobuf:"bytes,2,rep,name=bundle,proto3" json:"bundle,omitempty"`
 	// The site's JWT authorities.
 	JwtAuthorities []*JWTAuthority `protobuf:"bytes,3,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The root that signs now (one of bundle), DER. SVIDs from another root
+	// are renewed at once.
+	ActiveAuthority []byte `protobuf:"bytes,4,opt,name=active_authority,json=activeAuthority,proto3" json:"active_authority,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AgentUpdate) Reset() {
@@ -727,6 +730,13 @@ func (x *AgentUpdate) GetBundle() [][]byte {
 func (x *AgentUpdate) GetJwtAuthorities() []*JWTAuthority {
 	if x != nil {
 		return x.JwtAuthorities
+	}
+	return nil
+}
+
+func (x *AgentUpdate) GetActiveAuthority() []byte {
+	if x != nil {
+		return x.ActiveAuthority
 	}
 	return nil
 }
@@ -1111,11 +1121,12 @@ const file_controlplane_api_apipb_identity_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"(\n" +
 	"\x12RenewAgentResponse\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\"\x13\n" +
-	"\x11WatchAgentRequest\"\xa3\x01\n" +
+	"\x11WatchAgentRequest\"\xce\x01\n" +
 	"\vAgentUpdate\x126\n" +
 	"\aentries\x18\x01 \x03(\v2\x1c.strait.api.v1.WorkloadEntryR\aentries\x12\x16\n" +
 	"\x06bundle\x18\x02 \x03(\fR\x06bundle\x12D\n" +
-	"\x0fjwt_authorities\x18\x03 \x03(\v2\x1b.strait.api.v1.JWTAuthorityR\x0ejwtAuthorities\"?\n" +
+	"\x0fjwt_authorities\x18\x03 \x03(\v2\x1b.strait.api.v1.JWTAuthorityR\x0ejwtAuthorities\x12)\n" +
+	"\x10active_authority\x18\x04 \x01(\fR\x0factiveAuthority\"?\n" +
 	"\fJWTAuthority\x12\x10\n" +
 	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
 	"\n" +

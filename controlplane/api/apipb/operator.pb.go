@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -748,11 +749,266 @@ func (*LeaveResponse) Descriptor() ([]byte, []int) {
 	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{12}
 }
 
+type RotateCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCARequest) Reset() {
+	*x = RotateCARequest{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCARequest) ProtoMessage() {}
+
+func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
+func (*RotateCARequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{13}
+}
+
+type RotateCAResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Prepared      *CARootStatus          `protobuf:"bytes,1,opt,name=prepared,proto3" json:"prepared,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCAResponse) Reset() {
+	*x = RotateCAResponse{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCAResponse) ProtoMessage() {}
+
+func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
+func (*RotateCAResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RotateCAResponse) GetPrepared() *CARootStatus {
+	if x != nil {
+		return x.Prepared
+	}
+	return nil
+}
+
+type CAStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CAStatusRequest) Reset() {
+	*x = CAStatusRequest{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAStatusRequest) ProtoMessage() {}
+
+func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
+func (*CAStatusRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{15}
+}
+
+type CARootStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// active, prepared or retired.
+	Phase        string                 `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	SubjectKeyId string                 `protobuf:"bytes,2,opt,name=subject_key_id,json=subjectKeyId,proto3" json:"subject_key_id,omitempty"`
+	NotBefore    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// When it entered its phase.
+	Since *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	// prepared: when it will start signing; retired: when it leaves the bundle.
+	NextStep      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CARootStatus) Reset() {
+	*x = CARootStatus{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CARootStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CARootStatus) ProtoMessage() {}
+
+func (x *CARootStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CARootStatus.ProtoReflect.Descriptor instead.
+func (*CARootStatus) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CARootStatus) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *CARootStatus) GetSubjectKeyId() string {
+	if x != nil {
+		return x.SubjectKeyId
+	}
+	return ""
+}
+
+func (x *CARootStatus) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *CARootStatus) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *CARootStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *CARootStatus) GetNextStep() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextStep
+	}
+	return nil
+}
+
+type CAStatusResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Roots          []*CARootStatus        `protobuf:"bytes,1,rep,name=roots,proto3" json:"roots,omitempty"`
+	BundleSequence uint64                 `protobuf:"varint,2,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CAStatusResponse) Reset() {
+	*x = CAStatusResponse{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAStatusResponse) ProtoMessage() {}
+
+func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
+func (*CAStatusResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CAStatusResponse) GetRoots() []*CARootStatus {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
 var File_controlplane_api_apipb_operator_proto protoreflect.FileDescriptor
 
 const file_controlplane_api_apipb_operator_proto_rawDesc = "" +
 	"\n" +
-	"%controlplane/api/apipb/operator.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\"b\n" +
+	"%controlplane/api/apipb/operator.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n" +
 	"\bRaftPeer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -797,9 +1053,26 @@ const file_controlplane_api_apipb_operator_proto_rawDesc = "" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\"\x11\n" +
 	"\x0fPromoteResponse\"\x0e\n" +
 	"\fLeaveRequest\"\x0f\n" +
-	"\rLeaveResponse2\xf4\x01\n" +
+	"\rLeaveResponse\"\x11\n" +
+	"\x0fRotateCARequest\"K\n" +
+	"\x10RotateCAResponse\x127\n" +
+	"\bprepared\x18\x01 \x01(\v2\x1b.strait.api.v1.CARootStatusR\bprepared\"\x11\n" +
+	"\x0fCAStatusRequest\"\xa9\x02\n" +
+	"\fCARootStatus\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12$\n" +
+	"\x0esubject_key_id\x18\x02 \x01(\tR\fsubjectKeyId\x129\n" +
+	"\n" +
+	"not_before\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x127\n" +
+	"\tnext_step\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnextStep\"n\n" +
+	"\x10CAStatusResponse\x121\n" +
+	"\x05roots\x18\x01 \x03(\v2\x1b.strait.api.v1.CARootStatusR\x05roots\x12'\n" +
+	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence2\x8e\x03\n" +
 	"\bOperator\x12E\n" +
-	"\x06Status\x12\x1c.strait.api.v1.StatusRequest\x1a\x1d.strait.api.v1.StatusResponse\x12N\n" +
+	"\x06Status\x12\x1c.strait.api.v1.StatusRequest\x1a\x1d.strait.api.v1.StatusResponse\x12K\n" +
+	"\bRotateCA\x12\x1e.strait.api.v1.RotateCARequest\x1a\x1f.strait.api.v1.RotateCAResponse\x12K\n" +
+	"\bCAStatus\x12\x1e.strait.api.v1.CAStatusRequest\x1a\x1f.strait.api.v1.CAStatusResponse\x12N\n" +
 	"\tListPeers\x12\x1f.strait.api.v1.ListPeersRequest\x1a .strait.api.v1.ListPeersResponse\x12Q\n" +
 	"\n" +
 	"RemovePeer\x12 .strait.api.v1.RemovePeerRequest\x1a!.strait.api.v1.RemovePeerResponse2\xd8\x01\n" +
@@ -820,44 +1093,60 @@ func file_controlplane_api_apipb_operator_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_operator_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_controlplane_api_apipb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_controlplane_api_apipb_operator_proto_goTypes = []any{
-	(*RaftPeer)(nil),            // 0: strait.api.v1.RaftPeer
-	(*ListPeersRequest)(nil),    // 1: strait.api.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),   // 2: strait.api.v1.ListPeersResponse
-	(*RemovePeerRequest)(nil),   // 3: strait.api.v1.RemovePeerRequest
-	(*RemovePeerResponse)(nil),  // 4: strait.api.v1.RemovePeerResponse
-	(*StatusRequest)(nil),       // 5: strait.api.v1.StatusRequest
-	(*StatusResponse)(nil),      // 6: strait.api.v1.StatusResponse
-	(*JoinRequest)(nil),         // 7: strait.api.v1.JoinRequest
-	(*JoinResponse)(nil),        // 8: strait.api.v1.JoinResponse
-	(*PromoteRequest)(nil),      // 9: strait.api.v1.PromoteRequest
-	(*PromoteResponse)(nil),     // 10: strait.api.v1.PromoteResponse
-	(*LeaveRequest)(nil),        // 11: strait.api.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 12: strait.api.v1.LeaveResponse
-	(*durationpb.Duration)(nil), // 13: google.protobuf.Duration
+	(*RaftPeer)(nil),              // 0: strait.api.v1.RaftPeer
+	(*ListPeersRequest)(nil),      // 1: strait.api.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),     // 2: strait.api.v1.ListPeersResponse
+	(*RemovePeerRequest)(nil),     // 3: strait.api.v1.RemovePeerRequest
+	(*RemovePeerResponse)(nil),    // 4: strait.api.v1.RemovePeerResponse
+	(*StatusRequest)(nil),         // 5: strait.api.v1.StatusRequest
+	(*StatusResponse)(nil),        // 6: strait.api.v1.StatusResponse
+	(*JoinRequest)(nil),           // 7: strait.api.v1.JoinRequest
+	(*JoinResponse)(nil),          // 8: strait.api.v1.JoinResponse
+	(*PromoteRequest)(nil),        // 9: strait.api.v1.PromoteRequest
+	(*PromoteResponse)(nil),       // 10: strait.api.v1.PromoteResponse
+	(*LeaveRequest)(nil),          // 11: strait.api.v1.LeaveRequest
+	(*LeaveResponse)(nil),         // 12: strait.api.v1.LeaveResponse
+	(*RotateCARequest)(nil),       // 13: strait.api.v1.RotateCARequest
+	(*RotateCAResponse)(nil),      // 14: strait.api.v1.RotateCAResponse
+	(*CAStatusRequest)(nil),       // 15: strait.api.v1.CAStatusRequest
+	(*CARootStatus)(nil),          // 16: strait.api.v1.CARootStatus
+	(*CAStatusResponse)(nil),      // 17: strait.api.v1.CAStatusResponse
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_controlplane_api_apipb_operator_proto_depIdxs = []int32{
 	0,  // 0: strait.api.v1.ListPeersResponse.peers:type_name -> strait.api.v1.RaftPeer
-	13, // 1: strait.api.v1.StatusResponse.last_contact:type_name -> google.protobuf.Duration
+	18, // 1: strait.api.v1.StatusResponse.last_contact:type_name -> google.protobuf.Duration
 	0,  // 2: strait.api.v1.StatusResponse.peers:type_name -> strait.api.v1.RaftPeer
-	5,  // 3: strait.api.v1.Operator.Status:input_type -> strait.api.v1.StatusRequest
-	1,  // 4: strait.api.v1.Operator.ListPeers:input_type -> strait.api.v1.ListPeersRequest
-	3,  // 5: strait.api.v1.Operator.RemovePeer:input_type -> strait.api.v1.RemovePeerRequest
-	7,  // 6: strait.api.v1.Cluster.Join:input_type -> strait.api.v1.JoinRequest
-	9,  // 7: strait.api.v1.Cluster.Promote:input_type -> strait.api.v1.PromoteRequest
-	11, // 8: strait.api.v1.Cluster.Leave:input_type -> strait.api.v1.LeaveRequest
-	6,  // 9: strait.api.v1.Operator.Status:output_type -> strait.api.v1.StatusResponse
-	2,  // 10: strait.api.v1.Operator.ListPeers:output_type -> strait.api.v1.ListPeersResponse
-	4,  // 11: strait.api.v1.Operator.RemovePeer:output_type -> strait.api.v1.RemovePeerResponse
-	8,  // 12: strait.api.v1.Cluster.Join:output_type -> strait.api.v1.JoinResponse
-	10, // 13: strait.api.v1.Cluster.Promote:output_type -> strait.api.v1.PromoteResponse
-	12, // 14: strait.api.v1.Cluster.Leave:output_type -> strait.api.v1.LeaveResponse
-	9,  // [9:15] is the sub-list for method output_type
-	3,  // [3:9] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	16, // 3: strait.api.v1.RotateCAResponse.prepared:type_name -> strait.api.v1.CARootStatus
+	19, // 4: strait.api.v1.CARootStatus.not_before:type_name -> google.protobuf.Timestamp
+	19, // 5: strait.api.v1.CARootStatus.not_after:type_name -> google.protobuf.Timestamp
+	19, // 6: strait.api.v1.CARootStatus.since:type_name -> google.protobuf.Timestamp
+	19, // 7: strait.api.v1.CARootStatus.next_step:type_name -> google.protobuf.Timestamp
+	16, // 8: strait.api.v1.CAStatusResponse.roots:type_name -> strait.api.v1.CARootStatus
+	5,  // 9: strait.api.v1.Operator.Status:input_type -> strait.api.v1.StatusRequest
+	13, // 10: strait.api.v1.Operator.RotateCA:input_type -> strait.api.v1.RotateCARequest
+	15, // 11: strait.api.v1.Operator.CAStatus:input_type -> strait.api.v1.CAStatusRequest
+	1,  // 12: strait.api.v1.Operator.ListPeers:input_type -> strait.api.v1.ListPeersRequest
+	3,  // 13: strait.api.v1.Operator.RemovePeer:input_type -> strait.api.v1.RemovePeerRequest
+	7,  // 14: strait.api.v1.Cluster.Join:input_type -> strait.api.v1.JoinRequest
+	9,  // 15: strait.api.v1.Cluster.Promote:input_type -> strait.api.v1.PromoteRequest
+	11, // 16: strait.api.v1.Cluster.Leave:input_type -> strait.api.v1.LeaveRequest
+	6,  // 17: strait.api.v1.Operator.Status:output_type -> strait.api.v1.StatusResponse
+	14, // 18: strait.api.v1.Operator.RotateCA:output_type -> strait.api.v1.RotateCAResponse
+	17, // 19: strait.api.v1.Operator.CAStatus:output_type -> strait.api.v1.CAStatusResponse
+	2,  // 20: strait.api.v1.Operator.ListPeers:output_type -> strait.api.v1.ListPeersResponse
+	4,  // 21: strait.api.v1.Operator.RemovePeer:output_type -> strait.api.v1.RemovePeerResponse
+	8,  // 22: strait.api.v1.Cluster.Join:output_type -> strait.api.v1.JoinResponse
+	10, // 23: strait.api.v1.Cluster.Promote:output_type -> strait.api.v1.PromoteResponse
+	12, // 24: strait.api.v1.Cluster.Leave:output_type -> strait.api.v1.LeaveResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_api_apipb_operator_proto_init() }
@@ -871,7 +1160,7 @@ func file_controlplane_api_apipb_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_operator_proto_rawDesc), len(file_controlplane_api_apipb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

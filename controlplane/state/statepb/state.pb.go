@@ -27,6 +27,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RootPhase int32
+
+const (
+	RootPhase_ROOT_PHASE_UNSPECIFIED RootPhase = 0
+	// Published in the bundle, not signing yet.
+	RootPhase_ROOT_PHASE_PREPARED RootPhase = 1
+	// No longer signing; published until drop_after.
+	RootPhase_ROOT_PHASE_RETIRED RootPhase = 2
+)
+
+// Enum value maps for RootPhase.
+var (
+	RootPhase_name = map[int32]string{
+		0: "ROOT_PHASE_UNSPECIFIED",
+		1: "ROOT_PHASE_PREPARED",
+		2: "ROOT_PHASE_RETIRED",
+	}
+	RootPhase_value = map[string]int32{
+		"ROOT_PHASE_UNSPECIFIED": 0,
+		"ROOT_PHASE_PREPARED":    1,
+		"ROOT_PHASE_RETIRED":     2,
+	}
+)
+
+func (x RootPhase) Enum() *RootPhase {
+	p := new(RootPhase)
+	*p = x
+	return p
+}
+
+func (x RootPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RootPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_controlplane_state_statepb_state_proto_enumTypes[0].Descriptor()
+}
+
+func (RootPhase) Type() protoreflect.EnumType {
+	return &file_controlplane_state_statepb_state_proto_enumTypes[0]
+}
+
+func (x RootPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RootPhase.Descriptor instead.
+func (RootPhase) EnumDescriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{0}
+}
+
 // Command is one Raft log entry.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -45,6 +96,9 @@ type Command struct {
 	//	*Command_CreateEntry
 	//	*Command_DeleteEntry
 	//	*Command_AddJwtKey
+	//	*Command_PrepareRoot
+	//	*Command_ActivateRoot
+	//	*Command_DropRoot
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -184,6 +238,33 @@ func (x *Command) GetAddJwtKey() *JWTKey {
 	return nil
 }
 
+func (x *Command) GetPrepareRoot() *CARoot {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_PrepareRoot); ok {
+			return x.PrepareRoot
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetActivateRoot() *ActivateRoot {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_ActivateRoot); ok {
+			return x.ActivateRoot
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDropRoot() *DropRoot {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DropRoot); ok {
+			return x.DropRoot
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -228,6 +309,18 @@ type Command_AddJwtKey struct {
 	AddJwtKey *JWTKey `protobuf:"bytes,11,opt,name=add_jwt_key,json=addJwtKey,proto3,oneof"`
 }
 
+type Command_PrepareRoot struct {
+	PrepareRoot *CARoot `protobuf:"bytes,12,opt,name=prepare_root,json=prepareRoot,proto3,oneof"`
+}
+
+type Command_ActivateRoot struct {
+	ActivateRoot *ActivateRoot `protobuf:"bytes,13,opt,name=activate_root,json=activateRoot,proto3,oneof"`
+}
+
+type Command_DropRoot struct {
+	DropRoot *DropRoot `protobuf:"bytes,14,opt,name=drop_root,json=dropRoot,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -248,6 +341,12 @@ func (*Command_DeleteEntry) isCommand_Cmd() {}
 
 func (*Command_AddJwtKey) isCommand_Cmd() {}
 
+func (*Command_PrepareRoot) isCommand_Cmd() {}
+
+func (*Command_ActivateRoot) isCommand_Cmd() {}
+
+func (*Command_DropRoot) isCommand_Cmd() {}
+
 // Bootstrap initializes a site once.
 type Bootstrap struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -259,7 +358,9 @@ type Bootstrap struct {
 	// by apply.
 	BundleSequence uint64 `protobuf:"varint,5,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
 	// Keys that sign JWT-SVIDs; the newest signs.
-	JwtKeys       []*JWTKey `protobuf:"bytes,6,rep,name=jwt_keys,json=jwtKeys,proto3" json:"jwt_keys,omitempty"`
+	JwtKeys []*JWTKey `protobuf:"bytes,6,rep,name=jwt_keys,json=jwtKeys,proto3" json:"jwt_keys,omitempty"`
+	// Trusted roots other than the active one (root): prepared or retired.
+	Roots         []*CARoot `protobuf:"bytes,7,rep,name=roots,proto3" json:"roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -336,6 +437,13 @@ func (x *Bootstrap) GetJwtKeys() []*JWTKey {
 	return nil
 }
 
+func (x *Bootstrap) GetRoots() []*CARoot {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
 type JWTKey struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
@@ -403,7 +511,13 @@ type CARoot struct {
 	// DER certificate.
 	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	// The private key, PKCS#8, sealed with the key-encryption key.
-	SealedKey     []byte `protobuf:"bytes,2,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	SealedKey []byte `protobuf:"bytes,2,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	// For roots other than the active one (Bootstrap.root).
+	Phase RootPhase `protobuf:"varint,3,opt,name=phase,proto3,enum=strait.state.v1.RootPhase" json:"phase,omitempty"`
+	// When the root entered its phase.
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// RETIRED: when every leaf it can have signed has expired.
+	DropAfter     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=drop_after,json=dropAfter,proto3" json:"drop_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -452,6 +566,126 @@ func (x *CARoot) GetSealedKey() []byte {
 	return nil
 }
 
+func (x *CARoot) GetPhase() RootPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return RootPhase_ROOT_PHASE_UNSPECIFIED
+}
+
+func (x *CARoot) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *CARoot) GetDropAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DropAfter
+	}
+	return nil
+}
+
+// ActivateRoot makes the prepared root sign; the active one retires.
+type ActivateRoot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DER certificate of the prepared root.
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	DropAfter     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=drop_after,json=dropAfter,proto3" json:"drop_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRoot) Reset() {
+	*x = ActivateRoot{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRoot) ProtoMessage() {}
+
+func (x *ActivateRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRoot.ProtoReflect.Descriptor instead.
+func (*ActivateRoot) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ActivateRoot) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *ActivateRoot) GetDropAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DropAfter
+	}
+	return nil
+}
+
+// DropRoot removes a retired root from the bundle.
+type DropRoot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropRoot) Reset() {
+	*x = DropRoot{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropRoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropRoot) ProtoMessage() {}
+
+func (x *DropRoot) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropRoot.ProtoReflect.Descriptor instead.
+func (*DropRoot) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DropRoot) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 type SetHealth struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Instances     []*apipb.InstanceKey   `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
@@ -462,7 +696,7 @@ type SetHealth struct {
 
 func (x *SetHealth) Reset() {
 	*x = SetHealth{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +708,7 @@ func (x *SetHealth) String() string {
 func (*SetHealth) ProtoMessage() {}
 
 func (x *SetHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[4]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +721,7 @@ func (x *SetHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHealth.ProtoReflect.Descriptor instead.
 func (*SetHealth) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{4}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetHealth) GetInstances() []*apipb.InstanceKey {
@@ -515,7 +749,7 @@ type TokenRecord struct {
 
 func (x *TokenRecord) Reset() {
 	*x = TokenRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +761,7 @@ func (x *TokenRecord) String() string {
 func (*TokenRecord) ProtoMessage() {}
 
 func (x *TokenRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[5]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +774,7 @@ func (x *TokenRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenRecord.ProtoReflect.Descriptor instead.
 func (*TokenRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{5}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TokenRecord) GetToken() *apipb.Token {
@@ -566,7 +800,7 @@ type RevokeToken struct {
 
 func (x *RevokeToken) Reset() {
 	*x = RevokeToken{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +812,7 @@ func (x *RevokeToken) String() string {
 func (*RevokeToken) ProtoMessage() {}
 
 func (x *RevokeToken) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[6]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +825,7 @@ func (x *RevokeToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeToken.ProtoReflect.Descriptor instead.
 func (*RevokeToken) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{6}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RevokeToken) GetAccessorId() string {
@@ -612,7 +846,7 @@ type ConsumeToken struct {
 
 func (x *ConsumeToken) Reset() {
 	*x = ConsumeToken{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +858,7 @@ func (x *ConsumeToken) String() string {
 func (*ConsumeToken) ProtoMessage() {}
 
 func (x *ConsumeToken) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[7]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +871,7 @@ func (x *ConsumeToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeToken.ProtoReflect.Descriptor instead.
 func (*ConsumeToken) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{7}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ConsumeToken) GetSecretHash() []byte {
@@ -656,7 +890,7 @@ type DeleteEntry struct {
 
 func (x *DeleteEntry) Reset() {
 	*x = DeleteEntry{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +902,7 @@ func (x *DeleteEntry) String() string {
 func (*DeleteEntry) ProtoMessage() {}
 
 func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[8]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +915,7 @@ func (x *DeleteEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntry.ProtoReflect.Descriptor instead.
 func (*DeleteEntry) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{8}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteEntry) GetId() string {
@@ -702,7 +936,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +948,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[9]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +961,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{9}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -760,7 +994,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[10]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1006,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[10]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1019,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{10}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -878,7 +1112,7 @@ var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\xc8\x05\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\x86\a\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -894,25 +1128,39 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\fcreate_entry\x18\t \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\vcreateEntry\x12A\n" +
 	"\fdelete_entry\x18\n" +
 	" \x01(\v2\x1c.strait.state.v1.DeleteEntryH\x00R\vdeleteEntry\x129\n" +
-	"\vadd_jwt_key\x18\v \x01(\v2\x17.strait.state.v1.JWTKeyH\x00R\taddJwtKeyB\x05\n" +
-	"\x03cmd\"\x95\x02\n" +
+	"\vadd_jwt_key\x18\v \x01(\v2\x17.strait.state.v1.JWTKeyH\x00R\taddJwtKey\x12<\n" +
+	"\fprepare_root\x18\f \x01(\v2\x17.strait.state.v1.CARootH\x00R\vprepareRoot\x12D\n" +
+	"\ractivate_root\x18\r \x01(\v2\x1d.strait.state.v1.ActivateRootH\x00R\factivateRoot\x128\n" +
+	"\tdrop_root\x18\x0e \x01(\v2\x19.strait.state.v1.DropRootH\x00R\bdropRootB\x05\n" +
+	"\x03cmd\"\xc4\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12+\n" +
 	"\x04root\x18\x03 \x01(\v2\x17.strait.state.v1.CARootR\x04root\x12G\n" +
 	"\x10management_token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordR\x0fmanagementToken\x12'\n" +
 	"\x0fbundle_sequence\x18\x05 \x01(\x04R\x0ebundleSequence\x122\n" +
-	"\bjwt_keys\x18\x06 \x03(\v2\x17.strait.state.v1.JWTKeyR\ajwtKeys\"X\n" +
+	"\bjwt_keys\x18\x06 \x03(\v2\x17.strait.state.v1.JWTKeyR\ajwtKeys\x12-\n" +
+	"\x05roots\x18\a \x03(\v2\x17.strait.state.v1.CARootR\x05roots\"X\n" +
 	"\x06JWTKey\x12\x10\n" +
 	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
 	"\n" +
-	"sealed_key\x18\x03 \x01(\fR\tsealedKey\"I\n" +
+	"sealed_key\x18\x03 \x01(\fR\tsealedKey\"\xe8\x01\n" +
 	"\x06CARoot\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x1d\n" +
 	"\n" +
-	"sealed_key\x18\x02 \x01(\fR\tsealedKey\"t\n" +
+	"sealed_key\x18\x02 \x01(\fR\tsealedKey\x120\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x1a.strait.state.v1.RootPhaseR\x05phase\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x129\n" +
+	"\n" +
+	"drop_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tdropAfter\"k\n" +
+	"\fActivateRoot\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x129\n" +
+	"\n" +
+	"drop_after\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tdropAfter\",\n" +
+	"\bDropRoot\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"t\n" +
 	"\tSetHealth\x128\n" +
 	"\tinstances\x18\x01 \x03(\v2\x1a.strait.api.v1.InstanceKeyR\tinstances\x12-\n" +
 	"\x06health\x18\x02 \x01(\x0e2\x15.strait.api.v1.HealthR\x06health\"Z\n" +
@@ -937,7 +1185,11 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\binstance\x18\x03 \x01(\v2\x17.strait.api.v1.InstanceH\x00R\binstance\x124\n" +
 	"\x05token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordH\x00R\x05token\x124\n" +
 	"\x05entry\x18\x05 \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\x05entryB\b\n" +
-	"\x06recordB9Z7github.com/straitmesh/strait/controlplane/state/statepbb\x06proto3"
+	"\x06record*X\n" +
+	"\tRootPhase\x12\x1a\n" +
+	"\x16ROOT_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13ROOT_PHASE_PREPARED\x10\x01\x12\x16\n" +
+	"\x12ROOT_PHASE_RETIRED\x10\x02B9Z7github.com/straitmesh/strait/controlplane/state/statepbb\x06proto3"
 
 var (
 	file_controlplane_state_statepb_state_proto_rawDescOnce sync.Once
@@ -951,57 +1203,69 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 	return file_controlplane_state_statepb_state_proto_rawDescData
 }
 
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
-	(*Command)(nil),                 // 0: strait.state.v1.Command
-	(*Bootstrap)(nil),               // 1: strait.state.v1.Bootstrap
-	(*JWTKey)(nil),                  // 2: strait.state.v1.JWTKey
-	(*CARoot)(nil),                  // 3: strait.state.v1.CARoot
-	(*SetHealth)(nil),               // 4: strait.state.v1.SetHealth
-	(*TokenRecord)(nil),             // 5: strait.state.v1.TokenRecord
-	(*RevokeToken)(nil),             // 6: strait.state.v1.RevokeToken
-	(*ConsumeToken)(nil),            // 7: strait.state.v1.ConsumeToken
-	(*DeleteEntry)(nil),             // 8: strait.state.v1.DeleteEntry
-	(*SnapshotHeader)(nil),          // 9: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 10: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 11: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 12: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 13: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 14: strait.api.v1.WorkloadEntry
-	(*apipb.InstanceKey)(nil),       // 15: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 16: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 17: strait.api.v1.Token
-	(*apipb.Service)(nil),           // 18: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 19: strait.api.v1.Instance
+	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
+	(*Command)(nil),                 // 1: strait.state.v1.Command
+	(*Bootstrap)(nil),               // 2: strait.state.v1.Bootstrap
+	(*JWTKey)(nil),                  // 3: strait.state.v1.JWTKey
+	(*CARoot)(nil),                  // 4: strait.state.v1.CARoot
+	(*ActivateRoot)(nil),            // 5: strait.state.v1.ActivateRoot
+	(*DropRoot)(nil),                // 6: strait.state.v1.DropRoot
+	(*SetHealth)(nil),               // 7: strait.state.v1.SetHealth
+	(*TokenRecord)(nil),             // 8: strait.state.v1.TokenRecord
+	(*RevokeToken)(nil),             // 9: strait.state.v1.RevokeToken
+	(*ConsumeToken)(nil),            // 10: strait.state.v1.ConsumeToken
+	(*DeleteEntry)(nil),             // 11: strait.state.v1.DeleteEntry
+	(*SnapshotHeader)(nil),          // 12: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 13: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 15: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 16: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 17: strait.api.v1.WorkloadEntry
+	(*apipb.InstanceKey)(nil),       // 18: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 19: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 20: strait.api.v1.Token
+	(*apipb.Service)(nil),           // 21: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 22: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	11, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
-	1,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	12, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	13, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
-	4,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
-	5,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
-	6,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
-	7,  // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	14, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
-	8,  // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
-	2,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
-	3,  // 11: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	5,  // 12: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	2,  // 13: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
-	15, // 14: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	16, // 15: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	17, // 16: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	1,  // 17: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	18, // 18: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	19, // 19: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	5,  // 20: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	14, // 21: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	14, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
+	15, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	16, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
+	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
+	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
+	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
+	17, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
+	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
+	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
+	5,  // 12: strait.state.v1.Command.activate_root:type_name -> strait.state.v1.ActivateRoot
+	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
+	4,  // 14: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	8,  // 15: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	3,  // 16: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	4,  // 17: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
+	0,  // 18: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
+	14, // 19: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	14, // 20: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	14, // 21: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	18, // 22: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	19, // 23: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	20, // 24: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	2,  // 25: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	21, // 26: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	22, // 27: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 28: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	17, // 29: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -1020,8 +1284,11 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_CreateEntry)(nil),
 		(*Command_DeleteEntry)(nil),
 		(*Command_AddJwtKey)(nil),
+		(*Command_PrepareRoot)(nil),
+		(*Command_ActivateRoot)(nil),
+		(*Command_DropRoot)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[10].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[12].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -1033,13 +1300,14 @@ func file_controlplane_state_statepb_state_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      1,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_controlplane_state_statepb_state_proto_goTypes,
 		DependencyIndexes: file_controlplane_state_statepb_state_proto_depIdxs,
+		EnumInfos:         file_controlplane_state_statepb_state_proto_enumTypes,
 		MessageInfos:      file_controlplane_state_statepb_state_proto_msgTypes,
 	}.Build()
 	File_controlplane_state_statepb_state_proto = out.File

@@ -47,7 +47,8 @@ generate:
 
 ## bench: the benchmarks behind BENCHMARKS.md.
 bench:
-	taskset -c 1 $(GO) test ./trust/ca/ -run '^$$' -bench 'KeyChoice' -count 5
+	taskset -c 1 $(GO) test ./trust/ca/ -run '^$$' -bench 'KeyChoice|SignCSR' -count 5
+	$(GO) test ./trust/agent/ -run '^$$' -bench 'Rotate10k' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
 
 demo: build

@@ -420,10 +420,12 @@ func (a *Agent) signSome(ctx context.Context, batch []pending) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	start := time.Now()
 	resp, err := a.client.Identity.SignX509SVIDs(ctx, req)
 	if err != nil {
 		return err
 	}
+	a.log.Debug("svids signed", "count", len(batch), "took", time.Since(start))
 	if len(resp.Svids) != len(batch) {
 		return fmt.Errorf("asked for %d SVIDs, got %d", len(batch), len(resp.Svids))
 	}
@@ -548,4 +550,28 @@ func (a *Agent) Changed() <-chan struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.changed
+}
+
+// Status is a snapshot of what the agent holds.
+type Status struct {
+	// Entries this agent may issue.
+	Entries int
+	// SVIDs held, one per entry at most.
+	SVIDs int
+	// Due are SVIDs missing or due for renewal now.
+	Due int
+}
+
+// Status reports what the agent holds.
+func (a *Agent) Status() Status {
+	now := a.cfg.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := Status{Entries: len(a.entries), SVIDs: len(a.svids)}
+	for _, e := range a.entries {
+		if s, ok := a.svids[e.Id]; !ok || due(s.chain[0], a.active, now) {
+			st.Due++
+		}
+	}
+	return st
 }

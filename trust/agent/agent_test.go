@@ -40,7 +40,7 @@ type site struct {
 }
 
 // startSite starts a one-server site and an agent "node1" joined to it.
-func startSite(t *testing.T, tweak ...func(*controlplane.Config)) *site {
+func startSite(t testing.TB, tweak ...func(*controlplane.Config)) *site {
 	t.Helper()
 	opts := controlplanetest.Options{Site: "dc1"}
 	if len(tweak) > 0 {
@@ -62,7 +62,7 @@ func startSite(t *testing.T, tweak ...func(*controlplane.Config)) *site {
 	a, err := agent.New(agent.Config{
 		Node: "node1", Servers: []string{c.Nodes[0].Addr}, JoinToken: tok.Secret,
 		DataDir: t.TempDir(), SocketPath: s.socket, Now: s.clock.Now,
-		CheckInterval: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		CheckInterval: 50 * time.Millisecond, Logger: testLogger(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -467,4 +467,11 @@ func TestJWTSVIDs(t *testing.T) {
 	if err != nil || again.Marshal() != token {
 		t.Fatalf("second fetch: %v (same token: %v)", err, again != nil && again.Marshal() == token)
 	}
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("STRAIT_TEST_LOGS") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,6 +77,9 @@ type Config struct {
 	// CAPropagationDelay is how long a prepared CA root is published
 	// before it signs, so that every party trusts it first; 1h when zero.
 	CAPropagationDelay time.Duration
+	// ForeignWebRoots verify foreign bundle endpoints of the https_web
+	// profile; the system roots when nil.
+	ForeignWebRoots *x509.CertPool
 	// MaxLeafTTL bounds the life of any leaf a root signed: a retired root
 	// stays in the bundle this long after it stops signing. Computed from
 	// the SVID lifetimes when zero (72h plus clock skew); tests shorten it.

@@ -10,8 +10,12 @@
 //   - the gRPC server;
 //   - the metrics HTTP server, when configured;
 //   - the leader loop: on gaining leadership it waits for a barrier before
-//     serving consistent reads, bootstraps the site once, and runs the TTL
-//     tracker; on losing it, stops them;
+//     serving consistent reads, bootstraps the site once, makes sure a JWT
+//     key exists, and runs the TTL tracker, the CA rotator and the foreign
+//     bundle refresher (one goroutine per trust domain being fetched); on
+//     losing it, stops them all;
+//   - followIdentity: keeps the server's trust bundle and SVID in step
+//     with the site's CA roots;
 //   - SVID renewal of the server's own identity at half-life;
 //   - promotion: a server that joined as a non-voter asks the leader to
 //     make it a voter once it has applied the log up to its join.

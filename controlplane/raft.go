@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -171,8 +172,12 @@ func (s *Server) lead(ctx context.Context) {
 	if err := s.ensureJWTKey(ctx); err != nil {
 		s.log.Warn("no jwt signing key", "err", err)
 	}
-	go s.rotateLoop(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.rotateLoop(ctx) }()
+	go func() { defer wg.Done(); s.refreshForeign(ctx) }()
 	s.ttl.run(ctx)
+	wg.Wait()
 }
 
 func (s *Server) bootstrapSite() error {

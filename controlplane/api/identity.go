@@ -198,6 +198,9 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 			return err
 		}
 		upd := &apipb.AgentUpdate{Entries: st.Entries(node), Bundle: ders(auth), JwtAuthorities: jwtAuth, ActiveAuthority: auth[0].Raw}
+		for _, f := range st.ForeignBundles() {
+			upd.Federated = append(upd.Federated, &apipb.FederatedBundle{TrustDomain: f.TrustDomain, Bundle: f.Bundle})
+		}
 		if err := stream.Send(upd); err != nil {
 			return err
 		}

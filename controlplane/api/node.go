@@ -7,6 +7,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"google.golang.org/grpc"
@@ -68,4 +69,10 @@ type Node interface {
 	RotateCA(ctx context.Context) (*apipb.CARootStatus, error)
 	// CAStatus lists the site's roots and their phases.
 	CAStatus() (*apipb.CAStatusResponse, error)
+	// OwnBundle is the site's SPIFFE bundle.
+	OwnBundle() (*spiffebundle.Bundle, error)
+	// FetchForeign fetches a foreign bundle from its endpoint.
+	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
 }
+
+func secondsDuration(s int64) time.Duration { return time.Duration(s) * time.Second }

@@ -35,6 +35,7 @@ type Server struct {
 	apipb.UnimplementedClusterServer
 	apipb.UnimplementedWorkloadServer
 	apipb.UnimplementedIdentityServer
+	apipb.UnimplementedBundleServer
 
 	cfg      Config
 	requests *prometheus.CounterVec
@@ -82,6 +83,7 @@ func (s *Server) RegisterServices(g *grpc.Server) {
 	apipb.RegisterClusterServer(g, s)
 	apipb.RegisterWorkloadServer(g, s)
 	apipb.RegisterIdentityServer(g, s)
+	apipb.RegisterBundleServer(g, s)
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

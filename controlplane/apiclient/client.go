@@ -54,13 +54,14 @@ type Client struct {
 	Cluster  apipb.ClusterClient
 	Workload apipb.WorkloadClient
 	Identity apipb.IdentityClient
+	Bundle   apipb.BundleClient
 }
 
 // retryPolicy retries calls that failed Unavailable: no leader yet, or a
 // forwarded call that met a leadership change.
 const retryPolicy = `{
   "methodConfig": [{
-    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}, {"service": "strait.api.v1.Workload"}, {"service": "strait.api.v1.Identity"}],
+    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}, {"service": "strait.api.v1.Workload"}, {"service": "strait.api.v1.Identity"}, {"service": "strait.api.v1.Bundle"}],
     "retryPolicy": {
       "maxAttempts": 5,
       "initialBackoff": "0.2s",
@@ -136,6 +137,7 @@ func Dial(cfg Config) (*Client, error) {
 		Cluster:  apipb.NewClusterClient(conn),
 		Workload: apipb.NewWorkloadClient(conn),
 		Identity: apipb.NewIdentityClient(conn),
+		Bundle:   apipb.NewBundleClient(conn),
 	}, nil
 }
 

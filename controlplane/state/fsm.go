@@ -90,6 +90,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, e := range f.entries {
 		snap.entries = append(snap.entries, e)
 	}
+	for _, b := range f.foreign {
+		snap.foreign = append(snap.foreign, b)
+	}
 	return snap, nil
 }
 
@@ -100,6 +103,7 @@ type fsmSnapshot struct {
 	instances []*apipb.Instance
 	tokens    []*statepb.TokenRecord
 	entries   []*apipb.WorkloadEntry
+	foreign   []*statepb.ForeignBundle
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -141,6 +145,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	}
 	for _, v := range s.entries {
 		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Entry{Entry: v}}); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.foreign {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_ForeignBundle{ForeignBundle: v}}); err != nil {
 			return err
 		}
 	}
@@ -191,6 +200,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			n.putToken(r.Token)
 		case *statepb.SnapshotRecord_Entry:
 			n.entries[r.Entry.Id] = r.Entry
+		case *statepb.SnapshotRecord_ForeignBundle:
+			n.foreign[r.ForeignBundle.TrustDomain] = r.ForeignBundle
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
@@ -211,6 +222,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.services, f.instances, f.nInst = n.services, n.instances, n.nInst
 	f.tokens, f.byHash = n.tokens, n.byHash
 	f.entries = n.entries
+	f.foreign = n.foreign
 	f.events.restart(hdr.Index)
 	f.identityChanged()
 	return nil

@@ -26,9 +26,10 @@ type Store struct {
 	services  map[ServiceKey]*apipb.Service
 	instances map[ServiceKey]map[string]*apipb.Instance
 	nInst     int
-	tokens    map[string]*statepb.TokenRecord // by accessor ID
-	byHash    map[[32]byte]string             // secret hash -> accessor ID
-	entries   map[string]*apipb.WorkloadEntry // by ID
+	tokens    map[string]*statepb.TokenRecord   // by accessor ID
+	byHash    map[[32]byte]string               // secret hash -> accessor ID
+	entries   map[string]*apipb.WorkloadEntry   // by ID
+	foreign   map[string]*statepb.ForeignBundle // by trust domain
 	events    *publisher
 	// identityCh is closed (and replaced) whenever workload entries or the
 	// site's CA change; agents' watches wait on it.
@@ -55,6 +56,7 @@ func (s *Store) reset() {
 	s.tokens = make(map[string]*statepb.TokenRecord)
 	s.byHash = make(map[[32]byte]string)
 	s.entries = make(map[string]*apipb.WorkloadEntry)
+	s.foreign = make(map[string]*statepb.ForeignBundle)
 	s.identityCh = make(chan struct{})
 }
 
@@ -253,6 +255,10 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		err = s.applyDeleteEntry(c.DeleteEntry)
 	case *statepb.Command_AddJwtKey:
 		err = s.applyAddJWTKey(index, c.AddJwtKey)
+	case *statepb.Command_SetForeignBundle:
+		err = s.applySetForeign(c.SetForeignBundle)
+	case *statepb.Command_DeleteForeignBundle:
+		err = s.applyDeleteForeign(c.DeleteForeignBundle)
 	case *statepb.Command_PrepareRoot:
 		err = s.applyPrepareRoot(index, c.PrepareRoot, now)
 	case *statepb.Command_ActivateRoot:
@@ -316,6 +322,14 @@ func wellFormed(cmd *statepb.Command) error {
 		k := c.AddJwtKey
 		if k.Kid == "" || len(k.PublicKey) == 0 || len(k.SealedKey) == 0 {
 			return bad("jwt key without kid, public key or sealed key")
+		}
+	case *statepb.Command_SetForeignBundle:
+		if c.SetForeignBundle.TrustDomain == "" || len(c.SetForeignBundle.Bundle) == 0 {
+			return bad("foreign bundle without trust domain or bundle")
+		}
+	case *statepb.Command_DeleteForeignBundle:
+		if c.DeleteForeignBundle.TrustDomain == "" {
+			return bad("delete foreign bundle without trust domain")
 		}
 	case *statepb.Command_PrepareRoot:
 		if len(c.PrepareRoot.Certificate) == 0 || len(c.PrepareRoot.SealedKey) == 0 {
@@ -394,6 +408,52 @@ func (s *Store) applyAddJWTKey(index uint64, k *statepb.JWTKey) error {
 		site.JwtKeys = append(site.JwtKeys, proto.Clone(k).(*statepb.JWTKey))
 		return nil
 	})
+}
+
+// ForeignBundles lists the foreign bundles sorted by trust domain.
+func (s *Store) ForeignBundles() []*statepb.ForeignBundle {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*statepb.ForeignBundle, 0, len(s.foreign))
+	for _, f := range s.foreign {
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TrustDomain < out[j].TrustDomain })
+	return out
+}
+
+// ForeignBundle returns one foreign bundle.
+func (s *Store) ForeignBundle(td string) (*statepb.ForeignBundle, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	f, ok := s.foreign[td]
+	return f, ok
+}
+
+// applySetForeign upserts a foreign bundle. A bundle never goes back to a
+// lower sequence; status-only updates (same bundle) do not wake watchers.
+func (s *Store) applySetForeign(f *statepb.ForeignBundle) error {
+	if s.site != nil && f.TrustDomain == s.site.TrustDomain {
+		return fmt.Errorf("%s is this site's own trust domain: %w", f.TrustDomain, ErrConflict)
+	}
+	old, ok := s.foreign[f.TrustDomain]
+	if ok && f.Sequence < old.Sequence && !bytes.Equal(f.Bundle, old.Bundle) {
+		return fmt.Errorf("bundle of %s: sequence %d is older than %d: %w", f.TrustDomain, f.Sequence, old.Sequence, ErrConflict)
+	}
+	s.foreign[f.TrustDomain] = proto.Clone(f).(*statepb.ForeignBundle)
+	if !ok || !bytes.Equal(f.Bundle, old.Bundle) {
+		s.identityChanged()
+	}
+	return nil
+}
+
+func (s *Store) applyDeleteForeign(d *statepb.DeleteForeignBundle) error {
+	if _, ok := s.foreign[d.TrustDomain]; !ok {
+		return fmt.Errorf("foreign bundle %s: %w", d.TrustDomain, ErrNotFound)
+	}
+	delete(s.foreign, d.TrustDomain)
+	s.identityChanged()
+	return nil
 }
 
 // editSite applies f to a copy of the site, then publishes it as a bundle

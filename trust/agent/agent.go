@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -38,6 +39,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/bundleendpoint"
 	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/mtls"
 	"github.com/straitmesh/strait/trust/svidfile"
@@ -82,8 +84,9 @@ type Agent struct {
 	bundle  *x509bundle.Bundle
 	active  *x509.Certificate // the root that signs now
 	jwtAuth *jwtbundle.Bundle
-	svids   map[string]*svid    // by entry ID
-	jwts    map[jwtKey]*jwtSVID // by entry ID and audience
+	fed     []*spiffebundle.Bundle // other trust domains' bundles
+	svids   map[string]*svid       // by entry ID
+	jwts    map[jwtKey]*jwtSVID    // by entry ID and audience
 	changed chan struct{}
 	kick    chan struct{}
 }
@@ -320,10 +323,25 @@ func (a *Agent) apply(upd *apipb.AgentUpdate) error {
 			return err
 		}
 	}
+	var fed []*spiffebundle.Bundle
+	for _, f := range upd.Federated {
+		td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
+		if err != nil {
+			a.log.Warn("ignoring a federated bundle", "trust_domain", f.TrustDomain, "err", err)
+			continue
+		}
+		fb, err := bundleendpoint.Parse(td, f.Bundle)
+		if err != nil {
+			a.log.Warn("ignoring a federated bundle", "trust_domain", f.TrustDomain, "err", err)
+			continue
+		}
+		fed = append(fed, fb)
+	}
 	a.ident.SetBundle(bundle)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.synced = true
+	a.fed = fed
 	a.bundle = bundle
 	if active, err := x509.ParseCertificate(upd.ActiveAuthority); err == nil {
 		a.active = active
@@ -539,10 +557,16 @@ func matches(e *apipb.WorkloadEntry, sel map[string]string) bool {
 func (a *Agent) Bundles() (*x509bundle.Bundle, []*x509bundle.Bundle) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.bundle == nil {
-		return a.ident.Bundle(), nil
+	var fed []*x509bundle.Bundle
+	for _, b := range a.fed {
+		if len(b.X509Authorities()) > 0 {
+			fed = append(fed, b.X509Bundle())
+		}
 	}
-	return a.bundle, nil
+	if a.bundle == nil {
+		return a.ident.Bundle(), fed
+	}
+	return a.bundle, fed
 }
 
 // Changed implements workloadapi.Source.

@@ -75,8 +75,14 @@ func (a *Agent) JWTSVIDs(ctx context.Context, c workloadapi.Caller, audience []s
 func (a *Agent) JWTBundles() []*jwtbundle.Bundle {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.jwtAuth == nil {
-		return nil
+	var out []*jwtbundle.Bundle
+	if a.jwtAuth != nil {
+		out = append(out, a.jwtAuth)
 	}
-	return []*jwtbundle.Bundle{a.jwtAuth}
+	for _, b := range a.fed {
+		if len(b.JWTAuthorities()) > 0 {
+			out = append(out, b.JWTBundle())
+		}
+	}
+	return out
 }

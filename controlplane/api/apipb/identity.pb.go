@@ -679,8 +679,10 @@ type AgentUpdate struct {
 	// The root that signs now (one of bundle), DER. SVIDs from another root
 	// are renewed at once.
 	ActiveAuthority []byte `protobuf:"bytes,4,opt,name=active_authority,json=activeAuthority,proto3" json:"active_authority,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Other trust domains' bundles (SPIFFE bundle documents), one per domain.
+	Federated     []*FederatedBundle `protobuf:"bytes,5,rep,name=federated,proto3" json:"federated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentUpdate) Reset() {
@@ -741,6 +743,65 @@ func (x *AgentUpdate) GetActiveAuthority() []byte {
 	return nil
 }
 
+func (x *AgentUpdate) GetFederated() []*FederatedBundle {
+	if x != nil {
+		return x.Federated
+	}
+	return nil
+}
+
+type FederatedBundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Bundle        []byte                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederatedBundle) Reset() {
+	*x = FederatedBundle{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederatedBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederatedBundle) ProtoMessage() {}
+
+func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
+func (*FederatedBundle) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *FederatedBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederatedBundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
 type JWTAuthority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kid   string                 `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
@@ -752,7 +813,7 @@ type JWTAuthority struct {
 
 func (x *JWTAuthority) Reset() {
 	*x = JWTAuthority{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +825,7 @@ func (x *JWTAuthority) String() string {
 func (*JWTAuthority) ProtoMessage() {}
 
 func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +838,7 @@ func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
 func (*JWTAuthority) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JWTAuthority) GetKid() string {
@@ -804,7 +865,7 @@ type SignJWTRequest struct {
 
 func (x *SignJWTRequest) Reset() {
 	*x = SignJWTRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +877,7 @@ func (x *SignJWTRequest) String() string {
 func (*SignJWTRequest) ProtoMessage() {}
 
 func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +890,7 @@ func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SignJWTRequest) GetEntryId() string {
@@ -855,7 +916,7 @@ type SignJWTResponse struct {
 
 func (x *SignJWTResponse) Reset() {
 	*x = SignJWTResponse{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +928,7 @@ func (x *SignJWTResponse) String() string {
 func (*SignJWTResponse) ProtoMessage() {}
 
 func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +941,7 @@ func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SignJWTResponse) GetToken() string {
@@ -899,7 +960,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +972,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +985,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SignRequest) GetItems() []*SignRequest_Item {
@@ -943,7 +1004,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1016,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1029,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignResponse) GetSvids() []*SignResponse_SVID {
@@ -988,7 +1049,7 @@ type SignRequest_Item struct {
 
 func (x *SignRequest_Item) Reset() {
 	*x = SignRequest_Item{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1061,7 @@ func (x *SignRequest_Item) String() string {
 func (*SignRequest_Item) ProtoMessage() {}
 
 func (x *SignRequest_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1074,7 @@ func (x *SignRequest_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest_Item.ProtoReflect.Descriptor instead.
 func (*SignRequest_Item) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{17, 0}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18, 0}
 }
 
 func (x *SignRequest_Item) GetEntryId() string {
@@ -1041,7 +1102,7 @@ type SignResponse_SVID struct {
 
 func (x *SignResponse_SVID) Reset() {
 	*x = SignResponse_SVID{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1114,7 @@ func (x *SignResponse_SVID) String() string {
 func (*SignResponse_SVID) ProtoMessage() {}
 
 func (x *SignResponse_SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1127,7 @@ func (x *SignResponse_SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse_SVID.ProtoReflect.Descriptor instead.
 func (*SignResponse_SVID) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18, 0}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{19, 0}
 }
 
 func (x *SignResponse_SVID) GetEntryId() string {
@@ -1121,12 +1182,16 @@ const file_controlplane_api_apipb_identity_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"(\n" +
 	"\x12RenewAgentResponse\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\"\x13\n" +
-	"\x11WatchAgentRequest\"\xce\x01\n" +
+	"\x11WatchAgentRequest\"\x8c\x02\n" +
 	"\vAgentUpdate\x126\n" +
 	"\aentries\x18\x01 \x03(\v2\x1c.strait.api.v1.WorkloadEntryR\aentries\x12\x16\n" +
 	"\x06bundle\x18\x02 \x03(\fR\x06bundle\x12D\n" +
 	"\x0fjwt_authorities\x18\x03 \x03(\v2\x1b.strait.api.v1.JWTAuthorityR\x0ejwtAuthorities\x12)\n" +
-	"\x10active_authority\x18\x04 \x01(\fR\x0factiveAuthority\"?\n" +
+	"\x10active_authority\x18\x04 \x01(\fR\x0factiveAuthority\x12<\n" +
+	"\tfederated\x18\x05 \x03(\v2\x1e.strait.api.v1.FederatedBundleR\tfederated\"L\n" +
+	"\x0fFederatedBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"?\n" +
 	"\fJWTAuthority\x12\x10\n" +
 	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x1d\n" +
 	"\n" +
@@ -1171,7 +1236,7 @@ func file_controlplane_api_apipb_identity_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_identity_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_controlplane_api_apipb_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_controlplane_api_apipb_identity_proto_goTypes = []any{
 	(*Selector)(nil),            // 0: strait.api.v1.Selector
 	(*WorkloadEntry)(nil),       // 1: strait.api.v1.WorkloadEntry
@@ -1187,46 +1252,48 @@ var file_controlplane_api_apipb_identity_proto_goTypes = []any{
 	(*RenewAgentResponse)(nil),  // 11: strait.api.v1.RenewAgentResponse
 	(*WatchAgentRequest)(nil),   // 12: strait.api.v1.WatchAgentRequest
 	(*AgentUpdate)(nil),         // 13: strait.api.v1.AgentUpdate
-	(*JWTAuthority)(nil),        // 14: strait.api.v1.JWTAuthority
-	(*SignJWTRequest)(nil),      // 15: strait.api.v1.SignJWTRequest
-	(*SignJWTResponse)(nil),     // 16: strait.api.v1.SignJWTResponse
-	(*SignRequest)(nil),         // 17: strait.api.v1.SignRequest
-	(*SignResponse)(nil),        // 18: strait.api.v1.SignResponse
-	(*SignRequest_Item)(nil),    // 19: strait.api.v1.SignRequest.Item
-	(*SignResponse_SVID)(nil),   // 20: strait.api.v1.SignResponse.SVID
-	(*durationpb.Duration)(nil), // 21: google.protobuf.Duration
+	(*FederatedBundle)(nil),     // 14: strait.api.v1.FederatedBundle
+	(*JWTAuthority)(nil),        // 15: strait.api.v1.JWTAuthority
+	(*SignJWTRequest)(nil),      // 16: strait.api.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),     // 17: strait.api.v1.SignJWTResponse
+	(*SignRequest)(nil),         // 18: strait.api.v1.SignRequest
+	(*SignResponse)(nil),        // 19: strait.api.v1.SignResponse
+	(*SignRequest_Item)(nil),    // 20: strait.api.v1.SignRequest.Item
+	(*SignResponse_SVID)(nil),   // 21: strait.api.v1.SignResponse.SVID
+	(*durationpb.Duration)(nil), // 22: google.protobuf.Duration
 }
 var file_controlplane_api_apipb_identity_proto_depIdxs = []int32{
 	0,  // 0: strait.api.v1.WorkloadEntry.selectors:type_name -> strait.api.v1.Selector
-	21, // 1: strait.api.v1.WorkloadEntry.svid_ttl:type_name -> google.protobuf.Duration
+	22, // 1: strait.api.v1.WorkloadEntry.svid_ttl:type_name -> google.protobuf.Duration
 	1,  // 2: strait.api.v1.CreateEntryRequest.entry:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 3: strait.api.v1.CreateEntryResponse.entry:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 4: strait.api.v1.ListEntriesResponse.entries:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 5: strait.api.v1.AgentUpdate.entries:type_name -> strait.api.v1.WorkloadEntry
-	14, // 6: strait.api.v1.AgentUpdate.jwt_authorities:type_name -> strait.api.v1.JWTAuthority
-	19, // 7: strait.api.v1.SignRequest.items:type_name -> strait.api.v1.SignRequest.Item
-	20, // 8: strait.api.v1.SignResponse.svids:type_name -> strait.api.v1.SignResponse.SVID
-	2,  // 9: strait.api.v1.Workload.CreateEntry:input_type -> strait.api.v1.CreateEntryRequest
-	4,  // 10: strait.api.v1.Workload.ListEntries:input_type -> strait.api.v1.ListEntriesRequest
-	6,  // 11: strait.api.v1.Workload.DeleteEntry:input_type -> strait.api.v1.DeleteEntryRequest
-	8,  // 12: strait.api.v1.Identity.AgentJoin:input_type -> strait.api.v1.AgentJoinRequest
-	10, // 13: strait.api.v1.Identity.RenewAgent:input_type -> strait.api.v1.RenewAgentRequest
-	12, // 14: strait.api.v1.Identity.WatchAgent:input_type -> strait.api.v1.WatchAgentRequest
-	17, // 15: strait.api.v1.Identity.SignX509SVIDs:input_type -> strait.api.v1.SignRequest
-	15, // 16: strait.api.v1.Identity.SignJWTSVID:input_type -> strait.api.v1.SignJWTRequest
-	3,  // 17: strait.api.v1.Workload.CreateEntry:output_type -> strait.api.v1.CreateEntryResponse
-	5,  // 18: strait.api.v1.Workload.ListEntries:output_type -> strait.api.v1.ListEntriesResponse
-	7,  // 19: strait.api.v1.Workload.DeleteEntry:output_type -> strait.api.v1.DeleteEntryResponse
-	9,  // 20: strait.api.v1.Identity.AgentJoin:output_type -> strait.api.v1.AgentJoinResponse
-	11, // 21: strait.api.v1.Identity.RenewAgent:output_type -> strait.api.v1.RenewAgentResponse
-	13, // 22: strait.api.v1.Identity.WatchAgent:output_type -> strait.api.v1.AgentUpdate
-	18, // 23: strait.api.v1.Identity.SignX509SVIDs:output_type -> strait.api.v1.SignResponse
-	16, // 24: strait.api.v1.Identity.SignJWTSVID:output_type -> strait.api.v1.SignJWTResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	15, // 6: strait.api.v1.AgentUpdate.jwt_authorities:type_name -> strait.api.v1.JWTAuthority
+	14, // 7: strait.api.v1.AgentUpdate.federated:type_name -> strait.api.v1.FederatedBundle
+	20, // 8: strait.api.v1.SignRequest.items:type_name -> strait.api.v1.SignRequest.Item
+	21, // 9: strait.api.v1.SignResponse.svids:type_name -> strait.api.v1.SignResponse.SVID
+	2,  // 10: strait.api.v1.Workload.CreateEntry:input_type -> strait.api.v1.CreateEntryRequest
+	4,  // 11: strait.api.v1.Workload.ListEntries:input_type -> strait.api.v1.ListEntriesRequest
+	6,  // 12: strait.api.v1.Workload.DeleteEntry:input_type -> strait.api.v1.DeleteEntryRequest
+	8,  // 13: strait.api.v1.Identity.AgentJoin:input_type -> strait.api.v1.AgentJoinRequest
+	10, // 14: strait.api.v1.Identity.RenewAgent:input_type -> strait.api.v1.RenewAgentRequest
+	12, // 15: strait.api.v1.Identity.WatchAgent:input_type -> strait.api.v1.WatchAgentRequest
+	18, // 16: strait.api.v1.Identity.SignX509SVIDs:input_type -> strait.api.v1.SignRequest
+	16, // 17: strait.api.v1.Identity.SignJWTSVID:input_type -> strait.api.v1.SignJWTRequest
+	3,  // 18: strait.api.v1.Workload.CreateEntry:output_type -> strait.api.v1.CreateEntryResponse
+	5,  // 19: strait.api.v1.Workload.ListEntries:output_type -> strait.api.v1.ListEntriesResponse
+	7,  // 20: strait.api.v1.Workload.DeleteEntry:output_type -> strait.api.v1.DeleteEntryResponse
+	9,  // 21: strait.api.v1.Identity.AgentJoin:output_type -> strait.api.v1.AgentJoinResponse
+	11, // 22: strait.api.v1.Identity.RenewAgent:output_type -> strait.api.v1.RenewAgentResponse
+	13, // 23: strait.api.v1.Identity.WatchAgent:output_type -> strait.api.v1.AgentUpdate
+	19, // 24: strait.api.v1.Identity.SignX509SVIDs:output_type -> strait.api.v1.SignResponse
+	17, // 25: strait.api.v1.Identity.SignJWTSVID:output_type -> strait.api.v1.SignJWTResponse
+	18, // [18:26] is the sub-list for method output_type
+	10, // [10:18] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_api_apipb_identity_proto_init() }
@@ -1240,7 +1307,7 @@ func file_controlplane_api_apipb_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_identity_proto_rawDesc), len(file_controlplane_api_apipb_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

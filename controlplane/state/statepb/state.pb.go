@@ -99,6 +99,8 @@ type Command struct {
 	//	*Command_PrepareRoot
 	//	*Command_ActivateRoot
 	//	*Command_DropRoot
+	//	*Command_SetForeignBundle
+	//	*Command_DeleteForeignBundle
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -265,6 +267,24 @@ func (x *Command) GetDropRoot() *DropRoot {
 	return nil
 }
 
+func (x *Command) GetSetForeignBundle() *ForeignBundle {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetForeignBundle); ok {
+			return x.SetForeignBundle
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteForeignBundle() *DeleteForeignBundle {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteForeignBundle); ok {
+			return x.DeleteForeignBundle
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -321,6 +341,14 @@ type Command_DropRoot struct {
 	DropRoot *DropRoot `protobuf:"bytes,14,opt,name=drop_root,json=dropRoot,proto3,oneof"`
 }
 
+type Command_SetForeignBundle struct {
+	SetForeignBundle *ForeignBundle `protobuf:"bytes,15,opt,name=set_foreign_bundle,json=setForeignBundle,proto3,oneof"`
+}
+
+type Command_DeleteForeignBundle struct {
+	DeleteForeignBundle *DeleteForeignBundle `protobuf:"bytes,16,opt,name=delete_foreign_bundle,json=deleteForeignBundle,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -346,6 +374,10 @@ func (*Command_PrepareRoot) isCommand_Cmd() {}
 func (*Command_ActivateRoot) isCommand_Cmd() {}
 
 func (*Command_DropRoot) isCommand_Cmd() {}
+
+func (*Command_SetForeignBundle) isCommand_Cmd() {}
+
+func (*Command_DeleteForeignBundle) isCommand_Cmd() {}
 
 // Bootstrap initializes a site once.
 type Bootstrap struct {
@@ -925,6 +957,162 @@ func (x *DeleteEntry) GetId() string {
 	return ""
 }
 
+// ForeignBundle is another trust domain's bundle and where it comes from.
+type ForeignBundle struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	EndpointUrl string                 `protobuf:"bytes,2,opt,name=endpoint_url,json=endpointUrl,proto3" json:"endpoint_url,omitempty"`
+	// https_spiffe: the endpoint's SPIFFE ID. Empty: https_web.
+	EndpointSpiffeId string `protobuf:"bytes,3,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// The SPIFFE bundle document (JWKS) last fetched, or given at creation.
+	Bundle      []byte                 `protobuf:"bytes,4,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Sequence    uint64                 `protobuf:"varint,5,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	LastSuccess *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	LastAttempt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_attempt,json=lastAttempt,proto3" json:"last_attempt,omitempty"`
+	LastError   string                 `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// From the bundle's spiffe_refresh_hint, in seconds; 0: none given.
+	RefreshHintSeconds int64 `protobuf:"varint,9,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ForeignBundle) Reset() {
+	*x = ForeignBundle{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForeignBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForeignBundle) ProtoMessage() {}
+
+func (x *ForeignBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForeignBundle.ProtoReflect.Descriptor instead.
+func (*ForeignBundle) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ForeignBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *ForeignBundle) GetEndpointUrl() string {
+	if x != nil {
+		return x.EndpointUrl
+	}
+	return ""
+}
+
+func (x *ForeignBundle) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *ForeignBundle) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *ForeignBundle) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *ForeignBundle) GetLastSuccess() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return nil
+}
+
+func (x *ForeignBundle) GetLastAttempt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastAttempt
+	}
+	return nil
+}
+
+func (x *ForeignBundle) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *ForeignBundle) GetRefreshHintSeconds() int64 {
+	if x != nil {
+		return x.RefreshHintSeconds
+	}
+	return 0
+}
+
+type DeleteForeignBundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteForeignBundle) Reset() {
+	*x = DeleteForeignBundle{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteForeignBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteForeignBundle) ProtoMessage() {}
+
+func (x *DeleteForeignBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteForeignBundle.ProtoReflect.Descriptor instead.
+func (*DeleteForeignBundle) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DeleteForeignBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
 // SnapshotHeader opens a snapshot; records follow.
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -936,7 +1124,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[11]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1136,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[11]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1149,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{11}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -987,6 +1175,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Instance
 	//	*SnapshotRecord_Token
 	//	*SnapshotRecord_Entry
+	//	*SnapshotRecord_ForeignBundle
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -994,7 +1183,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[12]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1195,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[12]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1208,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{12}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1074,6 +1263,15 @@ func (x *SnapshotRecord) GetEntry() *apipb.WorkloadEntry {
 	return nil
 }
 
+func (x *SnapshotRecord) GetForeignBundle() *ForeignBundle {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_ForeignBundle); ok {
+			return x.ForeignBundle
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1098,6 +1296,10 @@ type SnapshotRecord_Entry struct {
 	Entry *apipb.WorkloadEntry `protobuf:"bytes,5,opt,name=entry,proto3,oneof"`
 }
 
+type SnapshotRecord_ForeignBundle struct {
+	ForeignBundle *ForeignBundle `protobuf:"bytes,6,opt,name=foreign_bundle,json=foreignBundle,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Site) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Service) isSnapshotRecord_Record() {}
@@ -1108,11 +1310,13 @@ func (*SnapshotRecord_Token) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Entry) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_ForeignBundle) isSnapshotRecord_Record() {}
+
 var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\x86\a\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\xb2\b\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -1131,7 +1335,9 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\vadd_jwt_key\x18\v \x01(\v2\x17.strait.state.v1.JWTKeyH\x00R\taddJwtKey\x12<\n" +
 	"\fprepare_root\x18\f \x01(\v2\x17.strait.state.v1.CARootH\x00R\vprepareRoot\x12D\n" +
 	"\ractivate_root\x18\r \x01(\v2\x1d.strait.state.v1.ActivateRootH\x00R\factivateRoot\x128\n" +
-	"\tdrop_root\x18\x0e \x01(\v2\x19.strait.state.v1.DropRootH\x00R\bdropRootB\x05\n" +
+	"\tdrop_root\x18\x0e \x01(\v2\x19.strait.state.v1.DropRootH\x00R\bdropRoot\x12N\n" +
+	"\x12set_foreign_bundle\x18\x0f \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\x10setForeignBundle\x12Z\n" +
+	"\x15delete_foreign_bundle\x18\x10 \x01(\v2$.strait.state.v1.DeleteForeignBundleH\x00R\x13deleteForeignBundleB\x05\n" +
 	"\x03cmd\"\xc4\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
@@ -1175,16 +1381,30 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\vsecret_hash\x18\x01 \x01(\fR\n" +
 	"secretHash\"\x1d\n" +
 	"\vDeleteEntry\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"@\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x86\x03\n" +
+	"\rForeignBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
+	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x03 \x01(\tR\x10endpointSpiffeId\x12\x16\n" +
+	"\x06bundle\x18\x04 \x01(\fR\x06bundle\x12\x1a\n" +
+	"\bsequence\x18\x05 \x01(\x04R\bsequence\x12=\n" +
+	"\flast_success\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
+	"\flast_attempt\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\b \x01(\tR\tlastError\x120\n" +
+	"\x14refresh_hint_seconds\x18\t \x01(\x03R\x12refreshHintSeconds\"8\n" +
+	"\x13DeleteForeignBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xa3\x02\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xec\x02\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x04site\x18\x01 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\x04site\x122\n" +
 	"\aservice\x18\x02 \x01(\v2\x16.strait.api.v1.ServiceH\x00R\aservice\x125\n" +
 	"\binstance\x18\x03 \x01(\v2\x17.strait.api.v1.InstanceH\x00R\binstance\x124\n" +
 	"\x05token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordH\x00R\x05token\x124\n" +
-	"\x05entry\x18\x05 \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\x05entryB\b\n" +
+	"\x05entry\x18\x05 \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\x05entry\x12G\n" +
+	"\x0eforeign_bundle\x18\x06 \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\rforeignBundleB\b\n" +
 	"\x06record*X\n" +
 	"\tRootPhase\x12\x1a\n" +
 	"\x16ROOT_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1204,7 +1424,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
 	(*Command)(nil),                 // 1: strait.state.v1.Command
@@ -1218,54 +1438,61 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*RevokeToken)(nil),             // 9: strait.state.v1.RevokeToken
 	(*ConsumeToken)(nil),            // 10: strait.state.v1.ConsumeToken
 	(*DeleteEntry)(nil),             // 11: strait.state.v1.DeleteEntry
-	(*SnapshotHeader)(nil),          // 12: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 13: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 15: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 16: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 17: strait.api.v1.WorkloadEntry
-	(*apipb.InstanceKey)(nil),       // 18: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 19: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 20: strait.api.v1.Token
-	(*apipb.Service)(nil),           // 21: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 22: strait.api.v1.Instance
+	(*ForeignBundle)(nil),           // 12: strait.state.v1.ForeignBundle
+	(*DeleteForeignBundle)(nil),     // 13: strait.state.v1.DeleteForeignBundle
+	(*SnapshotHeader)(nil),          // 14: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 15: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 17: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 18: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 19: strait.api.v1.WorkloadEntry
+	(*apipb.InstanceKey)(nil),       // 20: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 21: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 22: strait.api.v1.Token
+	(*apipb.Service)(nil),           // 23: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 24: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	14, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	16, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	15, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	16, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	17, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	18, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	17, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	19, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
 	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
 	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
 	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
 	5,  // 12: strait.state.v1.Command.activate_root:type_name -> strait.state.v1.ActivateRoot
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
-	4,  // 14: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	8,  // 15: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	3,  // 16: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
-	4,  // 17: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
-	0,  // 18: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	14, // 19: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	14, // 20: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	14, // 21: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	18, // 22: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	19, // 23: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	20, // 24: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	2,  // 25: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	21, // 26: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	22, // 27: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 28: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	17, // 29: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
+	4,  // 16: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	8,  // 17: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	3,  // 18: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	4,  // 19: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
+	0,  // 20: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
+	16, // 21: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	16, // 22: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	16, // 23: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	20, // 24: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	21, // 25: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	22, // 26: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	16, // 27: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	16, // 28: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	2,  // 29: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	23, // 30: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	24, // 31: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 32: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	19, // 33: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 34: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -1287,13 +1514,16 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_PrepareRoot)(nil),
 		(*Command_ActivateRoot)(nil),
 		(*Command_DropRoot)(nil),
+		(*Command_SetForeignBundle)(nil),
+		(*Command_DeleteForeignBundle)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[12].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[14].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
 		(*SnapshotRecord_Token)(nil),
 		(*SnapshotRecord_Entry)(nil),
+		(*SnapshotRecord_ForeignBundle)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1301,7 +1531,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,147 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/trust/bundleendpoint"
+)
+
+// Foreign bundles are refreshed by the leader, each trust domain in its own
+// goroutine so that an unreachable peer delays nobody: at half the
+// bundle's refresh hint after a success (5m hint when none is given), and
+// every 30s at most after a failure. The last known bundle stays in use
+// through failures; every attempt's outcome is committed, so any server
+// shows the status.
+
+const (
+	defaultForeignHint = 5 * time.Minute
+	maxFailureRetry    = 30 * time.Second
+)
+
+// OwnBundle implements api.Node.
+func (s *Server) OwnBundle() (*spiffebundle.Bundle, error) {
+	return s.GetBundleForTrustDomain(s.id.td)
+}
+
+// FetchForeign implements api.Node: one fetch, authenticated per the
+// record's profile (against its stored bundle for https_spiffe).
+func (s *Server) FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error) {
+	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	cfg := bundleendpoint.FetchConfig{URL: f.EndpointUrl, TrustDomain: td, WebRoots: s.cfg.ForeignWebRoots}
+	if f.EndpointSpiffeId != "" {
+		if cfg.EndpointID, err = spiffeid.FromString(f.EndpointSpiffeId); err != nil {
+			return nil, err
+		}
+		known, err := bundleendpoint.Parse(td, f.Bundle)
+		if err != nil {
+			return nil, fmt.Errorf("stored bundle: %w", err)
+		}
+		cfg.Trusted = known.X509Bundle()
+	}
+	return bundleendpoint.Fetch(ctx, cfg)
+}
+
+// nextRefresh is when a foreign bundle should be fetched again.
+func nextRefresh(f *statepb.ForeignBundle) time.Time {
+	hint := defaultForeignHint
+	if f.RefreshHintSeconds > 0 {
+		hint = time.Duration(f.RefreshHintSeconds) * time.Second
+	}
+	interval := max(hint/2, time.Second)
+	switch {
+	case f.LastAttempt == nil:
+		return time.Time{}
+	case f.LastError != "":
+		return f.LastAttempt.AsTime().Add(min(interval, maxFailureRetry))
+	}
+	return f.LastAttempt.AsTime().Add(interval)
+}
+
+// refreshForeign runs while this server leads.
+func (s *Server) refreshForeign(ctx context.Context) {
+	var (
+		mu       sync.Mutex
+		fetching = map[string]bool{}
+		wg       sync.WaitGroup
+	)
+	defer wg.Wait()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		now := s.cfg.Now()
+		for _, f := range s.store.ForeignBundles() {
+			mu.Lock()
+			busy := fetching[f.TrustDomain]
+			if !busy && !now.Before(nextRefresh(f)) {
+				fetching[f.TrustDomain] = true
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					s.refreshOne(ctx, f)
+					mu.Lock()
+					delete(fetching, f.TrustDomain)
+					mu.Unlock()
+				}()
+			}
+			mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) refreshOne(ctx context.Context, f *statepb.ForeignBundle) {
+	fctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	b, err := s.FetchForeign(fctx, f)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	rec := proto.Clone(f).(*statepb.ForeignBundle)
+	now := s.cfg.Now()
+	rec.LastAttempt = timestamppb.New(now)
+	if err == nil {
+		seq, _ := b.SequenceNumber()
+		if seq < f.Sequence {
+			err = fmt.Errorf("endpoint served sequence %d, older than the %d already held", seq, f.Sequence)
+		}
+	}
+	if err == nil {
+		doc, merr := b.Marshal()
+		if merr != nil {
+			err = merr
+		} else {
+			rec.Bundle, rec.LastError, rec.LastSuccess = doc, "", timestamppb.New(now)
+			rec.Sequence, _ = b.SequenceNumber()
+			if h, ok := b.RefreshHint(); ok {
+				rec.RefreshHintSeconds = int64(h / time.Second)
+			}
+		}
+	}
+	if err != nil {
+		rec.LastError = err.Error()
+		s.log.Warn("foreign bundle refresh failed; keeping the last known bundle", "trust_domain", f.TrustDomain, "err", err)
+	}
+	// The relationship may have been removed or replaced meanwhile.
+	if cur, ok := s.store.ForeignBundle(f.TrustDomain); !ok || cur.EndpointUrl != f.EndpointUrl {
+		return
+	}
+	if _, _, aerr := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: rec}}); aerr != nil && ctx.Err() == nil {
+		s.log.Warn("foreign bundle status not committed", "trust_domain", f.TrustDomain, "err", aerr)
+	}
+}

@@ -82,6 +82,7 @@ func newRoot(g *globals) *cobra.Command {
 		newAgentCmd(g),
 		newWorkloadCmd(g),
 		newCACmd(g),
+		newBundleCmd(g),
 		newConfigCmd(g),
 		newServiceCmd(g),
 		newTokenCmd(g),

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -28,15 +29,20 @@ import (
 
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/trust/agent"
+	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/mtls"
+	"github.com/straitmesh/strait/trust/svidfile"
 )
 
 type site struct {
-	c      *controlplanetest.Cluster
-	socket string
-	clock  *controlplanetest.Clock
-	agent  *agent.Agent
+	c        *controlplanetest.Cluster
+	agentDir string
+	socket   string
+	clock    *controlplanetest.Clock
+	agent    *agent.Agent
 }
 
 // startSite starts a one-server site and an agent "node1" joined to it.
@@ -58,10 +64,10 @@ func startSite(t testing.TB, tweak ...func(*controlplane.Config)) *site {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}}
+	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}, agentDir: t.TempDir()}
 	a, err := agent.New(agent.Config{
 		Node: "node1", Servers: []string{c.Nodes[0].Addr}, JoinToken: tok.Secret,
-		DataDir: t.TempDir(), SocketPath: s.socket, Now: s.clock.Now,
+		DataDir: s.agentDir, SocketPath: s.socket, Now: s.clock.Now,
 		CheckInterval: 50 * time.Millisecond, Logger: testLogger(),
 	})
 	if err != nil {
@@ -474,4 +480,69 @@ func testLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// TestAgentCannotSignOthersIdentities calls the servers directly with the
+// agent's own SVID, as a compromised agent would.
+func TestAgentCannotSignOthersIdentities(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	s.register(t, "db", "node2", uidSel(os.Getuid()))
+	s.source(t, "api") // the agent is up and holds its SVID
+	var dbID string
+	list, err := s.c.Client(0).Workload.ListEntries(controlplanetest.Ctx(t), &apipb.ListEntriesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range list.Entries {
+		if e.Service == "db" {
+			dbID = e.Id
+		}
+	}
+	cl := s.agentClient(t)
+	key, _ := ca.NewKey()
+	csr, _ := ca.NewCSR(key)
+	_, err = cl.Identity.SignX509SVIDs(controlplanetest.Ctx(t), &apipb.SignRequest{Items: []*apipb.SignRequest_Item{{EntryId: dbID, Csr: csr}}})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("signing an entry of another agent: %v, want PermissionDenied", err)
+	}
+	_, err = cl.Identity.SignJWTSVID(controlplanetest.Ctx(t), &apipb.SignJWTRequest{EntryId: dbID, Audience: []string{"x"}})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("JWT for an entry of another agent: %v, want PermissionDenied", err)
+	}
+	// A malformed CSR for its own entry is refused too.
+	apiEntry := ""
+	for _, e := range list.Entries {
+		if e.Service == "api" {
+			apiEntry = e.Id
+		}
+	}
+	_, err = cl.Identity.SignX509SVIDs(controlplanetest.Ctx(t), &apipb.SignRequest{Items: []*apipb.SignRequest_Item{{EntryId: apiEntry, Csr: []byte("garbage")}}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("malformed CSR: %v, want InvalidArgument", err)
+	}
+	// Workload-facing calls are not open to agents' peers: a management
+	// token cannot call the agent API.
+	if _, err := s.c.Client(0).Identity.SignX509SVIDs(controlplanetest.Ctx(t), &apipb.SignRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("agent API with a token instead of an agent SVID: %v, want PermissionDenied", err)
+	}
+}
+
+// agentClient connects to the servers with the agent's SVID from its data dir.
+func (s *site) agentClient(t *testing.T) *apiclient.Client {
+	t.Helper()
+	chain, key, bundle, err := svidfile.Read(filepath.Join(s.agentDir, "tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := mtls.NewIdentity(x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("dc1.strait"), bundle), nil)
+	if err := id.SetSVID(chain, key); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := apiclient.Dial(apiclient.Config{Addr: s.c.Nodes[0].Addr, CA: bundle, Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
 }

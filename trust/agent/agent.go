@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -65,13 +66,20 @@ type Config struct {
 	Now func() time.Time
 	// CheckInterval is how often SVID ages are checked; 1s when zero.
 	CheckInterval time.Duration
+	// MetricsAddr serves Prometheus /metrics; disabled when empty.
+	MetricsAddr string
+	// Registerer receives metrics; a private registry when nil.
+	Registerer prometheus.Registerer
+	// Gatherer serves /metrics; the private registry when nil.
+	Gatherer prometheus.Gatherer
 }
 
 // Agent is a running agent.
 type Agent struct {
-	cfg Config
-	log *slog.Logger
-	wl  *workloadapi.Server
+	cfg     Config
+	log     *slog.Logger
+	wl      *workloadapi.Server
+	metrics *metrics
 
 	// Set by Run before its goroutines start.
 	td     spiffeid.TrustDomain
@@ -119,6 +127,13 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.CheckInterval == 0 {
 		cfg.CheckInterval = time.Second
 	}
+	if cfg.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		cfg.Registerer, cfg.Gatherer = reg, reg
+	}
+	if cfg.Gatherer == nil {
+		cfg.Gatherer, _ = cfg.Registerer.(prometheus.Gatherer)
+	}
 	a := &Agent{
 		cfg:     cfg,
 		log:     cfg.Logger.With("agent", cfg.Node),
@@ -127,7 +142,8 @@ func New(cfg Config) (*Agent, error) {
 		changed: make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 	}
-	wl, err := workloadapi.New(workloadapi.Config{SocketPath: cfg.SocketPath, Source: a, Logger: a.log})
+	a.metrics = newMetrics(a, cfg.Registerer)
+	wl, err := workloadapi.New(workloadapi.Config{SocketPath: cfg.SocketPath, Source: a, Logger: a.log, Registerer: cfg.Registerer})
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +171,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.mintLoop(gctx) })
 	g.Go(func() error { return a.renewLoop(gctx) })
 	g.Go(func() error { return a.wl.Run(gctx) })
+	if a.cfg.MetricsAddr != "" {
+		g.Go(func() error { return a.serveMetrics(gctx) })
+	}
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -460,6 +479,7 @@ func (a *Agent) signSome(ctx context.Context, batch []pending) error {
 		}
 		a.svids[p.entry.Id] = &svid{id: p.id, key: p.key, chain: chain}
 	}
+	a.metrics.signed.Add(float64(len(batch)))
 	a.notify()
 	return nil
 }

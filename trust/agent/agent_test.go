@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -38,6 +39,7 @@ import (
 )
 
 type site struct {
+	reg      *prometheus.Registry
 	c        *controlplanetest.Cluster
 	agentDir string
 	socket   string
@@ -64,11 +66,11 @@ func startSite(t testing.TB, tweak ...func(*controlplane.Config)) *site {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}, agentDir: t.TempDir()}
+	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}, agentDir: t.TempDir(), reg: prometheus.NewRegistry()}
 	a, err := agent.New(agent.Config{
 		Node: "node1", Servers: []string{c.Nodes[0].Addr}, JoinToken: tok.Secret,
 		DataDir: s.agentDir, SocketPath: s.socket, Now: s.clock.Now,
-		CheckInterval: 50 * time.Millisecond, Logger: testLogger(),
+		CheckInterval: 50 * time.Millisecond, Logger: testLogger(), Registerer: s.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -200,6 +202,25 @@ func TestWorkloadsGetIdentitiesAndTalkMTLS(t *testing.T) {
 	if err != nil || len(b.X509Authorities()) != 1 {
 		t.Fatalf("bundle: %v", err)
 	}
+	// Metrics: what the agent holds, and Workload API calls (a stream is
+	// counted when it ends).
+	web.Close()
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		got := map[string]float64{}
+		mfs, err := s.reg.Gather()
+		if err != nil {
+			return err
+		}
+		for _, mf := range mfs {
+			for _, m := range mf.Metric {
+				got[mf.GetName()] += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+		if got["strait_agent_svids"] != 2 || got["strait_agent_entries"] != 2 || got["strait_agent_svids_signed_total"] < 2 || got["strait_workloadapi_requests_total"] < 1 {
+			return fmt.Errorf("agent metrics %v", got)
+		}
+		return nil
+	})
 }
 
 func TestUnregisteredCallerIsDenied(t *testing.T) {

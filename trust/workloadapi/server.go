@@ -21,8 +21,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -64,13 +66,16 @@ type Config struct {
 	Source Source
 	// Logger; slog.Default when nil.
 	Logger *slog.Logger
+	// Registerer receives the request counter; none when nil.
+	Registerer prometheus.Registerer
 }
 
 // Server is a Workload API endpoint.
 type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
-	cfg Config
-	ln  net.Listener
+	cfg      Config
+	ln       net.Listener
+	requests *prometheus.CounterVec
 }
 
 // New binds the socket.
@@ -98,7 +103,29 @@ func New(cfg Config) (*Server, error) {
 		ln.Close()
 		return nil, err
 	}
-	return &Server{cfg: cfg, ln: ln}, nil
+	s := &Server{cfg: cfg, ln: ln, requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "strait_workloadapi_requests_total", Help: "Workload API calls by method and gRPC code.",
+	}, []string{"method", "code"})}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.requests)
+	}
+	return s, nil
+}
+
+func (s *Server) count(method string, err error) {
+	s.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+}
+
+func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	s.count(path.Base(info.FullMethod), err)
+	return resp, err
+}
+
+func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	err := h(srv, ss)
+	s.count(path.Base(info.FullMethod), err)
+	return err
 }
 
 // Close releases the socket of a server that will not Run.
@@ -110,7 +137,7 @@ func (s *Server) Close() error {
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	g := grpc.NewServer(grpc.Creds(peerCreds{}))
+	g := grpc.NewServer(grpc.Creds(peerCreds{}), grpc.ChainUnaryInterceptor(s.unary), grpc.ChainStreamInterceptor(s.stream))
 	workload.RegisterSpiffeWorkloadAPIServer(g, s)
 	go func() {
 		<-ctx.Done()

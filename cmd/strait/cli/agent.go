@@ -53,6 +53,7 @@ SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket
 	f.StringVar(&cfg.JoinToken, "join-token", "", "agent token, first start only (env STRAIT_JOIN_TOKEN)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the agent's identity")
 	f.StringVar(&cfg.SocketPath, "socket", DefaultSocket, "Workload API unix socket")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address for Prometheus /metrics (default: off)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "", "text or json")
 	return cmd

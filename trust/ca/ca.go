@@ -236,3 +236,7 @@ func RenewAt(c *x509.Certificate) time.Time {
 func IssuedBy(leaf, issuer *x509.Certificate) bool {
 	return len(leaf.AuthorityKeyId) > 0 && string(leaf.AuthorityKeyId) == string(issuer.SubjectKeyId)
 }
+
+// Signer is the CA's private key, for signing documents the site vouches
+// for (federation tokens). Never log or export it.
+func (c *CA) Signer() crypto.Signer { return c.key }

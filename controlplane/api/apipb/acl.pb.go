@@ -38,6 +38,9 @@ const (
 	TokenKind_TOKEN_KIND_SERVER TokenKind = 4
 	// Lets agents join this site (as many as max_uses allows).
 	TokenKind_TOKEN_KIND_AGENT TokenKind = 5
+	// Lets one other site federate with this one. Single-use; created by
+	// `strait federation token`, carried inside a signed federation token.
+	TokenKind_TOKEN_KIND_FEDERATION TokenKind = 6
 )
 
 // Enum value maps for TokenKind.
@@ -49,6 +52,7 @@ var (
 		3: "TOKEN_KIND_READ",
 		4: "TOKEN_KIND_SERVER",
 		5: "TOKEN_KIND_AGENT",
+		6: "TOKEN_KIND_FEDERATION",
 	}
 	TokenKind_value = map[string]int32{
 		"TOKEN_KIND_UNSPECIFIED": 0,
@@ -57,6 +61,7 @@ var (
 		"TOKEN_KIND_READ":        3,
 		"TOKEN_KIND_SERVER":      4,
 		"TOKEN_KIND_AGENT":       5,
+		"TOKEN_KIND_FEDERATION":  6,
 	}
 )
 
@@ -495,14 +500,15 @@ const file_controlplane_api_apipb_acl_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x1f\n" +
 	"\vaccessor_id\x18\x01 \x01(\tR\n" +
 	"accessorId\"\x15\n" +
-	"\x13RevokeTokenResponse*\x9a\x01\n" +
+	"\x13RevokeTokenResponse*\xb5\x01\n" +
 	"\tTokenKind\x12\x1a\n" +
 	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15TOKEN_KIND_MANAGEMENT\x10\x01\x12\x14\n" +
 	"\x10TOKEN_KIND_WRITE\x10\x02\x12\x13\n" +
 	"\x0fTOKEN_KIND_READ\x10\x03\x12\x15\n" +
 	"\x11TOKEN_KIND_SERVER\x10\x04\x12\x14\n" +
-	"\x10TOKEN_KIND_AGENT\x10\x052\x84\x02\n" +
+	"\x10TOKEN_KIND_AGENT\x10\x05\x12\x19\n" +
+	"\x15TOKEN_KIND_FEDERATION\x10\x062\x84\x02\n" +
 	"\x03ACL\x12T\n" +
 	"\vCreateToken\x12!.strait.api.v1.CreateTokenRequest\x1a\".strait.api.v1.CreateTokenResponse\x12Q\n" +
 	"\n" +

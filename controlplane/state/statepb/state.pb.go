@@ -972,8 +972,13 @@ type ForeignBundle struct {
 	LastError   string                 `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// From the bundle's spiffe_refresh_hint, in seconds; 0: none given.
 	RefreshHintSeconds int64 `protobuf:"varint,9,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Set when the trust domain is a federation peer: its local name, site
+	// name and server addresses.
+	PeerName      string   `protobuf:"bytes,10,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`
+	PeerSite      string   `protobuf:"bytes,11,opt,name=peer_site,json=peerSite,proto3" json:"peer_site,omitempty"`
+	PeerAddresses []string `protobuf:"bytes,12,rep,name=peer_addresses,json=peerAddresses,proto3" json:"peer_addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForeignBundle) Reset() {
@@ -1067,6 +1072,27 @@ func (x *ForeignBundle) GetRefreshHintSeconds() int64 {
 		return x.RefreshHintSeconds
 	}
 	return 0
+}
+
+func (x *ForeignBundle) GetPeerName() string {
+	if x != nil {
+		return x.PeerName
+	}
+	return ""
+}
+
+func (x *ForeignBundle) GetPeerSite() string {
+	if x != nil {
+		return x.PeerSite
+	}
+	return ""
+}
+
+func (x *ForeignBundle) GetPeerAddresses() []string {
+	if x != nil {
+		return x.PeerAddresses
+	}
+	return nil
 }
 
 type DeleteForeignBundle struct {
@@ -1381,7 +1407,7 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\vsecret_hash\x18\x01 \x01(\fR\n" +
 	"secretHash\"\x1d\n" +
 	"\vDeleteEntry\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x86\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xe7\x03\n" +
 	"\rForeignBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12,\n" +
@@ -1392,7 +1418,11 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\flast_attempt\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\b \x01(\tR\tlastError\x120\n" +
-	"\x14refresh_hint_seconds\x18\t \x01(\x03R\x12refreshHintSeconds\"8\n" +
+	"\x14refresh_hint_seconds\x18\t \x01(\x03R\x12refreshHintSeconds\x12\x1b\n" +
+	"\tpeer_name\x18\n" +
+	" \x01(\tR\bpeerName\x12\x1b\n" +
+	"\tpeer_site\x18\v \x01(\tR\bpeerSite\x12%\n" +
+	"\x0epeer_addresses\x18\f \x03(\tR\rpeerAddresses\"8\n" +
 	"\x13DeleteForeignBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +

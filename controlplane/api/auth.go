@@ -35,46 +35,52 @@ const (
 type permission int
 
 const (
-	permDeny       permission = iota // default: no such method, or not callable
-	permRead                         // read, write or management tokens
-	permWrite                        // write or management tokens
-	permManage                       // management tokens
-	permServerJoin                   // a server token (consumed by the handler)
-	permServerPeer                   // the caller's SVID names a server of this site
-	permAgentJoin                    // an agent token (consumed by the handler)
-	permAgentPeer                    // the caller's SVID names an agent of this site
+	permDeny             permission = iota // default: no such method, or not callable
+	permRead                               // read, write or management tokens
+	permWrite                              // write or management tokens
+	permManage                             // management tokens
+	permServerJoin                         // a server token (consumed by the handler)
+	permServerPeer                         // the caller's SVID names a server of this site
+	permAgentJoin                          // an agent token (consumed by the handler)
+	permAgentPeer                          // the caller's SVID names an agent of this site
+	permFederationAccept                   // a federation invite's secret (consumed by the handler)
 )
 
 var methodPerms = map[string]permission{
-	apipb.Catalog_Register_FullMethodName:       permWrite,
-	apipb.Catalog_Deregister_FullMethodName:     permWrite,
-	apipb.Catalog_Heartbeat_FullMethodName:      permWrite,
-	apipb.Catalog_ListServices_FullMethodName:   permRead,
-	apipb.Catalog_GetService_FullMethodName:     permRead,
-	apipb.Catalog_Watch_FullMethodName:          permRead,
-	apipb.ACL_CreateToken_FullMethodName:        permManage,
-	apipb.ACL_ListTokens_FullMethodName:         permManage,
-	apipb.ACL_RevokeToken_FullMethodName:        permManage,
-	apipb.Operator_Status_FullMethodName:        permRead,
-	apipb.Operator_ListPeers_FullMethodName:     permRead,
-	apipb.Operator_RemovePeer_FullMethodName:    permManage,
-	apipb.Operator_RotateCA_FullMethodName:      permManage,
-	apipb.Operator_CAStatus_FullMethodName:      permRead,
-	apipb.Cluster_Join_FullMethodName:           permServerJoin,
-	apipb.Cluster_Promote_FullMethodName:        permServerPeer,
-	apipb.Cluster_Leave_FullMethodName:          permServerPeer,
-	apipb.Workload_CreateEntry_FullMethodName:   permManage,
-	apipb.Workload_ListEntries_FullMethodName:   permRead,
-	apipb.Workload_DeleteEntry_FullMethodName:   permManage,
-	apipb.Bundle_GetBundle_FullMethodName:       permRead,
-	apipb.Bundle_SetForeign_FullMethodName:      permManage,
-	apipb.Bundle_ListForeign_FullMethodName:     permRead,
-	apipb.Bundle_RemoveForeign_FullMethodName:   permManage,
-	apipb.Identity_AgentJoin_FullMethodName:     permAgentJoin,
-	apipb.Identity_RenewAgent_FullMethodName:    permAgentPeer,
-	apipb.Identity_WatchAgent_FullMethodName:    permAgentPeer,
-	apipb.Identity_SignX509SVIDs_FullMethodName: permAgentPeer,
-	apipb.Identity_SignJWTSVID_FullMethodName:   permAgentPeer,
+	apipb.Catalog_Register_FullMethodName:        permWrite,
+	apipb.Catalog_Deregister_FullMethodName:      permWrite,
+	apipb.Catalog_Heartbeat_FullMethodName:       permWrite,
+	apipb.Catalog_ListServices_FullMethodName:    permRead,
+	apipb.Catalog_GetService_FullMethodName:      permRead,
+	apipb.Catalog_Watch_FullMethodName:           permRead,
+	apipb.ACL_CreateToken_FullMethodName:         permManage,
+	apipb.ACL_ListTokens_FullMethodName:          permManage,
+	apipb.ACL_RevokeToken_FullMethodName:         permManage,
+	apipb.Operator_Status_FullMethodName:         permRead,
+	apipb.Operator_ListPeers_FullMethodName:      permRead,
+	apipb.Operator_RemovePeer_FullMethodName:     permManage,
+	apipb.Operator_RotateCA_FullMethodName:       permManage,
+	apipb.Operator_CAStatus_FullMethodName:       permRead,
+	apipb.Cluster_Join_FullMethodName:            permServerJoin,
+	apipb.Cluster_Promote_FullMethodName:         permServerPeer,
+	apipb.Cluster_Leave_FullMethodName:           permServerPeer,
+	apipb.Workload_CreateEntry_FullMethodName:    permManage,
+	apipb.Workload_ListEntries_FullMethodName:    permRead,
+	apipb.Workload_DeleteEntry_FullMethodName:    permManage,
+	apipb.Federation_CreateInvite_FullMethodName: permManage,
+	apipb.Federation_Join_FullMethodName:         permManage,
+	apipb.Federation_Accept_FullMethodName:       permFederationAccept,
+	apipb.Federation_List_FullMethodName:         permRead,
+	apipb.Federation_Remove_FullMethodName:       permManage,
+	apipb.Bundle_GetBundle_FullMethodName:        permRead,
+	apipb.Bundle_SetForeign_FullMethodName:       permManage,
+	apipb.Bundle_ListForeign_FullMethodName:      permRead,
+	apipb.Bundle_RemoveForeign_FullMethodName:    permManage,
+	apipb.Identity_AgentJoin_FullMethodName:      permAgentJoin,
+	apipb.Identity_RenewAgent_FullMethodName:     permAgentPeer,
+	apipb.Identity_WatchAgent_FullMethodName:     permAgentPeer,
+	apipb.Identity_SignX509SVIDs_FullMethodName:  permAgentPeer,
+	apipb.Identity_SignJWTSVID_FullMethodName:    permAgentPeer,
 }
 
 func allows(kind apipb.TokenKind, p permission) bool {
@@ -134,7 +140,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no token: set STRAIT_TOKEN or pass --token")
 	}
-	if perm == permServerJoin || perm == permAgentJoin {
+	if perm == permServerJoin || perm == permAgentJoin || perm == permFederationAccept {
 		return context.WithValue(ctx, secretKey, secret), nil
 	}
 	rec, ok := s.cfg.Node.Store().TokenBySecret(state.HashSecret(secret))

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -15,6 +16,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/trust"
 )
 
 // Errors a Node returns; status.go maps them to Unavailable.
@@ -71,8 +73,16 @@ type Node interface {
 	CAStatus() (*apipb.CAStatusResponse, error)
 	// OwnBundle is the site's SPIFFE bundle.
 	OwnBundle() (*spiffebundle.Bundle, error)
+	// CreateInvite issues a federation token (leader only).
+	CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error)
+	// JoinFederation redeems another site's federation token (leader only).
+	JoinFederation(ctx context.Context, token, name string) (*statepb.ForeignBundle, error)
 	// FetchForeign fetches a foreign bundle from its endpoint.
 	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
 }
 
 func secondsDuration(s int64) time.Duration { return time.Duration(s) * time.Second }
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func bundleEndpointID(td spiffeid.TrustDomain) string { return trust.BundleEndpointID(td).String() }

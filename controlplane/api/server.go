@@ -84,6 +84,7 @@ func (s *Server) RegisterServices(g *grpc.Server) {
 	apipb.RegisterWorkloadServer(g, s)
 	apipb.RegisterIdentityServer(g, s)
 	apipb.RegisterBundleServer(g, s)
+	apipb.RegisterFederationServer(g, federationService{Server: s})
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -47,21 +47,22 @@ type Config struct {
 
 // Client is a connection to a site's API.
 type Client struct {
-	conn     *grpc.ClientConn
-	Catalog  apipb.CatalogClient
-	ACL      apipb.ACLClient
-	Operator apipb.OperatorClient
-	Cluster  apipb.ClusterClient
-	Workload apipb.WorkloadClient
-	Identity apipb.IdentityClient
-	Bundle   apipb.BundleClient
+	conn       *grpc.ClientConn
+	Catalog    apipb.CatalogClient
+	ACL        apipb.ACLClient
+	Operator   apipb.OperatorClient
+	Cluster    apipb.ClusterClient
+	Workload   apipb.WorkloadClient
+	Identity   apipb.IdentityClient
+	Bundle     apipb.BundleClient
+	Federation apipb.FederationClient
 }
 
 // retryPolicy retries calls that failed Unavailable: no leader yet, or a
 // forwarded call that met a leadership change.
 const retryPolicy = `{
   "methodConfig": [{
-    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}, {"service": "strait.api.v1.Workload"}, {"service": "strait.api.v1.Identity"}, {"service": "strait.api.v1.Bundle"}],
+    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}, {"service": "strait.api.v1.Workload"}, {"service": "strait.api.v1.Identity"}, {"service": "strait.api.v1.Bundle"}, {"service": "strait.api.v1.Federation"}],
     "retryPolicy": {
       "maxAttempts": 5,
       "initialBackoff": "0.2s",
@@ -130,14 +131,15 @@ func Dial(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	return &Client{
-		conn:     conn,
-		Catalog:  apipb.NewCatalogClient(conn),
-		ACL:      apipb.NewACLClient(conn),
-		Operator: apipb.NewOperatorClient(conn),
-		Cluster:  apipb.NewClusterClient(conn),
-		Workload: apipb.NewWorkloadClient(conn),
-		Identity: apipb.NewIdentityClient(conn),
-		Bundle:   apipb.NewBundleClient(conn),
+		conn:       conn,
+		Catalog:    apipb.NewCatalogClient(conn),
+		ACL:        apipb.NewACLClient(conn),
+		Operator:   apipb.NewOperatorClient(conn),
+		Cluster:    apipb.NewClusterClient(conn),
+		Workload:   apipb.NewWorkloadClient(conn),
+		Identity:   apipb.NewIdentityClient(conn),
+		Bundle:     apipb.NewBundleClient(conn),
+		Federation: apipb.NewFederationClient(conn),
 	}, nil
 }
 

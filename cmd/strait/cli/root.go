@@ -83,6 +83,7 @@ func newRoot(g *globals) *cobra.Command {
 		newWorkloadCmd(g),
 		newCACmd(g),
 		newBundleCmd(g),
+		newFederationCmd(g),
 		newConfigCmd(g),
 		newServiceCmd(g),
 		newTokenCmd(g),

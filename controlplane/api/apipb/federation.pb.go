@@ -486,8 +486,10 @@ type AcceptRequest struct {
 	Bundle            []byte                 `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	BundleEndpointUrl string                 `protobuf:"bytes,4,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
 	Addresses         []string               `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The invite's peer field: the name the issuer asked to use.
+	RequestedName string `protobuf:"bytes,6,opt,name=requested_name,json=requestedName,proto3" json:"requested_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AcceptRequest) Reset() {
@@ -553,6 +555,13 @@ func (x *AcceptRequest) GetAddresses() []string {
 		return x.Addresses
 	}
 	return nil
+}
+
+func (x *AcceptRequest) GetRequestedName() string {
+	if x != nil {
+		return x.RequestedName
+	}
+	return ""
 }
 
 type AcceptResponse struct {
@@ -795,13 +804,14 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\x13bundle_endpoint_url\x18\x05 \x01(\tR\x11bundleEndpointUrl\x12:\n" +
 	"\x06bundle\x18\x06 \x01(\v2\".strait.api.v1.ForeignBundleStatusR\x06bundle\"A\n" +
 	"\x16JoinFederationResponse\x12'\n" +
-	"\x04peer\x18\x01 \x01(\v2\x13.strait.api.v1.PeerR\x04peer\"\xac\x01\n" +
+	"\x04peer\x18\x01 \x01(\v2\x13.strait.api.v1.PeerR\x04peer\"\xd3\x01\n" +
 	"\rAcceptRequest\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x16\n" +
 	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x12.\n" +
 	"\x13bundle_endpoint_url\x18\x04 \x01(\tR\x11bundleEndpointUrl\x12\x1c\n" +
-	"\taddresses\x18\x05 \x03(\tR\taddresses\"$\n" +
+	"\taddresses\x18\x05 \x03(\tR\taddresses\x12%\n" +
+	"\x0erequested_name\x18\x06 \x01(\tR\rrequestedName\"$\n" +
 	"\x0eAcceptResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
 	"\x13ListPeersFedRequest\"A\n" +

@@ -1,0 +1,193 @@
+package api
+
+import (
+	"context"
+	"net/url"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/trust/bundleendpoint"
+)
+
+// federationService serves the Federation API (a type of its own: its
+// method names overlap the Cluster service's).
+type federationService struct {
+	apipb.UnimplementedFederationServer
+	*Server
+}
+
+// DefaultInviteTTL is the life of a federation token when none is given.
+const DefaultInviteTTL = 15 * time.Minute
+
+// PeerOf describes a peering stored as a foreign bundle.
+func PeerOf(f *statepb.ForeignBundle) *apipb.Peer {
+	return &apipb.Peer{Name: f.PeerName, Site: f.PeerSite, TrustDomain: f.TrustDomain, Addresses: f.PeerAddresses,
+		BundleEndpointUrl: f.EndpointUrl, Bundle: ForeignStatus(f)}
+}
+
+// CheckPeerFree reports a conflict when name or td is already federated.
+func CheckPeerFree(st *state.Store, own spiffeid.TrustDomain, name, td string) error {
+	if td == own.Name() {
+		return status.Errorf(codes.InvalidArgument, "this token was issued by this site (%s); run `strait federation join` on the other site", td)
+	}
+	for _, f := range st.ForeignBundles() {
+		if f.PeerName == name {
+			return status.Errorf(codes.AlreadyExists, "a peer named %q exists (trust domain %s); pass --name to choose another", name, f.TrustDomain)
+		}
+		if f.TrustDomain == td {
+			return status.Errorf(codes.AlreadyExists, "trust domain %s is already federated (as %q); remove it first", td, first(f.PeerName, "a foreign bundle"))
+		}
+	}
+	return nil
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func (s federationService) CreateInvite(ctx context.Context, req *apipb.CreateInviteRequest) (*apipb.CreateInviteResponse, error) {
+	if req.Peer != "" {
+		if err := validLabel("peer", req.Peer); err != nil {
+			return nil, err
+		}
+	}
+	ttl := DefaultInviteTTL
+	if req.Ttl != nil {
+		if err := req.Ttl.CheckValid(); err != nil {
+			return nil, fieldErr("ttl", "%v", err)
+		}
+		if ttl = req.Ttl.AsDuration(); ttl < time.Minute || ttl > 7*24*time.Hour {
+			return nil, fieldErr("ttl", "%s is outside 1m to 168h", ttl)
+		}
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.CreateInviteResponse, error) {
+		return apipb.NewFederationClient(c).CreateInvite(ctx, req)
+	}); ok {
+		return r, err
+	}
+	return s.cfg.Node.CreateInvite(ctx, req.Peer, ttl)
+}
+
+func (s federationService) Join(ctx context.Context, req *apipb.JoinFederationRequest) (*apipb.JoinFederationResponse, error) {
+	if req.Name != "" {
+		if err := validLabel("name", req.Name); err != nil {
+			return nil, err
+		}
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.JoinFederationResponse, error) {
+		return apipb.NewFederationClient(c).Join(ctx, req)
+	}); ok {
+		return r, err
+	}
+	f, err := s.cfg.Node.JoinFederation(ctx, req.Token, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.JoinFederationResponse{Peer: PeerOf(f)}, nil
+}
+
+// Accept is the issuer's side of a join: the caller proves possession of
+// the invite's secret (consumed through Raft) and hands over its bundle.
+func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest) (*apipb.AcceptResponse, error) {
+	td, err := spiffeid.TrustDomainFromString(req.TrustDomain)
+	if err != nil {
+		return nil, fieldErr("trust_domain", "%v", err)
+	}
+	if err := meshname.ValidLabel(req.Site); err != nil {
+		return nil, fieldErr("site", "%v", err)
+	}
+	if u, err := url.Parse(req.BundleEndpointUrl); err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fieldErr("bundle_endpoint_url", "%q is not an https URL", req.BundleEndpointUrl)
+	}
+	if len(req.Addresses) == 0 || len(req.Addresses) > 16 {
+		return nil, fieldErr("addresses", "need 1 to 16 addresses")
+	}
+	for i, a := range req.Addresses {
+		if err := validateHostPort("addresses["+itoa(i)+"]", a); err != nil {
+			return nil, err
+		}
+	}
+	b, err := bundleendpoint.Parse(td, req.Bundle)
+	if err != nil {
+		return nil, fieldErr("bundle", "%v", err)
+	}
+	name := first(req.RequestedName, req.Site)
+	if err := meshname.ValidLabel(name); err != nil {
+		return nil, fieldErr("requested_name", "%v", err)
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.AcceptResponse, error) {
+		return apipb.NewFederationClient(c).Accept(ctx, req)
+	}); ok {
+		return r, err
+	}
+	st := s.cfg.Node.Store()
+	secret, _ := ctx.Value(secretKey).(string)
+	h := state.HashSecret(secret)
+	rec, ok := st.TokenBySecret(h)
+	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_FEDERATION {
+		return nil, status.Error(codes.PermissionDenied, "the federation token is not valid here (unknown, revoked, or from another site)")
+	}
+	if err := state.Usable(rec.Token, s.cfg.Now()); err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "the federation token is %v: ask for a new one", err)
+	}
+	if err := CheckPeerFree(st, s.cfg.TrustDomain(), name, td.Name()); err != nil {
+		return nil, err
+	}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}); err != nil {
+		return nil, err
+	}
+	seq, _ := b.SequenceNumber()
+	f := &statepb.ForeignBundle{
+		TrustDomain: td.Name(), EndpointUrl: req.BundleEndpointUrl, EndpointSpiffeId: bundleEndpointID(td),
+		Bundle: req.Bundle, Sequence: seq, PeerName: name, PeerSite: req.Site, PeerAddresses: req.Addresses,
+	}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: f}}); err != nil {
+		return nil, err
+	}
+	s.cfg.Logger.Info("site federated", "peer", name, "trust_domain", td.Name(), "token_accessor", rec.Token.AccessorId)
+	return &apipb.AcceptResponse{Name: name}, nil
+}
+
+func (s federationService) List(ctx context.Context, req *apipb.ListPeersFedRequest) (*apipb.ListPeersFedResponse, error) {
+	resp := &apipb.ListPeersFedResponse{}
+	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+		if f.PeerName != "" {
+			resp.Peers = append(resp.Peers, PeerOf(f))
+		}
+	}
+	return resp, nil
+}
+
+func (s federationService) Remove(ctx context.Context, req *apipb.RemovePeeringRequest) (*apipb.RemovePeeringResponse, error) {
+	if err := validLabel("name", req.Name); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RemovePeeringResponse, error) {
+		return apipb.NewFederationClient(c).Remove(ctx, req)
+	}); ok {
+		return r, err
+	}
+	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+		if f.PeerName == req.Name {
+			cmd := &statepb.Command{Cmd: &statepb.Command_DeleteForeignBundle{DeleteForeignBundle: &statepb.DeleteForeignBundle{TrustDomain: f.TrustDomain}}}
+			if _, _, err := s.apply(ctx, cmd); err != nil {
+				return nil, err
+			}
+			return &apipb.RemovePeeringResponse{}, nil
+		}
+	}
+	return nil, toStatus(notFound("peer %q", req.Name))
+}

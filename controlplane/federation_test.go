@@ -1,0 +1,162 @@
+package controlplane_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/straitmesh/strait/controlplane"
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/controlplanetest"
+)
+
+func fedSite(t *testing.T, name string, clock *controlplanetest.Clock) *controlplanetest.Cluster {
+	return controlplanetest.Start(t, 1, controlplanetest.Options{Site: name, BundleEndpoint: true, Clock: clock,
+		Tweak: func(c *controlplane.Config) { c.BundleRefreshHint = time.Second }})
+}
+
+func TestFederationJoin(t *testing.T) {
+	a, b := fedSite(t, "aws-east", nil), fedSite(t, "gcp-west", nil)
+	ctx := controlplanetest.Ctx(t)
+	acl, bcl := a.Client(0), b.Client(0)
+	inv, err := acl.Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{Peer: "gcp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined, err := bcl.Federation.Join(ctx, &apipb.JoinFederationRequest{Token: inv.Token})
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	if joined.Peer.Name != "aws-east" || joined.Peer.TrustDomain != "aws-east.strait" {
+		t.Fatalf("B's peer %v", joined.Peer)
+	}
+	// Both sides hold the other's bundle, refreshed from its endpoint.
+	check := func(cl *apipb.ListPeersFedResponse, name, td string) error {
+		if len(cl.Peers) != 1 || cl.Peers[0].Name != name || cl.Peers[0].TrustDomain != td {
+			return fmt.Errorf("peers %v, want %s (%s)", cl.Peers, name, td)
+		}
+		st := cl.Peers[0].Bundle
+		if st.LastSuccess == nil || st.LastError != "" || st.X509Authorities != 1 || st.JwtAuthorities != 1 {
+			return fmt.Errorf("peer bundle %v", st)
+		}
+		return nil
+	}
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		la, err := acl.Federation.List(ctx, &apipb.ListPeersFedRequest{})
+		if err != nil {
+			return err
+		}
+		if err := check(la, "gcp", "gcp-west.strait"); err != nil {
+			return fmt.Errorf("A: %w", err)
+		}
+		lb, err := bcl.Federation.List(ctx, &apipb.ListPeersFedRequest{})
+		if err != nil {
+			return err
+		}
+		return check(lb, "aws-east", "aws-east.strait")
+	})
+	// The token was single-use.
+	c := fedSite(t, "dc1", nil)
+	_, err = c.Client(0).Federation.Join(ctx, &apipb.JoinFederationRequest{Token: inv.Token})
+	if err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("reused token: %v", err)
+	}
+	// Removing the peering removes the peer's bundle.
+	if _, err := bcl.Federation.Remove(ctx, &apipb.RemovePeeringRequest{Name: "aws-east"}); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := bcl.Bundle.ListForeign(ctx, &apipb.ListForeignRequest{}); len(l.Bundles) != 0 {
+		t.Fatalf("bundle kept after removing the peering: %v", l.Bundles)
+	}
+	if _, err := bcl.Federation.Remove(ctx, &apipb.RemovePeeringRequest{Name: "aws-east"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("removing twice: %v, want NotFound", err)
+	}
+}
+
+func TestFederationTokenRefusals(t *testing.T) {
+	clock := &controlplanetest.Clock{}
+	a, b := fedSite(t, "aws-east", clock), fedSite(t, "gcp-west", clock)
+	ctx := controlplanetest.Ctx(t)
+	acl, bcl := a.Client(0), b.Client(0)
+	mk := func(ttl time.Duration) string {
+		req := &apipb.CreateInviteRequest{}
+		if ttl > 0 {
+			req.Ttl = durationpb.New(ttl)
+		}
+		inv, err := acl.Federation.CreateInvite(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inv.Token
+	}
+	good := mk(0)
+	join := func(tok, name string) error {
+		_, err := bcl.Federation.Join(ctx, &apipb.JoinFederationRequest{Token: tok, Name: name})
+		return err
+	}
+	tests := []struct {
+		name string
+		err  error
+		code codes.Code
+		msg  string
+	}{
+		{"own token", func() error { _, err := acl.Federation.Join(ctx, &apipb.JoinFederationRequest{Token: good}); return err }(), codes.InvalidArgument, "issued by this site"},
+		{"truncated", join(good[:len(good)-40], ""), codes.InvalidArgument, "malformed or truncated"},
+		{"tampered", join(good[:60]+flip(good[60])+good[61:], ""), codes.InvalidArgument, "federation token"},
+		{"bad name", join(good, "Bad_Name"), codes.InvalidArgument, "name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if status.Code(tt.err) != tt.code || !strings.Contains(tt.err.Error(), tt.msg) {
+				t.Fatalf("%v, want %s containing %q", tt.err, tt.code, tt.msg)
+			}
+		})
+	}
+	// Expired: the token's own expiry, checked by the joiner's clock.
+	short := mk(time.Minute)
+	clock.Advance(2 * time.Minute)
+	if err := join(short, ""); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired token: %v", err)
+	}
+	// A name already in use.
+	c := fedSite(t, "dc1", nil) // sites started after the jump keep real time
+	inv, err := c.Client(0).Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := join(good, "peer-x"); err != nil {
+		t.Fatalf("join A: %v", err)
+	}
+	if err := join(inv.Token, "peer-x"); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("name in use: %v, want AlreadyExists", err)
+	}
+	// The issuer is gone: a clear error, nothing stored.
+	gone := fedSite(t, "gone", nil)
+	invGone, err := gone.Client(0).Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone.Nodes[0].Stop()
+	err = join(invGone.Token, "")
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "could not be reached") {
+		t.Fatalf("unreachable issuer: %v", err)
+	}
+	l, _ := bcl.Federation.List(ctx, &apipb.ListPeersFedRequest{})
+	for _, p := range l.Peers {
+		if p.Site == "gone" {
+			t.Fatal("a failed join left a peering behind")
+		}
+	}
+}
+
+func flip(c byte) string {
+	if c == 'A' {
+		return "B"
+	}
+	return "A"
+}

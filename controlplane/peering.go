@@ -1,0 +1,214 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/straitmesh/strait/controlplane/api"
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/mux"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/federation/token"
+	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/mtls"
+)
+
+// Federation by invitation: site A issues a token (CreateInvite) carrying
+// its bundle, bundle endpoint and server addresses, signed by its CA, with
+// a single-use secret. Site B redeems it (JoinFederation): it checks the
+// token, reaches A's servers over TLS verified against the bundle in the
+// token, presents the secret and its own bundle and endpoint (Accept, on
+// A). Both sides then hold each other's bundle as a peering, refreshed from
+// the bundle endpoints like any foreign bundle.
+
+// bundleURL is the https URL peers fetch this site's bundle from.
+func (s *Server) bundleURL() (string, error) {
+	addr := s.cfg.BundleAddr
+	if s.cfg.BundleListener != nil {
+		addr = s.cfg.BundleListener.Addr().String()
+	}
+	if addr == "" {
+		return "", status.Error(codes.FailedPrecondition, "federation needs this site's bundle endpoint: set bundle_endpoint_addr (--bundle-addr) on the servers")
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "https://" + addr + "/", nil // a host name
+	}
+	if ap.Addr().IsUnspecified() {
+		adv, err := netip.ParseAddrPort(s.advertise)
+		if err != nil {
+			return "", err
+		}
+		ap = netip.AddrPortFrom(adv.Addr(), ap.Port())
+	}
+	return "https://" + ap.String() + "/", nil
+}
+
+func (s *Server) serverAddresses() ([]string, error) {
+	peers, err := s.Peers()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range peers {
+		out = append(out, p.Address)
+	}
+	return out, nil
+}
+
+func newSecret() (secret string, accessor string, err error) {
+	b := make([]byte, 48)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", err
+	}
+	return "strait_" + base64.RawURLEncoding.EncodeToString(b[:32]), hex.EncodeToString(b[32:]), nil
+}
+
+// CreateInvite implements api.Node.
+func (s *Server) CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error) {
+	url, err := s.bundleURL()
+	if err != nil {
+		return nil, err
+	}
+	own, err := s.OwnBundle()
+	if err != nil {
+		return nil, err
+	}
+	doc, err := own.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := s.serverAddresses()
+	if err != nil {
+		return nil, err
+	}
+	secret, accessor, err := newSecret()
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now()
+	expires := timestamppb.New(now.Add(ttl))
+	h := state.HashSecret(secret)
+	rec := &statepb.TokenRecord{SecretHash: h[:], Token: &apipb.Token{
+		AccessorId: accessor, Kind: apipb.TokenKind_TOKEN_KIND_FEDERATION, Description: "federation invite " + peer,
+		CreateTime: timestamppb.New(now), ExpireTime: expires, MaxUses: 1,
+	}}
+	if _, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: rec}}); err != nil {
+		return nil, err
+	}
+	root, err := s.siteCA()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := token.Encode(&apipb.FederationInvite{
+		Version: 1, Site: s.id.node.Site, TrustDomain: s.id.td.Name(), Bundle: doc, BundleEndpointUrl: url,
+		Addresses: addrs, Secret: secret, Expires: expires, Peer: peer,
+	}, root.Signer())
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.CreateInviteResponse{Token: tok, Expires: expires}, nil
+}
+
+// JoinFederation implements api.Node.
+func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb.ForeignBundle, error) {
+	inv, peerBundle, err := token.Decode(tok, s.cfg.Now())
+	if err != nil {
+		return nil, &api.FieldError{Field: "token", Rule: err.Error()}
+	}
+	name = first(name, inv.Site)
+	if err := api.CheckPeerFree(s.store, s.id.td, name, inv.TrustDomain); err != nil {
+		return nil, err
+	}
+	url, err := s.bundleURL()
+	if err != nil {
+		return nil, err
+	}
+	own, err := s.OwnBundle()
+	if err != nil {
+		return nil, err
+	}
+	doc, err := own.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := s.serverAddresses()
+	if err != nil {
+		return nil, err
+	}
+	peerTD := peerBundle.TrustDomain()
+	ident := mtls.NewIdentity(peerBundle.X509Bundle(), s.cfg.Now)
+	authorize := func(id spiffeid.ID) error {
+		if !trust.IsServer(id, peerTD) {
+			return fmt.Errorf("%s is not a server of %s", id, peerTD)
+		}
+		return nil
+	}
+	req := &apipb.AcceptRequest{Site: s.id.node.Site, TrustDomain: s.id.td.Name(), Bundle: doc, BundleEndpointUrl: url, Addresses: addrs, RequestedName: inv.Peer}
+	var errs []error
+	for _, addr := range inv.Addresses {
+		err := acceptAt(ctx, addr, credentials.NewTLS(mtls.ClientConfig(ident, authorize, mux.ProtoGRPC)), inv.Secret, req)
+		if err == nil {
+			errs = nil
+			break
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if st, ok := status.FromError(err); ok && st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded {
+			break // the issuer answered: no point asking another of its servers
+		}
+	}
+	if len(errs) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "the site that issued the token refused or could not be reached: %v", errors.Join(errs...))
+	}
+	seq, _ := peerBundle.SequenceNumber()
+	f := &statepb.ForeignBundle{
+		TrustDomain: inv.TrustDomain, EndpointUrl: inv.BundleEndpointUrl, EndpointSpiffeId: trust.BundleEndpointID(peerTD).String(),
+		Bundle: inv.Bundle, Sequence: seq, PeerName: name, PeerSite: inv.Site, PeerAddresses: inv.Addresses,
+	}
+	if _, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: f}}); err != nil {
+		return nil, err
+	}
+	s.log.Info("joined federation", "peer", name, "trust_domain", inv.TrustDomain)
+	return f, nil
+}
+
+func acceptAt(ctx context.Context, addr string, creds credentials.TransportCredentials, secret string, req *apipb.AcceptRequest) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secret)
+	_, err = apipb.NewFederationClient(conn).Accept(ctx, req)
+	return err
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -105,7 +105,10 @@ func TestFederationTokenRefusals(t *testing.T) {
 		code codes.Code
 		msg  string
 	}{
-		{"own token", func() error { _, err := acl.Federation.Join(ctx, &apipb.JoinFederationRequest{Token: good}); return err }(), codes.InvalidArgument, "issued by this site"},
+		{"own token", func() error {
+			_, err := acl.Federation.Join(ctx, &apipb.JoinFederationRequest{Token: good})
+			return err
+		}(), codes.InvalidArgument, "issued by this site"},
 		{"truncated", join(good[:len(good)-40], ""), codes.InvalidArgument, "malformed or truncated"},
 		{"tampered", join(good[:60]+flip(good[60])+good[61:], ""), codes.InvalidArgument, "federation token"},
 		{"bad name", join(good, "Bad_Name"), codes.InvalidArgument, "name"},

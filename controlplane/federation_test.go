@@ -60,6 +60,33 @@ func TestFederationJoin(t *testing.T) {
 		}
 		return check(lb, "aws-east", "aws-east.strait")
 	})
+	// Exports name peers by their local names; unknown peers are refused.
+	exp := func(to ...string) (*apipb.ExportResponse, error) {
+		return acl.Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: to}})
+	}
+	if _, err := exp("nobody"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "no peer named") {
+		t.Fatalf("export to an unknown peer: %v", err)
+	}
+	if _, err := exp("gcp"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := exp("*"); err != nil || strings.Join(r.Export.To, ",") != "*,gcp" {
+		t.Fatalf("export adds peers: %v %v", r, err)
+	}
+	if _, err := acl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: "payments", Service: "api", From: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := acl.Federation.ListExports(ctx, &apipb.ListExportsRequest{})
+	if err != nil || len(list.Exports) != 1 || strings.Join(list.Exports[0].To, ",") != "gcp" {
+		t.Fatalf("exports after unexport --from '*': %v %v", list, err)
+	}
+	if _, err := acl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: "payments", Service: "api"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: "payments", Service: "api"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("unexport twice: %v, want NotFound", err)
+	}
+
 	// The token was single-use.
 	c := fedSite(t, "dc1", nil)
 	_, err = c.Client(0).Federation.Join(ctx, &apipb.JoinFederationRequest{Token: inv.Token})

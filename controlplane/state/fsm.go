@@ -93,6 +93,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, b := range f.foreign {
 		snap.foreign = append(snap.foreign, b)
 	}
+	for _, e := range f.exports {
+		snap.exports = append(snap.exports, e)
+	}
 	return snap, nil
 }
 
@@ -104,6 +107,7 @@ type fsmSnapshot struct {
 	tokens    []*statepb.TokenRecord
 	entries   []*apipb.WorkloadEntry
 	foreign   []*statepb.ForeignBundle
+	exports   []*apipb.Export
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -150,6 +154,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	}
 	for _, v := range s.foreign {
 		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_ForeignBundle{ForeignBundle: v}}); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.exports {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Export{Export: v}}); err != nil {
 			return err
 		}
 	}
@@ -202,6 +211,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			n.entries[r.Entry.Id] = r.Entry
 		case *statepb.SnapshotRecord_ForeignBundle:
 			n.foreign[r.ForeignBundle.TrustDomain] = r.ForeignBundle
+		case *statepb.SnapshotRecord_Export:
+			n.exports[ServiceKey{r.Export.Namespace, r.Export.Service}] = r.Export
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
@@ -223,6 +234,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.tokens, f.byHash = n.tokens, n.byHash
 	f.entries = n.entries
 	f.foreign = n.foreign
+	f.exports = n.exports
 	f.events.restart(hdr.Index)
 	f.identityChanged()
 	return nil

@@ -30,6 +30,7 @@ type Store struct {
 	byHash    map[[32]byte]string               // secret hash -> accessor ID
 	entries   map[string]*apipb.WorkloadEntry   // by ID
 	foreign   map[string]*statepb.ForeignBundle // by trust domain
+	exports   map[ServiceKey]*apipb.Export
 	events    *publisher
 	// identityCh is closed (and replaced) whenever workload entries or the
 	// site's CA change; agents' watches wait on it.
@@ -57,6 +58,7 @@ func (s *Store) reset() {
 	s.byHash = make(map[[32]byte]string)
 	s.entries = make(map[string]*apipb.WorkloadEntry)
 	s.foreign = make(map[string]*statepb.ForeignBundle)
+	s.exports = make(map[ServiceKey]*apipb.Export)
 	s.identityCh = make(chan struct{})
 }
 
@@ -255,6 +257,8 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		err = s.applyDeleteEntry(c.DeleteEntry)
 	case *statepb.Command_AddJwtKey:
 		err = s.applyAddJWTKey(index, c.AddJwtKey)
+	case *statepb.Command_SetExport:
+		s.applySetExport(c.SetExport)
 	case *statepb.Command_SetForeignBundle:
 		err = s.applySetForeign(c.SetForeignBundle)
 	case *statepb.Command_DeleteForeignBundle:
@@ -322,6 +326,10 @@ func wellFormed(cmd *statepb.Command) error {
 		k := c.AddJwtKey
 		if k.Kid == "" || len(k.PublicKey) == 0 || len(k.SealedKey) == 0 {
 			return bad("jwt key without kid, public key or sealed key")
+		}
+	case *statepb.Command_SetExport:
+		if c.SetExport.Namespace == "" || c.SetExport.Service == "" {
+			return bad("export without namespace or service")
 		}
 	case *statepb.Command_SetForeignBundle:
 		if c.SetForeignBundle.TrustDomain == "" || len(c.SetForeignBundle.Bundle) == 0 {
@@ -408,6 +416,48 @@ func (s *Store) applyAddJWTKey(index uint64, k *statepb.JWTKey) error {
 		site.JwtKeys = append(site.JwtKeys, proto.Clone(k).(*statepb.JWTKey))
 		return nil
 	})
+}
+
+// Exports lists exports sorted by namespace and service.
+func (s *Store) Exports() []*apipb.Export {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*apipb.Export, 0, len(s.exports))
+	for _, e := range s.exports {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Namespace != out[j].Namespace {
+			return out[i].Namespace < out[j].Namespace
+		}
+		return out[i].Service < out[j].Service
+	})
+	return out
+}
+
+// ExportedTo reports whether a service is exported to a peer.
+func (s *Store) ExportedTo(k ServiceKey, peer string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.exports[k]
+	if !ok {
+		return false
+	}
+	for _, to := range e.To {
+		if to == peer || to == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Store) applySetExport(e *apipb.Export) {
+	k := ServiceKey{e.Namespace, e.Service}
+	if len(e.To) == 0 {
+		delete(s.exports, k)
+		return
+	}
+	s.exports[k] = proto.Clone(e).(*apipb.Export)
 }
 
 // ForeignBundles lists the foreign bundles sorted by trust domain.

@@ -84,6 +84,8 @@ func newRoot(g *globals) *cobra.Command {
 		newCACmd(g),
 		newBundleCmd(g),
 		newFederationCmd(g),
+		newExportCmd(g),
+		newUnexportCmd(g),
 		newConfigCmd(g),
 		newServiceCmd(g),
 		newTokenCmd(g),

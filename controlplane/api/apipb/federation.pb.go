@@ -769,6 +769,334 @@ func (*RemovePeeringResponse) Descriptor() ([]byte, []int) {
 	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{12}
 }
 
+// Export makes a service visible to chosen peers. Only exported services
+// ever leave a site.
+type Export struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service   string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// Peer names, or "*" for every peer.
+	To            []string `protobuf:"bytes,3,rep,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Export) Reset() {
+	*x = Export{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Export) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Export) ProtoMessage() {}
+
+func (x *Export) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Export.ProtoReflect.Descriptor instead.
+func (*Export) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Export) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Export) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Export) GetTo() []string {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+type ExportRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Export        *Export                `protobuf:"bytes,1,opt,name=export,proto3" json:"export,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportRequest) Reset() {
+	*x = ExportRequest{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportRequest) ProtoMessage() {}
+
+func (x *ExportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportRequest.ProtoReflect.Descriptor instead.
+func (*ExportRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ExportRequest) GetExport() *Export {
+	if x != nil {
+		return x.Export
+	}
+	return nil
+}
+
+type ExportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Export        *Export                `protobuf:"bytes,1,opt,name=export,proto3" json:"export,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportResponse) Reset() {
+	*x = ExportResponse{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportResponse) ProtoMessage() {}
+
+func (x *ExportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportResponse.ProtoReflect.Descriptor instead.
+func (*ExportResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ExportResponse) GetExport() *Export {
+	if x != nil {
+		return x.Export
+	}
+	return nil
+}
+
+type UnexportRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service   string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// Peers to stop exporting to; empty: all.
+	From          []string `protobuf:"bytes,3,rep,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnexportRequest) Reset() {
+	*x = UnexportRequest{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnexportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnexportRequest) ProtoMessage() {}
+
+func (x *UnexportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnexportRequest.ProtoReflect.Descriptor instead.
+func (*UnexportRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UnexportRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *UnexportRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *UnexportRequest) GetFrom() []string {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+type UnexportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnexportResponse) Reset() {
+	*x = UnexportResponse{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnexportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnexportResponse) ProtoMessage() {}
+
+func (x *UnexportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnexportResponse.ProtoReflect.Descriptor instead.
+func (*UnexportResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{17}
+}
+
+type ListExportsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExportsRequest) Reset() {
+	*x = ListExportsRequest{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExportsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExportsRequest) ProtoMessage() {}
+
+func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
+func (*ListExportsRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{18}
+}
+
+type ListExportsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Exports       []*Export              `protobuf:"bytes,1,rep,name=exports,proto3" json:"exports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExportsResponse) Reset() {
+	*x = ListExportsResponse{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExportsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExportsResponse) ProtoMessage() {}
+
+func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
+func (*ListExportsResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListExportsResponse) GetExports() []*Export {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
 var File_controlplane_api_apipb_federation_proto protoreflect.FileDescriptor
 
 const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
@@ -819,9 +1147,28 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\x05peers\x18\x01 \x03(\v2\x13.strait.api.v1.PeerR\x05peers\"*\n" +
 	"\x14RemovePeeringRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
-	"\x15RemovePeeringResponse2\xa7\x03\n" +
+	"\x15RemovePeeringResponse\"P\n" +
+	"\x06Export\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x0e\n" +
+	"\x02to\x18\x03 \x03(\tR\x02to\">\n" +
+	"\rExportRequest\x12-\n" +
+	"\x06export\x18\x01 \x01(\v2\x15.strait.api.v1.ExportR\x06export\"?\n" +
+	"\x0eExportResponse\x12-\n" +
+	"\x06export\x18\x01 \x01(\v2\x15.strait.api.v1.ExportR\x06export\"]\n" +
+	"\x0fUnexportRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
+	"\x04from\x18\x03 \x03(\tR\x04from\"\x12\n" +
+	"\x10UnexportResponse\"\x14\n" +
+	"\x12ListExportsRequest\"F\n" +
+	"\x13ListExportsResponse\x12/\n" +
+	"\aexports\x18\x01 \x03(\v2\x15.strait.api.v1.ExportR\aexports2\x91\x05\n" +
 	"\n" +
-	"Federation\x12W\n" +
+	"Federation\x12E\n" +
+	"\x06Export\x12\x1c.strait.api.v1.ExportRequest\x1a\x1d.strait.api.v1.ExportResponse\x12K\n" +
+	"\bUnexport\x12\x1e.strait.api.v1.UnexportRequest\x1a\x1f.strait.api.v1.UnexportResponse\x12T\n" +
+	"\vListExports\x12!.strait.api.v1.ListExportsRequest\x1a\".strait.api.v1.ListExportsResponse\x12W\n" +
 	"\fCreateInvite\x12\".strait.api.v1.CreateInviteRequest\x1a#.strait.api.v1.CreateInviteResponse\x12S\n" +
 	"\x04Join\x12$.strait.api.v1.JoinFederationRequest\x1a%.strait.api.v1.JoinFederationResponse\x12E\n" +
 	"\x06Accept\x12\x1c.strait.api.v1.AcceptRequest\x1a\x1d.strait.api.v1.AcceptResponse\x12O\n" +
@@ -840,7 +1187,7 @@ func file_controlplane_api_apipb_federation_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_federation_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_controlplane_api_apipb_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_controlplane_api_apipb_federation_proto_goTypes = []any{
 	(*FederationInvite)(nil),       // 0: strait.api.v1.FederationInvite
 	(*SignedInvite)(nil),           // 1: strait.api.v1.SignedInvite
@@ -855,32 +1202,48 @@ var file_controlplane_api_apipb_federation_proto_goTypes = []any{
 	(*ListPeersFedResponse)(nil),   // 10: strait.api.v1.ListPeersFedResponse
 	(*RemovePeeringRequest)(nil),   // 11: strait.api.v1.RemovePeeringRequest
 	(*RemovePeeringResponse)(nil),  // 12: strait.api.v1.RemovePeeringResponse
-	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 14: google.protobuf.Duration
-	(*ForeignBundleStatus)(nil),    // 15: strait.api.v1.ForeignBundleStatus
+	(*Export)(nil),                 // 13: strait.api.v1.Export
+	(*ExportRequest)(nil),          // 14: strait.api.v1.ExportRequest
+	(*ExportResponse)(nil),         // 15: strait.api.v1.ExportResponse
+	(*UnexportRequest)(nil),        // 16: strait.api.v1.UnexportRequest
+	(*UnexportResponse)(nil),       // 17: strait.api.v1.UnexportResponse
+	(*ListExportsRequest)(nil),     // 18: strait.api.v1.ListExportsRequest
+	(*ListExportsResponse)(nil),    // 19: strait.api.v1.ListExportsResponse
+	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
+	(*ForeignBundleStatus)(nil),    // 22: strait.api.v1.ForeignBundleStatus
 }
 var file_controlplane_api_apipb_federation_proto_depIdxs = []int32{
-	13, // 0: strait.api.v1.FederationInvite.expires:type_name -> google.protobuf.Timestamp
-	14, // 1: strait.api.v1.CreateInviteRequest.ttl:type_name -> google.protobuf.Duration
-	13, // 2: strait.api.v1.CreateInviteResponse.expires:type_name -> google.protobuf.Timestamp
-	15, // 3: strait.api.v1.Peer.bundle:type_name -> strait.api.v1.ForeignBundleStatus
+	20, // 0: strait.api.v1.FederationInvite.expires:type_name -> google.protobuf.Timestamp
+	21, // 1: strait.api.v1.CreateInviteRequest.ttl:type_name -> google.protobuf.Duration
+	20, // 2: strait.api.v1.CreateInviteResponse.expires:type_name -> google.protobuf.Timestamp
+	22, // 3: strait.api.v1.Peer.bundle:type_name -> strait.api.v1.ForeignBundleStatus
 	5,  // 4: strait.api.v1.JoinFederationResponse.peer:type_name -> strait.api.v1.Peer
 	5,  // 5: strait.api.v1.ListPeersFedResponse.peers:type_name -> strait.api.v1.Peer
-	2,  // 6: strait.api.v1.Federation.CreateInvite:input_type -> strait.api.v1.CreateInviteRequest
-	4,  // 7: strait.api.v1.Federation.Join:input_type -> strait.api.v1.JoinFederationRequest
-	7,  // 8: strait.api.v1.Federation.Accept:input_type -> strait.api.v1.AcceptRequest
-	9,  // 9: strait.api.v1.Federation.List:input_type -> strait.api.v1.ListPeersFedRequest
-	11, // 10: strait.api.v1.Federation.Remove:input_type -> strait.api.v1.RemovePeeringRequest
-	3,  // 11: strait.api.v1.Federation.CreateInvite:output_type -> strait.api.v1.CreateInviteResponse
-	6,  // 12: strait.api.v1.Federation.Join:output_type -> strait.api.v1.JoinFederationResponse
-	8,  // 13: strait.api.v1.Federation.Accept:output_type -> strait.api.v1.AcceptResponse
-	10, // 14: strait.api.v1.Federation.List:output_type -> strait.api.v1.ListPeersFedResponse
-	12, // 15: strait.api.v1.Federation.Remove:output_type -> strait.api.v1.RemovePeeringResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	13, // 6: strait.api.v1.ExportRequest.export:type_name -> strait.api.v1.Export
+	13, // 7: strait.api.v1.ExportResponse.export:type_name -> strait.api.v1.Export
+	13, // 8: strait.api.v1.ListExportsResponse.exports:type_name -> strait.api.v1.Export
+	14, // 9: strait.api.v1.Federation.Export:input_type -> strait.api.v1.ExportRequest
+	16, // 10: strait.api.v1.Federation.Unexport:input_type -> strait.api.v1.UnexportRequest
+	18, // 11: strait.api.v1.Federation.ListExports:input_type -> strait.api.v1.ListExportsRequest
+	2,  // 12: strait.api.v1.Federation.CreateInvite:input_type -> strait.api.v1.CreateInviteRequest
+	4,  // 13: strait.api.v1.Federation.Join:input_type -> strait.api.v1.JoinFederationRequest
+	7,  // 14: strait.api.v1.Federation.Accept:input_type -> strait.api.v1.AcceptRequest
+	9,  // 15: strait.api.v1.Federation.List:input_type -> strait.api.v1.ListPeersFedRequest
+	11, // 16: strait.api.v1.Federation.Remove:input_type -> strait.api.v1.RemovePeeringRequest
+	15, // 17: strait.api.v1.Federation.Export:output_type -> strait.api.v1.ExportResponse
+	17, // 18: strait.api.v1.Federation.Unexport:output_type -> strait.api.v1.UnexportResponse
+	19, // 19: strait.api.v1.Federation.ListExports:output_type -> strait.api.v1.ListExportsResponse
+	3,  // 20: strait.api.v1.Federation.CreateInvite:output_type -> strait.api.v1.CreateInviteResponse
+	6,  // 21: strait.api.v1.Federation.Join:output_type -> strait.api.v1.JoinFederationResponse
+	8,  // 22: strait.api.v1.Federation.Accept:output_type -> strait.api.v1.AcceptResponse
+	10, // 23: strait.api.v1.Federation.List:output_type -> strait.api.v1.ListPeersFedResponse
+	12, // 24: strait.api.v1.Federation.Remove:output_type -> strait.api.v1.RemovePeeringResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_api_apipb_federation_proto_init() }
@@ -895,7 +1258,7 @@ func file_controlplane_api_apipb_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_federation_proto_rawDesc), len(file_controlplane_api_apipb_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,6 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	Federation_Export_FullMethodName       = "/strait.api.v1.Federation/Export"
+	Federation_Unexport_FullMethodName     = "/strait.api.v1.Federation/Unexport"
+	Federation_ListExports_FullMethodName  = "/strait.api.v1.Federation/ListExports"
 	Federation_CreateInvite_FullMethodName = "/strait.api.v1.Federation/CreateInvite"
 	Federation_Join_FullMethodName         = "/strait.api.v1.Federation/Join"
 	Federation_Accept_FullMethodName       = "/strait.api.v1.Federation/Accept"
@@ -30,6 +33,9 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type FederationClient interface {
+	Export(ctx context.Context, in *ExportRequest, opts ...grpc.CallOption) (*ExportResponse, error)
+	Unexport(ctx context.Context, in *UnexportRequest, opts ...grpc.CallOption) (*UnexportResponse, error)
+	ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error)
 	CreateInvite(ctx context.Context, in *CreateInviteRequest, opts ...grpc.CallOption) (*CreateInviteResponse, error)
 	Join(ctx context.Context, in *JoinFederationRequest, opts ...grpc.CallOption) (*JoinFederationResponse, error)
 	// Called by the joining site's server with the invite's secret.
@@ -44,6 +50,36 @@ type federationClient struct {
 
 func NewFederationClient(cc grpc.ClientConnInterface) FederationClient {
 	return &federationClient{cc}
+}
+
+func (c *federationClient) Export(ctx context.Context, in *ExportRequest, opts ...grpc.CallOption) (*ExportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportResponse)
+	err := c.cc.Invoke(ctx, Federation_Export_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationClient) Unexport(ctx context.Context, in *UnexportRequest, opts ...grpc.CallOption) (*UnexportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnexportResponse)
+	err := c.cc.Invoke(ctx, Federation_Unexport_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationClient) ListExports(ctx context.Context, in *ListExportsRequest, opts ...grpc.CallOption) (*ListExportsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListExportsResponse)
+	err := c.cc.Invoke(ctx, Federation_ListExports_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *federationClient) CreateInvite(ctx context.Context, in *CreateInviteRequest, opts ...grpc.CallOption) (*CreateInviteResponse, error) {
@@ -100,6 +136,9 @@ func (c *federationClient) Remove(ctx context.Context, in *RemovePeeringRequest,
 // All implementations must embed UnimplementedFederationServer
 // for forward compatibility.
 type FederationServer interface {
+	Export(context.Context, *ExportRequest) (*ExportResponse, error)
+	Unexport(context.Context, *UnexportRequest) (*UnexportResponse, error)
+	ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error)
 	CreateInvite(context.Context, *CreateInviteRequest) (*CreateInviteResponse, error)
 	Join(context.Context, *JoinFederationRequest) (*JoinFederationResponse, error)
 	// Called by the joining site's server with the invite's secret.
@@ -116,6 +155,15 @@ type FederationServer interface {
 // pointer dereference when methods are called.
 type UnimplementedFederationServer struct{}
 
+func (UnimplementedFederationServer) Export(context.Context, *ExportRequest) (*ExportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Export not implemented")
+}
+func (UnimplementedFederationServer) Unexport(context.Context, *UnexportRequest) (*UnexportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Unexport not implemented")
+}
+func (UnimplementedFederationServer) ListExports(context.Context, *ListExportsRequest) (*ListExportsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListExports not implemented")
+}
 func (UnimplementedFederationServer) CreateInvite(context.Context, *CreateInviteRequest) (*CreateInviteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateInvite not implemented")
 }
@@ -150,6 +198,60 @@ func RegisterFederationServer(s grpc.ServiceRegistrar, srv FederationServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&Federation_ServiceDesc, srv)
+}
+
+func _Federation_Export_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServer).Export(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Federation_Export_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServer).Export(ctx, req.(*ExportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Federation_Unexport_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnexportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServer).Unexport(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Federation_Unexport_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServer).Unexport(ctx, req.(*UnexportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Federation_ListExports_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListExportsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServer).ListExports(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Federation_ListExports_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServer).ListExports(ctx, req.(*ListExportsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _Federation_CreateInvite_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -249,6 +351,18 @@ var Federation_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "strait.api.v1.Federation",
 	HandlerType: (*FederationServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Export",
+			Handler:    _Federation_Export_Handler,
+		},
+		{
+			MethodName: "Unexport",
+			Handler:    _Federation_Unexport_Handler,
+		},
+		{
+			MethodName: "ListExports",
+			Handler:    _Federation_ListExports_Handler,
+		},
 		{
 			MethodName: "CreateInvite",
 			Handler:    _Federation_CreateInvite_Handler,

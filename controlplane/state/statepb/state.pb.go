@@ -101,6 +101,7 @@ type Command struct {
 	//	*Command_DropRoot
 	//	*Command_SetForeignBundle
 	//	*Command_DeleteForeignBundle
+	//	*Command_SetExport
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -285,6 +286,15 @@ func (x *Command) GetDeleteForeignBundle() *DeleteForeignBundle {
 	return nil
 }
 
+func (x *Command) GetSetExport() *apipb.Export {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetExport); ok {
+			return x.SetExport
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -349,6 +359,11 @@ type Command_DeleteForeignBundle struct {
 	DeleteForeignBundle *DeleteForeignBundle `protobuf:"bytes,16,opt,name=delete_foreign_bundle,json=deleteForeignBundle,proto3,oneof"`
 }
 
+type Command_SetExport struct {
+	// Replaces the service's export (an empty "to" removes it).
+	SetExport *apipb.Export `protobuf:"bytes,17,opt,name=set_export,json=setExport,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -378,6 +393,8 @@ func (*Command_DropRoot) isCommand_Cmd() {}
 func (*Command_SetForeignBundle) isCommand_Cmd() {}
 
 func (*Command_DeleteForeignBundle) isCommand_Cmd() {}
+
+func (*Command_SetExport) isCommand_Cmd() {}
 
 // Bootstrap initializes a site once.
 type Bootstrap struct {
@@ -1202,6 +1219,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Token
 	//	*SnapshotRecord_Entry
 	//	*SnapshotRecord_ForeignBundle
+	//	*SnapshotRecord_Export
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1298,6 +1316,15 @@ func (x *SnapshotRecord) GetForeignBundle() *ForeignBundle {
 	return nil
 }
 
+func (x *SnapshotRecord) GetExport() *apipb.Export {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Export); ok {
+			return x.Export
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1326,6 +1353,10 @@ type SnapshotRecord_ForeignBundle struct {
 	ForeignBundle *ForeignBundle `protobuf:"bytes,6,opt,name=foreign_bundle,json=foreignBundle,proto3,oneof"`
 }
 
+type SnapshotRecord_Export struct {
+	Export *apipb.Export `protobuf:"bytes,7,opt,name=export,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Site) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Service) isSnapshotRecord_Record() {}
@@ -1338,11 +1369,13 @@ func (*SnapshotRecord_Entry) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_ForeignBundle) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Export) isSnapshotRecord_Record() {}
+
 var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\"\xb2\b\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\"\xea\b\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -1363,7 +1396,9 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\ractivate_root\x18\r \x01(\v2\x1d.strait.state.v1.ActivateRootH\x00R\factivateRoot\x128\n" +
 	"\tdrop_root\x18\x0e \x01(\v2\x19.strait.state.v1.DropRootH\x00R\bdropRoot\x12N\n" +
 	"\x12set_foreign_bundle\x18\x0f \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\x10setForeignBundle\x12Z\n" +
-	"\x15delete_foreign_bundle\x18\x10 \x01(\v2$.strait.state.v1.DeleteForeignBundleH\x00R\x13deleteForeignBundleB\x05\n" +
+	"\x15delete_foreign_bundle\x18\x10 \x01(\v2$.strait.state.v1.DeleteForeignBundleH\x00R\x13deleteForeignBundle\x126\n" +
+	"\n" +
+	"set_export\x18\x11 \x01(\v2\x15.strait.api.v1.ExportH\x00R\tsetExportB\x05\n" +
 	"\x03cmd\"\xc4\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
@@ -1427,14 +1462,15 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xec\x02\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x9d\x03\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x04site\x18\x01 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\x04site\x122\n" +
 	"\aservice\x18\x02 \x01(\v2\x16.strait.api.v1.ServiceH\x00R\aservice\x125\n" +
 	"\binstance\x18\x03 \x01(\v2\x17.strait.api.v1.InstanceH\x00R\binstance\x124\n" +
 	"\x05token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordH\x00R\x05token\x124\n" +
 	"\x05entry\x18\x05 \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\x05entry\x12G\n" +
-	"\x0eforeign_bundle\x18\x06 \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\rforeignBundleB\b\n" +
+	"\x0eforeign_bundle\x18\x06 \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\rforeignBundle\x12/\n" +
+	"\x06export\x18\a \x01(\v2\x15.strait.api.v1.ExportH\x00R\x06exportB\b\n" +
 	"\x06record*X\n" +
 	"\tRootPhase\x12\x1a\n" +
 	"\x16ROOT_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1476,11 +1512,12 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*apipb.RegisterRequest)(nil),   // 17: strait.api.v1.RegisterRequest
 	(*apipb.DeregisterRequest)(nil), // 18: strait.api.v1.DeregisterRequest
 	(*apipb.WorkloadEntry)(nil),     // 19: strait.api.v1.WorkloadEntry
-	(*apipb.InstanceKey)(nil),       // 20: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 21: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 22: strait.api.v1.Token
-	(*apipb.Service)(nil),           // 23: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 24: strait.api.v1.Instance
+	(*apipb.Export)(nil),            // 20: strait.api.v1.Export
+	(*apipb.InstanceKey)(nil),       // 21: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 22: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 23: strait.api.v1.Token
+	(*apipb.Service)(nil),           // 24: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 25: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	16, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
@@ -1499,30 +1536,32 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
-	4,  // 16: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	8,  // 17: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	3,  // 18: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
-	4,  // 19: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
-	0,  // 20: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	16, // 21: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	16, // 22: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	16, // 23: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	20, // 24: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	21, // 25: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	22, // 26: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	16, // 27: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	16, // 28: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
-	2,  // 29: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	23, // 30: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	24, // 31: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 32: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	19, // 33: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	12, // 34: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	20, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
+	4,  // 17: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	8,  // 18: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	3,  // 19: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	4,  // 20: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
+	0,  // 21: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
+	16, // 22: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	16, // 23: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	16, // 24: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	21, // 25: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	22, // 26: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	23, // 27: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	16, // 28: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	16, // 29: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	2,  // 30: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	24, // 31: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	25, // 32: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 33: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	19, // 34: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 35: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	20, // 36: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -1546,6 +1585,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_DropRoot)(nil),
 		(*Command_SetForeignBundle)(nil),
 		(*Command_DeleteForeignBundle)(nil),
+		(*Command_SetExport)(nil),
 	}
 	file_controlplane_state_statepb_state_proto_msgTypes[14].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
@@ -1554,6 +1594,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*SnapshotRecord_Token)(nil),
 		(*SnapshotRecord_Entry)(nil),
 		(*SnapshotRecord_ForeignBundle)(nil),
+		(*SnapshotRecord_Export)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1,0 +1,85 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
+)
+
+func newExportCmd(g *globals) *cobra.Command {
+	var ns, svc string
+	var to []string
+	cmd := &cobra.Command{
+		Use:   "export",
+		Short: "Export a service to peer sites (only exported services ever leave a site)",
+		Example: `  strait export --ns payments --svc api --to gcp-west
+  strait export --ns payments --svc api --to '*'
+  strait export list`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &apipb.ExportRequest{Export: &apipb.Export{Namespace: ns, Service: svc, To: to}}
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Federation.Export(ctx, req)
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				e := resp.Export
+				fmt.Fprintf(g.stdout, "Exported %s/%s to %s\n", e.Namespace, e.Service, strings.Join(e.To, ", "))
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
+	cmd.Flags().StringVar(&svc, "svc", "", "service name")
+	cmd.Flags().StringSliceVar(&to, "to", nil, "peer names, or '*' for every peer (repeatable)")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List exported services and their peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Federation.ListExports(ctx, &apipb.ListExportsRequest{})
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				t := newTable(g.stdout, "NAMESPACE", "SERVICE", "TO")
+				for _, e := range resp.Exports {
+					t.row(e.Namespace, e.Service, strings.Join(e.To, ","))
+				}
+				return t.flush()
+			})
+		},
+	})
+	return cmd
+}
+
+func newUnexportCmd(g *globals) *cobra.Command {
+	var ns, svc string
+	var from []string
+	cmd := &cobra.Command{
+		Use:   "unexport",
+		Short: "Stop exporting a service (to some peers with --from, or to all)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				_, err := cl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: ns, Service: svc, From: from})
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
+	cmd.Flags().StringVar(&svc, "svc", "", "service name")
+	cmd.Flags().StringSliceVar(&from, "from", nil, "peers to stop exporting to (default: all)")
+	return cmd
+}

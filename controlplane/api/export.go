@@ -1,0 +1,121 @@
+package api
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"sync"
+
+	"google.golang.org/grpc"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+)
+
+// MaxExportPeers bounds an export's peer list.
+const MaxExportPeers = 64
+
+// exportMu serializes read-modify-write of exports on the leader, so two
+// concurrent exports of one service cannot lose each other's peers.
+var exportMu sync.Mutex
+
+func (s federationService) validPeers(field string, peers []string) error {
+	if len(peers) > MaxExportPeers {
+		return fieldErr(field, "at most %d peers", MaxExportPeers)
+	}
+	known := map[string]bool{}
+	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+		if f.PeerName != "" {
+			known[f.PeerName] = true
+		}
+	}
+	for i, p := range peers {
+		if p == "*" {
+			continue
+		}
+		if err := validLabel(field+"["+strconv.Itoa(i)+"]", p); err != nil {
+			return err
+		}
+		if !known[p] {
+			return fieldErr(field+"["+strconv.Itoa(i)+"]", "no peer named %q (see `strait federation list`)", p)
+		}
+	}
+	return nil
+}
+
+// Export adds peers to a service's export.
+func (s federationService) Export(ctx context.Context, req *apipb.ExportRequest) (*apipb.ExportResponse, error) {
+	e := req.GetExport()
+	if e == nil {
+		return nil, fieldErr("export", "is required")
+	}
+	if err := validateServiceRef(&e.Namespace, e.Service); err != nil {
+		return nil, err
+	}
+	if len(e.To) == 0 {
+		return nil, fieldErr("export.to", "name at least one peer, or \"*\" for all")
+	}
+	if err := s.validPeers("export.to", e.To); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ExportResponse, error) {
+		return apipb.NewFederationClient(c).Export(ctx, req)
+	}); ok {
+		return r, err
+	}
+	exportMu.Lock()
+	defer exportMu.Unlock()
+	to := slices.Clone(e.To)
+	for _, cur := range s.cfg.Node.Store().Exports() {
+		if cur.Namespace == e.Namespace && cur.Service == e.Service {
+			to = append(to, cur.To...)
+		}
+	}
+	slices.Sort(to)
+	to = slices.Compact(to)
+	out := &apipb.Export{Namespace: e.Namespace, Service: e.Service, To: to}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetExport{SetExport: out}}); err != nil {
+		return nil, err
+	}
+	return &apipb.ExportResponse{Export: out}, nil
+}
+
+// Unexport removes peers (or all) from a service's export.
+func (s federationService) Unexport(ctx context.Context, req *apipb.UnexportRequest) (*apipb.UnexportResponse, error) {
+	if err := validateServiceRef(&req.Namespace, req.Service); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.UnexportResponse, error) {
+		return apipb.NewFederationClient(c).Unexport(ctx, req)
+	}); ok {
+		return r, err
+	}
+	exportMu.Lock()
+	defer exportMu.Unlock()
+	var cur *apipb.Export
+	for _, e := range s.cfg.Node.Store().Exports() {
+		if e.Namespace == req.Namespace && e.Service == req.Service {
+			cur = e
+		}
+	}
+	if cur == nil {
+		return nil, toStatus(notFound("export of %s/%s", req.Namespace, req.Service))
+	}
+	var to []string
+	if len(req.From) > 0 {
+		for _, p := range cur.To {
+			if !slices.Contains(req.From, p) {
+				to = append(to, p)
+			}
+		}
+	}
+	out := &apipb.Export{Namespace: req.Namespace, Service: req.Service, To: to}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetExport{SetExport: out}}); err != nil {
+		return nil, err
+	}
+	return &apipb.UnexportResponse{}, nil
+}
+
+func (s federationService) ListExports(ctx context.Context, req *apipb.ListExportsRequest) (*apipb.ListExportsResponse, error) {
+	return &apipb.ListExportsResponse{Exports: s.cfg.Node.Store().Exports()}, nil
+}

@@ -93,10 +93,25 @@ func TestFederationJoin(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "already used") {
 		t.Fatalf("reused token: %v", err)
 	}
-	// Removing the peering removes the peer's bundle.
+	// Unpeer is only for peer sites' servers: a token is not enough.
+	if _, err := acl.Federation.Unpeer(ctx, &apipb.UnpeerRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("unpeer with a management token: %v, want PermissionDenied", err)
+	}
+	// Removing the peering on one side removes it on both: B's server
+	// calls A with its SVID, which A verifies against B's bundle.
 	if _, err := bcl.Federation.Remove(ctx, &apipb.RemovePeeringRequest{Name: "aws-east"}); err != nil {
 		t.Fatal(err)
 	}
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		l, err := acl.Federation.List(ctx, &apipb.ListPeersFedRequest{})
+		if err != nil {
+			return err
+		}
+		if len(l.Peers) != 0 {
+			return fmt.Errorf("A still lists %v", l.Peers)
+		}
+		return nil
+	})
 	if l, _ := bcl.Bundle.ListForeign(ctx, &apipb.ListForeignRequest{}); len(l.Bundles) != 0 {
 		t.Fatalf("bundle kept after removing the peering: %v", l.Bundles)
 	}

@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"time"
+
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -13,6 +15,7 @@ type metrics struct {
 	signed prometheus.Counter
 
 	leader, term, commit, applied, lastContact, peers, services, instances *prometheus.Desc
+	peerUp, peerBundleAge                                                  *prometheus.Desc
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -33,13 +36,17 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		peers:       prometheus.NewDesc("strait_raft_peers", "Servers in the Raft configuration.", []string{"suffrage"}, nil),
 		services:    prometheus.NewDesc("strait_catalog_services", "Services in the catalog.", nil, nil),
 		instances:   prometheus.NewDesc("strait_catalog_instances", "Service instances in the catalog.", nil, nil),
+		peerUp: prometheus.NewDesc("strait_federation_peer_up",
+			"1 if the last fetch of the peer site's bundle succeeded.", []string{"peer"}, nil),
+		peerBundleAge: prometheus.NewDesc("strait_federation_peer_bundle_age_seconds",
+			"Time since the peer site's bundle was last fetched successfully.", []string{"peer"}, nil),
 	}
 	reg.MustRegister(m.apply, m.signed, m)
 	return m
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.lastContact, m.peers, m.services, m.instances} {
+	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.lastContact, m.peers, m.services, m.instances, m.peerUp, m.peerBundleAge} {
 		ch <- d
 	}
 }
@@ -74,4 +81,17 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	g(m.peers, float64(nonvoters), "nonvoter")
 	g(m.services, float64(st.Services))
 	g(m.instances, float64(st.Instances))
+	for _, f := range m.s.store.ForeignBundles() {
+		if f.PeerName == "" {
+			continue
+		}
+		up := 0.0
+		if f.LastAttempt != nil && f.LastError == "" {
+			up = 1
+		}
+		g(m.peerUp, up, f.PeerName)
+		if f.LastSuccess != nil {
+			g(m.peerBundleAge, time.Since(f.LastSuccess.AsTime()).Seconds(), f.PeerName)
+		}
+	}
 }

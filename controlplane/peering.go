@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/token"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/bundleendpoint"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -211,4 +213,63 @@ func first(vals ...string) string {
 		}
 	}
 	return ""
+}
+
+// peerBundles is the federated bundle source of the server's identity:
+// the bundles of peer sites only (not other foreign bundles), each
+// verifying only its own trust domain.
+type peerBundles struct{ s *Server }
+
+func (p peerBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	f, ok := p.s.store.ForeignBundle(td.Name())
+	if !ok || f.PeerName == "" {
+		return nil, fmt.Errorf("%s is not a peer", td)
+	}
+	b, err := bundleendpoint.Parse(td, f.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	return b.X509Bundle(), nil
+}
+
+// NotifyUnpeer implements api.Node: it calls Unpeer on the peer's servers
+// with this server's SVID, verified there against this site's bundle.
+func (s *Server) NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error {
+	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
+	if err != nil {
+		return err
+	}
+	b, err := bundleendpoint.Parse(td, f.Bundle)
+	if err != nil {
+		return err
+	}
+	ident := mtls.NewIdentity(b.X509Bundle(), s.cfg.Now)
+	sv := s.ident.SVID()
+	if err := ident.SetSVID(sv.Certificates, sv.PrivateKey); err != nil {
+		return err
+	}
+	authorize := func(id spiffeid.ID) error {
+		if !trust.IsServer(id, td) {
+			return fmt.Errorf("%s is not a server of %s", id, td)
+		}
+		return nil
+	}
+	creds := credentials.NewTLS(mtls.ClientConfig(ident, authorize, mux.ProtoGRPC))
+	var errs []error
+	for _, addr := range f.PeerAddresses {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = apipb.NewFederationClient(conn).Unpeer(cctx, &apipb.UnpeerRequest{})
+		cancel()
+		conn.Close()
+		if err == nil || status.Code(err) == codes.NotFound {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	return errors.Join(errs...)
 }

@@ -130,6 +130,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if s.ident, err = newIdentitySource(s.id, s.cfg.Now); err != nil {
 		return err
 	}
+	s.ident.SetFederated(peerBundles{s})
 	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log})
 	if err != nil {
 		return err

@@ -44,6 +44,7 @@ const (
 	permAgentJoin                          // an agent token (consumed by the handler)
 	permAgentPeer                          // the caller's SVID names an agent of this site
 	permFederationAccept                   // a federation invite's secret (consumed by the handler)
+	permPeerServer                         // the caller's SVID names a server of a peer site
 )
 
 var methodPerms = map[string]permission{
@@ -75,6 +76,7 @@ var methodPerms = map[string]permission{
 	apipb.Federation_Accept_FullMethodName:       permFederationAccept,
 	apipb.Federation_List_FullMethodName:         permRead,
 	apipb.Federation_Remove_FullMethodName:       permManage,
+	apipb.Federation_Unpeer_FullMethodName:       permPeerServer,
 	apipb.Bundle_GetBundle_FullMethodName:        permRead,
 	apipb.Bundle_SetForeign_FullMethodName:       permManage,
 	apipb.Bundle_ListForeign_FullMethodName:      permRead,
@@ -104,7 +106,13 @@ const (
 	secretKey ctxKey = iota
 	serverNodeKey
 	agentNodeKey
+	peerTDKey
 )
+
+// peerTDHeader carries a peer's trust domain when one of this site's
+// servers forwards a peer's call to the leader; it is believed only from
+// this site's own servers.
+const peerTDHeader = "strait-peer-trust-domain"
 
 // bearer returns the secret part of the call's token.
 func bearer(ctx context.Context) (string, bool) {
@@ -131,6 +139,12 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			return nil, status.Error(codes.PermissionDenied, "only servers of this site, presenting their SVID, may call this")
 		}
 		return context.WithValue(ctx, serverNodeKey, node), nil
+	case permPeerServer:
+		td, ok := s.peerSite(ctx)
+		if !ok {
+			return nil, status.Error(codes.PermissionDenied, "only servers of a peer site, presenting their SVID, may call this")
+		}
+		return context.WithValue(ctx, peerTDKey, td), nil
 	case permAgentPeer:
 		id, ok := s.peerID(ctx)
 		node, isAgent := trust.AgentNode(id, s.cfg.TrustDomain())
@@ -166,6 +180,33 @@ func (s *Server) peerServer(ctx context.Context) (string, bool) {
 		return "", false
 	}
 	return trust.ServerNode(id, s.cfg.TrustDomain())
+}
+
+// peerSite returns the trust domain of a calling peer site's server: a
+// direct caller presenting a peer server's SVID, or one of this site's
+// servers forwarding for one.
+func (s *Server) peerSite(ctx context.Context) (string, bool) {
+	id, ok := s.peerID(ctx)
+	if !ok {
+		return "", false
+	}
+	td := id.TrustDomain()
+	if td == s.cfg.TrustDomain() {
+		if !trust.IsServer(id, td) {
+			return "", false
+		}
+		md, _ := metadata.FromIncomingContext(ctx)
+		v := md.Get(peerTDHeader)
+		if len(v) != 1 {
+			return "", false
+		}
+		return v[0], true
+	}
+	if !trust.IsServer(id, td) {
+		return "", false
+	}
+	f, ok := s.cfg.Node.Store().ForeignBundle(td.Name())
+	return td.Name(), ok && f.PeerName != ""
 }
 
 // peerID is the SPIFFE ID of a caller that presented a (verified) SVID.

@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -186,8 +187,36 @@ func (s federationService) Remove(ctx context.Context, req *apipb.RemovePeeringR
 			if _, _, err := s.apply(ctx, cmd); err != nil {
 				return nil, err
 			}
+			// Tell the peer, so that it removes the peering too; if it
+			// cannot be reached, it keeps a stale peering it can remove.
+			if err := s.cfg.Node.NotifyUnpeer(ctx, f); err != nil {
+				s.cfg.Logger.Warn("peer not told of the removal; remove the peering there too", "peer", f.PeerName, "err", err)
+			}
 			return &apipb.RemovePeeringResponse{}, nil
 		}
 	}
 	return nil, toStatus(notFound("peer %q", req.Name))
+}
+
+// Unpeer removes the peering of the calling peer site.
+func (s federationService) Unpeer(ctx context.Context, req *apipb.UnpeerRequest) (*apipb.UnpeerResponse, error) {
+	td, _ := ctx.Value(peerTDKey).(string)
+	if !s.cfg.Node.IsLeader() {
+		conn, err := s.cfg.Node.LeaderConn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ctx = metadata.NewOutgoingContext(ctx, metadata.Pairs(peerTDHeader, td))
+		return apipb.NewFederationClient(conn).Unpeer(ctx, req)
+	}
+	f, ok := s.cfg.Node.Store().ForeignBundle(td)
+	if !ok || f.PeerName == "" {
+		return nil, toStatus(notFound("peering with %s", td))
+	}
+	cmd := &statepb.Command{Cmd: &statepb.Command_DeleteForeignBundle{DeleteForeignBundle: &statepb.DeleteForeignBundle{TrustDomain: td}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	s.cfg.Logger.Info("peer removed the peering", "peer", f.PeerName, "trust_domain", td)
+	return &apipb.UnpeerResponse{}, nil
 }

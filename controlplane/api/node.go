@@ -77,6 +77,9 @@ type Node interface {
 	CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error)
 	// JoinFederation redeems another site's federation token (leader only).
 	JoinFederation(ctx context.Context, token, name string) (*statepb.ForeignBundle, error)
+	// NotifyUnpeer tells a removed peer's servers, authenticating with this
+	// server's SVID.
+	NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error
 	// FetchForeign fetches a foreign bundle from its endpoint.
 	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
 }

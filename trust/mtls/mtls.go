@@ -31,6 +31,17 @@ type Identity struct {
 	svid   *x509svid.SVID
 	bundle *x509bundle.Bundle
 	now    func() time.Time
+	// federated, when set, provides the bundles of other trust domains
+	// whose peers may be verified (each against its own bundle).
+	federated x509bundle.Source
+}
+
+// SetFederated lets peers of other trust domains be verified against
+// their own bundles from src. Authorization decides what they may do.
+func (i *Identity) SetFederated(src x509bundle.Source) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.federated = src
 }
 
 // NewIdentity returns an identity with no SVID yet (a client that only
@@ -89,14 +100,19 @@ func (i *Identity) Bundle() *x509bundle.Bundle {
 	return i.bundle
 }
 
-// GetX509BundleForTrustDomain implements x509bundle.Source for the local
-// trust domain only.
+// GetX509BundleForTrustDomain implements x509bundle.Source: the local
+// trust domain's bundle, or a federated one when a source is set.
 func (i *Identity) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	b := i.Bundle()
-	if b.TrustDomain() != td {
-		return nil, fmt.Errorf("no bundle for trust domain %q", td)
+	i.mu.RLock()
+	b, fed := i.bundle, i.federated
+	i.mu.RUnlock()
+	if b.TrustDomain() == td {
+		return b, nil
 	}
-	return b, nil
+	if fed != nil {
+		return fed.GetX509BundleForTrustDomain(td)
+	}
+	return nil, fmt.Errorf("no bundle for trust domain %q", td)
 }
 
 func (i *Identity) certificate() (*tls.Certificate, error) {

@@ -1017,6 +1017,78 @@ func (*UnexportResponse) Descriptor() ([]byte, []int) {
 	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{17}
 }
 
+type UnpeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnpeerRequest) Reset() {
+	*x = UnpeerRequest{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnpeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnpeerRequest) ProtoMessage() {}
+
+func (x *UnpeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnpeerRequest.ProtoReflect.Descriptor instead.
+func (*UnpeerRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{18}
+}
+
+type UnpeerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnpeerResponse) Reset() {
+	*x = UnpeerResponse{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnpeerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnpeerResponse) ProtoMessage() {}
+
+func (x *UnpeerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnpeerResponse.ProtoReflect.Descriptor instead.
+func (*UnpeerResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{19}
+}
+
 type ListExportsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1025,7 +1097,7 @@ type ListExportsRequest struct {
 
 func (x *ListExportsRequest) Reset() {
 	*x = ListExportsRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1109,7 @@ func (x *ListExportsRequest) String() string {
 func (*ListExportsRequest) ProtoMessage() {}
 
 func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1122,7 @@ func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
 func (*ListExportsRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{20}
 }
 
 type ListExportsResponse struct {
@@ -1062,7 +1134,7 @@ type ListExportsResponse struct {
 
 func (x *ListExportsResponse) Reset() {
 	*x = ListExportsResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1146,7 @@ func (x *ListExportsResponse) String() string {
 func (*ListExportsResponse) ProtoMessage() {}
 
 func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1159,7 @@ func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
 func (*ListExportsResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{19}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListExportsResponse) GetExports() []*Export {
@@ -1160,10 +1232,12 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
 	"\x04from\x18\x03 \x03(\tR\x04from\"\x12\n" +
-	"\x10UnexportResponse\"\x14\n" +
+	"\x10UnexportResponse\"\x0f\n" +
+	"\rUnpeerRequest\"\x10\n" +
+	"\x0eUnpeerResponse\"\x14\n" +
 	"\x12ListExportsRequest\"F\n" +
 	"\x13ListExportsResponse\x12/\n" +
-	"\aexports\x18\x01 \x03(\v2\x15.strait.api.v1.ExportR\aexports2\x91\x05\n" +
+	"\aexports\x18\x01 \x03(\v2\x15.strait.api.v1.ExportR\aexports2\xd8\x05\n" +
 	"\n" +
 	"Federation\x12E\n" +
 	"\x06Export\x12\x1c.strait.api.v1.ExportRequest\x1a\x1d.strait.api.v1.ExportResponse\x12K\n" +
@@ -1173,7 +1247,8 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\x04Join\x12$.strait.api.v1.JoinFederationRequest\x1a%.strait.api.v1.JoinFederationResponse\x12E\n" +
 	"\x06Accept\x12\x1c.strait.api.v1.AcceptRequest\x1a\x1d.strait.api.v1.AcceptResponse\x12O\n" +
 	"\x04List\x12\".strait.api.v1.ListPeersFedRequest\x1a#.strait.api.v1.ListPeersFedResponse\x12S\n" +
-	"\x06Remove\x12#.strait.api.v1.RemovePeeringRequest\x1a$.strait.api.v1.RemovePeeringResponseB5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
+	"\x06Remove\x12#.strait.api.v1.RemovePeeringRequest\x1a$.strait.api.v1.RemovePeeringResponse\x12E\n" +
+	"\x06Unpeer\x12\x1c.strait.api.v1.UnpeerRequest\x1a\x1d.strait.api.v1.UnpeerResponseB5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
 
 var (
 	file_controlplane_api_apipb_federation_proto_rawDescOnce sync.Once
@@ -1187,7 +1262,7 @@ func file_controlplane_api_apipb_federation_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_federation_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_controlplane_api_apipb_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_controlplane_api_apipb_federation_proto_goTypes = []any{
 	(*FederationInvite)(nil),       // 0: strait.api.v1.FederationInvite
 	(*SignedInvite)(nil),           // 1: strait.api.v1.SignedInvite
@@ -1207,17 +1282,19 @@ var file_controlplane_api_apipb_federation_proto_goTypes = []any{
 	(*ExportResponse)(nil),         // 15: strait.api.v1.ExportResponse
 	(*UnexportRequest)(nil),        // 16: strait.api.v1.UnexportRequest
 	(*UnexportResponse)(nil),       // 17: strait.api.v1.UnexportResponse
-	(*ListExportsRequest)(nil),     // 18: strait.api.v1.ListExportsRequest
-	(*ListExportsResponse)(nil),    // 19: strait.api.v1.ListExportsResponse
-	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
-	(*ForeignBundleStatus)(nil),    // 22: strait.api.v1.ForeignBundleStatus
+	(*UnpeerRequest)(nil),          // 18: strait.api.v1.UnpeerRequest
+	(*UnpeerResponse)(nil),         // 19: strait.api.v1.UnpeerResponse
+	(*ListExportsRequest)(nil),     // 20: strait.api.v1.ListExportsRequest
+	(*ListExportsResponse)(nil),    // 21: strait.api.v1.ListExportsResponse
+	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 23: google.protobuf.Duration
+	(*ForeignBundleStatus)(nil),    // 24: strait.api.v1.ForeignBundleStatus
 }
 var file_controlplane_api_apipb_federation_proto_depIdxs = []int32{
-	20, // 0: strait.api.v1.FederationInvite.expires:type_name -> google.protobuf.Timestamp
-	21, // 1: strait.api.v1.CreateInviteRequest.ttl:type_name -> google.protobuf.Duration
-	20, // 2: strait.api.v1.CreateInviteResponse.expires:type_name -> google.protobuf.Timestamp
-	22, // 3: strait.api.v1.Peer.bundle:type_name -> strait.api.v1.ForeignBundleStatus
+	22, // 0: strait.api.v1.FederationInvite.expires:type_name -> google.protobuf.Timestamp
+	23, // 1: strait.api.v1.CreateInviteRequest.ttl:type_name -> google.protobuf.Duration
+	22, // 2: strait.api.v1.CreateInviteResponse.expires:type_name -> google.protobuf.Timestamp
+	24, // 3: strait.api.v1.Peer.bundle:type_name -> strait.api.v1.ForeignBundleStatus
 	5,  // 4: strait.api.v1.JoinFederationResponse.peer:type_name -> strait.api.v1.Peer
 	5,  // 5: strait.api.v1.ListPeersFedResponse.peers:type_name -> strait.api.v1.Peer
 	13, // 6: strait.api.v1.ExportRequest.export:type_name -> strait.api.v1.Export
@@ -1225,22 +1302,24 @@ var file_controlplane_api_apipb_federation_proto_depIdxs = []int32{
 	13, // 8: strait.api.v1.ListExportsResponse.exports:type_name -> strait.api.v1.Export
 	14, // 9: strait.api.v1.Federation.Export:input_type -> strait.api.v1.ExportRequest
 	16, // 10: strait.api.v1.Federation.Unexport:input_type -> strait.api.v1.UnexportRequest
-	18, // 11: strait.api.v1.Federation.ListExports:input_type -> strait.api.v1.ListExportsRequest
+	20, // 11: strait.api.v1.Federation.ListExports:input_type -> strait.api.v1.ListExportsRequest
 	2,  // 12: strait.api.v1.Federation.CreateInvite:input_type -> strait.api.v1.CreateInviteRequest
 	4,  // 13: strait.api.v1.Federation.Join:input_type -> strait.api.v1.JoinFederationRequest
 	7,  // 14: strait.api.v1.Federation.Accept:input_type -> strait.api.v1.AcceptRequest
 	9,  // 15: strait.api.v1.Federation.List:input_type -> strait.api.v1.ListPeersFedRequest
 	11, // 16: strait.api.v1.Federation.Remove:input_type -> strait.api.v1.RemovePeeringRequest
-	15, // 17: strait.api.v1.Federation.Export:output_type -> strait.api.v1.ExportResponse
-	17, // 18: strait.api.v1.Federation.Unexport:output_type -> strait.api.v1.UnexportResponse
-	19, // 19: strait.api.v1.Federation.ListExports:output_type -> strait.api.v1.ListExportsResponse
-	3,  // 20: strait.api.v1.Federation.CreateInvite:output_type -> strait.api.v1.CreateInviteResponse
-	6,  // 21: strait.api.v1.Federation.Join:output_type -> strait.api.v1.JoinFederationResponse
-	8,  // 22: strait.api.v1.Federation.Accept:output_type -> strait.api.v1.AcceptResponse
-	10, // 23: strait.api.v1.Federation.List:output_type -> strait.api.v1.ListPeersFedResponse
-	12, // 24: strait.api.v1.Federation.Remove:output_type -> strait.api.v1.RemovePeeringResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
+	18, // 17: strait.api.v1.Federation.Unpeer:input_type -> strait.api.v1.UnpeerRequest
+	15, // 18: strait.api.v1.Federation.Export:output_type -> strait.api.v1.ExportResponse
+	17, // 19: strait.api.v1.Federation.Unexport:output_type -> strait.api.v1.UnexportResponse
+	21, // 20: strait.api.v1.Federation.ListExports:output_type -> strait.api.v1.ListExportsResponse
+	3,  // 21: strait.api.v1.Federation.CreateInvite:output_type -> strait.api.v1.CreateInviteResponse
+	6,  // 22: strait.api.v1.Federation.Join:output_type -> strait.api.v1.JoinFederationResponse
+	8,  // 23: strait.api.v1.Federation.Accept:output_type -> strait.api.v1.AcceptResponse
+	10, // 24: strait.api.v1.Federation.List:output_type -> strait.api.v1.ListPeersFedResponse
+	12, // 25: strait.api.v1.Federation.Remove:output_type -> strait.api.v1.RemovePeeringResponse
+	19, // 26: strait.api.v1.Federation.Unpeer:output_type -> strait.api.v1.UnpeerResponse
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1258,7 +1337,7 @@ func file_controlplane_api_apipb_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_federation_proto_rawDesc), len(file_controlplane_api_apipb_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

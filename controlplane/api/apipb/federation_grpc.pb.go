@@ -27,6 +27,7 @@ const (
 	Federation_Accept_FullMethodName       = "/strait.api.v1.Federation/Accept"
 	Federation_List_FullMethodName         = "/strait.api.v1.Federation/List"
 	Federation_Remove_FullMethodName       = "/strait.api.v1.Federation/Remove"
+	Federation_Unpeer_FullMethodName       = "/strait.api.v1.Federation/Unpeer"
 )
 
 // FederationClient is the client API for Federation service.
@@ -42,6 +43,9 @@ type FederationClient interface {
 	Accept(ctx context.Context, in *AcceptRequest, opts ...grpc.CallOption) (*AcceptResponse, error)
 	List(ctx context.Context, in *ListPeersFedRequest, opts ...grpc.CallOption) (*ListPeersFedResponse, error)
 	Remove(ctx context.Context, in *RemovePeeringRequest, opts ...grpc.CallOption) (*RemovePeeringResponse, error)
+	// Called by a peer's server (its SVID, verified against its bundle)
+	// when that peer removes the peering: this side removes it too.
+	Unpeer(ctx context.Context, in *UnpeerRequest, opts ...grpc.CallOption) (*UnpeerResponse, error)
 }
 
 type federationClient struct {
@@ -132,6 +136,16 @@ func (c *federationClient) Remove(ctx context.Context, in *RemovePeeringRequest,
 	return out, nil
 }
 
+func (c *federationClient) Unpeer(ctx context.Context, in *UnpeerRequest, opts ...grpc.CallOption) (*UnpeerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnpeerResponse)
+	err := c.cc.Invoke(ctx, Federation_Unpeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FederationServer is the server API for Federation service.
 // All implementations must embed UnimplementedFederationServer
 // for forward compatibility.
@@ -145,6 +159,9 @@ type FederationServer interface {
 	Accept(context.Context, *AcceptRequest) (*AcceptResponse, error)
 	List(context.Context, *ListPeersFedRequest) (*ListPeersFedResponse, error)
 	Remove(context.Context, *RemovePeeringRequest) (*RemovePeeringResponse, error)
+	// Called by a peer's server (its SVID, verified against its bundle)
+	// when that peer removes the peering: this side removes it too.
+	Unpeer(context.Context, *UnpeerRequest) (*UnpeerResponse, error)
 	mustEmbedUnimplementedFederationServer()
 }
 
@@ -178,6 +195,9 @@ func (UnimplementedFederationServer) List(context.Context, *ListPeersFedRequest)
 }
 func (UnimplementedFederationServer) Remove(context.Context, *RemovePeeringRequest) (*RemovePeeringResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Remove not implemented")
+}
+func (UnimplementedFederationServer) Unpeer(context.Context, *UnpeerRequest) (*UnpeerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Unpeer not implemented")
 }
 func (UnimplementedFederationServer) mustEmbedUnimplementedFederationServer() {}
 func (UnimplementedFederationServer) testEmbeddedByValue()                    {}
@@ -344,6 +364,24 @@ func _Federation_Remove_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Federation_Unpeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnpeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServer).Unpeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Federation_Unpeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServer).Unpeer(ctx, req.(*UnpeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Federation_ServiceDesc is the grpc.ServiceDesc for Federation service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -382,6 +420,10 @@ var Federation_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Remove",
 			Handler:    _Federation_Remove_Handler,
+		},
+		{
+			MethodName: "Unpeer",
+			Handler:    _Federation_Unpeer_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -74,6 +74,23 @@ func (s *Server) serverAddresses() ([]string, error) {
 	return out, nil
 }
 
+// peerFacing is what a peer needs to trust and reach this site: the
+// bundle endpoint URL, the bundle document and the servers' addresses.
+func (s *Server) peerFacing() (url string, bundle []byte, addrs []string, err error) {
+	if url, err = s.bundleURL(); err != nil {
+		return
+	}
+	own, err := s.OwnBundle()
+	if err != nil {
+		return
+	}
+	if bundle, err = own.Marshal(); err != nil {
+		return
+	}
+	addrs, err = s.serverAddresses()
+	return
+}
+
 func newSecret() (secret string, accessor string, err error) {
 	b := make([]byte, 48)
 	if _, err := rand.Read(b); err != nil {
@@ -84,19 +101,7 @@ func newSecret() (secret string, accessor string, err error) {
 
 // CreateInvite implements api.Node.
 func (s *Server) CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error) {
-	url, err := s.bundleURL()
-	if err != nil {
-		return nil, err
-	}
-	own, err := s.OwnBundle()
-	if err != nil {
-		return nil, err
-	}
-	doc, err := own.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := s.serverAddresses()
+	url, doc, addrs, err := s.peerFacing()
 	if err != nil {
 		return nil, err
 	}
@@ -138,19 +143,7 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 	if err := api.CheckPeerFree(s.store, s.id.td, name, inv.TrustDomain); err != nil {
 		return nil, err
 	}
-	url, err := s.bundleURL()
-	if err != nil {
-		return nil, err
-	}
-	own, err := s.OwnBundle()
-	if err != nil {
-		return nil, err
-	}
-	doc, err := own.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := s.serverAddresses()
+	url, doc, addrs, err := s.peerFacing()
 	if err != nil {
 		return nil, err
 	}

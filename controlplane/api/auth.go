@@ -18,6 +18,7 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/mtls"
 )
@@ -171,6 +172,32 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		return nil, status.Errorf(codes.PermissionDenied, "a %s token may not call %s", kindName(rec.Token.Kind), method)
 	}
 	return ctx, nil
+}
+
+// consumeToken uses the call's bearer token once, through Raft. It must
+// be of kind (else PermissionDenied with invalid), unexpired and not used
+// up. check, when set, runs before the token is consumed, so a request
+// refused for another reason does not burn it.
+func (s *Server) consumeToken(ctx context.Context, kind apipb.TokenKind, invalid string, check func() error) (*statepb.TokenRecord, error) {
+	secret, _ := ctx.Value(secretKey).(string)
+	h := state.HashSecret(secret)
+	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
+	if !ok || rec.Token.Kind != kind {
+		return nil, status.Error(codes.PermissionDenied, invalid)
+	}
+	if err := state.Usable(rec.Token, s.cfg.Now()); err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "token %v: ask for a new one", err)
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return nil, err
+		}
+	}
+	cmd := &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
 // peerServer returns the node name of a caller presenting a server SVID.

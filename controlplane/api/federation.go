@@ -134,20 +134,10 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	}); ok {
 		return r, err
 	}
-	st := s.cfg.Node.Store()
-	secret, _ := ctx.Value(secretKey).(string)
-	h := state.HashSecret(secret)
-	rec, ok := st.TokenBySecret(h)
-	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_FEDERATION {
-		return nil, status.Error(codes.PermissionDenied, "the federation token is not valid here (unknown, revoked, or from another site)")
-	}
-	if err := state.Usable(rec.Token, s.cfg.Now()); err != nil {
-		return nil, status.Errorf(codes.PermissionDenied, "the federation token is %v: ask for a new one", err)
-	}
-	if err := CheckPeerFree(st, s.cfg.TrustDomain(), name, td.Name()); err != nil {
-		return nil, err
-	}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}); err != nil {
+	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_FEDERATION,
+		"the federation token is not valid here (unknown, revoked, or from another site)",
+		func() error { return CheckPeerFree(s.cfg.Node.Store(), s.cfg.TrustDomain(), name, td.Name()) })
+	if err != nil {
 		return nil, err
 	}
 	seq, _ := b.SequenceNumber()

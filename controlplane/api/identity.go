@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
@@ -141,14 +140,8 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	}); ok {
 		return r, err
 	}
-	secret, _ := ctx.Value(secretKey).(string)
-	h := state.HashSecret(secret)
-	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
-	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_AGENT {
-		return nil, status.Error(codes.PermissionDenied, "not a valid agent token: create one with `strait token create --kind agent`")
-	}
-	cmd := &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}
-	if _, _, err := s.apply(ctx, cmd); err != nil {
+	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_AGENT, "not a valid agent token: create one with `strait token create --kind agent`", nil)
+	if err != nil {
 		return nil, err
 	}
 	id, err := trust.AgentID(s.cfg.TrustDomain(), req.Node)

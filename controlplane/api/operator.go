@@ -4,12 +4,8 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/meshname"
 )
 
@@ -77,14 +73,8 @@ func (s *Server) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinR
 	}); ok {
 		return r, err
 	}
-	secret, _ := ctx.Value(secretKey).(string)
-	h := state.HashSecret(secret)
-	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
-	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_SERVER {
-		return nil, status.Error(codes.PermissionDenied, "not a valid server join token: create one with `strait token create --kind server`")
-	}
-	cmd := &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: h[:]}}}
-	if _, _, err := s.apply(ctx, cmd); err != nil {
+	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_SERVER, "not a valid server join token: create one with `strait token create --kind server`", nil)
+	if err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Info("server joining", "node", req.NodeId, "address", req.Address, "token_accessor", rec.Token.AccessorId)

@@ -318,3 +318,20 @@ func TestCARotationAcrossServers(t *testing.T) {
 	c.AddServer("s3")
 	c.WaitVoters(4)
 }
+
+// TestWritesThroughFollowerRideOverLeaderLoss: a client keeps writing to
+// one follower while the leader dies; the follower's forwards fail until a
+// new leader is elected, and the client's retries must carry every write.
+func TestWritesThroughFollowerRideOverLeaderLoss(t *testing.T) {
+	c := controlplanetest.Start(t, 3, controlplanetest.Options{})
+	l := c.Leader()
+	f := (l + 1) % 3
+	cl := c.Client(f)
+	register(t, cl, "api", "warm") // the follower has a connection to the leader
+	if err := c.Nodes[l].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		register(t, cl, "api", fmt.Sprintf("during-%d", i))
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
@@ -140,7 +141,13 @@ func (p *connPool) get(addr string, creds func() credentials.TransportCredential
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds()))
+	// Servers come back fast; gRPC's default reconnect backoff (up to 120s)
+	// would keep forwards failing long after a restarted leader is up.
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		}))
 	if err != nil {
 		return nil, err
 	}

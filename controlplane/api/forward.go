@@ -2,9 +2,11 @@ package api
 
 import (
 	"context"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -40,10 +42,36 @@ func forwardRead[Resp any](ctx context.Context, s *Server, call func(context.Con
 	if err != nil {
 		return resp, true, err
 	}
+	if !ready(ctx, conn) {
+		// Nothing was sent: the leader we know of cannot be reached (it
+		// may have just died); the client retries after the election.
+		return resp, true, ErrNoLeader
+	}
 	out := metadata.Pairs(forwardedHeader, "1")
 	for _, v := range md.Get(authHeader) {
 		out.Append(authHeader, v)
 	}
 	resp, err = call(metadata.NewOutgoingContext(ctx, out), conn)
 	return resp, true, err
+}
+
+// ready waits briefly for conn to the leader to be usable. A connection
+// that fails to come up means a forwarded call would not have been sent.
+func ready(ctx context.Context, conn *grpc.ClientConn) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for {
+		st := conn.GetState()
+		switch st {
+		case connectivity.Ready:
+			return true
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return false
+		case connectivity.Idle:
+			conn.Connect()
+		}
+		if !conn.WaitForStateChange(ctx, st) {
+			return false
+		}
+	}
 }

@@ -567,3 +567,58 @@ func (s *site) agentClient(t *testing.T) *apiclient.Client {
 	t.Cleanup(func() { cl.Close() })
 	return cl
 }
+
+// TestAgentSurvivesServerLoss: an agent knowing all three servers keeps
+// issuing and rotating when the server it talks to dies.
+func TestAgentSurvivesServerLoss(t *testing.T) {
+	c := controlplanetest.Start(t, 3, controlplanetest.Options{Site: "dc1"})
+	ctx := controlplanetest.Ctx(t)
+	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := os.MkdirTemp("", "sa")
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}, agentDir: t.TempDir(), reg: prometheus.NewRegistry()}
+	var addrs []string
+	for _, n := range c.Nodes {
+		addrs = append(addrs, n.Addr)
+	}
+	a, err := agent.New(agent.Config{Node: "node1", Servers: addrs, JoinToken: tok.Secret, DataDir: s.agentDir,
+		SocketPath: s.socket, Now: s.clock.Now, CheckInterval: 50 * time.Millisecond, Logger: testLogger(), Registerer: s.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	s.agent = a
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	src := s.source(t, "api")
+	before, _ := src.GetX509SVID()
+
+	// pick_first talks to the first address: stop that server.
+	if err := c.Nodes[0].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// A new entry still reaches the agent, and rotation still works.
+	cl := c.Client(c.Leader())
+	_, err = cl.Workload.CreateEntry(ctx, &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
+		Namespace: "payments", Service: "web", Agent: "node1", Selectors: []*apipb.Selector{uidSel(os.Getuid())}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.source(t, "web")
+	s.clock.Advance(31 * time.Minute)
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		now, err := src.GetX509SVID()
+		if err != nil {
+			return err
+		}
+		if now.Certificates[0].SerialNumber.Cmp(before.Certificates[0].SerialNumber) == 0 {
+			return errors.New("not rotated after losing a server")
+		}
+		return nil
+	})
+}

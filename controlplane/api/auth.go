@@ -67,6 +67,8 @@ var methodPerms = map[string]permission{
 	apipb.Cluster_Promote_FullMethodName:         permServerPeer,
 	apipb.Cluster_Leave_FullMethodName:           permServerPeer,
 	apipb.Workload_CreateEntry_FullMethodName:    permManage,
+	apipb.Workload_ListAgents_FullMethodName:     permRead,
+	apipb.Workload_RevokeAgent_FullMethodName:    permManage,
 	apipb.Workload_ListEntries_FullMethodName:    permRead,
 	apipb.Workload_DeleteEntry_FullMethodName:    permManage,
 	apipb.Federation_CreateInvite_FullMethodName: permManage,
@@ -151,6 +153,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		node, isAgent := trust.AgentNode(id, s.cfg.TrustDomain())
 		if !ok || !isAgent {
 			return nil, status.Error(codes.PermissionDenied, "only agents of this site, presenting their SVID, may call this")
+		}
+		if a, known := s.cfg.Node.Store().Agent(node); !known || a.Revoked {
+			return nil, status.Errorf(codes.PermissionDenied, "agent %q is revoked or unknown to this site", node)
 		}
 		return context.WithValue(ctx, agentNodeKey, node), nil
 	}

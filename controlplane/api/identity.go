@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
@@ -140,8 +142,18 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	}); ok {
 		return r, err
 	}
-	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_AGENT, "not a valid agent token: create one with `strait token create --kind agent`", nil)
+	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_AGENT, "not a valid agent token: create one with `strait token create --kind agent`",
+		func() error {
+			if a, ok := s.cfg.Node.Store().Agent(req.Node); ok && !a.Revoked {
+				return status.Errorf(codes.AlreadyExists, "agent %q has already joined; if it lost its identity, run `strait agent revoke %s` first", req.Node, req.Node)
+			}
+			return nil
+		})
 	if err != nil {
+		return nil, err
+	}
+	record := &apipb.Agent{Node: req.Node, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetAgent{SetAgent: record}}); err != nil {
 		return nil, err
 	}
 	id, err := trust.AgentID(s.cfg.TrustDomain(), req.Node)
@@ -158,6 +170,33 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	}
 	s.cfg.Logger.Info("agent joined", "agent", req.Node, "token_accessor", rec.Token.AccessorId)
 	return &apipb.AgentJoinResponse{TrustDomain: s.cfg.TrustDomain().Name(), Svid: [][]byte{cert.Raw}, Bundle: ders(auth)}, nil
+}
+
+func (s *Server) ListAgents(ctx context.Context, req *apipb.ListAgentsRequest) (*apipb.ListAgentsResponse, error) {
+	return &apipb.ListAgentsResponse{Agents: s.cfg.Node.Store().Agents()}, nil
+}
+
+// RevokeAgent makes every server refuse the agent's SVID from now on.
+func (s *Server) RevokeAgent(ctx context.Context, req *apipb.RevokeAgentRequest) (*apipb.RevokeAgentResponse, error) {
+	if err := validLabel("node", req.Node); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RevokeAgentResponse, error) {
+		return apipb.NewWorkloadClient(c).RevokeAgent(ctx, req)
+	}); ok {
+		return r, err
+	}
+	a, ok := s.cfg.Node.Store().Agent(req.Node)
+	if !ok {
+		return nil, toStatus(notFound("agent %q", req.Node))
+	}
+	n := proto.Clone(a).(*apipb.Agent)
+	n.Revoked = true
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetAgent{SetAgent: n}}); err != nil {
+		return nil, err
+	}
+	s.cfg.Logger.Info("agent revoked", "agent", req.Node)
+	return &apipb.RevokeAgentResponse{}, nil
 }
 
 // RenewAgent re-issues the calling agent's SVID. Any server can sign.

@@ -96,6 +96,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, e := range f.exports {
 		snap.exports = append(snap.exports, e)
 	}
+	for _, a := range f.agents {
+		snap.agents = append(snap.agents, a)
+	}
 	return snap, nil
 }
 
@@ -108,6 +111,7 @@ type fsmSnapshot struct {
 	entries   []*apipb.WorkloadEntry
 	foreign   []*statepb.ForeignBundle
 	exports   []*apipb.Export
+	agents    []*apipb.Agent
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -162,6 +166,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, v := range s.agents {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Agent{Agent: v}}); err != nil {
+			return err
+		}
+	}
 	return bw.Flush()
 }
 
@@ -213,6 +222,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			n.foreign[r.ForeignBundle.TrustDomain] = r.ForeignBundle
 		case *statepb.SnapshotRecord_Export:
 			n.exports[ServiceKey{r.Export.Namespace, r.Export.Service}] = r.Export
+		case *statepb.SnapshotRecord_Agent:
+			n.agents[r.Agent.Node] = r.Agent
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
@@ -235,6 +246,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.entries = n.entries
 	f.foreign = n.foreign
 	f.exports = n.exports
+	f.agents = n.agents
 	f.events.restart(hdr.Index)
 	f.identityChanged()
 	return nil

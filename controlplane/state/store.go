@@ -31,6 +31,7 @@ type Store struct {
 	entries   map[string]*apipb.WorkloadEntry   // by ID
 	foreign   map[string]*statepb.ForeignBundle // by trust domain
 	exports   map[ServiceKey]*apipb.Export
+	agents    map[string]*apipb.Agent // by node
 	events    *publisher
 	// identityCh is closed (and replaced) whenever workload entries or the
 	// site's CA change; agents' watches wait on it.
@@ -59,6 +60,7 @@ func (s *Store) reset() {
 	s.entries = make(map[string]*apipb.WorkloadEntry)
 	s.foreign = make(map[string]*statepb.ForeignBundle)
 	s.exports = make(map[ServiceKey]*apipb.Export)
+	s.agents = make(map[string]*apipb.Agent)
 	s.identityCh = make(chan struct{})
 }
 
@@ -259,6 +261,8 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		err = s.applyAddJWTKey(index, c.AddJwtKey)
 	case *statepb.Command_SetExport:
 		s.applySetExport(c.SetExport)
+	case *statepb.Command_SetAgent:
+		s.agents[c.SetAgent.Node] = proto.Clone(c.SetAgent).(*apipb.Agent)
 	case *statepb.Command_SetForeignBundle:
 		err = s.applySetForeign(c.SetForeignBundle)
 	case *statepb.Command_DeleteForeignBundle:
@@ -326,6 +330,10 @@ func wellFormed(cmd *statepb.Command) error {
 		k := c.AddJwtKey
 		if k.Kid == "" || len(k.PublicKey) == 0 || len(k.SealedKey) == 0 {
 			return bad("jwt key without kid, public key or sealed key")
+		}
+	case *statepb.Command_SetAgent:
+		if c.SetAgent.Node == "" {
+			return bad("agent without a node name")
 		}
 	case *statepb.Command_SetExport:
 		if c.SetExport.Namespace == "" || c.SetExport.Service == "" {
@@ -416,6 +424,26 @@ func (s *Store) applyAddJWTKey(index uint64, k *statepb.JWTKey) error {
 		site.JwtKeys = append(site.JwtKeys, proto.Clone(k).(*statepb.JWTKey))
 		return nil
 	})
+}
+
+// Agent returns an agent's record.
+func (s *Store) Agent(node string) (*apipb.Agent, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok := s.agents[node]
+	return a, ok
+}
+
+// Agents lists agents sorted by node name.
+func (s *Store) Agents() []*apipb.Agent {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*apipb.Agent, 0, len(s.agents))
+	for _, a := range s.agents {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
 }
 
 // Exports lists exports sorted by namespace and service.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -621,4 +622,47 @@ func TestAgentSurvivesServerLoss(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestAgentRevocation(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	s.source(t, "api")
+	ctx := controlplanetest.Ctx(t)
+	mgmt := s.c.Client(0)
+
+	// A second agent claiming the same node name is refused while the
+	// first is live.
+	tok, err := mgmt.ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := os.MkdirTemp("", "sa")
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	dup, err := agent.New(agent.Config{Node: "node1", Servers: []string{s.c.Nodes[0].Addr}, JoinToken: tok.Secret,
+		DataDir: t.TempDir(), SocketPath: filepath.Join(dir, "dup.sock"), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dup.Run(ctx); err == nil || !strings.Contains(err.Error(), "already joined") {
+		t.Fatalf("duplicate agent: %v", err)
+	}
+
+	list, err := mgmt.Workload.ListAgents(ctx, &apipb.ListAgentsRequest{})
+	if err != nil || len(list.Agents) != 1 || list.Agents[0].Node != "node1" || list.Agents[0].Revoked {
+		t.Fatalf("agents %v %v", list, err)
+	}
+	if _, err := mgmt.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: "node1"}); err != nil {
+		t.Fatal(err)
+	}
+	// Every call with the revoked agent's SVID is refused at once.
+	key, _ := ca.NewKey()
+	csr, _ := ca.NewCSR(key)
+	_, err = s.agentClient(t).Identity.RenewAgent(ctx, &apipb.RenewAgentRequest{Csr: csr})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("revoked agent renewing: %v, want PermissionDenied", err)
+	}
+	if _, err := mgmt.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("revoking an unknown agent: %v, want NotFound", err)
+	}
 }

@@ -1,10 +1,15 @@
 package cli
 
 import (
+	"context"
+	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/trust/agent"
 )
 
@@ -56,5 +61,36 @@ SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address for Prometheus /metrics (default: off)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "", "text or json")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the agents that joined this site",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Workload.ListAgents(ctx, &apipb.ListAgentsRequest{})
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				t := newTable(g.stdout, "NODE", "JOINED", "TOKEN", "REVOKED")
+				for _, a := range resp.Agents {
+					t.row(a.Node, a.Joined.AsTime().Format(time.RFC3339), a.TokenAccessor, fmt.Sprint(a.Revoked))
+				}
+				return t.flush()
+			})
+		},
+	}, &cobra.Command{
+		Use:   "revoke NODE",
+		Short: "Revoke an agent: servers refuse its SVID at once; it must rejoin with a new token",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				_, err := cl.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: args[0]})
+				return err
+			})
+		},
+	})
 	return cmd
 }

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -430,6 +431,237 @@ func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
 	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{7}
 }
 
+// Workload registrations, for operators.
+// Agent is an agent that joined the site.
+type Agent struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Node   string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Joined *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=joined,proto3" json:"joined,omitempty"`
+	// The agent token it joined with.
+	TokenAccessor string `protobuf:"bytes,3,opt,name=token_accessor,json=tokenAccessor,proto3" json:"token_accessor,omitempty"`
+	Revoked       bool   `protobuf:"varint,4,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Agent) Reset() {
+	*x = Agent{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Agent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Agent) ProtoMessage() {}
+
+func (x *Agent) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Agent.ProtoReflect.Descriptor instead.
+func (*Agent) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Agent) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Agent) GetJoined() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Joined
+	}
+	return nil
+}
+
+func (x *Agent) GetTokenAccessor() string {
+	if x != nil {
+		return x.TokenAccessor
+	}
+	return ""
+}
+
+func (x *Agent) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+type ListAgentsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAgentsRequest) Reset() {
+	*x = ListAgentsRequest{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAgentsRequest) ProtoMessage() {}
+
+func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
+func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{9}
+}
+
+type ListAgentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agents        []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAgentsResponse) Reset() {
+	*x = ListAgentsResponse{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAgentsResponse) ProtoMessage() {}
+
+func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
+func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListAgentsResponse) GetAgents() []*Agent {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
+type RevokeAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentRequest) Reset() {
+	*x = RevokeAgentRequest{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentRequest) ProtoMessage() {}
+
+func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RevokeAgentRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type RevokeAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentResponse) Reset() {
+	*x = RevokeAgentResponse{}
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentResponse) ProtoMessage() {}
+
+func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{12}
+}
+
 type AgentJoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The agent's node name, a DNS label.
@@ -442,7 +674,7 @@ type AgentJoinRequest struct {
 
 func (x *AgentJoinRequest) Reset() {
 	*x = AgentJoinRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[8]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +686,7 @@ func (x *AgentJoinRequest) String() string {
 func (*AgentJoinRequest) ProtoMessage() {}
 
 func (x *AgentJoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[8]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +699,7 @@ func (x *AgentJoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJoinRequest.ProtoReflect.Descriptor instead.
 func (*AgentJoinRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{8}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AgentJoinRequest) GetNode() string {
@@ -495,7 +727,7 @@ type AgentJoinResponse struct {
 
 func (x *AgentJoinResponse) Reset() {
 	*x = AgentJoinResponse{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +739,7 @@ func (x *AgentJoinResponse) String() string {
 func (*AgentJoinResponse) ProtoMessage() {}
 
 func (x *AgentJoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +752,7 @@ func (x *AgentJoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJoinResponse.ProtoReflect.Descriptor instead.
 func (*AgentJoinResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{9}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AgentJoinResponse) GetTrustDomain() string {
@@ -553,7 +785,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +797,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +810,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{10}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -597,7 +829,7 @@ type RenewAgentResponse struct {
 
 func (x *RenewAgentResponse) Reset() {
 	*x = RenewAgentResponse{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +841,7 @@ func (x *RenewAgentResponse) String() string {
 func (*RenewAgentResponse) ProtoMessage() {}
 
 func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +854,7 @@ func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{11}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RenewAgentResponse) GetSvid() [][]byte {
@@ -640,7 +872,7 @@ type WatchAgentRequest struct {
 
 func (x *WatchAgentRequest) Reset() {
 	*x = WatchAgentRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +884,7 @@ func (x *WatchAgentRequest) String() string {
 func (*WatchAgentRequest) ProtoMessage() {}
 
 func (x *WatchAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +897,7 @@ func (x *WatchAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAgentRequest.ProtoReflect.Descriptor instead.
 func (*WatchAgentRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{12}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{17}
 }
 
 // AgentUpdate is the complete state an agent needs; sent again whenever it changes.
@@ -687,7 +919,7 @@ type AgentUpdate struct {
 
 func (x *AgentUpdate) Reset() {
 	*x = AgentUpdate{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +931,7 @@ func (x *AgentUpdate) String() string {
 func (*AgentUpdate) ProtoMessage() {}
 
 func (x *AgentUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +944,7 @@ func (x *AgentUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentUpdate.ProtoReflect.Descriptor instead.
 func (*AgentUpdate) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{13}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AgentUpdate) GetEntries() []*WorkloadEntry {
@@ -760,7 +992,7 @@ type FederatedBundle struct {
 
 func (x *FederatedBundle) Reset() {
 	*x = FederatedBundle{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1004,7 @@ func (x *FederatedBundle) String() string {
 func (*FederatedBundle) ProtoMessage() {}
 
 func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1017,7 @@ func (x *FederatedBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederatedBundle.ProtoReflect.Descriptor instead.
 func (*FederatedBundle) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FederatedBundle) GetTrustDomain() string {
@@ -813,7 +1045,7 @@ type JWTAuthority struct {
 
 func (x *JWTAuthority) Reset() {
 	*x = JWTAuthority{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1057,7 @@ func (x *JWTAuthority) String() string {
 func (*JWTAuthority) ProtoMessage() {}
 
 func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1070,7 @@ func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
 func (*JWTAuthority) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *JWTAuthority) GetKid() string {
@@ -865,7 +1097,7 @@ type SignJWTRequest struct {
 
 func (x *SignJWTRequest) Reset() {
 	*x = SignJWTRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1109,7 @@ func (x *SignJWTRequest) String() string {
 func (*SignJWTRequest) ProtoMessage() {}
 
 func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1122,7 @@ func (x *SignJWTRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SignJWTRequest) GetEntryId() string {
@@ -916,7 +1148,7 @@ type SignJWTResponse struct {
 
 func (x *SignJWTResponse) Reset() {
 	*x = SignJWTResponse{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1160,7 @@ func (x *SignJWTResponse) String() string {
 func (*SignJWTResponse) ProtoMessage() {}
 
 func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1173,7 @@ func (x *SignJWTResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SignJWTResponse) GetToken() string {
@@ -960,7 +1192,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1204,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1217,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SignRequest) GetItems() []*SignRequest_Item {
@@ -1004,7 +1236,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1248,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1261,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{19}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SignResponse) GetSvids() []*SignResponse_SVID {
@@ -1049,7 +1281,7 @@ type SignRequest_Item struct {
 
 func (x *SignRequest_Item) Reset() {
 	*x = SignRequest_Item{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1293,7 @@ func (x *SignRequest_Item) String() string {
 func (*SignRequest_Item) ProtoMessage() {}
 
 func (x *SignRequest_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[20]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1306,7 @@ func (x *SignRequest_Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest_Item.ProtoReflect.Descriptor instead.
 func (*SignRequest_Item) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{18, 0}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{23, 0}
 }
 
 func (x *SignRequest_Item) GetEntryId() string {
@@ -1102,7 +1334,7 @@ type SignResponse_SVID struct {
 
 func (x *SignResponse_SVID) Reset() {
 	*x = SignResponse_SVID{}
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[21]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1346,7 @@ func (x *SignResponse_SVID) String() string {
 func (*SignResponse_SVID) ProtoMessage() {}
 
 func (x *SignResponse_SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[21]
+	mi := &file_controlplane_api_apipb_identity_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1359,7 @@ func (x *SignResponse_SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse_SVID.ProtoReflect.Descriptor instead.
 func (*SignResponse_SVID) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{19, 0}
+	return file_controlplane_api_apipb_identity_proto_rawDescGZIP(), []int{24, 0}
 }
 
 func (x *SignResponse_SVID) GetEntryId() string {
@@ -1148,7 +1380,7 @@ var File_controlplane_api_apipb_identity_proto protoreflect.FileDescriptor
 
 const file_controlplane_api_apipb_identity_proto_rawDesc = "" +
 	"\n" +
-	"%controlplane/api/apipb/identity.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\"F\n" +
+	"%controlplane/api/apipb/identity.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
@@ -1170,7 +1402,18 @@ const file_controlplane_api_apipb_identity_proto_rawDesc = "" +
 	"\aentries\x18\x01 \x03(\v2\x1c.strait.api.v1.WorkloadEntryR\aentries\"$\n" +
 	"\x12DeleteEntryRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13DeleteEntryResponse\"8\n" +
+	"\x13DeleteEntryResponse\"\x90\x01\n" +
+	"\x05Agent\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x122\n" +
+	"\x06joined\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06joined\x12%\n" +
+	"\x0etoken_accessor\x18\x03 \x01(\tR\rtokenAccessor\x12\x18\n" +
+	"\arevoked\x18\x04 \x01(\bR\arevoked\"\x13\n" +
+	"\x11ListAgentsRequest\"B\n" +
+	"\x12ListAgentsResponse\x12,\n" +
+	"\x06agents\x18\x01 \x03(\v2\x14.strait.api.v1.AgentR\x06agents\"(\n" +
+	"\x12RevokeAgentRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x15\n" +
+	"\x13RevokeAgentResponse\"8\n" +
 	"\x10AgentJoinRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"b\n" +
@@ -1210,8 +1453,11 @@ const file_controlplane_api_apipb_identity_proto_rawDesc = "" +
 	"\x05svids\x18\x01 \x03(\v2 .strait.api.v1.SignResponse.SVIDR\x05svids\x1a7\n" +
 	"\x04SVID\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x14\n" +
-	"\x05chain\x18\x02 \x03(\fR\x05chain2\x8c\x02\n" +
-	"\bWorkload\x12T\n" +
+	"\x05chain\x18\x02 \x03(\fR\x05chain2\xb5\x03\n" +
+	"\bWorkload\x12Q\n" +
+	"\n" +
+	"ListAgents\x12 .strait.api.v1.ListAgentsRequest\x1a!.strait.api.v1.ListAgentsResponse\x12T\n" +
+	"\vRevokeAgent\x12!.strait.api.v1.RevokeAgentRequest\x1a\".strait.api.v1.RevokeAgentResponse\x12T\n" +
 	"\vCreateEntry\x12!.strait.api.v1.CreateEntryRequest\x1a\".strait.api.v1.CreateEntryResponse\x12T\n" +
 	"\vListEntries\x12!.strait.api.v1.ListEntriesRequest\x1a\".strait.api.v1.ListEntriesResponse\x12T\n" +
 	"\vDeleteEntry\x12!.strait.api.v1.DeleteEntryRequest\x1a\".strait.api.v1.DeleteEntryResponse2\x93\x03\n" +
@@ -1236,64 +1482,76 @@ func file_controlplane_api_apipb_identity_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_identity_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_controlplane_api_apipb_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_controlplane_api_apipb_identity_proto_goTypes = []any{
-	(*Selector)(nil),            // 0: strait.api.v1.Selector
-	(*WorkloadEntry)(nil),       // 1: strait.api.v1.WorkloadEntry
-	(*CreateEntryRequest)(nil),  // 2: strait.api.v1.CreateEntryRequest
-	(*CreateEntryResponse)(nil), // 3: strait.api.v1.CreateEntryResponse
-	(*ListEntriesRequest)(nil),  // 4: strait.api.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil), // 5: strait.api.v1.ListEntriesResponse
-	(*DeleteEntryRequest)(nil),  // 6: strait.api.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil), // 7: strait.api.v1.DeleteEntryResponse
-	(*AgentJoinRequest)(nil),    // 8: strait.api.v1.AgentJoinRequest
-	(*AgentJoinResponse)(nil),   // 9: strait.api.v1.AgentJoinResponse
-	(*RenewAgentRequest)(nil),   // 10: strait.api.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),  // 11: strait.api.v1.RenewAgentResponse
-	(*WatchAgentRequest)(nil),   // 12: strait.api.v1.WatchAgentRequest
-	(*AgentUpdate)(nil),         // 13: strait.api.v1.AgentUpdate
-	(*FederatedBundle)(nil),     // 14: strait.api.v1.FederatedBundle
-	(*JWTAuthority)(nil),        // 15: strait.api.v1.JWTAuthority
-	(*SignJWTRequest)(nil),      // 16: strait.api.v1.SignJWTRequest
-	(*SignJWTResponse)(nil),     // 17: strait.api.v1.SignJWTResponse
-	(*SignRequest)(nil),         // 18: strait.api.v1.SignRequest
-	(*SignResponse)(nil),        // 19: strait.api.v1.SignResponse
-	(*SignRequest_Item)(nil),    // 20: strait.api.v1.SignRequest.Item
-	(*SignResponse_SVID)(nil),   // 21: strait.api.v1.SignResponse.SVID
-	(*durationpb.Duration)(nil), // 22: google.protobuf.Duration
+	(*Selector)(nil),              // 0: strait.api.v1.Selector
+	(*WorkloadEntry)(nil),         // 1: strait.api.v1.WorkloadEntry
+	(*CreateEntryRequest)(nil),    // 2: strait.api.v1.CreateEntryRequest
+	(*CreateEntryResponse)(nil),   // 3: strait.api.v1.CreateEntryResponse
+	(*ListEntriesRequest)(nil),    // 4: strait.api.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),   // 5: strait.api.v1.ListEntriesResponse
+	(*DeleteEntryRequest)(nil),    // 6: strait.api.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),   // 7: strait.api.v1.DeleteEntryResponse
+	(*Agent)(nil),                 // 8: strait.api.v1.Agent
+	(*ListAgentsRequest)(nil),     // 9: strait.api.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 10: strait.api.v1.ListAgentsResponse
+	(*RevokeAgentRequest)(nil),    // 11: strait.api.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),   // 12: strait.api.v1.RevokeAgentResponse
+	(*AgentJoinRequest)(nil),      // 13: strait.api.v1.AgentJoinRequest
+	(*AgentJoinResponse)(nil),     // 14: strait.api.v1.AgentJoinResponse
+	(*RenewAgentRequest)(nil),     // 15: strait.api.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),    // 16: strait.api.v1.RenewAgentResponse
+	(*WatchAgentRequest)(nil),     // 17: strait.api.v1.WatchAgentRequest
+	(*AgentUpdate)(nil),           // 18: strait.api.v1.AgentUpdate
+	(*FederatedBundle)(nil),       // 19: strait.api.v1.FederatedBundle
+	(*JWTAuthority)(nil),          // 20: strait.api.v1.JWTAuthority
+	(*SignJWTRequest)(nil),        // 21: strait.api.v1.SignJWTRequest
+	(*SignJWTResponse)(nil),       // 22: strait.api.v1.SignJWTResponse
+	(*SignRequest)(nil),           // 23: strait.api.v1.SignRequest
+	(*SignResponse)(nil),          // 24: strait.api.v1.SignResponse
+	(*SignRequest_Item)(nil),      // 25: strait.api.v1.SignRequest.Item
+	(*SignResponse_SVID)(nil),     // 26: strait.api.v1.SignResponse.SVID
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 }
 var file_controlplane_api_apipb_identity_proto_depIdxs = []int32{
 	0,  // 0: strait.api.v1.WorkloadEntry.selectors:type_name -> strait.api.v1.Selector
-	22, // 1: strait.api.v1.WorkloadEntry.svid_ttl:type_name -> google.protobuf.Duration
+	27, // 1: strait.api.v1.WorkloadEntry.svid_ttl:type_name -> google.protobuf.Duration
 	1,  // 2: strait.api.v1.CreateEntryRequest.entry:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 3: strait.api.v1.CreateEntryResponse.entry:type_name -> strait.api.v1.WorkloadEntry
 	1,  // 4: strait.api.v1.ListEntriesResponse.entries:type_name -> strait.api.v1.WorkloadEntry
-	1,  // 5: strait.api.v1.AgentUpdate.entries:type_name -> strait.api.v1.WorkloadEntry
-	15, // 6: strait.api.v1.AgentUpdate.jwt_authorities:type_name -> strait.api.v1.JWTAuthority
-	14, // 7: strait.api.v1.AgentUpdate.federated:type_name -> strait.api.v1.FederatedBundle
-	20, // 8: strait.api.v1.SignRequest.items:type_name -> strait.api.v1.SignRequest.Item
-	21, // 9: strait.api.v1.SignResponse.svids:type_name -> strait.api.v1.SignResponse.SVID
-	2,  // 10: strait.api.v1.Workload.CreateEntry:input_type -> strait.api.v1.CreateEntryRequest
-	4,  // 11: strait.api.v1.Workload.ListEntries:input_type -> strait.api.v1.ListEntriesRequest
-	6,  // 12: strait.api.v1.Workload.DeleteEntry:input_type -> strait.api.v1.DeleteEntryRequest
-	8,  // 13: strait.api.v1.Identity.AgentJoin:input_type -> strait.api.v1.AgentJoinRequest
-	10, // 14: strait.api.v1.Identity.RenewAgent:input_type -> strait.api.v1.RenewAgentRequest
-	12, // 15: strait.api.v1.Identity.WatchAgent:input_type -> strait.api.v1.WatchAgentRequest
-	18, // 16: strait.api.v1.Identity.SignX509SVIDs:input_type -> strait.api.v1.SignRequest
-	16, // 17: strait.api.v1.Identity.SignJWTSVID:input_type -> strait.api.v1.SignJWTRequest
-	3,  // 18: strait.api.v1.Workload.CreateEntry:output_type -> strait.api.v1.CreateEntryResponse
-	5,  // 19: strait.api.v1.Workload.ListEntries:output_type -> strait.api.v1.ListEntriesResponse
-	7,  // 20: strait.api.v1.Workload.DeleteEntry:output_type -> strait.api.v1.DeleteEntryResponse
-	9,  // 21: strait.api.v1.Identity.AgentJoin:output_type -> strait.api.v1.AgentJoinResponse
-	11, // 22: strait.api.v1.Identity.RenewAgent:output_type -> strait.api.v1.RenewAgentResponse
-	13, // 23: strait.api.v1.Identity.WatchAgent:output_type -> strait.api.v1.AgentUpdate
-	19, // 24: strait.api.v1.Identity.SignX509SVIDs:output_type -> strait.api.v1.SignResponse
-	17, // 25: strait.api.v1.Identity.SignJWTSVID:output_type -> strait.api.v1.SignJWTResponse
-	18, // [18:26] is the sub-list for method output_type
-	10, // [10:18] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	28, // 5: strait.api.v1.Agent.joined:type_name -> google.protobuf.Timestamp
+	8,  // 6: strait.api.v1.ListAgentsResponse.agents:type_name -> strait.api.v1.Agent
+	1,  // 7: strait.api.v1.AgentUpdate.entries:type_name -> strait.api.v1.WorkloadEntry
+	20, // 8: strait.api.v1.AgentUpdate.jwt_authorities:type_name -> strait.api.v1.JWTAuthority
+	19, // 9: strait.api.v1.AgentUpdate.federated:type_name -> strait.api.v1.FederatedBundle
+	25, // 10: strait.api.v1.SignRequest.items:type_name -> strait.api.v1.SignRequest.Item
+	26, // 11: strait.api.v1.SignResponse.svids:type_name -> strait.api.v1.SignResponse.SVID
+	9,  // 12: strait.api.v1.Workload.ListAgents:input_type -> strait.api.v1.ListAgentsRequest
+	11, // 13: strait.api.v1.Workload.RevokeAgent:input_type -> strait.api.v1.RevokeAgentRequest
+	2,  // 14: strait.api.v1.Workload.CreateEntry:input_type -> strait.api.v1.CreateEntryRequest
+	4,  // 15: strait.api.v1.Workload.ListEntries:input_type -> strait.api.v1.ListEntriesRequest
+	6,  // 16: strait.api.v1.Workload.DeleteEntry:input_type -> strait.api.v1.DeleteEntryRequest
+	13, // 17: strait.api.v1.Identity.AgentJoin:input_type -> strait.api.v1.AgentJoinRequest
+	15, // 18: strait.api.v1.Identity.RenewAgent:input_type -> strait.api.v1.RenewAgentRequest
+	17, // 19: strait.api.v1.Identity.WatchAgent:input_type -> strait.api.v1.WatchAgentRequest
+	23, // 20: strait.api.v1.Identity.SignX509SVIDs:input_type -> strait.api.v1.SignRequest
+	21, // 21: strait.api.v1.Identity.SignJWTSVID:input_type -> strait.api.v1.SignJWTRequest
+	10, // 22: strait.api.v1.Workload.ListAgents:output_type -> strait.api.v1.ListAgentsResponse
+	12, // 23: strait.api.v1.Workload.RevokeAgent:output_type -> strait.api.v1.RevokeAgentResponse
+	3,  // 24: strait.api.v1.Workload.CreateEntry:output_type -> strait.api.v1.CreateEntryResponse
+	5,  // 25: strait.api.v1.Workload.ListEntries:output_type -> strait.api.v1.ListEntriesResponse
+	7,  // 26: strait.api.v1.Workload.DeleteEntry:output_type -> strait.api.v1.DeleteEntryResponse
+	14, // 27: strait.api.v1.Identity.AgentJoin:output_type -> strait.api.v1.AgentJoinResponse
+	16, // 28: strait.api.v1.Identity.RenewAgent:output_type -> strait.api.v1.RenewAgentResponse
+	18, // 29: strait.api.v1.Identity.WatchAgent:output_type -> strait.api.v1.AgentUpdate
+	24, // 30: strait.api.v1.Identity.SignX509SVIDs:output_type -> strait.api.v1.SignResponse
+	22, // 31: strait.api.v1.Identity.SignJWTSVID:output_type -> strait.api.v1.SignJWTResponse
+	22, // [22:32] is the sub-list for method output_type
+	12, // [12:22] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_api_apipb_identity_proto_init() }
@@ -1307,7 +1565,7 @@ func file_controlplane_api_apipb_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_identity_proto_rawDesc), len(file_controlplane_api_apipb_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,6 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	Workload_ListAgents_FullMethodName  = "/strait.api.v1.Workload/ListAgents"
+	Workload_RevokeAgent_FullMethodName = "/strait.api.v1.Workload/RevokeAgent"
 	Workload_CreateEntry_FullMethodName = "/strait.api.v1.Workload/CreateEntry"
 	Workload_ListEntries_FullMethodName = "/strait.api.v1.Workload/ListEntries"
 	Workload_DeleteEntry_FullMethodName = "/strait.api.v1.Workload/DeleteEntry"
@@ -27,9 +29,10 @@ const (
 // WorkloadClient is the client API for Workload service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
-//
-// Workload registrations, for operators.
 type WorkloadClient interface {
+	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	// Revokes an agent at once: servers refuse its SVID from then on.
+	RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error)
 	CreateEntry(ctx context.Context, in *CreateEntryRequest, opts ...grpc.CallOption) (*CreateEntryResponse, error)
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
@@ -41,6 +44,26 @@ type workloadClient struct {
 
 func NewWorkloadClient(cc grpc.ClientConnInterface) WorkloadClient {
 	return &workloadClient{cc}
+}
+
+func (c *workloadClient) ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAgentsResponse)
+	err := c.cc.Invoke(ctx, Workload_ListAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workloadClient) RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeAgentResponse)
+	err := c.cc.Invoke(ctx, Workload_RevokeAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *workloadClient) CreateEntry(ctx context.Context, in *CreateEntryRequest, opts ...grpc.CallOption) (*CreateEntryResponse, error) {
@@ -76,9 +99,10 @@ func (c *workloadClient) DeleteEntry(ctx context.Context, in *DeleteEntryRequest
 // WorkloadServer is the server API for Workload service.
 // All implementations must embed UnimplementedWorkloadServer
 // for forward compatibility.
-//
-// Workload registrations, for operators.
 type WorkloadServer interface {
+	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	// Revokes an agent at once: servers refuse its SVID from then on.
+	RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error)
 	CreateEntry(context.Context, *CreateEntryRequest) (*CreateEntryResponse, error)
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
@@ -92,6 +116,12 @@ type WorkloadServer interface {
 // pointer dereference when methods are called.
 type UnimplementedWorkloadServer struct{}
 
+func (UnimplementedWorkloadServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedWorkloadServer) RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAgent not implemented")
+}
 func (UnimplementedWorkloadServer) CreateEntry(context.Context, *CreateEntryRequest) (*CreateEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateEntry not implemented")
 }
@@ -120,6 +150,42 @@ func RegisterWorkloadServer(s grpc.ServiceRegistrar, srv WorkloadServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&Workload_ServiceDesc, srv)
+}
+
+func _Workload_ListAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkloadServer).ListAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Workload_ListAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkloadServer).ListAgents(ctx, req.(*ListAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Workload_RevokeAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkloadServer).RevokeAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Workload_RevokeAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkloadServer).RevokeAgent(ctx, req.(*RevokeAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _Workload_CreateEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -183,6 +249,14 @@ var Workload_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "strait.api.v1.Workload",
 	HandlerType: (*WorkloadServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListAgents",
+			Handler:    _Workload_ListAgents_Handler,
+		},
+		{
+			MethodName: "RevokeAgent",
+			Handler:    _Workload_RevokeAgent_Handler,
+		},
 		{
 			MethodName: "CreateEntry",
 			Handler:    _Workload_CreateEntry_Handler,

@@ -102,6 +102,7 @@ type Command struct {
 	//	*Command_SetForeignBundle
 	//	*Command_DeleteForeignBundle
 	//	*Command_SetExport
+	//	*Command_SetAgent
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -295,6 +296,15 @@ func (x *Command) GetSetExport() *apipb.Export {
 	return nil
 }
 
+func (x *Command) GetSetAgent() *apipb.Agent {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetAgent); ok {
+			return x.SetAgent
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -364,6 +374,10 @@ type Command_SetExport struct {
 	SetExport *apipb.Export `protobuf:"bytes,17,opt,name=set_export,json=setExport,proto3,oneof"`
 }
 
+type Command_SetAgent struct {
+	SetAgent *apipb.Agent `protobuf:"bytes,18,opt,name=set_agent,json=setAgent,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -395,6 +409,8 @@ func (*Command_SetForeignBundle) isCommand_Cmd() {}
 func (*Command_DeleteForeignBundle) isCommand_Cmd() {}
 
 func (*Command_SetExport) isCommand_Cmd() {}
+
+func (*Command_SetAgent) isCommand_Cmd() {}
 
 // Bootstrap initializes a site once.
 type Bootstrap struct {
@@ -1220,6 +1236,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Entry
 	//	*SnapshotRecord_ForeignBundle
 	//	*SnapshotRecord_Export
+	//	*SnapshotRecord_Agent
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1325,6 +1342,15 @@ func (x *SnapshotRecord) GetExport() *apipb.Export {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAgent() *apipb.Agent {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Agent); ok {
+			return x.Agent
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1357,6 +1383,10 @@ type SnapshotRecord_Export struct {
 	Export *apipb.Export `protobuf:"bytes,7,opt,name=export,proto3,oneof"`
 }
 
+type SnapshotRecord_Agent struct {
+	Agent *apipb.Agent `protobuf:"bytes,8,opt,name=agent,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Site) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Service) isSnapshotRecord_Record() {}
@@ -1371,11 +1401,13 @@ func (*SnapshotRecord_ForeignBundle) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Export) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Agent) isSnapshotRecord_Record() {}
+
 var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\"\xea\b\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\"\x9f\t\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -1398,7 +1430,8 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x12set_foreign_bundle\x18\x0f \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\x10setForeignBundle\x12Z\n" +
 	"\x15delete_foreign_bundle\x18\x10 \x01(\v2$.strait.state.v1.DeleteForeignBundleH\x00R\x13deleteForeignBundle\x126\n" +
 	"\n" +
-	"set_export\x18\x11 \x01(\v2\x15.strait.api.v1.ExportH\x00R\tsetExportB\x05\n" +
+	"set_export\x18\x11 \x01(\v2\x15.strait.api.v1.ExportH\x00R\tsetExport\x123\n" +
+	"\tset_agent\x18\x12 \x01(\v2\x14.strait.api.v1.AgentH\x00R\bsetAgentB\x05\n" +
 	"\x03cmd\"\xc4\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
@@ -1462,7 +1495,7 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\x9d\x03\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xcb\x03\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x04site\x18\x01 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\x04site\x122\n" +
 	"\aservice\x18\x02 \x01(\v2\x16.strait.api.v1.ServiceH\x00R\aservice\x125\n" +
@@ -1470,7 +1503,8 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x05token\x18\x04 \x01(\v2\x1c.strait.state.v1.TokenRecordH\x00R\x05token\x124\n" +
 	"\x05entry\x18\x05 \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\x05entry\x12G\n" +
 	"\x0eforeign_bundle\x18\x06 \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\rforeignBundle\x12/\n" +
-	"\x06export\x18\a \x01(\v2\x15.strait.api.v1.ExportH\x00R\x06exportB\b\n" +
+	"\x06export\x18\a \x01(\v2\x15.strait.api.v1.ExportH\x00R\x06export\x12,\n" +
+	"\x05agent\x18\b \x01(\v2\x14.strait.api.v1.AgentH\x00R\x05agentB\b\n" +
 	"\x06record*X\n" +
 	"\tRootPhase\x12\x1a\n" +
 	"\x16ROOT_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1513,11 +1547,12 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*apipb.DeregisterRequest)(nil), // 18: strait.api.v1.DeregisterRequest
 	(*apipb.WorkloadEntry)(nil),     // 19: strait.api.v1.WorkloadEntry
 	(*apipb.Export)(nil),            // 20: strait.api.v1.Export
-	(*apipb.InstanceKey)(nil),       // 21: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 22: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 23: strait.api.v1.Token
-	(*apipb.Service)(nil),           // 24: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 25: strait.api.v1.Instance
+	(*apipb.Agent)(nil),             // 21: strait.api.v1.Agent
+	(*apipb.InstanceKey)(nil),       // 22: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 23: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 24: strait.api.v1.Token
+	(*apipb.Service)(nil),           // 25: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 26: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	16, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
@@ -1537,31 +1572,33 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
 	20, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
-	4,  // 17: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	8,  // 18: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	3,  // 19: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
-	4,  // 20: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
-	0,  // 21: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	16, // 22: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	16, // 23: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	16, // 24: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	21, // 25: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	22, // 26: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	23, // 27: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	16, // 28: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	16, // 29: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
-	2,  // 30: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	24, // 31: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	25, // 32: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 33: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	19, // 34: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	12, // 35: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	20, // 36: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
-	37, // [37:37] is the sub-list for method output_type
-	37, // [37:37] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	21, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
+	4,  // 18: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	8,  // 19: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	3,  // 20: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	4,  // 21: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
+	0,  // 22: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
+	16, // 23: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	16, // 24: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	16, // 25: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	22, // 26: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	23, // 27: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	24, // 28: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	16, // 29: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	16, // 30: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	2,  // 31: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	25, // 32: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	26, // 33: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 34: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	19, // 35: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 36: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	20, // 37: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	21, // 38: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
+	39, // [39:39] is the sub-list for method output_type
+	39, // [39:39] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -1586,6 +1623,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_SetForeignBundle)(nil),
 		(*Command_DeleteForeignBundle)(nil),
 		(*Command_SetExport)(nil),
+		(*Command_SetAgent)(nil),
 	}
 	file_controlplane_state_statepb_state_proto_msgTypes[14].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
@@ -1595,6 +1633,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*SnapshotRecord_Entry)(nil),
 		(*SnapshotRecord_ForeignBundle)(nil),
 		(*SnapshotRecord_Export)(nil),
+		(*SnapshotRecord_Agent)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

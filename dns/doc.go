@@ -1,0 +1,20 @@
+// Package dns is the mesh DNS server: it answers names under the mesh
+// domain ("mesh." by default) from an in-memory view of the catalog kept
+// current by a watch stream — never a Raft read per query — and forwards
+// everything else to upstream resolvers (or refuses it when none are set).
+//
+// Names (docs/architecture.md):
+//
+//	<svc>.<ns>.<site>.<domain>          A/AAAA of the passing instances
+//	<svc>.<ns>.<domain>                 the same, wherever the service is (today: the local site)
+//	<id>.<svc>.<ns>.<site>.<domain>     one instance
+//	_<port>._tcp.<svc>.<ns>[.<site>].<domain>   SRV, targets the instance names, with glue
+//	<domain>                            SOA and NS
+//
+// Not yet: imported services (virtual IPs, PTR) and cross-site failover,
+// which need federation's replication.
+//
+// Goroutines: Run owns the watch loop (the only writer of the view) and
+// the UDP and TCP servers; handlers read the view under a read lock.
+// Imported by controlplane (every server runs one) and cmd/strait.
+package dns

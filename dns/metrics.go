@@ -1,0 +1,60 @@
+package dns
+
+import (
+	"time"
+
+	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	s         *Server
+	queries   *prometheus.CounterVec
+	latency   prometheus.Histogram
+	forwarded prometheus.Counter
+	services  *prometheus.Desc
+	instances *prometheus.Desc
+}
+
+func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		s: s,
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "strait_dns_queries_total", Help: "DNS queries by type and response code.",
+		}, []string{"qtype", "rcode"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "strait_dns_request_duration_seconds", Help: "Time to answer a DNS query (forwarded ones included).",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
+		}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "strait_dns_forwarded_total", Help: "Queries outside the mesh domain sent upstream.",
+		}),
+		services:  prometheus.NewDesc("strait_dns_view_services", "Services in the DNS view.", nil, nil),
+		instances: prometheus.NewDesc("strait_dns_view_instances", "Instances in the DNS view.", nil, nil),
+	}
+	if reg != nil {
+		reg.MustRegister(m.queries, m.latency, m.forwarded, m)
+	}
+	return m
+}
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.services; ch <- m.instances }
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	svcs, insts := m.s.view.sizes()
+	ch <- prometheus.MustNewConstMetric(m.services, prometheus.GaugeValue, float64(svcs))
+	ch <- prometheus.MustNewConstMetric(m.instances, prometheus.GaugeValue, float64(insts))
+}
+
+// knownTypes bounds the qtype label.
+var knownTypes = map[uint16]bool{mdns.TypeA: true, mdns.TypeAAAA: true, mdns.TypeSRV: true, mdns.TypePTR: true,
+	mdns.TypeSOA: true, mdns.TypeNS: true, mdns.TypeANY: true, mdns.TypeTXT: true, mdns.TypeCNAME: true}
+
+func (m *metrics) observe(qtype uint16, rcode int, d time.Duration) {
+	t := "other"
+	if knownTypes[qtype] {
+		t = mdns.TypeToString[qtype]
+	}
+	m.queries.WithLabelValues(t, mdns.RcodeToString[rcode]).Inc()
+	m.latency.Observe(d.Seconds())
+}

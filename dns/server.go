@@ -1,0 +1,172 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/meshname"
+)
+
+// Watcher yields catalog watch events (see controlplane/state).
+type Watcher interface {
+	Next(ctx context.Context) (*apipb.WatchEvent, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	// Addr is the UDP and TCP address to serve on. Ignored when PacketConn
+	// and Listener are set (tests bind port 0).
+	Addr       string
+	PacketConn net.PacketConn
+	Listener   net.Listener
+	// Domain is the mesh domain; "mesh." when empty.
+	Domain string
+	// Site is the local site's name. Required.
+	Site string
+	// TTL of answers; 5s when zero. Negative answers use it too (SOA minimum).
+	TTL time.Duration
+	// Upstreams receive queries outside the mesh domain (host:port); such
+	// queries are refused when empty.
+	Upstreams []string
+	// Watch starts a catalog watch after an index (0: full state). Required.
+	Watch func(ctx context.Context, fromIndex uint64) (Watcher, error)
+	// Logger; slog.Default when nil.
+	Logger *slog.Logger
+	// Registerer for metrics; none when nil.
+	Registerer prometheus.Registerer
+}
+
+// Server is a mesh DNS server.
+type Server struct {
+	cfg    Config
+	domain string // canonical, lowercase, trailing dot
+	view   *view
+	ttl    uint32
+	m      *metrics
+	client *mdns.Client
+
+	mu      sync.Mutex
+	servers []*mdns.Server
+}
+
+// New validates cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Domain == "" {
+		cfg.Domain = "mesh."
+	}
+	if err := meshname.ValidLabel(cfg.Site); err != nil {
+		return nil, fmt.Errorf("dns: site: %w", err)
+	}
+	if cfg.Watch == nil {
+		return nil, errors.New("dns: Watch is required")
+	}
+	if _, ok := mdns.IsDomainName(cfg.Domain); !ok {
+		return nil, fmt.Errorf("dns: domain %q is not a domain name", cfg.Domain)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{
+		cfg:    cfg,
+		domain: mdns.CanonicalName(cfg.Domain),
+		view:   newView(),
+		ttl:    uint32(cfg.TTL / time.Second),
+		client: &mdns.Client{Timeout: 2 * time.Second},
+	}
+	s.m = newMetrics(s, cfg.Registerer)
+	return s, nil
+}
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.watchLoop(gctx) })
+	udp := &mdns.Server{Handler: s, PacketConn: s.cfg.PacketConn, Addr: s.cfg.Addr, Net: "udp", UDPSize: 65535}
+	tcp := &mdns.Server{Handler: s, Listener: s.cfg.Listener, Addr: s.cfg.Addr, Net: "tcp", ReadTimeout: 5 * time.Second}
+	s.mu.Lock()
+	s.servers = []*mdns.Server{udp, tcp}
+	s.mu.Unlock()
+	for _, srv := range []*mdns.Server{udp, tcp} {
+		g.Go(func() error {
+			var err error
+			if srv.PacketConn != nil || srv.Listener != nil {
+				err = srv.ActivateAndServe()
+			} else {
+				err = srv.ListenAndServe()
+			}
+			if gctx.Err() != nil {
+				return nil
+			}
+			return err
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		for _, srv := range []*mdns.Server{udp, tcp} {
+			srv.Shutdown()
+		}
+		return nil
+	})
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// watchLoop keeps the view current, resuming after errors.
+func (s *Server) watchLoop(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		s.view.mu.RLock()
+		from := s.view.index
+		s.view.mu.RUnlock()
+		w, err := s.cfg.Watch(ctx, from)
+		if err == nil {
+			for {
+				ev, nerr := w.Next(ctx)
+				if nerr != nil {
+					err = nerr
+					break
+				}
+				s.view.apply(ev)
+				backoff = 100 * time.Millisecond
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.cfg.Logger.Warn("dns lost the catalog watch; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return nil
+}
+
+// Ready reports whether the view holds the full catalog.
+func (s *Server) Ready() bool {
+	s.view.mu.RLock()
+	defer s.view.mu.RUnlock()
+	return s.view.synced
+}
+
+func (s *Server) inDomain(name string) bool {
+	return name == s.domain || strings.HasSuffix(name, "."+s.domain)
+}

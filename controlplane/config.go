@@ -44,6 +44,19 @@ type Config struct {
 	AdvertiseAddr string
 	// MetricsAddr serves Prometheus /metrics over HTTP; disabled when empty.
 	MetricsAddr string
+	// DNSAddr serves mesh DNS (UDP and TCP); disabled when empty (and
+	// DNSPacketConn is nil).
+	DNSAddr string
+	// DNSPacketConn and DNSListener, when set, are used instead of binding
+	// DNSAddr (tests bind port 0).
+	DNSPacketConn net.PacketConn
+	DNSListener   net.Listener
+	// DNSDomain is the mesh domain; "mesh." when empty.
+	DNSDomain string
+	// DNSUpstreams answer names outside the mesh domain; refused when empty.
+	DNSUpstreams []string
+	// DNSTTL of mesh answers; 5s when zero.
+	DNSTTL time.Duration
 	// BundleAddr serves the site's SPIFFE bundle endpoint over HTTPS;
 	// disabled when empty (and BundleListener is nil).
 	BundleAddr string

@@ -22,6 +22,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/dns"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/mtls"
 )
@@ -162,6 +163,13 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if s.cfg.MetricsAddr != "" {
 		g.Go(func() error { return s.serveMetrics(gctx) })
 	}
+	if s.cfg.DNSAddr != "" || s.cfg.DNSPacketConn != nil {
+		d, err := s.newDNS()
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return d.Run(gctx) })
+	}
 	if s.cfg.BundleAddr != "" || s.cfg.BundleListener != nil {
 		g.Go(func() error { return s.serveBundle(gctx) })
 	}
@@ -250,3 +258,13 @@ func (s *Server) Site() string { return s.id.node.Site }
 // Raft is the server's Raft node, for tests and diagnostics. Do not Apply
 // through it: use the API.
 func (s *Server) Raft() *raft.Raft { return s.raft }
+
+// newDNS builds the server's mesh DNS, fed by the local replica's watch.
+func (s *Server) newDNS() (*dns.Server, error) {
+	return dns.New(dns.Config{
+		Addr: s.cfg.DNSAddr, PacketConn: s.cfg.DNSPacketConn, Listener: s.cfg.DNSListener,
+		Domain: s.cfg.DNSDomain, Site: s.id.node.Site, TTL: s.cfg.DNSTTL, Upstreams: s.cfg.DNSUpstreams,
+		Logger: s.log, Registerer: s.cfg.Registerer,
+		Watch: func(ctx context.Context, from uint64) (dns.Watcher, error) { return s.store.Subscribe(from), nil },
+	})
+}

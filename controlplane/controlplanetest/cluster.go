@@ -55,6 +55,8 @@ type Options struct {
 	// BundleWebKeyFile, under the https_web profile.
 	BundleEndpoint                      bool
 	BundleWebCertFile, BundleWebKeyFile string
+	// DNS serves mesh DNS on each server on a loopback port (Node.DNSAddr).
+	DNS bool
 	// Tweak, when set, adjusts every server's config last.
 	Tweak func(*controlplane.Config)
 	// Clock, when set, is the servers' clock (token and certificate
@@ -100,9 +102,11 @@ type Node struct {
 	Server *controlplane.Server
 	// BundleAddr is the bundle endpoint's address, with Options.BundleEndpoint.
 	BundleAddr string
-	cancel     context.CancelFunc
-	done       chan error
-	mu         sync.Mutex
+	// DNSAddr is the mesh DNS address (UDP and TCP), with Options.DNS.
+	DNSAddr string
+	cancel  context.CancelFunc
+	done    chan error
+	mu      sync.Mutex
 }
 
 // Start starts an n-server site: the first bootstraps, the others join with
@@ -239,6 +243,17 @@ func (n *Node) start(role controlplane.Config) {
 	if w := n.c.opts.WrapTransport; w != nil {
 		id := n.ID
 		cfg.WrapTransport = func(tr raft.Transport) raft.Transport { return w(id, tr) }
+	}
+	if n.c.opts.DNS {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dl, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.DNSAddr, cfg.DNSPacketConn, cfg.DNSListener = pc.LocalAddr().String(), pc, dl
 	}
 	if n.c.opts.Tweak != nil {
 		n.c.opts.Tweak(&cfg)

@@ -32,6 +32,10 @@ type FileConfig struct {
 	BundleWebKey     string   `yaml:"bundle_web_key_file"`
 	WorkloadSVIDTTL  Duration `yaml:"workload_svid_ttl"`
 	SignRate         int      `yaml:"sign_rate"`
+	DNSAddr          string   `yaml:"dns_addr"`
+	DNSDomain        string   `yaml:"dns_domain"`
+	DNSUpstreams     []string `yaml:"dns_upstreams"`
+	DNSTTL           Duration `yaml:"dns_ttl"`
 	CAPropagation    Duration `yaml:"ca_propagation_delay"`
 	Bootstrap        bool     `yaml:"bootstrap"`
 	Join             []string `yaml:"join"`
@@ -102,6 +106,7 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		BundleAddr: fc.BundleAddr, BundleRefreshHint: time.Duration(fc.BundleHint),
 		BundleWebCertFile: fc.BundleWebCert, BundleWebKeyFile: fc.BundleWebKey,
 		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate,
+		DNSAddr: fc.DNSAddr, DNSDomain: fc.DNSDomain, DNSUpstreams: fc.DNSUpstreams, DNSTTL: time.Duration(fc.DNSTTL),
 		CAPropagationDelay: time.Duration(fc.CAPropagation),
 		Bootstrap:          fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),

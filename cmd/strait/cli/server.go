@@ -40,6 +40,9 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 			if dev && !cmd.Flags().Changed("metrics-addr") && file.MetricsAddr == "" {
 				file.MetricsAddr = "127.0.0.1:9400"
 			}
+			if dev && !cmd.Flags().Changed("dns-addr") && file.DNSAddr == "" {
+				file.DNSAddr = "127.0.0.1:8600"
+			}
 			cfg, err := file.serverConfig(dev, first(joinToken, os.Getenv("STRAIT_JOIN_TOKEN")))
 			if err != nil {
 				return err
@@ -58,6 +61,7 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 	f.StringVar(&fc.BindAddr, "bind-addr", "", "address for Raft and the API (default "+controlplane.DefaultBindAddr+")")
 	f.StringVar(&fc.AdvertiseAddr, "advertise-addr", "", "address others reach this server at (default: bind address)")
 	f.StringVar(&fc.MetricsAddr, "metrics-addr", "", "address for Prometheus /metrics (default: off; 127.0.0.1:9400 with --dev)")
+	f.StringVar(&fc.DNSAddr, "dns-addr", "", "address for mesh DNS, UDP and TCP (default: off; 127.0.0.1:8600 with --dev)")
 	f.StringVar(&fc.BundleAddr, "bundle-addr", "", "address for the SPIFFE bundle endpoint, HTTPS (default: off)")
 	f.BoolVar(&fc.Bootstrap, "bootstrap", false, "create the site (first server, first start only)")
 	f.StringSliceVar(&fc.Join, "join", nil, "addresses of existing servers to join (first start only)")
@@ -85,6 +89,7 @@ func mergeFlags(cmd *cobra.Command, file, flags *FileConfig) {
 	str("advertise-addr", &file.AdvertiseAddr, flags.AdvertiseAddr)
 	str("metrics-addr", &file.MetricsAddr, flags.MetricsAddr)
 	str("bundle-addr", &file.BundleAddr, flags.BundleAddr)
+	str("dns-addr", &file.DNSAddr, flags.DNSAddr)
 	str("kek-file", &file.KEKFile, flags.KEKFile)
 	str("log-level", &file.LogLevel, flags.LogLevel)
 	str("log-format", &file.LogFormat, flags.LogFormat)
@@ -108,7 +113,7 @@ func runServer(cmd *cobra.Command, g *globals, cfg controlplane.Config) error {
 			if err != nil {
 				fmt.Fprintf(g.stderr, "warning: could not write the dev context (%v); use --addr, --token and --ca-file\n", err)
 			}
-			printDevBanner(g, srv, token, path, cfg.MetricsAddr)
+			printDevBanner(g, srv, token, path, cfg.MetricsAddr, cfg.DNSAddr)
 			return
 		}
 		fmt.Fprintf(g.stdout, "Site bootstrapped. Initial management token (shown once, store it safely):\n\n  %s\n\n", token)
@@ -132,12 +137,13 @@ func encodeBundle(srv *controlplane.Server) []byte {
 	return []byte(b.String())
 }
 
-func printDevBanner(g *globals, srv *controlplane.Server, token, ctxPath, metrics string) {
+func printDevBanner(g *globals, srv *controlplane.Server, token, ctxPath, metrics, dnsAddr string) {
 	w := g.stdout
 	fmt.Fprintf(w, `
 Strait dev server running: site %q, trust domain %s
   API (mTLS):  %s
   Metrics:     http://%s/metrics
+  Mesh DNS:    %s (dig @127.0.0.1 -p 8600 api.payments.dev.mesh)
   Token:       %s
   (CLI commands in other terminals find this server through %s)
 
@@ -148,5 +154,5 @@ Try:
 
 Ctrl-C stops the server; nothing is left on disk.
 
-`, srv.Site(), srv.TrustDomain().Name(), srv.Addr(), metrics, token, ctxPath)
+`, srv.Site(), srv.TrustDomain().Name(), srv.Addr(), metrics, dnsAddr, token, ctxPath)
 }

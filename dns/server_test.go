@@ -58,7 +58,7 @@ func start(t testing.TB, upstreams ...string) *testServer {
 	}
 	srv, err := dns.New(dns.Config{PacketConn: pc, Listener: ln, Site: "aws-east", Upstreams: upstreams,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Watch: func(ctx context.Context, from uint64) (dns.Watcher, error) { return st.Subscribe(from), nil }})
+		Watch:  func(ctx context.Context, from uint64) (dns.Watcher, error) { return st.Subscribe(from), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +278,6 @@ func TestMalformedQueries(t *testing.T) {
 		t.Fatal("server stopped answering after malformed input")
 	}
 }
-
 
 func slicesSort(s []string) {
 	for i := 1; i < len(s); i++ {

@@ -80,6 +80,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(
 		newServerCmd(g),
 		newAgentCmd(g),
+		newDNSCmd(g),
 		newWorkloadCmd(g),
 		newCACmd(g),
 		newBundleCmd(g),

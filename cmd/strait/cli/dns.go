@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/dns"
+)
+
+// streamWatcher adapts the API's catalog watch stream to dns.Watcher.
+type streamWatcher struct {
+	stream apipb.Catalog_WatchClient
+}
+
+func (w streamWatcher) Next(context.Context) (*apipb.WatchEvent, error) { return w.stream.Recv() }
+
+func newDNSCmd(g *globals) *cobra.Command {
+	var (
+		listen, domain string
+		upstreams      []string
+	)
+	cmd := &cobra.Command{
+		Use:   "dns",
+		Short: "Run a host-local mesh DNS resolver fed by a server's catalog watch",
+		Long: `Run mesh DNS on this host, fed over the API by a site's server (--addr, a read token
+and the CA file, as for every client command). Names outside the mesh domain go to
+--upstream, or are refused.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx := cmd.Context()
+			st, err := cl.Operator.Status(ctx, &apipb.StatusRequest{})
+			if err != nil {
+				return err
+			}
+			fc := FileConfig{}
+			srv, err := dns.New(dns.Config{
+				Addr: listen, Domain: domain, Site: st.Site, Upstreams: upstreams, Logger: fc.logger(g.stderr),
+				Watch: func(ctx context.Context, from uint64) (dns.Watcher, error) {
+					s, err := cl.Catalog.Watch(ctx, &apipb.WatchRequest{FromIndex: from})
+					if err != nil {
+						return nil, err
+					}
+					return streamWatcher{s}, nil
+				},
+			})
+			if err != nil {
+				return err
+			}
+			return srv.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:8600", "address to serve DNS on (UDP and TCP)")
+	f.StringVar(&domain, "domain", "mesh.", "the mesh domain")
+	f.StringSliceVar(&upstreams, "upstream", nil, "resolvers for other names (host:port, repeatable)")
+	return cmd
+}
+
+var _ dns.Watcher = streamWatcher{}

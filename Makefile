@@ -9,7 +9,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS
 
-.PHONY: all build test test-long fuzz lint fmt generate bench demo clean
+.PHONY: all build test test-long fuzz lint fmt generate bench bench-dns demo clean
 
 all: build
 
@@ -50,6 +50,10 @@ bench:
 	taskset -c 1 $(GO) test ./trust/ca/ -run '^$$' -bench 'KeyChoice|SignCSR' -count 5
 	$(GO) test ./trust/agent/ -run '^$$' -bench 'Rotate10k' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
+
+## bench-dns: mesh DNS against NSD with dnsperf (apt-get install nsd dnsperf dnsutils).
+bench-dns:
+	bench/dns.sh 10000 10 10
 
 demo: build
 	$(BIN) server --dev

@@ -14,7 +14,9 @@
 // Not yet: imported services (virtual IPs, PTR) and cross-site failover,
 // which need federation's replication.
 //
-// Goroutines: Run owns the watch loop (the only writer of the view) and
-// the UDP and TCP servers; handlers read the view under a read lock.
+// Goroutines: Run owns the watch loop (the only writer of the view), the
+// UDP loop (batched reads and writes, answering mesh names inline; a
+// goroutine per forwarded query) and miekg/dns's TCP server; handlers read
+// the view under a read lock.
 // Imported by controlplane (every server runs one) and cmd/strait.
 package dns

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -55,9 +54,6 @@ type Server struct {
 	ttl    uint32
 	m      *metrics
 	client *mdns.Client
-
-	mu      sync.Mutex
-	servers []*mdns.Server
 }
 
 // New validates cfg.
@@ -93,32 +89,33 @@ func New(cfg Config) (*Server, error) {
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
+	pc := s.cfg.PacketConn
+	if pc == nil {
+		var err error
+		if pc, err = net.ListenPacket("udp", s.cfg.Addr); err != nil {
+			return fmt.Errorf("dns: %w", err)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.watchLoop(gctx) })
-	udp := &mdns.Server{Handler: s, PacketConn: s.cfg.PacketConn, Addr: s.cfg.Addr, Net: "udp", UDPSize: 65535}
+	g.Go(func() error { return s.serveUDP(gctx, pc) })
 	tcp := &mdns.Server{Handler: s, Listener: s.cfg.Listener, Addr: s.cfg.Addr, Net: "tcp", ReadTimeout: 5 * time.Second}
-	s.mu.Lock()
-	s.servers = []*mdns.Server{udp, tcp}
-	s.mu.Unlock()
-	for _, srv := range []*mdns.Server{udp, tcp} {
-		g.Go(func() error {
-			var err error
-			if srv.PacketConn != nil || srv.Listener != nil {
-				err = srv.ActivateAndServe()
-			} else {
-				err = srv.ListenAndServe()
-			}
-			if gctx.Err() != nil {
-				return nil
-			}
-			return err
-		})
-	}
+	g.Go(func() error {
+		var err error
+		if tcp.Listener != nil {
+			err = tcp.ActivateAndServe()
+		} else {
+			err = tcp.ListenAndServe()
+		}
+		if gctx.Err() != nil {
+			return nil
+		}
+		return err
+	})
 	g.Go(func() error {
 		<-gctx.Done()
-		for _, srv := range []*mdns.Server{udp, tcp} {
-			srv.Shutdown()
-		}
+		pc.Close()
+		tcp.Shutdown()
 		return nil
 	})
 	err := g.Wait()

@@ -2,9 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -91,21 +88,17 @@ func (s *Server) peerFacing() (url string, bundle []byte, addrs []string, err er
 	return
 }
 
-func newSecret() (secret string, accessor string, err error) {
-	b := make([]byte, 48)
-	if _, err := rand.Read(b); err != nil {
-		return "", "", err
-	}
-	return "strait_" + base64.RawURLEncoding.EncodeToString(b[:32]), hex.EncodeToString(b[32:]), nil
-}
-
 // CreateInvite implements api.Node.
 func (s *Server) CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error) {
 	url, doc, addrs, err := s.peerFacing()
 	if err != nil {
 		return nil, err
 	}
-	secret, accessor, err := newSecret()
+	secret, err := api.NewSecret()
+	if err != nil {
+		return nil, err
+	}
+	accessor, err := api.NewAccessorID()
 	if err != nil {
 		return nil, err
 	}

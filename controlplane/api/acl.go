@@ -51,11 +51,11 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 	}); ok {
 		return r, err
 	}
-	secret, err := newSecret()
+	secret, err := NewSecret()
 	if err != nil {
 		return nil, err
 	}
-	acc, err := newAccessorID()
+	acc, err := NewAccessorID()
 	if err != nil {
 		return nil, err
 	}

@@ -258,8 +258,8 @@ func kindName(k apipb.TokenKind) string {
 	return strings.ToLower(strings.TrimPrefix(k.String(), "TOKEN_KIND_"))
 }
 
-// newSecret returns a fresh token secret.
-func newSecret() (string, error) {
+// NewSecret returns a fresh token secret ("strait_" and 256 random bits).
+func NewSecret() (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
@@ -267,7 +267,8 @@ func newSecret() (string, error) {
 	return secretPrefix + base64.RawURLEncoding.EncodeToString(b), nil
 }
 
-func newAccessorID() (string, error) {
+// NewAccessorID returns a fresh public token ID.
+func NewAccessorID() (string, error) {
 	b := make([]byte, 16)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
@@ -278,11 +279,11 @@ func newAccessorID() (string, error) {
 // NewManagementToken creates the bootstrap management token: its secret and
 // the record to store.
 func NewManagementToken(now time.Time) (secret string, tok *apipb.Token, err error) {
-	secret, err = newSecret()
+	secret, err = NewSecret()
 	if err != nil {
 		return "", nil, err
 	}
-	acc, err := newAccessorID()
+	acc, err := NewAccessorID()
 	if err != nil {
 		return "", nil, err
 	}

@@ -88,7 +88,7 @@ func (s *Server) CreateEntry(ctx context.Context, req *apipb.CreateEntryRequest)
 	}); ok {
 		return r, err
 	}
-	id, err := newAccessorID()
+	id, err := NewAccessorID()
 	if err != nil {
 		return nil, err
 	}

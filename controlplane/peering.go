@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -132,7 +133,7 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 	if err != nil {
 		return nil, &api.FieldError{Field: "token", Rule: err.Error()}
 	}
-	name = first(name, inv.Site)
+	name = cmp.Or(name, inv.Site)
 	if err := api.CheckPeerFree(s.store, s.id.td, name, inv.TrustDomain); err != nil {
 		return nil, err
 	}
@@ -190,15 +191,6 @@ func acceptAt(ctx context.Context, addr string, creds credentials.TransportCrede
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secret)
 	_, err = apipb.NewFederationClient(conn).Accept(ctx, req)
 	return err
-}
-
-func first(vals ...string) string {
-	for _, v := range vals {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // peerBundles is the federated bundle source of the server's identity:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"strconv"
-	"sync"
 
 	"google.golang.org/grpc"
 
@@ -14,10 +13,6 @@ import (
 
 // MaxExportPeers bounds an export's peer list.
 const MaxExportPeers = 64
-
-// exportMu serializes read-modify-write of exports on the leader, so two
-// concurrent exports of one service cannot lose each other's peers.
-var exportMu sync.Mutex
 
 func (s federationService) validPeers(field string, peers []string) error {
 	if len(peers) > MaxExportPeers {
@@ -63,8 +58,8 @@ func (s federationService) Export(ctx context.Context, req *apipb.ExportRequest)
 	}); ok {
 		return r, err
 	}
-	exportMu.Lock()
-	defer exportMu.Unlock()
+	s.exportMu.Lock()
+	defer s.exportMu.Unlock()
 	to := slices.Clone(e.To)
 	for _, cur := range s.cfg.Node.Store().Exports() {
 		if cur.Namespace == e.Namespace && cur.Service == e.Service {
@@ -90,8 +85,8 @@ func (s federationService) Unexport(ctx context.Context, req *apipb.UnexportRequ
 	}); ok {
 		return r, err
 	}
-	exportMu.Lock()
-	defer exportMu.Unlock()
+	s.exportMu.Lock()
+	defer s.exportMu.Unlock()
 	var cur *apipb.Export
 	for _, e := range s.cfg.Node.Store().Exports() {
 		if e.Namespace == req.Namespace && e.Service == req.Service {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"net/url"
 	"time"
@@ -44,19 +45,10 @@ func CheckPeerFree(st *state.Store, own spiffeid.TrustDomain, name, td string) e
 			return status.Errorf(codes.AlreadyExists, "a peer named %q exists (trust domain %s); pass --name to choose another", name, f.TrustDomain)
 		}
 		if f.TrustDomain == td {
-			return status.Errorf(codes.AlreadyExists, "trust domain %s is already federated (as %q); remove it first", td, first(f.PeerName, "a foreign bundle"))
+			return status.Errorf(codes.AlreadyExists, "trust domain %s is already federated (as %q); remove it first", td, cmp.Or(f.PeerName, "a foreign bundle"))
 		}
 	}
 	return nil
-}
-
-func first(vals ...string) string {
-	for _, v := range vals {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 func (s federationService) CreateInvite(ctx context.Context, req *apipb.CreateInviteRequest) (*apipb.CreateInviteResponse, error) {
@@ -125,7 +117,7 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	if err != nil {
 		return nil, fieldErr("bundle", "%v", err)
 	}
-	name := first(req.RequestedName, req.Site)
+	name := cmp.Or(req.RequestedName, req.Site)
 	if err := meshname.ValidLabel(name); err != nil {
 		return nil, fieldErr("requested_name", "%v", err)
 	}

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +40,9 @@ type Server struct {
 
 	cfg      Config
 	requests *prometheus.CounterVec
+	// exportMu serializes read-modify-write of exports on the leader, so
+	// two concurrent exports of one service cannot lose each other's peers.
+	exportMu sync.Mutex
 	latency  *prometheus.HistogramVec
 }
 

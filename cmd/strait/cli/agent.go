@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -32,7 +33,7 @@ SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket
   strait agent --node-name web-1 --server 10.0.1.5:7400 --data-dir /var/lib/strait-agent --join-token T`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg.JoinToken = first(cfg.JoinToken, os.Getenv("STRAIT_JOIN_TOKEN"))
+			cfg.JoinToken = cmp.Or(cfg.JoinToken, os.Getenv("STRAIT_JOIN_TOKEN"))
 			if cfg.Node == "" {
 				h, err := os.Hostname()
 				if err != nil {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -92,7 +93,7 @@ func newBundleCmd(g *globals) *cobra.Command {
 					if b.LastSuccess != nil {
 						ok = ago(time.Since(b.LastSuccess.AsTime()))
 					}
-					t.row(b.TrustDomain, b.Profile, fmt.Sprint(b.Sequence), fmt.Sprint(b.X509Authorities), ok, first(b.LastError, "-"))
+					t.row(b.TrustDomain, b.Profile, fmt.Sprint(b.Sequence), fmt.Sprint(b.X509Authorities), ok, cmp.Or(b.LastError, "-"))
 				}
 				return t.flush()
 			})

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -84,7 +85,7 @@ func newFederationCmd(g *globals) *cobra.Command {
 					if p.Bundle.LastSuccess != nil {
 						last = ago(time.Since(p.Bundle.LastSuccess.AsTime()))
 					}
-					t.row(p.Name, p.Site, p.TrustDomain, strings.Join(p.Addresses, ","), fmt.Sprint(p.Bundle.Sequence), last, first(p.Bundle.LastError, "-"))
+					t.row(p.Name, p.Site, p.TrustDomain, strings.Join(p.Addresses, ","), fmt.Sprint(p.Bundle.Sequence), last, cmp.Or(p.Bundle.LastError, "-"))
 				}
 				return t.flush()
 			})

@@ -6,6 +6,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -99,11 +100,11 @@ func newRoot(g *globals) *cobra.Command {
 
 // client connects using flags, then the environment, then the dev context.
 func (g *globals) client() (*apiclient.Client, error) {
-	cfg := apiclient.Config{Addr: first(g.addr, os.Getenv("STRAIT_ADDR")), Token: first(g.token, os.Getenv("STRAIT_TOKEN")), CAFile: first(g.caFile, os.Getenv("STRAIT_CA_FILE"))}
+	cfg := apiclient.Config{Addr: cmp.Or(g.addr, os.Getenv("STRAIT_ADDR")), Token: cmp.Or(g.token, os.Getenv("STRAIT_TOKEN")), CAFile: cmp.Or(g.caFile, os.Getenv("STRAIT_CA_FILE"))}
 	if cfg.Addr == "" || cfg.CAFile == "" || cfg.Token == "" {
 		if dc, err := readDevContext(); err == nil && (cfg.Addr == "" || cfg.Addr == dc.Addr) {
 			cfg.Addr = dc.Addr
-			cfg.Token = first(cfg.Token, dc.Token)
+			cfg.Token = cmp.Or(cfg.Token, dc.Token)
 			if cfg.CAFile == "" {
 				certs, err := dc.certs()
 				if err != nil {
@@ -127,15 +128,6 @@ func (g *globals) withClient(cmd *cobra.Command, f func(context.Context, *apicli
 	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 	defer cancel()
 	return f(ctx, cl)
-}
-
-func first(vals ...string) string {
-	for _, v := range vals {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 var jsonOpts = protojson.MarshalOptions{UseProtoNames: true}

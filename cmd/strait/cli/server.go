@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"strings"
@@ -43,7 +44,7 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 			if dev && !cmd.Flags().Changed("dns-addr") && file.DNSAddr == "" {
 				file.DNSAddr = "127.0.0.1:8600"
 			}
-			cfg, err := file.serverConfig(dev, first(joinToken, os.Getenv("STRAIT_JOIN_TOKEN")))
+			cfg, err := file.serverConfig(dev, cmp.Or(joinToken, os.Getenv("STRAIT_JOIN_TOKEN")))
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sort"
@@ -108,7 +109,7 @@ func newServiceRegisterCmd(g *globals) *cobra.Command {
 				if g.json {
 					return g.printJSON(resp)
 				}
-				what := fmt.Sprintf("service %s/%s", first(req.Service.Namespace, meshname.DefaultNamespace), name)
+				what := fmt.Sprintf("service %s/%s", cmp.Or(req.Service.Namespace, meshname.DefaultNamespace), name)
 				if req.Instance != nil {
 					what += fmt.Sprintf(", instance %s (%s)", id, address)
 				}
@@ -227,7 +228,7 @@ func newServiceShowCmd(g *globals) *cobra.Command {
 						ps = append(ps, fmt.Sprintf("%s=%d", n, p))
 					}
 					sort.Strings(ps)
-					t.row(in.Id, in.Address, strings.Join(ps, ","), first(in.Zone, "-"), lowerEnum(in.Health.String(), "HEALTH_"))
+					t.row(in.Id, in.Address, strings.Join(ps, ","), cmp.Or(in.Zone, "-"), lowerEnum(in.Health.String(), "HEALTH_"))
 				}
 				return t.flush()
 			})

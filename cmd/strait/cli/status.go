@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 
@@ -31,7 +32,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 				w := g.stdout
 				fmt.Fprintf(w, "Site:          %s (trust domain %s)\n", st.Site, st.TrustDomain)
 				fmt.Fprintf(w, "Server:        %s, %s, %s\n", st.NodeId, st.State, health)
-				fmt.Fprintf(w, "Leader:        %s %s\n", first(st.LeaderId, "(none)"), st.LeaderAddress)
+				fmt.Fprintf(w, "Leader:        %s %s\n", cmp.Or(st.LeaderId, "(none)"), st.LeaderAddress)
 				fmt.Fprintf(w, "Term:          %d\n", st.Term)
 				fmt.Fprintf(w, "Commit index:  %d (applied %d)\n", st.CommitIndex, st.AppliedIndex)
 				fmt.Fprintf(w, "Last contact:  %s\n", ago(st.LastContact.AsDuration()))

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strconv"
@@ -93,7 +94,7 @@ func newTokenListCmd(g *globals) *cobra.Command {
 					if tok.ExpireTime != nil {
 						exp = tok.ExpireTime.AsTime().Format(time.RFC3339)
 					}
-					t.row(tok.AccessorId, lowerEnum(tok.Kind.String(), "TOKEN_KIND_"), uses, exp, first(tok.Description, "-"))
+					t.row(tok.AccessorId, lowerEnum(tok.Kind.String(), "TOKEN_KIND_"), uses, exp, cmp.Or(tok.Description, "-"))
 				}
 				return t.flush()
 			})

@@ -99,6 +99,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, a := range f.agents {
 		snap.agents = append(snap.agents, a)
 	}
+	for _, p := range f.imports {
+		snap.imports = append(snap.imports, p)
+	}
 	return snap, nil
 }
 
@@ -112,6 +115,7 @@ type fsmSnapshot struct {
 	foreign   []*statepb.ForeignBundle
 	exports   []*apipb.Export
 	agents    []*apipb.Agent
+	imports   []*statepb.PeerImport
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -171,6 +175,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, v := range s.imports {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_PeerImport{PeerImport: v}}); err != nil {
+			return err
+		}
+	}
 	return bw.Flush()
 }
 
@@ -206,9 +215,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		case *statepb.SnapshotRecord_Site:
 			n.site = r.Site
 		case *statepb.SnapshotRecord_Service:
-			n.services[ServiceKey{r.Service.Namespace, r.Service.Name}] = r.Service
+			n.services[KeyOf(r.Service)] = r.Service
 		case *statepb.SnapshotRecord_Instance:
-			k := ServiceKey{r.Instance.Namespace, r.Instance.Service}
+			k := KeyOfInstance(r.Instance)
 			if n.instances[k] == nil {
 				n.instances[k] = make(map[string]*apipb.Instance)
 			}
@@ -221,9 +230,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		case *statepb.SnapshotRecord_ForeignBundle:
 			n.foreign[r.ForeignBundle.TrustDomain] = r.ForeignBundle
 		case *statepb.SnapshotRecord_Export:
-			n.exports[ServiceKey{r.Export.Namespace, r.Export.Service}] = r.Export
+			n.exports[ServiceKey{"", r.Export.Namespace, r.Export.Service}] = r.Export
 		case *statepb.SnapshotRecord_Agent:
 			n.agents[r.Agent.Node] = r.Agent
+		case *statepb.SnapshotRecord_PeerImport:
+			n.imports[r.PeerImport.Peer] = r.PeerImport
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
@@ -247,7 +258,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.foreign = n.foreign
 	f.exports = n.exports
 	f.agents = n.agents
+	f.imports = n.imports
 	f.events.restart(hdr.Index)
 	f.identityChanged()
+	close(f.exportsCh)
+	f.exportsCh = make(chan struct{})
 	return nil
 }

@@ -15,8 +15,17 @@ import (
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
-// ServiceKey identifies a service.
-type ServiceKey struct{ Namespace, Name string }
+// ServiceKey identifies a service: a local one when Peer is empty, else
+// one imported from that peer.
+type ServiceKey struct{ Peer, Namespace, Name string }
+
+// KeyOf returns the key of a service.
+func KeyOf(svc *apipb.Service) ServiceKey { return ServiceKey{svc.Peer, svc.Namespace, svc.Name} }
+
+// KeyOfInstance returns the key of an instance's service.
+func KeyOfInstance(in *apipb.Instance) ServiceKey {
+	return ServiceKey{in.Peer, in.Namespace, in.Service}
+}
 
 // Store holds the state in memory.
 type Store struct {
@@ -31,11 +40,14 @@ type Store struct {
 	entries   map[string]*apipb.WorkloadEntry   // by ID
 	foreign   map[string]*statepb.ForeignBundle // by trust domain
 	exports   map[ServiceKey]*apipb.Export
-	agents    map[string]*apipb.Agent // by node
+	agents    map[string]*apipb.Agent        // by node
+	imports   map[string]*statepb.PeerImport // by peer name
 	events    *publisher
 	// identityCh is closed (and replaced) whenever workload entries or the
 	// site's CA change; agents' watches wait on it.
 	identityCh chan struct{}
+	// exportsCh is closed (and replaced) whenever exports change.
+	exportsCh chan struct{}
 }
 
 // NewStore returns an empty store whose watch buffer keeps the last
@@ -61,7 +73,9 @@ func (s *Store) reset() {
 	s.foreign = make(map[string]*statepb.ForeignBundle)
 	s.exports = make(map[ServiceKey]*apipb.Export)
 	s.agents = make(map[string]*apipb.Agent)
+	s.imports = make(map[string]*statepb.PeerImport)
 	s.identityCh = make(chan struct{})
+	s.exportsCh = make(chan struct{})
 }
 
 // identityChanged wakes identity watchers. Write lock held.
@@ -151,6 +165,9 @@ func (s *Store) ServiceSummaries(namespace string) ([]*apipb.ServiceSummary, uin
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Service, out[j].Service
+		if a.Peer != b.Peer {
+			return a.Peer < b.Peer
+		}
 		if a.Namespace != b.Namespace {
 			return a.Namespace < b.Namespace
 		}
@@ -182,7 +199,7 @@ func (s *Store) Service(k ServiceKey, passingOnly bool) (*apipb.Service, []*apip
 func (s *Store) Instance(k *apipb.InstanceKey) (*apipb.Instance, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	in, ok := s.instances[ServiceKey{k.Namespace, k.Service}][k.Id]
+	in, ok := s.instances[ServiceKey{k.Peer, k.Namespace, k.Service}][k.Id]
 	return in, ok
 }
 
@@ -261,12 +278,14 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		err = s.applyAddJWTKey(index, c.AddJwtKey)
 	case *statepb.Command_SetExport:
 		s.applySetExport(c.SetExport)
+	case *statepb.Command_ImportBatch:
+		err = s.applyImport(index, c.ImportBatch, now, &ch)
 	case *statepb.Command_SetAgent:
 		s.agents[c.SetAgent.Node] = proto.Clone(c.SetAgent).(*apipb.Agent)
 	case *statepb.Command_SetForeignBundle:
 		err = s.applySetForeign(c.SetForeignBundle)
 	case *statepb.Command_DeleteForeignBundle:
-		err = s.applyDeleteForeign(c.DeleteForeignBundle)
+		err = s.applyDeleteForeign(index, c.DeleteForeignBundle, &ch)
 	case *statepb.Command_PrepareRoot:
 		err = s.applyPrepareRoot(index, c.PrepareRoot, now)
 	case *statepb.Command_ActivateRoot:
@@ -302,14 +321,17 @@ func wellFormed(cmd *statepb.Command) error {
 		if r.Instance != nil && r.Instance.Id == "" {
 			return bad("register with an instance without an id")
 		}
+		if r.Service.Peer != "" || r.Instance.GetPeer() != "" {
+			return bad("register of an imported service (only replication writes those)")
+		}
 	case *statepb.Command_Deregister:
 		if c.Deregister.GetService() == "" {
 			return bad("deregister without a service")
 		}
 	case *statepb.Command_SetHealth:
 		for _, k := range c.SetHealth.GetInstances() {
-			if k == nil {
-				return bad("set health with an empty key")
+			if k == nil || k.Peer != "" {
+				return bad("set health with an empty key or an imported instance")
 			}
 		}
 	case *statepb.Command_CreateToken:
@@ -347,6 +369,8 @@ func wellFormed(cmd *statepb.Command) error {
 		if c.DeleteForeignBundle.TrustDomain == "" {
 			return bad("delete foreign bundle without trust domain")
 		}
+	case *statepb.Command_ImportBatch:
+		return wellFormedImport(c.ImportBatch)
 	case *statepb.Command_PrepareRoot:
 		if len(c.PrepareRoot.Certificate) == 0 || len(c.PrepareRoot.SealedKey) == 0 {
 			return bad("prepare root without certificate or key")
@@ -375,10 +399,10 @@ func (c *changes) instance(v *apipb.Instance) {
 	*c = append(*c, &apipb.Change{Change: &apipb.Change_Instance{Instance: v}})
 }
 func (c *changes) serviceDeleted(k ServiceKey) {
-	*c = append(*c, &apipb.Change{Change: &apipb.Change_ServiceDeleted{ServiceDeleted: &apipb.ServiceKey{Namespace: k.Namespace, Name: k.Name}}})
+	*c = append(*c, &apipb.Change{Change: &apipb.Change_ServiceDeleted{ServiceDeleted: &apipb.ServiceKey{Namespace: k.Namespace, Name: k.Name, Peer: k.Peer}}})
 }
 func (c *changes) instanceDeleted(in *apipb.Instance) {
-	*c = append(*c, &apipb.Change{Change: &apipb.Change_InstanceDeleted{InstanceDeleted: &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id}}})
+	*c = append(*c, &apipb.Change{Change: &apipb.Change_InstanceDeleted{InstanceDeleted: &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id, Peer: in.Peer}}})
 }
 
 // sameEntry reports whether two entries grant the same thing.
@@ -480,12 +504,21 @@ func (s *Store) ExportedTo(k ServiceKey, peer string) bool {
 }
 
 func (s *Store) applySetExport(e *apipb.Export) {
-	k := ServiceKey{e.Namespace, e.Service}
+	k := ServiceKey{"", e.Namespace, e.Service}
 	if len(e.To) == 0 {
 		delete(s.exports, k)
-		return
+	} else {
+		s.exports[k] = proto.Clone(e).(*apipb.Export)
 	}
-	s.exports[k] = proto.Clone(e).(*apipb.Export)
+	close(s.exportsCh)
+	s.exportsCh = make(chan struct{})
+}
+
+// ExportsChanged returns a channel closed at the next change of exports.
+func (s *Store) ExportsChanged() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.exportsCh
 }
 
 // ForeignBundles lists the foreign bundles sorted by trust domain.
@@ -525,9 +558,16 @@ func (s *Store) applySetForeign(f *statepb.ForeignBundle) error {
 	return nil
 }
 
-func (s *Store) applyDeleteForeign(d *statepb.DeleteForeignBundle) error {
-	if _, ok := s.foreign[d.TrustDomain]; !ok {
+// applyDeleteForeign removes a foreign bundle; for a peer, also everything
+// imported from it.
+func (s *Store) applyDeleteForeign(index uint64, d *statepb.DeleteForeignBundle, ch *changes) error {
+	f, ok := s.foreign[d.TrustDomain]
+	if !ok {
 		return fmt.Errorf("foreign bundle %s: %w", d.TrustDomain, ErrNotFound)
+	}
+	if f.PeerName != "" {
+		s.dropImports(f.PeerName, nil, ch)
+		delete(s.imports, f.PeerName)
 	}
 	delete(s.foreign, d.TrustDomain)
 	s.identityChanged()
@@ -618,25 +658,11 @@ func (s *Store) applyBootstrap(index uint64, b *statepb.Bootstrap) error {
 }
 
 func (s *Store) applyRegister(index uint64, req *apipb.RegisterRequest, ch *changes) error {
-	k := ServiceKey{req.Service.GetNamespace(), req.Service.GetName()}
-	old := s.services[k]
+	k := ServiceKey{"", req.Service.GetNamespace(), req.Service.GetName()}
 	if err := s.checkPortsInUse(k, req); err != nil {
 		return err
 	}
-	svc := proto.Clone(req.Service).(*apipb.Service)
-	if old != nil {
-		svc.CreateIndex, svc.ModifyIndex = old.CreateIndex, old.ModifyIndex
-		if !proto.Equal(old, svc) {
-			svc.ModifyIndex = index
-			s.services[k] = svc
-			ch.service(svc)
-		}
-	} else {
-		svc.CreateIndex, svc.ModifyIndex = index, index
-		s.services[k] = svc
-		s.instances[k] = make(map[string]*apipb.Instance)
-		ch.service(svc)
-	}
+	s.putService(index, k, proto.Clone(req.Service).(*apipb.Service), ch)
 	if req.Instance == nil {
 		return nil
 	}
@@ -645,11 +671,17 @@ func (s *Store) applyRegister(index uint64, req *apipb.RegisterRequest, ch *chan
 	if in.Health == apipb.Health_HEALTH_UNSPECIFIED {
 		in.Health = apipb.Health_HEALTH_PASSING
 	}
-	byID := s.instances[k]
+	s.putInstance(index, s.instances[k], in, ch)
+	return nil
+}
+
+// putInstance stores a new version of an instance (a copy the caller owns)
+// unless nothing changed. Lock held.
+func (s *Store) putInstance(index uint64, byID map[string]*apipb.Instance, in *apipb.Instance, ch *changes) {
 	if prev, ok := byID[in.Id]; ok {
 		in.CreateIndex, in.ModifyIndex = prev.CreateIndex, prev.ModifyIndex
 		if proto.Equal(prev, in) {
-			return nil
+			return
 		}
 	} else {
 		in.CreateIndex = index
@@ -658,7 +690,23 @@ func (s *Store) applyRegister(index uint64, req *apipb.RegisterRequest, ch *chan
 	in.ModifyIndex = index
 	byID[in.Id] = in
 	ch.instance(in)
-	return nil
+}
+
+// putService stores a new version of a service definition (a copy the
+// caller owns) unless nothing changed. Lock held.
+func (s *Store) putService(index uint64, k ServiceKey, svc *apipb.Service, ch *changes) {
+	if old, ok := s.services[k]; ok {
+		svc.CreateIndex, svc.ModifyIndex = old.CreateIndex, old.ModifyIndex
+		if proto.Equal(old, svc) {
+			return
+		}
+		svc.ModifyIndex = index
+	} else {
+		svc.CreateIndex, svc.ModifyIndex = index, index
+		s.instances[k] = make(map[string]*apipb.Instance)
+	}
+	s.services[k] = svc
+	ch.service(svc)
 }
 
 // checkPortsInUse rejects a service definition that drops a port its
@@ -701,7 +749,7 @@ func (s *Store) checkPortsInUse(k ServiceKey, req *apipb.RegisterRequest) error 
 }
 
 func (s *Store) applyDeregister(req *apipb.DeregisterRequest, ch *changes) error {
-	k := ServiceKey{req.Namespace, req.Service}
+	k := ServiceKey{"", req.Namespace, req.Service}
 	byID, ok := s.instances[k]
 	if !ok {
 		return fmt.Errorf("service %s/%s: %w", k.Namespace, k.Name, ErrNotFound)
@@ -716,24 +764,13 @@ func (s *Store) applyDeregister(req *apipb.DeregisterRequest, ch *changes) error
 		ch.instanceDeleted(in)
 		return nil
 	}
-	ids := make([]string, 0, len(byID))
-	for id := range byID {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		ch.instanceDeleted(byID[id])
-	}
-	s.nInst -= len(byID)
-	delete(s.instances, k)
-	delete(s.services, k)
-	ch.serviceDeleted(k)
+	s.deleteService(k, ch)
 	return nil
 }
 
 func (s *Store) applySetHealth(index uint64, req *statepb.SetHealth, ch *changes) {
 	for _, k := range req.Instances {
-		byID := s.instances[ServiceKey{k.Namespace, k.Service}]
+		byID := s.instances[ServiceKey{"", k.Namespace, k.Service}]
 		in, ok := byID[k.Id]
 		if !ok || in.Health == req.Health {
 			continue // deregistered or already there since the proposal
@@ -806,7 +843,10 @@ func Usable(t *apipb.Token, now time.Time) error {
 func (s *Store) EachTTLInstance(f func(*apipb.Instance)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	for _, byID := range s.instances {
+	for k, byID := range s.instances {
+		if k.Peer != "" {
+			continue
+		}
 		for _, in := range byID {
 			if in.Ttl != nil {
 				f(in)

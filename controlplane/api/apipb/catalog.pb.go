@@ -235,8 +235,11 @@ type Service struct {
 	Ports     []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
 	Meta      map[string]string      `protobuf:"bytes,4,rep,name=meta,proto3" json:"meta,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Set by the server.
-	CreateIndex   uint64 `protobuf:"varint,5,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64 `protobuf:"varint,6,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	CreateIndex uint64 `protobuf:"varint,5,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,6,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// The peer this service is imported from; empty for a local service.
+	// Imported services are written only by replication.
+	Peer          string `protobuf:"bytes,7,opt,name=peer,proto3" json:"peer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,6 +316,13 @@ func (x *Service) GetModifyIndex() uint64 {
 	return 0
 }
 
+func (x *Service) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
 type Instance struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -329,8 +339,10 @@ type Instance struct {
 	// When set, the instance turns critical if no heartbeat arrives within ttl.
 	Ttl *durationpb.Duration `protobuf:"bytes,9,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Set by the server.
-	CreateIndex   uint64 `protobuf:"varint,10,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64 `protobuf:"varint,11,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	CreateIndex uint64 `protobuf:"varint,10,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,11,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// The peer this instance is imported from; empty for a local one.
+	Peer          string `protobuf:"bytes,12,opt,name=peer,proto3" json:"peer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -442,10 +454,19 @@ func (x *Instance) GetModifyIndex() uint64 {
 	return 0
 }
 
+func (x *Instance) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
 type ServiceKey struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Empty for a local service.
+	Peer          string `protobuf:"bytes,3,opt,name=peer,proto3" json:"peer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -494,11 +515,20 @@ func (x *ServiceKey) GetName() string {
 	return ""
 }
 
+func (x *ServiceKey) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
 type InstanceKey struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
-	Id            string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service   string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Id        string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	// Empty for a local instance.
+	Peer          string `protobuf:"bytes,4,opt,name=peer,proto3" json:"peer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,6 +580,13 @@ func (x *InstanceKey) GetService() string {
 func (x *InstanceKey) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *InstanceKey) GetPeer() string {
+	if x != nil {
+		return x.Peer
 	}
 	return ""
 }
@@ -907,10 +944,13 @@ func (x *ListServicesRequest) GetMode() ReadMode {
 }
 
 type ServiceSummary struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Instances     uint32                 `protobuf:"varint,2,opt,name=instances,proto3" json:"instances,omitempty"`
-	Passing       uint32                 `protobuf:"varint,3,opt,name=passing,proto3" json:"passing,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Service   *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Instances uint32                 `protobuf:"varint,2,opt,name=instances,proto3" json:"instances,omitempty"`
+	Passing   uint32                 `protobuf:"varint,3,opt,name=passing,proto3" json:"passing,omitempty"`
+	// An imported service whose peer has not been heard from for longer
+	// than the stale-after time: served as last known.
+	Stale         bool `protobuf:"varint,4,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -966,6 +1006,13 @@ func (x *ServiceSummary) GetPassing() uint32 {
 	return 0
 }
 
+func (x *ServiceSummary) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
 type ListServicesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Services      []*ServiceSummary      `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
@@ -1019,11 +1066,13 @@ func (x *ListServicesResponse) GetIndex() uint64 {
 }
 
 type GetServiceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Mode          ReadMode               `protobuf:"varint,3,opt,name=mode,proto3,enum=strait.api.v1.ReadMode" json:"mode,omitempty"`
-	PassingOnly   bool                   `protobuf:"varint,4,opt,name=passing_only,json=passingOnly,proto3" json:"passing_only,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Namespace   string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Mode        ReadMode               `protobuf:"varint,3,opt,name=mode,proto3,enum=strait.api.v1.ReadMode" json:"mode,omitempty"`
+	PassingOnly bool                   `protobuf:"varint,4,opt,name=passing_only,json=passingOnly,proto3" json:"passing_only,omitempty"`
+	// The peer an imported service comes from; empty for a local service.
+	Peer          string `protobuf:"bytes,5,opt,name=peer,proto3" json:"peer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1086,11 +1135,20 @@ func (x *GetServiceRequest) GetPassingOnly() bool {
 	return false
 }
 
+func (x *GetServiceRequest) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
 type GetServiceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Instances     []*Instance            `protobuf:"bytes,2,rep,name=instances,proto3" json:"instances,omitempty"`
-	Index         uint64                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Service   *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Instances []*Instance            `protobuf:"bytes,2,rep,name=instances,proto3" json:"instances,omitempty"`
+	Index     uint64                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// See ServiceSummary.stale.
+	Stale         bool `protobuf:"varint,4,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1144,6 +1202,13 @@ func (x *GetServiceResponse) GetIndex() uint64 {
 		return x.Index
 	}
 	return 0
+}
+
+func (x *GetServiceResponse) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
 }
 
 type WatchRequest struct {
@@ -1386,17 +1451,18 @@ const file_controlplane_api_apipb_catalog_proto_rawDesc = "" +
 	"$controlplane/api/apipb/catalog.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\"V\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
-	"\bprotocol\x18\x02 \x01(\x0e2\x17.strait.api.v1.ProtocolR\bprotocol\"\xa2\x02\n" +
+	"\bprotocol\x18\x02 \x01(\x0e2\x17.strait.api.v1.ProtocolR\bprotocol\"\xb6\x02\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x120\n" +
 	"\x05ports\x18\x03 \x03(\v2\x1a.strait.api.v1.ServicePortR\x05ports\x124\n" +
 	"\x04meta\x18\x04 \x03(\v2 .strait.api.v1.Service.MetaEntryR\x04meta\x12!\n" +
 	"\fcreate_index\x18\x05 \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\x06 \x01(\x04R\vmodifyIndex\x1a7\n" +
+	"\fmodify_index\x18\x06 \x01(\x04R\vmodifyIndex\x12\x12\n" +
+	"\x04peer\x18\a \x01(\tR\x04peer\x1a7\n" +
 	"\tMetaEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x04\n" +
 	"\bInstance\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x0e\n" +
@@ -1409,22 +1475,25 @@ const file_controlplane_api_apipb_catalog_proto_rawDesc = "" +
 	"\x03ttl\x18\t \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12!\n" +
 	"\fcreate_index\x18\n" +
 	" \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x1a8\n" +
+	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x12\x12\n" +
+	"\x04peer\x18\f \x01(\tR\x04peer\x1a8\n" +
 	"\n" +
 	"PortsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a7\n" +
 	"\tMetaEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
 	"\n" +
 	"ServiceKey\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"U\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04peer\x18\x03 \x01(\tR\x04peer\"i\n" +
 	"\vInstanceKey\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x0e\n" +
-	"\x02id\x18\x03 \x01(\tR\x02id\"x\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x12\x12\n" +
+	"\x04peer\x18\x04 \x01(\tR\x04peer\"x\n" +
 	"\x0fRegisterRequest\x120\n" +
 	"\aservice\x18\x01 \x01(\v2\x16.strait.api.v1.ServiceR\aservice\x123\n" +
 	"\binstance\x18\x02 \x01(\v2\x17.strait.api.v1.InstanceR\binstance\"(\n" +
@@ -1445,23 +1514,26 @@ const file_controlplane_api_apipb_catalog_proto_rawDesc = "" +
 	"\x11HeartbeatResponse\"`\n" +
 	"\x13ListServicesRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12+\n" +
-	"\x04mode\x18\x02 \x01(\x0e2\x17.strait.api.v1.ReadModeR\x04mode\"z\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x17.strait.api.v1.ReadModeR\x04mode\"\x90\x01\n" +
 	"\x0eServiceSummary\x120\n" +
 	"\aservice\x18\x01 \x01(\v2\x16.strait.api.v1.ServiceR\aservice\x12\x1c\n" +
 	"\tinstances\x18\x02 \x01(\rR\tinstances\x12\x18\n" +
-	"\apassing\x18\x03 \x01(\rR\apassing\"g\n" +
+	"\apassing\x18\x03 \x01(\rR\apassing\x12\x14\n" +
+	"\x05stale\x18\x04 \x01(\bR\x05stale\"g\n" +
 	"\x14ListServicesResponse\x129\n" +
 	"\bservices\x18\x01 \x03(\v2\x1d.strait.api.v1.ServiceSummaryR\bservices\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\x95\x01\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xa9\x01\n" +
 	"\x11GetServiceRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\x17.strait.api.v1.ReadModeR\x04mode\x12!\n" +
-	"\fpassing_only\x18\x04 \x01(\bR\vpassingOnly\"\x93\x01\n" +
+	"\fpassing_only\x18\x04 \x01(\bR\vpassingOnly\x12\x12\n" +
+	"\x04peer\x18\x05 \x01(\tR\x04peer\"\xa9\x01\n" +
 	"\x12GetServiceResponse\x120\n" +
 	"\aservice\x18\x01 \x01(\v2\x16.strait.api.v1.ServiceR\aservice\x125\n" +
 	"\tinstances\x18\x02 \x03(\v2\x17.strait.api.v1.InstanceR\tinstances\x12\x14\n" +
-	"\x05index\x18\x03 \x01(\x04R\x05index\"-\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\x12\x14\n" +
+	"\x05stale\x18\x04 \x01(\bR\x05stale\"-\n" +
 	"\fWatchRequest\x12\x1d\n" +
 	"\n" +
 	"from_index\x18\x01 \x01(\x04R\tfromIndex\"\x8c\x02\n" +

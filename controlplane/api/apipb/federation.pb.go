@@ -23,6 +23,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// PeerState summarizes a peering.
+type PeerState int32
+
+const (
+	PeerState_PEER_STATE_UNSPECIFIED PeerState = 0
+	// Joined, never heard from over the replication stream yet.
+	PeerState_PEER_STATE_PENDING PeerState = 1
+	// Heard from within the stale-after time.
+	PeerState_PEER_STATE_ACTIVE PeerState = 2
+	// No contact for longer than the stale-after time: imports are served
+	// as last known and marked stale.
+	PeerState_PEER_STATE_STALE PeerState = 3
+)
+
+// Enum value maps for PeerState.
+var (
+	PeerState_name = map[int32]string{
+		0: "PEER_STATE_UNSPECIFIED",
+		1: "PEER_STATE_PENDING",
+		2: "PEER_STATE_ACTIVE",
+		3: "PEER_STATE_STALE",
+	}
+	PeerState_value = map[string]int32{
+		"PEER_STATE_UNSPECIFIED": 0,
+		"PEER_STATE_PENDING":     1,
+		"PEER_STATE_ACTIVE":      2,
+		"PEER_STATE_STALE":       3,
+	}
+)
+
+func (x PeerState) Enum() *PeerState {
+	p := new(PeerState)
+	*p = x
+	return p
+}
+
+func (x PeerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PeerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_controlplane_api_apipb_federation_proto_enumTypes[0].Descriptor()
+}
+
+func (PeerState) Type() protoreflect.EnumType {
+	return &file_controlplane_api_apipb_federation_proto_enumTypes[0]
+}
+
+func (x PeerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PeerState.Descriptor instead.
+func (PeerState) EnumDescriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{0}
+}
+
 // FederationInvite is what a federation token carries, signed by the
 // issuing site's CA.
 type FederationInvite struct {
@@ -358,8 +415,12 @@ type Peer struct {
 	Addresses         []string               `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	BundleEndpointUrl string                 `protobuf:"bytes,5,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
 	Bundle            *ForeignBundleStatus   `protobuf:"bytes,6,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Replication from the peer (what this site imports).
+	Imports *ImportStatus `protobuf:"bytes,7,opt,name=imports,proto3" json:"imports,omitempty"`
+	// Replication to the peer (what this site exports), as the leader sees it.
+	Exports       *ExportStatus `protobuf:"bytes,8,opt,name=exports,proto3" json:"exports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -434,6 +495,212 @@ func (x *Peer) GetBundle() *ForeignBundleStatus {
 	return nil
 }
 
+func (x *Peer) GetImports() *ImportStatus {
+	if x != nil {
+		return x.Imports
+	}
+	return nil
+}
+
+func (x *Peer) GetExports() *ExportStatus {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
+type ImportStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	State       PeerState              `protobuf:"varint,1,opt,name=state,proto3,enum=strait.api.v1.PeerState" json:"state,omitempty"`
+	LastContact *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	// The exporter's catalog version the import is current with.
+	Version   uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Services  uint32 `protobuf:"varint,4,opt,name=services,proto3" json:"services,omitempty"`
+	Instances uint32 `protobuf:"varint,5,opt,name=instances,proto3" json:"instances,omitempty"`
+	// The peer's gateway addresses, as it last announced them.
+	Gateways []string `protobuf:"bytes,6,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	// Leader only: whether the stream is up, and its last error.
+	Connected     bool   `protobuf:"varint,7,opt,name=connected,proto3" json:"connected,omitempty"`
+	LastError     string `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportStatus) Reset() {
+	*x = ImportStatus{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportStatus) ProtoMessage() {}
+
+func (x *ImportStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportStatus.ProtoReflect.Descriptor instead.
+func (*ImportStatus) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ImportStatus) GetState() PeerState {
+	if x != nil {
+		return x.State
+	}
+	return PeerState_PEER_STATE_UNSPECIFIED
+}
+
+func (x *ImportStatus) GetLastContact() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastContact
+	}
+	return nil
+}
+
+func (x *ImportStatus) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ImportStatus) GetServices() uint32 {
+	if x != nil {
+		return x.Services
+	}
+	return 0
+}
+
+func (x *ImportStatus) GetInstances() uint32 {
+	if x != nil {
+		return x.Instances
+	}
+	return 0
+}
+
+func (x *ImportStatus) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+func (x *ImportStatus) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *ImportStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+type ExportStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Services exported to this peer.
+	Services uint32 `protobuf:"varint,1,opt,name=services,proto3" json:"services,omitempty"`
+	// Leader only: whether the peer's stream is attached here, what it has
+	// been sent and acknowledged, and how long the oldest unacknowledged
+	// change has waited.
+	Connected    bool                 `protobuf:"varint,2,opt,name=connected,proto3" json:"connected,omitempty"`
+	SentVersion  uint64               `protobuf:"varint,3,opt,name=sent_version,json=sentVersion,proto3" json:"sent_version,omitempty"`
+	AckedVersion uint64               `protobuf:"varint,4,opt,name=acked_version,json=ackedVersion,proto3" json:"acked_version,omitempty"`
+	Lag          *durationpb.Duration `protobuf:"bytes,5,opt,name=lag,proto3" json:"lag,omitempty"`
+	// Bytes sent on the stream since it was attached.
+	BytesSent     uint64 `protobuf:"varint,6,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportStatus) Reset() {
+	*x = ExportStatus{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportStatus) ProtoMessage() {}
+
+func (x *ExportStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportStatus.ProtoReflect.Descriptor instead.
+func (*ExportStatus) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ExportStatus) GetServices() uint32 {
+	if x != nil {
+		return x.Services
+	}
+	return 0
+}
+
+func (x *ExportStatus) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *ExportStatus) GetSentVersion() uint64 {
+	if x != nil {
+		return x.SentVersion
+	}
+	return 0
+}
+
+func (x *ExportStatus) GetAckedVersion() uint64 {
+	if x != nil {
+		return x.AckedVersion
+	}
+	return 0
+}
+
+func (x *ExportStatus) GetLag() *durationpb.Duration {
+	if x != nil {
+		return x.Lag
+	}
+	return nil
+}
+
+func (x *ExportStatus) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
 type JoinFederationResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Peer          *Peer                  `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
@@ -443,7 +710,7 @@ type JoinFederationResponse struct {
 
 func (x *JoinFederationResponse) Reset() {
 	*x = JoinFederationResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[6]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +722,7 @@ func (x *JoinFederationResponse) String() string {
 func (*JoinFederationResponse) ProtoMessage() {}
 
 func (x *JoinFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[6]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +735,7 @@ func (x *JoinFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinFederationResponse.ProtoReflect.Descriptor instead.
 func (*JoinFederationResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{6}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JoinFederationResponse) GetPeer() *Peer {
@@ -494,7 +761,7 @@ type AcceptRequest struct {
 
 func (x *AcceptRequest) Reset() {
 	*x = AcceptRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[7]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +773,7 @@ func (x *AcceptRequest) String() string {
 func (*AcceptRequest) ProtoMessage() {}
 
 func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[7]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +786,7 @@ func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptRequest.ProtoReflect.Descriptor instead.
 func (*AcceptRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{7}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AcceptRequest) GetSite() string {
@@ -574,7 +841,7 @@ type AcceptResponse struct {
 
 func (x *AcceptResponse) Reset() {
 	*x = AcceptResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[8]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +853,7 @@ func (x *AcceptResponse) String() string {
 func (*AcceptResponse) ProtoMessage() {}
 
 func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[8]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +866,7 @@ func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
 func (*AcceptResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{8}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AcceptResponse) GetName() string {
@@ -610,14 +877,16 @@ func (x *AcceptResponse) GetName() string {
 }
 
 type ListPeersFedRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this peer; empty for all.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListPeersFedRequest) Reset() {
 	*x = ListPeersFedRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +898,7 @@ func (x *ListPeersFedRequest) String() string {
 func (*ListPeersFedRequest) ProtoMessage() {}
 
 func (x *ListPeersFedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +911,14 @@ func (x *ListPeersFedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersFedRequest.ProtoReflect.Descriptor instead.
 func (*ListPeersFedRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{9}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListPeersFedRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
 }
 
 type ListPeersFedResponse struct {
@@ -654,7 +930,7 @@ type ListPeersFedResponse struct {
 
 func (x *ListPeersFedResponse) Reset() {
 	*x = ListPeersFedResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +942,7 @@ func (x *ListPeersFedResponse) String() string {
 func (*ListPeersFedResponse) ProtoMessage() {}
 
 func (x *ListPeersFedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +955,7 @@ func (x *ListPeersFedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersFedResponse.ProtoReflect.Descriptor instead.
 func (*ListPeersFedResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{10}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListPeersFedResponse) GetPeers() []*Peer {
@@ -698,7 +974,7 @@ type RemovePeeringRequest struct {
 
 func (x *RemovePeeringRequest) Reset() {
 	*x = RemovePeeringRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +986,7 @@ func (x *RemovePeeringRequest) String() string {
 func (*RemovePeeringRequest) ProtoMessage() {}
 
 func (x *RemovePeeringRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +999,7 @@ func (x *RemovePeeringRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeeringRequest.ProtoReflect.Descriptor instead.
 func (*RemovePeeringRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{11}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemovePeeringRequest) GetName() string {
@@ -741,7 +1017,7 @@ type RemovePeeringResponse struct {
 
 func (x *RemovePeeringResponse) Reset() {
 	*x = RemovePeeringResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +1029,7 @@ func (x *RemovePeeringResponse) String() string {
 func (*RemovePeeringResponse) ProtoMessage() {}
 
 func (x *RemovePeeringResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +1042,7 @@ func (x *RemovePeeringResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeeringResponse.ProtoReflect.Descriptor instead.
 func (*RemovePeeringResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{12}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{14}
 }
 
 // Export makes a service visible to chosen peers. Only exported services
@@ -783,7 +1059,7 @@ type Export struct {
 
 func (x *Export) Reset() {
 	*x = Export{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +1071,7 @@ func (x *Export) String() string {
 func (*Export) ProtoMessage() {}
 
 func (x *Export) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +1084,7 @@ func (x *Export) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Export.ProtoReflect.Descriptor instead.
 func (*Export) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{13}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Export) GetNamespace() string {
@@ -841,7 +1117,7 @@ type ExportRequest struct {
 
 func (x *ExportRequest) Reset() {
 	*x = ExportRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +1129,7 @@ func (x *ExportRequest) String() string {
 func (*ExportRequest) ProtoMessage() {}
 
 func (x *ExportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1142,7 @@ func (x *ExportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportRequest.ProtoReflect.Descriptor instead.
 func (*ExportRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExportRequest) GetExport() *Export {
@@ -885,7 +1161,7 @@ type ExportResponse struct {
 
 func (x *ExportResponse) Reset() {
 	*x = ExportResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +1173,7 @@ func (x *ExportResponse) String() string {
 func (*ExportResponse) ProtoMessage() {}
 
 func (x *ExportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +1186,7 @@ func (x *ExportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportResponse.ProtoReflect.Descriptor instead.
 func (*ExportResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExportResponse) GetExport() *Export {
@@ -932,7 +1208,7 @@ type UnexportRequest struct {
 
 func (x *UnexportRequest) Reset() {
 	*x = UnexportRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1220,7 @@ func (x *UnexportRequest) String() string {
 func (*UnexportRequest) ProtoMessage() {}
 
 func (x *UnexportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1233,7 @@ func (x *UnexportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportRequest.ProtoReflect.Descriptor instead.
 func (*UnexportRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UnexportRequest) GetNamespace() string {
@@ -989,7 +1265,7 @@ type UnexportResponse struct {
 
 func (x *UnexportResponse) Reset() {
 	*x = UnexportResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1277,7 @@ func (x *UnexportResponse) String() string {
 func (*UnexportResponse) ProtoMessage() {}
 
 func (x *UnexportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1290,7 @@ func (x *UnexportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnexportResponse.ProtoReflect.Descriptor instead.
 func (*UnexportResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{19}
 }
 
 type UnpeerRequest struct {
@@ -1025,7 +1301,7 @@ type UnpeerRequest struct {
 
 func (x *UnpeerRequest) Reset() {
 	*x = UnpeerRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1313,7 @@ func (x *UnpeerRequest) String() string {
 func (*UnpeerRequest) ProtoMessage() {}
 
 func (x *UnpeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1326,7 @@ func (x *UnpeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpeerRequest.ProtoReflect.Descriptor instead.
 func (*UnpeerRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{20}
 }
 
 type UnpeerResponse struct {
@@ -1061,7 +1337,7 @@ type UnpeerResponse struct {
 
 func (x *UnpeerResponse) Reset() {
 	*x = UnpeerResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1349,7 @@ func (x *UnpeerResponse) String() string {
 func (*UnpeerResponse) ProtoMessage() {}
 
 func (x *UnpeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1362,7 @@ func (x *UnpeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpeerResponse.ProtoReflect.Descriptor instead.
 func (*UnpeerResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{19}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{21}
 }
 
 type ListExportsRequest struct {
@@ -1097,7 +1373,7 @@ type ListExportsRequest struct {
 
 func (x *ListExportsRequest) Reset() {
 	*x = ListExportsRequest{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[20]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1385,7 @@ func (x *ListExportsRequest) String() string {
 func (*ListExportsRequest) ProtoMessage() {}
 
 func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[20]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1398,7 @@ func (x *ListExportsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsRequest.ProtoReflect.Descriptor instead.
 func (*ListExportsRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{20}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{22}
 }
 
 type ListExportsResponse struct {
@@ -1134,7 +1410,7 @@ type ListExportsResponse struct {
 
 func (x *ListExportsResponse) Reset() {
 	*x = ListExportsResponse{}
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[21]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1422,7 @@ func (x *ListExportsResponse) String() string {
 func (*ListExportsResponse) ProtoMessage() {}
 
 func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[21]
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1435,7 @@ func (x *ListExportsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExportsResponse.ProtoReflect.Descriptor instead.
 func (*ListExportsResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{21}
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListExportsResponse) GetExports() []*Export {
@@ -1169,11 +1445,323 @@ func (x *ListExportsResponse) GetExports() []*Export {
 	return nil
 }
 
+// ReplicateRequest is what an importing site sends on a replication
+// stream: a hello first, then acknowledgements.
+type ReplicateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ReplicateRequest_Hello
+	//	*ReplicateRequest_Ack
+	Msg           isReplicateRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateRequest) Reset() {
+	*x = ReplicateRequest{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateRequest) ProtoMessage() {}
+
+func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
+func (*ReplicateRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ReplicateRequest) GetMsg() isReplicateRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ReplicateRequest) GetHello() *ReplicationHello {
+	if x != nil {
+		if x, ok := x.Msg.(*ReplicateRequest_Hello); ok {
+			return x.Hello
+		}
+	}
+	return nil
+}
+
+func (x *ReplicateRequest) GetAck() *ReplicationAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ReplicateRequest_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
+type isReplicateRequest_Msg interface {
+	isReplicateRequest_Msg()
+}
+
+type ReplicateRequest_Hello struct {
+	Hello *ReplicationHello `protobuf:"bytes,1,opt,name=hello,proto3,oneof"`
+}
+
+type ReplicateRequest_Ack struct {
+	Ack *ReplicationAck `protobuf:"bytes,2,opt,name=ack,proto3,oneof"`
+}
+
+func (*ReplicateRequest_Hello) isReplicateRequest_Msg() {}
+
+func (*ReplicateRequest_Ack) isReplicateRequest_Msg() {}
+
+type ReplicationHello struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The importing site, for logs.
+	Site          string `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicationHello) Reset() {
+	*x = ReplicationHello{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationHello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationHello) ProtoMessage() {}
+
+func (x *ReplicationHello) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationHello.ProtoReflect.Descriptor instead.
+func (*ReplicationHello) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReplicationHello) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+// ReplicationAck confirms that the importer committed everything up to
+// version.
+type ReplicationAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicationAck) Reset() {
+	*x = ReplicationAck{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationAck) ProtoMessage() {}
+
+func (x *ReplicationAck) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationAck.ProtoReflect.Descriptor instead.
+func (*ReplicationAck) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReplicationAck) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// ReplicationEvent is one message from the exporting site. A stream starts
+// with a resync: events from the one with resync set up to the one with
+// synced set are the peer's full export; incremental changes follow. An
+// event with nothing but a version is a heartbeat.
+type ReplicationEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The exporter's catalog index this event brings the importer to.
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Resync  bool   `protobuf:"varint,2,opt,name=resync,proto3" json:"resync,omitempty"`
+	Synced  bool   `protobuf:"varint,3,opt,name=synced,proto3" json:"synced,omitempty"`
+	// Exported services and their passing instances (keys carry no peer).
+	// An instance that stops passing is sent as deleted.
+	Changes []*Change `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
+	// The exporter's SPIFFE bundle, sent on resync and on every change.
+	Bundle []byte `protobuf:"bytes,5,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// The exporter's gateway addresses, sent on resync and on every change.
+	Gateways      *GatewaySet `protobuf:"bytes,6,opt,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicationEvent) Reset() {
+	*x = ReplicationEvent{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationEvent) ProtoMessage() {}
+
+func (x *ReplicationEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationEvent.ProtoReflect.Descriptor instead.
+func (*ReplicationEvent) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ReplicationEvent) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ReplicationEvent) GetResync() bool {
+	if x != nil {
+		return x.Resync
+	}
+	return false
+}
+
+func (x *ReplicationEvent) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
+}
+
+func (x *ReplicationEvent) GetChanges() []*Change {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *ReplicationEvent) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *ReplicationEvent) GetGateways() *GatewaySet {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+type GatewaySet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addresses     []string               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewaySet) Reset() {
+	*x = GatewaySet{}
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewaySet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewaySet) ProtoMessage() {}
+
+func (x *GatewaySet) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_federation_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewaySet.ProtoReflect.Descriptor instead.
+func (*GatewaySet) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_federation_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GatewaySet) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
 var File_controlplane_api_apipb_federation_proto protoreflect.FileDescriptor
 
 const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\n" +
-	"'controlplane/api/apipb/federation.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#controlplane/api/apipb/bundle.proto\"\xab\x02\n" +
+	"'controlplane/api/apipb/federation.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#controlplane/api/apipb/bundle.proto\x1a$controlplane/api/apipb/catalog.proto\"\xab\x02\n" +
 	"\x10FederationInvite\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
@@ -1195,14 +1783,34 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\aexpires\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\"A\n" +
 	"\x15JoinFederationRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xdb\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xc9\x02\n" +
 	"\x04Peer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
 	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\x12\x1c\n" +
 	"\taddresses\x18\x04 \x03(\tR\taddresses\x12.\n" +
 	"\x13bundle_endpoint_url\x18\x05 \x01(\tR\x11bundleEndpointUrl\x12:\n" +
-	"\x06bundle\x18\x06 \x01(\v2\".strait.api.v1.ForeignBundleStatusR\x06bundle\"A\n" +
+	"\x06bundle\x18\x06 \x01(\v2\".strait.api.v1.ForeignBundleStatusR\x06bundle\x125\n" +
+	"\aimports\x18\a \x01(\v2\x1b.strait.api.v1.ImportStatusR\aimports\x125\n" +
+	"\aexports\x18\b \x01(\v2\x1b.strait.api.v1.ExportStatusR\aexports\"\xaa\x02\n" +
+	"\fImportStatus\x12.\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x18.strait.api.v1.PeerStateR\x05state\x12=\n" +
+	"\flast_contact\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastContact\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1a\n" +
+	"\bservices\x18\x04 \x01(\rR\bservices\x12\x1c\n" +
+	"\tinstances\x18\x05 \x01(\rR\tinstances\x12\x1a\n" +
+	"\bgateways\x18\x06 \x03(\tR\bgateways\x12\x1c\n" +
+	"\tconnected\x18\a \x01(\bR\tconnected\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\b \x01(\tR\tlastError\"\xdc\x01\n" +
+	"\fExportStatus\x12\x1a\n" +
+	"\bservices\x18\x01 \x01(\rR\bservices\x12\x1c\n" +
+	"\tconnected\x18\x02 \x01(\bR\tconnected\x12!\n" +
+	"\fsent_version\x18\x03 \x01(\x04R\vsentVersion\x12#\n" +
+	"\racked_version\x18\x04 \x01(\x04R\fackedVersion\x12+\n" +
+	"\x03lag\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03lag\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\x06 \x01(\x04R\tbytesSent\"A\n" +
 	"\x16JoinFederationResponse\x12'\n" +
 	"\x04peer\x18\x01 \x01(\v2\x13.strait.api.v1.PeerR\x04peer\"\xd3\x01\n" +
 	"\rAcceptRequest\x12\x12\n" +
@@ -1213,8 +1821,9 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\taddresses\x18\x05 \x03(\tR\taddresses\x12%\n" +
 	"\x0erequested_name\x18\x06 \x01(\tR\rrequestedName\"$\n" +
 	"\x0eAcceptResponse\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
-	"\x13ListPeersFedRequest\"A\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
+	"\x13ListPeersFedRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
 	"\x14ListPeersFedResponse\x12)\n" +
 	"\x05peers\x18\x01 \x03(\v2\x13.strait.api.v1.PeerR\x05peers\"*\n" +
 	"\x14RemovePeeringRequest\x12\x12\n" +
@@ -1237,7 +1846,30 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\x0eUnpeerResponse\"\x14\n" +
 	"\x12ListExportsRequest\"F\n" +
 	"\x13ListExportsResponse\x12/\n" +
-	"\aexports\x18\x01 \x03(\v2\x15.strait.api.v1.ExportR\aexports2\xd8\x05\n" +
+	"\aexports\x18\x01 \x03(\v2\x15.strait.api.v1.ExportR\aexports\"\x85\x01\n" +
+	"\x10ReplicateRequest\x127\n" +
+	"\x05hello\x18\x01 \x01(\v2\x1f.strait.api.v1.ReplicationHelloH\x00R\x05hello\x121\n" +
+	"\x03ack\x18\x02 \x01(\v2\x1d.strait.api.v1.ReplicationAckH\x00R\x03ackB\x05\n" +
+	"\x03msg\"&\n" +
+	"\x10ReplicationHello\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\"*\n" +
+	"\x0eReplicationAck\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\"\xdc\x01\n" +
+	"\x10ReplicationEvent\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x16\n" +
+	"\x06resync\x18\x02 \x01(\bR\x06resync\x12\x16\n" +
+	"\x06synced\x18\x03 \x01(\bR\x06synced\x12/\n" +
+	"\achanges\x18\x04 \x03(\v2\x15.strait.api.v1.ChangeR\achanges\x12\x16\n" +
+	"\x06bundle\x18\x05 \x01(\fR\x06bundle\x125\n" +
+	"\bgateways\x18\x06 \x01(\v2\x19.strait.api.v1.GatewaySetR\bgateways\"*\n" +
+	"\n" +
+	"GatewaySet\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses*l\n" +
+	"\tPeerState\x12\x1a\n" +
+	"\x16PEER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12PEER_STATE_PENDING\x10\x01\x12\x15\n" +
+	"\x11PEER_STATE_ACTIVE\x10\x02\x12\x14\n" +
+	"\x10PEER_STATE_STALE\x10\x032\xab\x06\n" +
 	"\n" +
 	"Federation\x12E\n" +
 	"\x06Export\x12\x1c.strait.api.v1.ExportRequest\x1a\x1d.strait.api.v1.ExportResponse\x12K\n" +
@@ -1248,7 +1880,8 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\x06Accept\x12\x1c.strait.api.v1.AcceptRequest\x1a\x1d.strait.api.v1.AcceptResponse\x12O\n" +
 	"\x04List\x12\".strait.api.v1.ListPeersFedRequest\x1a#.strait.api.v1.ListPeersFedResponse\x12S\n" +
 	"\x06Remove\x12#.strait.api.v1.RemovePeeringRequest\x1a$.strait.api.v1.RemovePeeringResponse\x12E\n" +
-	"\x06Unpeer\x12\x1c.strait.api.v1.UnpeerRequest\x1a\x1d.strait.api.v1.UnpeerResponseB5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
+	"\x06Unpeer\x12\x1c.strait.api.v1.UnpeerRequest\x1a\x1d.strait.api.v1.UnpeerResponse\x12Q\n" +
+	"\tReplicate\x12\x1f.strait.api.v1.ReplicateRequest\x1a\x1f.strait.api.v1.ReplicationEvent(\x010\x01B5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
 
 var (
 	file_controlplane_api_apipb_federation_proto_rawDescOnce sync.Once
@@ -1262,67 +1895,88 @@ func file_controlplane_api_apipb_federation_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_federation_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_controlplane_api_apipb_federation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_controlplane_api_apipb_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_controlplane_api_apipb_federation_proto_goTypes = []any{
-	(*FederationInvite)(nil),       // 0: strait.api.v1.FederationInvite
-	(*SignedInvite)(nil),           // 1: strait.api.v1.SignedInvite
-	(*CreateInviteRequest)(nil),    // 2: strait.api.v1.CreateInviteRequest
-	(*CreateInviteResponse)(nil),   // 3: strait.api.v1.CreateInviteResponse
-	(*JoinFederationRequest)(nil),  // 4: strait.api.v1.JoinFederationRequest
-	(*Peer)(nil),                   // 5: strait.api.v1.Peer
-	(*JoinFederationResponse)(nil), // 6: strait.api.v1.JoinFederationResponse
-	(*AcceptRequest)(nil),          // 7: strait.api.v1.AcceptRequest
-	(*AcceptResponse)(nil),         // 8: strait.api.v1.AcceptResponse
-	(*ListPeersFedRequest)(nil),    // 9: strait.api.v1.ListPeersFedRequest
-	(*ListPeersFedResponse)(nil),   // 10: strait.api.v1.ListPeersFedResponse
-	(*RemovePeeringRequest)(nil),   // 11: strait.api.v1.RemovePeeringRequest
-	(*RemovePeeringResponse)(nil),  // 12: strait.api.v1.RemovePeeringResponse
-	(*Export)(nil),                 // 13: strait.api.v1.Export
-	(*ExportRequest)(nil),          // 14: strait.api.v1.ExportRequest
-	(*ExportResponse)(nil),         // 15: strait.api.v1.ExportResponse
-	(*UnexportRequest)(nil),        // 16: strait.api.v1.UnexportRequest
-	(*UnexportResponse)(nil),       // 17: strait.api.v1.UnexportResponse
-	(*UnpeerRequest)(nil),          // 18: strait.api.v1.UnpeerRequest
-	(*UnpeerResponse)(nil),         // 19: strait.api.v1.UnpeerResponse
-	(*ListExportsRequest)(nil),     // 20: strait.api.v1.ListExportsRequest
-	(*ListExportsResponse)(nil),    // 21: strait.api.v1.ListExportsResponse
-	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 23: google.protobuf.Duration
-	(*ForeignBundleStatus)(nil),    // 24: strait.api.v1.ForeignBundleStatus
+	(PeerState)(0),                 // 0: strait.api.v1.PeerState
+	(*FederationInvite)(nil),       // 1: strait.api.v1.FederationInvite
+	(*SignedInvite)(nil),           // 2: strait.api.v1.SignedInvite
+	(*CreateInviteRequest)(nil),    // 3: strait.api.v1.CreateInviteRequest
+	(*CreateInviteResponse)(nil),   // 4: strait.api.v1.CreateInviteResponse
+	(*JoinFederationRequest)(nil),  // 5: strait.api.v1.JoinFederationRequest
+	(*Peer)(nil),                   // 6: strait.api.v1.Peer
+	(*ImportStatus)(nil),           // 7: strait.api.v1.ImportStatus
+	(*ExportStatus)(nil),           // 8: strait.api.v1.ExportStatus
+	(*JoinFederationResponse)(nil), // 9: strait.api.v1.JoinFederationResponse
+	(*AcceptRequest)(nil),          // 10: strait.api.v1.AcceptRequest
+	(*AcceptResponse)(nil),         // 11: strait.api.v1.AcceptResponse
+	(*ListPeersFedRequest)(nil),    // 12: strait.api.v1.ListPeersFedRequest
+	(*ListPeersFedResponse)(nil),   // 13: strait.api.v1.ListPeersFedResponse
+	(*RemovePeeringRequest)(nil),   // 14: strait.api.v1.RemovePeeringRequest
+	(*RemovePeeringResponse)(nil),  // 15: strait.api.v1.RemovePeeringResponse
+	(*Export)(nil),                 // 16: strait.api.v1.Export
+	(*ExportRequest)(nil),          // 17: strait.api.v1.ExportRequest
+	(*ExportResponse)(nil),         // 18: strait.api.v1.ExportResponse
+	(*UnexportRequest)(nil),        // 19: strait.api.v1.UnexportRequest
+	(*UnexportResponse)(nil),       // 20: strait.api.v1.UnexportResponse
+	(*UnpeerRequest)(nil),          // 21: strait.api.v1.UnpeerRequest
+	(*UnpeerResponse)(nil),         // 22: strait.api.v1.UnpeerResponse
+	(*ListExportsRequest)(nil),     // 23: strait.api.v1.ListExportsRequest
+	(*ListExportsResponse)(nil),    // 24: strait.api.v1.ListExportsResponse
+	(*ReplicateRequest)(nil),       // 25: strait.api.v1.ReplicateRequest
+	(*ReplicationHello)(nil),       // 26: strait.api.v1.ReplicationHello
+	(*ReplicationAck)(nil),         // 27: strait.api.v1.ReplicationAck
+	(*ReplicationEvent)(nil),       // 28: strait.api.v1.ReplicationEvent
+	(*GatewaySet)(nil),             // 29: strait.api.v1.GatewaySet
+	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 31: google.protobuf.Duration
+	(*ForeignBundleStatus)(nil),    // 32: strait.api.v1.ForeignBundleStatus
+	(*Change)(nil),                 // 33: strait.api.v1.Change
 }
 var file_controlplane_api_apipb_federation_proto_depIdxs = []int32{
-	22, // 0: strait.api.v1.FederationInvite.expires:type_name -> google.protobuf.Timestamp
-	23, // 1: strait.api.v1.CreateInviteRequest.ttl:type_name -> google.protobuf.Duration
-	22, // 2: strait.api.v1.CreateInviteResponse.expires:type_name -> google.protobuf.Timestamp
-	24, // 3: strait.api.v1.Peer.bundle:type_name -> strait.api.v1.ForeignBundleStatus
-	5,  // 4: strait.api.v1.JoinFederationResponse.peer:type_name -> strait.api.v1.Peer
-	5,  // 5: strait.api.v1.ListPeersFedResponse.peers:type_name -> strait.api.v1.Peer
-	13, // 6: strait.api.v1.ExportRequest.export:type_name -> strait.api.v1.Export
-	13, // 7: strait.api.v1.ExportResponse.export:type_name -> strait.api.v1.Export
-	13, // 8: strait.api.v1.ListExportsResponse.exports:type_name -> strait.api.v1.Export
-	14, // 9: strait.api.v1.Federation.Export:input_type -> strait.api.v1.ExportRequest
-	16, // 10: strait.api.v1.Federation.Unexport:input_type -> strait.api.v1.UnexportRequest
-	20, // 11: strait.api.v1.Federation.ListExports:input_type -> strait.api.v1.ListExportsRequest
-	2,  // 12: strait.api.v1.Federation.CreateInvite:input_type -> strait.api.v1.CreateInviteRequest
-	4,  // 13: strait.api.v1.Federation.Join:input_type -> strait.api.v1.JoinFederationRequest
-	7,  // 14: strait.api.v1.Federation.Accept:input_type -> strait.api.v1.AcceptRequest
-	9,  // 15: strait.api.v1.Federation.List:input_type -> strait.api.v1.ListPeersFedRequest
-	11, // 16: strait.api.v1.Federation.Remove:input_type -> strait.api.v1.RemovePeeringRequest
-	18, // 17: strait.api.v1.Federation.Unpeer:input_type -> strait.api.v1.UnpeerRequest
-	15, // 18: strait.api.v1.Federation.Export:output_type -> strait.api.v1.ExportResponse
-	17, // 19: strait.api.v1.Federation.Unexport:output_type -> strait.api.v1.UnexportResponse
-	21, // 20: strait.api.v1.Federation.ListExports:output_type -> strait.api.v1.ListExportsResponse
-	3,  // 21: strait.api.v1.Federation.CreateInvite:output_type -> strait.api.v1.CreateInviteResponse
-	6,  // 22: strait.api.v1.Federation.Join:output_type -> strait.api.v1.JoinFederationResponse
-	8,  // 23: strait.api.v1.Federation.Accept:output_type -> strait.api.v1.AcceptResponse
-	10, // 24: strait.api.v1.Federation.List:output_type -> strait.api.v1.ListPeersFedResponse
-	12, // 25: strait.api.v1.Federation.Remove:output_type -> strait.api.v1.RemovePeeringResponse
-	19, // 26: strait.api.v1.Federation.Unpeer:output_type -> strait.api.v1.UnpeerResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	30, // 0: strait.api.v1.FederationInvite.expires:type_name -> google.protobuf.Timestamp
+	31, // 1: strait.api.v1.CreateInviteRequest.ttl:type_name -> google.protobuf.Duration
+	30, // 2: strait.api.v1.CreateInviteResponse.expires:type_name -> google.protobuf.Timestamp
+	32, // 3: strait.api.v1.Peer.bundle:type_name -> strait.api.v1.ForeignBundleStatus
+	7,  // 4: strait.api.v1.Peer.imports:type_name -> strait.api.v1.ImportStatus
+	8,  // 5: strait.api.v1.Peer.exports:type_name -> strait.api.v1.ExportStatus
+	0,  // 6: strait.api.v1.ImportStatus.state:type_name -> strait.api.v1.PeerState
+	30, // 7: strait.api.v1.ImportStatus.last_contact:type_name -> google.protobuf.Timestamp
+	31, // 8: strait.api.v1.ExportStatus.lag:type_name -> google.protobuf.Duration
+	6,  // 9: strait.api.v1.JoinFederationResponse.peer:type_name -> strait.api.v1.Peer
+	6,  // 10: strait.api.v1.ListPeersFedResponse.peers:type_name -> strait.api.v1.Peer
+	16, // 11: strait.api.v1.ExportRequest.export:type_name -> strait.api.v1.Export
+	16, // 12: strait.api.v1.ExportResponse.export:type_name -> strait.api.v1.Export
+	16, // 13: strait.api.v1.ListExportsResponse.exports:type_name -> strait.api.v1.Export
+	26, // 14: strait.api.v1.ReplicateRequest.hello:type_name -> strait.api.v1.ReplicationHello
+	27, // 15: strait.api.v1.ReplicateRequest.ack:type_name -> strait.api.v1.ReplicationAck
+	33, // 16: strait.api.v1.ReplicationEvent.changes:type_name -> strait.api.v1.Change
+	29, // 17: strait.api.v1.ReplicationEvent.gateways:type_name -> strait.api.v1.GatewaySet
+	17, // 18: strait.api.v1.Federation.Export:input_type -> strait.api.v1.ExportRequest
+	19, // 19: strait.api.v1.Federation.Unexport:input_type -> strait.api.v1.UnexportRequest
+	23, // 20: strait.api.v1.Federation.ListExports:input_type -> strait.api.v1.ListExportsRequest
+	3,  // 21: strait.api.v1.Federation.CreateInvite:input_type -> strait.api.v1.CreateInviteRequest
+	5,  // 22: strait.api.v1.Federation.Join:input_type -> strait.api.v1.JoinFederationRequest
+	10, // 23: strait.api.v1.Federation.Accept:input_type -> strait.api.v1.AcceptRequest
+	12, // 24: strait.api.v1.Federation.List:input_type -> strait.api.v1.ListPeersFedRequest
+	14, // 25: strait.api.v1.Federation.Remove:input_type -> strait.api.v1.RemovePeeringRequest
+	21, // 26: strait.api.v1.Federation.Unpeer:input_type -> strait.api.v1.UnpeerRequest
+	25, // 27: strait.api.v1.Federation.Replicate:input_type -> strait.api.v1.ReplicateRequest
+	18, // 28: strait.api.v1.Federation.Export:output_type -> strait.api.v1.ExportResponse
+	20, // 29: strait.api.v1.Federation.Unexport:output_type -> strait.api.v1.UnexportResponse
+	24, // 30: strait.api.v1.Federation.ListExports:output_type -> strait.api.v1.ListExportsResponse
+	4,  // 31: strait.api.v1.Federation.CreateInvite:output_type -> strait.api.v1.CreateInviteResponse
+	9,  // 32: strait.api.v1.Federation.Join:output_type -> strait.api.v1.JoinFederationResponse
+	11, // 33: strait.api.v1.Federation.Accept:output_type -> strait.api.v1.AcceptResponse
+	13, // 34: strait.api.v1.Federation.List:output_type -> strait.api.v1.ListPeersFedResponse
+	15, // 35: strait.api.v1.Federation.Remove:output_type -> strait.api.v1.RemovePeeringResponse
+	22, // 36: strait.api.v1.Federation.Unpeer:output_type -> strait.api.v1.UnpeerResponse
+	28, // 37: strait.api.v1.Federation.Replicate:output_type -> strait.api.v1.ReplicationEvent
+	28, // [28:38] is the sub-list for method output_type
+	18, // [18:28] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_api_apipb_federation_proto_init() }
@@ -1331,18 +1985,24 @@ func file_controlplane_api_apipb_federation_proto_init() {
 		return
 	}
 	file_controlplane_api_apipb_bundle_proto_init()
+	file_controlplane_api_apipb_catalog_proto_init()
+	file_controlplane_api_apipb_federation_proto_msgTypes[24].OneofWrappers = []any{
+		(*ReplicateRequest_Hello)(nil),
+		(*ReplicateRequest_Ack)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_federation_proto_rawDesc), len(file_controlplane_api_apipb_federation_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   22,
+			NumEnums:      1,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_controlplane_api_apipb_federation_proto_goTypes,
 		DependencyIndexes: file_controlplane_api_apipb_federation_proto_depIdxs,
+		EnumInfos:         file_controlplane_api_apipb_federation_proto_enumTypes,
 		MessageInfos:      file_controlplane_api_apipb_federation_proto_msgTypes,
 	}.Build()
 	File_controlplane_api_apipb_federation_proto = out.File

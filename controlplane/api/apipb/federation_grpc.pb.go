@@ -28,6 +28,7 @@ const (
 	Federation_List_FullMethodName         = "/strait.api.v1.Federation/List"
 	Federation_Remove_FullMethodName       = "/strait.api.v1.Federation/Remove"
 	Federation_Unpeer_FullMethodName       = "/strait.api.v1.Federation/Unpeer"
+	Federation_Replicate_FullMethodName    = "/strait.api.v1.Federation/Replicate"
 )
 
 // FederationClient is the client API for Federation service.
@@ -46,6 +47,9 @@ type FederationClient interface {
 	// Called by a peer's server (its SVID, verified against its bundle)
 	// when that peer removes the peering: this side removes it too.
 	Unpeer(ctx context.Context, in *UnpeerRequest, opts ...grpc.CallOption) (*UnpeerResponse, error)
+	// Called by a peer's server: streams what this site exports to that
+	// peer. Any server accepts it and hands it on to the leader.
+	Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicateRequest, ReplicationEvent], error)
 }
 
 type federationClient struct {
@@ -146,6 +150,19 @@ func (c *federationClient) Unpeer(ctx context.Context, in *UnpeerRequest, opts .
 	return out, nil
 }
 
+func (c *federationClient) Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicateRequest, ReplicationEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Federation_ServiceDesc.Streams[0], Federation_Replicate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReplicateRequest, ReplicationEvent]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Federation_ReplicateClient = grpc.BidiStreamingClient[ReplicateRequest, ReplicationEvent]
+
 // FederationServer is the server API for Federation service.
 // All implementations must embed UnimplementedFederationServer
 // for forward compatibility.
@@ -162,6 +179,9 @@ type FederationServer interface {
 	// Called by a peer's server (its SVID, verified against its bundle)
 	// when that peer removes the peering: this side removes it too.
 	Unpeer(context.Context, *UnpeerRequest) (*UnpeerResponse, error)
+	// Called by a peer's server: streams what this site exports to that
+	// peer. Any server accepts it and hands it on to the leader.
+	Replicate(grpc.BidiStreamingServer[ReplicateRequest, ReplicationEvent]) error
 	mustEmbedUnimplementedFederationServer()
 }
 
@@ -198,6 +218,9 @@ func (UnimplementedFederationServer) Remove(context.Context, *RemovePeeringReque
 }
 func (UnimplementedFederationServer) Unpeer(context.Context, *UnpeerRequest) (*UnpeerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Unpeer not implemented")
+}
+func (UnimplementedFederationServer) Replicate(grpc.BidiStreamingServer[ReplicateRequest, ReplicationEvent]) error {
+	return status.Error(codes.Unimplemented, "method Replicate not implemented")
 }
 func (UnimplementedFederationServer) mustEmbedUnimplementedFederationServer() {}
 func (UnimplementedFederationServer) testEmbeddedByValue()                    {}
@@ -382,6 +405,13 @@ func _Federation_Unpeer_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Federation_Replicate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(FederationServer).Replicate(&grpc.GenericServerStream[ReplicateRequest, ReplicationEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Federation_ReplicateServer = grpc.BidiStreamingServer[ReplicateRequest, ReplicationEvent]
+
 // Federation_ServiceDesc is the grpc.ServiceDesc for Federation service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -426,6 +456,13 @@ var Federation_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Federation_Unpeer_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Replicate",
+			Handler:       _Federation_Replicate_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "controlplane/api/apipb/federation.proto",
 }

@@ -103,6 +103,7 @@ type Command struct {
 	//	*Command_DeleteForeignBundle
 	//	*Command_SetExport
 	//	*Command_SetAgent
+	//	*Command_ImportBatch
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -305,6 +306,15 @@ func (x *Command) GetSetAgent() *apipb.Agent {
 	return nil
 }
 
+func (x *Command) GetImportBatch() *ImportBatch {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_ImportBatch); ok {
+			return x.ImportBatch
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -378,6 +388,10 @@ type Command_SetAgent struct {
 	SetAgent *apipb.Agent `protobuf:"bytes,18,opt,name=set_agent,json=setAgent,proto3,oneof"`
 }
 
+type Command_ImportBatch struct {
+	ImportBatch *ImportBatch `protobuf:"bytes,19,opt,name=import_batch,json=importBatch,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -411,6 +425,8 @@ func (*Command_DeleteForeignBundle) isCommand_Cmd() {}
 func (*Command_SetExport) isCommand_Cmd() {}
 
 func (*Command_SetAgent) isCommand_Cmd() {}
+
+func (*Command_ImportBatch) isCommand_Cmd() {}
 
 // Bootstrap initializes a site once.
 type Bootstrap struct {
@@ -1172,6 +1188,157 @@ func (x *DeleteForeignBundle) GetTrustDomain() string {
 	return ""
 }
 
+// ImportBatch applies what a peer's replication stream delivered, and
+// records the contact. It fails when the peering no longer exists.
+type ImportBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Peer  string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	// The exporter's catalog version the changes bring the import to.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The changes are the peer's whole export: imports they do not name are
+	// removed.
+	Resync  bool            `protobuf:"varint,3,opt,name=resync,proto3" json:"resync,omitempty"`
+	Changes []*apipb.Change `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Set when the exporter announced its gateways.
+	Gateways      *apipb.GatewaySet `protobuf:"bytes,5,opt,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportBatch) Reset() {
+	*x = ImportBatch{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportBatch) ProtoMessage() {}
+
+func (x *ImportBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportBatch.ProtoReflect.Descriptor instead.
+func (*ImportBatch) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ImportBatch) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *ImportBatch) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ImportBatch) GetResync() bool {
+	if x != nil {
+		return x.Resync
+	}
+	return false
+}
+
+func (x *ImportBatch) GetChanges() []*apipb.Change {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *ImportBatch) GetGateways() *apipb.GatewaySet {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+// PeerImport is the replication state of one peer's imports.
+type PeerImport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          string                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	LastContact   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	Gateways      []string               `protobuf:"bytes,4,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerImport) Reset() {
+	*x = PeerImport{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerImport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerImport) ProtoMessage() {}
+
+func (x *PeerImport) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerImport.ProtoReflect.Descriptor instead.
+func (*PeerImport) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PeerImport) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *PeerImport) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *PeerImport) GetLastContact() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastContact
+	}
+	return nil
+}
+
+func (x *PeerImport) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
 // SnapshotHeader opens a snapshot; records follow.
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1183,7 +1350,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1362,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1375,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{13}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1237,6 +1404,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_ForeignBundle
 	//	*SnapshotRecord_Export
 	//	*SnapshotRecord_Agent
+	//	*SnapshotRecord_PeerImport
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1244,7 +1412,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1424,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1437,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1351,6 +1519,15 @@ func (x *SnapshotRecord) GetAgent() *apipb.Agent {
 	return nil
 }
 
+func (x *SnapshotRecord) GetPeerImport() *PeerImport {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_PeerImport); ok {
+			return x.PeerImport
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1387,6 +1564,10 @@ type SnapshotRecord_Agent struct {
 	Agent *apipb.Agent `protobuf:"bytes,8,opt,name=agent,proto3,oneof"`
 }
 
+type SnapshotRecord_PeerImport struct {
+	PeerImport *PeerImport `protobuf:"bytes,9,opt,name=peer_import,json=peerImport,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Site) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Service) isSnapshotRecord_Record() {}
@@ -1403,11 +1584,13 @@ func (*SnapshotRecord_Export) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Agent) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_PeerImport) isSnapshotRecord_Record() {}
+
 var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\"\x9f\t\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\"\xe2\t\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -1431,7 +1614,8 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x15delete_foreign_bundle\x18\x10 \x01(\v2$.strait.state.v1.DeleteForeignBundleH\x00R\x13deleteForeignBundle\x126\n" +
 	"\n" +
 	"set_export\x18\x11 \x01(\v2\x15.strait.api.v1.ExportH\x00R\tsetExport\x123\n" +
-	"\tset_agent\x18\x12 \x01(\v2\x14.strait.api.v1.AgentH\x00R\bsetAgentB\x05\n" +
+	"\tset_agent\x18\x12 \x01(\v2\x14.strait.api.v1.AgentH\x00R\bsetAgent\x12A\n" +
+	"\fimport_batch\x18\x13 \x01(\v2\x1c.strait.state.v1.ImportBatchH\x00R\vimportBatchB\x05\n" +
 	"\x03cmd\"\xc4\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
@@ -1492,10 +1676,22 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\tpeer_site\x18\v \x01(\tR\bpeerSite\x12%\n" +
 	"\x0epeer_addresses\x18\f \x03(\tR\rpeerAddresses\"8\n" +
 	"\x13DeleteForeignBundle\x12!\n" +
-	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"@\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\xbb\x01\n" +
+	"\vImportBatch\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
+	"\x06resync\x18\x03 \x01(\bR\x06resync\x12/\n" +
+	"\achanges\x18\x04 \x03(\v2\x15.strait.api.v1.ChangeR\achanges\x125\n" +
+	"\bgateways\x18\x05 \x01(\v2\x19.strait.api.v1.GatewaySetR\bgateways\"\x95\x01\n" +
+	"\n" +
+	"PeerImport\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12=\n" +
+	"\flast_contact\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vlastContact\x12\x1a\n" +
+	"\bgateways\x18\x04 \x03(\tR\bgateways\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xcb\x03\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x8b\x04\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x04site\x18\x01 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\x04site\x122\n" +
 	"\aservice\x18\x02 \x01(\v2\x16.strait.api.v1.ServiceH\x00R\aservice\x125\n" +
@@ -1504,7 +1700,9 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x05entry\x18\x05 \x01(\v2\x1c.strait.api.v1.WorkloadEntryH\x00R\x05entry\x12G\n" +
 	"\x0eforeign_bundle\x18\x06 \x01(\v2\x1e.strait.state.v1.ForeignBundleH\x00R\rforeignBundle\x12/\n" +
 	"\x06export\x18\a \x01(\v2\x15.strait.api.v1.ExportH\x00R\x06export\x12,\n" +
-	"\x05agent\x18\b \x01(\v2\x14.strait.api.v1.AgentH\x00R\x05agentB\b\n" +
+	"\x05agent\x18\b \x01(\v2\x14.strait.api.v1.AgentH\x00R\x05agent\x12>\n" +
+	"\vpeer_import\x18\t \x01(\v2\x1b.strait.state.v1.PeerImportH\x00R\n" +
+	"peerImportB\b\n" +
 	"\x06record*X\n" +
 	"\tRootPhase\x12\x1a\n" +
 	"\x16ROOT_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1524,7 +1722,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
 	(*Command)(nil),                 // 1: strait.state.v1.Command
@@ -1540,30 +1738,34 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*DeleteEntry)(nil),             // 11: strait.state.v1.DeleteEntry
 	(*ForeignBundle)(nil),           // 12: strait.state.v1.ForeignBundle
 	(*DeleteForeignBundle)(nil),     // 13: strait.state.v1.DeleteForeignBundle
-	(*SnapshotHeader)(nil),          // 14: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 15: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 17: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 18: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 19: strait.api.v1.WorkloadEntry
-	(*apipb.Export)(nil),            // 20: strait.api.v1.Export
-	(*apipb.Agent)(nil),             // 21: strait.api.v1.Agent
-	(*apipb.InstanceKey)(nil),       // 22: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 23: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 24: strait.api.v1.Token
-	(*apipb.Service)(nil),           // 25: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 26: strait.api.v1.Instance
+	(*ImportBatch)(nil),             // 14: strait.state.v1.ImportBatch
+	(*PeerImport)(nil),              // 15: strait.state.v1.PeerImport
+	(*SnapshotHeader)(nil),          // 16: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 17: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 19: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 20: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 21: strait.api.v1.WorkloadEntry
+	(*apipb.Export)(nil),            // 22: strait.api.v1.Export
+	(*apipb.Agent)(nil),             // 23: strait.api.v1.Agent
+	(*apipb.InstanceKey)(nil),       // 24: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 25: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 26: strait.api.v1.Token
+	(*apipb.Change)(nil),            // 27: strait.api.v1.Change
+	(*apipb.GatewaySet)(nil),        // 28: strait.api.v1.GatewaySet
+	(*apipb.Service)(nil),           // 29: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 30: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	16, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	18, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	17, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	18, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	19, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	20, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	19, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	21, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
 	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
 	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
 	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
@@ -1571,34 +1773,39 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
-	20, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
-	21, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
-	4,  // 18: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	8,  // 19: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	3,  // 20: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
-	4,  // 21: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
-	0,  // 22: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	16, // 23: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	16, // 24: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	16, // 25: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	22, // 26: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	23, // 27: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	24, // 28: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	16, // 29: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	16, // 30: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
-	2,  // 31: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	25, // 32: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	26, // 33: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 34: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	19, // 35: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	12, // 36: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	20, // 37: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
-	21, // 38: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	22, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
+	23, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
+	14, // 18: strait.state.v1.Command.import_batch:type_name -> strait.state.v1.ImportBatch
+	4,  // 19: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	8,  // 20: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	3,  // 21: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	4,  // 22: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
+	0,  // 23: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
+	18, // 24: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	18, // 25: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	18, // 26: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	24, // 27: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	25, // 28: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	26, // 29: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	18, // 30: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	18, // 31: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	27, // 32: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
+	28, // 33: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
+	18, // 34: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
+	2,  // 35: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	29, // 36: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	30, // 37: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 38: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	21, // 39: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 40: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	22, // 41: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	23, // 42: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
+	15, // 43: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -1624,8 +1831,9 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_DeleteForeignBundle)(nil),
 		(*Command_SetExport)(nil),
 		(*Command_SetAgent)(nil),
+		(*Command_ImportBatch)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[14].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[16].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -1634,6 +1842,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*SnapshotRecord_ForeignBundle)(nil),
 		(*SnapshotRecord_Export)(nil),
 		(*SnapshotRecord_Agent)(nil),
+		(*SnapshotRecord_PeerImport)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1641,7 +1850,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

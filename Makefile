@@ -7,7 +7,8 @@ PROTOS    := $(shell find controlplane -name '*.proto')
 FUZZTIME  ?= 10s
 FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegisterRequest \
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
-             ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS
+             ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
+             ./federation/replication:FuzzImportEvents
 
 .PHONY: all build test test-long fuzz lint fmt generate bench bench-dns demo clean
 

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/meshname"
 )
 
@@ -100,6 +102,16 @@ type Config struct {
 	// SignRate caps SVID signatures per second on this server (burst: a
 	// quarter of it); 2000 when zero.
 	SignRate int
+	// PeerHeartbeat is how often an idle replication stream to a peer
+	// says it is alive; 5s when zero. Peers consider a stream dead after
+	// three missed heartbeats of their own setting.
+	PeerHeartbeat time.Duration
+	// PeerStaleAfter is how long imports from a peer are served without
+	// contact before they are marked stale; 1m when zero.
+	PeerStaleAfter time.Duration
+	// PeerDialer, when set, dials peer sites' servers (tests route peer
+	// traffic through an emulated WAN with it).
+	PeerDialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger; slog.Default when nil.
 	Logger *slog.Logger
 	// Registerer receives metrics; a private registry when nil.
@@ -169,6 +181,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.CAPropagationDelay == 0 {
 		c.CAPropagationDelay = time.Hour
+	}
+	if c.PeerHeartbeat == 0 {
+		c.PeerHeartbeat = replication.DefaultHeartbeat
+	}
+	if c.PeerStaleAfter == 0 {
+		c.PeerStaleAfter = time.Minute
 	}
 	if c.SignRate == 0 {
 		c.SignRate = 2000
@@ -243,6 +261,9 @@ func (c *Config) validate() error {
 	}
 	if c.Raft.LeaderLease > c.Raft.Heartbeat {
 		return errors.New("raft: leader lease must not exceed the heartbeat timeout")
+	}
+	if c.PeerHeartbeat < 10*time.Millisecond || c.PeerStaleAfter < 3*c.PeerHeartbeat {
+		return fmt.Errorf("peer_stale_after (%s) must be at least three peer heartbeats (%s)", c.PeerStaleAfter, c.PeerHeartbeat)
 	}
 	return nil
 }

@@ -213,29 +213,9 @@ func (p peerBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 // NotifyUnpeer implements api.Node: it calls Unpeer on the peer's servers
 // with this server's SVID, verified there against this site's bundle.
 func (s *Server) NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error {
-	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
-	if err != nil {
-		return err
-	}
-	b, err := bundleendpoint.Parse(td, f.Bundle)
-	if err != nil {
-		return err
-	}
-	ident := mtls.NewIdentity(b.X509Bundle(), s.cfg.Now)
-	sv := s.ident.SVID()
-	if err := ident.SetSVID(sv.Certificates, sv.PrivateKey); err != nil {
-		return err
-	}
-	authorize := func(id spiffeid.ID) error {
-		if !trust.IsServer(id, td) {
-			return fmt.Errorf("%s is not a server of %s", id, td)
-		}
-		return nil
-	}
-	creds := credentials.NewTLS(mtls.ClientConfig(ident, authorize, mux.ProtoGRPC))
 	var errs []error
 	for _, addr := range f.PeerAddresses {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		conn, err := s.peerConn(f, addr)
 		if err != nil {
 			errs = append(errs, err)
 			continue

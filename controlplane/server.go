@@ -23,6 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/dns"
+	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/mtls"
 )
@@ -50,7 +51,11 @@ type Server struct {
 	conns     connPool
 	metrics   *metrics
 	started   chan struct{} // closed when Raft runs
-	ranOnce   sync.Once
+	repl      *replication.Registry
+	// leading holds the context of the current term's leadership while
+	// this server leads.
+	leading atomic.Pointer[context.Context]
+	ranOnce sync.Once
 }
 
 // New validates cfg and binds the server's port. It does no other I/O.
@@ -84,6 +89,7 @@ func New(cfg Config) (*Server, error) {
 	s.ttl = newTTLTracker(s)
 	s.signLimit = rate.NewLimiter(rate.Limit(cfg.SignRate), max(1, cfg.SignRate/4))
 	s.metrics = newMetrics(s, cfg.Registerer)
+	s.repl = replication.NewRegistry(cfg.Registerer, cfg.Now)
 	return s, nil
 }
 

@@ -104,7 +104,7 @@ func (s *Server) resolve(resp *mdns.Msg, name string, qtype uint16) bool {
 		}
 		found := false
 		s.view.lookup(func(c *catalog) {
-			sv := c.services[svcKey{ns, svc}]
+			sv := c.services[svcKey{"", ns, svc}]
 			if sv == nil {
 				return
 			}
@@ -195,7 +195,7 @@ func (s *Server) addrRR(name string, a netip.Addr) mdns.RR {
 func (s *Server) addresses(resp *mdns.Msg, name, ns, svc, id string, qtype uint16) bool {
 	found := false
 	s.view.lookup(func(c *catalog) {
-		sv := c.services[svcKey{ns, svc}]
+		sv := c.services[svcKey{"", ns, svc}]
 		if sv == nil {
 			return
 		}

@@ -13,7 +13,8 @@ import (
 // writer. A resync builds a fresh view and swaps it in when complete, so
 // queries never see a half-loaded catalog.
 
-type svcKey struct{ ns, name string }
+// svcKey names a service: local when peer is empty, else imported.
+type svcKey struct{ peer, ns, name string }
 
 type instance struct {
 	id      string
@@ -37,7 +38,7 @@ func newCatalog() *catalog { return &catalog{services: make(map[svcKey]*service)
 func (c *catalog) apply(ch *apipb.Change) {
 	switch x := ch.Change.(type) {
 	case *apipb.Change_Service:
-		k := svcKey{x.Service.Namespace, x.Service.Name}
+		k := svcKey{x.Service.Peer, x.Service.Namespace, x.Service.Name}
 		s := c.services[k]
 		if s == nil {
 			s = &service{instances: make(map[string]*instance)}
@@ -48,14 +49,14 @@ func (c *catalog) apply(ch *apipb.Change) {
 			s.ports[p.Name] = p.Protocol
 		}
 	case *apipb.Change_ServiceDeleted:
-		k := svcKey{x.ServiceDeleted.Namespace, x.ServiceDeleted.Name}
+		k := svcKey{x.ServiceDeleted.Peer, x.ServiceDeleted.Namespace, x.ServiceDeleted.Name}
 		if s := c.services[k]; s != nil {
 			c.nInst -= len(s.instances)
 		}
 		delete(c.services, k)
 	case *apipb.Change_Instance:
 		in := x.Instance
-		s := c.services[svcKey{in.Namespace, in.Service}]
+		s := c.services[svcKey{in.Peer, in.Namespace, in.Service}]
 		if s == nil {
 			return // the service event always comes first
 		}
@@ -69,7 +70,7 @@ func (c *catalog) apply(ch *apipb.Change) {
 		s.instances[in.Id] = &instance{id: in.Id, addr: addr, ports: in.Ports, passing: in.Health == apipb.Health_HEALTH_PASSING}
 	case *apipb.Change_InstanceDeleted:
 		k := x.InstanceDeleted
-		if s := c.services[svcKey{k.Namespace, k.Service}]; s != nil {
+		if s := c.services[svcKey{k.Peer, k.Namespace, k.Service}]; s != nil {
 			if _, ok := s.instances[k.Id]; ok {
 				c.nInst--
 				delete(s.instances, k.Id)

@@ -80,6 +80,7 @@ var methodPerms = map[string]permission{
 	apipb.Federation_List_FullMethodName:         permRead,
 	apipb.Federation_Remove_FullMethodName:       permManage,
 	apipb.Federation_Unpeer_FullMethodName:       permPeerServer,
+	apipb.Federation_Replicate_FullMethodName:    permPeerServer,
 	apipb.Bundle_GetBundle_FullMethodName:        permRead,
 	apipb.Bundle_SetForeign_FullMethodName:       permManage,
 	apipb.Bundle_ListForeign_FullMethodName:      permRead,

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
@@ -103,6 +104,23 @@ func (s *Server) ListServices(ctx context.Context, req *apipb.ListServicesReques
 		return r, err
 	}
 	sums, idx := s.cfg.Node.Store().ServiceSummaries(req.Namespace)
+	stale := make(map[string]bool)
+	for i, sum := range sums {
+		peer := sum.Service.Peer
+		if peer == "" {
+			continue
+		}
+		st, ok := stale[peer]
+		if !ok {
+			st = s.importState(peer).State == apipb.PeerState_PEER_STATE_STALE
+			stale[peer] = st
+		}
+		if st {
+			c := proto.Clone(sum).(*apipb.ServiceSummary)
+			c.Stale = true
+			sums[i] = c
+		}
+	}
 	return &apipb.ListServicesResponse{Services: sums, Index: idx}, nil
 }
 
@@ -110,16 +128,28 @@ func (s *Server) GetService(ctx context.Context, req *apipb.GetServiceRequest) (
 	if err := validateServiceRef(&req.Namespace, req.Name); err != nil {
 		return nil, err
 	}
+	if req.Peer != "" {
+		if err := validLabel("peer", req.Peer); err != nil {
+			return nil, err
+		}
+	}
 	if r, ok, err := readable(ctx, s, req.Mode, func(ctx context.Context, c *grpc.ClientConn) (*apipb.GetServiceResponse, error) {
 		return apipb.NewCatalogClient(c).GetService(ctx, req)
 	}); ok || err != nil {
 		return r, err
 	}
-	svc, insts, idx, found := s.cfg.Node.Store().Service(state.ServiceKey{Namespace: req.Namespace, Name: req.Name}, req.PassingOnly)
+	svc, insts, idx, found := s.cfg.Node.Store().Service(state.ServiceKey{Peer: req.Peer, Namespace: req.Namespace, Name: req.Name}, req.PassingOnly)
 	if !found {
+		if req.Peer != "" {
+			return nil, toStatus(notFound("service %s/%s imported from %s", req.Namespace, req.Name, req.Peer))
+		}
 		return nil, toStatus(notFound("service %s/%s", req.Namespace, req.Name))
 	}
-	return &apipb.GetServiceResponse{Service: svc, Instances: insts, Index: idx}, nil
+	resp := &apipb.GetServiceResponse{Service: svc, Instances: insts, Index: idx}
+	if req.Peer != "" {
+		resp.Stale = s.importState(req.Peer).State == apipb.PeerState_PEER_STATE_STALE
+	}
+	return resp, nil
 }
 
 func (s *Server) Watch(req *apipb.WatchRequest, stream grpc.ServerStreamingServer[apipb.WatchEvent]) error {

@@ -144,12 +144,28 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	return &apipb.AcceptResponse{Name: name}, nil
 }
 
+// List describes peerings. It is answered by the leader when there is
+// one, since only the leader knows the streams' runtime state; by this
+// server's replica otherwise.
 func (s federationService) List(ctx context.Context, req *apipb.ListPeersFedRequest) (*apipb.ListPeersFedResponse, error) {
+	if req.Name != "" {
+		if err := validLabel("name", req.Name); err != nil {
+			return nil, err
+		}
+	}
+	if r, ok, err := forwardRead(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ListPeersFedResponse, error) {
+		return apipb.NewFederationClient(c).List(ctx, req)
+	}); ok && err == nil {
+		return r, nil
+	}
 	resp := &apipb.ListPeersFedResponse{}
 	for _, f := range s.cfg.Node.Store().ForeignBundles() {
-		if f.PeerName != "" {
-			resp.Peers = append(resp.Peers, PeerOf(f))
+		if f.PeerName != "" && (req.Name == "" || req.Name == f.PeerName) {
+			resp.Peers = append(resp.Peers, s.peerStatus(PeerOf(f)))
 		}
+	}
+	if req.Name != "" && len(resp.Peers) == 0 {
+		return nil, toStatus(notFound("peer %q", req.Name))
 	}
 	return resp, nil
 }

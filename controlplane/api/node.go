@@ -16,6 +16,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/trust"
 )
 
@@ -82,6 +83,14 @@ type Node interface {
 	NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error
 	// FetchForeign fetches a foreign bundle from its endpoint.
 	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
+	// ServeExport runs the replication stream of the peer with trust
+	// domain peerTD (leader only).
+	ServeExport(ctx context.Context, peerTD string, stream replication.Stream) error
+	// Replication is the runtime state of replication streams.
+	Replication() *replication.Registry
+	// PeerStaleAfter is how long imports are served without contact
+	// before they are marked stale.
+	PeerStaleAfter() time.Duration
 }
 
 func secondsDuration(s int64) time.Duration { return time.Duration(s) * time.Second }

@@ -90,6 +90,9 @@ func validateRegister(req *apipb.RegisterRequest) error {
 	if svc.CreateIndex != 0 || svc.ModifyIndex != 0 {
 		return fieldErr("service.create_index", "indexes are set by the server; leave them zero")
 	}
+	if svc.Peer != "" {
+		return fieldErr("service.peer", "is set by replication only; register local services")
+	}
 	in := req.GetInstance()
 	if in == nil {
 		return nil
@@ -103,6 +106,12 @@ func validateRegister(req *apipb.RegisterRequest) error {
 	if in.Namespace != svc.Namespace || in.Service != svc.Name {
 		return fieldErr("instance.service", "instance names %s/%s but the service is %s/%s", in.Namespace, in.Service, svc.Namespace, svc.Name)
 	}
+	return validateInstance(in, seen)
+}
+
+// validateInstance checks an instance; with defined set, its ports must be
+// among them.
+func validateInstance(in *apipb.Instance, defined map[string]bool) error {
 	if err := validLabel("instance.id", in.Id); err != nil {
 		return err
 	}
@@ -110,7 +119,7 @@ func validateRegister(req *apipb.RegisterRequest) error {
 		return err
 	}
 	for name, port := range in.Ports {
-		if !seen[name] {
+		if defined != nil && !defined[name] {
 			return fieldErr("instance.ports["+name+"]", "the service defines no port %q", name)
 		}
 		if port == 0 || port > 65535 {
@@ -139,7 +148,52 @@ func validateRegister(req *apipb.RegisterRequest) error {
 	if in.CreateIndex != 0 || in.ModifyIndex != 0 {
 		return fieldErr("instance.create_index", "indexes are set by the server; leave them zero")
 	}
+	if in.Peer != "" {
+		return fieldErr("instance.peer", "is set by replication only; register local instances")
+	}
 	return nil
+}
+
+// ValidateImportedChange checks one change a peer's replication stream
+// delivered: the same rules as a local registration, and no peer field
+// (the importer sets it).
+func ValidateImportedChange(c *apipb.Change) error {
+	switch x := c.GetChange().(type) {
+	case *apipb.Change_Service:
+		if x.Service.Namespace == "" {
+			return fieldErr("service.namespace", "is required")
+		}
+		return validateRegister(&apipb.RegisterRequest{Service: x.Service})
+	case *apipb.Change_Instance:
+		in := x.Instance
+		if err := validLabel("instance.namespace", in.Namespace); err != nil {
+			return err
+		}
+		if err := validLabel("instance.service", in.Service); err != nil {
+			return err
+		}
+		return validateInstance(in, nil)
+	case *apipb.Change_ServiceDeleted:
+		if x.ServiceDeleted.Peer != "" {
+			return fieldErr("service_deleted.peer", "must be empty")
+		}
+		if err := validLabel("service_deleted.namespace", x.ServiceDeleted.Namespace); err != nil {
+			return err
+		}
+		return validLabel("service_deleted.name", x.ServiceDeleted.Name)
+	case *apipb.Change_InstanceDeleted:
+		k := x.InstanceDeleted
+		if k.Peer != "" {
+			return fieldErr("instance_deleted.peer", "must be empty")
+		}
+		for _, f := range [][2]string{{"namespace", k.Namespace}, {"service", k.Service}, {"id", k.Id}} {
+			if err := validLabel("instance_deleted."+f[0], f[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fieldErr("change", "is empty")
 }
 
 func validateAddress(field, s string) error {

@@ -37,6 +37,8 @@ type FileConfig struct {
 	DNSUpstreams     []string `yaml:"dns_upstreams"`
 	DNSTTL           Duration `yaml:"dns_ttl"`
 	CAPropagation    Duration `yaml:"ca_propagation_delay"`
+	PeerHeartbeat    Duration `yaml:"peer_heartbeat"`
+	PeerStaleAfter   Duration `yaml:"peer_stale_after"`
 	Bootstrap        bool     `yaml:"bootstrap"`
 	Join             []string `yaml:"join"`
 	JoinTokenFile    string   `yaml:"join_token_file"`
@@ -108,7 +110,8 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate,
 		DNSAddr: fc.DNSAddr, DNSDomain: fc.DNSDomain, DNSUpstreams: fc.DNSUpstreams, DNSTTL: time.Duration(fc.DNSTTL),
 		CAPropagationDelay: time.Duration(fc.CAPropagation),
-		Bootstrap:          fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
+		PeerHeartbeat:      time.Duration(fc.PeerHeartbeat), PeerStaleAfter: time.Duration(fc.PeerStaleAfter),
+		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
 			Heartbeat:   time.Duration(fc.Raft.HeartbeatTimeout),

@@ -68,7 +68,7 @@ func newFederationCmd(g *globals) *cobra.Command {
 
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List peer sites",
+		Short: "List peer sites and the state of replication with each",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
@@ -79,15 +79,54 @@ func newFederationCmd(g *globals) *cobra.Command {
 				if g.json {
 					return g.printJSON(resp)
 				}
-				t := newTable(g.stdout, "NAME", "SITE", "TRUST DOMAIN", "ADDRESSES", "BUNDLE SEQ", "LAST CONTACT", "LAST ERROR")
+				t := newTable(g.stdout, "NAME", "SITE", "STATE", "LAST CONTACT", "IMPORTED", "EXPORTED", "LAG", "BUNDLE SEQ")
 				for _, p := range resp.Peers {
-					last := "never"
-					if p.Bundle.LastSuccess != nil {
-						last = ago(time.Since(p.Bundle.LastSuccess.AsTime()))
-					}
-					t.row(p.Name, p.Site, p.TrustDomain, strings.Join(p.Addresses, ","), fmt.Sprint(p.Bundle.Sequence), last, cmp.Or(p.Bundle.LastError, "-"))
+					t.row(p.Name, p.Site, peerState(p), contactAgo(p.Imports), fmt.Sprintf("%d svc/%d inst", p.Imports.GetServices(), p.Imports.GetInstances()),
+						fmt.Sprintf("%d svc", p.Exports.GetServices()), exportLag(p.Exports), fmt.Sprint(p.Bundle.GetSequence()))
 				}
 				return t.flush()
+			})
+		},
+	}
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one peer site in detail",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Federation.List(ctx, &apipb.ListPeersFedRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				p := resp.Peers[0]
+				if g.json {
+					return g.printJSON(p)
+				}
+				im, ex, b := p.Imports, p.Exports, p.Bundle
+				w := g.stdout
+				fmt.Fprintf(w, "Peer %s: site %s, trust domain %s\n", p.Name, p.Site, p.TrustDomain)
+				fmt.Fprintf(w, "  state           %s\n", peerState(p))
+				fmt.Fprintf(w, "  last contact    %s\n", contactAgo(im))
+				fmt.Fprintf(w, "  servers         %s\n", strings.Join(p.Addresses, ", "))
+				fmt.Fprintf(w, "  gateways        %s\n", cmp.Or(strings.Join(im.GetGateways(), ", "), "none announced"))
+				fmt.Fprintf(w, "Imports (from %s)\n", p.Name)
+				fmt.Fprintf(w, "  stream          %s\n", streamState(im.GetConnected(), im.GetLastError()))
+				fmt.Fprintf(w, "  services        %d (%d instances)\n", im.GetServices(), im.GetInstances())
+				fmt.Fprintf(w, "  version         %d\n", im.GetVersion())
+				fmt.Fprintf(w, "Exports (to %s)\n", p.Name)
+				fmt.Fprintf(w, "  stream          %s\n", streamState(ex.GetConnected(), ""))
+				fmt.Fprintf(w, "  services        %d\n", ex.GetServices())
+				fmt.Fprintf(w, "  sent / acked    %d / %d\n", ex.GetSentVersion(), ex.GetAckedVersion())
+				fmt.Fprintf(w, "  lag             %s\n", exportLag(ex))
+				fmt.Fprintf(w, "  bytes sent      %d\n", ex.GetBytesSent())
+				fmt.Fprintf(w, "Bundle\n")
+				fmt.Fprintf(w, "  sequence        %d\n", b.GetSequence())
+				fmt.Fprintf(w, "  endpoint        %s (%s)\n", b.GetEndpointUrl(), b.GetProfile())
+				fmt.Fprintf(w, "  authorities     %d X.509, %d JWT\n", b.GetX509Authorities(), b.GetJwtAuthorities())
+				if b.GetLastError() != "" {
+					fmt.Fprintf(w, "  last error      %s\n", b.GetLastError())
+				}
+				return nil
 			})
 		},
 	}
@@ -102,6 +141,34 @@ func newFederationCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(tok, join, list, remove)
+	cmd.AddCommand(tok, join, list, show, remove)
 	return cmd
+}
+
+func peerState(p *apipb.Peer) string {
+	return lowerEnum(p.Imports.GetState().String(), "PEER_STATE_")
+}
+
+func contactAgo(im *apipb.ImportStatus) string {
+	if im.GetLastContact() == nil {
+		return "never"
+	}
+	return ago(time.Since(im.LastContact.AsTime()))
+}
+
+func exportLag(ex *apipb.ExportStatus) string {
+	if !ex.GetConnected() {
+		return "-"
+	}
+	return ex.GetLag().AsDuration().Round(time.Millisecond).String()
+}
+
+func streamState(connected bool, lastErr string) string {
+	switch {
+	case connected:
+		return "connected"
+	case lastErr != "":
+		return "down: " + lastErr
+	}
+	return "down (or this server cannot see it: ask the leader)"
 }

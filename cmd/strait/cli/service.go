@@ -179,9 +179,13 @@ func newServiceListCmd(g *globals) *cobra.Command {
 				if g.json {
 					return g.printJSON(resp)
 				}
-				t := newTable(g.stdout, "NAMESPACE", "SERVICE", "PORTS", "INSTANCES", "PASSING")
+				t := newTable(g.stdout, "NAMESPACE", "SERVICE", "PEER", "PORTS", "INSTANCES", "PASSING")
 				for _, s := range resp.Services {
-					t.row(s.Service.Namespace, s.Service.Name, portsString(s.Service.Ports), strconv.Itoa(int(s.Instances)), strconv.Itoa(int(s.Passing)))
+					peer := cmp.Or(s.Service.Peer, "-")
+					if s.Stale {
+						peer += " (stale)"
+					}
+					t.row(s.Service.Namespace, s.Service.Name, peer, portsString(s.Service.Ports), strconv.Itoa(int(s.Instances)), strconv.Itoa(int(s.Passing)))
 				}
 				return t.flush()
 			})
@@ -204,7 +208,7 @@ func portsString(ps []*apipb.ServicePort) string {
 }
 
 func newServiceShowCmd(g *globals) *cobra.Command {
-	var ns, name string
+	var ns, name, peer string
 	var consistent, passing bool
 	cmd := &cobra.Command{
 		Use:   "show",
@@ -212,7 +216,7 @@ func newServiceShowCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Catalog.GetService(ctx, &apipb.GetServiceRequest{Namespace: ns, Name: name, Mode: readMode(consistent), PassingOnly: passing})
+				resp, err := cl.Catalog.GetService(ctx, &apipb.GetServiceRequest{Namespace: ns, Name: name, Peer: peer, Mode: readMode(consistent), PassingOnly: passing})
 				if err != nil {
 					return err
 				}
@@ -220,7 +224,14 @@ func newServiceShowCmd(g *globals) *cobra.Command {
 					return g.printJSON(resp)
 				}
 				s := resp.Service
-				fmt.Fprintf(g.stdout, "Service %s/%s  ports %s\n", s.Namespace, s.Name, portsString(s.Ports))
+				fmt.Fprintf(g.stdout, "Service %s/%s  ports %s", s.Namespace, s.Name, portsString(s.Ports))
+				if s.Peer != "" {
+					fmt.Fprintf(g.stdout, "  imported from %s", s.Peer)
+					if resp.Stale {
+						fmt.Fprint(g.stdout, " (stale: the peer has not been heard from; last known instances)")
+					}
+				}
+				fmt.Fprintln(g.stdout)
 				t := newTable(g.stdout, "ID", "ADDRESS", "PORTS", "ZONE", "HEALTH")
 				for _, in := range resp.Instances {
 					var ps []string
@@ -238,6 +249,7 @@ func newServiceShowCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&name, "name", "", "service name")
 	cmd.Flags().BoolVar(&consistent, "consistent", false, "read through the leader (linearizable)")
 	cmd.Flags().BoolVar(&passing, "passing", false, "only passing instances")
+	cmd.Flags().StringVar(&peer, "peer", "", "the peer an imported service comes from")
 	return cmd
 }
 

@@ -1,0 +1,259 @@
+package replication
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+)
+
+// Registry holds the runtime state of this server's replication streams,
+// per peer, for status calls and metrics. Streams run on the leader, so a
+// follower's registry is empty.
+type Registry struct {
+	mu      sync.Mutex
+	exports map[string]*ExportStats
+	imports map[string]*ImportStats
+	now     func() time.Time
+
+	connected, lag, bytesSent, changesSent, changesApplied, batches *prometheus.Desc
+}
+
+// NewRegistry returns a registry; its metrics are registered with reg
+// when reg is not nil.
+func NewRegistry(reg prometheus.Registerer, now func() time.Time) *Registry {
+	if now == nil {
+		now = time.Now
+	}
+	peer := []string{"peer"}
+	r := &Registry{
+		exports: make(map[string]*ExportStats),
+		imports: make(map[string]*ImportStats),
+		now:     now,
+		connected: prometheus.NewDesc("strait_federation_stream_connected",
+			"1 while the replication stream with the peer is up, by direction (import: from the peer; export: to it).", []string{"peer", "direction"}, nil),
+		lag: prometheus.NewDesc("strait_federation_export_lag_seconds",
+			"How long the oldest change sent to the peer has waited for its acknowledgement (0 when all are acknowledged).", peer, nil),
+		bytesSent: prometheus.NewDesc("strait_federation_export_bytes_total",
+			"Bytes of replication messages sent to the peer.", peer, nil),
+		changesSent: prometheus.NewDesc("strait_federation_export_changes_total",
+			"Catalog changes sent to the peer.", peer, nil),
+		changesApplied: prometheus.NewDesc("strait_federation_import_changes_total",
+			"Catalog changes received from the peer and committed.", peer, nil),
+		batches: prometheus.NewDesc("strait_federation_import_batches_total",
+			"Raft commands that applied changes from the peer.", peer, nil),
+	}
+	if reg != nil {
+		reg.MustRegister(r)
+	}
+	return r
+}
+
+// Export returns the peer's export stats, creating them.
+func (r *Registry) Export(peer string) *ExportStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.exports[peer]
+	if e == nil {
+		e = &ExportStats{now: r.now}
+		r.exports[peer] = e
+	}
+	return e
+}
+
+// Import returns the peer's import stats, creating them.
+func (r *Registry) Import(peer string) *ImportStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := r.imports[peer]
+	if i == nil {
+		i = &ImportStats{}
+		r.imports[peer] = i
+	}
+	return i
+}
+
+// Forget drops a removed peer's stats.
+func (r *Registry) Forget(peer string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.exports, peer)
+	delete(r.imports, peer)
+}
+
+// Describe implements prometheus.Collector.
+func (r *Registry) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{r.connected, r.lag, r.bytesSent, r.changesSent, r.changesApplied, r.batches} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (r *Registry) Collect(ch chan<- prometheus.Metric) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	for peer, e := range r.exports {
+		s := e.Status()
+		ch <- prometheus.MustNewConstMetric(r.connected, prometheus.GaugeValue, b(s.Connected), peer, "export")
+		ch <- prometheus.MustNewConstMetric(r.lag, prometheus.GaugeValue, s.Lag.AsDuration().Seconds(), peer)
+		ch <- prometheus.MustNewConstMetric(r.bytesSent, prometheus.CounterValue, float64(s.BytesSent), peer)
+		ch <- prometheus.MustNewConstMetric(r.changesSent, prometheus.CounterValue, float64(e.changeCount()), peer)
+	}
+	for peer, i := range r.imports {
+		connected, _, changes, batches := i.snapshot()
+		ch <- prometheus.MustNewConstMetric(r.connected, prometheus.GaugeValue, b(connected), peer, "import")
+		ch <- prometheus.MustNewConstMetric(r.changesApplied, prometheus.CounterValue, float64(changes), peer)
+		ch <- prometheus.MustNewConstMetric(r.batches, prometheus.CounterValue, float64(batches), peer)
+	}
+}
+
+type pendingAck struct {
+	version uint64
+	at      time.Time
+}
+
+// ExportStats is one peer's export stream as this server sees it. A nil
+// *ExportStats ignores everything.
+type ExportStats struct {
+	mu        sync.Mutex
+	now       func() time.Time
+	streams   int
+	sentV     uint64
+	ackedV    uint64
+	pending   []pendingAck
+	bytesSent uint64
+	changes   uint64
+}
+
+func (e *ExportStats) attach() {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.streams++
+	e.pending = nil
+}
+
+func (e *ExportStats) detach() {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.streams--
+	e.pending = nil
+}
+
+func (e *ExportStats) sent(version uint64, changes int) {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.sentV = version
+	e.changes += uint64(changes)
+	if version > e.ackedV && (len(e.pending) == 0 || e.pending[len(e.pending)-1].version < version) {
+		e.pending = append(e.pending, pendingAck{version, e.now()})
+	}
+}
+
+func (e *ExportStats) bytes(n int) {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	e.bytesSent += uint64(n)
+	e.mu.Unlock()
+}
+
+func (e *ExportStats) acked(v uint64) {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.ackedV = max(e.ackedV, v)
+	i := 0
+	for i < len(e.pending) && e.pending[i].version <= v {
+		i++
+	}
+	e.pending = e.pending[i:]
+}
+
+func (e *ExportStats) changeCount() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.changes
+}
+
+// Status reports the stream's progress.
+func (e *ExportStats) Status() *apipb.ExportStatus {
+	if e == nil {
+		return &apipb.ExportStatus{}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := &apipb.ExportStatus{Connected: e.streams > 0, SentVersion: e.sentV, AckedVersion: e.ackedV, BytesSent: e.bytesSent, Lag: durationpb.New(0)}
+	if len(e.pending) > 0 {
+		s.Lag = durationpb.New(e.now().Sub(e.pending[0].at))
+	}
+	return s
+}
+
+// ImportStats is one peer's import stream as this server sees it. A nil
+// *ImportStats ignores everything.
+type ImportStats struct {
+	mu        sync.Mutex
+	connected bool
+	lastErr   string
+	changes   uint64
+	batches   uint64
+}
+
+func (i *ImportStats) setConnected(ok bool, err error) {
+	if i == nil {
+		return
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.connected = ok
+	if err != nil {
+		i.lastErr = err.Error()
+	} else if ok {
+		i.lastErr = ""
+	}
+}
+
+func (i *ImportStats) applied(changes int) {
+	if i == nil {
+		return
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.changes += uint64(changes)
+	i.batches++
+}
+
+func (i *ImportStats) snapshot() (connected bool, lastErr string, changes, batches uint64) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.connected, i.lastErr, i.changes, i.batches
+}
+
+// Fill sets the runtime fields of an import status.
+func (i *ImportStats) Fill(s *apipb.ImportStatus) {
+	if i == nil {
+		return
+	}
+	s.Connected, s.LastError, _, _ = i.snapshot()
+}

@@ -51,6 +51,7 @@ bench:
 	taskset -c 1 $(GO) test ./trust/ca/ -run '^$$' -bench 'KeyChoice|SignCSR' -count 5
 	$(GO) test ./trust/agent/ -run '^$$' -bench 'Rotate10k' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
+	$(GO) test ./controlplane/ -run '^$$' -bench 'Propagation' -benchtime 5x -count 5 -timeout 20m
 
 ## bench-dns: mesh DNS against NSD with dnsperf (apt-get install nsd dnsperf dnsutils).
 bench-dns:

@@ -34,7 +34,7 @@ func wanSite(t *testing.T, name string, servers int, w *wan.WAN) *controlplanete
 
 // federate makes a issue a token for b and b join it; a names b bName, b
 // names a by its site name.
-func federate(t *testing.T, a, b *controlplanetest.Cluster, bName string) {
+func federate(t testing.TB, a, b *controlplanetest.Cluster, bName string) {
 	t.Helper()
 	ctx := controlplanetest.Ctx(t)
 	inv, err := a.Client(0).Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{Peer: bName})

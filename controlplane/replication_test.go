@@ -8,11 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/internal/wan"
 )
 
@@ -232,6 +235,18 @@ func TestReplicationBetweenSites(t *testing.T) {
 	}
 	bcl, acl = anyClient(t, b), anyClient(t, a)
 
+	// From now on A knows only a follower of B: after the partition, its
+	// stream can only come back through that follower, which relays it to
+	// B's leader.
+	bFollower := b.Nodes[b.Follower()]
+	aLeader := a.Nodes[a.Leader()].Server
+	fb, _ := aLeader.Store().ForeignBundle("site-b.strait")
+	fb = proto.Clone(fb).(*statepb.ForeignBundle)
+	fb.PeerAddresses = []string{bFollower.Addr}
+	if _, _, err := aLeader.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: fb}}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Partition: A keeps serving the last known imports, marked stale,
 	// and converges after the heal without anyone doing anything.
 	before, _ := imported(a, "site-b", "payments", "api")
@@ -278,6 +293,18 @@ func TestReplicationBetweenSites(t *testing.T) {
 	}
 	waitImported(t, a, "site-b", "payments", "api", nil)
 	waitImported(t, b, "site-a", "web", "front", nil)
+
+	// Exports named the removed peer: they went with it, so that a site
+	// joining later under the same name inherits nothing.
+	if l, err := bcl.Federation.ListExports(ctx, &apipb.ListExportsRequest{}); err != nil || len(l.Exports) != 0 {
+		t.Fatalf("exports after removing the peering: %v %v", l, err)
+	}
+	// Federating again takes a new token and new exports.
+	federate(t, a, b, "site-b")
+	if _, err := bcl.Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitImported(t, a, "site-b", "payments", "api", want)
 }
 
 // Three sites in a triangle, each exporting something different: every

@@ -14,14 +14,16 @@ import (
 // MaxExportPeers bounds an export's peer list.
 const MaxExportPeers = 64
 
-func (s federationService) validPeers(field string, peers []string) error {
+// validPeers checks a peer list; with known set, that every peer exists
+// (checked on the leader, which has every committed peering).
+func (s federationService) validPeers(field string, peers []string, known bool) error {
 	if len(peers) > MaxExportPeers {
 		return fieldErr(field, "at most %d peers", MaxExportPeers)
 	}
-	known := map[string]bool{}
+	names := map[string]bool{}
 	for _, f := range s.cfg.Node.Store().ForeignBundles() {
 		if f.PeerName != "" {
-			known[f.PeerName] = true
+			names[f.PeerName] = true
 		}
 	}
 	for i, p := range peers {
@@ -31,7 +33,7 @@ func (s federationService) validPeers(field string, peers []string) error {
 		if err := validLabel(field+"["+strconv.Itoa(i)+"]", p); err != nil {
 			return err
 		}
-		if !known[p] {
+		if known && !names[p] {
 			return fieldErr(field+"["+strconv.Itoa(i)+"]", "no peer named %q (see `strait federation list`)", p)
 		}
 	}
@@ -50,13 +52,16 @@ func (s federationService) Export(ctx context.Context, req *apipb.ExportRequest)
 	if len(e.To) == 0 {
 		return nil, fieldErr("export.to", "name at least one peer, or \"*\" for all")
 	}
-	if err := s.validPeers("export.to", e.To); err != nil {
+	if err := s.validPeers("export.to", e.To, false); err != nil {
 		return nil, err
 	}
 	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ExportResponse, error) {
 		return apipb.NewFederationClient(c).Export(ctx, req)
 	}); ok {
 		return r, err
+	}
+	if err := s.validPeers("export.to", e.To, true); err != nil {
+		return nil, err
 	}
 	s.exportMu.Lock()
 	defer s.exportMu.Unlock()

@@ -122,12 +122,26 @@ func TestImports(t *testing.T) {
 		t.Fatalf("restored peer import %v", imp)
 	}
 
-	// Only replication writes imports; and removing the peer drops them.
-	res = applyAll(t, f, 8,
+	// Only replication writes imports; and removing the peer drops them,
+	// and drops the peer from exports.
+	export := func(svc string, to ...string) *statepb.Command {
+		return &statepb.Command{Cmd: &statepb.Command_SetExport{SetExport: &apipb.Export{Namespace: "ns", Service: svc, To: to}}}
+	}
+	applyAll(t, f, 8, export("api", "b", "c"), export("web", "b"))
+	exportsCh := f.ExportsChanged()
+	res = applyAll(t, f, 10,
 		&statepb.Command{Cmd: &statepb.Command_Register{Register: &apipb.RegisterRequest{Service: &apipb.Service{Namespace: "ns", Name: "api", Peer: "b"}}}},
 		&statepb.Command{Cmd: &statepb.Command_DeleteForeignBundle{DeleteForeignBundle: &statepb.DeleteForeignBundle{TrustDomain: "b.strait"}}},
 		batch("b", 21, false, instChange("api", "i9")),
 	)
+	if ex := f.Exports(); len(ex) != 1 || ex[0].Service != "api" || !slices.Equal(ex[0].To, []string{"c"}) {
+		t.Fatalf("exports after removing peer b: %v", ex)
+	}
+	select {
+	case <-exportsCh:
+	default:
+		t.Fatal("export watchers not woken by the removal")
+	}
 	if !errors.Is(res[0].Err, state.ErrMalformed) {
 		t.Fatalf("register of an imported service: %v", res[0].Err)
 	}

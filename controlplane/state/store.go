@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -514,6 +515,29 @@ func (s *Store) applySetExport(e *apipb.Export) {
 	s.exportsCh = make(chan struct{})
 }
 
+// dropExportsTo removes a removed peer from every export, so that a later
+// peering under the same name does not inherit them. Lock held.
+func (s *Store) dropExportsTo(peer string) {
+	changed := false
+	for k, e := range s.exports {
+		if !slices.Contains(e.To, peer) {
+			continue
+		}
+		n := proto.Clone(e).(*apipb.Export)
+		n.To = slices.DeleteFunc(n.To, func(to string) bool { return to == peer })
+		if len(n.To) == 0 {
+			delete(s.exports, k)
+		} else {
+			s.exports[k] = n
+		}
+		changed = true
+	}
+	if changed {
+		close(s.exportsCh)
+		s.exportsCh = make(chan struct{})
+	}
+}
+
 // ExportsChanged returns a channel closed at the next change of exports.
 func (s *Store) ExportsChanged() <-chan struct{} {
 	s.mu.RLock()
@@ -568,6 +592,7 @@ func (s *Store) applyDeleteForeign(index uint64, d *statepb.DeleteForeignBundle,
 	if f.PeerName != "" {
 		s.dropImports(f.PeerName, nil, ch)
 		delete(s.imports, f.PeerName)
+		s.dropExportsTo(f.PeerName)
 	}
 	delete(s.foreign, d.TrustDomain)
 	s.identityChanged()

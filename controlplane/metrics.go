@@ -15,7 +15,7 @@ type metrics struct {
 	signed prometheus.Counter
 
 	leader, term, commit, applied, lastContact, peers, services, instances *prometheus.Desc
-	peerUp, peerBundleAge                                                  *prometheus.Desc
+	peerUp, peerBundleAge, importContact, imported                         *prometheus.Desc
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -40,13 +40,17 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			"1 if the last fetch of the peer site's bundle succeeded.", []string{"peer"}, nil),
 		peerBundleAge: prometheus.NewDesc("strait_federation_peer_bundle_age_seconds",
 			"Time since the peer site's bundle was last fetched successfully.", []string{"peer"}, nil),
+		importContact: prometheus.NewDesc("strait_federation_import_contact_age_seconds",
+			"Time since contact with the peer was last committed (imports are stale beyond peer_stale_after).", []string{"peer"}, nil),
+		imported: prometheus.NewDesc("strait_federation_imported_instances",
+			"Instances imported from the peer.", []string{"peer"}, nil),
 	}
 	reg.MustRegister(m.apply, m.signed, m)
 	return m
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.lastContact, m.peers, m.services, m.instances, m.peerUp, m.peerBundleAge} {
+	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.lastContact, m.peers, m.services, m.instances, m.peerUp, m.peerBundleAge, m.importContact, m.imported} {
 		ch <- d
 	}
 }
@@ -93,5 +97,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		if f.LastSuccess != nil {
 			g(m.peerBundleAge, time.Since(f.LastSuccess.AsTime()).Seconds(), f.PeerName)
 		}
+		if p, ok := m.s.store.PeerImport(f.PeerName); ok && p.LastContact != nil {
+			g(m.importContact, m.s.cfg.Now().Sub(p.LastContact.AsTime()).Seconds(), f.PeerName)
+		}
+		_, n := m.s.store.ImportCounts(f.PeerName)
+		g(m.imported, float64(n), f.PeerName)
 	}
 }

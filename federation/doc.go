@@ -1,9 +1,9 @@
 // Package federation is where sites become peers: federation tokens
-// (federation/token), the join handshake, and (to come) the replication
-// stream of exported services between peers. Each site stays its own trust
+// (federation/token) and the replication stream of exported services
+// between peers (federation/replication). Each site stays its own trust
 // domain; peers hold each other's bundles per trust domain, never merged.
 //
-// Today the join handshake runs in the control plane's API (it needs Raft
-// to consume the token and store the peering); this package holds the
-// parts that are independent of it.
+// The join handshake and the wiring of replication to Raft run in the
+// control plane (they need Raft to consume the token, store the peering
+// and commit imports); these packages hold the parts independent of it.
 package federation

@@ -177,6 +177,9 @@ func (im *Importer) session(ctx context.Context) (progressed bool, err error) {
 		case r = <-events:
 		}
 		idle.Reset(deadline)
+		if r.err == nil {
+			im.Stats.heardAt(time.Now())
+		}
 		if !connected && r.err == nil {
 			connected = true
 			im.Stats.setConnected(true, nil)

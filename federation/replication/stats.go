@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 )
@@ -214,6 +215,7 @@ func (e *ExportStats) Status() *apipb.ExportStatus {
 // *ImportStats ignores everything.
 type ImportStats struct {
 	mu        sync.Mutex
+	heard     time.Time // last message from the peer
 	connected bool
 	lastErr   string
 	changes   uint64
@@ -234,6 +236,15 @@ func (i *ImportStats) setConnected(ok bool, err error) {
 	}
 }
 
+func (i *ImportStats) heardAt(t time.Time) {
+	if i == nil {
+		return
+	}
+	i.mu.Lock()
+	i.heard = t
+	i.mu.Unlock()
+}
+
 func (i *ImportStats) applied(changes int) {
 	if i == nil {
 		return
@@ -250,10 +261,18 @@ func (i *ImportStats) snapshot() (connected bool, lastErr string, changes, batch
 	return i.connected, i.lastErr, i.changes, i.batches
 }
 
-// Fill sets the runtime fields of an import status.
+// Fill sets the runtime fields of an import status: the stream's state,
+// and the last contact when the stream has heard from the peer since the
+// last contact committed.
 func (i *ImportStats) Fill(s *apipb.ImportStatus) {
 	if i == nil {
 		return
 	}
 	s.Connected, s.LastError, _, _ = i.snapshot()
+	i.mu.Lock()
+	heard := i.heard
+	i.mu.Unlock()
+	if !heard.IsZero() && (s.LastContact == nil || heard.After(s.LastContact.AsTime())) {
+		s.LastContact = timestamppb.New(heard)
+	}
 }

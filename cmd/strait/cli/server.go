@@ -3,6 +3,7 @@ package cli
 import (
 	"cmp"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
@@ -140,20 +141,25 @@ func encodeBundle(srv *controlplane.Server) []byte {
 
 func printDevBanner(g *globals, srv *controlplane.Server, token, ctxPath, metrics, dnsAddr string) {
 	w := g.stdout
+	digHost, digPort, err := net.SplitHostPort(dnsAddr)
+	if err != nil {
+		digHost, digPort = "127.0.0.1", "8600"
+	}
 	fmt.Fprintf(w, `
 Strait dev server running: site %q, trust domain %s
   API (mTLS):  %s
   Metrics:     http://%s/metrics
-  Mesh DNS:    %s (dig @127.0.0.1 -p 8600 api.payments.dev.mesh)
+  Mesh DNS:    %s
   Token:       %s
   (CLI commands in other terminals find this server through %s)
 
 Try:
   strait service register --ns payments --name api --port http=8080/http --address 127.0.0.1 --id api-1
   strait service list
+  dig @%s -p %s api.payments.%s.mesh
   strait status
 
 Ctrl-C stops the server; nothing is left on disk.
 
-`, srv.Site(), srv.TrustDomain().Name(), srv.Addr(), metrics, dnsAddr, token, ctxPath)
+`, srv.Site(), srv.TrustDomain().Name(), srv.Addr(), metrics, dnsAddr, token, ctxPath, digHost, digPort, srv.Site())
 }

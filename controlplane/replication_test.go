@@ -352,4 +352,21 @@ func TestReplicationTriangle(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitImported(t, c, "site-a", "default", "private", nil)
+	// Gateways are announced to every peer, whatever is exported.
+	_, err := b.Client(0).Catalog.Register(ctx, &apipb.RegisterRequest{
+		Service:  &apipb.Service{Namespace: "strait", Name: "gateway", Ports: []*apipb.ServicePort{{Name: "wan", Protocol: apipb.Protocol_PROTOCOL_TCP}}},
+		Instance: &apipb.Instance{Id: "gw-1", Address: "192.0.2.10", Ports: map[string]uint32{"wan": 8443}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*controlplanetest.Cluster{a, c} {
+		controlplanetest.WaitFor(t, 10*time.Second, func() error {
+			p := peerStatus(t, s.Client(0), "site-b")
+			if !slices.Equal(p.Imports.Gateways, []string{"192.0.2.10:8443"}) {
+				return fmt.Errorf("gateways of site-b as seen by a peer: %v", p.Imports.Gateways)
+			}
+			return nil
+		})
+	}
 }

@@ -148,13 +148,15 @@ func (e *Exporter) Serve(ctx context.Context, stream Stream) error {
 			}
 		}
 	}()
+	// The change channels are taken before each read of the state, so a
+	// change that lands during a flush wakes the next iteration.
+	exportsCh, identityCh := e.Store.ExportsChanged(), e.Store.IdentityChanged()
 	if err := r.resync(); err != nil {
 		return err
 	}
 	hb := time.NewTicker(e.Heartbeat)
 	defer hb.Stop()
 	for {
-		exportsCh, identityCh := e.Store.ExportsChanged(), e.Store.IdentityChanged()
 		select {
 		case <-ctx.Done():
 			select {
@@ -195,6 +197,7 @@ func (e *Exporter) Serve(ctx context.Context, stream Stream) error {
 			}
 			continue
 		}
+		exportsCh, identityCh = e.Store.ExportsChanged(), e.Store.IdentityChanged()
 		if err := r.flush(false); err != nil {
 			return err
 		}
@@ -451,7 +454,7 @@ func (r *exportRun) dropInstance(out []*apipb.Change, cur *sentService, k state.
 // wireService is a service as sent: without local indexes.
 func wireService(svc *apipb.Service) *apipb.Service {
 	w := proto.Clone(svc).(*apipb.Service)
-	w.CreateIndex, w.ModifyIndex, w.Peer = 0, 0, ""
+	w.CreateIndex, w.ModifyIndex, w.Peer, w.VirtualIp = 0, 0, "", ""
 	return w
 }
 

@@ -59,6 +59,9 @@ type Config struct {
 	DNSUpstreams []string
 	// DNSTTL of mesh answers; 5s when zero.
 	DNSTTL time.Duration
+	// DNSPeerOrder is the failover preference of <svc>.<ns>.<domain> among
+	// peers (local names); peers not listed follow, by name.
+	DNSPeerOrder []string
 	// BundleAddr serves the site's SPIFFE bundle endpoint over HTTPS;
 	// disabled when empty (and BundleListener is nil).
 	BundleAddr string
@@ -109,6 +112,10 @@ type Config struct {
 	// PeerStaleAfter is how long imports from a peer are served without
 	// contact before they are marked stale; 1m when zero.
 	PeerStaleAfter time.Duration
+	// VirtualIPCIDR is where virtual IPs of imported services come from:
+	// "240.0.0.0/16" when empty ("127.240.0.0/16" with Dev, so that the
+	// demo's gateways can listen on them on loopback).
+	VirtualIPCIDR string
 	// PeerDialer, when set, dials peer sites' servers (tests route peer
 	// traffic through an emulated WAN with it).
 	PeerDialer func(ctx context.Context, addr string) (net.Conn, error)
@@ -140,6 +147,12 @@ type RaftTimeouts struct {
 	LeaderLease   time.Duration // 500ms when zero
 	CommitTimeout time.Duration // 50ms when zero
 }
+
+// Default virtual IP ranges (see Config.VirtualIPCIDR).
+const (
+	DefaultVirtualIPCIDR = "240.0.0.0/16"
+	DevVirtualIPCIDR     = "127.240.0.0/16"
+)
 
 // DefaultBindAddr is where a server listens when told nothing.
 const DefaultBindAddr = "127.0.0.1:7400"
@@ -187,6 +200,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PeerStaleAfter == 0 {
 		c.PeerStaleAfter = time.Minute
+	}
+	if c.VirtualIPCIDR == "" {
+		c.VirtualIPCIDR = DefaultVirtualIPCIDR
+		if c.Dev {
+			c.VirtualIPCIDR = DevVirtualIPCIDR
+		}
 	}
 	if c.SignRate == 0 {
 		c.SignRate = 2000
@@ -261,6 +280,14 @@ func (c *Config) validate() error {
 	}
 	if c.Raft.LeaderLease > c.Raft.Heartbeat {
 		return errors.New("raft: leader lease must not exceed the heartbeat timeout")
+	}
+	for _, p := range c.DNSPeerOrder {
+		if err := meshname.ValidLabel(p); err != nil {
+			return fmt.Errorf("dns_peer_order: %q: %w", p, err)
+		}
+	}
+	if p, err := netip.ParsePrefix(c.VirtualIPCIDR); err != nil || p.Addr().BitLen()-p.Bits() < 4 {
+		return fmt.Errorf("virtual_ip_cidr: %q must be a CIDR with room for at least 16 addresses", c.VirtualIPCIDR)
 	}
 	if c.PeerHeartbeat < 10*time.Millisecond || c.PeerStaleAfter < 3*c.PeerHeartbeat {
 		return fmt.Errorf("peer_stale_after (%s) must be at least three peer heartbeats (%s)", c.PeerStaleAfter, c.PeerHeartbeat)

@@ -119,6 +119,7 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 			return stream, nil
 		},
 		Apply: func(ctx context.Context, b *statepb.ImportBatch) error {
+			b.VirtualIpCidr = s.cfg.VirtualIPCIDR
 			_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
 			if errors.Is(err, state.ErrNotFound) {
 				return replication.ErrPeerGone

@@ -38,6 +38,11 @@ type Config struct {
 	// Upstreams receive queries outside the mesh domain (host:port); such
 	// queries are refused when empty.
 	Upstreams []string
+	// PeerOrder is the failover preference for <svc>.<ns>.<domain>: when
+	// the local service has no passing instance, the first of these peers
+	// that exports a service of that name with instances answers, then
+	// any other peer, by name.
+	PeerOrder []string
 	// Watch starts a catalog watch after an index (0: full state). Required.
 	Watch func(ctx context.Context, fromIndex uint64) (Watcher, error)
 	// Logger; slog.Default when nil.
@@ -79,7 +84,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:    cfg,
 		domain: mdns.CanonicalName(cfg.Domain),
-		view:   newView(),
+		view:   newView(cfg.PeerOrder),
 		ttl:    uint32(cfg.TTL / time.Second),
 		client: &mdns.Client{Timeout: 2 * time.Second},
 	}

@@ -45,7 +45,11 @@ func (ts *testServer) register(t testing.TB, ns, svc, id, addr string, passing b
 }
 
 // start runs a DNS server on loopback port 0 over a real store's watch.
-func start(t testing.TB, upstreams ...string) *testServer {
+func start(t testing.TB, peerOrder ...string) *testServer {
+	return startWith(t, nil, peerOrder)
+}
+
+func startWith(t testing.TB, upstreams, peerOrder []string) *testServer {
 	t.Helper()
 	st := state.NewStore(0)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -56,7 +60,7 @@ func start(t testing.TB, upstreams ...string) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := dns.New(dns.Config{PacketConn: pc, Listener: ln, Site: "aws-east", Upstreams: upstreams,
+	srv, err := dns.New(dns.Config{PacketConn: pc, Listener: ln, Site: "aws-east", Upstreams: upstreams, PeerOrder: peerOrder,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Watch:  func(ctx context.Context, from uint64) (dns.Watcher, error) { return st.Subscribe(from), nil }})
 	if err != nil {
@@ -141,10 +145,15 @@ func TestMeshNames(t *testing.T) {
 		{"apex SOA", "mesh.", mdns.TypeSOA, mdns.RcodeSuccess, nil, nil, 0},
 		{"outside the domain without upstreams", "example.com.", mdns.TypeA, mdns.RcodeRefused, nil, nil, 0},
 	}
+	runCases(t, ts.addr, tests)
+}
+
+// runCases checks each case over UDP and TCP.
+func runCases(t *testing.T, addr string, tests []dnsCase) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, netw := range []string{"udp", "tcp"} {
-				r := exchange(t, ts.addr, tt.qname, tt.qtype, netw)
+				r := exchange(t, addr, tt.qname, tt.qtype, netw)
 				if r.Rcode != tt.rcode {
 					t.Fatalf("%s: rcode %s, want %s", netw, mdns.RcodeToString[r.Rcode], mdns.RcodeToString[tt.rcode])
 				}
@@ -238,7 +247,7 @@ func TestForwarding(t *testing.T) {
 	go upSrv.ActivateAndServe()
 	t.Cleanup(func() { upSrv.Shutdown() })
 
-	ts := start(t, up.LocalAddr().String())
+	ts := startWith(t, []string{up.LocalAddr().String()}, nil)
 	m := new(mdns.Msg)
 	m.SetQuestion("example.com.", mdns.TypeA)
 	m.SetEdns0(1232, false)

@@ -2,6 +2,7 @@ package dns
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -24,16 +25,54 @@ type instance struct {
 }
 
 type service struct {
+	key       svcKey
 	ports     map[string]apipb.Protocol
 	instances map[string]*instance
+	vip       netip.Addr // imported services only
 }
 
 type catalog struct {
 	services map[svcKey]*service
 	nInst    int
+	byVIP    map[netip.Addr]*service
+	// peers counts imported services per peer; order lists the peers in
+	// failover preference (configured first, then by name), rebuilt when
+	// the set of peers changes.
+	peers map[string]int
+	order []string
+	pref  []string
 }
 
-func newCatalog() *catalog { return &catalog{services: make(map[svcKey]*service)} }
+func newCatalog(pref []string) *catalog {
+	return &catalog{services: make(map[svcKey]*service), byVIP: make(map[netip.Addr]*service), peers: make(map[string]int), pref: pref}
+}
+
+// peerCount counts a peer's imported services up or down, and rebuilds
+// the failover order when a peer appears or disappears.
+func (c *catalog) peerCount(peer string, delta int) {
+	before := c.peers[peer]
+	c.peers[peer] += delta
+	if c.peers[peer] <= 0 {
+		delete(c.peers, peer)
+	}
+	if (before == 0) == (c.peers[peer] == 0) {
+		return
+	}
+	c.order = c.order[:0]
+	for _, p := range c.pref {
+		if c.peers[p] > 0 {
+			c.order = append(c.order, p)
+		}
+	}
+	var rest []string
+	for p := range c.peers {
+		if !slices.Contains(c.pref, p) {
+			rest = append(rest, p)
+		}
+	}
+	slices.Sort(rest)
+	c.order = append(c.order, rest...)
+}
 
 func (c *catalog) apply(ch *apipb.Change) {
 	switch x := ch.Change.(type) {
@@ -41,17 +80,33 @@ func (c *catalog) apply(ch *apipb.Change) {
 		k := svcKey{x.Service.Peer, x.Service.Namespace, x.Service.Name}
 		s := c.services[k]
 		if s == nil {
-			s = &service{instances: make(map[string]*instance)}
+			s = &service{key: k, instances: make(map[string]*instance)}
 			c.services[k] = s
+			if k.peer != "" {
+				c.peerCount(k.peer, 1)
+			}
 		}
 		s.ports = make(map[string]apipb.Protocol, len(x.Service.Ports))
 		for _, p := range x.Service.Ports {
 			s.ports[p.Name] = p.Protocol
 		}
+		if s.vip.IsValid() {
+			delete(c.byVIP, s.vip)
+		}
+		s.vip, _ = netip.ParseAddr(x.Service.VirtualIp)
+		if s.vip.IsValid() {
+			c.byVIP[s.vip] = s
+		}
 	case *apipb.Change_ServiceDeleted:
 		k := svcKey{x.ServiceDeleted.Peer, x.ServiceDeleted.Namespace, x.ServiceDeleted.Name}
 		if s := c.services[k]; s != nil {
 			c.nInst -= len(s.instances)
+			if s.vip.IsValid() {
+				delete(c.byVIP, s.vip)
+			}
+			if k.peer != "" {
+				c.peerCount(k.peer, -1)
+			}
 		}
 		delete(c.services, k)
 	case *apipb.Change_Instance:
@@ -86,16 +141,17 @@ type view struct {
 	pending *catalog
 	synced  bool
 	index   uint64
+	pref    []string // peers in failover order
 }
 
-func newView() *view { return &view{cur: newCatalog()} }
+func newView(pref []string) *view { return &view{cur: newCatalog(pref), pref: pref} }
 
 // apply folds one watch event into the view.
 func (v *view) apply(ev *apipb.WatchEvent) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if ev.Resync {
-		v.pending = newCatalog()
+		v.pending = newCatalog(v.pref)
 	}
 	target := v.cur
 	if v.pending != nil {

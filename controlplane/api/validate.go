@@ -93,6 +93,9 @@ func validateRegister(req *apipb.RegisterRequest) error {
 	if svc.Peer != "" {
 		return fieldErr("service.peer", "is set by replication only; register local services")
 	}
+	if svc.VirtualIp != "" {
+		return fieldErr("service.virtual_ip", "is allocated by the server for imported services; leave it empty")
+	}
 	in := req.GetInstance()
 	if in == nil {
 		return nil

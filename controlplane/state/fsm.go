@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net/netip"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protodelim"
@@ -102,6 +103,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, p := range f.imports {
 		snap.imports = append(snap.imports, p)
 	}
+	if f.vipLast.IsValid() {
+		snap.vipLast = f.vipLast.AsSlice()
+	}
 	return snap, nil
 }
 
@@ -116,6 +120,7 @@ type fsmSnapshot struct {
 	exports   []*apipb.Export
 	agents    []*apipb.Agent
 	imports   []*statepb.PeerImport
+	vipLast   []byte
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -180,6 +185,11 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	if s.vipLast != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_VipCursor{VipCursor: &statepb.VIPCursor{Last: s.vipLast}}}); err != nil {
+			return err
+		}
+	}
 	return bw.Flush()
 }
 
@@ -235,14 +245,17 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			n.agents[r.Agent.Node] = r.Agent
 		case *statepb.SnapshotRecord_PeerImport:
 			n.imports[r.PeerImport.Peer] = r.PeerImport
+		case *statepb.SnapshotRecord_VipCursor:
+			n.vipLast, _ = netip.AddrFromSlice(r.VipCursor.Last)
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
 	}
-	for k := range n.services {
+	for k, svc := range n.services {
 		if n.instances[k] == nil {
 			n.instances[k] = make(map[string]*apipb.Instance)
 		}
+		n.trackVIP(svc)
 	}
 	for k := range n.instances {
 		if _, ok := n.services[k]; !ok {
@@ -259,6 +272,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.exports = n.exports
 	f.agents = n.agents
 	f.imports = n.imports
+	f.vips, f.vipLast = n.vips, n.vipLast
 	f.events.restart(hdr.Index)
 	f.identityChanged()
 	close(f.exportsCh)

@@ -87,7 +87,7 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 			s.resyncImports(index, b, ch)
 		} else {
 			for _, c := range b.Changes {
-				s.applyImportChange(index, b.Peer, c, ch)
+				s.applyImportChange(index, b.Peer, b.VirtualIpCidr, c, ch)
 			}
 		}
 	}
@@ -116,7 +116,7 @@ func (s *Store) resyncImports(index uint64, b *statepb.ImportBatch, ch *changes)
 	for _, c := range b.Changes {
 		switch c.Change.(type) {
 		case *apipb.Change_Service, *apipb.Change_Instance:
-			s.applyImportChange(index, b.Peer, c, ch)
+			s.applyImportChange(index, b.Peer, b.VirtualIpCidr, c, ch)
 		}
 	}
 }
@@ -170,6 +170,7 @@ func (s *Store) deleteService(k ServiceKey, ch *changes) {
 		ch.instanceDeleted(byID[id])
 	}
 	s.nInst -= len(byID)
+	s.releaseVIP(s.services[k])
 	delete(s.instances, k)
 	delete(s.services, k)
 	ch.serviceDeleted(k)
@@ -179,12 +180,22 @@ func (s *Store) deleteService(k ServiceKey, ch *changes) {
 // copied and stamped with the peer and local indexes; an instance of a
 // service that was not sent first is ignored (the exporter always sends
 // the service before its instances).
-func (s *Store) applyImportChange(index uint64, peer string, c *apipb.Change, ch *changes) {
+func (s *Store) applyImportChange(index uint64, peer, cidr string, c *apipb.Change, ch *changes) {
 	switch x := c.Change.(type) {
 	case *apipb.Change_Service:
 		svc := proto.Clone(x.Service).(*apipb.Service)
-		svc.Peer = peer
-		s.putService(index, KeyOf(svc), svc, ch)
+		svc.Peer, svc.VirtualIp = peer, ""
+		k := KeyOf(svc)
+		if old, ok := s.services[k]; ok {
+			svc.VirtualIp = old.VirtualIp
+		}
+		if svc.VirtualIp == "" {
+			if a, ok := s.allocateVIP(cidr); ok {
+				svc.VirtualIp = a.String()
+			}
+		}
+		s.putService(index, k, svc, ch)
+		s.trackVIP(svc)
 	case *apipb.Change_Instance:
 		in := proto.Clone(x.Instance).(*apipb.Instance)
 		in.Peer, in.Ttl = peer, nil

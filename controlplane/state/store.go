@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
@@ -43,6 +44,8 @@ type Store struct {
 	exports   map[ServiceKey]*apipb.Export
 	agents    map[string]*apipb.Agent        // by node
 	imports   map[string]*statepb.PeerImport // by peer name
+	vips      map[netip.Addr]ServiceKey      // virtual IPs of imported services
+	vipLast   netip.Addr                     // the last virtual IP allocated
 	events    *publisher
 	// identityCh is closed (and replaced) whenever workload entries or the
 	// site's CA change; agents' watches wait on it.
@@ -75,6 +78,8 @@ func (s *Store) reset() {
 	s.exports = make(map[ServiceKey]*apipb.Export)
 	s.agents = make(map[string]*apipb.Agent)
 	s.imports = make(map[string]*statepb.PeerImport)
+	s.vips = make(map[netip.Addr]ServiceKey)
+	s.vipLast = netip.Addr{}
 	s.identityCh = make(chan struct{})
 	s.exportsCh = make(chan struct{})
 }

@@ -36,9 +36,11 @@ type FileConfig struct {
 	DNSDomain        string   `yaml:"dns_domain"`
 	DNSUpstreams     []string `yaml:"dns_upstreams"`
 	DNSTTL           Duration `yaml:"dns_ttl"`
+	DNSPeerOrder     []string `yaml:"dns_peer_order"`
 	CAPropagation    Duration `yaml:"ca_propagation_delay"`
 	PeerHeartbeat    Duration `yaml:"peer_heartbeat"`
 	PeerStaleAfter   Duration `yaml:"peer_stale_after"`
+	VirtualIPCIDR    string   `yaml:"virtual_ip_cidr"`
 	Bootstrap        bool     `yaml:"bootstrap"`
 	Join             []string `yaml:"join"`
 	JoinTokenFile    string   `yaml:"join_token_file"`
@@ -108,10 +110,11 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		BundleAddr: fc.BundleAddr, BundleRefreshHint: time.Duration(fc.BundleHint),
 		BundleWebCertFile: fc.BundleWebCert, BundleWebKeyFile: fc.BundleWebKey,
 		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate,
-		DNSAddr: fc.DNSAddr, DNSDomain: fc.DNSDomain, DNSUpstreams: fc.DNSUpstreams, DNSTTL: time.Duration(fc.DNSTTL),
+		DNSAddr: fc.DNSAddr, DNSDomain: fc.DNSDomain, DNSUpstreams: fc.DNSUpstreams, DNSTTL: time.Duration(fc.DNSTTL), DNSPeerOrder: fc.DNSPeerOrder,
 		CAPropagationDelay: time.Duration(fc.CAPropagation),
 		PeerHeartbeat:      time.Duration(fc.PeerHeartbeat), PeerStaleAfter: time.Duration(fc.PeerStaleAfter),
-		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
+		VirtualIPCIDR: fc.VirtualIPCIDR,
+		Bootstrap:     fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
 			Heartbeat:   time.Duration(fc.Raft.HeartbeatTimeout),

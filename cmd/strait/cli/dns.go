@@ -20,6 +20,7 @@ func newDNSCmd(g *globals) *cobra.Command {
 	var (
 		listen, domain string
 		upstreams      []string
+		peerOrder      []string
 	)
 	cmd := &cobra.Command{
 		Use:   "dns",
@@ -41,7 +42,7 @@ and the CA file, as for every client command). Names outside the mesh domain go 
 			}
 			fc := FileConfig{}
 			srv, err := dns.New(dns.Config{
-				Addr: listen, Domain: domain, Site: st.Site, Upstreams: upstreams, Logger: fc.logger(g.stderr),
+				Addr: listen, Domain: domain, Site: st.Site, Upstreams: upstreams, PeerOrder: peerOrder, Logger: fc.logger(g.stderr),
 				Watch: func(ctx context.Context, from uint64) (dns.Watcher, error) {
 					s, err := cl.Catalog.Watch(ctx, &apipb.WatchRequest{FromIndex: from})
 					if err != nil {
@@ -60,6 +61,7 @@ and the CA file, as for every client command). Names outside the mesh domain go 
 	f.StringVar(&listen, "listen", "127.0.0.1:8600", "address to serve DNS on (UDP and TCP)")
 	f.StringVar(&domain, "domain", "mesh.", "the mesh domain")
 	f.StringSliceVar(&upstreams, "upstream", nil, "resolvers for other names (host:port, repeatable)")
+	f.StringSliceVar(&peerOrder, "peer-order", nil, "failover preference of <svc>.<ns>.<domain> among peers (local names)")
 	return cmd
 }
 

@@ -239,7 +239,10 @@ type Service struct {
 	ModifyIndex uint64 `protobuf:"varint,6,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
 	// The peer this service is imported from; empty for a local service.
 	// Imported services are written only by replication.
-	Peer          string `protobuf:"bytes,7,opt,name=peer,proto3" json:"peer,omitempty"`
+	Peer string `protobuf:"bytes,7,opt,name=peer,proto3" json:"peer,omitempty"`
+	// For an imported service: the virtual IP this site allocated for it
+	// (stable for the life of the import). Set by the server.
+	VirtualIp     string `protobuf:"bytes,8,opt,name=virtual_ip,json=virtualIp,proto3" json:"virtual_ip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -319,6 +322,13 @@ func (x *Service) GetModifyIndex() uint64 {
 func (x *Service) GetPeer() string {
 	if x != nil {
 		return x.Peer
+	}
+	return ""
+}
+
+func (x *Service) GetVirtualIp() string {
+	if x != nil {
+		return x.VirtualIp
 	}
 	return ""
 }
@@ -1451,7 +1461,7 @@ const file_controlplane_api_apipb_catalog_proto_rawDesc = "" +
 	"$controlplane/api/apipb/catalog.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\"V\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
-	"\bprotocol\x18\x02 \x01(\x0e2\x17.strait.api.v1.ProtocolR\bprotocol\"\xb6\x02\n" +
+	"\bprotocol\x18\x02 \x01(\x0e2\x17.strait.api.v1.ProtocolR\bprotocol\"\xd5\x02\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x120\n" +
@@ -1459,7 +1469,9 @@ const file_controlplane_api_apipb_catalog_proto_rawDesc = "" +
 	"\x04meta\x18\x04 \x03(\v2 .strait.api.v1.Service.MetaEntryR\x04meta\x12!\n" +
 	"\fcreate_index\x18\x05 \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\x06 \x01(\x04R\vmodifyIndex\x12\x12\n" +
-	"\x04peer\x18\a \x01(\tR\x04peer\x1a7\n" +
+	"\x04peer\x18\a \x01(\tR\x04peer\x12\x1d\n" +
+	"\n" +
+	"virtual_ip\x18\b \x01(\tR\tvirtualIp\x1a7\n" +
 	"\tMetaEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x04\n" +

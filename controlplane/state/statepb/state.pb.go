@@ -1200,7 +1200,10 @@ type ImportBatch struct {
 	Resync  bool            `protobuf:"varint,3,opt,name=resync,proto3" json:"resync,omitempty"`
 	Changes []*apipb.Change `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
 	// Set when the exporter announced its gateways.
-	Gateways      *apipb.GatewaySet `protobuf:"bytes,5,opt,name=gateways,proto3" json:"gateways,omitempty"`
+	Gateways *apipb.GatewaySet `protobuf:"bytes,5,opt,name=gateways,proto3" json:"gateways,omitempty"`
+	// Where virtual IPs of newly imported services come from (the
+	// proposing leader's virtual_ip_cidr); existing ones never change.
+	VirtualIpCidr string `protobuf:"bytes,6,opt,name=virtual_ip_cidr,json=virtualIpCidr,proto3" json:"virtual_ip_cidr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1270,6 +1273,59 @@ func (x *ImportBatch) GetGateways() *apipb.GatewaySet {
 	return nil
 }
 
+func (x *ImportBatch) GetVirtualIpCidr() string {
+	if x != nil {
+		return x.VirtualIpCidr
+	}
+	return ""
+}
+
+// VIPCursor is the last virtual IP allocated: allocation continues after
+// it, so a released address is reused as late as possible.
+type VIPCursor struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Last          []byte                 `protobuf:"bytes,1,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VIPCursor) Reset() {
+	*x = VIPCursor{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VIPCursor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VIPCursor) ProtoMessage() {}
+
+func (x *VIPCursor) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VIPCursor.ProtoReflect.Descriptor instead.
+func (*VIPCursor) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *VIPCursor) GetLast() []byte {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
 // PeerImport is the replication state of one peer's imports.
 type PeerImport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1283,7 +1339,7 @@ type PeerImport struct {
 
 func (x *PeerImport) Reset() {
 	*x = PeerImport{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1351,7 @@ func (x *PeerImport) String() string {
 func (*PeerImport) ProtoMessage() {}
 
 func (x *PeerImport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1364,7 @@ func (x *PeerImport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerImport.ProtoReflect.Descriptor instead.
 func (*PeerImport) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PeerImport) GetPeer() string {
@@ -1350,7 +1406,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1418,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1431,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1405,6 +1461,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Export
 	//	*SnapshotRecord_Agent
 	//	*SnapshotRecord_PeerImport
+	//	*SnapshotRecord_VipCursor
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1412,7 +1469,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1481,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1494,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1528,6 +1585,15 @@ func (x *SnapshotRecord) GetPeerImport() *PeerImport {
 	return nil
 }
 
+func (x *SnapshotRecord) GetVipCursor() *VIPCursor {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_VipCursor); ok {
+			return x.VipCursor
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1568,6 +1634,10 @@ type SnapshotRecord_PeerImport struct {
 	PeerImport *PeerImport `protobuf:"bytes,9,opt,name=peer_import,json=peerImport,proto3,oneof"`
 }
 
+type SnapshotRecord_VipCursor struct {
+	VipCursor *VIPCursor `protobuf:"bytes,10,opt,name=vip_cursor,json=vipCursor,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Site) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Service) isSnapshotRecord_Record() {}
@@ -1585,6 +1655,8 @@ func (*SnapshotRecord_Export) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Agent) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_PeerImport) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_VipCursor) isSnapshotRecord_Record() {}
 
 var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
@@ -1676,13 +1748,16 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\tpeer_site\x18\v \x01(\tR\bpeerSite\x12%\n" +
 	"\x0epeer_addresses\x18\f \x03(\tR\rpeerAddresses\"8\n" +
 	"\x13DeleteForeignBundle\x12!\n" +
-	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\xbb\x01\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\xe3\x01\n" +
 	"\vImportBatch\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
 	"\x06resync\x18\x03 \x01(\bR\x06resync\x12/\n" +
 	"\achanges\x18\x04 \x03(\v2\x15.strait.api.v1.ChangeR\achanges\x125\n" +
-	"\bgateways\x18\x05 \x01(\v2\x19.strait.api.v1.GatewaySetR\bgateways\"\x95\x01\n" +
+	"\bgateways\x18\x05 \x01(\v2\x19.strait.api.v1.GatewaySetR\bgateways\x12&\n" +
+	"\x0fvirtual_ip_cidr\x18\x06 \x01(\tR\rvirtualIpCidr\"\x1f\n" +
+	"\tVIPCursor\x12\x12\n" +
+	"\x04last\x18\x01 \x01(\fR\x04last\"\x95\x01\n" +
 	"\n" +
 	"PeerImport\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x18\n" +
@@ -1691,7 +1766,7 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\bgateways\x18\x04 \x03(\tR\bgateways\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\x8b\x04\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xc8\x04\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x04site\x18\x01 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\x04site\x122\n" +
 	"\aservice\x18\x02 \x01(\v2\x16.strait.api.v1.ServiceH\x00R\aservice\x125\n" +
@@ -1702,7 +1777,10 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x06export\x18\a \x01(\v2\x15.strait.api.v1.ExportH\x00R\x06export\x12,\n" +
 	"\x05agent\x18\b \x01(\v2\x14.strait.api.v1.AgentH\x00R\x05agent\x12>\n" +
 	"\vpeer_import\x18\t \x01(\v2\x1b.strait.state.v1.PeerImportH\x00R\n" +
-	"peerImportB\b\n" +
+	"peerImport\x12;\n" +
+	"\n" +
+	"vip_cursor\x18\n" +
+	" \x01(\v2\x1a.strait.state.v1.VIPCursorH\x00R\tvipCursorB\b\n" +
 	"\x06record*X\n" +
 	"\tRootPhase\x12\x1a\n" +
 	"\x16ROOT_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1722,7 +1800,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
 	(*Command)(nil),                 // 1: strait.state.v1.Command
@@ -1739,33 +1817,34 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*ForeignBundle)(nil),           // 12: strait.state.v1.ForeignBundle
 	(*DeleteForeignBundle)(nil),     // 13: strait.state.v1.DeleteForeignBundle
 	(*ImportBatch)(nil),             // 14: strait.state.v1.ImportBatch
-	(*PeerImport)(nil),              // 15: strait.state.v1.PeerImport
-	(*SnapshotHeader)(nil),          // 16: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 17: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 19: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 20: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 21: strait.api.v1.WorkloadEntry
-	(*apipb.Export)(nil),            // 22: strait.api.v1.Export
-	(*apipb.Agent)(nil),             // 23: strait.api.v1.Agent
-	(*apipb.InstanceKey)(nil),       // 24: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 25: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 26: strait.api.v1.Token
-	(*apipb.Change)(nil),            // 27: strait.api.v1.Change
-	(*apipb.GatewaySet)(nil),        // 28: strait.api.v1.GatewaySet
-	(*apipb.Service)(nil),           // 29: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 30: strait.api.v1.Instance
+	(*VIPCursor)(nil),               // 15: strait.state.v1.VIPCursor
+	(*PeerImport)(nil),              // 16: strait.state.v1.PeerImport
+	(*SnapshotHeader)(nil),          // 17: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 18: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 20: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 21: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 22: strait.api.v1.WorkloadEntry
+	(*apipb.Export)(nil),            // 23: strait.api.v1.Export
+	(*apipb.Agent)(nil),             // 24: strait.api.v1.Agent
+	(*apipb.InstanceKey)(nil),       // 25: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 26: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 27: strait.api.v1.Token
+	(*apipb.Change)(nil),            // 28: strait.api.v1.Change
+	(*apipb.GatewaySet)(nil),        // 29: strait.api.v1.GatewaySet
+	(*apipb.Service)(nil),           // 30: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 31: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	18, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	19, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	19, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	20, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	20, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	21, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	21, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	22, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
 	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
 	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
 	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
@@ -1773,39 +1852,40 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
-	22, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
-	23, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
+	23, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
+	24, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
 	14, // 18: strait.state.v1.Command.import_batch:type_name -> strait.state.v1.ImportBatch
 	4,  // 19: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
 	8,  // 20: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
 	3,  // 21: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
 	4,  // 22: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
 	0,  // 23: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	18, // 24: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	18, // 25: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	18, // 26: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	24, // 27: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	25, // 28: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	26, // 29: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	18, // 30: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	18, // 31: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
-	27, // 32: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
-	28, // 33: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
-	18, // 34: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
+	19, // 24: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	19, // 25: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	19, // 26: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	25, // 27: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	26, // 28: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	27, // 29: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	19, // 30: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	19, // 31: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	28, // 32: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
+	29, // 33: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
+	19, // 34: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
 	2,  // 35: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	29, // 36: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	30, // 37: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	30, // 36: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	31, // 37: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
 	8,  // 38: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	21, // 39: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	22, // 39: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
 	12, // 40: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	22, // 41: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
-	23, // 42: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
-	15, // 43: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	23, // 41: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	24, // 42: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
+	16, // 43: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
+	15, // 44: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -1833,7 +1913,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_SetAgent)(nil),
 		(*Command_ImportBatch)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[16].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[17].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -1843,6 +1923,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*SnapshotRecord_Export)(nil),
 		(*SnapshotRecord_Agent)(nil),
 		(*SnapshotRecord_PeerImport)(nil),
+		(*SnapshotRecord_VipCursor)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1850,7 +1931,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Mesh DNS against NSD, same records, same machine, same run: each server
-# pinned to core 1, dnsperf on core 0. Needs root-free loopback ports,
-# Debian's nsd and dnsperf (`apt-get install nsd dnsperf`).
+# Mesh DNS against NSD and CoreDNS (`file` plugin), same records, same
+# machine, same run: each server pinned to core 1, dnsperf on core 0; and
+# Strait again while 1,000 health changes per second stream in. Needs
+# Debian's nsd and dnsperf (`apt-get install nsd dnsperf`) and CoreDNS
+# (`go install github.com/coredns/coredns@v1.15.0`; skipped if absent).
 # Usage: bench/dns.sh [services] [instances-per-service] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,20 +57,36 @@ zone:
   zonefile: mesh.zone
 NSD
 taskset -c 1 nsd -d -c "$work/nsd.conf" >"$work/nsd.out" 2>&1 & pids+=($!)
+targets="strait:8690 nsd:8691"
+coredns=$(command -v coredns || ls "$(go env GOPATH)/bin/coredns" 2>/dev/null || true)
+if [ -n "$coredns" ]; then
+  printf 'mesh.:8692 {\n  bind 127.0.0.1\n  file %s/mesh.zone\n}\n' "$work" >"$work/Corefile"
+  GOMAXPROCS=1 taskset -c 1 "$coredns" -conf "$work/Corefile" -quiet >"$work/coredns.out" 2>&1 & pids+=($!)
+  targets="$targets coredns:8692"
+else
+  echo "coredns not found: skipping it (go install github.com/coredns/coredns@v1.15.0)" >&2
+fi
 
 # Wait until both answer.
-for port in 8690 8691; do
+for port in $(for t in $targets; do echo "${t#*:}"; done); do
   for _ in $(seq 100); do
     dig @127.0.0.1 -p $port +short +time=1 +tries=1 svc-1.bench.dev.mesh | grep -q . && break; sleep 0.2
   done
 done
 run() { taskset -c 0 dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -l "$SECS" -c 8 -q 256 2>&1; }
+report() {
+  qps=$(echo "$2" | awk '/Queries per second/{print $4}')
+  lat=$(echo "$2" | awk '/Average Latency/{print $4}')
+  lost=$(echo "$2" | awk '/Queries lost/{print $3}')
+  echo "round=$round server=$1 qps=$qps avg_latency_s=$lat lost=$lost"
+}
 for round in 1 2 3; do
-  for target in strait:8690 nsd:8691; do
-    out=$(run "${target#*:}")
-    qps=$(echo "$out" | awk '/Queries per second/{print $4}')
-    lat=$(echo "$out" | awk '/Average Latency/{print $4}')
-    lost=$(echo "$out" | awk '/Queries lost/{print $3}')
-    echo "round=$round server=${target%%:*} qps=$qps avg_latency_s=$lat lost=$lost"
+  for target in $targets; do
+    report "${target%%:*}" "$(run "${target#*:}")"
   done
+  # Strait again while the catalog changes 1,000 times a second.
+  taskset -c 0 "$work/catalogload" -services "$SERVICES" -instances "$PER" -load=false -churn 1000 -duration "$((SECS + 2))s" 2>"$work/churn.err" &
+  churn=$!; sleep 1
+  report strait+churn "$(run 8690)"
+  wait $churn; cat "$work/churn.err" >&2
 done

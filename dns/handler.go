@@ -55,6 +55,14 @@ func (s *Server) answer(w mdns.ResponseWriter, req *mdns.Msg) *mdns.Msg {
 		return resp
 	}
 	exists := s.resolve(resp, name, q.Qtype)
+	// Answers carry the question's name as asked (case included), as the
+	// fast path's compression pointers do and 0x20-randomizing resolvers
+	// expect.
+	for _, rr := range resp.Answer {
+		if h := rr.Header(); h.Name == name {
+			h.Name = q.Name
+		}
+	}
 	switch {
 	case !exists:
 		resp.Rcode = mdns.RcodeNameError
@@ -186,17 +194,6 @@ func (s *Server) pick(c *catalog, ns, svc, site, port string) (sv *service, exis
 		}
 		return true
 	}
-	answers := func(x *service) bool {
-		if x.key.peer != "" {
-			return x.vip.IsValid() && len(x.instances) > 0
-		}
-		for _, in := range x.instances {
-			if in.passing {
-				return true
-			}
-		}
-		return false
-	}
 	if site != "" {
 		key := svcKey{"", ns, svc}
 		if site != s.cfg.Site {
@@ -206,21 +203,21 @@ func (s *Server) pick(c *catalog, ns, svc, site, port string) (sv *service, exis
 		if !usable(x) {
 			return nil, false
 		}
-		if answers(x) {
+		if x.answers() {
 			return x, true
 		}
 		return nil, true
 	}
 	if x := c.services[svcKey{"", ns, svc}]; usable(x) {
 		exists = true
-		if answers(x) {
+		if x.answers() {
 			return x, true
 		}
 	}
 	for _, peer := range c.order {
 		if x := c.services[svcKey{peer, ns, svc}]; usable(x) {
 			exists = true
-			if answers(x) {
+			if x.answers() {
 				return x, true
 			}
 		}

@@ -9,6 +9,8 @@ import (
 
 type metrics struct {
 	s         *Server
+	fastA     prometheus.Counter // queries{A, NOERROR}, resolved once
+	fastAAAA  prometheus.Counter
 	queries   *prometheus.CounterVec
 	latency   prometheus.Histogram
 	forwarded prometheus.Counter
@@ -32,10 +34,22 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		services:  prometheus.NewDesc("strait_dns_view_services", "Services in the DNS view.", nil, nil),
 		instances: prometheus.NewDesc("strait_dns_view_instances", "Instances in the DNS view.", nil, nil),
 	}
+	m.fastA = m.queries.WithLabelValues("A", "NOERROR")
+	m.fastAAAA = m.queries.WithLabelValues("AAAA", "NOERROR")
 	if reg != nil {
 		reg.MustRegister(m.queries, m.latency, m.forwarded, m)
 	}
 	return m
+}
+
+// observeFast counts a positive A or AAAA answer of the fast path.
+func (m *metrics) observeFast(qtype uint16, d time.Duration) {
+	if qtype == mdns.TypeA {
+		m.fastA.Inc()
+	} else {
+		m.fastAAAA.Inc()
+	}
+	m.latency.Observe(d.Seconds())
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.services; ch <- m.instances }

@@ -53,12 +53,13 @@ type Config struct {
 
 // Server is a mesh DNS server.
 type Server struct {
-	cfg    Config
-	domain string // canonical, lowercase, trailing dot
-	view   *view
-	ttl    uint32
-	m      *metrics
-	client *mdns.Client
+	cfg          Config
+	domain       string // canonical, lowercase, trailing dot
+	domainLabels int
+	view         *view
+	ttl          uint32
+	m            *metrics
+	client       *mdns.Client
 }
 
 // New validates cfg.
@@ -82,11 +83,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{
-		cfg:    cfg,
-		domain: mdns.CanonicalName(cfg.Domain),
-		view:   newView(cfg.PeerOrder),
-		ttl:    uint32(cfg.TTL / time.Second),
-		client: &mdns.Client{Timeout: 2 * time.Second},
+		cfg:          cfg,
+		domain:       mdns.CanonicalName(cfg.Domain),
+		domainLabels: mdns.CountLabel(mdns.CanonicalName(cfg.Domain)),
+		view:         newView(cfg.PeerOrder),
+		ttl:          uint32(cfg.TTL / time.Second),
+		client:       &mdns.Client{Timeout: 2 * time.Second},
 	}
 	s.m = newMetrics(s, cfg.Registerer)
 	return s, nil

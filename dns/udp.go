@@ -58,10 +58,13 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	for i := range in {
 		in[i].Buffers = [][]byte{make([]byte, 65535)}
 	}
-	out := make([]ipv4.Message, 0, udpBatch)
+	// Responses are written into per-slot buffers; the messages pointing
+	// at them are reused, so a batch allocates nothing on the fast path.
+	slots := make([]ipv4.Message, udpBatch)
 	bufs := make([][]byte, udpBatch)
-	for i := range bufs {
+	for i := range slots {
 		bufs[i] = make([]byte, 0, 4096)
+		slots[i].Buffers = [][]byte{nil}
 	}
 	for {
 		n, err := p.ReadBatch(in, 0)
@@ -71,11 +74,20 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 			}
 			return err
 		}
-		out = out[:0]
+		k := 0
+		emit := func(b []byte, to net.Addr) {
+			slots[k].Buffers[0], slots[k].Addr = b, to
+			k++
+		}
 		for i := 0; i < n; i++ {
 			m := &in[i]
+			raw := m.Buffers[0][:m.N]
+			if b, ok := s.fastAnswer(raw, bufs[k]); ok {
+				emit(b, m.Addr)
+				continue
+			}
 			req := new(mdns.Msg)
-			if err := req.Unpack(m.Buffers[0][:m.N]); err != nil {
+			if err := req.Unpack(raw); err != nil {
 				continue // not a DNS message: no answer
 			}
 			w := &packetWriter{local: pc.LocalAddr(), remote: m.Addr}
@@ -88,12 +100,13 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 			if w.out == nil {
 				continue
 			}
-			b, err := w.out.PackBuffer(bufs[len(out)][:0])
+			b, err := w.out.PackBuffer(bufs[k][:0])
 			if err != nil {
 				continue
 			}
-			out = append(out, ipv4.Message{Buffers: [][]byte{b}, Addr: m.Addr})
+			emit(b, m.Addr)
 		}
+		out := slots[:k]
 		for len(out) > 0 {
 			k, err := p.WriteBatch(out, 0)
 			if err != nil {

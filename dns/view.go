@@ -17,6 +17,22 @@ import (
 // svcKey names a service: local when peer is empty, else imported.
 type svcKey struct{ peer, ns, name string }
 
+func (k svcKey) String() string { return k.peer + "\x00" + k.ns + "\x00" + k.name }
+
+// answers reports whether a service has addresses to give: a passing
+// instance for a local one, a virtual IP and instances for an import.
+func (sv *service) answers() bool {
+	if sv.key.peer != "" {
+		return sv.vip.IsValid() && len(sv.instances) > 0
+	}
+	for _, in := range sv.instances {
+		if in.passing {
+			return true
+		}
+	}
+	return false
+}
+
 type instance struct {
 	id      string
 	addr    netip.Addr
@@ -33,6 +49,7 @@ type service struct {
 
 type catalog struct {
 	services map[svcKey]*service
+	byName   map[string]*service // by "peer\x00ns\x00name", for lookups by bytes
 	nInst    int
 	byVIP    map[netip.Addr]*service
 	// peers counts imported services per peer; order lists the peers in
@@ -44,7 +61,7 @@ type catalog struct {
 }
 
 func newCatalog(pref []string) *catalog {
-	return &catalog{services: make(map[svcKey]*service), byVIP: make(map[netip.Addr]*service), peers: make(map[string]int), pref: pref}
+	return &catalog{services: make(map[svcKey]*service), byName: make(map[string]*service), byVIP: make(map[netip.Addr]*service), peers: make(map[string]int), pref: pref}
 }
 
 // peerCount counts a peer's imported services up or down, and rebuilds
@@ -82,6 +99,7 @@ func (c *catalog) apply(ch *apipb.Change) {
 		if s == nil {
 			s = &service{key: k, instances: make(map[string]*instance)}
 			c.services[k] = s
+			c.byName[k.String()] = s
 			if k.peer != "" {
 				c.peerCount(k.peer, 1)
 			}
@@ -109,6 +127,7 @@ func (c *catalog) apply(ch *apipb.Change) {
 			}
 		}
 		delete(c.services, k)
+		delete(c.byName, k.String())
 	case *apipb.Change_Instance:
 		in := x.Instance
 		s := c.services[svcKey{in.Peer, in.Namespace, in.Service}]

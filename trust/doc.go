@@ -63,3 +63,13 @@ func infraNode(id spiffeid.ID, td spiffeid.TrustDomain, prefix string) (string, 
 	}
 	return node, true
 }
+
+// GatewayID is the SPIFFE ID of the gateway named name in td.
+func GatewayID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "strait", "gateway", name)
+}
+
+// GatewayName returns the name of a gateway ID of td.
+func GatewayName(id spiffeid.ID, td spiffeid.TrustDomain) (string, bool) {
+	return infraNode(id, td, "/strait/gateway/")
+}

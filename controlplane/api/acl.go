@@ -22,7 +22,7 @@ func notFound(format string, args ...any) error {
 
 func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest) (*apipb.CreateTokenResponse, error) {
 	if _, ok := apipb.TokenKind_name[int32(req.Kind)]; !ok || req.Kind == apipb.TokenKind_TOKEN_KIND_UNSPECIFIED {
-		return nil, fieldErr("kind", "must be management, write, read, server or agent")
+		return nil, fieldErr("kind", "must be management, write, read, server, agent or gateway")
 	}
 	if len(req.Description) > MaxDescription {
 		return nil, fieldErr("description", "is %d bytes; at most %d are allowed", len(req.Description), MaxDescription)
@@ -69,7 +69,7 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 	if _, _, err := s.apply(ctx, cmd); err != nil {
 		return nil, err
 	}
-	if req.Kind == apipb.TokenKind_TOKEN_KIND_SERVER || req.Kind == apipb.TokenKind_TOKEN_KIND_AGENT {
+	if req.Kind == apipb.TokenKind_TOKEN_KIND_SERVER || req.Kind == apipb.TokenKind_TOKEN_KIND_AGENT || req.Kind == apipb.TokenKind_TOKEN_KIND_GATEWAY {
 		secret += "." + s.cfg.Node.TokenPin()
 	}
 	return &apipb.CreateTokenResponse{Token: tok, Secret: secret}, nil

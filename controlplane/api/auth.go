@@ -46,6 +46,8 @@ const (
 	permAgentPeer                          // the caller's SVID names an agent of this site
 	permFederationAccept                   // a federation invite's secret (consumed by the handler)
 	permPeerServer                         // the caller's SVID names a server of a peer site
+	permGatewayJoin                        // a gateway token (consumed by the handler)
+	permGatewayPeer                        // the caller's SVID names a gateway of this site
 )
 
 var methodPerms = map[string]permission{
@@ -90,6 +92,15 @@ var methodPerms = map[string]permission{
 	apipb.Identity_WatchAgent_FullMethodName:     permAgentPeer,
 	apipb.Identity_SignX509SVIDs_FullMethodName:  permAgentPeer,
 	apipb.Identity_SignJWTSVID_FullMethodName:    permAgentPeer,
+	apipb.Intentions_Set_FullMethodName:          permManage,
+	apipb.Intentions_Delete_FullMethodName:       permManage,
+	apipb.Intentions_List_FullMethodName:         permRead,
+	apipb.Intentions_Check_FullMethodName:        permRead,
+	apipb.Gateway_Join_FullMethodName:            permGatewayJoin,
+	apipb.Gateway_Renew_FullMethodName:           permGatewayPeer,
+	apipb.Gateway_Heartbeat_FullMethodName:       permGatewayPeer,
+	apipb.Gateway_List_FullMethodName:            permRead,
+	apipb.Gateway_Revoke_FullMethodName:          permManage,
 }
 
 func allows(kind apipb.TokenKind, p permission) bool {
@@ -111,6 +122,7 @@ const (
 	serverNodeKey
 	agentNodeKey
 	peerTDKey
+	gatewayNameKey
 )
 
 // peerTDHeader carries a peer's trust domain when one of this site's
@@ -159,12 +171,22 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			return nil, status.Errorf(codes.PermissionDenied, "agent %q is revoked or unknown to this site", node)
 		}
 		return context.WithValue(ctx, agentNodeKey, node), nil
+	case permGatewayPeer:
+		id, ok := s.peerID(ctx)
+		name, isGateway := trust.GatewayName(id, s.cfg.TrustDomain())
+		if !ok || !isGateway {
+			return nil, status.Error(codes.PermissionDenied, "only gateways of this site, presenting their SVID, may call this")
+		}
+		if g, known := s.cfg.Node.Store().Gateway(name); !known || g.Revoked {
+			return nil, status.Errorf(codes.PermissionDenied, "gateway %q is revoked or unknown to this site", name)
+		}
+		return context.WithValue(ctx, gatewayNameKey, name), nil
 	}
 	secret, ok := bearer(ctx)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no token: set STRAIT_TOKEN or pass --token")
 	}
-	if perm == permServerJoin || perm == permAgentJoin || perm == permFederationAccept {
+	if perm == permServerJoin || perm == permAgentJoin || perm == permFederationAccept || perm == permGatewayJoin {
 		return context.WithValue(ctx, secretKey, secret), nil
 	}
 	rec, ok := s.cfg.Node.Store().TokenBySecret(state.HashSecret(secret))

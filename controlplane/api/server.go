@@ -89,6 +89,8 @@ func (s *Server) RegisterServices(g *grpc.Server) {
 	apipb.RegisterIdentityServer(g, s)
 	apipb.RegisterBundleServer(g, s)
 	apipb.RegisterFederationServer(g, federationService{Server: s})
+	apipb.RegisterIntentionsServer(g, intentionService{Server: s})
+	apipb.RegisterGatewayServer(g, gatewayService{Server: s})
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -56,13 +56,15 @@ type Client struct {
 	Identity   apipb.IdentityClient
 	Bundle     apipb.BundleClient
 	Federation apipb.FederationClient
+	Intentions apipb.IntentionsClient
+	Gateway    apipb.GatewayClient
 }
 
 // retryPolicy retries calls that failed Unavailable: no leader yet, or a
 // forwarded call that met a leadership change.
 const retryPolicy = `{
   "methodConfig": [{
-    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}, {"service": "strait.api.v1.Workload"}, {"service": "strait.api.v1.Identity"}, {"service": "strait.api.v1.Bundle"}, {"service": "strait.api.v1.Federation"}],
+    "name": [{"service": "strait.api.v1.Catalog"}, {"service": "strait.api.v1.ACL"}, {"service": "strait.api.v1.Operator"}, {"service": "strait.api.v1.Workload"}, {"service": "strait.api.v1.Identity"}, {"service": "strait.api.v1.Bundle"}, {"service": "strait.api.v1.Federation"}, {"service": "strait.api.v1.Intentions"}, {"service": "strait.api.v1.Gateway"}],
     "retryPolicy": {
       "maxAttempts": 5,
       "initialBackoff": "0.2s",
@@ -140,6 +142,8 @@ func Dial(cfg Config) (*Client, error) {
 		Identity:   apipb.NewIdentityClient(conn),
 		Bundle:     apipb.NewBundleClient(conn),
 		Federation: apipb.NewFederationClient(conn),
+		Intentions: apipb.NewIntentionsClient(conn),
+		Gateway:    apipb.NewGatewayClient(conn),
 	}, nil
 }
 

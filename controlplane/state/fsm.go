@@ -106,21 +106,29 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if f.vipLast.IsValid() {
 		snap.vipLast = f.vipLast.AsSlice()
 	}
+	for _, in := range f.intentions {
+		snap.intentions = append(snap.intentions, in)
+	}
+	for _, g := range f.gateways {
+		snap.gateways = append(snap.gateways, g)
+	}
 	return snap, nil
 }
 
 type fsmSnapshot struct {
-	index     uint64
-	site      *statepb.Bootstrap
-	services  []*apipb.Service
-	instances []*apipb.Instance
-	tokens    []*statepb.TokenRecord
-	entries   []*apipb.WorkloadEntry
-	foreign   []*statepb.ForeignBundle
-	exports   []*apipb.Export
-	agents    []*apipb.Agent
-	imports   []*statepb.PeerImport
-	vipLast   []byte
+	index      uint64
+	site       *statepb.Bootstrap
+	services   []*apipb.Service
+	instances  []*apipb.Instance
+	tokens     []*statepb.TokenRecord
+	entries    []*apipb.WorkloadEntry
+	foreign    []*statepb.ForeignBundle
+	exports    []*apipb.Export
+	agents     []*apipb.Agent
+	imports    []*statepb.PeerImport
+	vipLast    []byte
+	intentions []*apipb.Intention
+	gateways   []*apipb.GatewayRecord
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -185,6 +193,16 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 			return err
 		}
 	}
+	for _, v := range s.intentions {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Intention{Intention: v}}); err != nil {
+			return err
+		}
+	}
+	for _, v := range s.gateways {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Gateway{Gateway: v}}); err != nil {
+			return err
+		}
+	}
 	if s.vipLast != nil {
 		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_VipCursor{VipCursor: &statepb.VIPCursor{Last: s.vipLast}}}); err != nil {
 			return err
@@ -245,6 +263,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			n.agents[r.Agent.Node] = r.Agent
 		case *statepb.SnapshotRecord_PeerImport:
 			n.imports[r.PeerImport.Peer] = r.PeerImport
+		case *statepb.SnapshotRecord_Intention:
+			n.intentions[intentionKey(r.Intention.Source, r.Intention.Destination)] = r.Intention
+		case *statepb.SnapshotRecord_Gateway:
+			n.gateways[r.Gateway.Name] = r.Gateway
 		case *statepb.SnapshotRecord_VipCursor:
 			n.vipLast, _ = netip.AddrFromSlice(r.VipCursor.Last)
 		default:
@@ -273,6 +295,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.agents = n.agents
 	f.imports = n.imports
 	f.vips, f.vipLast = n.vips, n.vipLast
+	f.intentions, f.gateways = n.intentions, n.gateways
+	f.meshChanged()
 	f.events.restart(hdr.Index)
 	f.identityChanged()
 	close(f.exportsCh)

@@ -31,22 +31,25 @@ func KeyOfInstance(in *apipb.Instance) ServiceKey {
 
 // Store holds the state in memory.
 type Store struct {
-	mu        sync.RWMutex
-	index     uint64
-	site      *statepb.Bootstrap
-	services  map[ServiceKey]*apipb.Service
-	instances map[ServiceKey]map[string]*apipb.Instance
-	nInst     int
-	tokens    map[string]*statepb.TokenRecord   // by accessor ID
-	byHash    map[[32]byte]string               // secret hash -> accessor ID
-	entries   map[string]*apipb.WorkloadEntry   // by ID
-	foreign   map[string]*statepb.ForeignBundle // by trust domain
-	exports   map[ServiceKey]*apipb.Export
-	agents    map[string]*apipb.Agent        // by node
-	imports   map[string]*statepb.PeerImport // by peer name
-	vips      map[netip.Addr]ServiceKey      // virtual IPs of imported services
-	vipLast   netip.Addr                     // the last virtual IP allocated
-	events    *publisher
+	mu         sync.RWMutex
+	index      uint64
+	site       *statepb.Bootstrap
+	services   map[ServiceKey]*apipb.Service
+	instances  map[ServiceKey]map[string]*apipb.Instance
+	nInst      int
+	tokens     map[string]*statepb.TokenRecord   // by accessor ID
+	byHash     map[[32]byte]string               // secret hash -> accessor ID
+	entries    map[string]*apipb.WorkloadEntry   // by ID
+	foreign    map[string]*statepb.ForeignBundle // by trust domain
+	exports    map[ServiceKey]*apipb.Export
+	agents     map[string]*apipb.Agent         // by node
+	imports    map[string]*statepb.PeerImport  // by peer name
+	vips       map[netip.Addr]ServiceKey       // virtual IPs of imported services
+	vipLast    netip.Addr                      // the last virtual IP allocated
+	intentions map[string]*apipb.Intention     // by source and destination
+	gateways   map[string]*apipb.GatewayRecord // by name
+	meshCh     chan struct{}                   // closed (and replaced) on intention and gateway changes
+	events     *publisher
 	// identityCh is closed (and replaced) whenever workload entries or the
 	// site's CA change; agents' watches wait on it.
 	identityCh chan struct{}
@@ -80,6 +83,9 @@ func (s *Store) reset() {
 	s.imports = make(map[string]*statepb.PeerImport)
 	s.vips = make(map[netip.Addr]ServiceKey)
 	s.vipLast = netip.Addr{}
+	s.intentions = make(map[string]*apipb.Intention)
+	s.gateways = make(map[string]*apipb.GatewayRecord)
+	s.meshCh = make(chan struct{})
 	s.identityCh = make(chan struct{})
 	s.exportsCh = make(chan struct{})
 }
@@ -286,6 +292,12 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		s.applySetExport(c.SetExport)
 	case *statepb.Command_ImportBatch:
 		err = s.applyImport(index, c.ImportBatch, now, &ch)
+	case *statepb.Command_SetIntention:
+		s.applySetIntention(index, c.SetIntention)
+	case *statepb.Command_DeleteIntention:
+		err = s.applyDeleteIntention(c.DeleteIntention)
+	case *statepb.Command_SetGateway:
+		s.applySetGateway(c.SetGateway)
 	case *statepb.Command_SetAgent:
 		s.agents[c.SetAgent.Node] = proto.Clone(c.SetAgent).(*apipb.Agent)
 	case *statepb.Command_SetForeignBundle:
@@ -377,6 +389,19 @@ func wellFormed(cmd *statepb.Command) error {
 		}
 	case *statepb.Command_ImportBatch:
 		return wellFormedImport(c.ImportBatch)
+	case *statepb.Command_SetIntention:
+		in := c.SetIntention
+		if in.Source == "" || in.Destination == "" || in.Action == apipb.IntentionAction_INTENTION_ACTION_UNSPECIFIED {
+			return bad("intention without source, destination or action")
+		}
+	case *statepb.Command_DeleteIntention:
+		if c.DeleteIntention.Source == "" || c.DeleteIntention.Destination == "" {
+			return bad("delete intention without source or destination")
+		}
+	case *statepb.Command_SetGateway:
+		if c.SetGateway.Name == "" {
+			return bad("gateway without a name")
+		}
 	case *statepb.Command_PrepareRoot:
 		if len(c.PrepareRoot.Certificate) == 0 || len(c.PrepareRoot.SealedKey) == 0 {
 			return bad("prepare root without certificate or key")

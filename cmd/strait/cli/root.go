@@ -88,6 +88,7 @@ func newRoot(g *globals) *cobra.Command {
 		newFederationCmd(g),
 		newExportCmd(g),
 		newUnexportCmd(g),
+		newIntentionCmd(g),
 		newConfigCmd(g),
 		newServiceCmd(g),
 		newTokenCmd(g),

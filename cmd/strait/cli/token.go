@@ -35,12 +35,13 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
   write       catalog reads and writes
   read        catalog reads and status
   server      lets one new server join this site (single-use, 1h unless --ttl)
-  agent       lets agents join this site (--max-uses to bound how many)`,
+  agent       lets agents join this site (--max-uses to bound how many)
+  gateway     lets gateways join this site (--max-uses to bound how many)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			k, ok := apipb.TokenKind_value["TOKEN_KIND_"+strings.ToUpper(kind)]
 			if !ok || k == 0 {
-				return usageError{fmt.Errorf("--kind %q: want management, write, read, server or agent", kind)}
+				return usageError{fmt.Errorf("--kind %q: want management, write, read, server, agent or gateway", kind)}
 			}
 			req := &apipb.CreateTokenRequest{Kind: apipb.TokenKind(k), Description: desc, MaxUses: maxUses}
 			if ttl > 0 {
@@ -63,7 +64,7 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&kind, "kind", "", "management, write, read, server or agent")
+	f.StringVar(&kind, "kind", "", "management, write, read, server, agent or gateway")
 	f.StringVar(&desc, "description", "", "what the token is for")
 	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: none; 1h for server tokens)")
 	f.Uint32Var(&maxUses, "max-uses", 0, "number of uses (default unlimited; server tokens: 1)")

@@ -41,6 +41,8 @@ const (
 	// Lets one other site federate with this one. Single-use; created by
 	// `strait federation token`, carried inside a signed federation token.
 	TokenKind_TOKEN_KIND_FEDERATION TokenKind = 6
+	// Joins a gateway to the site (bounded use).
+	TokenKind_TOKEN_KIND_GATEWAY TokenKind = 7
 )
 
 // Enum value maps for TokenKind.
@@ -53,6 +55,7 @@ var (
 		4: "TOKEN_KIND_SERVER",
 		5: "TOKEN_KIND_AGENT",
 		6: "TOKEN_KIND_FEDERATION",
+		7: "TOKEN_KIND_GATEWAY",
 	}
 	TokenKind_value = map[string]int32{
 		"TOKEN_KIND_UNSPECIFIED": 0,
@@ -62,6 +65,7 @@ var (
 		"TOKEN_KIND_SERVER":      4,
 		"TOKEN_KIND_AGENT":       5,
 		"TOKEN_KIND_FEDERATION":  6,
+		"TOKEN_KIND_GATEWAY":     7,
 	}
 )
 
@@ -500,7 +504,7 @@ const file_controlplane_api_apipb_acl_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x1f\n" +
 	"\vaccessor_id\x18\x01 \x01(\tR\n" +
 	"accessorId\"\x15\n" +
-	"\x13RevokeTokenResponse*\xb5\x01\n" +
+	"\x13RevokeTokenResponse*\xcd\x01\n" +
 	"\tTokenKind\x12\x1a\n" +
 	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15TOKEN_KIND_MANAGEMENT\x10\x01\x12\x14\n" +
@@ -508,7 +512,8 @@ const file_controlplane_api_apipb_acl_proto_rawDesc = "" +
 	"\x0fTOKEN_KIND_READ\x10\x03\x12\x15\n" +
 	"\x11TOKEN_KIND_SERVER\x10\x04\x12\x14\n" +
 	"\x10TOKEN_KIND_AGENT\x10\x05\x12\x19\n" +
-	"\x15TOKEN_KIND_FEDERATION\x10\x062\x84\x02\n" +
+	"\x15TOKEN_KIND_FEDERATION\x10\x06\x12\x16\n" +
+	"\x12TOKEN_KIND_GATEWAY\x10\a2\x84\x02\n" +
 	"\x03ACL\x12T\n" +
 	"\vCreateToken\x12!.strait.api.v1.CreateTokenRequest\x1a\".strait.api.v1.CreateTokenResponse\x12Q\n" +
 	"\n" +

@@ -104,6 +104,9 @@ type Command struct {
 	//	*Command_SetExport
 	//	*Command_SetAgent
 	//	*Command_ImportBatch
+	//	*Command_SetGateway
+	//	*Command_SetIntention
+	//	*Command_DeleteIntention
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -315,6 +318,33 @@ func (x *Command) GetImportBatch() *ImportBatch {
 	return nil
 }
 
+func (x *Command) GetSetGateway() *apipb.GatewayRecord {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetGateway); ok {
+			return x.SetGateway
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetIntention() *apipb.Intention {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetIntention); ok {
+			return x.SetIntention
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteIntention() *DeleteIntention {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteIntention); ok {
+			return x.DeleteIntention
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -392,6 +422,18 @@ type Command_ImportBatch struct {
 	ImportBatch *ImportBatch `protobuf:"bytes,19,opt,name=import_batch,json=importBatch,proto3,oneof"`
 }
 
+type Command_SetGateway struct {
+	SetGateway *apipb.GatewayRecord `protobuf:"bytes,20,opt,name=set_gateway,json=setGateway,proto3,oneof"`
+}
+
+type Command_SetIntention struct {
+	SetIntention *apipb.Intention `protobuf:"bytes,21,opt,name=set_intention,json=setIntention,proto3,oneof"`
+}
+
+type Command_DeleteIntention struct {
+	DeleteIntention *DeleteIntention `protobuf:"bytes,22,opt,name=delete_intention,json=deleteIntention,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -427,6 +469,12 @@ func (*Command_SetExport) isCommand_Cmd() {}
 func (*Command_SetAgent) isCommand_Cmd() {}
 
 func (*Command_ImportBatch) isCommand_Cmd() {}
+
+func (*Command_SetGateway) isCommand_Cmd() {}
+
+func (*Command_SetIntention) isCommand_Cmd() {}
+
+func (*Command_DeleteIntention) isCommand_Cmd() {}
 
 // Bootstrap initializes a site once.
 type Bootstrap struct {
@@ -1280,6 +1328,58 @@ func (x *ImportBatch) GetVirtualIpCidr() string {
 	return ""
 }
 
+type DeleteIntention struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteIntention) Reset() {
+	*x = DeleteIntention{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteIntention) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteIntention) ProtoMessage() {}
+
+func (x *DeleteIntention) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteIntention.ProtoReflect.Descriptor instead.
+func (*DeleteIntention) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteIntention) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *DeleteIntention) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
 // VIPCursor is the last virtual IP allocated: allocation continues after
 // it, so a released address is reused as late as possible.
 type VIPCursor struct {
@@ -1291,7 +1391,7 @@ type VIPCursor struct {
 
 func (x *VIPCursor) Reset() {
 	*x = VIPCursor{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1403,7 @@ func (x *VIPCursor) String() string {
 func (*VIPCursor) ProtoMessage() {}
 
 func (x *VIPCursor) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1416,7 @@ func (x *VIPCursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPCursor.ProtoReflect.Descriptor instead.
 func (*VIPCursor) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VIPCursor) GetLast() []byte {
@@ -1339,7 +1439,7 @@ type PeerImport struct {
 
 func (x *PeerImport) Reset() {
 	*x = PeerImport{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1451,7 @@ func (x *PeerImport) String() string {
 func (*PeerImport) ProtoMessage() {}
 
 func (x *PeerImport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1464,7 @@ func (x *PeerImport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerImport.ProtoReflect.Descriptor instead.
 func (*PeerImport) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PeerImport) GetPeer() string {
@@ -1406,7 +1506,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1518,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1531,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1462,6 +1562,8 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Agent
 	//	*SnapshotRecord_PeerImport
 	//	*SnapshotRecord_VipCursor
+	//	*SnapshotRecord_Gateway
+	//	*SnapshotRecord_Intention
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1469,7 +1571,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1583,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1596,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1594,6 +1696,24 @@ func (x *SnapshotRecord) GetVipCursor() *VIPCursor {
 	return nil
 }
 
+func (x *SnapshotRecord) GetGateway() *apipb.GatewayRecord {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Gateway); ok {
+			return x.Gateway
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetIntention() *apipb.Intention {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Intention); ok {
+			return x.Intention
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1638,6 +1758,14 @@ type SnapshotRecord_VipCursor struct {
 	VipCursor *VIPCursor `protobuf:"bytes,10,opt,name=vip_cursor,json=vipCursor,proto3,oneof"`
 }
 
+type SnapshotRecord_Gateway struct {
+	Gateway *apipb.GatewayRecord `protobuf:"bytes,11,opt,name=gateway,proto3,oneof"`
+}
+
+type SnapshotRecord_Intention struct {
+	Intention *apipb.Intention `protobuf:"bytes,12,opt,name=intention,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Site) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Service) isSnapshotRecord_Record() {}
@@ -1658,11 +1786,15 @@ func (*SnapshotRecord_PeerImport) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_VipCursor) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Gateway) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Intention) isSnapshotRecord_Record() {}
+
 var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\"\xe2\t\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\x1a!controlplane/api/apipb/mesh.proto\"\xb3\v\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -1687,7 +1819,11 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
 	"set_export\x18\x11 \x01(\v2\x15.strait.api.v1.ExportH\x00R\tsetExport\x123\n" +
 	"\tset_agent\x18\x12 \x01(\v2\x14.strait.api.v1.AgentH\x00R\bsetAgent\x12A\n" +
-	"\fimport_batch\x18\x13 \x01(\v2\x1c.strait.state.v1.ImportBatchH\x00R\vimportBatchB\x05\n" +
+	"\fimport_batch\x18\x13 \x01(\v2\x1c.strait.state.v1.ImportBatchH\x00R\vimportBatch\x12?\n" +
+	"\vset_gateway\x18\x14 \x01(\v2\x1c.strait.api.v1.GatewayRecordH\x00R\n" +
+	"setGateway\x12?\n" +
+	"\rset_intention\x18\x15 \x01(\v2\x18.strait.api.v1.IntentionH\x00R\fsetIntention\x12M\n" +
+	"\x10delete_intention\x18\x16 \x01(\v2 .strait.state.v1.DeleteIntentionH\x00R\x0fdeleteIntentionB\x05\n" +
 	"\x03cmd\"\xc4\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
@@ -1755,7 +1891,10 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x06resync\x18\x03 \x01(\bR\x06resync\x12/\n" +
 	"\achanges\x18\x04 \x03(\v2\x15.strait.api.v1.ChangeR\achanges\x125\n" +
 	"\bgateways\x18\x05 \x01(\v2\x19.strait.api.v1.GatewaySetR\bgateways\x12&\n" +
-	"\x0fvirtual_ip_cidr\x18\x06 \x01(\tR\rvirtualIpCidr\"\x1f\n" +
+	"\x0fvirtual_ip_cidr\x18\x06 \x01(\tR\rvirtualIpCidr\"K\n" +
+	"\x0fDeleteIntention\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\"\x1f\n" +
 	"\tVIPCursor\x12\x12\n" +
 	"\x04last\x18\x01 \x01(\fR\x04last\"\x95\x01\n" +
 	"\n" +
@@ -1766,7 +1905,7 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\bgateways\x18\x04 \x03(\tR\bgateways\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xc8\x04\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xbc\x05\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x04site\x18\x01 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\x04site\x122\n" +
 	"\aservice\x18\x02 \x01(\v2\x16.strait.api.v1.ServiceH\x00R\aservice\x125\n" +
@@ -1780,7 +1919,9 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"peerImport\x12;\n" +
 	"\n" +
 	"vip_cursor\x18\n" +
-	" \x01(\v2\x1a.strait.state.v1.VIPCursorH\x00R\tvipCursorB\b\n" +
+	" \x01(\v2\x1a.strait.state.v1.VIPCursorH\x00R\tvipCursor\x128\n" +
+	"\agateway\x18\v \x01(\v2\x1c.strait.api.v1.GatewayRecordH\x00R\agateway\x128\n" +
+	"\tintention\x18\f \x01(\v2\x18.strait.api.v1.IntentionH\x00R\tintentionB\b\n" +
 	"\x06record*X\n" +
 	"\tRootPhase\x12\x1a\n" +
 	"\x16ROOT_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1800,7 +1941,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
 	(*Command)(nil),                 // 1: strait.state.v1.Command
@@ -1817,34 +1958,37 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*ForeignBundle)(nil),           // 12: strait.state.v1.ForeignBundle
 	(*DeleteForeignBundle)(nil),     // 13: strait.state.v1.DeleteForeignBundle
 	(*ImportBatch)(nil),             // 14: strait.state.v1.ImportBatch
-	(*VIPCursor)(nil),               // 15: strait.state.v1.VIPCursor
-	(*PeerImport)(nil),              // 16: strait.state.v1.PeerImport
-	(*SnapshotHeader)(nil),          // 17: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 18: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 20: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 21: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 22: strait.api.v1.WorkloadEntry
-	(*apipb.Export)(nil),            // 23: strait.api.v1.Export
-	(*apipb.Agent)(nil),             // 24: strait.api.v1.Agent
-	(*apipb.InstanceKey)(nil),       // 25: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 26: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 27: strait.api.v1.Token
-	(*apipb.Change)(nil),            // 28: strait.api.v1.Change
-	(*apipb.GatewaySet)(nil),        // 29: strait.api.v1.GatewaySet
-	(*apipb.Service)(nil),           // 30: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 31: strait.api.v1.Instance
+	(*DeleteIntention)(nil),         // 15: strait.state.v1.DeleteIntention
+	(*VIPCursor)(nil),               // 16: strait.state.v1.VIPCursor
+	(*PeerImport)(nil),              // 17: strait.state.v1.PeerImport
+	(*SnapshotHeader)(nil),          // 18: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 19: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 21: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 22: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 23: strait.api.v1.WorkloadEntry
+	(*apipb.Export)(nil),            // 24: strait.api.v1.Export
+	(*apipb.Agent)(nil),             // 25: strait.api.v1.Agent
+	(*apipb.GatewayRecord)(nil),     // 26: strait.api.v1.GatewayRecord
+	(*apipb.Intention)(nil),         // 27: strait.api.v1.Intention
+	(*apipb.InstanceKey)(nil),       // 28: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 29: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 30: strait.api.v1.Token
+	(*apipb.Change)(nil),            // 31: strait.api.v1.Change
+	(*apipb.GatewaySet)(nil),        // 32: strait.api.v1.GatewaySet
+	(*apipb.Service)(nil),           // 33: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 34: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	19, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	20, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	20, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	21, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	21, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	22, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	22, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	23, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
 	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
 	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
 	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
@@ -1852,40 +1996,45 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
-	23, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
-	24, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
+	24, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
+	25, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
 	14, // 18: strait.state.v1.Command.import_batch:type_name -> strait.state.v1.ImportBatch
-	4,  // 19: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	8,  // 20: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	3,  // 21: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
-	4,  // 22: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
-	0,  // 23: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	19, // 24: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	19, // 25: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	19, // 26: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	25, // 27: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	26, // 28: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	27, // 29: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	19, // 30: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	19, // 31: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
-	28, // 32: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
-	29, // 33: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
-	19, // 34: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
-	2,  // 35: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	30, // 36: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	31, // 37: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 38: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	22, // 39: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	12, // 40: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	23, // 41: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
-	24, // 42: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
-	16, // 43: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
-	15, // 44: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
-	45, // [45:45] is the sub-list for method output_type
-	45, // [45:45] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	26, // 19: strait.state.v1.Command.set_gateway:type_name -> strait.api.v1.GatewayRecord
+	27, // 20: strait.state.v1.Command.set_intention:type_name -> strait.api.v1.Intention
+	15, // 21: strait.state.v1.Command.delete_intention:type_name -> strait.state.v1.DeleteIntention
+	4,  // 22: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	8,  // 23: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	3,  // 24: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	4,  // 25: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
+	0,  // 26: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
+	20, // 27: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	20, // 28: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	20, // 29: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	28, // 30: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	29, // 31: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	30, // 32: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	20, // 33: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	20, // 34: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	31, // 35: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
+	32, // 36: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
+	20, // 37: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
+	2,  // 38: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	33, // 39: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	34, // 40: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 41: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	23, // 42: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 43: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	24, // 44: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	25, // 45: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
+	17, // 46: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
+	16, // 47: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
+	26, // 48: strait.state.v1.SnapshotRecord.gateway:type_name -> strait.api.v1.GatewayRecord
+	27, // 49: strait.state.v1.SnapshotRecord.intention:type_name -> strait.api.v1.Intention
+	50, // [50:50] is the sub-list for method output_type
+	50, // [50:50] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -1912,8 +2061,11 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_SetExport)(nil),
 		(*Command_SetAgent)(nil),
 		(*Command_ImportBatch)(nil),
+		(*Command_SetGateway)(nil),
+		(*Command_SetIntention)(nil),
+		(*Command_DeleteIntention)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[17].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[18].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -1924,6 +2076,8 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*SnapshotRecord_Agent)(nil),
 		(*SnapshotRecord_PeerImport)(nil),
 		(*SnapshotRecord_VipCursor)(nil),
+		(*SnapshotRecord_Gateway)(nil),
+		(*SnapshotRecord_Intention)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1931,7 +2085,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,251 @@
+package api
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/policy"
+	"github.com/straitmesh/strait/trust"
+)
+
+// Intentions and gateways (see policy and gateway/).
+
+// Gateway SVIDs are short-lived: a gateway renews at half-life, and a
+// revoked gateway is refused at once by every server anyway.
+const (
+	GatewaySVIDTTL = 24 * time.Hour
+	// GatewayTTL is how long a gateway stays passing in the catalog
+	// without a heartbeat.
+	GatewayTTL = 15 * time.Second
+	// MaxIntentionDescription bounds an intention's description.
+	MaxIntentionDescription = 256
+)
+
+// intentionService serves the Intentions API (its method names overlap
+// the Catalog's).
+type intentionService struct {
+	apipb.UnimplementedIntentionsServer
+	*Server
+}
+
+// gatewayService serves the Gateway API.
+type gatewayService struct {
+	apipb.UnimplementedGatewayServer
+	*Server
+}
+
+func (s intentionService) Set(ctx context.Context, req *apipb.SetIntentionRequest) (*apipb.SetIntentionResponse, error) {
+	in := req.GetIntention()
+	if in == nil {
+		return nil, fieldErr("intention", "is required")
+	}
+	src, err := policy.Normalize(in.Source)
+	if err != nil {
+		return nil, fieldErr("intention.source", "%v", err)
+	}
+	if _, _, err := policy.ParseDestination(in.Destination); err != nil {
+		return nil, fieldErr("intention.destination", "%v", err)
+	}
+	if in.Action != apipb.IntentionAction_INTENTION_ACTION_ALLOW && in.Action != apipb.IntentionAction_INTENTION_ACTION_DENY {
+		return nil, fieldErr("intention.action", "must be allow or deny")
+	}
+	if len(in.Description) > MaxIntentionDescription {
+		return nil, fieldErr("intention.description", "at most %d bytes", MaxIntentionDescription)
+	}
+	if in.CreateIndex != 0 || in.ModifyIndex != 0 {
+		return nil, fieldErr("intention.create_index", "indexes are set by the server; leave them zero")
+	}
+	n := proto.Clone(in).(*apipb.Intention)
+	n.Source = src
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.SetIntentionResponse, error) {
+		return apipb.NewIntentionsClient(c).Set(ctx, &apipb.SetIntentionRequest{Intention: n})
+	}); ok {
+		return r, err
+	}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetIntention{SetIntention: n}}); err != nil {
+		return nil, err
+	}
+	for _, cur := range s.cfg.Node.Store().Intentions() {
+		if cur.Source == n.Source && cur.Destination == n.Destination {
+			return &apipb.SetIntentionResponse{Intention: cur}, nil
+		}
+	}
+	return &apipb.SetIntentionResponse{Intention: n}, nil
+}
+
+func (s intentionService) Delete(ctx context.Context, req *apipb.DeleteIntentionRequest) (*apipb.DeleteIntentionResponse, error) {
+	src, err := policy.Normalize(req.Source)
+	if err != nil {
+		return nil, fieldErr("source", "%v", err)
+	}
+	if _, _, err := policy.ParseDestination(req.Destination); err != nil {
+		return nil, fieldErr("destination", "%v", err)
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.DeleteIntentionResponse, error) {
+		return apipb.NewIntentionsClient(c).Delete(ctx, &apipb.DeleteIntentionRequest{Source: src, Destination: req.Destination})
+	}); ok {
+		return r, err
+	}
+	cmd := &statepb.Command{Cmd: &statepb.Command_DeleteIntention{DeleteIntention: &statepb.DeleteIntention{Source: src, Destination: req.Destination}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
+		return nil, err
+	}
+	return &apipb.DeleteIntentionResponse{}, nil
+}
+
+func (s intentionService) List(ctx context.Context, req *apipb.ListIntentionsRequest) (*apipb.ListIntentionsResponse, error) {
+	return &apipb.ListIntentionsResponse{Intentions: s.cfg.Node.Store().Intentions()}, nil
+}
+
+func (s intentionService) Check(ctx context.Context, req *apipb.CheckIntentionRequest) (*apipb.CheckIntentionResponse, error) {
+	site, ns, svc, err := policy.ParseSource(req.Source)
+	if err != nil {
+		return nil, fieldErr("source", "%v", err)
+	}
+	if ns == "*" {
+		ns = ""
+	}
+	if svc == "*" {
+		svc = ""
+	}
+	dns, dsvc, err := policy.ParseDestination(req.Destination)
+	if err != nil || dsvc == "*" {
+		return nil, fieldErr("destination", "want <namespace>/<service>")
+	}
+	ok, matched := policy.Decide(s.cfg.Node.Store().Intentions(), policy.Source{Site: site, Namespace: ns, Service: svc}, dns, dsvc)
+	return &apipb.CheckIntentionResponse{Allowed: ok, Matched: matched}, nil
+}
+
+func (s gatewayService) Join(ctx context.Context, req *apipb.GatewayJoinRequest) (*apipb.GatewayJoinResponse, error) {
+	if err := meshname.ValidLabel(req.Name); err != nil {
+		return nil, fieldErr("name", "%v", err)
+	}
+	if len(req.Csr) == 0 {
+		return nil, fieldErr("csr", "is required")
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.GatewayJoinResponse, error) {
+		return apipb.NewGatewayClient(c).Join(ctx, req)
+	}); ok {
+		return r, err
+	}
+	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_GATEWAY, "not a valid gateway token: create one with `strait token create --kind gateway`",
+		func() error {
+			if g, ok := s.cfg.Node.Store().Gateway(req.Name); ok && !g.Revoked {
+				return status.Errorf(codes.AlreadyExists, "gateway %q has already joined; if it lost its identity, run `strait gateway revoke %s` first", req.Name, req.Name)
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	record := &apipb.GatewayRecord{Name: req.Name, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetGateway{SetGateway: record}}); err != nil {
+		return nil, err
+	}
+	svid, bundle, err := s.signGateway(ctx, req.Name, req.Csr)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Logger.Info("gateway joined", "gateway", req.Name, "token_accessor", rec.Token.AccessorId)
+	return &apipb.GatewayJoinResponse{TrustDomain: s.cfg.TrustDomain().Name(), Svid: svid, Bundle: bundle}, nil
+}
+
+func (s *Server) signGateway(ctx context.Context, name string, csr []byte) (svid, bundle [][]byte, err error) {
+	id, err := trust.GatewayID(s.cfg.TrustDomain(), name)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := s.cfg.Node.SignSVID(ctx, id, csr, GatewaySVIDTTL)
+	if err != nil {
+		return nil, nil, err
+	}
+	auth, err := s.cfg.Node.Authorities()
+	if err != nil {
+		return nil, nil, err
+	}
+	return [][]byte{cert.Raw}, ders(auth), nil
+}
+
+func (s gatewayService) Renew(ctx context.Context, req *apipb.RenewGatewayRequest) (*apipb.RenewGatewayResponse, error) {
+	name, _ := ctx.Value(gatewayNameKey).(string)
+	svid, bundle, err := s.signGateway(ctx, name, req.Csr)
+	if err != nil {
+		return nil, err
+	}
+	return &apipb.RenewGatewayResponse{Svid: svid, Bundle: bundle}, nil
+}
+
+// Heartbeat keeps the calling gateway registered in the catalog as an
+// instance of strait/gateway with its WAN address, passing for
+// GatewayTTL.
+func (s gatewayService) Heartbeat(ctx context.Context, req *apipb.GatewayHeartbeatRequest) (*apipb.GatewayHeartbeatResponse, error) {
+	name, _ := ctx.Value(gatewayNameKey).(string)
+	if err := validateHostPort("wan_address", req.WanAddress); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.GatewayHeartbeatResponse, error) {
+		return apipb.NewGatewayClient(c).Heartbeat(ctx, req)
+	}); ok {
+		return r, err
+	}
+	host, portS, _ := net.SplitHostPort(req.WanAddress)
+	port, _ := strconv.Atoi(portS)
+	key := &apipb.InstanceKey{Namespace: state.GatewayNamespace, Service: state.GatewayService, Id: name}
+	if in, ok := s.cfg.Node.Store().Instance(key); ok && in.Address == host && in.Ports[state.GatewayWANPort] == uint32(port) && in.Health == apipb.Health_HEALTH_PASSING {
+		return &apipb.GatewayHeartbeatResponse{}, s.cfg.Node.Heartbeat(ctx, key)
+	}
+	reg := &apipb.RegisterRequest{
+		Service: &apipb.Service{Namespace: state.GatewayNamespace, Name: state.GatewayService,
+			Ports: []*apipb.ServicePort{{Name: state.GatewayWANPort, Protocol: apipb.Protocol_PROTOCOL_TCP}}},
+		Instance: &apipb.Instance{Id: name, Address: host, Ports: map[string]uint32{state.GatewayWANPort: uint32(port)},
+			Health: apipb.Health_HEALTH_PASSING, Ttl: durationpb.New(GatewayTTL)},
+	}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: reg}}); err != nil {
+		return nil, err
+	}
+	return &apipb.GatewayHeartbeatResponse{}, nil
+}
+
+func (s gatewayService) List(ctx context.Context, req *apipb.ListGatewaysRequest) (*apipb.ListGatewaysResponse, error) {
+	return &apipb.ListGatewaysResponse{Gateways: s.cfg.Node.Store().Gateways()}, nil
+}
+
+// Revoke makes every server refuse the gateway's SVID, and takes it out of
+// the catalog.
+func (s gatewayService) Revoke(ctx context.Context, req *apipb.RevokeGatewayRequest) (*apipb.RevokeGatewayResponse, error) {
+	if err := validLabel("name", req.Name); err != nil {
+		return nil, err
+	}
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RevokeGatewayResponse, error) {
+		return apipb.NewGatewayClient(c).Revoke(ctx, req)
+	}); ok {
+		return r, err
+	}
+	g, ok := s.cfg.Node.Store().Gateway(req.Name)
+	if !ok {
+		return nil, toStatus(notFound("gateway %q", req.Name))
+	}
+	n := proto.Clone(g).(*apipb.GatewayRecord)
+	n.Revoked = true
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetGateway{SetGateway: n}}); err != nil {
+		return nil, err
+	}
+	dereg := &apipb.DeregisterRequest{Namespace: state.GatewayNamespace, Service: state.GatewayService, InstanceId: req.Name}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: dereg}}); err != nil && status.Code(toStatus(err)) != codes.NotFound {
+		return nil, err
+	}
+	return &apipb.RevokeGatewayResponse{}, nil
+}

@@ -1,0 +1,93 @@
+package state
+
+import (
+	"fmt"
+	"sort"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
+)
+
+// Intentions and gateways: the mesh configuration gateways are built
+// from. Changes to either close meshCh.
+
+func intentionKey(src, dst string) string { return src + "\x00" + dst }
+
+// meshChanged wakes mesh watchers. Write lock held.
+func (s *Store) meshChanged() {
+	close(s.meshCh)
+	s.meshCh = make(chan struct{})
+}
+
+// MeshChanged returns a channel closed at the next change of intentions
+// or gateways.
+func (s *Store) MeshChanged() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.meshCh
+}
+
+func (s *Store) applySetIntention(index uint64, in *apipb.Intention) {
+	k := intentionKey(in.Source, in.Destination)
+	n := proto.Clone(in).(*apipb.Intention)
+	n.CreateIndex, n.ModifyIndex = index, index
+	if old, ok := s.intentions[k]; ok {
+		n.CreateIndex = old.CreateIndex
+	}
+	s.intentions[k] = n
+	s.meshChanged()
+}
+
+func (s *Store) applyDeleteIntention(d *statepb.DeleteIntention) error {
+	k := intentionKey(d.Source, d.Destination)
+	if _, ok := s.intentions[k]; !ok {
+		return fmt.Errorf("intention %s -> %s: %w", d.Source, d.Destination, ErrNotFound)
+	}
+	delete(s.intentions, k)
+	s.meshChanged()
+	return nil
+}
+
+// Intentions lists intentions sorted by destination, then source.
+func (s *Store) Intentions() []*apipb.Intention {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*apipb.Intention, 0, len(s.intentions))
+	for _, in := range s.intentions {
+		out = append(out, in)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Destination != out[j].Destination {
+			return out[i].Destination < out[j].Destination
+		}
+		return out[i].Source < out[j].Source
+	})
+	return out
+}
+
+func (s *Store) applySetGateway(g *apipb.GatewayRecord) {
+	s.gateways[g.Name] = proto.Clone(g).(*apipb.GatewayRecord)
+	s.meshChanged()
+}
+
+// Gateway returns a gateway's record.
+func (s *Store) Gateway(name string) (*apipb.GatewayRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	g, ok := s.gateways[name]
+	return g, ok
+}
+
+// Gateways lists gateways sorted by name.
+func (s *Store) Gateways() []*apipb.GatewayRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*apipb.GatewayRecord, 0, len(s.gateways))
+	for _, g := range s.gateways {
+		out = append(out, g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}

@@ -1,0 +1,69 @@
+package policy_test
+
+import (
+	"testing"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/policy"
+)
+
+func in(src, dst string, allow bool) *apipb.Intention {
+	a := apipb.IntentionAction_INTENTION_ACTION_DENY
+	if allow {
+		a = apipb.IntentionAction_INTENTION_ACTION_ALLOW
+	}
+	return &apipb.Intention{Source: src, Destination: dst, Action: a}
+}
+
+func TestDecide(t *testing.T) {
+	set := []*apipb.Intention{
+		in("site-a/payments/web", "payments/api", true),
+		in("site-a/*/*", "payments/*", false),
+		in("site-a/payments/*", "payments/ledger", true),
+		in("site-b/*/*", "payments/api", true),
+		in("site-b/ops/*", "payments/api", false),
+		in("site-c/x/y", "payments/api", true),
+		in("site-c/x/y", "payments/api", false), // same specificity: deny wins
+	}
+	tests := []struct {
+		name    string
+		src     policy.Source
+		dst     string
+		allowed bool
+	}{
+		{"exact allow", policy.Source{"site-a", "payments", "web"}, "payments/api", true},
+		{"site-wide deny of the namespace", policy.Source{"site-a", "payments", "batch"}, "payments/api", false},
+		{"namespace allow beats site deny", policy.Source{"site-a", "payments", "batch"}, "payments/ledger", true},
+		{"unknown source service: only wildcards match", policy.Source{"site-b", "", ""}, "payments/api", true},
+		{"a more specific deny", policy.Source{"site-b", "ops", "cron"}, "payments/api", false},
+		{"equal specificity: deny wins", policy.Source{"site-c", "x", "y"}, "payments/api", false},
+		{"nothing matches: default deny", policy.Source{"site-d", "a", "b"}, "payments/api", false},
+		{"another namespace", policy.Source{"site-a", "payments", "web"}, "billing/api", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns, svc, _ := policy.ParseDestination(tt.dst)
+			if got, _ := policy.Decide(set, tt.src, ns, svc); got != tt.allowed {
+				t.Fatalf("%s -> %s: %v, want %v", tt.src, tt.dst, got, tt.allowed)
+			}
+		})
+	}
+}
+
+func TestParse(t *testing.T) {
+	for src, want := range map[string]string{"site-a": "site-a/*/*", "site-a/payments": "site-a/payments/*", "site-a/payments/web": "site-a/payments/web"} {
+		if got, err := policy.Normalize(src); err != nil || got != want {
+			t.Errorf("Normalize(%q) = %q, %v; want %q", src, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "*/a/b", "site-a/*/web", "Site/a/b", "a/b/c/d"} {
+		if _, err := policy.Normalize(bad); err == nil {
+			t.Errorf("Normalize(%q) accepted", bad)
+		}
+	}
+	for _, bad := range []string{"api", "payments/", "*/api", "payments/API"} {
+		if _, _, err := policy.ParseDestination(bad); err == nil {
+			t.Errorf("ParseDestination(%q) accepted", bad)
+		}
+	}
+}

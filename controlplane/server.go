@@ -22,6 +22,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/dns"
 	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/trust"
@@ -145,6 +146,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
 	apiSrv.RegisterServices(gs)
+	xs := xds.New(xds.Config{Inputs: s.xdsInputs, Changed: s.xdsChanged, Caller: api.GatewayCaller, Logger: s.log, Registerer: s.cfg.Registerer})
+	xs.Register(gs)
 
 	muxCtx, stopMux := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopMux()
@@ -166,6 +169,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	g.Go(func() error { return s.renewLoop(gctx) })
 	g.Go(func() error { return s.followIdentity(gctx) })
 	g.Go(func() error { return s.promoteLoop(gctx) })
+	g.Go(func() error { return xs.Run(gctx) })
 	if s.cfg.MetricsAddr != "" {
 		g.Go(func() error { return s.serveMetrics(gctx) })
 	}

@@ -31,14 +31,14 @@ func TestDecide(t *testing.T) {
 		dst     string
 		allowed bool
 	}{
-		{"exact allow", policy.Source{"site-a", "payments", "web"}, "payments/api", true},
-		{"site-wide deny of the namespace", policy.Source{"site-a", "payments", "batch"}, "payments/api", false},
-		{"namespace allow beats site deny", policy.Source{"site-a", "payments", "batch"}, "payments/ledger", true},
-		{"unknown source service: only wildcards match", policy.Source{"site-b", "", ""}, "payments/api", true},
-		{"a more specific deny", policy.Source{"site-b", "ops", "cron"}, "payments/api", false},
-		{"equal specificity: deny wins", policy.Source{"site-c", "x", "y"}, "payments/api", false},
-		{"nothing matches: default deny", policy.Source{"site-d", "a", "b"}, "payments/api", false},
-		{"another namespace", policy.Source{"site-a", "payments", "web"}, "billing/api", false},
+		{"exact allow", policy.Source{Site: "site-a", Namespace: "payments", Service: "web"}, "payments/api", true},
+		{"site-wide deny of the namespace", policy.Source{Site: "site-a", Namespace: "payments", Service: "batch"}, "payments/api", false},
+		{"namespace allow beats site deny", policy.Source{Site: "site-a", Namespace: "payments", Service: "batch"}, "payments/ledger", true},
+		{"unknown source service: only wildcards match", policy.Source{Site: "site-b", Namespace: "", Service: ""}, "payments/api", true},
+		{"a more specific deny", policy.Source{Site: "site-b", Namespace: "ops", Service: "cron"}, "payments/api", false},
+		{"equal specificity: deny wins", policy.Source{Site: "site-c", Namespace: "x", Service: "y"}, "payments/api", false},
+		{"nothing matches: default deny", policy.Source{Site: "site-d", Namespace: "a", Service: "b"}, "payments/api", false},
+		{"another namespace", policy.Source{Site: "site-a", Namespace: "payments", Service: "web"}, "billing/api", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -101,6 +103,15 @@ var methodPerms = map[string]permission{
 	apipb.Gateway_Heartbeat_FullMethodName:       permGatewayPeer,
 	apipb.Gateway_List_FullMethodName:            permRead,
 	apipb.Gateway_Revoke_FullMethodName:          permManage,
+	// xDS: the site's gateways.
+	discovery.AggregatedDiscoveryService_StreamAggregatedResources_FullMethodName: permGatewayPeer,
+}
+
+// GatewayCaller returns the name of the gateway that made an authenticated
+// call (the xDS server holds subscribers to it).
+func GatewayCaller(ctx context.Context) (string, bool) {
+	name, ok := ctx.Value(gatewayNameKey).(string)
+	return name, ok
 }
 
 func allows(kind apipb.TokenKind, p permission) bool {

@@ -173,3 +173,7 @@ func (sub *Subscription) Next(ctx context.Context) (*apipb.WatchEvent, error) {
 		}
 	}
 }
+
+// CatalogChanged returns a channel closed at the next change of the
+// catalog (services or instances, local or imported).
+func (s *Store) CatalogChanged() <-chan struct{} { return s.events.currentTail().ready }

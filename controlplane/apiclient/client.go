@@ -170,3 +170,6 @@ func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]s
 
 // RequireTransportSecurity: tokens are only ever sent over TLS.
 func (tokenCreds) RequireTransportSecurity() bool { return true }
+
+// Conn is the underlying connection, for services outside the API (xDS).
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }

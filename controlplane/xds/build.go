@@ -133,6 +133,9 @@ func Build(in Inputs) (Resources, error) {
 		Address: socketAddress("0.0.0.0", IngressPort),
 	}
 	for _, s := range in.Exports {
+		if len(in.Peers) == 0 {
+			break // nobody could connect
+		}
 		for _, port := range s.Def.Ports {
 			name := meshname.InCluster(s.Def.Namespace, s.Def.Name, port.Name)
 			var addrs []string
@@ -150,7 +153,9 @@ func Build(in Inputs) (Resources, error) {
 			ingress.FilterChains = append(ingress.FilterChains, fc)
 		}
 	}
-	add(resource.ListenerType, ingress)
+	if len(ingress.FilterChains) > 0 {
+		add(resource.ListenerType, ingress) // Envoy refuses a listener without chains
+	}
 	for t, list := range r {
 		sort.Slice(list, func(i, j int) bool { return resourceName(list[i]) < resourceName(list[j]) })
 		for _, m := range list {
@@ -309,21 +314,29 @@ func egressListener(clusterName string, vip netip.Addr, port uint32) (*listener.
 }
 
 func ingressChain(in Inputs, peers map[string]Peer, svc *apipb.Service, port, clusterName string) (*listener.FilterChain, error) {
-	// Peers' gateways present their SVIDs; each is verified against its
-	// own trust domain's bundle (one validation context per peer would
-	// need one chain per peer: Envoy checks the union, and RBAC then
-	// holds each source to its intentions).
+	// Peers' gateways present their SVIDs: each is verified against its
+	// own trust domain's bundle (Envoy's SPIFFE validator; bundles are
+	// never merged), and must name a gateway; RBAC then holds each source
+	// to the intentions.
 	var sans []*tlsv3.SubjectAltNameMatcher
+	spiffe := &tlsv3.SPIFFECertValidatorConfig{}
 	for _, p := range in.Peers {
 		sans = append(sans, gatewaySAN(p.TrustDomain))
+		spiffe.TrustDomains = append(spiffe.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
+			Name: p.TrustDomain, TrustBundle: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: pemBytes(p.CAs)}},
+		})
+	}
+	validator, err := anypb.New(spiffe)
+	if err != nil {
+		return nil, err
 	}
 	tlsCtx := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			AlpnProtocols: []string{meshname.TunnelALPN},
-			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
-				ValidationContextSdsSecretConfig: sdsConfig(meshname.BundleSecret(in.TrustDomain)),
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				MatchTypedSubjectAltNames: sans,
+				CustomValidatorConfig:     &core.TypedExtensionConfig{Name: "envoy.tls.cert_validator.spiffe", TypedConfig: validator},
 			}},
 		},
 	}

@@ -23,6 +23,7 @@ type Proxy struct {
 	delay  time.Duration
 
 	cut        atomic.Bool
+	tap        atomic.Pointer[func([]byte)]
 	up, down   atomic.Uint64 // bytes towards the target, and back
 	mu         sync.Mutex
 	conns      map[net.Conn]struct{}
@@ -45,6 +46,10 @@ func NewProxy(target string, delay time.Duration) (*Proxy, error) {
 
 // Addr is where to connect instead of the target.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// SetTap makes f see every chunk the proxy carries, both ways (tests
+// check what crosses the link).
+func (p *Proxy) SetTap(f func([]byte)) { p.tap.Store(&f) }
 
 // Bytes returns the bytes carried towards the target and back.
 func (p *Proxy) Bytes() (up, down uint64) { return p.up.Load(), p.down.Load() }
@@ -155,6 +160,9 @@ func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Uint64) {
 			time.Sleep(d)
 		}
 		count.Add(uint64(len(ch.b)))
+		if f := p.tap.Load(); f != nil {
+			(*f)(ch.b)
+		}
 		if _, err := dst.Write(ch.b); err != nil {
 			src.Close()
 			for range q { // let the reader finish

@@ -81,6 +81,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(
 		newServerCmd(g),
 		newAgentCmd(g),
+		newGatewayCmd(g),
 		newDNSCmd(g),
 		newWorkloadCmd(g),
 		newCACmd(g),

@@ -1,0 +1,98 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/gateway"
+)
+
+func newGatewayCmd(g *globals) *cobra.Command {
+	var (
+		cfg       gateway.Config
+		logLevel  string
+		logFormat string
+	)
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run a mesh gateway: the only way in and out of a site",
+		Long: `Run a mesh gateway. On its first start it joins the site with a gateway token;
+afterwards its identity is in --data-dir. Its configuration comes from the site's servers
+over xDS: it listens on the virtual IPs of imported services (egress), carries connections to
+peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on --wan-addr
+(ingress) as the intentions allow.
+
+  strait gateway --name gw-1 --server 10.0.1.5:7400 --data-dir /var/lib/strait-gateway \
+      --wan-addr 0.0.0.0:8443 --advertise-wan 203.0.113.7:8443 --join-token T`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.JoinToken = cmp.Or(cfg.JoinToken, os.Getenv("STRAIT_JOIN_TOKEN"))
+			if cfg.Name == "" {
+				h, err := os.Hostname()
+				if err != nil {
+					return err
+				}
+				cfg.Name = h
+			}
+			if _, err := parseLogLevel(logLevel); err != nil {
+				return usageError{err}
+			}
+			cfg.Logger = (&FileConfig{LogLevel: logLevel, LogFormat: logFormat}).logger(g.stderr)
+			gw, err := gateway.New(cfg)
+			if err != nil {
+				return usageError{err}
+			}
+			return gw.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", "", "this gateway's name, a DNS label (default: host name)")
+	f.StringSliceVar(&cfg.Servers, "server", nil, "addresses of the site's servers (repeatable)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "gateway token, first start only (env STRAIT_JOIN_TOKEN)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the gateway's identity")
+	f.StringVar(&cfg.WANAddr, "wan-addr", "0.0.0.0:8443", "address peers' gateways connect to")
+	f.StringVar(&cfg.AdvertiseWAN, "advertise-wan", "", "address announced to peers (default: --wan-addr)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address for Prometheus /metrics (default: off)")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "how long connections may finish at shutdown")
+	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "", "text or json")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the gateways that joined this site",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				resp, err := cl.Gateway.List(ctx, &apipb.ListGatewaysRequest{})
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				t := newTable(g.stdout, "NAME", "JOINED", "TOKEN", "REVOKED")
+				for _, gw := range resp.Gateways {
+					t.row(gw.Name, gw.Joined.AsTime().Format(time.RFC3339), gw.TokenAccessor, fmt.Sprint(gw.Revoked))
+				}
+				return t.flush()
+			})
+		},
+	}, &cobra.Command{
+		Use:   "revoke NAME",
+		Short: "Revoke a gateway: every server refuses its SVID from now on",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
+				_, err := cl.Gateway.Revoke(ctx, &apipb.RevokeGatewayRequest{Name: args[0]})
+				return err
+			})
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,268 @@
+// Package gateway is `strait gateway`, the mesh gateway data plane: the
+// only thing sites expose to each other. It is configured entirely over
+// xDS by its site's servers (see controlplane/xds) and holds its own SVID
+// spiffe://<td>/strait/gateway/<name>.
+//
+//   - Egress: it listens on the virtual IPs of imported services, so an
+//     unmodified TCP client reaches api.payments.<peer>.mesh:8080 as over a
+//     VPN, and carries each connection to one of the peer's gateways.
+//   - Between gateways: one TLS 1.3 connection per peer gateway, both sides
+//     presenting gateway SVIDs checked against their own trust domain's
+//     bundle, multiplexing every connection as a yamux stream (see
+//     proto.go): no handshake per client connection.
+//   - Ingress: it authorizes each stream against the intentions (the RBAC
+//     rule of the SNI's filter chain; default deny) and forwards it to the
+//     least-loaded passing instance, retrying another on connect failure.
+//
+// Endpoints that fail to connect are ejected for a while; clusters have a
+// connection limit; on shutdown the gateway stops accepting and drains.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/trust/mtls"
+)
+
+// Config configures a gateway.
+type Config struct {
+	// Name is the gateway's name in its site, a DNS label. Required.
+	Name string
+	// Servers are the site's server addresses. Required.
+	Servers []string
+	// DataDir keeps the gateway's identity. Required.
+	DataDir string
+	// JoinToken is a gateway token (`strait token create --kind gateway`),
+	// needed on the first start only.
+	JoinToken string
+	// WANAddr is where peers' gateways connect (the one port a site
+	// exposes). Required. Ignored when WANListener is set.
+	WANAddr     string
+	WANListener net.Listener
+	// AdvertiseWAN is the address announced to peers; WANAddr when empty.
+	AdvertiseWAN string
+	// MetricsAddr serves Prometheus /metrics; off when empty.
+	MetricsAddr string
+	// DrainTimeout bounds the wait for connections at shutdown; 10s when zero.
+	DrainTimeout time.Duration
+	// HeartbeatInterval is how often the gateway tells the servers it is
+	// alive; 5s when zero.
+	HeartbeatInterval time.Duration
+	// RenewCheck is how often the SVID is checked for renewal; 1m when zero.
+	RenewCheck time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	Now        func() time.Time
+}
+
+// Gateway is a running gateway.
+type Gateway struct {
+	cfg    Config
+	log    *slog.Logger
+	td     spiffeid.TrustDomain
+	ident  *mtls.Identity // own SVID; federated with peers' bundles from xDS
+	client *apiclient.Client
+	m      *metrics
+	pools  pools
+
+	cfgMu    sync.RWMutex
+	cur      *config
+	changed  chan struct{} // closed and replaced on each new config
+	tunnels  *tunnels
+	active   sync.WaitGroup
+	draining atomic.Bool
+	wanAddr  string
+	ready    chan struct{}
+	once     sync.Once
+}
+
+// New checks cfg.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Name == "" || cfg.DataDir == "" || len(cfg.Servers) == 0 {
+		return nil, errors.New("gateway: name, data dir and servers are required")
+	}
+	if cfg.WANAddr == "" && cfg.WANListener == nil {
+		return nil, errors.New("gateway: wan address is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 10 * time.Second
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.RenewCheck == 0 {
+		cfg.RenewCheck = time.Minute
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, cfg.Gatherer = r, r
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger.With("gateway", cfg.Name), pools: pools{}, changed: make(chan struct{}), ready: make(chan struct{})}
+	g.m = newMetrics(reg)
+	return g, nil
+}
+
+// Ready is closed once the gateway has its first configuration and
+// accepts connections.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// WANAddr is the address peers reach this gateway at.
+func (g *Gateway) WANAddr() string { return g.wanAddr }
+
+func (g *Gateway) setConfig(c *config) {
+	g.cfgMu.Lock()
+	g.cur = c
+	close(g.changed)
+	g.changed = make(chan struct{})
+	g.cfgMu.Unlock()
+	g.ident.SetFederated(peerBundles{g})
+	g.log.Debug("configuration applied", "version", c.version, "egress", len(c.egress), "ingress", len(c.ingress))
+}
+
+func (g *Gateway) config() (*config, <-chan struct{}) {
+	g.cfgMu.RLock()
+	defer g.cfgMu.RUnlock()
+	return g.cur, g.changed
+}
+
+// peerBundles serves the peers' bundles from the current configuration,
+// each for its own trust domain only.
+type peerBundles struct{ g *Gateway }
+
+func (p peerBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	c, _ := p.g.config()
+	if c == nil || td == p.g.td {
+		return nil, fmt.Errorf("no bundle for %s", td)
+	}
+	certs, ok := c.bundles[td.Name()]
+	if !ok {
+		return nil, fmt.Errorf("%s is not a peer", td)
+	}
+	return x509bundle.FromX509Authorities(td, certs), nil
+}
+
+// Run joins or loads the identity, then serves until ctx ends, and drains.
+func (g *Gateway) Run(ctx context.Context) error {
+	if err := g.loadOrJoin(ctx); err != nil {
+		return err
+	}
+	cl, err := apiclient.Dial(apiclient.Config{Addrs: g.cfg.Servers, CA: g.ident.Bundle().X509Authorities(), Identity: g.ident})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	g.client = cl
+	ln := g.cfg.WANListener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", g.cfg.WANAddr); err != nil {
+			return fmt.Errorf("wan address: %w", err)
+		}
+	}
+	g.wanAddr = ln.Addr().String()
+	if g.cfg.AdvertiseWAN == "" {
+		g.cfg.AdvertiseWAN = g.wanAddr
+	}
+	g.tunnels = newTunnels(g)
+
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return g.runADS(ectx, cl.Conn()) })
+	eg.Go(func() error { return g.heartbeatLoop(ectx) })
+	eg.Go(func() error { return g.renewLoop(ectx) })
+	if g.cfg.MetricsAddr != "" {
+		eg.Go(func() error { return g.serveMetrics(ectx) })
+	}
+	ingressDone := make(chan struct{})
+	go func() { defer close(ingressDone); g.serveIngress(serveCtx, ln) }()
+	egressDone := make(chan struct{})
+	go func() { defer close(egressDone); g.runEgress(ctx) }()
+	go func() {
+		// Ready once configured and both sides listen.
+		for {
+			c, ch := g.config()
+			if c != nil {
+				g.once.Do(func() { close(g.ready) })
+				return
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	g.log.Info("gateway running", "wan", g.wanAddr, "trust_domain", g.td.Name())
+	err = eg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	// Drain: stop accepting (egress listeners close with ctx), let
+	// connections in flight finish for a while, then cut the rest.
+	g.draining.Store(true)
+	ln.Close()
+	<-egressDone
+	done := make(chan struct{})
+	go func() { g.active.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(g.cfg.DrainTimeout):
+		g.log.Warn("drain timeout: closing remaining connections")
+	}
+	stopServing()
+	g.tunnels.close()
+	<-ingressDone
+	g.log.Info("gateway stopped")
+	return err
+}
+
+func (g *Gateway) serveMetrics(ctx context.Context) error {
+	srv := &http.Server{Addr: g.cfg.MetricsAddr, Handler: promhttp.HandlerFor(g.cfg.Gatherer, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); srv.Close() }()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+// yamuxConfig favors throughput: large stream windows, no per-stream
+// open timeout surprises, logs discarded (errors surface on streams).
+func yamuxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.MaxStreamWindowSize = 16 << 20
+	c.AcceptBacklog = 1024
+	c.KeepAliveInterval = 15 * time.Second
+	c.ConnectionWriteTimeout = 30 * time.Second
+	c.StreamOpenTimeout = 30 * time.Second
+	c.StreamCloseTimeout = 30 * time.Second
+	c.LogOutput = discard{}
+	return c
+}
+
+type discard struct{}
+
+func (discard) Write(b []byte) (int, error) { return len(b), nil }

@@ -1,0 +1,215 @@
+package gateway
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/jointoken"
+	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/mtls"
+	"github.com/straitmesh/strait/trust/svidfile"
+)
+
+// The gateway's identity: joined once with a gateway token (its key never
+// leaves the host; the servers sign a CSR), kept in <data_dir>/tls, and
+// renewed with the SVID itself at half-life.
+
+type gatewayInfo struct {
+	Name        string `json:"name"`
+	TrustDomain string `json:"trust_domain"`
+}
+
+func (g *Gateway) tlsDir() string   { return filepath.Join(g.cfg.DataDir, "tls") }
+func (g *Gateway) infoFile() string { return filepath.Join(g.cfg.DataDir, "gateway.json") }
+
+func (g *Gateway) loadOrJoin(ctx context.Context) error {
+	b, err := os.ReadFile(g.infoFile())
+	switch {
+	case err == nil:
+		var info gatewayInfo
+		if err := json.Unmarshal(b, &info); err != nil {
+			return fmt.Errorf("%s: %w", g.infoFile(), err)
+		}
+		if info.Name != g.cfg.Name {
+			return fmt.Errorf("name: configured %q but data_dir belongs to gateway %q", g.cfg.Name, info.Name)
+		}
+		if g.td, err = spiffeid.TrustDomainFromString(info.TrustDomain); err != nil {
+			return err
+		}
+		chain, key, bundle, err := svidfile.Read(g.tlsDir())
+		if err != nil {
+			return fmt.Errorf("load gateway identity: %w", err)
+		}
+		return g.setIdentity(chain, key, bundle)
+	case !errors.Is(err, os.ErrNotExist):
+		return err
+	case g.cfg.JoinToken == "":
+		return errors.New("this gateway has not joined a site yet: pass --join-token (create one with `strait token create --kind gateway`)")
+	}
+	return g.join(ctx)
+}
+
+func (g *Gateway) setIdentity(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) error {
+	g.ident = mtls.NewIdentity(x509bundle.FromX509Authorities(g.td, bundle), g.cfg.Now)
+	return g.ident.SetSVID(chain, key)
+}
+
+func (g *Gateway) join(ctx context.Context) error {
+	tok, err := jointoken.Parse(g.cfg.JoinToken)
+	if err != nil {
+		return err
+	}
+	key, err := ca.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(g.tlsDir(), 0o700); err != nil {
+		return err
+	}
+	var errs []error
+	for _, addr := range g.cfg.Servers {
+		resp, err := joinAt(ctx, addr, tok, &apipb.GatewayJoinRequest{Name: g.cfg.Name, Csr: csr})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		if g.td, err = spiffeid.TrustDomainFromString(resp.TrustDomain); err != nil {
+			return err
+		}
+		chain, err := parseDERs(resp.Svid)
+		if err != nil {
+			return err
+		}
+		bundle, err := parseDERs(resp.Bundle)
+		if err != nil {
+			return err
+		}
+		if err := svidfile.Write(g.tlsDir(), chain, key, bundle); err != nil {
+			return err
+		}
+		info, _ := json.Marshal(gatewayInfo{Name: g.cfg.Name, TrustDomain: g.td.Name()})
+		if err := svidfile.WriteFileAtomic(g.infoFile(), info, 0o644); err != nil {
+			return err
+		}
+		g.log.Info("gateway joined site", "trust_domain", g.td.Name(), "via", addr)
+		return g.setIdentity(chain, key, bundle)
+	}
+	return fmt.Errorf("join: no server admitted this gateway: %w", errors.Join(errs...))
+}
+
+func joinAt(ctx context.Context, addr string, tok jointoken.Token, req *apipb.GatewayJoinRequest) (*apipb.GatewayJoinResponse, error) {
+	conn, err := jointoken.Dial(addr, tok)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return apipb.NewGatewayClient(conn).Join(ctx, req)
+}
+
+func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
+	out := make([]*x509.Certificate, 0, len(ders))
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, fmt.Errorf("certificate from server: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// renewLoop renews the SVID at half-life, and picks up the site's current
+// CA certificates (a CA rotation) with each renewal.
+func (g *Gateway) renewLoop(ctx context.Context) error {
+	t := time.NewTicker(g.cfg.RenewCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if g.cfg.Now().Before(ca.RenewAt(g.ident.SVID().Certificates[0])) {
+			continue
+		}
+		if err := g.renew(ctx); err != nil && ctx.Err() == nil {
+			g.log.Warn("gateway svid renewal failed; will retry", "err", err)
+		}
+	}
+}
+
+func (g *Gateway) renew(ctx context.Context) error {
+	key, err := ca.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := g.client.Gateway.Renew(ctx, &apipb.RenewGatewayRequest{Csr: csr})
+	if err != nil {
+		return err
+	}
+	chain, err := parseDERs(resp.Svid)
+	if err != nil {
+		return err
+	}
+	bundle, err := parseDERs(resp.Bundle)
+	if err != nil {
+		return err
+	}
+	if err := svidfile.Write(g.tlsDir(), chain, key, bundle); err != nil {
+		return err
+	}
+	g.ident.SetBundle(x509bundle.FromX509Authorities(g.td, bundle))
+	g.log.Info("gateway svid renewed", "expires", chain[0].NotAfter)
+	return g.ident.SetSVID(chain, key)
+}
+
+// heartbeatLoop keeps the gateway in the catalog (strait/gateway), which
+// is how peers learn where to send traffic. It stops when draining, so
+// peers stop choosing this gateway.
+func (g *Gateway) heartbeatLoop(ctx context.Context) error {
+	t := time.NewTicker(g.cfg.HeartbeatInterval)
+	defer t.Stop()
+	warned := false
+	for {
+		if !g.draining.Load() {
+			hctx, cancel := context.WithTimeout(ctx, g.cfg.HeartbeatInterval)
+			_, err := g.client.Gateway.Heartbeat(hctx, &apipb.GatewayHeartbeatRequest{WanAddress: g.cfg.AdvertiseWAN})
+			cancel()
+			switch {
+			case err != nil && ctx.Err() == nil && !warned:
+				g.log.Warn("gateway heartbeat failed; will retry", "err", err)
+				warned = true
+			case err == nil:
+				warned = false
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,34 @@
+package gateway
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	conns, bytes, denials, handshakes *prometheus.CounterVec
+	active                            *prometheus.GaugeVec
+	connectTime                       *prometheus.HistogramVec
+	handshakeTime                     prometheus.Histogram
+	nacks                             prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_connections_total",
+			Help: "Connections by direction (egress: from local clients; ingress: from peers), service, peer trust domain and result."},
+			[]string{"direction", "service", "peer", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_bytes_total",
+			Help: "Bytes carried (both ways) by direction, service and peer trust domain."}, []string{"direction", "service", "peer"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_authorization_denials_total",
+			Help: "Streams from peers refused by the intentions."}, []string{"service", "peer"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_tunnel_handshakes_total",
+			Help: "TLS handshakes of tunnels between gateways, by side and result."}, []string{"side", "result"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "strait_gateway_active_connections",
+			Help: "Connections in progress by direction."}, []string{"direction"}),
+		connectTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "strait_gateway_connect_duration_seconds",
+			Help: "Time from accepting a connection to being connected upstream.", Buckets: prometheus.ExponentialBuckets(0.0001, 3, 12)}, []string{"direction"}),
+		handshakeTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "strait_gateway_tunnel_handshake_seconds",
+			Help: "Time to dial and handshake a tunnel.", Buckets: prometheus.ExponentialBuckets(0.0001, 3, 12)}),
+		nacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_gateway_xds_rejected_total", Help: "xDS responses rejected."}),
+	}
+	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.active, m.connectTime, m.handshakeTime, m.nacks)
+	return m
+}

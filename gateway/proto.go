@@ -1,0 +1,113 @@
+package gateway
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The tunnel protocol between gateways. One TLS 1.3 connection (ALPN
+// strait-tunnel/1, both sides presenting gateway SVIDs) carries many
+// streams multiplexed by yamux, so a new client connection costs a stream
+// open, not a handshake. Each stream starts with a header from the
+// calling gateway, then the ingress gateway answers with a status; after
+// an OK, the stream is the client's byte stream.
+//
+//	header:  version (1) | uvarint len | SNI | uvarint len | source ("ns/svc" or "")
+//	status:  code (1) | uvarint len | message
+
+const protoVersion = 1
+
+// Status codes of the ingress answer.
+const (
+	statusOK byte = iota
+	statusDenied
+	statusUnknown
+	statusUnavailable
+	statusBadRequest
+)
+
+const maxHeaderField = 512
+
+type header struct {
+	SNI, Source string
+}
+
+func writeHeader(w io.Writer, h header) error {
+	b := []byte{protoVersion}
+	b = binary.AppendUvarint(b, uint64(len(h.SNI)))
+	b = append(b, h.SNI...)
+	b = binary.AppendUvarint(b, uint64(len(h.Source)))
+	b = append(b, h.Source...)
+	_, err := w.Write(b)
+	return err
+}
+
+func readField(r *bufio.Reader) (string, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return "", err
+	}
+	if n > maxHeaderField {
+		return "", fmt.Errorf("header field of %d bytes", n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+func readHeader(r *bufio.Reader) (header, error) {
+	v, err := r.ReadByte()
+	if err != nil {
+		return header{}, err
+	}
+	if v != protoVersion {
+		return header{}, fmt.Errorf("tunnel protocol version %d, want %d", v, protoVersion)
+	}
+	var h header
+	if h.SNI, err = readField(r); err != nil {
+		return header{}, err
+	}
+	if h.Source, err = readField(r); err != nil {
+		return header{}, err
+	}
+	return h, nil
+}
+
+func writeStatus(w io.Writer, code byte, msg string) error {
+	b := []byte{code}
+	b = binary.AppendUvarint(b, uint64(len(msg)))
+	_, err := w.Write(append(b, msg...))
+	return err
+}
+
+// errRefused is a refusal by the ingress gateway (not worth a retry on
+// another gateway: they share the configuration).
+type errRefused struct {
+	code byte
+	msg  string
+}
+
+func (e *errRefused) Error() string { return e.msg }
+
+func readStatus(r *bufio.Reader) error {
+	code, err := r.ReadByte()
+	if err != nil {
+		return err
+	}
+	msg, err := readField(r)
+	if err != nil {
+		return err
+	}
+	switch code {
+	case statusOK:
+		return nil
+	case statusUnavailable:
+		return errors.New(msg) // another gateway may do better
+	}
+	return &errRefused{code, msg}
+}

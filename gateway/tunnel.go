@@ -1,0 +1,328 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/policy"
+	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/mtls"
+)
+
+// handshakeTimeout bounds a TLS handshake and a stream's header: garbage
+// and half-open connections are dropped after it.
+const handshakeTimeout = 10 * time.Second
+
+// tunnels pools one multiplexed session per peer gateway address.
+type tunnels struct {
+	g     *Gateway
+	mu    sync.Mutex
+	slots map[string]*slot
+	// sessions accepted from peers, closed at shutdown.
+	accepted map[*yamux.Session]struct{}
+	closed   bool
+}
+
+type slot struct {
+	mu   sync.Mutex
+	sess *yamux.Session
+}
+
+func newTunnels(g *Gateway) *tunnels {
+	return &tunnels{g: g, slots: make(map[string]*slot), accepted: make(map[*yamux.Session]struct{})}
+}
+
+// open returns a new stream to the gateway at addr, which must present a
+// gateway SVID of peerTD; the session is dialed on first use and reused.
+func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Duration) (net.Conn, error) {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, errors.New("gateway is shutting down")
+	}
+	s := t.slots[addr]
+	if s == nil {
+		s = &slot{}
+		t.slots[addr] = s
+	}
+	t.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sess == nil || s.sess.IsClosed() {
+		sess, err := t.dial(ctx, addr, peerTD, timeout)
+		if err != nil {
+			return nil, err
+		}
+		s.sess = sess
+	}
+	st, err := s.sess.OpenStream()
+	if err != nil {
+		s.sess.Close()
+		s.sess = nil
+		return nil, err
+	}
+	return st, nil
+}
+
+func (t *tunnels) dial(ctx context.Context, addr, peerTD string, timeout time.Duration) (*yamux.Session, error) {
+	start := time.Now()
+	td, err := spiffeid.TrustDomainFromString(peerTD)
+	if err != nil {
+		return nil, err
+	}
+	authorize := func(id spiffeid.ID) error {
+		if _, ok := trust.GatewayName(id, td); !ok {
+			return fmt.Errorf("%s is not a gateway of %s", id, td)
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	conn := tls.Client(raw, mtls.ClientConfig(t.g.ident, authorize, meshname.TunnelALPN))
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		t.g.m.handshakes.WithLabelValues("client", "error").Inc()
+		return nil, fmt.Errorf("tls with %s: %w", addr, err)
+	}
+	if conn.ConnectionState().NegotiatedProtocol != meshname.TunnelALPN {
+		conn.Close()
+		return nil, fmt.Errorf("%s does not speak %s", addr, meshname.TunnelALPN)
+	}
+	t.g.m.handshakes.WithLabelValues("client", "ok").Inc()
+	t.g.m.handshakeTime.Observe(time.Since(start).Seconds())
+	return yamux.Client(conn, yamuxConfig())
+}
+
+func (t *tunnels) close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	for _, s := range t.slots {
+		s.mu.Lock()
+		if s.sess != nil {
+			s.sess.Close()
+		}
+		s.mu.Unlock()
+	}
+	for s := range t.accepted {
+		s.Close()
+	}
+}
+
+func (t *tunnels) track(s *yamux.Session, add bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if add {
+		if t.closed {
+			return false
+		}
+		t.accepted[s] = struct{}{}
+	} else {
+		delete(t.accepted, s)
+	}
+	return true
+}
+
+// serveIngress accepts peers' tunnels on the WAN listener.
+func (g *Gateway) serveIngress(ctx context.Context, ln net.Listener) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.ingressConn(ctx, c)
+		}()
+	}
+}
+
+// ingressConn authenticates a peer's gateway and serves its streams.
+func (g *Gateway) ingressConn(ctx context.Context, raw net.Conn) {
+	authorize := func(id spiffeid.ID) error {
+		if id.TrustDomain() == g.td {
+			return errors.New("a gateway of this site is not a peer")
+		}
+		if _, ok := trust.GatewayName(id, id.TrustDomain()); !ok {
+			return fmt.Errorf("%s is not a gateway", id)
+		}
+		return nil // its certificate verified against its own trust domain's bundle
+	}
+	conn := tls.Server(raw, mtls.ServerConfig(g.ident, mtls.RequireClientSVID, authorize, meshname.TunnelALPN))
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	err := conn.HandshakeContext(hctx)
+	cancel()
+	if err != nil || conn.ConnectionState().NegotiatedProtocol != meshname.TunnelALPN {
+		g.m.handshakes.WithLabelValues("server", "error").Inc()
+		g.log.Debug("tunnel refused", "remote", raw.RemoteAddr(), "err", err)
+		raw.Close()
+		return
+	}
+	g.m.handshakes.WithLabelValues("server", "ok").Inc()
+	peer, _ := mtls.PeerID(conn.ConnectionState())
+	sess, err := yamux.Server(conn, yamuxConfig())
+	if err != nil {
+		conn.Close()
+		return
+	}
+	if !g.tunnels.track(sess, true) {
+		sess.Close()
+		return
+	}
+	defer g.tunnels.track(sess, false)
+	defer sess.Close()
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.ingressStream(ctx, st, peer)
+		}()
+	}
+}
+
+// ingressStream authorizes one stream and connects it to an instance.
+func (g *Gateway) ingressStream(ctx context.Context, st *yamux.Stream, peer spiffeid.ID) {
+	defer st.Close()
+	g.active.Add(1)
+	defer g.active.Done()
+	start := time.Now()
+	st.SetDeadline(start.Add(handshakeTimeout))
+	r := bufio.NewReader(st)
+	h, err := readHeader(r)
+	if err != nil {
+		writeStatus(st, statusBadRequest, "bad tunnel header")
+		return
+	}
+	port, svc, ns, td, ok := meshname.ParseSNI(h.SNI)
+	service := ns + "/" + svc
+	peerTD := peer.TrustDomain().Name()
+	cfg, _ := g.config()
+	ch, found := chain{}, false
+	if cfg != nil && ok && td == g.td.Name() {
+		ch, found = cfg.ingress[h.SNI]
+	}
+	if !found {
+		g.m.conns.WithLabelValues("ingress", service, peerTD, "unknown").Inc()
+		writeStatus(st, statusUnknown, fmt.Sprintf("%s is not exported by this site", h.SNI))
+		return
+	}
+	// Who is calling: the source service when the calling gateway names
+	// one, else the calling gateway itself (then only site-wide
+	// intentions match).
+	principal := peer.String()
+	if sns, ssvc, ok := strings.Cut(h.Source, "/"); ok && meshname.ValidLabel(sns) == nil && meshname.ValidLabel(ssvc) == nil {
+		principal = "spiffe://" + peerTD + "/ns/" + sns + "/svc/" + ssvc
+	}
+	if !policy.EvalRBAC(ch.rules, principal) {
+		g.m.denials.WithLabelValues(service, peerTD).Inc()
+		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
+		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "source", principal)
+		writeStatus(st, statusDenied, fmt.Sprintf("no intention allows %s to reach %s", principal, service))
+		return
+	}
+	in := cfg.in[ch.cluster]
+	up, e, err := dialPool(ctx, in.pool, in.timeout, func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	})
+	if err != nil {
+		g.m.conns.WithLabelValues("ingress", service, peerTD, "unavailable").Inc()
+		writeStatus(st, statusUnavailable, fmt.Sprintf("no instance of %s could be reached: %v", service, err))
+		return
+	}
+	defer in.pool.done(e)
+	defer up.Close()
+	g.m.connectTime.WithLabelValues("ingress").Observe(time.Since(start).Seconds())
+	if err := writeStatus(st, statusOK, ""); err != nil {
+		return
+	}
+	st.SetDeadline(time.Time{})
+	g.m.active.WithLabelValues("ingress").Inc()
+	sent, recvd := pipe(st, r, up, up)
+	g.m.active.WithLabelValues("ingress").Dec()
+	g.m.bytes.WithLabelValues("ingress", service, peerTD).Add(float64(sent + recvd))
+	g.m.conns.WithLabelValues("ingress", service, peerTD, "ok").Inc()
+	g.log.Info("connection", "direction", "ingress", "service", service, "port", port, "source", principal, "upstream", e.addr,
+		"bytes_in", sent, "bytes_out", recvd, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+// dialPool connects to the least-loaded endpoint of p, trying up to three
+// different ones; the endpoint stays reserved until p.done.
+func dialPool(ctx context.Context, p *pool, timeout time.Duration, dial func(context.Context, string) (net.Conn, error)) (net.Conn, *endpoint, error) {
+	tried := map[*endpoint]bool{}
+	var errs []error
+	for range 3 {
+		e := p.pick(tried)
+		if e == nil {
+			break
+		}
+		tried[e] = true
+		dctx, cancel := context.WithTimeout(ctx, timeout)
+		c, err := dial(dctx, e.addr)
+		cancel()
+		p.connected(e, err == nil)
+		if err == nil {
+			return c, e, nil
+		}
+		p.done(e)
+		errs = append(errs, fmt.Errorf("%s: %w", e.addr, err))
+	}
+	if len(errs) == 0 {
+		return nil, nil, errors.New("no endpoint available (none passing, or at the connection limit)")
+	}
+	return nil, nil, errors.Join(errs...)
+}
+
+// pipe copies both ways until both directions end, passing half-closes
+// on, and returns the bytes copied a->b and b->a.
+func pipe(a net.Conn, ar io.Reader, b net.Conn, br io.Reader) (ab, ba int64) {
+	done := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(b, ar)
+		closeWrite(b)
+		done <- n
+	}()
+	ba, _ = io.Copy(a, br)
+	closeWrite(a)
+	ab = <-done
+	return ab, ba
+}
+
+func closeWrite(c net.Conn) {
+	switch x := c.(type) {
+	case *net.TCPConn:
+		x.CloseWrite()
+	case *yamux.Stream:
+		x.Close() // yamux: a FIN; reading goes on until the peer's
+	default:
+		c.Close()
+	}
+}

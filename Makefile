@@ -8,7 +8,7 @@ FUZZTIME  ?= 10s
 FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegisterRequest \
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
-             ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath
+             ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzReadHeader
 
 .PHONY: all build test test-long fuzz lint fmt generate bench bench-dns demo clean
 

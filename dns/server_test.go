@@ -52,11 +52,7 @@ func start(t testing.TB, peerOrder ...string) *testServer {
 func startWith(t testing.TB, upstreams, peerOrder []string) *testServer {
 	t.Helper()
 	st := state.NewStore(0)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, ln, err := controlplanetest.ListenDNS()
 	if err != nil {
 		t.Fatal(err)
 	}

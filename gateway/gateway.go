@@ -66,6 +66,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// RenewCheck is how often the SVID is checked for renewal; 1m when zero.
 	RenewCheck time.Duration
+	// HandshakeTimeout bounds a peer's TLS handshake and each stream's
+	// header: garbage and half-open connections are dropped after it. 10s
+	// when zero.
+	HandshakeTimeout time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
@@ -115,6 +119,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.RenewCheck == 0 {
 		cfg.RenewCheck = time.Minute
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	reg := cfg.Registerer
 	if reg == nil {
@@ -225,6 +232,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// connections in flight finish for a while, then cut the rest.
 	g.draining.Store(true)
 	ln.Close()
+	g.tunnels.goAway()
 	<-egressDone
 	done := make(chan struct{})
 	go func() { g.active.Wait(); close(done) }()

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,20 +14,31 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
 	"github.com/straitmesh/strait/internal/wan"
+	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/mtls"
+	"github.com/straitmesh/strait/trust/svidfile"
 )
 
 // Two real sites on loopback, each with a real gateway. Site B's gateway
@@ -89,17 +103,22 @@ func (s *site) startGateway(t *testing.T, name string, tap func([]byte)) {
 	}
 	gw, err := gateway.New(gateway.Config{Name: name, Servers: []string{s.Nodes[0].Addr}, DataDir: s.gwDir, JoinToken: tok.Secret,
 		WANListener: ln, AdvertiseWAN: advertise, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: 2 * time.Second,
-		Registerer: s.reg, Gatherer: s.reg, Logger: logger})
+		HandshakeTimeout: 500 * time.Millisecond,
+		Registerer:       s.reg, Gatherer: s.reg, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
 	gctx, cancel := context.WithCancel(context.Background())
-	s.gw, s.stopGW, s.gwDone, s.wanAddr = gw, cancel, make(chan error, 1), advertise
-	go func() { s.gwDone <- gw.Run(gctx) }()
-	t.Cleanup(func() { cancel(); <-s.gwDone })
+	done := make(chan error, 1)
+	s.gw, s.stopGW, s.gwDone, s.wanAddr = gw, cancel, done, advertise
+	go func() { done <- gw.Run(gctx) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	s.stopGW = stop
+	t.Cleanup(stop)
 	select {
 	case <-gw.Ready():
-	case err := <-s.gwDone:
+	case err := <-done:
 		t.Fatalf("gateway exited: %v", err)
 	case <-time.After(20 * time.Second):
 		t.Fatal("gateway not ready within 20s")
@@ -312,4 +331,261 @@ func (s *sumOf) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(s.name+"_sum_of_series", "test", nil, nil), prometheus.GaugeValue, total)
+}
+
+// TestGatewayFailover: site B runs two gateways; one is stopped under
+// load; connections started after that all succeed on the other.
+func TestGatewayFailover(t *testing.T) {
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
+	federate(t, a, b)
+	a.startGateway(t, "gw-a", nil)
+	b.startGateway(t, "gw-b1", nil)
+	b1stop := b.stopGW // stops gw-b1 and waits for it
+	b.gwDir = ""
+	b.startGateway(t, "gw-b2", nil)
+	ctx := controlplanetest.Ctx(t)
+	port := echoServer(t)
+	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
+	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
+		Source: "site-a", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
+		t.Fatal(err)
+	}
+	// Both of B's gateways are known to A.
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		r, err := a.Client(0).Federation.List(ctx, &apipb.ListPeersFedRequest{Name: "site-b"})
+		if err != nil {
+			return err
+		}
+		if n := len(r.Peers[0].Imports.Gateways); n != 2 {
+			return fmt.Errorf("A knows %d of B's gateways", n)
+		}
+		return nil
+	})
+	var vip string
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		var err error
+		if vip, err = resolve(t, a, "api.payments.site-b.mesh"); err != nil {
+			return err
+		}
+		_, err = echo(net.JoinHostPort(vip, strconv.Itoa(port)), "warm-up")
+		return err
+	})
+	addr := net.JoinHostPort(vip, strconv.Itoa(port))
+
+	// Load: four clients, one connection after another.
+	type result struct {
+		start time.Time
+		err   error
+	}
+	results := make(chan result, 1<<20)
+	lctx, stopLoad := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; lctx.Err() == nil; n++ {
+				start := time.Now()
+				line := fmt.Sprintf("c%d-%d", i, n)
+				got, err := echo(addr, line)
+				if err == nil && got != line+"\n" {
+					err = fmt.Errorf("echo %q", got)
+				}
+				results <- result{start, err}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // load before the loss
+	killed := time.Now()
+	b1stop()
+	stopped := time.Now()
+	time.Sleep(time.Second) // load after it
+	stopLoad()
+	wg.Wait()
+	close(results)
+	var before, after, failedAfter int
+	for r := range results {
+		if r.start.Before(killed) {
+			before++
+			continue
+		}
+		after++
+		if r.err != nil && r.start.After(stopped) {
+			failedAfter++
+			t.Errorf("a connection started after the gateway stopped failed: %v", r.err)
+		}
+	}
+	if before == 0 || after == 0 {
+		t.Fatalf("load too thin to tell: %d before, %d after", before, after)
+	}
+	t.Logf("%d connections before the loss, %d after (%d failed after it stopped)", before, after, failedAfter)
+}
+
+// tunnelFrom opens a raw tunnel to gw as the holder of the identity in
+// dir (a gateway data dir), to send what a real gateway never would.
+func tunnelFrom(t *testing.T, dir string, to *site) (*yamux.Session, error) {
+	t.Helper()
+	addr := to.wanAddr
+	peerCAs, err := svidfile.ReadCerts(controlplane.CAFile(to.Nodes[0].Dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, key, bundle, err := svidfile.Read(filepath.Join(dir, "tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := x509svid.IDFromCert(chain[0])
+	ident := mtls.NewIdentity(x509bundle.FromX509Authorities(id.TrustDomain(), bundle), nil)
+	if err := ident.SetSVID(chain, key); err != nil {
+		t.Fatal(err)
+	}
+	ident.SetFederated(x509bundle.NewSet(x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString(peerCAs[0].URIs[0].Host), peerCAs)))
+	conn, err := tls.Dial("tcp", addr, mtls.ClientConfig(ident, func(spiffeid.ID) error { return nil }, meshname.TunnelALPN))
+	if err != nil {
+		return nil, err
+	}
+	return yamux.Client(conn, nil)
+}
+
+// TestGatewayRefusesWhatItShould: garbage, half-open connections, a
+// certificate from a trust domain that is not a peer, an SNI nobody
+// exports and a claimed source no intention allows are all refused, and
+// leave no goroutine behind.
+func TestGatewayRefusesWhatItShould(t *testing.T) {
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
+	federate(t, a, b)
+	a.startGateway(t, "gw-a", nil)
+	b.startGateway(t, "gw-b", nil)
+	ctx := controlplanetest.Ctx(t)
+	port := echoServer(t)
+	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
+	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
+		Source: "site-a/web/*", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
+		t.Fatal(err)
+	}
+	sni := "main.api.payments.site-b.strait"
+	// Wait until B's gateway serves the export.
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		sess, err := tunnelFrom(t, a.gwDir, b)
+		if err != nil {
+			return err
+		}
+		defer sess.Close()
+		st, err := sess.OpenStream()
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		writeTestHeader(st, sni, "web/front")
+		return readTestStatus(st)
+	})
+	before := runtime.NumGoroutine()
+
+	// Garbage and half-open connections are dropped.
+	for _, payload := range [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n"), bytes.Repeat([]byte{0x16, 0x03, 0x01, 0xff}, 100), nil} {
+		c, err := net.Dial("tcp", b.wanAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(payload)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); err != nil && os.IsTimeout(err) {
+			t.Fatalf("connection with %d bytes of garbage still open after 5s", len(payload))
+		}
+		c.Close()
+	}
+	// A gateway of a trust domain that is not a peer cannot handshake.
+	evil, err := ca.Generate(spiffeid.RequireTrustDomainFromString("evil.strait"), time.Now(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ca.NewKey()
+	csr, _ := ca.NewCSR(key)
+	cert, err := evil.SignCSR(spiffeid.RequireFromString("spiffe://evil.strait/strait/gateway/x"), csr, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ident := mtls.NewIdentity(x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("evil.strait"), []*x509.Certificate{evil.Certificate()}), nil)
+	ident.SetSVID([]*x509.Certificate{cert}, key)
+	if c, err := tls.Dial("tcp", b.wanAddr, mtls.ClientConfig(ident, func(spiffeid.ID) error { return nil }, meshname.TunnelALPN)); err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("an unfederated trust domain's gateway got through")
+		}
+		c.Close()
+	}
+	// A peer's gateway asking for what is not exported, or as a source
+	// no intention allows, is refused; a half-open stream times out.
+	sess, err := tunnelFrom(t, a.gwDir, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ sni, source, want string }{
+		{"main.ledger.payments.site-b.strait", "web/front", "not exported"},
+		{"main.api.payments.other.strait", "web/front", "not exported"},
+		{sni, "batch/job", "no intention allows"},
+		{sni, "", "no intention allows"},
+	} {
+		st, err := sess.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeTestHeader(st, tc.sni, tc.source)
+		if err := readTestStatus(st); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s as %q: %v, want %q", tc.sni, tc.source, err, tc.want)
+		}
+		st.Close()
+	}
+	st, _ := sess.OpenStream()
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := readTestStatus(st); err == nil || os.IsTimeout(err) {
+		t.Fatalf("a stream without a header: %v, want it refused before our 5s deadline", err)
+	}
+	st.Close()
+	sess.Close()
+	// Nothing is left running for any of it.
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		if n := runtime.NumGoroutine(); n > before+5 {
+			return fmt.Errorf("%d goroutines, %d before the abuse", n, before)
+		}
+		return nil
+	})
+}
+
+func writeTestHeader(w io.Writer, sni, source string) {
+	b := []byte{1}
+	b = binary.AppendUvarint(b, uint64(len(sni)))
+	b = append(b, sni...)
+	b = binary.AppendUvarint(b, uint64(len(source)))
+	w.Write(append(b, source...))
+}
+
+func readTestStatus(r io.Reader) error {
+	br := bufio.NewReader(r)
+	code, err := br.ReadByte()
+	if err != nil {
+		return err
+	}
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return err
+	}
+	msg := make([]byte, n)
+	if _, err := io.ReadFull(br, msg); err != nil {
+		return err
+	}
+	if code != 0 {
+		return fmt.Errorf("refused (%d): %s", code, msg)
+	}
+	return nil
 }

@@ -21,10 +21,6 @@ import (
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
-// handshakeTimeout bounds a TLS handshake and a stream's header: garbage
-// and half-open connections are dropped after it.
-const handshakeTimeout = 10 * time.Second
-
 // tunnels pools one multiplexed session per peer gateway address.
 type tunnels struct {
 	g     *Gateway
@@ -69,7 +65,12 @@ func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Du
 	}
 	st, err := s.sess.OpenStream()
 	if err != nil {
-		s.sess.Close()
+		// A draining peer said go away: its streams in flight finish on
+		// the session, new ones go elsewhere. Anything else: the session
+		// is broken.
+		if !errors.Is(err, yamux.ErrRemoteGoAway) {
+			s.sess.Close()
+		}
 		s.sess = nil
 		return nil, err
 	}
@@ -126,6 +127,16 @@ func (t *tunnels) close() {
 	}
 }
 
+// goAway tells peers with sessions to this gateway to open no new streams
+// on them (they go to another gateway); streams in flight continue.
+func (t *tunnels) goAway() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for s := range t.accepted {
+		s.GoAway()
+	}
+}
+
 func (t *tunnels) track(s *yamux.Session, add bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -169,7 +180,7 @@ func (g *Gateway) ingressConn(ctx context.Context, raw net.Conn) {
 		return nil // its certificate verified against its own trust domain's bundle
 	}
 	conn := tls.Server(raw, mtls.ServerConfig(g.ident, mtls.RequireClientSVID, authorize, meshname.TunnelALPN))
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	hctx, cancel := context.WithTimeout(ctx, g.cfg.HandshakeTimeout)
 	err := conn.HandshakeContext(hctx)
 	cancel()
 	if err != nil || conn.ConnectionState().NegotiatedProtocol != meshname.TunnelALPN {
@@ -214,7 +225,7 @@ func (g *Gateway) ingressStream(ctx context.Context, st *yamux.Stream, peer spif
 	g.active.Add(1)
 	defer g.active.Done()
 	start := time.Now()
-	st.SetDeadline(start.Add(handshakeTimeout))
+	st.SetDeadline(start.Add(g.cfg.HandshakeTimeout))
 	r := bufio.NewReader(st)
 	h, err := readHeader(r)
 	if err != nil {

@@ -70,10 +70,10 @@ type Config struct {
 	// header: garbage and half-open connections are dropped after it. 10s
 	// when zero.
 	HandshakeTimeout time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Gatherer   prometheus.Gatherer
-	Now        func() time.Time
+	Logger           *slog.Logger
+	Registerer       prometheus.Registerer
+	Gatherer         prometheus.Gatherer
+	Now              func() time.Time
 }
 
 // Gateway is a running gateway.

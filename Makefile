@@ -57,8 +57,9 @@ bench:
 bench-dns:
 	bench/dns.sh 10000 10 10
 
+## demo: two federated sites on this machine (strait demo --sites 3 for three).
 demo: build
-	$(BIN) server --dev
+	$(BIN) demo
 
 clean:
 	rm -rf bin

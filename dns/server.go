@@ -174,3 +174,26 @@ func (s *Server) Ready() bool {
 func (s *Server) inDomain(name string) bool {
 	return name == s.domain || strings.HasSuffix(name, "."+s.domain)
 }
+
+// Listen binds a UDP socket and a TCP listener on the same address, as a
+// DNS server needs. With port 0, the kernel picks the UDP port, whose TCP
+// twin may be taken: then it tries another.
+func Listen(addr string) (net.PacketConn, net.Listener, error) {
+	var errs []error
+	for range 50 {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		errs = append(errs, err)
+		if _, port, _ := net.SplitHostPort(addr); port != "0" {
+			break
+		}
+	}
+	return nil, nil, errors.Join(errs...)
+}

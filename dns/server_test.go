@@ -52,7 +52,7 @@ func start(t testing.TB, peerOrder ...string) *testServer {
 func startWith(t testing.TB, upstreams, peerOrder []string) *testServer {
 	t.Helper()
 	st := state.NewStore(0)
-	pc, ln, err := controlplanetest.ListenDNS()
+	pc, ln, err := dns.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ type site struct {
 
 // vipRange is a /24 of 127.0.0.0/8 of this test run, so that parallel
 // test processes never bind the same virtual IP.
-var vipRange = fmt.Sprintf("127.%d.%d.0/24", 200+rand.IntN(50), rand.IntN(250))
+var vipRange = fmt.Sprintf("127.%d.%d.0/24", 100+rand.IntN(100), rand.IntN(250))
 
 func startSite(t *testing.T, name string, w *wan.WAN) *site {
 	t.Helper()

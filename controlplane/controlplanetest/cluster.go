@@ -23,6 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/dns"
 )
 
 // FastRaft are Raft timeouts for loopback tests: elections in well under a second.
@@ -245,7 +246,7 @@ func (n *Node) start(role controlplane.Config) {
 		cfg.WrapTransport = func(tr raft.Transport) raft.Transport { return w(id, tr) }
 	}
 	if n.c.opts.DNS {
-		pc, dl, err := ListenDNS()
+		pc, dl, err := dns.Listen("127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -420,23 +421,3 @@ func ctx(t testing.TB) context.Context {
 
 // Ctx returns a context that ends with the test (or after 30s).
 func Ctx(t testing.TB) context.Context { return ctx(t) }
-
-// ListenDNS binds a UDP socket and a TCP listener on the same loopback
-// port, as DNS needs. The kernel picks the UDP port; the same TCP port may
-// be taken, so it tries again with another.
-func ListenDNS() (net.PacketConn, net.Listener, error) {
-	var errs []error
-	for range 50 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return nil, nil, err
-		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err == nil {
-			return pc, ln, nil
-		}
-		pc.Close()
-		errs = append(errs, err)
-	}
-	return nil, nil, errors.Join(errs...)
-}

@@ -80,6 +80,7 @@ func newRoot(g *globals) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "how long a command may take")
 	root.AddCommand(
 		newServerCmd(g),
+		newDemoCmd(g),
 		newAgentCmd(g),
 		newGatewayCmd(g),
 		newDNSCmd(g),

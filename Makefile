@@ -52,6 +52,7 @@ bench:
 	$(GO) test ./trust/agent/ -run '^$$' -bench 'Rotate10k' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Propagation' -benchtime 5x -count 5 -timeout 20m
+	$(GO) test ./gateway/ -run '^$$' -bench 'DataPath' -benchtime 1x -count 3
 
 ## bench-dns: mesh DNS against NSD with dnsperf (apt-get install nsd dnsperf dnsutils).
 bench-dns:

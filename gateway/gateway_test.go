@@ -59,7 +59,7 @@ type site struct {
 // test processes never bind the same virtual IP.
 var vipRange = fmt.Sprintf("127.%d.%d.0/24", 100+rand.IntN(100), rand.IntN(250))
 
-func startSite(t *testing.T, name string, w *wan.WAN) *site {
+func startSite(t testing.TB, name string, w *wan.WAN) *site {
 	t.Helper()
 	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: name, BundleEndpoint: true, DNS: true, InMemoryRaft: true,
 		Tweak: func(c *controlplane.Config) {
@@ -72,7 +72,7 @@ func startSite(t *testing.T, name string, w *wan.WAN) *site {
 
 // startGateway joins a gateway to s and runs it; with tap, peers reach it
 // through a recording proxy.
-func (s *site) startGateway(t *testing.T, name string, tap func([]byte)) {
+func (s *site) startGateway(t testing.TB, name string, tap func([]byte)) {
 	t.Helper()
 	ctx := controlplanetest.Ctx(t)
 	if s.gwDir == "" {
@@ -97,7 +97,7 @@ func (s *site) startGateway(t *testing.T, name string, tap func([]byte)) {
 		advertise = p.Addr()
 	}
 	s.reg = prometheus.NewRegistry()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: testLogLevel}))
 	if os.Getenv("STRAIT_TEST_LOGS") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("site", name)
 	}
@@ -125,7 +125,7 @@ func (s *site) startGateway(t *testing.T, name string, tap func([]byte)) {
 	}
 }
 
-func federate(t *testing.T, a, b *site) {
+func federate(t testing.TB, a, b *site) {
 	t.Helper()
 	ctx := controlplanetest.Ctx(t)
 	inv, err := a.Client(0).Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{})
@@ -138,7 +138,7 @@ func federate(t *testing.T, a, b *site) {
 }
 
 // echoServer echoes lines; it stands for a TCP service in site B.
-func echoServer(t *testing.T) int {
+func echoServer(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -157,7 +157,7 @@ func echoServer(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func register(t *testing.T, s *site, ns, svc, id string, port int, proto apipb.Protocol) {
+func register(t testing.TB, s *site, ns, svc, id string, port int, proto apipb.Protocol) {
 	t.Helper()
 	_, err := s.Client(0).Catalog.Register(controlplanetest.Ctx(t), &apipb.RegisterRequest{
 		Service:  &apipb.Service{Namespace: ns, Name: svc, Ports: []*apipb.ServicePort{{Name: "main", Protocol: proto}}},
@@ -169,7 +169,7 @@ func register(t *testing.T, s *site, ns, svc, id string, port int, proto apipb.P
 }
 
 // resolve asks site s's mesh DNS for name's A record.
-func resolve(t *testing.T, s *site, name string) (string, error) {
+func resolve(t testing.TB, s *site, name string) (string, error) {
 	m := new(mdns.Msg)
 	m.SetQuestion(mdns.Fqdn(name), mdns.TypeA)
 	r, _, err := (&mdns.Client{Timeout: 2 * time.Second}).Exchange(m, s.Nodes[0].DNSAddr)
@@ -589,3 +589,12 @@ func readTestStatus(r io.Reader) error {
 	}
 	return nil
 }
+
+// testLogLevel is the gateways' log level in tests (the access log is at
+// info); STRAIT_BENCH_QUIET=1 raises it to measure without it.
+var testLogLevel = func() slog.Level {
+	if os.Getenv("STRAIT_BENCH_QUIET") != "" {
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
+}()

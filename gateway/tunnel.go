@@ -312,16 +312,27 @@ func dialPool(ctx context.Context, p *pool, timeout time.Duration, dial func(con
 	return nil, nil, errors.Join(errs...)
 }
 
+// copyBuffers are reused across connections: a new connection would
+// otherwise allocate (and clear) two 32 KiB buffers.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func copyPooled(dst io.Writer, src io.Reader) int64 {
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	n, _ := io.CopyBuffer(dst, src, *buf)
+	return n
+}
+
 // pipe copies both ways until both directions end, passing half-closes
 // on, and returns the bytes copied a->b and b->a.
 func pipe(a net.Conn, ar io.Reader, b net.Conn, br io.Reader) (ab, ba int64) {
 	done := make(chan int64, 1)
 	go func() {
-		n, _ := io.Copy(b, ar)
+		n := copyPooled(b, ar)
 		closeWrite(b)
 		done <- n
 	}()
-	ba, _ = io.Copy(a, br)
+	ba = copyPooled(a, br)
 	closeWrite(a)
 	ab = <-done
 	return ab, ba

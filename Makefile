@@ -10,7 +10,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzReadHeader
 
-.PHONY: all build test test-long fuzz lint fmt generate bench bench-dns demo clean
+.PHONY: all build test test-long fuzz lint fmt generate bench bench-dns bench-gateway demo clean
 
 all: build
 
@@ -53,6 +53,11 @@ bench:
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Propagation' -benchtime 5x -count 5 -timeout 20m
 	$(GO) test ./gateway/ -run '^$$' -bench 'DataPath' -benchtime 1x -count 3
+
+## bench-gateway: the data path against wireguard-go between two network namespaces (root;
+## apt-get install iperf3 wireguard-tools; go install golang.zx2c4.com/wireguard@latest).
+bench-gateway:
+	bench/gateway.sh 10 3
 
 ## bench-dns: mesh DNS against NSD with dnsperf (apt-get install nsd dnsperf dnsutils).
 bench-dns:

@@ -53,6 +53,7 @@ bench:
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Propagation' -benchtime 5x -count 5 -timeout 20m
 	$(GO) test ./gateway/ -run '^$$' -bench 'DataPath' -benchtime 1x -count 3
+	$(GO) test ./controlplane/ -run '^$$' -bench 'XDSPush' -benchtime 10x -count 3
 
 ## bench-gateway: the data path against wireguard-go between two network namespaces (root;
 ## apt-get install iperf3 wireguard-tools; go install golang.zx2c4.com/wireguard@latest).

@@ -61,7 +61,7 @@ func anyClient(t *testing.T, c *controlplanetest.Cluster) *apiclient.Client {
 	return nil
 }
 
-func registerAt(t *testing.T, cl *apiclient.Client, ns, svc, id, addr string, health apipb.Health) {
+func registerAt(t testing.TB, cl *apiclient.Client, ns, svc, id, addr string, health apipb.Health) {
 	t.Helper()
 	_, err := cl.Catalog.Register(controlplanetest.Ctx(t), &apipb.RegisterRequest{
 		Service:  &apipb.Service{Namespace: ns, Name: svc, Ports: []*apipb.ServicePort{{Name: "http", Protocol: apipb.Protocol_PROTOCOL_HTTP}}},

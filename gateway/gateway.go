@@ -147,6 +147,12 @@ func (g *Gateway) setConfig(c *config) {
 	g.changed = make(chan struct{})
 	g.cfgMu.Unlock()
 	g.ident.SetFederated(peerBundles{g})
+	// The site's own CA certificates follow a rotation: the servers'
+	// certificates (and, after renewal, this gateway's) come from the new
+	// root while the old one is still published.
+	if own := c.bundles[g.td.Name()]; len(own) > 0 {
+		g.ident.SetBundle(x509bundle.FromX509Authorities(g.td, own))
+	}
 	g.log.Debug("configuration applied", "version", c.version, "egress", len(c.egress), "ingress", len(c.ingress))
 }
 

@@ -146,13 +146,34 @@ func (g *Gateway) renewLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if g.cfg.Now().Before(ca.RenewAt(g.ident.SVID().Certificates[0])) {
+		if !g.renewDue() {
 			continue
 		}
 		if err := g.renew(ctx); err != nil && ctx.Err() == nil {
 			g.log.Warn("gateway svid renewal failed; will retry", "err", err)
 		}
 	}
+}
+
+// renewDue reports whether the SVID should be renewed: past half its life,
+// or issued by a root older than the newest one the site publishes (a CA
+// rotation: the new root signs once it is active; until then a renewal
+// yields a certificate from the old root, and the check repeats).
+func (g *Gateway) renewDue() bool {
+	leaf := g.ident.SVID().Certificates[0]
+	if !g.cfg.Now().Before(ca.RenewAt(leaf)) {
+		return true
+	}
+	var issuer, newest *x509.Certificate
+	for _, root := range g.ident.Bundle().X509Authorities() {
+		if ca.IssuedBy(leaf, root) {
+			issuer = root
+		}
+		if newest == nil || root.NotBefore.After(newest.NotBefore) {
+			newest = root
+		}
+	}
+	return issuer == nil || newest != issuer
 }
 
 func (g *Gateway) renew(ctx context.Context) error {

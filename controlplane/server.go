@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -25,6 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/dns"
 	"github.com/straitmesh/strait/federation/replication"
+	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/mtls"
 )
@@ -227,21 +226,8 @@ func (s *Server) shutdown(gs *grpc.Server, stopMux func()) {
 }
 
 func (s *Server) serveMetrics(ctx context.Context) error {
-	m := http.NewServeMux()
-	m.Handle("/metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
-	hs := &http.Server{Addr: s.cfg.MetricsAddr, Handler: m, ReadHeaderTimeout: 10 * time.Second}
-	ln, err := net.Listen("tcp", s.cfg.MetricsAddr)
-	if err != nil {
+	if err := metricsserver.Serve(ctx, s.cfg.MetricsAddr, s.cfg.Gatherer); err != nil {
 		return fmt.Errorf("metrics_addr: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		hs.Shutdown(sctx)
-	}()
-	if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
 	}
 	return nil
 }

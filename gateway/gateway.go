@@ -24,19 +24,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -255,9 +254,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 }
 
 func (g *Gateway) serveMetrics(ctx context.Context) error {
-	srv := &http.Server{Addr: g.cfg.MetricsAddr, Handler: promhttp.HandlerFor(g.cfg.Gatherer, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { <-ctx.Done(); srv.Close() }()
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := metricsserver.Serve(ctx, g.cfg.MetricsAddr, g.cfg.Gatherer); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	return nil

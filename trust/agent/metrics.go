@@ -2,13 +2,10 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/straitmesh/strait/internal/metricsserver"
 )
 
 // metrics: gauges read from the agent at scrape time, and counters.
@@ -58,21 +55,5 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 
 // serveMetrics serves /metrics until ctx ends.
 func (a *Agent) serveMetrics(ctx context.Context) error {
-	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(a.cfg.Gatherer, promhttp.HandlerOpts{}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		hs.Shutdown(sctx)
-	}()
-	if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return metricsserver.Serve(ctx, a.cfg.MetricsAddr, a.cfg.Gatherer)
 }

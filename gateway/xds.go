@@ -3,8 +3,6 @@ package gateway
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -28,6 +26,7 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/trust/svidfile"
 )
 
 // The gateway's whole configuration comes from one ADS stream: it
@@ -139,7 +138,7 @@ func compile(version, ownTD string, r resources, ps pools) (*config, error) {
 		if !ok || vc == nil {
 			continue
 		}
-		certs, err := parsePEM(vc.GetTrustedCa().GetInlineBytes())
+		certs, err := svidfile.ParseCerts(vc.GetTrustedCa().GetInlineBytes())
 		if err != nil {
 			return nil, fmt.Errorf("secret %s: %w", name, err)
 		}
@@ -234,26 +233,6 @@ func compile(version, ownTD string, r resources, ps pools) (*config, error) {
 	}
 	_ = ownTD
 	return c, nil
-}
-
-func parsePEM(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no certificates")
-	}
-	return out, nil
 }
 
 // runADS keeps the ADS stream open and calls apply with each new config.

@@ -24,6 +24,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/token"
+	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/bundleendpoint"
 	"github.com/straitmesh/strait/trust/mtls"
@@ -119,7 +120,7 @@ func (s *Server) CreateInvite(ctx context.Context, peer string, ttl time.Duratio
 	}
 	tok, err := token.Encode(&apipb.FederationInvite{
 		Version: 1, Site: s.id.node.Site, TrustDomain: s.id.td.Name(), Bundle: doc, BundleEndpointUrl: url,
-		Addresses: addrs, Secret: secret, Expires: expires, Peer: peer,
+		Addresses: addrs, Secret: secret, Expires: expires, Peer: peer, Gateways: s.store.GatewayAddresses(),
 	}, root.Signer())
 	if err != nil {
 		return nil, err
@@ -149,15 +150,25 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 		}
 		return nil
 	}
-	req := &apipb.AcceptRequest{Site: s.id.node.Site, TrustDomain: s.id.td.Name(), Bundle: doc, BundleEndpointUrl: url, Addresses: addrs, RequestedName: inv.Peer}
+	req := &apipb.AcceptRequest{Site: s.id.node.Site, TrustDomain: s.id.td.Name(), Bundle: doc, BundleEndpointUrl: url, Addresses: addrs,
+		RequestedName: inv.Peer, Gateways: s.store.GatewayAddresses()}
+	var targets []peerTarget
+	for _, a := range inv.Gateways {
+		targets = append(targets, peerTarget{a, meshname.ServersSNI(inv.TrustDomain)})
+	}
+	for _, a := range inv.Addresses {
+		targets = append(targets, peerTarget{a, ""})
+	}
 	var errs []error
-	for _, addr := range inv.Addresses {
-		err := acceptAt(ctx, addr, credentials.NewTLS(mtls.ClientConfig(ident, authorize, mux.ProtoGRPC)), inv.Secret, req)
+	for _, t := range targets {
+		cfg := mtls.ClientConfig(ident, authorize, mux.ProtoGRPC)
+		cfg.ServerName = t.sni
+		err := s.acceptAt(ctx, t.addr, credentials.NewTLS(cfg), inv.Secret, req)
 		if err == nil {
 			errs = nil
 			break
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		errs = append(errs, fmt.Errorf("%s: %w", t, err))
 		if st, ok := status.FromError(err); ok && st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded {
 			break // the issuer answered: no point asking another of its servers
 		}
@@ -168,7 +179,7 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 	seq, _ := peerBundle.SequenceNumber()
 	f := &statepb.ForeignBundle{
 		TrustDomain: inv.TrustDomain, EndpointUrl: inv.BundleEndpointUrl, EndpointSpiffeId: trust.BundleEndpointID(peerTD).String(),
-		Bundle: inv.Bundle, Sequence: seq, PeerName: name, PeerSite: inv.Site, PeerAddresses: inv.Addresses,
+		Bundle: inv.Bundle, Sequence: seq, PeerName: name, PeerSite: inv.Site, PeerAddresses: inv.Addresses, PeerGateways: inv.Gateways,
 	}
 	if _, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: f}}); err != nil {
 		return nil, err
@@ -177,11 +188,15 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 	return f, nil
 }
 
-func acceptAt(ctx context.Context, addr string, creds credentials.TransportCredentials, secret string, req *apipb.AcceptRequest) error {
+func (s *Server) acceptAt(ctx context.Context, addr string, creds credentials.TransportCredentials, secret string, req *apipb.AcceptRequest) error {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if s.cfg.PeerDialer != nil {
+		opts = append(opts, grpc.WithContextDialer(s.cfg.PeerDialer))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return err
 	}
@@ -214,8 +229,8 @@ func (p peerBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 // with this server's SVID, verified there against this site's bundle.
 func (s *Server) NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error {
 	var errs []error
-	for _, addr := range f.PeerAddresses {
-		conn, err := s.peerConn(f, addr)
+	for _, t := range s.peerTargets(f) {
+		conn, err := s.peerConn(f, t)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -227,7 +242,7 @@ func (s *Server) NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) err
 		if err == nil || status.Code(err) == codes.NotFound {
 			return nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		errs = append(errs, fmt.Errorf("%s: %w", t, err))
 	}
 	return errors.Join(errs...)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/replication"
+	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/bundleendpoint"
 	"github.com/straitmesh/strait/trust/mtls"
@@ -100,21 +101,22 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 			if !ok || cur.PeerName != peer {
 				return nil, replication.ErrPeerGone
 			}
-			if len(cur.PeerAddresses) == 0 {
+			targets := s.peerTargets(cur)
+			if len(targets) == 0 {
 				return nil, errors.New("no address known for the peer")
 			}
 			mu.Lock()
-			addr := cur.PeerAddresses[next%len(cur.PeerAddresses)]
-			next++ // the next attempt tries the next server
+			t := targets[next%len(targets)]
+			next++ // the next attempt tries the next way in
 			mu.Unlock()
-			conn, err := s.peerConn(cur, addr)
+			conn, err := s.peerConn(cur, t)
 			if err != nil {
 				return nil, err
 			}
 			context.AfterFunc(ctx, func() { conn.Close() })
 			stream, err := apipb.NewFederationClient(conn).Replicate(ctx, grpc.MaxCallRecvMsgSize(maxReplicationMessage))
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", addr, err)
+				return nil, fmt.Errorf("%s: %w", t, err)
 			}
 			return stream, nil
 		},
@@ -159,8 +161,9 @@ func (s *Server) storePeerBundle(ctx context.Context, td string, doc []byte) err
 }
 
 // peerCreds are the TLS credentials for calling a peer's servers: this
-// server's SVID, and the peer's servers verified against its bundle.
-func (s *Server) peerCreds(f *statepb.ForeignBundle) (credentials.TransportCredentials, error) {
+// server's SVID, and the peer's servers verified against its bundle; sni,
+// when set, routes the connection through a gateway.
+func (s *Server) peerCreds(f *statepb.ForeignBundle, sni string) (credentials.TransportCredentials, error) {
 	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
 	if err != nil {
 		return nil, err
@@ -180,15 +183,55 @@ func (s *Server) peerCreds(f *statepb.ForeignBundle) (credentials.TransportCrede
 		}
 		return nil
 	}
-	return credentials.NewTLS(mtls.ClientConfig(ident, authorize, mux.ProtoGRPC)), nil
+	cfg := mtls.ClientConfig(ident, authorize, mux.ProtoGRPC)
+	cfg.ServerName = sni
+	return credentials.NewTLS(cfg), nil
 }
 
-// peerConn returns a new connection to one of a peer's servers.
-func (s *Server) peerConn(f *statepb.ForeignBundle, addr string) (*grpc.ClientConn, error) {
-	if _, _, err := net.SplitHostPort(addr); err != nil {
+// peerTarget is a way to a peer's servers: through one of its gateways
+// (sni set: the gateway passes the connection through undecrypted) or,
+// as a fallback, straight to a server.
+type peerTarget struct{ addr, sni string }
+
+func (t peerTarget) String() string {
+	if t.sni != "" {
+		return t.addr + " (gateway)"
+	}
+	return t.addr
+}
+
+// peerTargets lists the ways to a peer's servers, gateways first: the
+// live list from replication, those known at the join, then servers.
+func (s *Server) peerTargets(f *statepb.ForeignBundle) []peerTarget {
+	var out []peerTarget
+	seen := map[string]bool{}
+	add := func(addr, sni string) {
+		if !seen[addr] {
+			seen[addr] = true
+			out = append(out, peerTarget{addr, sni})
+		}
+	}
+	sni := meshname.ServersSNI(f.TrustDomain)
+	if imp, ok := s.store.PeerImport(f.PeerName); ok {
+		for _, a := range imp.Gateways {
+			add(a, sni)
+		}
+	}
+	for _, a := range f.PeerGateways {
+		add(a, sni)
+	}
+	for _, a := range f.PeerAddresses {
+		add(a, "")
+	}
+	return out
+}
+
+// peerConn returns a new connection to a peer's servers by way of t.
+func (s *Server) peerConn(f *statepb.ForeignBundle, t peerTarget) (*grpc.ClientConn, error) {
+	if _, _, err := net.SplitHostPort(t.addr); err != nil {
 		return nil, err
 	}
-	creds, err := s.peerCreds(f)
+	creds, err := s.peerCreds(f, t.sni)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +239,7 @@ func (s *Server) peerConn(f *statepb.ForeignBundle, addr string) (*grpc.ClientCo
 	if s.cfg.PeerDialer != nil {
 		opts = append(opts, grpc.WithContextDialer(s.cfg.PeerDialer))
 	}
-	return grpc.NewClient(addr, opts...)
+	return grpc.NewClient(t.addr, opts...)
 }
 
 // ServeExport implements api.Node: it runs the exporter for a peer's

@@ -711,3 +711,88 @@ func TestCARotationUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d connections across both rotations, none failed", ok)
 }
+
+// firewall is the network between sites when only gateway ports are open:
+// a dialer that connects (for real) to allowed addresses and refuses the
+// rest, remembering what was tried.
+type firewall struct {
+	mu      sync.Mutex
+	allowed map[string]bool
+	dialed  map[string]int
+	refused map[string]int
+}
+
+func (f *firewall) allow(addrs ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, a := range addrs {
+		f.allowed[a] = true
+	}
+}
+
+func (f *firewall) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	f.mu.Lock()
+	ok := f.allowed[addr]
+	if ok {
+		f.dialed[addr]++
+	} else {
+		f.refused[addr]++
+	}
+	f.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("firewall: %s is not a gateway port", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// TestOnlyGatewayPortsBetweenSites: with nothing but the gateways' WAN
+// ports reachable between the sites, they federate (the join), replicate
+// their exports and carry traffic: servers reach each other through the
+// gateways, which pass their mTLS through undecrypted.
+func TestOnlyGatewayPortsBetweenSites(t *testing.T) {
+	fw := &firewall{allowed: map[string]bool{}, dialed: map[string]int{}, refused: map[string]int{}}
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	closed := func(c *controlplane.Config) { c.PeerDialer = fw.Dial }
+	a, b := startSite(t, "site-a", w, closed), startSite(t, "site-b", w, closed)
+	a.startGateway(t, "gw-a", nil)
+	b.startGateway(t, "gw-b", nil)
+	fw.allow(a.wanAddr, b.wanAddr)
+	ctx := controlplanetest.Ctx(t)
+	// The token carries the issuer's gateways once they are in its catalog.
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		for _, s := range []*site{a, b} {
+			if len(s.Nodes[0].Server.Store().GatewayAddresses()) == 0 {
+				return fmt.Errorf("no gateway registered yet")
+			}
+		}
+		return nil
+	})
+	federate(t, a, b)
+	port := echoServer(t)
+	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
+	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
+		Source: "site-a", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
+		t.Fatal(err)
+	}
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		vip, err := resolve(t, a, "api.payments.site-b.mesh")
+		if err != nil {
+			return err
+		}
+		_, err = echo(net.JoinHostPort(vip, strconv.Itoa(port)), "through the gateways only")
+		return err
+	})
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.dialed[a.wanAddr] == 0 || fw.dialed[b.wanAddr] == 0 {
+		t.Fatalf("control traffic did not go through both gateways: %v", fw.dialed)
+	}
+	for addr, n := range fw.refused {
+		t.Logf("refused %d dial(s) to %s (not a gateway port)", n, addr)
+	}
+}

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -168,8 +170,58 @@ func (g *Gateway) serveIngress(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// ingressConn authenticates a peer's gateway and serves its streams.
+// bufferedConn reads through a bufio.Reader that has peeked at the start.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// ingressConn looks at the TLS ClientHello of a connection from the WAN:
+// addressed to this site's servers (SNI servers.<td>, no tunnel ALPN), it
+// is passed through undecrypted, the servers authenticating the caller
+// end to end; anything else must be a peer gateway's tunnel.
 func (g *Gateway) ingressConn(ctx context.Context, raw net.Conn) {
+	br := bufio.NewReaderSize(raw, 16<<10+5)
+	raw.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
+	sni, alpn, err := peekClientHello(br)
+	raw.SetReadDeadline(time.Time{})
+	if err == nil && sni == meshname.ServersSNI(g.td.Name()) && !slices.Contains(alpn, meshname.TunnelALPN) {
+		g.passToServers(ctx, bufferedConn{raw, br})
+		return
+	}
+	g.tunnelConn(ctx, bufferedConn{raw, br})
+}
+
+// passToServers relays a connection to one of this site's servers.
+//
+// These connections are long-lived (replication streams) and are not
+// drained: they are cut at shutdown, and the peer's servers reconnect
+// through another gateway.
+func (g *Gateway) passToServers(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	var d net.Dialer
+	for _, i := range rand.Perm(len(g.cfg.Servers)) {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		up, err := d.DialContext(dctx, "tcp", g.cfg.Servers[i])
+		cancel()
+		if err != nil {
+			continue
+		}
+		defer up.Close()
+		stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
+		defer stop()
+		g.m.conns.WithLabelValues("control", "servers", "", "ok").Inc()
+		pipe(c, c, up, up)
+		return
+	}
+	g.m.conns.WithLabelValues("control", "servers", "", "unavailable").Inc()
+	g.log.Warn("no server of this site reachable for a peer's control connection", "remote", c.RemoteAddr())
+}
+
+// tunnelConn authenticates a peer's gateway and serves its streams.
+func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 	authorize := func(id spiffeid.ID) error {
 		if id.TrustDomain() == g.td {
 			return errors.New("a gateway of this site is not a peer")
@@ -344,6 +396,8 @@ func closeWrite(c net.Conn) {
 		x.CloseWrite()
 	case *yamux.Stream:
 		x.Close() // yamux: a FIN; reading goes on until the peer's
+	case bufferedConn:
+		closeWrite(x.Conn)
 	default:
 		c.Close()
 	}

@@ -39,3 +39,8 @@ func ParseSNI(sni string) (port, svc, ns, td string, ok bool) {
 // BundleSecret names the SDS secret holding a trust domain's CA
 // certificates (a validation context).
 func BundleSecret(td string) string { return "bundle/" + td }
+
+// ServersSNI is the server name under which a site's gateways pass
+// connections through, undecrypted, to the site's servers: peers' servers
+// reach each other this way (join, replication), mTLS end to end.
+func ServersSNI(td string) string { return "servers." + td }

@@ -113,6 +113,14 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 			return nil, err
 		}
 	}
+	if len(req.Gateways) > 16 {
+		return nil, fieldErr("gateways", "at most 16")
+	}
+	for i, a := range req.Gateways {
+		if err := validateHostPort("gateways["+itoa(i)+"]", a); err != nil {
+			return nil, err
+		}
+	}
 	b, err := bundleendpoint.Parse(td, req.Bundle)
 	if err != nil {
 		return nil, fieldErr("bundle", "%v", err)
@@ -135,7 +143,7 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	seq, _ := b.SequenceNumber()
 	f := &statepb.ForeignBundle{
 		TrustDomain: td.Name(), EndpointUrl: req.BundleEndpointUrl, EndpointSpiffeId: bundleEndpointID(td),
-		Bundle: req.Bundle, Sequence: seq, PeerName: name, PeerSite: req.Site, PeerAddresses: req.Addresses,
+		Bundle: req.Bundle, Sequence: seq, PeerName: name, PeerSite: req.Site, PeerAddresses: req.Addresses, PeerGateways: req.Gateways,
 	}
 	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: f}}); err != nil {
 		return nil, err

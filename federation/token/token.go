@@ -20,6 +20,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -82,8 +84,13 @@ func Decode(s string, now time.Time) (*apipb.FederationInvite, *spiffebundle.Bun
 		return nil, nil, ErrMalformed
 	}
 	td, err := spiffeid.TrustDomainFromString(inv.TrustDomain)
-	if err != nil || inv.Secret == "" || inv.Expires == nil || len(inv.Addresses) == 0 {
+	if err != nil || inv.Secret == "" || inv.Expires == nil || len(inv.Addresses) == 0 || len(inv.Addresses) > 16 || len(inv.Gateways) > 16 {
 		return nil, nil, ErrMalformed
+	}
+	for _, a := range append(slices.Clone(inv.Addresses), inv.Gateways...) {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return nil, nil, fmt.Errorf("%w (address %q)", ErrMalformed, a)
+		}
 	}
 	bundle, err := bundleendpoint.Parse(td, inv.Bundle)
 	if err != nil {

@@ -96,7 +96,11 @@ type FederationInvite struct {
 	Secret  string                 `protobuf:"bytes,7,opt,name=secret,proto3" json:"secret,omitempty"`
 	Expires *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expires,proto3" json:"expires,omitempty"`
 	// The name the issuer will give the joining site ("" = its site name).
-	Peer          string `protobuf:"bytes,9,opt,name=peer,proto3" json:"peer,omitempty"`
+	Peer string `protobuf:"bytes,9,opt,name=peer,proto3" json:"peer,omitempty"`
+	// The issuer's gateways (WAN addresses): its servers are reached through
+	// them (SNI servers.<trust domain>), the addresses above only as a
+	// fallback.
+	Gateways      []string `protobuf:"bytes,10,rep,name=gateways,proto3" json:"gateways,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +196,13 @@ func (x *FederationInvite) GetPeer() string {
 		return x.Peer
 	}
 	return ""
+}
+
+func (x *FederationInvite) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
 }
 
 // SignedInvite is the wire form of a federation token.
@@ -755,6 +766,8 @@ type AcceptRequest struct {
 	Addresses         []string               `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// The invite's peer field: the name the issuer asked to use.
 	RequestedName string `protobuf:"bytes,6,opt,name=requested_name,json=requestedName,proto3" json:"requested_name,omitempty"`
+	// The joiner's gateways (see FederationInvite.gateways).
+	Gateways      []string `protobuf:"bytes,7,rep,name=gateways,proto3" json:"gateways,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -829,6 +842,13 @@ func (x *AcceptRequest) GetRequestedName() string {
 		return x.RequestedName
 	}
 	return ""
+}
+
+func (x *AcceptRequest) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
 }
 
 type AcceptResponse struct {
@@ -1761,7 +1781,7 @@ var File_controlplane_api_apipb_federation_proto protoreflect.FileDescriptor
 
 const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\n" +
-	"'controlplane/api/apipb/federation.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#controlplane/api/apipb/bundle.proto\x1a$controlplane/api/apipb/catalog.proto\"\xab\x02\n" +
+	"'controlplane/api/apipb/federation.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#controlplane/api/apipb/bundle.proto\x1a$controlplane/api/apipb/catalog.proto\"\xc7\x02\n" +
 	"\x10FederationInvite\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
@@ -1771,7 +1791,9 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\taddresses\x18\x06 \x03(\tR\taddresses\x12\x16\n" +
 	"\x06secret\x18\a \x01(\tR\x06secret\x124\n" +
 	"\aexpires\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x12\n" +
-	"\x04peer\x18\t \x01(\tR\x04peer\"D\n" +
+	"\x04peer\x18\t \x01(\tR\x04peer\x12\x1a\n" +
+	"\bgateways\x18\n" +
+	" \x03(\tR\bgateways\"D\n" +
 	"\fSignedInvite\x12\x16\n" +
 	"\x06invite\x18\x01 \x01(\fR\x06invite\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\"V\n" +
@@ -1812,14 +1834,15 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\n" +
 	"bytes_sent\x18\x06 \x01(\x04R\tbytesSent\"A\n" +
 	"\x16JoinFederationResponse\x12'\n" +
-	"\x04peer\x18\x01 \x01(\v2\x13.strait.api.v1.PeerR\x04peer\"\xd3\x01\n" +
+	"\x04peer\x18\x01 \x01(\v2\x13.strait.api.v1.PeerR\x04peer\"\xef\x01\n" +
 	"\rAcceptRequest\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x16\n" +
 	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x12.\n" +
 	"\x13bundle_endpoint_url\x18\x04 \x01(\tR\x11bundleEndpointUrl\x12\x1c\n" +
 	"\taddresses\x18\x05 \x03(\tR\taddresses\x12%\n" +
-	"\x0erequested_name\x18\x06 \x01(\tR\rrequestedName\"$\n" +
+	"\x0erequested_name\x18\x06 \x01(\tR\rrequestedName\x12\x1a\n" +
+	"\bgateways\x18\a \x03(\tR\bgateways\"$\n" +
 	"\x0eAcceptResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
 	"\x13ListPeersFedRequest\x12\x12\n" +

@@ -1074,6 +1074,9 @@ type ForeignBundle struct {
 	PeerName      string   `protobuf:"bytes,10,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`
 	PeerSite      string   `protobuf:"bytes,11,opt,name=peer_site,json=peerSite,proto3" json:"peer_site,omitempty"`
 	PeerAddresses []string `protobuf:"bytes,12,rep,name=peer_addresses,json=peerAddresses,proto3" json:"peer_addresses,omitempty"`
+	// The peer's gateways as of the join; replication keeps the live list
+	// (PeerImport.gateways).
+	PeerGateways  []string `protobuf:"bytes,13,rep,name=peer_gateways,json=peerGateways,proto3" json:"peer_gateways,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1188,6 +1191,13 @@ func (x *ForeignBundle) GetPeerSite() string {
 func (x *ForeignBundle) GetPeerAddresses() []string {
 	if x != nil {
 		return x.PeerAddresses
+	}
+	return nil
+}
+
+func (x *ForeignBundle) GetPeerGateways() []string {
+	if x != nil {
+		return x.PeerGateways
 	}
 	return nil
 }
@@ -1867,7 +1877,7 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\vsecret_hash\x18\x01 \x01(\fR\n" +
 	"secretHash\"\x1d\n" +
 	"\vDeleteEntry\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xe7\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x8c\x04\n" +
 	"\rForeignBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12,\n" +
@@ -1882,7 +1892,8 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\tpeer_name\x18\n" +
 	" \x01(\tR\bpeerName\x12\x1b\n" +
 	"\tpeer_site\x18\v \x01(\tR\bpeerSite\x12%\n" +
-	"\x0epeer_addresses\x18\f \x03(\tR\rpeerAddresses\"8\n" +
+	"\x0epeer_addresses\x18\f \x03(\tR\rpeerAddresses\x12#\n" +
+	"\rpeer_gateways\x18\r \x03(\tR\fpeerGateways\"8\n" +
 	"\x13DeleteForeignBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\xe3\x01\n" +
 	"\vImportBatch\x12\x12\n" +

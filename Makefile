@@ -10,7 +10,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzReadHeader ./gateway:FuzzParseClientHello
 
-.PHONY: all build test test-long fuzz lint fmt generate bench bench-dns bench-gateway demo clean
+.PHONY: all build test test-long fuzz lint fmt generate bench bench-dns bench-gateway demo scenarios clean
 
 all: build
 
@@ -19,7 +19,11 @@ build:
 
 ## test: the suite CI runs (race detector on, real clusters on loopback).
 test:
-	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v /scenarios)
+
+## scenarios: multi-site scenarios on network namespaces (root; see scenarios/README.md).
+scenarios:
+	$(GO) test -count=1 -v -timeout 10m ./scenarios/
 
 ## test-long: also the long fuzz smoke and chaos runs.
 test-long:

@@ -1,7 +1,9 @@
-// Command tcpprobe measures a TCP path for benchmarks: the round trip of
-// a 1-byte request on an open connection (p50/p99) and new connections
-// per second (connect, one round trip, close). With -serve, it is the
-// echo server at the other end.
+// Command tcpprobe measures a TCP path for benchmarks and scenarios: the
+// round trip of a 1-byte request on an open connection (p50/p99) and new
+// connections per second (connect, one round trip, close). With -serve,
+// it is the echo server at the other end; with -connect, it only checks
+// that a TCP connection opens; with -resolve, it prints the A record of a
+// name from a DNS server.
 package main
 
 import (
@@ -14,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 func main() {
@@ -22,7 +26,35 @@ func main() {
 	n := flag.Int("rtt", 5000, "round trips to time")
 	dur := flag.Duration("conns", 3*time.Second, "how long to open new connections")
 	workers := flag.Int("workers", 8, "concurrent clients opening connections")
+	connect := flag.Bool("connect", false, "only check that a connection to -addr opens")
+	resolve := flag.String("resolve", "", "print the A record of this name (from -dns)")
+	dnsAddr := flag.String("dns", "", "DNS server for -resolve")
 	flag.Parse()
+	if *resolve != "" {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(*resolve), dns.TypeA)
+		r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, *dnsAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if len(r.Answer) != 1 {
+			log.Fatalf("%s: %s, %d answers", *resolve, dns.RcodeToString[r.Rcode], len(r.Answer))
+		}
+		a, ok := r.Answer[0].(*dns.A)
+		if !ok {
+			log.Fatalf("%s: %s", *resolve, r.Answer[0])
+		}
+		fmt.Println(a.A)
+		return
+	}
+	if *connect {
+		c, err := net.DialTimeout("tcp", *addr, 3*time.Second)
+		if err != nil {
+			log.Fatal(err)
+		}
+		c.Close()
+		return
+	}
 	if *serve != "" {
 		ln, err := net.Listen("tcp", *serve)
 		if err != nil {

@@ -54,6 +54,14 @@ type site struct {
 	gatewayIP        string
 	serverIP, workIP string
 	ctxFile          string
+	config           string // server config file, if any
+	server           *process
+	gateway          *gatewayProc
+}
+
+type gatewayProc struct {
+	*process
+	addr string
 }
 
 var buildOnce sync.Once
@@ -157,6 +165,15 @@ func (s *syncWriter) String() string {
 	return s.w.String()
 }
 
+// kill ends a process (its whole group) at once, as a crash would.
+func (p *process) kill() {
+	if p.cmd.Process == nil || p.cmd.ProcessState != nil {
+		return
+	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	p.cmd.Wait()
+}
+
 // stop ends a process (its whole group) by PID.
 func (p *process) stop() {
 	if p.cmd.Process == nil || p.cmd.ProcessState != nil {
@@ -232,11 +249,15 @@ func (s *site) exec(ctx context.Context, name string, args ...string) (string, e
 	return string(out), err
 }
 
-// startSite runs the site's server, gateway and an echo workload.
+// start runs the site's server, gateway and an echo workload.
 func (s *site) start() {
 	l := s.lab
-	l.start(s.name+"-server", s.ns, []string{"STRAIT_DEV_CONTEXT=" + s.ctxFile}, l.bin, "server", "--dev", "--site", s.name,
-		"--bind-addr", s.serverIP+":7400", "--bundle-addr", s.serverIP+":7401", "--dns-addr", s.serverIP+":53", "--metrics-addr", s.serverIP+":9400")
+	args := []string{l.bin, "server", "--dev", "--site", s.name,
+		"--bind-addr", s.serverIP + ":7400", "--bundle-addr", s.serverIP + ":7401", "--dns-addr", s.serverIP + ":53", "--metrics-addr", s.serverIP + ":9400"}
+	if s.config != "" {
+		args = append(args, "--config", s.config)
+	}
+	s.server = l.start(s.name+"-server", s.ns, []string{"STRAIT_DEV_CONTEXT=" + s.ctxFile}, args...)
 	waitFor(l.t, 30*time.Second, func() error {
 		if _, err := os.Stat(s.ctxFile); err != nil {
 			return err
@@ -244,6 +265,19 @@ func (s *site) start() {
 		_, err := s.cli("status")
 		return err
 	})
+	s.gateway = s.addGateway(s.name+"-gw", s.gatewayIP)
+	l.start(s.name+"-echo", s.ns, nil, l.probe, "-serve", s.workIP+":7000")
+	s.mustCLI("service", "register", "--ns", "demo", "--name", "echo", "--port", "tcp=7000/tcp", "--address", s.workIP, "--id", "echo-1")
+}
+
+// addGateway joins and runs a gateway of s on ip (an address on the WAN
+// link), and waits until it is in the catalog.
+func (s *site) addGateway(name, ip string) *gatewayProc {
+	l := s.lab
+	l.t.Helper()
+	if ip != s.gatewayIP {
+		run(l.t, "ip", "-n", s.ns, "addr", "add", ip+"/24", "dev", fmt.Sprintf("s%s%d", l.id, s.index))
+	}
 	out := s.mustCLI("token", "create", "--kind", "gateway", "--json")
 	var tok struct {
 		Secret string `json:"secret"`
@@ -251,17 +285,16 @@ func (s *site) start() {
 	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.Secret == "" {
 		l.t.Fatalf("gateway token: %v %s", err, out)
 	}
-	l.start(s.name+"-gateway", s.ns, nil, l.bin, "gateway", "--name", s.name+"-gw", "--server", s.serverIP+":7400",
-		"--data-dir", filepath.Join(l.dir, s.name+"-gw"), "--wan-addr", s.gatewayIP+":8443", "--join-token", tok.Secret)
-	l.start(s.name+"-echo", s.ns, nil, l.probe, "-serve", s.workIP+":7000")
-	s.mustCLI("service", "register", "--ns", "demo", "--name", "echo", "--port", "tcp=7000/tcp", "--address", s.workIP, "--id", "echo-1")
+	p := l.start(name, s.ns, nil, l.bin, "gateway", "--name", name, "--server", s.serverIP+":7400",
+		"--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip+":8443", "--join-token", tok.Secret)
 	waitFor(l.t, 30*time.Second, func() error {
 		out, err := s.cli("service", "show", "--ns", "strait", "--name", "gateway")
-		if err != nil || !strings.Contains(out, s.gatewayIP) {
-			return fmt.Errorf("gateway not registered yet: %v %s", err, out)
+		if err != nil || !strings.Contains(out, ip) {
+			return fmt.Errorf("gateway %s not registered yet: %v %s", name, err, out)
 		}
 		return nil
 	})
+	return &gatewayProc{process: p, addr: ip + ":8443"}
 }
 
 func waitFor(t *testing.T, d time.Duration, cond func() error) {

@@ -88,6 +88,7 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 	l, ok := cfg.egress[name]
 	oc := cfg.out[l.cluster]
 	if !ok || oc == nil {
+		g.log.Warn("connection dropped: its listener is no longer configured", "listener", name, "client", client.RemoteAddr())
 		return
 	}
 	service, peerTD := serviceOf(l.cluster), oc.peerTD

@@ -56,6 +56,7 @@ type site struct {
 	ctxFile          string
 	config           string // server config file, if any
 	server           *process
+	servers          []string // with startCluster: the servers' addresses
 	gateway          *gatewayProc
 }
 
@@ -202,8 +203,8 @@ func (l *lab) teardown() {
 	if l.t.Failed() {
 		for _, p := range procs {
 			out := p.cmd.Stdout.(*syncWriter).String()
-			if len(out) > 4000 {
-				out = "..." + out[len(out)-4000:]
+			if len(out) > 60000 {
+				out = "..." + out[len(out)-60000:]
 			}
 			l.t.Logf("--- log of %s:\n%s", p.name, out)
 		}
@@ -285,8 +286,15 @@ func (s *site) addGateway(name, ip string) *gatewayProc {
 	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.Secret == "" {
 		l.t.Fatalf("gateway token: %v %s", err, out)
 	}
-	p := l.start(name, s.ns, nil, l.bin, "gateway", "--name", name, "--server", s.serverIP+":7400",
-		"--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip+":8443", "--join-token", tok.Secret)
+	args := []string{l.bin, "gateway", "--name", name, "--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip + ":8443", "--join-token", tok.Secret}
+	servers := s.servers
+	if len(servers) == 0 {
+		servers = []string{s.serverIP}
+	}
+	for _, a := range servers {
+		args = append(args, "--server", a+":7400")
+	}
+	p := l.start(name, s.ns, nil, args...)
 	waitFor(l.t, 30*time.Second, func() error {
 		out, err := s.cli("service", "show", "--ns", "strait", "--name", "gateway")
 		if err != nil || !strings.Contains(out, ip) {

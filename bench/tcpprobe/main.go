@@ -84,6 +84,7 @@ func main() {
 	c.Close()
 	slices.Sort(lat)
 	var ok, failed atomic.Int64
+	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	end := time.Now().Add(*dur)
 	for range *workers {
@@ -99,6 +100,7 @@ func main() {
 				}
 				if err != nil {
 					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
 					continue
 				}
 				ok.Add(1)
@@ -108,6 +110,9 @@ func main() {
 	wg.Wait()
 	fmt.Printf("rtt_p50_us=%d rtt_p99_us=%d conns_per_s=%.0f failed=%d\n",
 		lat[len(lat)/2].Microseconds(), lat[len(lat)*99/100].Microseconds(), float64(ok.Load())/dur.Seconds(), failed.Load())
+	if e := firstErr.Load(); e != nil {
+		fmt.Printf("first_error=%q\n", e)
+	}
 }
 
 func rtt(c net.Conn, buf []byte) error {

@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -76,8 +77,9 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 		imp = proto.Clone(old).(*statepb.PeerImport)
 	}
 	imp.LastContact = timestamppb.New(now)
-	if b.Gateways != nil {
+	if b.Gateways != nil && !slices.Equal(imp.Gateways, b.Gateways.Addresses) {
 		imp.Gateways = append([]string(nil), b.Gateways.Addresses...)
+		s.meshChanged() // the gateways' configuration names them
 	}
 	// A delta older than what is applied is a duplicate from a stream that
 	// has since been replaced; a resync is always current.

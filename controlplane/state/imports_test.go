@@ -109,6 +109,16 @@ func TestImports(t *testing.T) {
 	if !ok || imp.Version != 20 || imp.LastContact == nil {
 		t.Fatalf("peer import %v", imp)
 	}
+	// A change of the peer's gateways wakes the mesh watchers (xDS).
+	meshCh := f.MeshChanged()
+	gw := batch("b", 20, false)
+	gw.GetImportBatch().Gateways = &apipb.GatewaySet{Addresses: []string{"192.0.2.1:8443"}}
+	applyAll(t, f, 7, gw)
+	select {
+	case <-meshCh:
+	default:
+		t.Fatal("a new gateway list did not wake the mesh watchers")
+	}
 
 	// Imports survive a snapshot.
 	g := &state.FSM{Store: state.NewStore(0)}

@@ -131,6 +131,15 @@ func newLab(t *testing.T, names ...string) *lab {
 	return l
 }
 
+// shape limits every site's WAN link to rate (tc tbf, both directions).
+func (l *lab) shape(rate string) {
+	l.t.Helper()
+	for _, s := range l.sites {
+		run(l.t, "ip", "netns", "exec", l.wan, "tc", "qdisc", "add", "dev", fmt.Sprintf("w%s%d", l.id, s.index), "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")
+		run(l.t, "ip", "netns", "exec", s.ns, "tc", "qdisc", "add", "dev", fmt.Sprintf("s%s%d", l.id, s.index), "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")
+	}
+}
+
 // start runs a process in a namespace.
 func (l *lab) start(name, ns string, env []string, args ...string) *process {
 	l.t.Helper()
@@ -286,7 +295,8 @@ func (s *site) addGateway(name, ip string) *gatewayProc {
 	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.Secret == "" {
 		l.t.Fatalf("gateway token: %v %s", err, out)
 	}
-	args := []string{l.bin, "gateway", "--name", name, "--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip + ":8443", "--join-token", tok.Secret}
+	args := []string{l.bin, "gateway", "--name", name, "--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip + ":8443", "--join-token", tok.Secret,
+		"--renew-check", "500ms"}
 	servers := s.servers
 	if len(servers) == 0 {
 		servers = []string{s.serverIP}

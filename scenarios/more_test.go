@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/straitmesh/strait/trust/svidfile"
 )
 
 // callLoop calls addr from s over and over until stopped, counting
@@ -371,4 +373,68 @@ func (s *site) ctxAddr(addr string) {
 	m["addr"] = addr
 	b, _ = json.Marshal(m)
 	os.WriteFile(s.ctxFile, b, 0o600)
+}
+
+// TestRotationUnderLoad: west rotates its CA while east calls into it over
+// a WAN shaped to 200 Mbit/s (tc tbf); west's gateway moves to an SVID
+// from the new root, and no call fails.
+func TestRotationUnderLoad(t *testing.T) {
+	l := newLab(t, "east", "west")
+	l.step(1, "start two sites; west's new CA roots sign 3s after they are published")
+	east, west := l.sites[0], l.sites[1]
+	east.start()
+	west.configure("ca_propagation_delay: 3s\n")
+	west.start()
+	l.shape("200mbit")
+	l.federateAll(2)
+	var vip string
+	waitFor(t, 60*time.Second, func() error {
+		var err error
+		if vip, err = east.resolve("echo.demo.west.mesh"); err != nil {
+			return err
+		}
+		return east.call(vip + ":7000")
+	})
+	l.step(4, "call west from east in a loop, and rotate west's CA")
+	stop := east.callLoop(vip + ":7000")
+	before := west.mustCLI("ca", "status", "--json")
+	west.mustCLI("ca", "rotate")
+	l.step(5, "the new root signs, and west's gateway renews onto it")
+	svidFile := filepath.Join(l.dir, "west-gw", "tls", "svid.pem")
+	waitFor(t, 60*time.Second, func() error {
+		var st struct {
+			Roots []struct {
+				Phase        string `json:"phase"`
+				SubjectKeyID string `json:"subject_key_id"`
+			} `json:"roots"`
+		}
+		json.Unmarshal([]byte(west.mustCLI("ca", "status", "--json")), &st)
+		active := ""
+		for _, r := range st.Roots {
+			if r.Phase == "active" {
+				active = r.SubjectKeyID
+			}
+		}
+		if active == "" || strings.Contains(before, `"subject_key_id":"`+active+`"`) && !strings.Contains(before, "prepared") {
+			return fmt.Errorf("the new root is not active yet")
+		}
+		b, err := os.ReadFile(svidFile)
+		if err != nil {
+			return err
+		}
+		certs, err := svidfile.ParseCerts(b)
+		if err != nil {
+			return err
+		}
+		if fmt.Sprintf("%x", certs[0].AuthorityKeyId) != active {
+			return fmt.Errorf("west's gateway SVID is not from the new root yet")
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second) // and some traffic on the new certificates
+	ok, failed := stop()
+	l.step(6, "%d calls across the rotation, %d failed after a retry", ok, failed)
+	if ok == 0 || failed > 0 {
+		t.Fatalf("%d calls ok, %d failed across the rotation", ok, failed)
+	}
 }

@@ -41,10 +41,16 @@ type lab struct {
 	dir   string
 	bin   string
 	probe string
-	wan   string
-	sites []*site
-	mu    sync.Mutex
-	procs []*process
+	relay string
+	// delay, when set before sites start, puts a user-space relay with this
+	// one-way delay in front of every gateway, in the WAN namespace: all
+	// traffic between sites crosses it.
+	delay  time.Duration
+	relays int
+	wan    string
+	sites  []*site
+	mu     sync.Mutex
+	procs  []*process
 }
 
 type site struct {
@@ -69,14 +75,14 @@ var buildOnce sync.Once
 var buildErr error
 var binDir string
 
-// build compiles strait and the probe once per test binary.
+// build compiles strait, the probe and the relay once per test binary.
 func build(t *testing.T) (string, string) {
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "strait-scenarios-bin-")
 		if buildErr != nil {
 			return
 		}
-		for _, b := range [][2]string{{"strait", "../cmd/strait"}, {"tcpprobe", "../bench/tcpprobe"}} {
+		for _, b := range [][2]string{{"strait", "../cmd/strait"}, {"tcpprobe", "../bench/tcpprobe"}, {"wanrelay", "../bench/wanrelay"}} {
 			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, b[0]), b[1]).CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
@@ -106,7 +112,7 @@ func newLab(t *testing.T, names ...string) *lab {
 		t.Fatal("scenarios build network namespaces: run them as root (make scenarios)")
 	}
 	bin, probe := build(t)
-	l := &lab{t: t, id: fmt.Sprint(os.Getpid() % 100000), dir: t.TempDir(), bin: bin, probe: probe}
+	l := &lab{t: t, id: fmt.Sprint(os.Getpid() % 100000), dir: t.TempDir(), bin: bin, probe: probe, relay: filepath.Join(filepath.Dir(bin), "wanrelay")}
 	l.wan = "sc-wan-" + l.id
 	t.Cleanup(l.teardown)
 	run(t, "ip", "netns", "add", l.wan)
@@ -304,10 +310,19 @@ func (s *site) addGateway(name, ip string) *gatewayProc {
 	for _, a := range servers {
 		args = append(args, "--server", a+":7400")
 	}
+	advertised := ip
+	if l.delay > 0 {
+		l.relays++
+		relayIP := fmt.Sprintf("10.77.0.%d", 100+l.relays)
+		run(l.t, "ip", "-n", l.wan, "addr", "add", relayIP+"/24", "dev", "br0")
+		l.start(name+"-wan-relay", l.wan, nil, l.relay, "-listen", relayIP+":8443", "-target", ip+":8443", "-delay", l.delay.String())
+		args = append(args, "--advertise-wan", relayIP+":8443")
+		advertised = relayIP
+	}
 	p := l.start(name, s.ns, nil, args...)
 	waitFor(l.t, 30*time.Second, func() error {
 		out, err := s.cli("service", "show", "--ns", "strait", "--name", "gateway")
-		if err != nil || !strings.Contains(out, ip) {
+		if err != nil || !strings.Contains(out, advertised) {
 			return fmt.Errorf("gateway %s not registered yet: %v %s", name, err, out)
 		}
 		return nil

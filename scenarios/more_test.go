@@ -60,12 +60,13 @@ func (s *site) setWAN(up bool) {
 	run(s.lab.t, "ip", "-n", s.lab.wan, "link", "set", fmt.Sprintf("w%s%d", s.lab.id, s.index), state)
 }
 
-// TestWANPartition: the WAN between two sites is cut for a while. Local
+// TestWANPartition: the WAN between two sites (25 ms apart) is cut for a while. Local
 // traffic is unaffected, the imported name keeps answering (marked
 // stale), and everything converges after the heal with nobody acting.
 func TestWANPartition(t *testing.T) {
 	l := newLab(t, "east", "west")
-	l.step(1, "start two sites whose servers mark imports stale after 2s without contact")
+	l.delay = 25 * time.Millisecond
+	l.step(1, "start two sites 25 ms apart (one way); their servers mark imports stale after 2s without contact")
 	for _, s := range l.sites {
 		s.configure("peer_heartbeat: 200ms\npeer_stale_after: 2s\n")
 		s.start()

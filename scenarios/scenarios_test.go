@@ -58,7 +58,8 @@ func (s *site) call(addr string) error {
 // gateways.
 func TestJoinAndCall(t *testing.T) {
 	l := newLab(t, "east", "west", "north")
-	l.step(1, "start three sites: a server (with mesh DNS), a gateway and an echo workload each")
+	l.delay = 10 * time.Millisecond
+	l.step(1, "start three sites, 10 ms apart (one way): a server (with mesh DNS), a gateway and an echo workload each")
 	for _, s := range l.sites {
 		s.start()
 	}

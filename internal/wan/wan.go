@@ -32,9 +32,14 @@ type Proxy struct {
 	closedOnce sync.Once
 }
 
-// NewProxy starts a proxy to target.
+// NewProxy starts a proxy to target on a loopback port.
 func NewProxy(target string, delay time.Duration) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return NewProxyOn("127.0.0.1:0", target, delay)
+}
+
+// NewProxyOn starts a proxy to target listening on listen.
+func NewProxyOn(listen, target string, delay time.Duration) (*Proxy, error) {
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, err
 	}

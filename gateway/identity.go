@@ -13,10 +13,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
 	"github.com/straitmesh/strait/trust/svidfile"
 )
@@ -66,73 +67,20 @@ func (g *Gateway) setIdentity(chain []*x509.Certificate, key crypto.Signer, bund
 }
 
 func (g *Gateway) join(ctx context.Context) error {
-	tok, err := jointoken.Parse(g.cfg.JoinToken)
+	id, err := enroll.Enroll(ctx, g.cfg.Servers, g.cfg.JoinToken, g.cfg.DataDir, "gateway.json", map[string]string{"name": g.cfg.Name},
+		func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
+			r, err := apipb.NewGatewayClient(conn).Join(ctx, &apipb.GatewayJoinRequest{Name: g.cfg.Name, Csr: csr})
+			if err != nil {
+				return nil, err
+			}
+			return &enroll.Response{TrustDomain: r.TrustDomain, SVID: r.Svid, Bundle: r.Bundle}, nil
+		})
 	if err != nil {
 		return err
 	}
-	key, err := ca.NewKey()
-	if err != nil {
-		return err
-	}
-	csr, err := ca.NewCSR(key)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(g.tlsDir(), 0o700); err != nil {
-		return err
-	}
-	var errs []error
-	for _, addr := range g.cfg.Servers {
-		resp, err := joinAt(ctx, addr, tok, &apipb.GatewayJoinRequest{Name: g.cfg.Name, Csr: csr})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-			continue
-		}
-		if g.td, err = spiffeid.TrustDomainFromString(resp.TrustDomain); err != nil {
-			return err
-		}
-		chain, err := parseDERs(resp.Svid)
-		if err != nil {
-			return err
-		}
-		bundle, err := parseDERs(resp.Bundle)
-		if err != nil {
-			return err
-		}
-		if err := svidfile.Write(g.tlsDir(), chain, key, bundle); err != nil {
-			return err
-		}
-		info, _ := json.Marshal(gatewayInfo{Name: g.cfg.Name, TrustDomain: g.td.Name()})
-		if err := svidfile.WriteFileAtomic(g.infoFile(), info, 0o644); err != nil {
-			return err
-		}
-		g.log.Info("gateway joined site", "trust_domain", g.td.Name(), "via", addr)
-		return g.setIdentity(chain, key, bundle)
-	}
-	return fmt.Errorf("join: no server admitted this gateway: %w", errors.Join(errs...))
-}
-
-func joinAt(ctx context.Context, addr string, tok jointoken.Token, req *apipb.GatewayJoinRequest) (*apipb.GatewayJoinResponse, error) {
-	conn, err := jointoken.Dial(addr, tok)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return apipb.NewGatewayClient(conn).Join(ctx, req)
-}
-
-func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
-	out := make([]*x509.Certificate, 0, len(ders))
-	for _, d := range ders {
-		c, err := x509.ParseCertificate(d)
-		if err != nil {
-			return nil, fmt.Errorf("certificate from server: %w", err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
+	g.td = id.TrustDomain
+	g.log.Info("gateway joined site", "trust_domain", g.td.Name(), "via", id.Via)
+	return g.setIdentity(id.Chain, id.Key, id.Bundle)
 }
 
 // renewLoop renews the SVID at half-life, and picks up the site's current
@@ -191,11 +139,11 @@ func (g *Gateway) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	chain, err := parseDERs(resp.Svid)
+	chain, err := enroll.ParseDERs(resp.Svid)
 	if err != nil {
 		return err
 	}
-	bundle, err := parseDERs(resp.Bundle)
+	bundle, err := enroll.ParseDERs(resp.Bundle)
 	if err != nil {
 		return err
 	}

@@ -34,14 +34,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
-	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/bundleendpoint"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
 	"github.com/straitmesh/strait/trust/svidfile"
 	"github.com/straitmesh/strait/trust/workloadapi"
@@ -217,70 +218,20 @@ func (a *Agent) setIdentity(chain []*x509.Certificate, key crypto.Signer, bundle
 }
 
 func (a *Agent) join(ctx context.Context) error {
-	tok, err := jointoken.Parse(a.cfg.JoinToken)
+	id, err := enroll.Enroll(ctx, a.cfg.Servers, a.cfg.JoinToken, a.cfg.DataDir, "agent.json", map[string]string{"node": a.cfg.Node},
+		func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
+			r, err := apipb.NewIdentityClient(conn).AgentJoin(ctx, &apipb.AgentJoinRequest{Node: a.cfg.Node, Csr: csr})
+			if err != nil {
+				return nil, err
+			}
+			return &enroll.Response{TrustDomain: r.TrustDomain, SVID: r.Svid, Bundle: r.Bundle}, nil
+		})
 	if err != nil {
 		return err
 	}
-	key, err := ca.NewKey()
-	if err != nil {
-		return err
-	}
-	csr, err := ca.NewCSR(key)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, addr := range a.cfg.Servers {
-		resp, err := joinOne(ctx, addr, tok, &apipb.AgentJoinRequest{Node: a.cfg.Node, Csr: csr})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-			continue
-		}
-		if a.td, err = spiffeid.TrustDomainFromString(resp.TrustDomain); err != nil {
-			return err
-		}
-		chain, err := parseDERs(resp.Svid)
-		if err != nil {
-			return err
-		}
-		bundle, err := parseDERs(resp.Bundle)
-		if err != nil {
-			return err
-		}
-		if err := svidfile.Write(a.tlsDir(), chain, key, bundle); err != nil {
-			return err
-		}
-		info, _ := json.Marshal(agentInfo{Node: a.cfg.Node, TrustDomain: a.td.Name()})
-		if err := svidfile.WriteFileAtomic(a.infoFile(), info, 0o644); err != nil {
-			return err
-		}
-		a.log.Info("agent joined site", "trust_domain", a.td.Name(), "via", addr)
-		return a.setIdentity(chain, key, bundle)
-	}
-	return fmt.Errorf("join: no server admitted this agent: %w", errors.Join(errs...))
-}
-
-func joinOne(ctx context.Context, addr string, tok jointoken.Token, req *apipb.AgentJoinRequest) (*apipb.AgentJoinResponse, error) {
-	conn, err := jointoken.Dial(addr, tok)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return apipb.NewIdentityClient(conn).AgentJoin(ctx, req)
-}
-
-func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
-	out := make([]*x509.Certificate, 0, len(ders))
-	for _, d := range ders {
-		c, err := x509.ParseCertificate(d)
-		if err != nil {
-			return nil, fmt.Errorf("certificate from server: %w", err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
+	a.td = id.TrustDomain
+	a.log.Info("agent joined site", "trust_domain", a.td.Name(), "via", id.Via)
+	return a.setIdentity(id.Chain, id.Key, id.Bundle)
 }
 
 // notify wakes Workload API streams. mu held.
@@ -327,7 +278,7 @@ func (a *Agent) watchLoop(ctx context.Context) error {
 }
 
 func (a *Agent) apply(upd *apipb.AgentUpdate) error {
-	certs, err := parseDERs(upd.Bundle)
+	certs, err := enroll.ParseDERs(upd.Bundle)
 	if err != nil {
 		return err
 	}
@@ -470,7 +421,7 @@ func (a *Agent) signSome(ctx context.Context, batch []pending) error {
 	defer a.mu.Unlock()
 	for i, sv := range resp.Svids {
 		p := batch[i]
-		chain, err := parseDERs(sv.Chain)
+		chain, err := enroll.ParseDERs(sv.Chain)
 		if err != nil || len(chain) == 0 || sv.EntryId != p.entry.Id {
 			return fmt.Errorf("bad SVID for entry %s from server", p.entry.Id)
 		}
@@ -529,7 +480,7 @@ func (a *Agent) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	chain, err := parseDERs(resp.Svid)
+	chain, err := enroll.ParseDERs(resp.Svid)
 	if err != nil {
 		return err
 	}

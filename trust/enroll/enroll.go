@@ -1,0 +1,116 @@
+// Package enroll is how a node that is not a server (an agent, a gateway)
+// gets its first identity: with a join token that pins the site's CA, it
+// makes a key (which never leaves the host), asks the site's servers in
+// turn to sign a CSR for it, and keeps the result on disk (svidfile).
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/straitmesh/strait/controlplane/jointoken"
+	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/svidfile"
+)
+
+// Response is what a server answers to a join: DER certificates.
+type Response struct {
+	TrustDomain string
+	SVID        [][]byte
+	Bundle      [][]byte
+}
+
+// Identity is what enrollment yields.
+type Identity struct {
+	TrustDomain spiffeid.TrustDomain
+	Chain       []*x509.Certificate
+	Key         crypto.Signer
+	Bundle      []*x509.Certificate
+	// Via is the server that admitted the node.
+	Via string
+}
+
+// Enroll joins with token (a "<secret>.<pin>" join token) by calling join
+// on each server in turn until one admits the node, then writes the
+// identity into dir/tls and info (as JSON, merged with the trust domain)
+// into dir/infoFile.
+func Enroll(ctx context.Context, servers []string, token, dir, infoFile string, info map[string]string,
+	join func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*Response, error)) (*Identity, error) {
+	tok, err := jointoken.Parse(token)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, addr := range servers {
+		resp, err := joinAt(ctx, addr, tok, csr, join)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		id := &Identity{Key: key, Via: addr}
+		if id.TrustDomain, err = spiffeid.TrustDomainFromString(resp.TrustDomain); err != nil {
+			return nil, err
+		}
+		if id.Chain, err = ParseDERs(resp.SVID); err != nil {
+			return nil, err
+		}
+		if id.Bundle, err = ParseDERs(resp.Bundle); err != nil {
+			return nil, err
+		}
+		if err := svidfile.Write(filepath.Join(dir, "tls"), id.Chain, key, id.Bundle); err != nil {
+			return nil, err
+		}
+		merged := map[string]string{"trust_domain": id.TrustDomain.Name()}
+		for k, v := range info {
+			merged[k] = v
+		}
+		b, _ := json.Marshal(merged)
+		if err := svidfile.WriteFileAtomic(filepath.Join(dir, infoFile), b, 0o644); err != nil {
+			return nil, err
+		}
+		return id, nil
+	}
+	return nil, fmt.Errorf("join: no server admitted this node: %w", errors.Join(errs...))
+}
+
+func joinAt(ctx context.Context, addr string, tok jointoken.Token, csr []byte,
+	join func(context.Context, *grpc.ClientConn, []byte) (*Response, error)) (*Response, error) {
+	conn, err := jointoken.Dial(addr, tok)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return join(ctx, conn, csr)
+}
+
+// ParseDERs parses certificates a server sent.
+func ParseDERs(ders [][]byte) ([]*x509.Certificate, error) {
+	out := make([]*x509.Certificate, 0, len(ders))
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, fmt.Errorf("certificate from server: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -16,7 +17,9 @@ import (
 )
 
 // Foreign bundles are refreshed by the leader, each trust domain in its own
-// goroutine so that an unreachable peer delays nobody: at half the
+// goroutine so that an unreachable peer delays nobody (for a peer whose
+// replication stream is alive, a failure is only logged at debug level: the
+// stream carries its bundle, and its endpoint may sit behind the gateways): at half the
 // bundle's refresh hint after a success (5m hint when none is given), and
 // every 30s at most after a failure. The last known bundle stays in use
 // through failures; every attempt's outcome is committed, so any server
@@ -105,6 +108,18 @@ func (s *Server) refreshForeign(ctx context.Context) {
 	}
 }
 
+// replicationFresh reports whether f is a peer whose replication stream
+// has been heard from within peer_stale_after: the stream carries every
+// change of its bundle (and crosses the gateways, where the bundle
+// endpoint may not be reachable).
+func (s *Server) replicationFresh(f *statepb.ForeignBundle, now time.Time) bool {
+	if f.PeerName == "" {
+		return false
+	}
+	imp, ok := s.store.PeerImport(f.PeerName)
+	return ok && imp.LastContact != nil && now.Sub(imp.LastContact.AsTime()) < s.cfg.PeerStaleAfter
+}
+
 func (s *Server) refreshOne(ctx context.Context, f *statepb.ForeignBundle) {
 	fctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	b, err := s.FetchForeign(fctx, f)
@@ -135,7 +150,11 @@ func (s *Server) refreshOne(ctx context.Context, f *statepb.ForeignBundle) {
 	}
 	if err != nil {
 		rec.LastError = err.Error()
-		s.log.Warn("foreign bundle refresh failed; keeping the last known bundle", "trust_domain", f.TrustDomain, "err", err)
+		lvl := slog.LevelWarn
+		if s.replicationFresh(f, now) {
+			lvl = slog.LevelDebug
+		}
+		s.log.Log(ctx, lvl, "foreign bundle refresh failed; keeping the last known bundle", "trust_domain", f.TrustDomain, "err", err)
 	}
 	// The relationship may have been removed or replaced meanwhile.
 	if cur, ok := s.store.ForeignBundle(f.TrustDomain); !ok || cur.EndpointUrl != f.EndpointUrl {

@@ -37,7 +37,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		services:    prometheus.NewDesc("strait_catalog_services", "Services in the catalog.", nil, nil),
 		instances:   prometheus.NewDesc("strait_catalog_instances", "Service instances in the catalog.", nil, nil),
 		peerUp: prometheus.NewDesc("strait_federation_peer_up",
-			"1 if the last fetch of the peer site's bundle succeeded.", []string{"peer"}, nil),
+			"1 if the peer's replication stream is alive or the last fetch of its bundle succeeded.", []string{"peer"}, nil),
 		peerBundleAge: prometheus.NewDesc("strait_federation_peer_bundle_age_seconds",
 			"Time since the peer site's bundle was last fetched successfully.", []string{"peer"}, nil),
 		importContact: prometheus.NewDesc("strait_federation_import_contact_age_seconds",
@@ -90,7 +90,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		up := 0.0
-		if f.LastAttempt != nil && f.LastError == "" {
+		if (f.LastAttempt != nil && f.LastError == "") || m.s.replicationFresh(f, m.s.cfg.Now()) {
 			up = 1
 		}
 		g(m.peerUp, up, f.PeerName)

@@ -207,7 +207,14 @@ func TestLaggingServerCatchesUpBySnapshotInstall(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		register(t, cl, "api", fmt.Sprintf("i%d", i))
 	}
-	compactAfterSnapshot(t, c.Nodes[l])
+	// Compact on every running server: under load, leadership may move to
+	// the other one before the lagging server is back.
+	for i, n := range c.Nodes {
+		if i != f {
+			waitCount(t, n, 50)
+			compactAfterSnapshot(t, n)
+		}
+	}
 	c.Nodes[f].Restart()
 	waitCount(t, c.Nodes[f], 50)
 	if got := c.Nodes[f].Server.Raft().Stats()["last_snapshot_index"]; got == "0" {

@@ -129,7 +129,7 @@ func (ps pools) get(name string, c *cluster.Cluster) *pool {
 // compile builds a config from the latest resources. Unusable pieces (a
 // listener naming a missing cluster) are skipped, not fatal: the rest of
 // the gateway keeps working.
-func compile(version, ownTD string, r resources, ps pools) (*config, error) {
+func compile(version string, r resources, ps pools) (*config, error) {
 	c := &config{version: version, egress: map[string]egressListener{}, out: map[string]*outCluster{}, in: map[string]*inCluster{},
 		ingress: map[string]chain{}, bundles: map[string][]*x509.Certificate{}}
 	for name, m := range r[resource.SecretType] {
@@ -231,7 +231,6 @@ func compile(version, ownTD string, r resources, ps pools) (*config, error) {
 		}
 		c.egress[name] = egressListener{name: name, addr: net.JoinHostPort(sa.Address, strconv.Itoa(int(sa.GetPortValue()))), cluster: tp.GetCluster()}
 	}
-	_ = ownTD
 	return c, nil
 }
 
@@ -282,7 +281,7 @@ func (g *Gateway) adsSession(ctx context.Context, conn *grpc.ClientConn) error {
 				next[k] = v
 			}
 			next[resp.TypeUrl] = got
-			cfg, cerr := compile(resp.VersionInfo, g.td.Name(), next, g.pools)
+			cfg, cerr := compile(resp.VersionInfo, next, g.pools)
 			if derr = cerr; derr == nil {
 				current = next
 				g.setConfig(cfg)

@@ -13,7 +13,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_connections_total",
-			Help: "Connections by direction (egress: from local clients; ingress: from peers), service, peer trust domain and result."},
+			Help: "Connections by direction (egress: from local clients; ingress: from peers; control: peers' servers passed through to this site's), service, peer trust domain and result."},
 			[]string{"direction", "service", "peer", "result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_bytes_total",
 			Help: "Bytes carried (both ways) by direction, service and peer trust domain."}, []string{"direction", "service", "peer"}),

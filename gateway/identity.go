@@ -4,15 +4,11 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -26,34 +22,15 @@ import (
 // leaves the host; the servers sign a CSR), kept in <data_dir>/tls, and
 // renewed with the SVID itself at half-life.
 
-type gatewayInfo struct {
-	Name        string `json:"name"`
-	TrustDomain string `json:"trust_domain"`
-}
-
-func (g *Gateway) tlsDir() string   { return filepath.Join(g.cfg.DataDir, "tls") }
-func (g *Gateway) infoFile() string { return filepath.Join(g.cfg.DataDir, "gateway.json") }
+func (g *Gateway) tlsDir() string { return filepath.Join(g.cfg.DataDir, "tls") }
 
 func (g *Gateway) loadOrJoin(ctx context.Context) error {
-	b, err := os.ReadFile(g.infoFile())
+	id, err := enroll.Load(g.cfg.DataDir, "gateway.json", "name", g.cfg.Name)
 	switch {
 	case err == nil:
-		var info gatewayInfo
-		if err := json.Unmarshal(b, &info); err != nil {
-			return fmt.Errorf("%s: %w", g.infoFile(), err)
-		}
-		if info.Name != g.cfg.Name {
-			return fmt.Errorf("name: configured %q but data_dir belongs to gateway %q", g.cfg.Name, info.Name)
-		}
-		if g.td, err = spiffeid.TrustDomainFromString(info.TrustDomain); err != nil {
-			return err
-		}
-		chain, key, bundle, err := svidfile.Read(g.tlsDir())
-		if err != nil {
-			return fmt.Errorf("load gateway identity: %w", err)
-		}
-		return g.setIdentity(chain, key, bundle)
-	case !errors.Is(err, os.ErrNotExist):
+		g.td = id.TrustDomain
+		return g.setIdentity(id.Chain, id.Key, id.Bundle)
+	case !errors.Is(err, enroll.ErrNotEnrolled):
 		return err
 	case g.cfg.JoinToken == "":
 		return errors.New("this gateway has not joined a site yet: pass --join-token (create one with `strait token create --kind gateway`)")

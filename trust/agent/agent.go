@@ -19,11 +19,9 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -106,11 +104,6 @@ type svid struct {
 	chain []*x509.Certificate
 }
 
-type agentInfo struct {
-	Node        string `json:"node"`
-	TrustDomain string `json:"trust_domain"`
-}
-
 // New validates cfg and binds the Workload API socket.
 func New(cfg Config) (*Agent, error) {
 	if err := meshname.ValidLabel(cfg.Node); err != nil {
@@ -182,29 +175,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
-func (a *Agent) tlsDir() string   { return filepath.Join(a.cfg.DataDir, "tls") }
-func (a *Agent) infoFile() string { return filepath.Join(a.cfg.DataDir, "agent.json") }
+func (a *Agent) tlsDir() string { return filepath.Join(a.cfg.DataDir, "tls") }
 
 func (a *Agent) loadOrJoin(ctx context.Context) error {
-	b, err := os.ReadFile(a.infoFile())
+	id, err := enroll.Load(a.cfg.DataDir, "agent.json", "node", a.cfg.Node)
 	switch {
 	case err == nil:
-		var info agentInfo
-		if err := json.Unmarshal(b, &info); err != nil {
-			return fmt.Errorf("%s: %w", a.infoFile(), err)
-		}
-		if info.Node != a.cfg.Node {
-			return fmt.Errorf("node_name: configured %q but data_dir belongs to agent %q", a.cfg.Node, info.Node)
-		}
-		if a.td, err = spiffeid.TrustDomainFromString(info.TrustDomain); err != nil {
-			return err
-		}
-		chain, key, bundle, err := svidfile.Read(a.tlsDir())
-		if err != nil {
-			return fmt.Errorf("load agent identity: %w", err)
-		}
-		return a.setIdentity(chain, key, bundle)
-	case !errors.Is(err, os.ErrNotExist):
+		a.td = id.TrustDomain
+		return a.setIdentity(id.Chain, id.Key, id.Bundle)
+	case !errors.Is(err, enroll.ErrNotEnrolled):
 		return err
 	case a.cfg.JoinToken == "":
 		return errors.New("this agent has not joined a site yet: pass --join-token (create one with `strait token create --kind agent`)")

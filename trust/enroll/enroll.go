@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -113,4 +114,35 @@ func ParseDERs(ders [][]byte) ([]*x509.Certificate, error) {
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// ErrNotEnrolled is returned by Load when dir holds no identity yet.
+var ErrNotEnrolled = errors.New("not enrolled yet")
+
+// Load reads the identity Enroll kept in dir, checking that the info
+// file's nameKey names this node (a data dir belongs to one node).
+func Load(dir, infoFile, nameKey, name string) (*Identity, error) {
+	path := filepath.Join(dir, infoFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotEnrolled
+	}
+	if err != nil {
+		return nil, err
+	}
+	var info map[string]string
+	if err := json.Unmarshal(b, &info); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if info[nameKey] != name {
+		return nil, fmt.Errorf("%s: configured %q but %s belongs to %q", nameKey, name, dir, info[nameKey])
+	}
+	id := &Identity{}
+	if id.TrustDomain, err = spiffeid.TrustDomainFromString(info["trust_domain"]); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if id.Chain, id.Key, id.Bundle, err = svidfile.Read(filepath.Join(dir, "tls")); err != nil {
+		return nil, fmt.Errorf("load identity: %w", err)
+	}
+	return id, nil
 }

@@ -53,13 +53,6 @@ func (p *pool) set(addrs []string) {
 	p.eps, p.order = next, order
 }
 
-// size is how many endpoints there are.
-func (p *pool) size() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.order)
-}
-
 // pick reserves the least-loaded endpoint not in tried, or nil (none
 // left, or the cluster is at its connection limit).
 func (p *pool) pick(tried map[*endpoint]bool) *endpoint {

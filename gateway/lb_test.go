@@ -48,7 +48,7 @@ func TestPoolLeastLoadedAndEjection(t *testing.T) {
 	}
 	// Updating the list keeps the state of those that stay.
 	p.set([]string{"a", "d"})
-	if p.eps["a"] != a || p.size() != 2 {
+	if p.eps["a"] != a || len(p.order) != 2 {
 		t.Fatal("endpoint state lost across an update")
 	}
 }

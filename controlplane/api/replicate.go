@@ -61,15 +61,15 @@ func (s federationService) Replicate(stream apipb.Federation_ReplicateServer) er
 // importState is what this server's replica knows of a peer's imports.
 func (s *Server) importState(peer string) *apipb.ImportStatus {
 	st := &apipb.ImportStatus{State: apipb.PeerState_PEER_STATE_PENDING}
-	st1 := s.cfg.Node.Store()
-	if p, ok := st1.PeerImport(peer); ok {
+	store := s.cfg.Node.Store()
+	if p, ok := store.PeerImport(peer); ok {
 		st.Version, st.LastContact, st.Gateways = p.Version, p.LastContact, p.Gateways
 		st.State = apipb.PeerState_PEER_STATE_ACTIVE
 		if p.LastContact == nil || s.cfg.Now().Sub(p.LastContact.AsTime()) > s.cfg.Node.PeerStaleAfter() {
 			st.State = apipb.PeerState_PEER_STATE_STALE
 		}
 	}
-	svcs, insts := st1.ImportCounts(peer)
+	svcs, insts := store.ImportCounts(peer)
 	st.Services, st.Instances = uint32(svcs), uint32(insts)
 	return st
 }

@@ -73,11 +73,3 @@ func (s *Store) releaseVIP(svc *apipb.Service) {
 		delete(s.vips, a)
 	}
 }
-
-// VirtualIP returns the service a virtual IP belongs to.
-func (s *Store) VirtualIP(a netip.Addr) (ServiceKey, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	k, ok := s.vips[a]
-	return k, ok
-}

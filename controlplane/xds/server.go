@@ -54,8 +54,6 @@ type Server struct {
 	builds, nacks prometheus.Counter
 	buildTime     prometheus.Histogram
 	streamsGauge  prometheus.GaugeFunc
-	ready         chan struct{}
-	readyOnce     sync.Once
 }
 
 type nodeHash struct{}
@@ -72,7 +70,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, streams: make(map[int64]string), ready: make(chan struct{})}
+	s := &Server{cfg: cfg, streams: make(map[int64]string)}
 	s.cache = cache.NewSnapshotCache(false, nodeHash{}, nil)
 	s.builds = prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_xds_snapshots_total", Help: "Gateway snapshots built."})
 	s.nacks = prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_xds_nacks_total", Help: "Resources a subscriber rejected."})
@@ -125,9 +123,6 @@ func (s *Server) onRequest(id int64, req *discovery.DiscoveryRequest) error {
 	}
 	return nil
 }
-
-// Ready is closed once the first snapshot is in place.
-func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Run rebuilds the snapshot whenever the state changes, until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
@@ -193,6 +188,5 @@ func (s *Server) rebuild(ctx context.Context) error {
 	}
 	s.builds.Inc()
 	s.buildTime.Observe(time.Since(start).Seconds())
-	s.readyOnce.Do(func() { close(s.ready) })
 	return nil
 }

@@ -83,7 +83,10 @@ type Gateway struct {
 	ident  *mtls.Identity // own SVID; federated with peers' bundles from xDS
 	client *apiclient.Client
 	m      *metrics
-	pools  pools
+	// pools and resources belong to the ADS loop (one at a time): endpoint
+	// state and the last accepted resources, kept across streams.
+	pools     pools
+	resources resources
 
 	cfgMu    sync.RWMutex
 	cur      *config

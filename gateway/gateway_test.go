@@ -54,6 +54,9 @@ type site struct {
 	gwDone  chan error
 	gwDir   string
 	wanAddr string
+	// gwServers, when set, are the servers the next gateway is given
+	// (Nodes[0] otherwise).
+	gwServers []string
 }
 
 // vipRange is a /24 of 127.0.0.0/8 of this test run, so that parallel
@@ -62,7 +65,13 @@ var vipRange = fmt.Sprintf("127.%d.%d.0/24", 100+rand.IntN(100), rand.IntN(250))
 
 func startSite(t testing.TB, name string, w *wan.WAN, tweaks ...func(*controlplane.Config)) *site {
 	t.Helper()
-	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: name, BundleEndpoint: true, DNS: true, InMemoryRaft: true,
+	return startSiteN(t, name, w, 1, tweaks...)
+}
+
+// startSiteN starts a site of n servers.
+func startSiteN(t testing.TB, name string, w *wan.WAN, n int, tweaks ...func(*controlplane.Config)) *site {
+	t.Helper()
+	c := controlplanetest.Start(t, n, controlplanetest.Options{Site: name, BundleEndpoint: true, DNS: true, InMemoryRaft: true,
 		Tweak: func(c *controlplane.Config) {
 			c.PeerDialer = w.Dial
 			c.PeerHeartbeat, c.PeerStaleAfter = 100*time.Millisecond, time.Second
@@ -105,7 +114,11 @@ func (s *site) startGateway(t testing.TB, name string, tap func([]byte)) {
 	if os.Getenv("STRAIT_TEST_LOGS") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("site", name)
 	}
-	gw, err := gateway.New(gateway.Config{Name: name, Servers: []string{s.Nodes[0].Addr}, DataDir: s.gwDir, JoinToken: tok.Secret,
+	servers := s.gwServers
+	if servers == nil {
+		servers = []string{s.Nodes[0].Addr}
+	}
+	gw, err := gateway.New(gateway.Config{Name: name, Servers: servers, DataDir: s.gwDir, JoinToken: tok.Secret,
 		WANListener: ln, AdvertiseWAN: advertise, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: 2 * time.Second,
 		HandshakeTimeout: 500 * time.Millisecond, RenewCheck: 100 * time.Millisecond,
 		Registerer: s.reg, Gatherer: s.reg, Logger: logger})

@@ -144,6 +144,11 @@ func (g *Gateway) heartbeatLoop(ctx context.Context) error {
 			hctx, cancel := context.WithTimeout(ctx, g.cfg.HeartbeatInterval)
 			_, err := g.client.Gateway.Heartbeat(hctx, &apipb.GatewayHeartbeatRequest{WanAddress: g.cfg.AdvertiseWAN})
 			cancel()
+			result := "ok"
+			if err != nil {
+				result = "error"
+			}
+			g.m.heartbeats.WithLabelValues(result).Inc()
 			switch {
 			case err != nil && ctx.Err() == nil && !warned:
 				g.log.Warn("gateway heartbeat failed; will retry", "err", err)

@@ -3,11 +3,11 @@ package gateway
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	conns, bytes, denials, handshakes *prometheus.CounterVec
-	active                            *prometheus.GaugeVec
-	connectTime                       *prometheus.HistogramVec
-	handshakeTime                     prometheus.Histogram
-	nacks                             prometheus.Counter
+	conns, bytes, denials, handshakes, heartbeats *prometheus.CounterVec
+	active                                        *prometheus.GaugeVec
+	connectTime                                   *prometheus.HistogramVec
+	handshakeTime                                 prometheus.Histogram
+	nacks, xdsStreams                             prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,7 +28,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		handshakeTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "strait_gateway_tunnel_handshake_seconds",
 			Help: "Time to dial and handshake a tunnel.", Buckets: prometheus.ExponentialBuckets(0.0001, 3, 12)}),
 		nacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_gateway_xds_rejected_total", Help: "xDS responses rejected."}),
+		xdsStreams: prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_gateway_xds_streams_total",
+			Help: "ADS streams to a server that delivered a configuration (more than one: the gateway reconnected)."}),
+		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_heartbeats_total",
+			Help: "Heartbeats that keep the gateway in its site's catalog, by result (ok, error)."}, []string{"result"}),
 	}
-	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.active, m.connectTime, m.handshakeTime, m.nacks)
+	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.heartbeats, m.active, m.connectTime, m.handshakeTime, m.nacks, m.xdsStreams)
 	return m
 }

@@ -267,11 +267,20 @@ func (g *Gateway) adsSession(ctx context.Context, conn *grpc.ClientConn) error {
 			return err
 		}
 	}
-	current := resources{}
+	// A new stream starts from the resources of the last one: until a
+	// type arrives again, its last accepted version stays in force (the
+	// first response of a stream carries one type only, and applying it
+	// alone would drop every listener and cluster for a moment).
+	current := g.resources
+	first := true
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
 			return err
+		}
+		if first {
+			g.m.xdsStreams.Inc()
+			first = false
 		}
 		req := &discovery.DiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}
 		got, derr := decode(resp)
@@ -284,6 +293,7 @@ func (g *Gateway) adsSession(ctx context.Context, conn *grpc.ClientConn) error {
 			cfg, cerr := compile(resp.VersionInfo, next, g.pools)
 			if derr = cerr; derr == nil {
 				current = next
+				g.resources = next
 				g.setConfig(cfg)
 			}
 		}

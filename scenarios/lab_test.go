@@ -207,13 +207,23 @@ func (p *process) stop() {
 }
 
 // teardown stops every process and removes the namespaces; on failure,
-// it prints the processes' logs first.
+// it prints the processes' logs first. With STRAIT_SCENARIO_LOGS=<dir>
+// in the environment, it also writes every process's whole log there,
+// pass or fail.
 func (l *lab) teardown() {
 	l.mu.Lock()
 	procs := l.procs
 	l.mu.Unlock()
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop()
+	}
+	if dir := os.Getenv("STRAIT_SCENARIO_LOGS"); dir != "" {
+		for _, p := range procs {
+			name := filepath.Join(dir, l.t.Name()+"-"+p.name+".log")
+			if err := os.WriteFile(name, []byte(p.cmd.Stdout.(*syncWriter).String()), 0o644); err != nil {
+				l.t.Logf("keeping the log of %s: %v", p.name, err)
+			}
+		}
 	}
 	if l.t.Failed() {
 		for _, p := range procs {

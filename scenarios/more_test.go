@@ -247,6 +247,9 @@ func (s *site) startCluster() []*process {
 	for _, ip := range ips[1:] {
 		run(t, "ip", "-n", s.ns, "addr", "add", ip+"/32", "dev", "lo")
 	}
+	// Durable servers hand out virtual IPs from 240.0.0.0/16: the
+	// gateway's host takes the range as its own, as the README says.
+	run(t, "ip", "-n", s.ns, "route", "add", "local", "240.0.0.0/16", "dev", "lo")
 	var procs []*process
 	serve := func(i int, extra ...string) *process {
 		args := append([]string{l.bin, "server", "--site", s.name, "--node-name", fmt.Sprintf("%s-s%d", s.name, i),

@@ -275,8 +275,34 @@ func (s *Server) peerSite(ctx context.Context) (string, bool) {
 	return td.Name(), ok && f.PeerName != ""
 }
 
-// peerID is the SPIFFE ID of a caller that presented a (verified) SVID.
+// forwardedForHeader carries the SPIFFE ID of the original caller (an
+// agent, a gateway, a peer's server) when one of this site's servers
+// forwards its call to the leader; it is believed only from this site's
+// own servers, whose SVIDs the leader verified.
+const forwardedForHeader = "strait-forwarded-for"
+
+// peerID is the SPIFFE ID of a caller that presented a (verified) SVID,
+// or the original caller's when one of this site's servers forwarded
+// the call.
 func (s *Server) peerID(ctx context.Context) (spiffeid.ID, bool) {
+	id, ok := s.directPeerID(ctx)
+	if !ok || !trust.IsServer(id, s.cfg.TrustDomain()) {
+		return id, ok
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(forwardedForHeader)
+	if len(v) != 1 {
+		return id, ok
+	}
+	orig, err := spiffeid.FromString(v[0])
+	if err != nil {
+		return spiffeid.ID{}, false
+	}
+	return orig, true
+}
+
+// directPeerID is the SPIFFE ID in the caller's own client certificate.
+func (s *Server) directPeerID(ctx context.Context) (spiffeid.ID, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return spiffeid.ID{}, false

@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/straitmesh/strait/trust"
 )
 
 // forwardedHeader marks a call forwarded by a server. A forwarded call that
@@ -50,6 +52,9 @@ func forwardRead[Resp any](ctx context.Context, s *Server, call func(context.Con
 	out := metadata.Pairs(forwardedHeader, "1")
 	for _, v := range md.Get(authHeader) {
 		out.Append(authHeader, v)
+	}
+	if id, ok := s.peerID(ctx); ok && !trust.IsServer(id, s.cfg.TrustDomain()) {
+		out.Append(forwardedForHeader, id.String())
 	}
 	resp, err = call(metadata.NewOutgoingContext(ctx, out), conn)
 	return resp, true, err

@@ -16,8 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/straitmesh/strait/cloud/aws"
 	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/trust/keywrap"
 )
 
 // Config configures a Server. Zero values are replaced by the defaults
@@ -83,6 +85,23 @@ type Config struct {
 	// KEKFile is the key-encryption key for the CA key at rest (0600);
 	// "<DataDir>/kek" when empty. Created at bootstrap and join if missing.
 	KEKFile string
+	// KeyService, when set, keeps the KEK file as an envelope: the KEK
+	// sealed under a data key that this service (a cloud KMS) encrypts,
+	// bound to the site by an encryption context. KeyServiceName names it
+	// in the envelope ("aws-kms").
+	KeyService     keywrap.KeyService
+	KeyServiceName string
+	// DataKeyRotation is the age at which a server re-seals its KEK under
+	// a new data key, checked at start; never when zero.
+	DataKeyRotation time.Duration
+	// RetryJoin lists servers to join on first start, as addresses or
+	// cloud discovery specs ("provider=aws tag_key=... tag_value=..."),
+	// resolved again and retried until one admits this server. AWS
+	// configures discovery.
+	RetryJoin []string
+	AWS       aws.Config
+	// LeaderTasks run on the leader while it leads (cloud integrations).
+	LeaderTasks []LeaderTask
 	// LeaveOnTerminate makes a server leave the Raft configuration when Run
 	// ends. Off by default: a restarting server must not shrink the quorum.
 	LeaveOnTerminate bool
@@ -222,7 +241,7 @@ func (c *Config) setDefaults() error {
 	r.LeaderLease = cmp0(r.LeaderLease, 500*time.Millisecond)
 	r.CommitTimeout = cmp0(r.CommitTimeout, 50*time.Millisecond)
 	if c.Dev {
-		c.Bootstrap, c.Join = true, nil
+		c.Bootstrap, c.Join, c.RetryJoin = true, nil, nil
 		if c.Site == "" {
 			c.Site = "dev"
 		}
@@ -231,6 +250,14 @@ func (c *Config) setDefaults() error {
 		c.KEKFile = filepath.Join(c.DataDir, "kek")
 	}
 	return nil
+}
+
+// trustDomainName is the configured trust domain, or the site's default.
+func (c *Config) trustDomainName() string {
+	if c.TrustDomain != "" {
+		return c.TrustDomain
+	}
+	return c.Site + ".strait"
 }
 
 func cmp0(v, def time.Duration) time.Duration {
@@ -259,15 +286,21 @@ func (c *Config) validate() error {
 		if c.DataDir == "" {
 			return errors.New("data_dir: required (or use --dev for an in-memory server)")
 		}
-		if c.Bootstrap && len(c.Join) > 0 {
+		if c.Bootstrap && len(c.Join)+len(c.RetryJoin) > 0 {
 			return errors.New("bootstrap and join: choose one; bootstrap the first server, join the others")
 		}
-		if len(c.Join) > 0 && c.JoinToken == "" {
+		if len(c.Join)+len(c.RetryJoin) > 0 && c.JoinToken == "" {
 			return errors.New("join_token: required to join; create one on the site with `strait token create --kind server`")
 		}
 	}
 	if c.Bootstrap && c.Site == "" {
 		return errors.New("site: required to bootstrap a new site")
+	}
+	if err := aws.ValidateJoin(c.RetryJoin); err != nil {
+		return err
+	}
+	if err := c.AWS.Validate(); err != nil {
+		return err
 	}
 	if c.AdvertiseAddr != "" {
 		ap, err := netip.ParseAddrPort(c.AdvertiseAddr)

@@ -14,7 +14,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/straitmesh/strait/cloud/aws"
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/jointoken"
@@ -49,13 +52,13 @@ func (s *Server) prepareIdentity(ctx context.Context) (*identity, error) {
 	n, err := dd.readNode()
 	switch {
 	case err == nil:
-		return s.loadIdentity(dd, n)
+		return s.loadIdentity(ctx, dd, n)
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, err
 	case dd.hasRaftState():
 		return nil, fmt.Errorf("data_dir %s has Raft state but no node.json: an earlier bootstrap or join did not finish; remove the directory and start again", c.DataDir)
 	case c.Bootstrap:
-		kek, err := s.loadOrCreateKEK(nil)
+		kek, err := s.loadOrCreateKEK(ctx, nil, c.Site, c.trustDomainName())
 		if err != nil {
 			return nil, err
 		}
@@ -65,14 +68,18 @@ func (s *Server) prepareIdentity(ctx context.Context) (*identity, error) {
 		}
 		id.persistent = true
 		return id, dd.writeIdentity(id.chain, id.key, id.bundle)
-	case len(c.Join) > 0:
+	case len(c.Join) > 0 || len(c.RetryJoin) > 0:
 		return s.join(ctx, dd)
 	}
-	return nil, fmt.Errorf("data_dir %s is empty: pass --bootstrap to create a new site, or --join with --join-token to join one", c.DataDir)
+	return nil, fmt.Errorf("data_dir %s is empty: pass --bootstrap to create a new site, or --join (or retry_join) with --join-token to join one", c.DataDir)
 }
 
-func (s *Server) loadOrCreateKEK(raw []byte) (*keywrap.FileKEK, error) {
-	if k, err := keywrap.LoadFile(s.cfg.KEKFile); err == nil {
+// loadOrCreateKEK loads the KEK file, or creates it: from raw (a joining
+// server receives the site's KEK) or fresh (bootstrap). With a key
+// service, the file is an envelope (see keywrap.Envelope) bound to the
+// site and trust domain.
+func (s *Server) loadOrCreateKEK(ctx context.Context, raw []byte, site, td string) (*keywrap.FileKEK, error) {
+	if k, err := s.loadKEK(ctx, site, td); err == nil {
 		if raw != nil && !bytes.Equal(k.Raw(), raw) {
 			return nil, fmt.Errorf("kek_file %s holds a different key from the site's; remove it or point kek_file elsewhere", s.cfg.KEKFile)
 		}
@@ -90,7 +97,58 @@ func (s *Server) loadOrCreateKEK(raw []byte) (*keywrap.FileKEK, error) {
 	if err != nil {
 		return nil, err
 	}
+	if ks := s.cfg.KeyService; ks != nil {
+		env, err := keywrap.SealEnvelope(ctx, k, ks, s.cfg.KeyServiceName, kekContext(site, td), s.cfg.Now())
+		if err != nil {
+			return nil, fmt.Errorf("kek_file %s: %w", s.cfg.KEKFile, err)
+		}
+		return k, keywrap.WriteEnvelope(s.cfg.KEKFile, env, false)
+	}
 	return k, keywrap.WriteFile(s.cfg.KEKFile, k)
+}
+
+// kekContext binds a KEK envelope to its site.
+func kekContext(site, td string) map[string]string {
+	return map[string]string{"strait:site": site, "strait:trust-domain": td}
+}
+
+// loadKEK reads the KEK file: a plain key, or with a key service an
+// envelope, which it opens (and re-seals under a new data key when the
+// data key is older than DataKeyRotation).
+func (s *Server) loadKEK(ctx context.Context, site, td string) (*keywrap.FileKEK, error) {
+	ks := s.cfg.KeyService
+	if ks == nil {
+		return keywrap.LoadFile(s.cfg.KEKFile)
+	}
+	env, err := keywrap.ReadEnvelope(s.cfg.KEKFile)
+	if err != nil {
+		return nil, err
+	}
+	k, err := env.Open(ctx, ks, kekContext(site, td))
+	if err != nil {
+		return nil, fmt.Errorf("kek_file %s: %w (the file is unchanged)", s.cfg.KEKFile, err)
+	}
+	if age := s.cfg.Now().Sub(env.Created); s.cfg.DataKeyRotation > 0 && age >= s.cfg.DataKeyRotation {
+		if err := s.rotateDataKey(ctx, k, site, td); err != nil {
+			// The old data key still opens the KEK: keep serving, try again next start.
+			s.log.Warn("data key rotation failed; the current data key stays in use", "kek_file", s.cfg.KEKFile, "age", age.Round(time.Second), "err", err)
+		}
+	}
+	return k, nil
+}
+
+// rotateDataKey re-seals k under a new data key, replacing the envelope
+// atomically.
+func (s *Server) rotateDataKey(ctx context.Context, k *keywrap.FileKEK, site, td string) error {
+	env, err := keywrap.SealEnvelope(ctx, k, s.cfg.KeyService, s.cfg.KeyServiceName, kekContext(site, td), s.cfg.Now())
+	if err != nil {
+		return err
+	}
+	if err := keywrap.WriteEnvelope(s.cfg.KEKFile, env, true); err != nil {
+		return err
+	}
+	s.log.Info("data key rotated", "kek_file", s.cfg.KEKFile, "key_id", env.KeyID)
+	return nil
 }
 
 // newSiteIdentity creates a CA and a server SVID for a new site.
@@ -102,11 +160,7 @@ func (s *Server) newSiteIdentity(kek *keywrap.FileKEK) (*identity, error) {
 			return nil, err
 		}
 	}
-	tdName := c.TrustDomain
-	if tdName == "" {
-		tdName = c.Site + ".strait"
-	}
-	td, err := spiffeid.TrustDomainFromString(tdName)
+	td, err := spiffeid.TrustDomainFromString(c.trustDomainName())
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
 	}
@@ -136,7 +190,7 @@ func (s *Server) newSiteIdentity(kek *keywrap.FileKEK) (*identity, error) {
 	}, nil
 }
 
-func (s *Server) loadIdentity(dd dataDir, n *nodeInfo) (*identity, error) {
+func (s *Server) loadIdentity(ctx context.Context, dd dataDir, n *nodeInfo) (*identity, error) {
 	c := &s.cfg
 	if c.Site != "" && c.Site != n.Site {
 		return nil, fmt.Errorf("site: configured %q but data_dir %s belongs to site %q", c.Site, c.DataDir, n.Site)
@@ -148,7 +202,7 @@ func (s *Server) loadIdentity(dd dataDir, n *nodeInfo) (*identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dd.nodeFile(), err)
 	}
-	kek, err := keywrap.LoadFile(c.KEKFile)
+	kek, err := s.loadKEK(ctx, n.Site, n.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
@@ -175,21 +229,64 @@ func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 		return nil, err
 	}
 	req := &apipb.JoinRequest{NodeId: c.NodeID, Address: s.advertise, Csr: csr}
-	var errs []error
-	for _, addr := range c.Join {
-		resp, err := joinOne(ctx, addr, tok, req)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-			continue
+	backoff := time.Second
+	for {
+		addrs := c.Join
+		var errs []error
+		if len(c.RetryJoin) > 0 {
+			found, err := aws.ResolveAddrs(ctx, c.RetryJoin, c.AWS)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			addrs = append(append([]string(nil), c.Join...), found...)
 		}
-		id, err := s.acceptJoin(dd, resp, key)
-		if err != nil {
+		for _, addr := range addrs {
+			if addr == s.advertise {
+				continue // discovery finds this server too
+			}
+			resp, err := joinOne(ctx, addr, tok, req)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+				continue
+			}
+			id, err := s.acceptJoin(ctx, dd, resp, key)
+			if err != nil {
+				return nil, err
+			}
+			s.log.Info("joined site", "site", resp.Site, "trust_domain", resp.TrustDomain, "via", addr)
+			return id, nil
+		}
+		if len(addrs) == 0 && len(errs) == 0 {
+			errs = append(errs, errors.New("no server found yet"))
+		}
+		err := fmt.Errorf("join: no server admitted this one: %w", errors.Join(errs...))
+		if len(c.RetryJoin) == 0 || refusedJoin(errs) {
 			return nil, err
 		}
-		s.log.Info("joined site", "site", resp.Site, "trust_domain", resp.TrustDomain, "via", addr)
-		return id, nil
+		s.log.Warn("retry_join: not admitted yet; retrying", "servers", addrs, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
 	}
-	return nil, fmt.Errorf("join: no server admitted this one: %w", errors.Join(errs...))
+}
+
+// refusedJoin reports whether a server refused the join for good (a bad,
+// used or expired token): retrying cannot help.
+func refusedJoin(errs []error) bool {
+	for _, err := range errs {
+		for e := err; e != nil; e = errors.Unwrap(e) {
+			if st, ok := status.FromError(e); ok {
+				switch st.Code() {
+				case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.AlreadyExists:
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func joinOne(ctx context.Context, addr string, tok jointoken.Token, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
@@ -203,7 +300,7 @@ func joinOne(ctx context.Context, addr string, tok jointoken.Token, req *apipb.J
 	return apipb.NewClusterClient(conn).Join(ctx, req)
 }
 
-func (s *Server) acceptJoin(dd dataDir, resp *apipb.JoinResponse, key crypto.Signer) (*identity, error) {
+func (s *Server) acceptJoin(ctx context.Context, dd dataDir, resp *apipb.JoinResponse, key crypto.Signer) (*identity, error) {
 	c := &s.cfg
 	if c.Site != "" && c.Site != resp.Site {
 		return nil, fmt.Errorf("join: token belongs to site %q, this server is configured for %q", resp.Site, c.Site)
@@ -238,7 +335,7 @@ func (s *Server) acceptJoin(dd dataDir, resp *apipb.JoinResponse, key crypto.Sig
 	if want, _ := trust.ServerID(td, c.NodeID); id != want {
 		return nil, fmt.Errorf("join: issued SVID is %s, want %s", id, want)
 	}
-	kek, err := s.loadOrCreateKEK(resp.Kek)
+	kek, err := s.loadOrCreateKEK(ctx, resp.Kek, resp.Site, td.Name())
 	if err != nil {
 		return nil, err
 	}

@@ -175,7 +175,8 @@ func (s *Server) lead(ctx context.Context) {
 	s.leading.Store(&ctx)
 	defer s.leading.Store(nil)
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); s.runLeaderTasks(ctx) }()
 	go func() { defer wg.Done(); s.rotateLoop(ctx) }()
 	go func() { defer wg.Done(); s.refreshForeign(ctx) }()
 	go func() { defer wg.Done(); s.replicate(ctx) }()

@@ -16,6 +16,11 @@ import (
 // DefaultServerTokenTTL is the lifetime of a server join token when none is given.
 const DefaultServerTokenTTL = time.Hour
 
+// MaxServerTokenUses bounds a server token's uses. Single-use unless asked:
+// a group of servers started from one template (cloud auto-join) shares
+// one token, which stays short-lived.
+const MaxServerTokenUses = 7
+
 func notFound(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, state.ErrNotFound)...)
 }
@@ -41,10 +46,12 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 		if ttl == 0 {
 			ttl = DefaultServerTokenTTL
 		}
-		if req.MaxUses > 1 {
-			return nil, fieldErr("max_uses", "server tokens are single-use")
+		if req.MaxUses > MaxServerTokenUses {
+			return nil, fieldErr("max_uses", "a server token admits at most %d servers (a whole site and spares)", MaxServerTokenUses)
 		}
-		req.MaxUses = 1
+		if req.MaxUses == 0 {
+			req.MaxUses = 1
+		}
 	}
 	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.CreateTokenResponse, error) {
 		return apipb.NewACLClient(c).CreateToken(ctx, req)

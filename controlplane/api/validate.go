@@ -234,3 +234,8 @@ func validateServiceRef(ns *string, name string) error {
 	}
 	return validLabel("service", name)
 }
+
+// ValidateRegister checks a registration as the API would (and fills in
+// the default namespace), for writers inside the server such as cloud
+// catalog sync.
+func ValidateRegister(req *apipb.RegisterRequest) error { return validateRegister(req) }

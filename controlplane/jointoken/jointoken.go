@@ -19,11 +19,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/straitmesh/strait/trust"
@@ -107,7 +109,10 @@ func ClientConfig(pin [sha256.Size]byte) *tls.Config {
 func Dial(addr string, t Token) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(ClientConfig(t.Pin))),
-		grpc.WithPerRPCCredentials(bearer(t.Secret)))
+		grpc.WithPerRPCCredentials(bearer(t.Secret)),
+		// A server that accepts connections but is not serving yet (it is
+		// joining too) must not hold a joiner for gRPC's default 20s.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: 5 * time.Second}))
 }
 
 type bearer string

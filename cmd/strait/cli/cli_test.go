@@ -152,6 +152,14 @@ func TestConfigFile(t *testing.T) {
 		{"bad duration", write("dur.yaml", "raft:\n  heartbeat_timeout: soon\n"), "is not a duration like"},
 		{"bad log level", write("lvl.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nlog_level: loud\n"), "log_level"},
 		{"no data dir", write("nodir.yaml", "site: a\nnode_name: s1\n"), "data_dir"},
+		{"aws", write("aws.yaml", "site: a\nnode_name: s1\ndata_dir: /d\njoin_token_file: "+write("tok2", "strait_x.y\n")+
+			"\nretry_join: [\"provider=aws region=us-east-1 tag_key=strait-site tag_value=a\"]\naws:\n  region: us-east-1\n  kms_key_id: alias/strait\n"+
+			"  data_key_rotation: 720h\n  bundle_s3_bucket: b\n  cloudmap:\n    namespace: ecs\n    publish: true\n  endpoints:\n    kms: https://kms.internal\n"), ""},
+		{"bad retry_join", write("rj.yaml", "site: a\nnode_name: s1\ndata_dir: /d\njoin_token_file: "+write("tok3", "strait_x.y\n")+"\nretry_join: [\"provider=aws tag_key=a\"]\n"), "tag_value"},
+		{"retry_join without token", write("rjt.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nretry_join: [\"10.0.0.1:7400\"]\n"), "join_token"},
+		{"aws endpoint", write("ep.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  endpoints:\n    sqs: http://x\n"), "unknown service"},
+		{"aws rotation without kms", write("rot.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  data_key_rotation: 1h\n"), "kms_key_id"},
+		{"cloudmap without namespace", write("cm.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  cloudmap:\n    publish: true\n"), "namespace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,47 +13,101 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/straitmesh/strait/cloud/aws"
 	"github.com/straitmesh/strait/controlplane"
+	"github.com/straitmesh/strait/meshname"
 )
 
 // FileConfig is the server's config file (YAML). Every key is documented in
 // README.md; unknown keys are an error. Flags override the file.
 type FileConfig struct {
-	Site             string   `yaml:"site"`
-	TrustDomain      string   `yaml:"trust_domain"`
-	NodeName         string   `yaml:"node_name"`
-	DataDir          string   `yaml:"data_dir"`
-	BindAddr         string   `yaml:"bind_addr"`
-	AdvertiseAddr    string   `yaml:"advertise_addr"`
-	MetricsAddr      string   `yaml:"metrics_addr"`
-	BundleAddr       string   `yaml:"bundle_endpoint_addr"`
-	BundleHint       Duration `yaml:"bundle_refresh_hint"`
-	BundleWebCert    string   `yaml:"bundle_web_cert_file"`
-	BundleWebKey     string   `yaml:"bundle_web_key_file"`
-	WorkloadSVIDTTL  Duration `yaml:"workload_svid_ttl"`
-	SignRate         int      `yaml:"sign_rate"`
-	DNSAddr          string   `yaml:"dns_addr"`
-	DNSDomain        string   `yaml:"dns_domain"`
-	DNSUpstreams     []string `yaml:"dns_upstreams"`
-	DNSTTL           Duration `yaml:"dns_ttl"`
-	DNSPeerOrder     []string `yaml:"dns_peer_order"`
-	CAPropagation    Duration `yaml:"ca_propagation_delay"`
-	PeerHeartbeat    Duration `yaml:"peer_heartbeat"`
-	PeerStaleAfter   Duration `yaml:"peer_stale_after"`
-	VirtualIPCIDR    string   `yaml:"virtual_ip_cidr"`
-	Bootstrap        bool     `yaml:"bootstrap"`
-	Join             []string `yaml:"join"`
-	JoinTokenFile    string   `yaml:"join_token_file"`
-	KEKFile          string   `yaml:"kek_file"`
-	LeaveOnTerminate bool     `yaml:"leave_on_terminate"`
-	ServerSVIDTTL    Duration `yaml:"server_svid_ttl"`
-	LogLevel         string   `yaml:"log_level"`
-	LogFormat        string   `yaml:"log_format"`
+	Site             string    `yaml:"site"`
+	TrustDomain      string    `yaml:"trust_domain"`
+	NodeName         string    `yaml:"node_name"`
+	DataDir          string    `yaml:"data_dir"`
+	BindAddr         string    `yaml:"bind_addr"`
+	AdvertiseAddr    string    `yaml:"advertise_addr"`
+	MetricsAddr      string    `yaml:"metrics_addr"`
+	BundleAddr       string    `yaml:"bundle_endpoint_addr"`
+	BundleHint       Duration  `yaml:"bundle_refresh_hint"`
+	BundleWebCert    string    `yaml:"bundle_web_cert_file"`
+	BundleWebKey     string    `yaml:"bundle_web_key_file"`
+	WorkloadSVIDTTL  Duration  `yaml:"workload_svid_ttl"`
+	SignRate         int       `yaml:"sign_rate"`
+	DNSAddr          string    `yaml:"dns_addr"`
+	DNSDomain        string    `yaml:"dns_domain"`
+	DNSUpstreams     []string  `yaml:"dns_upstreams"`
+	DNSTTL           Duration  `yaml:"dns_ttl"`
+	DNSPeerOrder     []string  `yaml:"dns_peer_order"`
+	CAPropagation    Duration  `yaml:"ca_propagation_delay"`
+	PeerHeartbeat    Duration  `yaml:"peer_heartbeat"`
+	PeerStaleAfter   Duration  `yaml:"peer_stale_after"`
+	VirtualIPCIDR    string    `yaml:"virtual_ip_cidr"`
+	Bootstrap        bool      `yaml:"bootstrap"`
+	Join             []string  `yaml:"join"`
+	RetryJoin        []string  `yaml:"retry_join"`
+	JoinTokenFile    string    `yaml:"join_token_file"`
+	KEKFile          string    `yaml:"kek_file"`
+	LeaveOnTerminate bool      `yaml:"leave_on_terminate"`
+	ServerSVIDTTL    Duration  `yaml:"server_svid_ttl"`
+	LogLevel         string    `yaml:"log_level"`
+	LogFormat        string    `yaml:"log_format"`
+	AWS              AWSConfig `yaml:"aws"`
 	Raft             struct {
 		HeartbeatTimeout   Duration `yaml:"heartbeat_timeout"`
 		ElectionTimeout    Duration `yaml:"election_timeout"`
 		LeaderLeaseTimeout Duration `yaml:"leader_lease_timeout"`
 	} `yaml:"raft"`
+}
+
+// AWSConfig is the server config's aws block: credentials come from the
+// SDK's standard chain; see README.md, "On AWS".
+type AWSConfig struct {
+	Region    string            `yaml:"region"`
+	Profile   string            `yaml:"profile"`
+	Endpoints map[string]string `yaml:"endpoints"`
+	// KMSKeyID wraps the KEK (kek_file becomes an envelope).
+	KMSKeyID        string   `yaml:"kms_key_id"`
+	DataKeyRotation Duration `yaml:"data_key_rotation"`
+	// BundleBucket and BundleKey: publish the site bundle to S3.
+	BundleBucket string `yaml:"bundle_s3_bucket"`
+	BundleKey    string `yaml:"bundle_s3_key"`
+	CloudMap     struct {
+		Namespace       string   `yaml:"namespace"`
+		StraitNamespace string   `yaml:"strait_namespace"`
+		Publish         bool     `yaml:"publish"`
+		Interval        Duration `yaml:"interval"`
+	} `yaml:"cloudmap"`
+}
+
+func (a *AWSConfig) sdkConfig() aws.Config {
+	return aws.Config{Region: a.Region, Profile: a.Profile, Endpoints: a.Endpoints}
+}
+
+// used reports whether any AWS integration is configured.
+func (a *AWSConfig) used() bool {
+	return a.KMSKeyID != "" || a.BundleBucket != "" || a.CloudMap.Namespace != ""
+}
+
+func (a *AWSConfig) validate() error {
+	if a.BundleKey != "" && a.BundleBucket == "" {
+		return errors.New("aws.bundle_s3_key: set aws.bundle_s3_bucket too")
+	}
+	if a.DataKeyRotation != 0 && a.KMSKeyID == "" {
+		return errors.New("aws.data_key_rotation: set aws.kms_key_id too")
+	}
+	if a.CloudMap.Namespace == "" && (a.CloudMap.Publish || a.CloudMap.StraitNamespace != "" || a.CloudMap.Interval != 0) {
+		return errors.New("aws.cloudmap: set namespace")
+	}
+	if ns := a.CloudMap.StraitNamespace; ns != "" {
+		if err := meshname.ValidLabel(ns); err != nil {
+			return fmt.Errorf("aws.cloudmap.strait_namespace: %w", err)
+		}
+	}
+	if d := time.Duration(a.CloudMap.Interval); d != 0 && d < time.Second {
+		return fmt.Errorf("aws.cloudmap.interval: %s is below 1s (Cloud Map's API rate limits)", d)
+	}
+	return nil
 }
 
 // Duration is a config duration written like 500ms, 2s or 72h.
@@ -114,7 +168,8 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		CAPropagationDelay: time.Duration(fc.CAPropagation),
 		PeerHeartbeat:      time.Duration(fc.PeerHeartbeat), PeerStaleAfter: time.Duration(fc.PeerStaleAfter),
 		VirtualIPCIDR: fc.VirtualIPCIDR,
-		Bootstrap:     fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
+		RetryJoin:     fc.RetryJoin, AWS: fc.AWS.sdkConfig(), DataKeyRotation: time.Duration(fc.AWS.DataKeyRotation),
+		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
 			Heartbeat:   time.Duration(fc.Raft.HeartbeatTimeout),
@@ -133,6 +188,9 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		return c, fmt.Errorf("sign_rate: %d must not be negative", fc.SignRate)
 	}
 	if _, err := parseLogLevel(fc.LogLevel); err != nil {
+		return c, err
+	}
+	if err := fc.AWS.validate(); err != nil {
 		return c, err
 	}
 	switch fc.LogFormat {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/straitmesh/strait/cloud/aws"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/gateway"
@@ -19,6 +20,7 @@ func newGatewayCmd(g *globals) *cobra.Command {
 		cfg       gateway.Config
 		logLevel  string
 		logFormat string
+		awsRegion string
 	)
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -41,10 +43,14 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 				}
 				cfg.Name = h
 			}
-			if _, err := parseLogLevel(logLevel); err != nil {
+			var err error
+			if _, err = parseLogLevel(logLevel); err != nil {
 				return usageError{err}
 			}
 			cfg.Logger = (&FileConfig{LogLevel: logLevel, LogFormat: logFormat}).logger(g.stderr)
+			if cfg.Servers, err = resolveServers(cmd.Context(), cfg.Servers, aws.Config{Region: awsRegion}, cfg.Logger.Warn); err != nil {
+				return usageError{err}
+			}
 			gw, err := gateway.New(cfg)
 			if err != nil {
 				return usageError{err}
@@ -54,7 +60,8 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Name, "name", "", "this gateway's name, a DNS label (default: host name)")
-	f.StringSliceVar(&cfg.Servers, "server", nil, "addresses of the site's servers (repeatable)")
+	f.StringSliceVar(&cfg.Servers, "server", nil, "a server of the site: an address, or \"provider=aws tag_key=K tag_value=V\" to find them from EC2 tags (repeatable)")
+	f.StringVar(&awsRegion, "aws-region", "", "AWS region for --server discovery (default: AWS_REGION or the shared config)")
 	f.StringVar(&cfg.JoinToken, "join-token", "", "gateway token, first start only (env STRAIT_JOIN_TOKEN)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the gateway's identity")
 	f.StringVar(&cfg.WANAddr, "wan-addr", "0.0.0.0:8443", "address peers' gateways connect to")

@@ -50,6 +50,9 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 				return err
 			}
 			cfg.Logger = file.logger(g.stderr)
+			if err := file.AWS.integrate(cmd.Context(), &cfg, file.Site); err != nil {
+				return err
+			}
 			return runServer(cmd, g, cfg)
 		},
 	}
@@ -67,6 +70,7 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 	f.StringVar(&fc.BundleAddr, "bundle-addr", "", "address for the SPIFFE bundle endpoint, HTTPS (default: off)")
 	f.BoolVar(&fc.Bootstrap, "bootstrap", false, "create the site (first server, first start only)")
 	f.StringSliceVar(&fc.Join, "join", nil, "addresses of existing servers to join (first start only)")
+	f.StringArrayVar(&fc.RetryJoin, "retry-join", nil, "servers to join, retried until admitted: an address or \"provider=aws tag_key=K tag_value=V\" (repeatable)")
 	f.StringVar(&joinToken, "join-token", "", "server join token (env STRAIT_JOIN_TOKEN)")
 	f.StringVar(&fc.KEKFile, "kek-file", "", "key-encryption key file for the CA key (default <data-dir>/kek)")
 	f.BoolVar(&fc.LeaveOnTerminate, "leave-on-terminate", false, "leave the site's Raft configuration on shutdown")
@@ -100,6 +104,9 @@ func mergeFlags(cmd *cobra.Command, file, flags *FileConfig) {
 	}
 	if set("join") {
 		file.Join = flags.Join
+	}
+	if set("retry-join") {
+		file.RetryJoin = flags.RetryJoin
 	}
 	if set("leave-on-terminate") {
 		file.LeaveOnTerminate = flags.LeaveOnTerminate

@@ -34,7 +34,7 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
   management  everything, including tokens
   write       catalog reads and writes
   read        catalog reads and status
-  server      lets one new server join this site (single-use, 1h unless --ttl)
+  server      lets new servers join this site (one unless --max-uses, at most 7; 1h unless --ttl)
   agent       lets agents join this site (--max-uses to bound how many)
   gateway     lets gateways join this site (--max-uses to bound how many)`,
 		Args: cobra.NoArgs,

@@ -197,7 +197,7 @@ type CreateTokenRequest struct {
 	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
 	// Zero: never expires (server tokens default to one hour).
 	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	// Zero: unlimited (server tokens are always single-use).
+	// Zero: unlimited (server tokens: one use; at most 7).
 	MaxUses       uint32 `protobuf:"varint,4,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -13,6 +13,14 @@ type Instance struct {
 	Port     uint32
 	Meta     map[string]string
 	Passing  bool
+	// ServiceMeta is set on the service when the instance is registered.
+	ServiceMeta map[string]string
+}
+
+// Service is a local service, as catalog sync sees it.
+type Service struct {
+	Namespace, Name string
+	Meta            map[string]string
 }
 
 // Catalog is a site's local catalog, written through Raft (leader only).
@@ -23,6 +31,10 @@ type Catalog interface {
 	RegisterInstance(ctx context.Context, in Instance) error
 	// DeregisterInstance removes an instance.
 	DeregisterInstance(ctx context.Context, namespace, service, id string) error
+	// LocalServices lists local services, with or without instances.
+	LocalServices() []Service
+	// DeregisterService removes a service and its instances.
+	DeregisterService(ctx context.Context, namespace, name string) error
 	// CatalogChanged is closed at the next change.
 	CatalogChanged() <-chan struct{}
 }

@@ -88,7 +88,7 @@ func (s *Server) RegisterInstance(ctx context.Context, li cloud.Instance) error 
 		health = apipb.Health_HEALTH_PASSING
 	}
 	req := &apipb.RegisterRequest{
-		Service:  &apipb.Service{Namespace: li.Namespace, Name: li.Service, Ports: []*apipb.ServicePort{{Name: li.PortName, Protocol: apipb.Protocol_PROTOCOL_TCP}}},
+		Service:  &apipb.Service{Namespace: li.Namespace, Name: li.Service, Meta: li.ServiceMeta, Ports: []*apipb.ServicePort{{Name: li.PortName, Protocol: apipb.Protocol_PROTOCOL_TCP}}},
 		Instance: &apipb.Instance{Id: li.ID, Address: li.Address, Ports: map[string]uint32{li.PortName: li.Port}, Meta: li.Meta, Health: health},
 	}
 	if err := api.ValidateRegister(req); err != nil {
@@ -98,7 +98,25 @@ func (s *Server) RegisterInstance(ctx context.Context, li cloud.Instance) error 
 	return err
 }
 
-// DeregisterInstance removes an instance. Leader only.
+// LocalServices lists local services.
+func (s *Server) LocalServices() []cloud.Service {
+	sums, _ := s.store.ServiceSummaries("")
+	var out []cloud.Service
+	for _, sum := range sums {
+		if svc := sum.Service; svc.Peer == "" {
+			out = append(out, cloud.Service{Namespace: svc.Namespace, Name: svc.Name, Meta: svc.Meta})
+		}
+	}
+	return out
+}
+
+// DeregisterService removes a service and its instances. Leader only.
+func (s *Server) DeregisterService(ctx context.Context, namespace, name string) error {
+	return s.DeregisterInstance(ctx, namespace, name, "")
+}
+
+// DeregisterInstance removes an instance (the whole service when id is
+// empty). Leader only.
 func (s *Server) DeregisterInstance(ctx context.Context, namespace, service, id string) error {
 	_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: &apipb.DeregisterRequest{
 		Namespace: namespace, Service: service, InstanceId: id}}})

@@ -198,8 +198,9 @@ func (c *CloudMapSync) importServices(ctx context.Context, services map[string]s
 			id := CatalogInstanceID(cmID)
 			want[key(c.StraitNamespace, name, id)] = cloud.Instance{Namespace: c.StraitNamespace, Service: name, ID: id,
 				Address: attrs[ipv4Attr], PortName: importedPort, Port: uint32(port),
-				Meta:    map[string]string{SourceMeta: SourceCloudMap, CloudMapIDMeta: cmID},
-				Passing: in.HealthStatus != sdtypes.HealthStatusUnhealthy}
+				Meta:        map[string]string{SourceMeta: SourceCloudMap, CloudMapIDMeta: cmID},
+				ServiceMeta: map[string]string{SourceMeta: SourceCloudMap},
+				Passing:     in.HealthStatus != sdtypes.HealthStatusUnhealthy}
 		}
 	}
 	have := map[string]cloud.Instance{}
@@ -229,6 +230,20 @@ func (c *CloudMapSync) importServices(ctx context.Context, services map[string]s
 			continue
 		}
 		c.Logger.Info("cloud map instance gone; deregistered", "service", h.Namespace+"/"+h.Service, "instance", h.ID)
+	}
+	// A service deleted from Cloud Map leaves the catalog too.
+	for _, svc := range c.Catalog.LocalServices() {
+		if svc.Meta[SourceMeta] != SourceCloudMap || svc.Namespace != c.StraitNamespace {
+			continue
+		}
+		if _, ok := services[svc.Name]; ok {
+			continue
+		}
+		if err := c.Catalog.DeregisterService(ctx, svc.Namespace, svc.Name); err != nil {
+			errs = append(errs, fmt.Errorf("deregister service %s/%s: %w", svc.Namespace, svc.Name, err))
+			continue
+		}
+		c.Logger.Info("cloud map service gone; deregistered", "service", svc.Namespace+"/"+svc.Name)
 	}
 	return errors.Join(errs...)
 }

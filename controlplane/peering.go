@@ -125,7 +125,7 @@ func (s *Server) CreateInvite(ctx context.Context, peer string, ttl time.Duratio
 	if err != nil {
 		return nil, err
 	}
-	return &apipb.CreateInviteResponse{Token: tok, Expires: expires}, nil
+	return &apipb.CreateInviteResponse{Token: tok, Expires: expires, AccessorId: accessor}, nil
 }
 
 // JoinFederation implements api.Node.

@@ -314,9 +314,11 @@ func (x *CreateInviteRequest) GetTtl() *durationpb.Duration {
 }
 
 type CreateInviteResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	Expires       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires,proto3" json:"expires,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Token   string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Expires *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires,proto3" json:"expires,omitempty"`
+	// The token's public ID, to revoke it (ACL.RevokeToken) before it is used.
+	AccessorId    string `protobuf:"bytes,3,opt,name=accessor_id,json=accessorId,proto3" json:"accessor_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -363,6 +365,13 @@ func (x *CreateInviteResponse) GetExpires() *timestamppb.Timestamp {
 		return x.Expires
 	}
 	return nil
+}
+
+func (x *CreateInviteResponse) GetAccessorId() string {
+	if x != nil {
+		return x.AccessorId
+	}
+	return ""
 }
 
 type JoinFederationRequest struct {
@@ -1799,10 +1808,12 @@ const file_controlplane_api_apipb_federation_proto_rawDesc = "" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\"V\n" +
 	"\x13CreateInviteRequest\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12+\n" +
-	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"b\n" +
+	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x83\x01\n" +
 	"\x14CreateInviteResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x124\n" +
-	"\aexpires\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\"A\n" +
+	"\aexpires\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x1f\n" +
+	"\vaccessor_id\x18\x03 \x01(\tR\n" +
+	"accessorId\"A\n" +
 	"\x15JoinFederationRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\xc9\x02\n" +

@@ -10,12 +10,16 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzReadHeader ./gateway:FuzzParseClientHello
 
-.PHONY: all build test test-long fuzz lint fmt generate bench bench-dns bench-gateway demo scenarios clean
+.PHONY: all build provider test test-long fuzz lint fmt generate bench bench-dns bench-gateway demo scenarios clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/strait
+
+## provider: the Terraform provider (see terraform/README.md).
+provider:
+	$(GO) build -o bin/terraform-provider-strait ./cmd/terraform-provider-strait
 
 ## test: the suite CI runs (race detector on, real clusters on loopback).
 test:

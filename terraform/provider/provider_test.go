@@ -182,9 +182,9 @@ func TestProviderEndToEnd(t *testing.T) {
 		Values struct {
 			RootModule struct {
 				Resources []struct {
-					Address         string          `json:"address"`
-					Values          map[string]any  `json:"values"`
-					SensitiveValues map[string]any  `json:"sensitive_values"`
+					Address         string         `json:"address"`
+					Values          map[string]any `json:"values"`
+					SensitiveValues map[string]any `json:"sensitive_values"`
 				} `json:"resources"`
 			} `json:"root_module"`
 		} `json:"values"`

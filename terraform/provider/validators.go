@@ -13,7 +13,9 @@ var durationValidators = []validator.String{durationValidator{}}
 
 type durationValidator struct{}
 
-func (durationValidator) Description(context.Context) string { return "a Go duration such as 15m or 24h" }
+func (durationValidator) Description(context.Context) string {
+	return "a Go duration such as 15m or 24h"
+}
 func (v durationValidator) MarkdownDescription(ctx context.Context) string {
 	return v.Description(ctx)
 }

@@ -346,10 +346,10 @@ resource "azurerm_linux_virtual_machine_scale_set" "gateway" {
     storage_account_type = "Premium_LRS"
   }
   network_interface {
-    name                          = "nic"
-    primary                       = true
-    enable_accelerated_networking = true
-    network_security_group_id     = azurerm_network_security_group.gateway.id
+    name                           = "nic"
+    primary                        = true
+    accelerated_networking_enabled = true
+    network_security_group_id      = azurerm_network_security_group.gateway.id
     ip_configuration {
       name                                   = "ip"
       primary                                = true

@@ -224,6 +224,7 @@ resource "google_compute_instance_group_manager" "server" {
     type                  = "OPPORTUNISTIC"
     minimal_action        = "REPLACE"
     max_unavailable_fixed = 1
+    max_surge_fixed       = 0
     replacement_method    = "RECREATE"
   }
 }

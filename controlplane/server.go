@@ -145,7 +145,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
 	apiSrv.RegisterServices(gs)
-	xs := xds.New(xds.Config{Inputs: s.xdsInputs, Changed: s.xdsChanged, Caller: api.GatewayCaller, Logger: s.log, Registerer: s.cfg.Registerer})
+	xs := xds.New(xds.Config{Inputs: s.xdsInputs, Changed: s.xdsChanged, Caller: meshCaller, Logger: s.log, Registerer: s.cfg.Registerer})
 	xs.Register(gs)
 
 	muxCtx, stopMux := context.WithCancel(context.WithoutCancel(ctx))
@@ -199,6 +199,17 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	s.shutdown(gs, stopMux)
 	<-grpcDone
 	return runErr
+}
+
+// meshCaller says who an xDS stream is from: a gateway or a workload.
+func meshCaller(ctx context.Context) (xds.Subscriber, bool) {
+	if name, ok := api.GatewayCaller(ctx); ok {
+		return xds.Subscriber{Gateway: name}, true
+	}
+	if id, ok := api.WorkloadCaller(ctx); ok {
+		return xds.Subscriber{Workload: id}, true
+	}
+	return xds.Subscriber{}, false
 }
 
 // shutdown leaves (if configured), drains the API and stops Raft.

@@ -14,7 +14,7 @@ func (s *Server) xdsInputs() (xds.Inputs, error) {
 	if err != nil {
 		return xds.Inputs{}, err
 	}
-	in := xds.Inputs{TrustDomain: s.id.td.Name(), CAs: own.X509Authorities(), Intentions: s.store.Intentions()}
+	in := xds.Inputs{TrustDomain: s.id.td.Name(), Domain: s.cfg.DNSDomain, CAs: own.X509Authorities(), Intentions: s.store.Intentions()}
 	for _, f := range s.store.ForeignBundles() {
 		if f.PeerName == "" {
 			continue

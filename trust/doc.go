@@ -8,7 +8,11 @@
 // spiffe://<td>/strait/gateway/<name>, agents spiffe://<td>/strait/agent/<node>.
 package trust
 
-import "github.com/spiffe/go-spiffe/v2/spiffeid"
+import (
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
 
 // ServerID is the SPIFFE ID of the server named node in td.
 func ServerID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
@@ -29,6 +33,19 @@ func BundleEndpointID(td spiffeid.TrustDomain) spiffeid.ID {
 // WorkloadID is the SPIFFE ID of a service in a namespace of td.
 func WorkloadID(td spiffeid.TrustDomain, namespace, service string) (spiffeid.ID, error) {
 	return spiffeid.FromSegments(td, "ns", namespace, "svc", service)
+}
+
+// WorkloadService returns the namespace and service a workload ID of td
+// names.
+func WorkloadService(id spiffeid.ID, td spiffeid.TrustDomain) (namespace, service string, ok bool) {
+	if id.TrustDomain() != td {
+		return "", "", false
+	}
+	parts := strings.Split(id.Path(), "/")
+	if len(parts) != 5 || parts[0] != "" || parts[1] != "ns" || parts[3] != "svc" || parts[2] == "" || parts[4] == "" {
+		return "", "", false
+	}
+	return parts[2], parts[4], true
 }
 
 // IsServer reports whether id names a server of td.

@@ -50,6 +50,7 @@ const (
 	permPeerServer                         // the caller's SVID names a server of a peer site
 	permGatewayJoin                        // a gateway token (consumed by the handler)
 	permGatewayPeer                        // the caller's SVID names a gateway of this site
+	permMeshPeer                           // a gateway's or a workload's SVID of this site (xDS)
 )
 
 var methodPerms = map[string]permission{
@@ -104,7 +105,7 @@ var methodPerms = map[string]permission{
 	apipb.Gateway_List_FullMethodName:            permRead,
 	apipb.Gateway_Revoke_FullMethodName:          permManage,
 	// xDS: the site's gateways.
-	discovery.AggregatedDiscoveryService_StreamAggregatedResources_FullMethodName: permGatewayPeer,
+	discovery.AggregatedDiscoveryService_StreamAggregatedResources_FullMethodName: permMeshPeer,
 }
 
 // GatewayCaller returns the name of the gateway that made an authenticated
@@ -112,6 +113,13 @@ var methodPerms = map[string]permission{
 func GatewayCaller(ctx context.Context) (string, bool) {
 	name, ok := ctx.Value(gatewayNameKey).(string)
 	return name, ok
+}
+
+// WorkloadCaller returns the SPIFFE ID of the workload that made the call,
+// for methods open to the site's workloads (proxyless xDS).
+func WorkloadCaller(ctx context.Context) (string, bool) {
+	id, ok := ctx.Value(workloadIDKey).(string)
+	return id, ok
 }
 
 func allows(kind apipb.TokenKind, p permission) bool {
@@ -134,6 +142,7 @@ const (
 	agentNodeKey
 	peerTDKey
 	gatewayNameKey
+	workloadIDKey
 )
 
 // peerTDHeader carries a peer's trust domain when one of this site's
@@ -182,16 +191,15 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			return nil, status.Errorf(codes.PermissionDenied, "agent %q is revoked or unknown to this site", node)
 		}
 		return context.WithValue(ctx, agentNodeKey, node), nil
+	case permMeshPeer:
+		if id, ok := s.peerID(ctx); ok {
+			if _, _, isWorkload := trust.WorkloadService(id, s.cfg.TrustDomain()); isWorkload {
+				return context.WithValue(ctx, workloadIDKey, id.String()), nil
+			}
+		}
+		return s.gatewayPeer(ctx, "only gateways and workloads of this site, presenting their SVIDs, may call this")
 	case permGatewayPeer:
-		id, ok := s.peerID(ctx)
-		name, isGateway := trust.GatewayName(id, s.cfg.TrustDomain())
-		if !ok || !isGateway {
-			return nil, status.Error(codes.PermissionDenied, "only gateways of this site, presenting their SVID, may call this")
-		}
-		if g, known := s.cfg.Node.Store().Gateway(name); !known || g.Revoked {
-			return nil, status.Errorf(codes.PermissionDenied, "gateway %q is revoked or unknown to this site", name)
-		}
-		return context.WithValue(ctx, gatewayNameKey, name), nil
+		return s.gatewayPeer(ctx, "only gateways of this site, presenting their SVIDs, may call this")
 	}
 	secret, ok := bearer(ctx)
 	if !ok {
@@ -237,6 +245,20 @@ func (s *Server) consumeToken(ctx context.Context, kind apipb.TokenKind, invalid
 		return nil, err
 	}
 	return rec, nil
+}
+
+// gatewayPeer admits a caller presenting the SVID of a gateway of this
+// site that is not revoked.
+func (s *Server) gatewayPeer(ctx context.Context, denied string) (context.Context, error) {
+	id, ok := s.peerID(ctx)
+	name, isGateway := trust.GatewayName(id, s.cfg.TrustDomain())
+	if !ok || !isGateway {
+		return nil, status.Error(codes.PermissionDenied, denied)
+	}
+	if g, known := s.cfg.Node.Store().Gateway(name); !known || g.Revoked {
+		return nil, status.Errorf(codes.PermissionDenied, "gateway %q is revoked or unknown to this site", name)
+	}
+	return context.WithValue(ctx, gatewayNameKey, name), nil
 }
 
 // peerServer returns the node name of a caller presenting a server SVID.

@@ -78,8 +78,11 @@ type Service struct {
 // Inputs is everything the gateway resources are built from.
 type Inputs struct {
 	TrustDomain string
-	CAs         []*x509.Certificate
-	Peers       []Peer
+	// Domain is the mesh DNS domain ("mesh" when empty): proxyless
+	// clients' targets are names in it.
+	Domain string
+	CAs    []*x509.Certificate
+	Peers  []Peer
 	// Imported services (Def.Peer set) and exported local services.
 	Imports, Exports []Service
 	Intentions       []*apipb.Intention
@@ -156,15 +159,23 @@ func Build(in Inputs) (Resources, error) {
 	if len(ingress.FilterChains) > 0 {
 		add(resource.ListenerType, ingress) // Envoy refuses a listener without chains
 	}
+	if err := r.sortAndValidate(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// sortAndValidate orders each type's resources by name and validates them.
+func (r Resources) sortAndValidate() error {
 	for t, list := range r {
 		sort.Slice(list, func(i, j int) bool { return resourceName(list[i]) < resourceName(list[j]) })
 		for _, m := range list {
 			if err := Validate(m); err != nil {
-				return nil, fmt.Errorf("generated %s %q is invalid: %w", t, resourceName(m), err)
+				return fmt.Errorf("generated %s %q is invalid: %w", t, resourceName(m), err)
 			}
 		}
 	}
-	return r, nil
+	return nil
 }
 
 func resourceName(m types.Resource) string {
@@ -272,7 +283,10 @@ func outCluster(name, sni, peerTD string) (*cluster.Cluster, error) {
 func inCluster(name string) *cluster.Cluster { return baseCluster(name) }
 
 func loadAssignment(name string, addrs []string) *endpoint.ClusterLoadAssignment {
-	la := &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{}}}
+	// One locality, named and weighted: grpc-go refuses a locality
+	// without an ID.
+	la := &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+		Locality: &core.Locality{Region: "strait"}, LoadBalancingWeight: wrapperspb.UInt32(1)}}}
 	sort.Strings(addrs)
 	for _, a := range addrs {
 		host, portS, err := net.SplitHostPort(a)

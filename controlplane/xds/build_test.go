@@ -11,6 +11,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -143,5 +144,47 @@ func TestCompiledIntentionsAgreeWithPolicy(t *testing.T) {
 				t.Fatalf("round %d: %s: RBAC says %v, policy says %v; intentions %v", round, src, got, want, ins)
 			}
 		}
+	}
+}
+
+func TestBuildProxylessResources(t *testing.T) {
+	in := inputs(t)
+	in.Domain = "mesh."
+	res, err := xds.BuildProxyless(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range res[resource.ListenerType] {
+		names = append(names, l.(*listener.Listener).Name)
+	}
+	// The lowest instance port of the imported service, and the bare name.
+	if fmt.Sprint(names) != "[api.payments.gcp-west.mesh api.payments.gcp-west.mesh:8080]" {
+		t.Fatalf("listeners %v", names)
+	}
+	if len(res[resource.ClusterType]) != 1 || len(res[resource.EndpointType]) != 1 || len(res[resource.SecretType]) != 0 {
+		t.Fatalf("resources %v", res)
+	}
+	c := res[resource.ClusterType][0].(*cluster.Cluster)
+	var up tlsv3.UpstreamTlsContext
+	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(&up); err != nil {
+		t.Fatal(err)
+	}
+	vc := up.GetCommonTlsContext().GetValidationContext()
+	if got := vc.GetMatchTypedSubjectAltNames()[0].GetMatcher().GetExact(); got != "spiffe://gcp-west.strait/ns/payments/svc/api" {
+		t.Fatalf("the client would accept %q", got)
+	}
+	if vc.GetCaCertificateProviderInstance().GetInstanceName() != xds.ProxylessCertProvider ||
+		up.GetCommonTlsContext().GetTlsCertificateProviderInstance().GetInstanceName() != xds.ProxylessCertProvider {
+		t.Fatal("the cluster does not use the bootstrap's certificate provider")
+	}
+	la := res[resource.EndpointType][0].(*endpoint.ClusterLoadAssignment)
+	if a := la.Endpoints[0].LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress(); a.Address != "127.240.0.1" || a.GetPortValue() != 8080 {
+		t.Fatalf("endpoint %v, want the virtual IP", a)
+	}
+	// Nothing for an import without instances.
+	in.Imports[0].Instances = nil
+	if res, _ := xds.BuildProxyless(in); len(res[resource.ListenerType]) != 0 {
+		t.Fatal("a listener for an import without instances")
 	}
 }

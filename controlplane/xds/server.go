@@ -35,8 +35,9 @@ type Config struct {
 	// Changed returns channels that close when the state the inputs come
 	// from changes; the server waits on all of them.
 	Changed func() []<-chan struct{}
-	// Caller returns the authenticated gateway name of a stream's context.
-	Caller     func(ctx context.Context) (string, bool)
+	// Caller returns who a stream's context authenticated: a gateway of
+	// the site (its name) or a workload (its SPIFFE ID, for proxyless gRPC).
+	Caller     func(ctx context.Context) (Subscriber, bool)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -48,7 +49,9 @@ type Server struct {
 	ads   serverv3.Server
 
 	mu      sync.Mutex
-	streams map[int64]string // stream ID -> gateway name
+	streams map[int64]Subscriber
+	// sent is the last response per stream and type: its nonce and version.
+	sent    map[int64]map[string]sentResponse
 	version int
 
 	builds, nacks prometheus.Counter
@@ -56,13 +59,28 @@ type Server struct {
 	streamsGauge  prometheus.GaugeFunc
 }
 
+type sentResponse struct{ nonce, version string }
+
+// Subscriber is an authenticated ADS client: a gateway (Gateway set) or
+// a proxyless workload (Workload set).
+type Subscriber struct{ Gateway, Workload string }
+
+func (s Subscriber) String() string {
+	if s.Gateway != "" {
+		return "gateway " + s.Gateway
+	}
+	return s.Workload
+}
+
+// nodeHash maps gateways to the gateway snapshot and every other node
+// (proxyless clients, whatever IDs they pick) to the proxyless one.
 type nodeHash struct{}
 
 func (nodeHash) ID(n *core.Node) string {
 	if strings.HasPrefix(n.GetId(), meshname.GatewayNodePrefix) {
 		return GatewayGroup
 	}
-	return n.GetId()
+	return ProxylessGroup
 }
 
 // New returns a server; Run keeps its snapshot current.
@@ -70,9 +88,9 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, streams: make(map[int64]string)}
+	s := &Server{cfg: cfg, streams: make(map[int64]Subscriber), sent: make(map[int64]map[string]sentResponse)}
 	s.cache = cache.NewSnapshotCache(false, nodeHash{}, nil)
-	s.builds = prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_xds_snapshots_total", Help: "Gateway snapshots built."})
+	s.builds = prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_xds_snapshots_total", Help: "Snapshots built (gateways' and proxyless clients', together)."})
 	s.nacks = prometheus.NewCounter(prometheus.CounterOpts{Name: "strait_xds_nacks_total", Help: "Resources a subscriber rejected."})
 	s.buildTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "strait_xds_snapshot_build_seconds", Help: "Time to build and validate a snapshot.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 3, 12)})
@@ -85,9 +103,15 @@ func New(cfg Config) *Server {
 		cfg.Registerer.MustRegister(s.builds, s.nacks, s.buildTime, s.streamsGauge)
 	}
 	s.ads = serverv3.NewServer(context.Background(), s.cache, serverv3.CallbackFuncs{
-		StreamOpenFunc:    s.onOpen,
-		StreamClosedFunc:  func(id int64, _ *core.Node) { s.mu.Lock(); delete(s.streams, id); s.mu.Unlock() },
-		StreamRequestFunc: s.onRequest,
+		StreamOpenFunc: s.onOpen,
+		StreamClosedFunc: func(id int64, _ *core.Node) {
+			s.mu.Lock()
+			delete(s.streams, id)
+			delete(s.sent, id)
+			s.mu.Unlock()
+		},
+		StreamRequestFunc:  s.onRequest,
+		StreamResponseFunc: s.onResponse,
 	})
 	return s
 }
@@ -98,30 +122,55 @@ func (s *Server) Register(g *grpc.Server) {
 }
 
 func (s *Server) onOpen(ctx context.Context, id int64, typeURL string) error {
-	name, ok := s.cfg.Caller(ctx)
+	sub, ok := s.cfg.Caller(ctx)
 	if !ok {
-		return errors.New("xds: only this site's gateways may subscribe")
+		return errors.New("xds: only this site's gateways and workloads, presenting their SVIDs, may subscribe")
 	}
 	s.mu.Lock()
-	s.streams[id] = name
+	s.streams[id] = sub
 	s.mu.Unlock()
 	return nil
 }
 
-// onRequest holds a subscriber to the node ID its SVID names, and logs
-// rejections (once per version: the cache resends only on a new one).
+// onRequest holds a gateway to the node ID its SVID names (and keeps
+// workloads off gateway node IDs), and logs rejections (once per version:
+// the cache resends only on a new one).
 func (s *Server) onRequest(id int64, req *discovery.DiscoveryRequest) error {
 	s.mu.Lock()
-	name := s.streams[id]
+	sub := s.streams[id]
+	last := s.sent[id][req.TypeUrl]
 	s.mu.Unlock()
-	if n := req.GetNode(); n != nil && n.Id != meshname.GatewayNodePrefix+name {
-		return fmt.Errorf("xds: node %q does not match the caller's identity (gateway %q)", n.Id, name)
+	if req.ErrorDetail != nil && req.ResponseNonce == last.nonce {
+		// A rejection of the latest response: answer only with a newer
+		// version, as if the client held the one it refused (the cache
+		// would otherwise resend the same resources at once, and again).
+		req.VersionInfo = last.version
+	}
+	if n := req.GetNode(); n != nil {
+		switch gw := strings.HasPrefix(n.Id, meshname.GatewayNodePrefix); {
+		case sub.Gateway != "" && n.Id != meshname.GatewayNodePrefix+sub.Gateway:
+			return fmt.Errorf("xds: node %q does not match the caller's identity (gateway %q)", n.Id, sub.Gateway)
+		case sub.Gateway == "" && gw:
+			return fmt.Errorf("xds: node %q names a gateway, but the caller is %s", n.Id, sub.Workload)
+		}
 	}
 	if d := req.ErrorDetail; d != nil {
 		s.nacks.Inc()
-		s.cfg.Logger.Warn("xds: a gateway rejected resources", "gateway", name, "type", req.TypeUrl, "version", req.VersionInfo, "error", d.Message)
+		s.cfg.Logger.Warn("xds: a subscriber rejected resources", "subscriber", sub.String(), "type", req.TypeUrl, "version", req.VersionInfo, "error", d.Message)
 	}
 	return nil
+}
+
+// onResponse remembers the latest response of each type on each stream.
+func (s *Server) onResponse(_ context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.sent[id]
+	if m == nil {
+		m = map[string]sentResponse{}
+		s.sent[id] = m
+	}
+	m[resp.TypeUrl] = sentResponse{nonce: resp.Nonce, version: resp.VersionInfo}
 }
 
 // Run rebuilds the snapshot whenever the state changes, until ctx ends.
@@ -171,7 +220,11 @@ func (s *Server) rebuild(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := Build(in)
+	gw, err := Build(in)
+	if err != nil {
+		return err
+	}
+	pl, err := BuildProxyless(in)
 	if err != nil {
 		return err
 	}
@@ -179,12 +232,14 @@ func (s *Server) rebuild(ctx context.Context) error {
 	s.version++
 	v := strconv.Itoa(s.version)
 	s.mu.Unlock()
-	snap, err := cache.NewSnapshot(v, res)
-	if err != nil {
-		return err
-	}
-	if err := s.cache.SetSnapshot(ctx, GatewayGroup, snap); err != nil {
-		return err
+	for group, res := range map[string]Resources{GatewayGroup: gw, ProxylessGroup: pl} {
+		snap, err := cache.NewSnapshot(v, res)
+		if err != nil {
+			return err
+		}
+		if err := s.cache.SetSnapshot(ctx, group, snap); err != nil {
+			return err
+		}
 	}
 	s.builds.Inc()
 	s.buildTime.Observe(time.Since(start).Seconds())

@@ -6,6 +6,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -25,6 +26,11 @@ func Validate(m types.Resource) error {
 	}
 	switch r := m.(type) {
 	case *listener.Listener:
+		if al := r.GetApiListener(); al != nil {
+			if err := validateAPIListener(al.GetApiListener()); err != nil {
+				return fmt.Errorf("api listener: %w", err)
+			}
+		}
 		for _, fc := range r.FilterChains {
 			if err := validateSocket(fc.TransportSocket); err != nil {
 				return fmt.Errorf("filter chain %q: %w", fc.Name, err)
@@ -38,6 +44,27 @@ func Validate(m types.Resource) error {
 	case *cluster.Cluster:
 		if err := validateSocket(r.TransportSocket); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// validateAPIListener checks a proxyless client's HttpConnectionManager
+// and each of its HTTP filters.
+func validateAPIListener(a *anypb.Any) error {
+	if err := validateAny(a); err != nil {
+		return err
+	}
+	var m hcm.HttpConnectionManager
+	if err := a.UnmarshalTo(&m); err != nil {
+		return fmt.Errorf("want an HttpConnectionManager: %w", err)
+	}
+	if len(m.HttpFilters) == 0 {
+		return fmt.Errorf("no HTTP filters (the router must be last)")
+	}
+	for _, f := range m.HttpFilters {
+		if err := validateAny(f.GetTypedConfig()); err != nil {
+			return fmt.Errorf("http filter %s: %w", f.Name, err)
 		}
 	}
 	return nil

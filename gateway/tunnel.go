@@ -110,7 +110,7 @@ func (t *tunnels) dial(ctx context.Context, addr, peerTD string, timeout time.Du
 	}
 	t.g.m.handshakes.WithLabelValues("client", "ok").Inc()
 	t.g.m.handshakeTime.Observe(time.Since(start).Seconds())
-	return yamux.Client(conn, yamuxConfig())
+	return yamux.Client(coalesceFrames(conn), yamuxConfig())
 }
 
 func (t *tunnels) close() {
@@ -243,7 +243,7 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 	}
 	g.m.handshakes.WithLabelValues("server", "ok").Inc()
 	peer, _ := mtls.PeerID(conn.ConnectionState())
-	sess, err := yamux.Server(conn, yamuxConfig())
+	sess, err := yamux.Server(coalesceFrames(conn), yamuxConfig())
 	if err != nil {
 		conn.Close()
 		return

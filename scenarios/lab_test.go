@@ -47,10 +47,16 @@ type lab struct {
 	// traffic between sites crosses it.
 	delay  time.Duration
 	relays int
-	wan    string
-	sites  []*site
-	mu     sync.Mutex
-	procs  []*process
+	// loss, when set (newLossyLab), makes every site's WAN link a pair of
+	// TAP devices joined by bench/lossylink, which loses this fraction of
+	// frames each way, in user space: TCP between the gateways sees real
+	// packet loss and retransmits.
+	loss  float64
+	links []*process
+	wan   string
+	sites []*site
+	mu    sync.Mutex
+	procs []*process
 }
 
 type site struct {
@@ -82,7 +88,7 @@ func build(t *testing.T) (string, string) {
 		if buildErr != nil {
 			return
 		}
-		for _, b := range [][2]string{{"strait", "../cmd/strait"}, {"tcpprobe", "../bench/tcpprobe"}, {"wanrelay", "../bench/wanrelay"}} {
+		for _, b := range [][2]string{{"strait", "../cmd/strait"}, {"tcpprobe", "../bench/tcpprobe"}, {"wanrelay", "../bench/wanrelay"}, {"lossylink", "../bench/lossylink"}} {
 			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, b[0]), b[1]).CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
@@ -108,11 +114,18 @@ func run(t *testing.T, name string, args ...string) string {
 // newLab builds the topology for the named sites.
 func newLab(t *testing.T, names ...string) *lab {
 	t.Helper()
+	return newLossyLab(t, 0, names...)
+}
+
+// newLossyLab builds the topology with WAN links that lose the fraction
+// loss of frames each way (none when zero: plain veth pairs).
+func newLossyLab(t *testing.T, loss float64, names ...string) *lab {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("scenarios build network namespaces: run them as root (make scenarios)")
 	}
 	bin, probe := build(t)
-	l := &lab{t: t, id: fmt.Sprint(os.Getpid() % 100000), dir: t.TempDir(), bin: bin, probe: probe, relay: filepath.Join(filepath.Dir(bin), "wanrelay")}
+	l := &lab{t: t, id: fmt.Sprint(os.Getpid() % 100000), dir: t.TempDir(), bin: bin, probe: probe, relay: filepath.Join(filepath.Dir(bin), "wanrelay"), loss: loss}
 	l.wan = "sc-wan-" + l.id
 	t.Cleanup(l.teardown)
 	run(t, "ip", "netns", "add", l.wan)
@@ -125,7 +138,11 @@ func newLab(t *testing.T, names ...string) *lab {
 		l.sites = append(l.sites, s)
 		run(t, "ip", "netns", "add", s.ns)
 		a, b := fmt.Sprintf("w%s%d", l.id, i), fmt.Sprintf("s%s%d", l.id, i)
-		run(t, "ip", "link", "add", a, "netns", l.wan, "type", "veth", "peer", "name", b, "netns", s.ns)
+		if l.loss > 0 {
+			l.lossyLink(s, a, b)
+		} else {
+			run(t, "ip", "link", "add", a, "netns", l.wan, "type", "veth", "peer", "name", b, "netns", s.ns)
+		}
 		run(t, "ip", "-n", l.wan, "link", "set", a, "master", "br0")
 		run(t, "ip", "-n", l.wan, "link", "set", a, "up")
 		run(t, "ip", "-n", s.ns, "addr", "add", s.gatewayIP+"/24", "dev", b)
@@ -135,6 +152,37 @@ func newLab(t *testing.T, names ...string) *lab {
 		run(t, "ip", "-n", s.ns, "addr", "add", s.workIP+"/32", "dev", "lo")
 	}
 	return l
+}
+
+// lossyLink joins site s to the WAN with two TAP devices, a (WAN side)
+// and b (moved into the site's namespace), and lossylink between them.
+func (l *lab) lossyLink(s *site, a, b string) {
+	t := l.t
+	run(t, "ip", "-n", l.wan, "tuntap", "add", "dev", a, "mode", "tap")
+	run(t, "ip", "-n", l.wan, "tuntap", "add", "dev", b, "mode", "tap")
+	p := l.start(s.name+"-wan-link", l.wan, nil, filepath.Join(filepath.Dir(l.bin), "lossylink"), "-a", a, "-b", b, "-loss", fmt.Sprint(l.loss))
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(p.cmd.Stdout.(*syncWriter).String(), "attached") {
+			return fmt.Errorf("lossylink not attached yet")
+		}
+		return nil
+	})
+	run(t, "ip", "-n", l.wan, "link", "set", b, "netns", s.ns) // the link stays attached
+	l.links = append(l.links, p)
+}
+
+// lost stops the lossy links and returns the frames they forwarded and lost.
+func (l *lab) lost() (forwarded, lost int) {
+	for _, p := range l.links {
+		p.stop()
+		var f, x int
+		out := p.cmd.Stdout.(*syncWriter).String()
+		if i := strings.LastIndex(out, "frames forwarded="); i >= 0 {
+			fmt.Sscanf(out[i:], "frames forwarded=%d lost=%d", &f, &x)
+		}
+		forwarded, lost = forwarded+f, lost+x
+	}
+	return forwarded, lost
 }
 
 // shape limits every site's WAN link to rate (tc tbf, both directions).

@@ -442,3 +442,37 @@ func TestRotationUnderLoad(t *testing.T) {
 		t.Fatalf("%d calls ok, %d failed across the rotation", ok, failed)
 	}
 }
+
+// TestLossyWAN: two sites 10 ms apart over WAN links that lose 2% of
+// frames each way (bench/lossylink, in user space): the join, replication
+// and calls through the gateways all complete, TCP retransmitting what
+// the WAN loses.
+func TestLossyWAN(t *testing.T) {
+	l := newLossyLab(t, 0.02, "east", "west")
+	l.delay = 10 * time.Millisecond
+	l.step(1, "start two sites 10 ms apart (one way) over WAN links that lose 2%% of frames each way")
+	east, west := l.sites[0], l.sites[1]
+	east.start()
+	west.start()
+	l.federateAll(2)
+	var vip string
+	waitFor(t, 60*time.Second, func() error {
+		var err error
+		if vip, err = east.resolve("echo.demo.west.mesh"); err != nil {
+			return err
+		}
+		return east.call(vip + ":7000")
+	})
+	l.step(4, "call west from east in a loop for 5s")
+	stop := east.callLoop(vip + ":7000")
+	time.Sleep(5 * time.Second) // the load period
+	ok, failed := stop()
+	forwarded, lost := l.lost()
+	l.step(5, "%d calls, %d failed after a retry; the WAN lost %d of %d frames", ok, failed, lost, forwarded+lost)
+	if ok == 0 || failed > 0 {
+		t.Fatalf("%d calls ok, %d failed over the lossy WAN", ok, failed)
+	}
+	if lost == 0 {
+		t.Fatal("the WAN lost no frame: the scenario did not test loss")
+	}
+}

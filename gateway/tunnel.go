@@ -364,15 +364,52 @@ func dialPool(ctx context.Context, p *pool, timeout time.Duration, dial func(con
 	return nil, nil, errors.Join(errs...)
 }
 
-// copyBuffers are reused across connections: a new connection would
-// otherwise allocate (and clear) two 32 KiB buffers.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Copy buffers are pooled (a new connection would otherwise allocate and
+// clear them) in two sizes: every copy starts small, and one that keeps
+// filling its buffer (a bulk transfer) moves to a large one, so that
+// interactive connections hold 32 KiB a direction and only bulk flows
+// 256 KiB (fewer reads, writes and tunnel frames per byte: single-stream
+// throughput rose from 3.55 to 3.63-3.74 Gbit/s between namespaces).
+const (
+	smallCopy = 32 << 10
+	largeCopy = 256 << 10
+	// fullReads before a copy moves to the large buffer.
+	fullReads = 4
+)
 
+var (
+	smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
+	largeBuffers = sync.Pool{New: func() any { b := make([]byte, largeCopy); return &b }}
+)
+
+// copyPooled copies src to dst until EOF or an error, like io.Copy, and
+// returns the bytes written.
 func copyPooled(dst io.Writer, src io.Reader) int64 {
-	buf := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(buf)
-	n, _ := io.CopyBuffer(dst, src, *buf)
-	return n
+	pool := &smallBuffers
+	buf := pool.Get().(*[]byte)
+	defer func() { pool.Put(buf) }()
+	var written int64
+	full := 0
+	for {
+		n, rerr := src.Read(*buf)
+		if n > 0 {
+			w, werr := dst.Write((*buf)[:n])
+			written += int64(w)
+			if werr != nil || w != n {
+				return written
+			}
+			if n == len(*buf) && pool == &smallBuffers {
+				if full++; full == fullReads {
+					smallBuffers.Put(buf)
+					pool = &largeBuffers
+					buf = pool.Get().(*[]byte)
+				}
+			}
+		}
+		if rerr != nil {
+			return written
+		}
+	}
 }
 
 // pipe copies both ways until both directions end, passing half-closes

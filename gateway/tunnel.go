@@ -368,14 +368,19 @@ func dialPool(ctx context.Context, p *pool, timeout time.Duration, dial func(con
 // clear them) in two sizes: every copy starts small, and one that keeps
 // filling its buffer (a bulk transfer) moves to a large one, so that
 // interactive connections hold 32 KiB a direction and only bulk flows
-// 256 KiB (fewer reads, writes and tunnel frames per byte: single-stream
-// throughput rose from 3.55 to 3.63-3.74 Gbit/s between namespaces).
+// 256 KiB (fewer reads, writes and tunnel frames per byte), at most
+// maxLarge of them at once.
 const (
 	smallCopy = 32 << 10
 	largeCopy = 256 << 10
 	// fullReads before a copy moves to the large buffer.
 	fullReads = 4
+	// maxLarge bounds the copies holding a large buffer at once (128 MiB
+	// in all); the others stay small, whatever the load.
+	maxLarge = 512
 )
+
+var largeSlots = make(chan struct{}, maxLarge)
 
 var (
 	smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
@@ -387,7 +392,12 @@ var (
 func copyPooled(dst io.Writer, src io.Reader) int64 {
 	pool := &smallBuffers
 	buf := pool.Get().(*[]byte)
-	defer func() { pool.Put(buf) }()
+	defer func() {
+		pool.Put(buf)
+		if pool == &largeBuffers {
+			<-largeSlots
+		}
+	}()
 	var written int64
 	full := 0
 	for {
@@ -399,10 +409,14 @@ func copyPooled(dst io.Writer, src io.Reader) int64 {
 				return written
 			}
 			if n == len(*buf) && pool == &smallBuffers {
-				if full++; full == fullReads {
-					smallBuffers.Put(buf)
-					pool = &largeBuffers
-					buf = pool.Get().(*[]byte)
+				if full++; full >= fullReads {
+					select {
+					case largeSlots <- struct{}{}:
+						smallBuffers.Put(buf)
+						pool = &largeBuffers
+						buf = pool.Get().(*[]byte)
+					default: // enough large buffers out already
+					}
 				}
 			}
 		}

@@ -41,6 +41,17 @@ func BenchmarkDataPath(b *testing.B) {
 			return net.Dial("tcp", map[string]string{"echo": echo, "discard": discard}[kind])
 		},
 	}
+	plain := func(target string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return relay(b, ln, target)
+	}
+	proxyEcho, proxyDiscard := plain(echo), plain(discard)
+	dialers["proxy"] = func(kind string) (net.Conn, error) {
+		return net.Dial("tcp", map[string]string{"echo": proxyEcho, "discard": proxyDiscard}[kind])
+	}
 	tlsEcho, tlsDiscard, clientTLS := tlsSinks(b, echo, discard)
 	dialers["mtls"] = func(kind string) (net.Conn, error) {
 		return tls.Dial("tcp", map[string]string{"echo": tlsEcho, "discard": tlsDiscard}[kind], clientTLS)
@@ -49,7 +60,7 @@ func BenchmarkDataPath(b *testing.B) {
 	dialers["gateways"] = func(kind string) (net.Conn, error) {
 		return net.Dial("tcp", map[string]string{"echo": gwEcho, "discard": gwDiscard}[kind])
 	}
-	for _, path := range []string{"direct", "mtls", "gateways"} {
+	for _, path := range []string{"direct", "proxy", "mtls", "gateways"} {
 		dial := dialers[path]
 		b.Run("path="+path, func(b *testing.B) {
 			for b.Loop() {
@@ -115,28 +126,35 @@ func tlsSinks(b testing.TB, echo, discard string) (string, string, *tls.Config) 
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
+		return relay(b, ln, target)
+	}
+	return front(echo), front(discard), mtls.ClientConfig(ident("/client"), nil)
+}
+
+// relay serves ln, relaying each connection to a new one to target: a
+// plain TCP proxy (two TCP connections per client connection, as through
+// a gateway) when ln is plain, a per-connection mTLS proxy when it is TLS.
+func relay(b testing.TB, ln net.Listener, target string) string {
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target)
 				if err != nil {
 					return
 				}
-				go func() {
-					defer c.Close()
-					up, err := net.Dial("tcp", target)
-					if err != nil {
-						return
-					}
-					defer up.Close()
-					go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
-					io.Copy(c, up)
-				}()
-			}
-		}()
-		return ln.Addr().String()
-	}
-	return front(echo), front(discard), mtls.ClientConfig(ident("/client"), nil)
+				defer up.Close()
+				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // gatewayPath stands up two sites with a gateway each, exports the sinks

@@ -276,3 +276,14 @@ func connsPerSecond(b *testing.B, dial func(string) (net.Conn, error)) float64 {
 	}
 	return float64(n.Load()) / d.Seconds()
 }
+
+// BenchmarkNewConnections is the new-connections part of DataPath alone,
+// through the gateways, for profiling (-cpuprofile).
+func BenchmarkNewConnections(b *testing.B) {
+	echo, discard := startSinks(b)
+	gwEcho, _ := gatewayPath(b, echo, discard)
+	dial := func(string) (net.Conn, error) { return net.Dial("tcp", gwEcho) }
+	for b.Loop() {
+		b.ReportMetric(connsPerSecond(b, dial), "conns/s")
+	}
+}

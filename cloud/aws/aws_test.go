@@ -185,3 +185,23 @@ func TestKMSEnvelopeRoundTripAndRefusals(t *testing.T) {
 		t.Fatalf("a tampered envelope: %v", err)
 	}
 }
+
+// FuzzParseDiscovery: any retry_join entry is parsed or refused with an
+// error, never a panic, and what parses is complete.
+func FuzzParseDiscovery(f *testing.F) {
+	f.Add("provider=aws region=us-east-1 tag_key=strait-site tag_value=aws-east")
+	f.Add("provider=aws tag_key=k tag_value=v port=8500 addr_type=public_v4")
+	f.Add("provider=aws tag_key==")
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := aws.ParseDiscovery(s)
+		if err != nil {
+			return
+		}
+		if d.TagKey == "" || d.TagValue == "" || d.Port < 1 || d.Port > 65535 || (d.AddrType != "private_v4" && d.AddrType != "public_v4") {
+			t.Fatalf("%q parsed to an incomplete %+v", s, d)
+		}
+		if err := aws.ValidateJoin([]string{s}); err != nil {
+			t.Fatalf("%q parses but does not validate: %v", s, err)
+		}
+	})
+}

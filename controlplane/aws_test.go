@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,6 +67,24 @@ func awsServer(t *testing.T, cfg controlplane.Config) (*controlplane.Server, cha
 		}
 	})
 	return s, done
+}
+
+// lockedBuffer is a log sink tests can read while servers write to it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // freePort returns a port free on every one of ips.
@@ -172,13 +191,21 @@ func TestRetryJoinFromEC2Tags(t *testing.T) {
 	}
 	spec := fmt.Sprintf("provider=aws region=%s tag_key=strait-site tag_value=aws-east port=%d", awstest.Region, port)
 	tagInstances(t, clients, "aws-east", ips[1], ips[2])
+	logs := make([]*lockedBuffer, 3)
 	for i := 1; i < 3; i++ {
+		logs[i] = &lockedBuffer{}
 		awsServer(t, controlplane.Config{Site: "aws-east", NodeID: fmt.Sprintf("s%d", i), DataDir: t.TempDir(), Listener: listen(t, addr(i)),
-			RetryJoin: []string{spec}, JoinToken: tok.Secret, AWS: cfg})
+			RetryJoin: []string{spec}, JoinToken: tok.Secret, AWS: cfg, Logger: slog.New(slog.NewTextHandler(logs[i], nil))})
 	}
-	// Nothing to wait on for an absence: give them time to find only
-	// each other and back off once.
-	time.Sleep(1500 * time.Millisecond)
+	// Both joiners find only each other, are not admitted, and say so.
+	controlplanetest.WaitFor(t, 30*time.Second, func() error {
+		for i := 1; i < 3; i++ {
+			if !strings.Contains(logs[i].String(), "retry_join: not admitted yet") {
+				return fmt.Errorf("s%d has not retried yet", i)
+			}
+		}
+		return nil
+	})
 	if n := voters(t, first); n != 1 {
 		t.Fatalf("%d voters before the first server was discoverable", n)
 	}

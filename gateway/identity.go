@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
-	"errors"
 	"path/filepath"
 	"time"
 
@@ -14,7 +12,6 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/enroll"
-	"github.com/straitmesh/strait/trust/mtls"
 	"github.com/straitmesh/strait/trust/svidfile"
 )
 
@@ -25,39 +22,23 @@ import (
 func (g *Gateway) tlsDir() string { return filepath.Join(g.cfg.DataDir, "tls") }
 
 func (g *Gateway) loadOrJoin(ctx context.Context) error {
-	id, err := enroll.Load(g.cfg.DataDir, "gateway.json", "name", g.cfg.Name)
-	switch {
-	case err == nil:
-		g.td = id.TrustDomain
-		return g.setIdentity(id.Chain, id.Key, id.Bundle)
-	case !errors.Is(err, enroll.ErrNotEnrolled):
-		return err
-	case g.cfg.JoinToken == "":
-		return errors.New("this gateway has not joined a site yet: pass --join-token (create one with `strait token create --kind gateway`)")
-	}
-	return g.join(ctx)
-}
-
-func (g *Gateway) setIdentity(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) error {
-	g.ident = mtls.NewIdentity(x509bundle.FromX509Authorities(g.td, bundle), g.cfg.Now)
-	return g.ident.SetSVID(chain, key)
-}
-
-func (g *Gateway) join(ctx context.Context) error {
-	id, err := enroll.Enroll(ctx, g.cfg.Servers, g.cfg.JoinToken, g.cfg.DataDir, "gateway.json", map[string]string{"name": g.cfg.Name},
-		func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
+	id, ident, joined, err := enroll.LoadOrEnroll(ctx, enroll.Node{Kind: "gateway", Dir: g.cfg.DataDir, InfoFile: "gateway.json",
+		NameKey: "name", Name: g.cfg.Name, Servers: g.cfg.Servers, Token: g.cfg.JoinToken, Now: g.cfg.Now,
+		Join: func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
 			r, err := apipb.NewGatewayClient(conn).Join(ctx, &apipb.GatewayJoinRequest{Name: g.cfg.Name, Csr: csr})
 			if err != nil {
 				return nil, err
 			}
 			return &enroll.Response{TrustDomain: r.TrustDomain, SVID: r.Svid, Bundle: r.Bundle}, nil
-		})
+		}})
 	if err != nil {
 		return err
 	}
-	g.td = id.TrustDomain
-	g.log.Info("gateway joined site", "trust_domain", g.td.Name(), "via", id.Via)
-	return g.setIdentity(id.Chain, id.Key, id.Bundle)
+	if joined {
+		g.log.Info("gateway joined site", "trust_domain", id.TrustDomain.Name(), "via", id.Via)
+	}
+	g.td, g.ident = id.TrustDomain, ident
+	return nil
 }
 
 // renewLoop renews the SVID at half-life, and picks up the site's current

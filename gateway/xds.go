@@ -271,7 +271,6 @@ func (g *Gateway) adsSession(ctx context.Context, conn *grpc.ClientConn) error {
 	// type arrives again, its last accepted version stays in force (the
 	// first response of a stream carries one type only, and applying it
 	// alone would drop every listener and cluster for a moment).
-	current := g.resources
 	first := true
 	for {
 		resp, err := stream.Recv()
@@ -286,13 +285,12 @@ func (g *Gateway) adsSession(ctx context.Context, conn *grpc.ClientConn) error {
 		got, derr := decode(resp)
 		if derr == nil {
 			next := resources{}
-			for k, v := range current {
+			for k, v := range g.resources {
 				next[k] = v
 			}
 			next[resp.TypeUrl] = got
 			cfg, cerr := compile(resp.VersionInfo, next, g.pools)
 			if derr = cerr; derr == nil {
-				current = next
 				g.resources = next
 				g.setConfig(cfg)
 			}

@@ -64,20 +64,20 @@ type CloudMapSync struct {
 	warned   map[string]bool
 }
 
-// Run syncs until ctx ends.
+// Run syncs until ctx ends: every Interval, and with Publish also at
+// every catalog change.
 func (c *CloudMapSync) Run(ctx context.Context) error {
 	if c.Namespace == "" {
 		return errors.New("cloud map sync: namespace is required")
 	}
-	if c.StraitNamespace == "" {
-		c.StraitNamespace = "default"
-	}
 	if c.Interval == 0 {
 		c.Interval = defaultInterval
 	}
-	c.services, c.warned = map[string]string{}, map[string]bool{}
 	for {
-		changed := c.Catalog.CatalogChanged()
+		var changed <-chan struct{} // nil: import alone polls
+		if c.Publish {
+			changed = c.Catalog.CatalogChanged()
+		}
 		if err := c.SyncOnce(ctx); err != nil && ctx.Err() == nil {
 			c.Logger.Warn("cloud map sync failed; retrying", "namespace", c.Namespace, "retry_in", c.Interval, "err", err)
 		}
@@ -89,15 +89,6 @@ func (c *CloudMapSync) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-changed:
 			t.Stop()
-			if !c.Publish {
-				// Only polls matter for import; a catalog change (often our
-				// own write) needs no immediate round.
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(c.Interval):
-				}
-			}
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -103,31 +104,21 @@ func Build(in Inputs) (Resources, error) {
 	add(resource.SecretType, bundleSecret(in.TrustDomain, in.CAs))
 
 	// Egress: imported services, on their virtual IPs.
-	for _, s := range in.Imports {
-		p, ok := peers[s.Def.Peer]
-		vip, err := netip.ParseAddr(s.Def.VirtualIp)
-		if !ok || err != nil || len(s.Instances) == 0 {
-			continue
+	for _, ip := range importedPorts(in) {
+		p, def := ip.peer, ip.svc
+		name := meshname.OutCluster(p.Name, def.Namespace, def.Name, ip.port.Name)
+		sni := meshname.SNI(ip.port.Name, def.Name, def.Namespace, p.TrustDomain)
+		c, err := outCluster(name, sni, p.TrustDomain)
+		if err != nil {
+			return nil, err
 		}
-		for _, port := range s.Def.Ports {
-			num := virtualPort(s.Instances, port.Name)
-			if num == 0 {
-				continue
-			}
-			name := meshname.OutCluster(p.Name, s.Def.Namespace, s.Def.Name, port.Name)
-			sni := meshname.SNI(port.Name, s.Def.Name, s.Def.Namespace, p.TrustDomain)
-			c, err := outCluster(name, sni, p.TrustDomain)
-			if err != nil {
-				return nil, err
-			}
-			add(resource.ClusterType, c)
-			add(resource.EndpointType, loadAssignment(name, p.Gateways))
-			l, err := egressListener(name, vip, num)
-			if err != nil {
-				return nil, err
-			}
-			add(resource.ListenerType, l)
+		add(resource.ClusterType, c)
+		add(resource.EndpointType, loadAssignment(name, p.Gateways))
+		l, err := egressListener(name, ip.vip, ip.num)
+		if err != nil {
+			return nil, err
 		}
+		add(resource.ListenerType, l)
 	}
 
 	// Ingress: exported local services, authorized by intentions.
@@ -187,6 +178,44 @@ func resourceName(m types.Resource) string {
 		return c.ClusterName
 	}
 	return ""
+}
+
+// importedPort is a port of an imported service served at its virtual IP.
+type importedPort struct {
+	peer  Peer
+	svc   *apipb.Service
+	port  *apipb.ServicePort
+	vip   netip.Addr
+	num   uint32 // the port number at the virtual IP
+	first bool   // the service's first such port, by name
+}
+
+// importedPorts lists the ports of imports that have a known peer, a
+// virtual IP and instances using the port, by service then port name:
+// what both gateways and proxyless clients are configured for.
+func importedPorts(in Inputs) []importedPort {
+	peers := make(map[string]Peer, len(in.Peers))
+	for _, p := range in.Peers {
+		peers[p.Name] = p
+	}
+	var out []importedPort
+	for _, s := range in.Imports {
+		p, ok := peers[s.Def.Peer]
+		vip, err := netip.ParseAddr(s.Def.VirtualIp)
+		if !ok || err != nil || len(s.Instances) == 0 {
+			continue
+		}
+		ports := slices.Clone(s.Def.Ports)
+		sort.Slice(ports, func(i, j int) bool { return ports[i].Name < ports[j].Name })
+		first := true
+		for _, port := range ports {
+			if num := virtualPort(s.Instances, port.Name); num != 0 {
+				out = append(out, importedPort{peer: p, svc: s.Def, port: port, vip: vip, num: num, first: first})
+				first = false
+			}
+		}
+	}
+	return out
 }
 
 // virtualPort is the port an imported service's port name is served on at

@@ -3,8 +3,6 @@ package xds
 import (
 	"fmt"
 	"net"
-	"net/netip"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -18,6 +16,8 @@ import (
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/straitmesh/strait/trust"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -51,46 +51,38 @@ const DefaultDomain = "mesh"
 func BuildProxyless(in Inputs) (Resources, error) {
 	r := Resources{}
 	add := func(t resource.Type, m types.Resource) { r[t] = append(r[t], m) }
-	peers := make(map[string]Peer, len(in.Peers))
-	for _, p := range in.Peers {
-		peers[p.Name] = p
-	}
 	domain := strings.TrimSuffix(in.Domain, ".")
 	if domain == "" {
 		domain = DefaultDomain
 	}
-	for _, s := range in.Imports {
-		p, ok := peers[s.Def.Peer]
-		vip, err := netip.ParseAddr(s.Def.VirtualIp)
-		if !ok || err != nil || len(s.Instances) == 0 {
-			continue
+	for _, ip := range importedPorts(in) {
+		p, def := ip.peer, ip.svc
+		td, err := spiffeid.TrustDomainFromString(p.TrustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("peer %s: %w", p.Name, err)
 		}
-		ports := append(s.Def.Ports[:0:0], s.Def.Ports...)
-		sort.Slice(ports, func(i, j int) bool { return ports[i].Name < ports[j].Name })
-		host := fmt.Sprintf("%s.%s.%s.%s", s.Def.Name, s.Def.Namespace, p.Name, domain)
-		for i, port := range ports {
-			num := virtualPort(s.Instances, port.Name)
-			if num == 0 {
-				continue
-			}
-			name := "proxyless/" + p.Name + "/" + s.Def.Namespace + "/" + s.Def.Name + "/" + port.Name
-			c, err := proxylessCluster(name, "spiffe://"+p.TrustDomain+"/ns/"+s.Def.Namespace+"/svc/"+s.Def.Name)
+		id, err := trust.WorkloadID(td, def.Namespace, def.Name)
+		if err != nil {
+			return nil, err
+		}
+		name := "proxyless/" + p.Name + "/" + def.Namespace + "/" + def.Name + "/" + ip.port.Name
+		c, err := proxylessCluster(name, id.String())
+		if err != nil {
+			return nil, err
+		}
+		add(resource.ClusterType, c)
+		add(resource.EndpointType, loadAssignment(name, []string{net.JoinHostPort(ip.vip.String(), strconv.Itoa(int(ip.num)))}))
+		host := fmt.Sprintf("%s.%s.%s.%s", def.Name, def.Namespace, p.Name, domain)
+		targets := []string{host + ":" + strconv.Itoa(int(ip.num))}
+		if ip.first {
+			targets = append(targets, host)
+		}
+		for _, t := range targets {
+			l, err := apiListener(t, name)
 			if err != nil {
 				return nil, err
 			}
-			add(resource.ClusterType, c)
-			add(resource.EndpointType, loadAssignment(name, []string{net.JoinHostPort(vip.String(), strconv.Itoa(int(num)))}))
-			targets := []string{host + ":" + strconv.Itoa(int(num))}
-			if i == 0 {
-				targets = append(targets, host)
-			}
-			for _, t := range targets {
-				l, err := apiListener(t, name)
-				if err != nil {
-					return nil, err
-				}
-				add(resource.ListenerType, l)
-			}
+			add(resource.ListenerType, l)
 		}
 	}
 	if err := r.sortAndValidate(); err != nil {

@@ -119,9 +119,7 @@ func (r *aclToken) Read(ctx context.Context, req resource.ReadRequest, resp *res
 }
 
 func (r *aclToken) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	var m aclTokenModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	recordPlan[aclTokenModel](ctx, req, resp)
 }
 
 func (r *aclToken) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

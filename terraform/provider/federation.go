@@ -76,9 +76,7 @@ func (r *federationToken) Read(ctx context.Context, req resource.ReadRequest, re
 }
 
 func (r *federationToken) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	var m federationTokenModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	recordPlan[federationTokenModel](ctx, req, resp)
 }
 
 func (r *federationToken) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
@@ -171,9 +169,7 @@ func (r *peering) Read(ctx context.Context, req resource.ReadRequest, resp *reso
 
 // Update only records a token after an import; nothing changes on the site.
 func (r *peering) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	var m peeringModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	recordPlan[peeringModel](ctx, req, resp)
 }
 
 func (r *peering) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

@@ -121,3 +121,12 @@ func apiError(d *diag.Diagnostics, what string, err error) {
 }
 
 func notFound(err error) bool { return status.Code(err) == codes.NotFound }
+
+// recordPlan is the Update of a resource whose changes all replace it but
+// for what the site does not hold (an imported peering's token): the plan
+// becomes the state, nothing is called.
+func recordPlan[M any](ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	var m M
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
+	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+}

@@ -178,39 +178,23 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) tlsDir() string { return filepath.Join(a.cfg.DataDir, "tls") }
 
 func (a *Agent) loadOrJoin(ctx context.Context) error {
-	id, err := enroll.Load(a.cfg.DataDir, "agent.json", "node", a.cfg.Node)
-	switch {
-	case err == nil:
-		a.td = id.TrustDomain
-		return a.setIdentity(id.Chain, id.Key, id.Bundle)
-	case !errors.Is(err, enroll.ErrNotEnrolled):
-		return err
-	case a.cfg.JoinToken == "":
-		return errors.New("this agent has not joined a site yet: pass --join-token (create one with `strait token create --kind agent`)")
-	}
-	return a.join(ctx)
-}
-
-func (a *Agent) setIdentity(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) error {
-	a.ident = mtls.NewIdentity(x509bundle.FromX509Authorities(a.td, bundle), a.cfg.Now)
-	return a.ident.SetSVID(chain, key)
-}
-
-func (a *Agent) join(ctx context.Context) error {
-	id, err := enroll.Enroll(ctx, a.cfg.Servers, a.cfg.JoinToken, a.cfg.DataDir, "agent.json", map[string]string{"node": a.cfg.Node},
-		func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
+	id, ident, joined, err := enroll.LoadOrEnroll(ctx, enroll.Node{Kind: "agent", Dir: a.cfg.DataDir, InfoFile: "agent.json",
+		NameKey: "node", Name: a.cfg.Node, Servers: a.cfg.Servers, Token: a.cfg.JoinToken, Now: a.cfg.Now,
+		Join: func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
 			r, err := apipb.NewIdentityClient(conn).AgentJoin(ctx, &apipb.AgentJoinRequest{Node: a.cfg.Node, Csr: csr})
 			if err != nil {
 				return nil, err
 			}
 			return &enroll.Response{TrustDomain: r.TrustDomain, SVID: r.Svid, Bundle: r.Bundle}, nil
-		})
+		}})
 	if err != nil {
 		return err
 	}
-	a.td = id.TrustDomain
-	a.log.Info("agent joined site", "trust_domain", a.td.Name(), "via", id.Via)
-	return a.setIdentity(id.Chain, id.Key, id.Bundle)
+	if joined {
+		a.log.Info("agent joined site", "trust_domain", id.TrustDomain.Name(), "via", id.Via)
+	}
+	a.td, a.ident = id.TrustDomain, ident
+	return nil
 }
 
 // notify wakes Workload API streams. mu held.

@@ -15,11 +15,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/mtls"
 	"github.com/straitmesh/strait/trust/svidfile"
 )
 
@@ -145,4 +147,44 @@ func Load(dir, infoFile, nameKey, name string) (*Identity, error) {
 		return nil, fmt.Errorf("load identity: %w", err)
 	}
 	return id, nil
+}
+
+// Node is an agent or a gateway, for LoadOrEnroll.
+type Node struct {
+	// Kind names the node in errors ("agent", "gateway").
+	Kind string
+	// Dir, InfoFile, NameKey and Name: where the identity is kept and
+	// whose it is (see Load).
+	Dir, InfoFile, NameKey, Name string
+	// Servers and Token: how to enroll when Dir holds no identity yet.
+	Servers []string
+	Token   string
+	// Join asks a server to sign the node's CSR (see Enroll).
+	Join func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*Response, error)
+	// Now is the clock of the mTLS identity; time.Now when nil.
+	Now func() time.Time
+}
+
+// LoadOrEnroll loads the identity kept in n.Dir, or enrolls with n.Token
+// when there is none yet, and returns it as an mTLS identity.
+// enrolled reports a fresh enrollment (for logging; id.Via says where).
+func LoadOrEnroll(ctx context.Context, n Node) (id *Identity, ident *mtls.Identity, enrolled bool, err error) {
+	id, err = Load(n.Dir, n.InfoFile, n.NameKey, n.Name)
+	switch {
+	case err == nil:
+	case !errors.Is(err, ErrNotEnrolled):
+		return nil, nil, false, err
+	case n.Token == "":
+		return nil, nil, false, fmt.Errorf("this %s has not joined a site yet: pass --join-token (create one with `strait token create --kind %s`)", n.Kind, n.Kind)
+	default:
+		if id, err = Enroll(ctx, n.Servers, n.Token, n.Dir, n.InfoFile, map[string]string{n.NameKey: n.Name}, n.Join); err != nil {
+			return nil, nil, false, err
+		}
+		enrolled = true
+	}
+	ident = mtls.NewIdentity(x509bundle.FromX509Authorities(id.TrustDomain, id.Bundle), n.Now)
+	if err := ident.SetSVID(id.Chain, id.Key); err != nil {
+		return nil, nil, false, err
+	}
+	return id, ident, enrolled, nil
 }

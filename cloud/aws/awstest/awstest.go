@@ -59,9 +59,6 @@ func Start(t testing.TB) aws.Config {
 	return aws.Config{Region: Region, Endpoints: map[string]string{"*": url}}
 }
 
-// URL is the emulator's base URL (after Start).
-func URL() string { return url }
-
 func launch() (string, error) {
 	bin, err := exec.LookPath("moto_server")
 	if err != nil {
@@ -91,7 +88,7 @@ func launch() (string, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	return "", fmt.Errorf("moto_server did not answer within 60s")
+	return "", fmt.Errorf("moto_server did not answer within 60s; it printed:\n%s", out.String())
 }
 
 type lockedWriter struct {

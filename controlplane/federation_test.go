@@ -191,11 +191,30 @@ func TestFederationTokenRefusals(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "could not be reached") {
 		t.Fatalf("unreachable issuer: %v", err)
 	}
+	// The issuing site was torn down and built again at the same address:
+	// its servers now hold a CA the token's pinned bundle does not contain,
+	// so the old token cannot federate with the new site.
+	removed := fedSite(t, "rebuilt", nil)
+	invOld, err := removed.Client(0).Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed.Nodes[0].Rebuild()
+	err = join(invOld.Token, "")
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "not signed by the token's bundle") {
+		t.Fatalf("token of a rebuilt site: %v", err)
+	}
+	if _, err := removed.Client(0).Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{}); err != nil {
+		t.Fatal(err)
+	}
 	l, _ := bcl.Federation.List(ctx, &apipb.ListPeersFedRequest{})
 	for _, p := range l.Peers {
-		if p.Site == "gone" {
-			t.Fatal("a failed join left a peering behind")
+		if p.Site == "gone" || p.Site == "rebuilt" {
+			t.Fatalf("a failed join left a peering behind: %v", p)
 		}
+	}
+	if l, _ := removed.Client(0).Federation.List(ctx, &apipb.ListPeersFedRequest{}); len(l.Peers) != 0 {
+		t.Fatalf("the rebuilt site accepted an old token: %v", l.Peers)
 	}
 }
 

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"cmp"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -163,6 +164,13 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 	for _, t := range targets {
 		cfg := mtls.ClientConfig(ident, authorize, mux.ProtoGRPC)
 		cfg.ServerName = t.sni
+		verify := cfg.VerifyPeerCertificate
+		cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+			if err := verify(raw, chains); err != nil {
+				return fmt.Errorf("the server there is not signed by the token's bundle (was the issuing site rebuilt since, or is another site at that address?): %w", err)
+			}
+			return nil
+		}
 		err := s.acceptAt(ctx, t.addr, credentials.NewTLS(cfg), inv.Secret, req)
 		if err == nil {
 			errs = nil

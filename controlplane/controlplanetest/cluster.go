@@ -309,6 +309,22 @@ func (n *Node) Restart() {
 	n.start(controlplane.Config{})
 }
 
+// Rebuild stops the node and bootstraps a new site of the same name on its
+// address, from an empty data directory: the site torn down and built again,
+// with a new CA. The cluster's Token becomes the new site's.
+func (n *Node) Rebuild() {
+	n.c.t.Helper()
+	n.Stop()
+	n.Dir = n.c.t.TempDir()
+	tokens := make(chan string, 1)
+	n.start(controlplane.Config{Bootstrap: true, OnBootstrap: func(tok string) { tokens <- tok }})
+	select {
+	case n.c.Token = <-tokens:
+	case <-time.After(30 * time.Second):
+		n.c.t.Fatal("rebuilt server did not bootstrap within 30s")
+	}
+}
+
 // Client returns a management client connected to node i.
 func (c *Cluster) Client(i int) *apiclient.Client {
 	return c.ClientWithToken(i, c.Token)

@@ -8,7 +8,7 @@ FUZZTIME  ?= 10s
 FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegisterRequest \
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
-             ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzReadHeader ./gateway:FuzzParseClientHello \
+             ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
              ./cloud/aws:FuzzParseDiscovery
 
 .PHONY: all build provider test test-long fuzz lint fmt generate bench bench-dns bench-gateway demo scenarios clean

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,11 +26,16 @@ import (
 // BenchmarkDataPath compares, on loopback in one process, three ways for a
 // client to reach a TCP service:
 //   - direct: a plain TCP connection;
+//   - proxy: a plain TCP relay (the floor of anything that terminates the
+//     client's connection);
 //   - mtls: a TLS 1.3 connection with SPIFFE certificates on both sides,
-//     made for each client connection (what a gateway without pooled
-//     tunnels would cost per connection);
+//     made for each client connection, to a relay in front of the service;
+//   - mtls-gateways: the design without pooled tunnels, hop for hop: a
+//     plain TCP relay (the egress) that opens a new mTLS connection, with
+//     a full handshake, to a second relay (the ingress) for each client
+//     connection;
 //   - gateways: through two Strait gateways (egress on the virtual IP, a
-//     pooled yamux tunnel over mTLS, ingress, the instance).
+//     pooled multiplexed tunnel over mTLS, ingress, the instance).
 //
 // Each reports single-stream throughput (64 MiB), the round trip of a
 // 1-byte request on an open connection (p50/p99 of 2,000), and new
@@ -56,11 +62,22 @@ func BenchmarkDataPath(b *testing.B) {
 	dialers["mtls"] = func(kind string) (net.Conn, error) {
 		return tls.Dial("tcp", map[string]string{"echo": tlsEcho, "discard": tlsDiscard}[kind], clientTLS)
 	}
+	egress := func(target string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return relayDial(b, ln, func() (net.Conn, error) { return tls.Dial("tcp", target, clientTLS) })
+	}
+	mgwEcho, mgwDiscard := egress(tlsEcho), egress(tlsDiscard)
+	dialers["mtls-gateways"] = func(kind string) (net.Conn, error) {
+		return net.Dial("tcp", map[string]string{"echo": mgwEcho, "discard": mgwDiscard}[kind])
+	}
 	gwEcho, gwDiscard := gatewayPath(b, echo, discard)
 	dialers["gateways"] = func(kind string) (net.Conn, error) {
 		return net.Dial("tcp", map[string]string{"echo": gwEcho, "discard": gwDiscard}[kind])
 	}
-	for _, path := range []string{"direct", "proxy", "mtls", "gateways"} {
+	for _, path := range []string{"direct", "proxy", "mtls", "mtls-gateways", "gateways"} {
 		dial := dialers[path]
 		b.Run("path="+path, func(b *testing.B) {
 			for b.Loop() {
@@ -68,7 +85,9 @@ func BenchmarkDataPath(b *testing.B) {
 				p50, p99 := roundTrips(b, dial)
 				b.ReportMetric(float64(p50.Microseconds()), "rtt-p50-us")
 				b.ReportMetric(float64(p99.Microseconds()), "rtt-p99-us")
-				b.ReportMetric(connsPerSecond(b, dial), "conns/s")
+				cps, cpu := connsPerSecond(b, dial)
+				b.ReportMetric(cps, "conns/s")
+				b.ReportMetric(cpu, "cpu-us/conn")
 			}
 		})
 	}
@@ -135,6 +154,11 @@ func tlsSinks(b testing.TB, echo, discard string) (string, string, *tls.Config) 
 // plain TCP proxy (two TCP connections per client connection, as through
 // a gateway) when ln is plain, a per-connection mTLS proxy when it is TLS.
 func relay(b testing.TB, ln net.Listener, target string) string {
+	return relayDial(b, ln, func() (net.Conn, error) { return net.Dial("tcp", target) })
+}
+
+// relayDial serves ln, relaying each connection to a new one from dial.
+func relayDial(b testing.TB, ln net.Listener, dial func() (net.Conn, error)) string {
 	b.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -144,17 +168,23 @@ func relay(b testing.TB, ln net.Listener, target string) string {
 			}
 			go func() {
 				defer c.Close()
-				up, err := net.Dial("tcp", target)
+				up, err := dial()
 				if err != nil {
 					return
 				}
 				defer up.Close()
-				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+				go func() { io.Copy(up, c); closeWrite(up) }()
 				io.Copy(c, up)
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
 }
 
 // gatewayPath stands up two sites with a gateway each, exports the sinks
@@ -191,7 +221,14 @@ func gatewayPath(b *testing.B, echo, discard string) (string, string) {
 			return err
 		}
 		defer c.Close()
-		return rtt(c, make([]byte, 1))
+		if err := rtt(c, make([]byte, 1)); err != nil {
+			return err
+		}
+		d, err := net.Dial("tcp", out["discard"]) // its listener is up too
+		if err != nil {
+			return err
+		}
+		return d.Close()
 	})
 	return out["echo"], out["discard"]
 }
@@ -246,8 +283,12 @@ func roundTrips(b *testing.B, dial func(string) (net.Conn, error)) (p50, p99 tim
 	return lat[len(lat)/2], lat[len(lat)*99/100]
 }
 
-func connsPerSecond(b *testing.B, dial func(string) (net.Conn, error)) float64 {
+// connsPerSecond also returns the CPU time the whole process (client,
+// gateways, servers, sinks) spent per connection, in microseconds: steadier
+// than the rate on a noisy machine, for comparing two builds.
+func connsPerSecond(b *testing.B, dial func(string) (net.Conn, error)) (perSecond, cpuPerConn float64) {
 	const workers, d = 8, 2 * time.Second
+	cpu0 := cpuTime()
 	var n, failed atomic.Int64
 	var wg sync.WaitGroup
 	end := time.Now().Add(d)
@@ -274,7 +315,14 @@ func connsPerSecond(b *testing.B, dial func(string) (net.Conn, error)) float64 {
 	if f := failed.Load(); f > 0 {
 		b.Errorf("%d connections failed", f)
 	}
-	return float64(n.Load()) / d.Seconds()
+	return float64(n.Load()) / d.Seconds(), float64((cpuTime() - cpu0).Microseconds()) / float64(n.Load())
+}
+
+// cpuTime is the user and system CPU time the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkNewConnections is the new-connections part of DataPath alone,
@@ -284,6 +332,8 @@ func BenchmarkNewConnections(b *testing.B) {
 	gwEcho, _ := gatewayPath(b, echo, discard)
 	dial := func(string) (net.Conn, error) { return net.Dial("tcp", gwEcho) }
 	for b.Loop() {
-		b.ReportMetric(connsPerSecond(b, dial), "conns/s")
+		cps, cpu := connsPerSecond(b, dial)
+		b.ReportMetric(cps, "conns/s")
+		b.ReportMetric(cpu, "cpu-us/conn")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -80,7 +81,7 @@ func (g *Gateway) serveEgress(ctx context.Context, ln net.Listener, name string)
 }
 
 // egressConn carries a local client's connection to one of the peer's
-// gateways, trying another gateway when one cannot be reached.
+// gateways, trying another gateway when one cannot serve it.
 func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) {
 	defer client.Close()
 	start := time.Now()
@@ -92,31 +93,20 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 		return
 	}
 	service, peerTD := serviceOf(l.cluster), oc.peerTD
-	var stream net.Conn
-	var r *bufio.Reader
-	up, e, err := dialPool(ctx, oc.pool, oc.timeout, func(ctx context.Context, addr string) (net.Conn, error) {
-		st, err := g.tunnels.open(ctx, addr, oc.peerTD, oc.timeout)
-		if err != nil {
-			return nil, err
-		}
-		st.SetDeadline(time.Now().Add(oc.timeout))
-		if err := writeHeader(st, header{SNI: oc.sni}); err != nil {
-			st.Close()
-			return nil, err
-		}
-		br := bufio.NewReader(st)
-		if err := readStatus(br); err != nil {
-			st.Close()
-			var ref *errRefused
-			if errors.As(err, &ref) {
-				return nil, &permanent{err}
-			}
-			return nil, err
-		}
-		st.SetDeadline(time.Time{})
-		stream, r = st, br
-		return st, nil
+	hdr := header{SNI: oc.sni}.encode()
+	up := newUpstream(ctx, client, oc.pool, oc.timeout, func(ctx context.Context, addr string) (net.Conn, error) {
+		return g.tunnels.open(ctx, addr, oc.peerTD, oc.timeout, hdr)
 	})
+	up.answered = func() { g.m.connectTime.WithLabelValues("egress").Observe(time.Since(start).Seconds()) }
+	err := up.start()
+	var sent, recvd int64
+	if err == nil {
+		g.m.active.WithLabelValues("egress").Inc()
+		sent, recvd = pipe(client, client, up, up)
+		g.m.active.WithLabelValues("egress").Dec()
+		up.release()
+		err = up.failure()
+	}
 	var perm *permanent
 	switch {
 	case errors.As(err, &perm):
@@ -125,19 +115,212 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 		return
 	case err != nil:
 		g.m.conns.WithLabelValues("egress", service, peerTD, "unavailable").Inc()
-		g.log.Warn("no gateway of the peer could be reached", "service", service, "peer", peerTD, "err", err)
+		g.log.Warn("no gateway of the peer could serve a connection", "service", service, "peer", peerTD, "err", err)
 		return
 	}
-	defer oc.pool.done(e)
-	defer up.Close()
-	g.m.connectTime.WithLabelValues("egress").Observe(time.Since(start).Seconds())
-	g.m.active.WithLabelValues("egress").Inc()
-	sent, recvd := pipe(client, client, stream, r)
-	g.m.active.WithLabelValues("egress").Dec()
 	g.m.bytes.WithLabelValues("egress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("egress", service, peerTD, "ok").Inc()
-	g.log.Info("connection", "direction", "egress", "service", service, "peer", peerTD, "client", client.RemoteAddr(), "gateway", e.addr,
+	g.log.Info("connection", "direction", "egress", "service", service, "peer", peerTD, "client", client.RemoteAddr(), "gateway", up.gateway(),
 		"bytes_out", sent, "bytes_in", recvd, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+// upstream is an egress connection's stream to the peer. The client's
+// first bytes follow the stream's open at once, before the peer's gateway
+// has answered, so no round trip across the WAN comes before the data.
+// They are kept until the answer: when a gateway cannot serve the stream
+// (no instance it could reach, or it failed), they are sent again through
+// another, up to three gateways in all.
+type upstream struct {
+	ctx     context.Context
+	client  net.Conn
+	pool    *pool // the peer's gateways
+	timeout time.Duration
+	// open opens a stream to the gateway at addr.
+	open func(ctx context.Context, addr string) (net.Conn, error)
+	// answered, if set, is called when a gateway has accepted the stream.
+	answered func()
+	tried    map[*endpoint]bool
+
+	mu       sync.Mutex
+	cond     sync.Cond
+	st       net.Conn
+	r        *bufio.Reader // st's, for the answer
+	e        *endpoint
+	early    []byte // client bytes sent before the answer
+	accepted bool
+	finished bool  // the client closed its side
+	err      error // the connection failed for good
+}
+
+func newUpstream(ctx context.Context, client net.Conn, p *pool, timeout time.Duration, open func(context.Context, string) (net.Conn, error)) *upstream {
+	u := &upstream{ctx: ctx, client: client, pool: p, timeout: timeout, open: open, tried: map[*endpoint]bool{}}
+	u.cond.L = &u.mu
+	return u
+}
+
+// start opens the stream on a first gateway.
+func (u *upstream) start() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.next()
+}
+
+// maxEarly bounds the client bytes sent ahead of the answer; beyond it,
+// the client's side waits for the answer.
+const maxEarly = 64 << 10
+
+// next opens the stream on a gateway not tried yet and sends it what the
+// client has sent so far. Called with mu held.
+func (u *upstream) next() error {
+	var errs []error
+	for len(u.tried) < 3 {
+		st, e, err := dialPool(u.ctx, u.pool, u.timeout, u.tried, u.open)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		st.SetReadDeadline(time.Now().Add(u.timeout)) // for the answer
+		if len(u.early) > 0 {
+			if _, err := st.Write(u.early); err != nil {
+				st.Close()
+				u.pool.connected(e, false)
+				u.pool.done(e)
+				errs = append(errs, fmt.Errorf("%s: %w", e.addr, err))
+				continue
+			}
+		}
+		if u.finished {
+			closeWrite(st)
+		}
+		u.st, u.e, u.r = st, e, bufio.NewReaderSize(st, 64)
+		return nil
+	}
+	return errors.Join(append(errs, errors.New("three gateways tried"))...)
+}
+
+// Write sends client bytes to the peer.
+func (u *upstream) Write(p []byte) (int, error) {
+	u.mu.Lock()
+	for !u.accepted && u.err == nil && len(u.early) > 0 && len(u.early)+len(p) > maxEarly {
+		u.cond.Wait()
+	}
+	if u.err != nil {
+		u.mu.Unlock()
+		return 0, u.err
+	}
+	if !u.accepted {
+		u.early = append(u.early, p...)
+	}
+	st, answered := u.st, u.accepted
+	u.mu.Unlock()
+	if _, err := st.Write(p); err != nil && answered {
+		return 0, err
+	}
+	// Before the answer, a failed write is for Read to handle: the bytes
+	// are kept, and go to the next gateway.
+	return len(p), nil
+}
+
+// CloseWrite passes the client's half-close on.
+func (u *upstream) CloseWrite() error {
+	u.mu.Lock()
+	u.finished = true
+	st := u.st
+	u.mu.Unlock()
+	closeWrite(st)
+	return nil
+}
+
+// Read reads the peer's bytes for the client, after its answer.
+func (u *upstream) Read(p []byte) (int, error) {
+	u.mu.Lock()
+	answered, err := u.accepted, u.err
+	u.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if !answered {
+		if err := u.answer(); err != nil {
+			return 0, err
+		}
+	}
+	return u.r.Read(p)
+}
+
+// answer waits for a gateway to accept the stream, moving it to another
+// gateway while one cannot serve it.
+func (u *upstream) answer() error {
+	for {
+		u.mu.Lock()
+		st, r, e := u.st, u.r, u.e
+		u.mu.Unlock()
+		err := readStatus(r)
+		if err == nil {
+			st.SetReadDeadline(time.Time{})
+			if u.answered != nil {
+				u.answered()
+			}
+			u.mu.Lock()
+			u.accepted, u.early = true, nil
+			u.cond.Broadcast()
+			u.mu.Unlock()
+			return nil
+		}
+		var ref *errRefused
+		if errors.As(err, &ref) {
+			return u.fail(&permanent{err})
+		}
+		// Unavailable there, or the stream broke: another gateway.
+		u.mu.Lock()
+		st.Close()
+		u.pool.connected(e, false)
+		u.pool.done(e)
+		u.e = nil
+		err = errors.Join(fmt.Errorf("%s: %w", e.addr, err), u.next())
+		u.mu.Unlock()
+		if u.e == nil {
+			return u.fail(err)
+		}
+	}
+}
+
+// fail ends the connection with err: both of the client's directions stop.
+func (u *upstream) fail(err error) error {
+	u.mu.Lock()
+	u.err = err
+	u.cond.Broadcast()
+	u.mu.Unlock()
+	u.client.Close()
+	return err
+}
+
+// failure is why the connection failed, or nil.
+func (u *upstream) failure() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.err
+}
+
+// gateway is the address of the gateway that served the connection.
+func (u *upstream) gateway() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.e == nil {
+		return ""
+	}
+	return u.e.addr
+}
+
+// release closes the stream and returns its endpoint to the pool.
+func (u *upstream) release() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.st != nil {
+		u.st.Close()
+	}
+	if u.e != nil {
+		u.pool.done(u.e)
+		u.e = nil
+	}
 }
 
 // permanent marks a refusal that another gateway would repeat.

@@ -8,7 +8,7 @@
 //     VPN, and carries each connection to one of the peer's gateways.
 //   - Between gateways: one TLS 1.3 connection per peer gateway, both sides
 //     presenting gateway SVIDs checked against their own trust domain's
-//     bundle, multiplexing every connection as a yamux stream (see
+//     bundle, multiplexing every connection as a stream (see
 //     proto.go): no handshake per client connection.
 //   - Ingress: it authorizes each stream against the intentions (the RBAC
 //     rule of the SNI's filter chain; default deny) and forwards it to the
@@ -28,7 +28,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -36,6 +35,7 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/internal/metricsserver"
+	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -263,20 +263,6 @@ func (g *Gateway) serveMetrics(ctx context.Context) error {
 	return nil
 }
 
-// yamuxConfig favors throughput: large stream windows, no per-stream
-// open timeout surprises, logs discarded (errors surface on streams).
-func yamuxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
-	c.MaxStreamWindowSize = 16 << 20
-	c.AcceptBacklog = 1024
-	c.KeepAliveInterval = 15 * time.Second
-	c.ConnectionWriteTimeout = 30 * time.Second
-	c.StreamOpenTimeout = 30 * time.Second
-	c.StreamCloseTimeout = 30 * time.Second
-	c.LogOutput = discard{}
-	return c
-}
-
-type discard struct{}
-
-func (discard) Write(b []byte) (int, error) { return len(b), nil }
+// tunnelConfig: 16 MiB stream windows (a bulk stream across a WAN needs
+// its bandwidth-delay product in flight), the rest by default.
+var tunnelConfig = tunnelmux.Config{Window: 16 << 20}

@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -35,6 +34,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
+	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/internal/wan"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust/ca"
@@ -445,7 +445,7 @@ func TestGatewayFailover(t *testing.T) {
 
 // tunnelFrom opens a raw tunnel to gw as the holder of the identity in
 // dir (a gateway data dir), to send what a real gateway never would.
-func tunnelFrom(t *testing.T, dir string, to *site) (*yamux.Session, error) {
+func tunnelFrom(t *testing.T, dir string, to *site) (*tunnelmux.Session, error) {
 	t.Helper()
 	addr := to.wanAddr
 	peerCAs, err := svidfile.ReadCerts(controlplane.CAFile(to.Nodes[0].Dir))
@@ -466,7 +466,7 @@ func tunnelFrom(t *testing.T, dir string, to *site) (*yamux.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	return yamux.Client(conn, nil)
+	return tunnelmux.Client(conn, tunnelmux.Config{}), nil
 }
 
 // TestGatewayRefusesWhatItShould: garbage, half-open connections, a
@@ -498,12 +498,11 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 			return err
 		}
 		defer sess.Close()
-		st, err := sess.OpenStream()
+		st, err := sess.Open(testHeader(sni, "web/front"))
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		writeTestHeader(st, sni, "web/front")
 		return readTestStatus(st)
 	})
 	before := gatewayGoroutines()
@@ -553,17 +552,16 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 		{sni, "batch/job", "no intention allows"},
 		{sni, "", "no intention allows"},
 	} {
-		st, err := sess.OpenStream()
+		st, err := sess.Open(testHeader(tc.sni, tc.source))
 		if err != nil {
 			t.Fatal(err)
 		}
-		writeTestHeader(st, tc.sni, tc.source)
 		if err := readTestStatus(st); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s as %q: %v, want %q", tc.sni, tc.source, err, tc.want)
 		}
 		st.Close()
 	}
-	st, _ := sess.OpenStream()
+	st, _ := sess.Open(nil)
 	st.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if err := readTestStatus(st); err == nil || os.IsTimeout(err) {
 		t.Fatalf("a stream without a header: %v, want it refused before our 5s deadline", err)
@@ -581,12 +579,14 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 	})
 }
 
-func writeTestHeader(w io.Writer, sni, source string) {
+// testHeader is a stream header, written independently of the gateway's
+// own encoder.
+func testHeader(sni, source string) []byte {
 	b := []byte{1}
 	b = binary.AppendUvarint(b, uint64(len(sni)))
 	b = append(b, sni...)
 	b = binary.AppendUvarint(b, uint64(len(source)))
-	w.Write(append(b, source...))
+	return append(b, source...)
 }
 
 func readTestStatus(r io.Reader) error {

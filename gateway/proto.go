@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,11 +10,12 @@ import (
 )
 
 // The tunnel protocol between gateways. One TLS 1.3 connection (ALPN
-// strait-tunnel/1, both sides presenting gateway SVIDs) carries many
-// streams multiplexed by yamux, so a new client connection costs a stream
-// open, not a handshake. Each stream starts with a header from the
-// calling gateway, then the ingress gateway answers with a status; after
-// an OK, the stream is the client's byte stream.
+// strait-tunnel/2, both sides presenting gateway SVIDs) carries many
+// streams multiplexed by internal/tunnelmux, so a new client connection
+// costs one frame, not a handshake. Each stream's open frame carries a
+// header from the calling gateway; the ingress gateway's first bytes on
+// the stream are a status; after an OK, the stream is the client's byte
+// stream.
 //
 //	header:  version (1) | uvarint len | SNI | uvarint len | source ("ns/svc" or "")
 //	status:  code (1) | uvarint len | message
@@ -35,14 +37,12 @@ type header struct {
 	SNI, Source string
 }
 
-func writeHeader(w io.Writer, h header) error {
+func (h header) encode() []byte {
 	b := []byte{protoVersion}
 	b = binary.AppendUvarint(b, uint64(len(h.SNI)))
 	b = append(b, h.SNI...)
 	b = binary.AppendUvarint(b, uint64(len(h.Source)))
-	b = append(b, h.Source...)
-	_, err := w.Write(b)
-	return err
+	return append(b, h.Source...)
 }
 
 func readField(r *bufio.Reader) (string, error) {
@@ -60,7 +60,9 @@ func readField(r *bufio.Reader) (string, error) {
 	return string(b), nil
 }
 
-func readHeader(r *bufio.Reader) (header, error) {
+// parseHeader decodes a stream's header, all of it.
+func parseHeader(b []byte) (header, error) {
+	r := bufio.NewReaderSize(bytes.NewReader(b), 16)
 	v, err := r.ReadByte()
 	if err != nil {
 		return header{}, err
@@ -74,6 +76,12 @@ func readHeader(r *bufio.Reader) (header, error) {
 	}
 	if h.Source, err = readField(r); err != nil {
 		return header{}, err
+	}
+	if r.Buffered() > 0 {
+		return header{}, errors.New("bytes after the header")
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		return header{}, errors.New("bytes after the header")
 	}
 	return h, nil
 }

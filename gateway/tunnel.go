@@ -14,9 +14,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/policy"
 	"github.com/straitmesh/strait/trust"
@@ -29,22 +29,23 @@ type tunnels struct {
 	mu    sync.Mutex
 	slots map[string]*slot
 	// sessions accepted from peers, closed at shutdown.
-	accepted map[*yamux.Session]struct{}
+	accepted map[*tunnelmux.Session]struct{}
 	closed   bool
 }
 
 type slot struct {
 	mu   sync.Mutex
-	sess *yamux.Session
+	sess *tunnelmux.Session
 }
 
 func newTunnels(g *Gateway) *tunnels {
-	return &tunnels{g: g, slots: make(map[string]*slot), accepted: make(map[*yamux.Session]struct{})}
+	return &tunnels{g: g, slots: make(map[string]*slot), accepted: make(map[*tunnelmux.Session]struct{})}
 }
 
-// open returns a new stream to the gateway at addr, which must present a
-// gateway SVID of peerTD; the session is dialed on first use and reused.
-func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Duration) (net.Conn, error) {
+// open returns a new stream, opened with hdr, to the gateway at addr,
+// which must present a gateway SVID of peerTD; the session is dialed on
+// first use and reused.
+func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Duration, hdr []byte) (net.Conn, error) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -65,12 +66,12 @@ func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Du
 		}
 		s.sess = sess
 	}
-	st, err := s.sess.OpenStream()
+	st, err := s.sess.Open(hdr)
 	if err != nil {
 		// A draining peer said go away: its streams in flight finish on
 		// the session, new ones go elsewhere. Anything else: the session
 		// is broken.
-		if !errors.Is(err, yamux.ErrRemoteGoAway) {
+		if !errors.Is(err, tunnelmux.ErrGoAway) {
 			s.sess.Close()
 		}
 		s.sess = nil
@@ -79,7 +80,7 @@ func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Du
 	return st, nil
 }
 
-func (t *tunnels) dial(ctx context.Context, addr, peerTD string, timeout time.Duration) (*yamux.Session, error) {
+func (t *tunnels) dial(ctx context.Context, addr, peerTD string, timeout time.Duration) (*tunnelmux.Session, error) {
 	start := time.Now()
 	td, err := spiffeid.TrustDomainFromString(peerTD)
 	if err != nil {
@@ -110,7 +111,7 @@ func (t *tunnels) dial(ctx context.Context, addr, peerTD string, timeout time.Du
 	}
 	t.g.m.handshakes.WithLabelValues("client", "ok").Inc()
 	t.g.m.handshakeTime.Observe(time.Since(start).Seconds())
-	return yamux.Client(coalesceFrames(conn), yamuxConfig())
+	return tunnelmux.Client(conn, tunnelConfig), nil
 }
 
 func (t *tunnels) close() {
@@ -139,7 +140,7 @@ func (t *tunnels) goAway() {
 	}
 }
 
-func (t *tunnels) track(s *yamux.Session, add bool) bool {
+func (t *tunnels) track(s *tunnelmux.Session, add bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if add {
@@ -243,11 +244,7 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 	}
 	g.m.handshakes.WithLabelValues("server", "ok").Inc()
 	peer, _ := mtls.PeerID(conn.ConnectionState())
-	sess, err := yamux.Server(coalesceFrames(conn), yamuxConfig())
-	if err != nil {
-		conn.Close()
-		return
-	}
+	sess := tunnelmux.Server(conn, tunnelConfig)
 	if !g.tunnels.track(sess, true) {
 		sess.Close()
 		return
@@ -259,7 +256,7 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		st, err := sess.AcceptStream()
+		st, err := sess.Accept()
 		if err != nil {
 			return
 		}
@@ -272,14 +269,13 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 }
 
 // ingressStream authorizes one stream and connects it to an instance.
-func (g *Gateway) ingressStream(ctx context.Context, st *yamux.Stream, peer spiffeid.ID) {
+func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer spiffeid.ID) {
 	defer st.Close()
 	g.active.Add(1)
 	defer g.active.Done()
 	start := time.Now()
 	st.SetDeadline(start.Add(g.cfg.HandshakeTimeout))
-	r := bufio.NewReader(st)
-	h, err := readHeader(r)
+	h, err := parseHeader(st.Header())
 	if err != nil {
 		writeStatus(st, statusBadRequest, "bad tunnel header")
 		return
@@ -312,7 +308,7 @@ func (g *Gateway) ingressStream(ctx context.Context, st *yamux.Stream, peer spif
 		return
 	}
 	in := cfg.in[ch.cluster]
-	up, e, err := dialPool(ctx, in.pool, in.timeout, func(ctx context.Context, addr string) (net.Conn, error) {
+	up, e, err := dialPool(ctx, in.pool, in.timeout, nil, func(ctx context.Context, addr string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
 	})
@@ -329,7 +325,7 @@ func (g *Gateway) ingressStream(ctx context.Context, st *yamux.Stream, peer spif
 	}
 	st.SetDeadline(time.Time{})
 	g.m.active.WithLabelValues("ingress").Inc()
-	sent, recvd := pipe(st, r, up, up)
+	sent, recvd := pipe(st, st, up, up)
 	g.m.active.WithLabelValues("ingress").Dec()
 	g.m.bytes.WithLabelValues("ingress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("ingress", service, peerTD, "ok").Inc()
@@ -338,9 +334,12 @@ func (g *Gateway) ingressStream(ctx context.Context, st *yamux.Stream, peer spif
 }
 
 // dialPool connects to the least-loaded endpoint of p, trying up to three
-// different ones; the endpoint stays reserved until p.done.
-func dialPool(ctx context.Context, p *pool, timeout time.Duration, dial func(context.Context, string) (net.Conn, error)) (net.Conn, *endpoint, error) {
-	tried := map[*endpoint]bool{}
+// different ones not in tried (nil: none tried yet), which it adds to;
+// the endpoint stays reserved until p.done.
+func dialPool(ctx context.Context, p *pool, timeout time.Duration, tried map[*endpoint]bool, dial func(context.Context, string) (net.Conn, error)) (net.Conn, *endpoint, error) {
+	if tried == nil {
+		tried = map[*endpoint]bool{}
+	}
 	var errs []error
 	for range 3 {
 		e := p.pick(tried)
@@ -428,7 +427,7 @@ func copyPooled(dst io.Writer, src io.Reader) int64 {
 
 // pipe copies both ways until both directions end, passing half-closes
 // on, and returns the bytes copied a->b and b->a.
-func pipe(a net.Conn, ar io.Reader, b net.Conn, br io.Reader) (ab, ba int64) {
+func pipe(a io.Writer, ar io.Reader, b io.Writer, br io.Reader) (ab, ba int64) {
 	done := make(chan int64, 1)
 	go func() {
 		n := copyPooled(b, ar)
@@ -441,15 +440,15 @@ func pipe(a net.Conn, ar io.Reader, b net.Conn, br io.Reader) (ab, ba int64) {
 	return ab, ba
 }
 
-func closeWrite(c net.Conn) {
+// closeWrite half-closes c where it can (TCP, a tunnel stream), and
+// closes it where it cannot.
+func closeWrite(c io.Writer) {
 	switch x := c.(type) {
-	case *net.TCPConn:
+	case interface{ CloseWrite() error }:
 		x.CloseWrite()
-	case *yamux.Stream:
-		x.Close() // yamux: a FIN; reading goes on until the peer's
 	case bufferedConn:
 		closeWrite(x.Conn)
-	default:
-		c.Close()
+	case io.Closer:
+		x.Close()
 	}
 }

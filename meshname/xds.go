@@ -11,7 +11,7 @@ const (
 	// IngressListener is the gateway's listener for tunnels from peers.
 	IngressListener = "ingress"
 	// TunnelALPN is the protocol gateways speak to each other.
-	TunnelALPN = "strait-tunnel/1"
+	TunnelALPN = "strait-tunnel/2"
 )
 
 // OutCluster names the cluster that carries an imported service's port to

@@ -92,7 +92,7 @@ type Gateway struct {
 	cur      *config
 	changed  chan struct{} // closed and replaced on each new config
 	tunnels  *tunnels
-	active   sync.WaitGroup
+	active   inflight
 	draining atomic.Bool
 	wanAddr  string
 	ready    chan struct{}
@@ -266,3 +266,35 @@ func (g *Gateway) serveMetrics(ctx context.Context) error {
 // tunnelConfig: 16 MiB stream windows (a bulk stream across a WAN needs
 // its bandwidth-delay product in flight), the rest by default.
 var tunnelConfig = tunnelmux.Config{Window: 16 << 20}
+
+// inflight counts connections in progress. Unlike a sync.WaitGroup, it may
+// grow from zero while someone waits for it to drain (a peer's stream can
+// arrive while the gateway drains).
+type inflight struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	n    int
+}
+
+func (f *inflight) Add(d int) {
+	f.mu.Lock()
+	f.n += d
+	if f.n <= 0 && f.cond.L != nil {
+		f.cond.Broadcast()
+	}
+	f.mu.Unlock()
+}
+
+func (f *inflight) Done() { f.Add(-1) }
+
+// Wait waits until no connection is in progress.
+func (f *inflight) Wait() {
+	f.mu.Lock()
+	if f.cond.L == nil {
+		f.cond.L = &f.mu
+	}
+	for f.n > 0 {
+		f.cond.Wait()
+	}
+	f.mu.Unlock()
+}

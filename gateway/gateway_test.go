@@ -572,8 +572,8 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 	// gateways' goroutines are counted: the servers in this process come
 	// and go with their own work.)
 	controlplanetest.WaitFor(t, 10*time.Second, func() error {
-		if n := gatewayGoroutines(); n > before {
-			return fmt.Errorf("%d gateway goroutines, %d before the abuse", n, before)
+		if n, stacks := gatewayGoroutineStacks(); n > before {
+			return fmt.Errorf("%d gateway goroutines, %d before the abuse:\n%s", n, before, stacks)
 		}
 		return nil
 	})
@@ -901,13 +901,20 @@ func TestEndToEndIdentityThroughGateways(t *testing.T) {
 
 // gatewayGoroutines counts the goroutines running gateway code.
 func gatewayGoroutines() int {
+	n, _ := gatewayGoroutineStacks()
+	return n
+}
+
+// gatewayGoroutineStacks counts the goroutines running gateway code and
+// returns their stacks.
+func gatewayGoroutineStacks() (int, []byte) {
 	buf := make([]byte, 8<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
+	var stacks [][]byte
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
 		if bytes.Contains(g, []byte("straitmesh/strait/gateway.")) {
-			n++
+			stacks = append(stacks, g)
 		}
 	}
-	return n
+	return len(stacks), bytes.Join(stacks, []byte("\n\n"))
 }

@@ -149,10 +149,10 @@ func (st *Stream) CloseWrite() error {
 	return err
 }
 
-// Close closes the stream both ways: a fin if this end had not sent one,
-// and a reset if the peer had not finished sending, so that it stops.
+// Close closes the stream both ways: a reset if the peer had not finished
+// sending (so that it stops, and reads, after the bytes already sent, an
+// error rather than an end), else a fin if this end had not sent one.
 func (st *Stream) Close() error {
-	st.CloseWrite()
 	st.mu.Lock()
 	if st.closed {
 		st.mu.Unlock()
@@ -160,14 +160,19 @@ func (st *Stream) Close() error {
 	}
 	st.closed = true
 	reset := !st.remoteDone && st.err == nil
+	fin := !reset && !st.localDone && st.err == nil
+	st.localDone = true
 	st.buf, st.off = nil, 0
 	st.cond.Broadcast()
 	st.mu.Unlock()
 	st.rd.stop()
 	st.wd.stop()
 	st.s.forget(st.id)
-	if reset {
+	switch {
+	case reset:
 		return st.s.writeControl(frameHeader{typ: typeReset, stream: st.id, length: uint32(len(closedByPeer))}, []byte(closedByPeer))
+	case fin:
+		return st.s.writeControl(frameHeader{typ: typeFin, stream: st.id}, nil)
 	}
 	return nil
 }

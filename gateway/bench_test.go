@@ -196,25 +196,19 @@ func gatewayPath(b *testing.B, echo, discard string) (string, string) {
 	federate(b, a, s)
 	a.startGateway(b, "gw-a", nil)
 	s.startGateway(b, "gw-b", nil)
-	ctx := controlplanetest.Ctx(b)
 	out := map[string]string{}
 	for name, addr := range map[string]string{"echo": echo, "discard": discard} {
 		_, portS, _ := net.SplitHostPort(addr)
 		port, _ := strconv.Atoi(portS)
 		register(b, s, "bench", name, name+"-1", port, apipb.Protocol_PROTOCOL_TCP)
-		if _, err := s.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "bench", Service: name, To: []string{"site-a"}}}); err != nil {
-			b.Fatal(err)
-		}
+		exportTo(b, s, "bench", name, "site-a")
 		controlplanetest.WaitFor(b, 15*time.Second, func() error {
 			vip, err := resolve(b, a, name+".bench.site-b.mesh")
 			out[name] = net.JoinHostPort(vip, portS)
 			return err
 		})
 	}
-	if _, err := s.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "bench/*", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		b.Fatal(err)
-	}
+	allow(b, s, "site-a", "bench/*")
 	controlplanetest.WaitFor(b, 15*time.Second, func() error {
 		c, err := net.Dial("tcp", out["echo"])
 		if err != nil {
@@ -255,9 +249,7 @@ func throughput(b *testing.B, dial func(string) (net.Conn, error)) float64 {
 			b.Fatal(err)
 		}
 	}
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
+	closeWrite(c)
 	if _, err := io.ReadFull(c, buf[:2]); err != nil {
 		b.Fatalf("no acknowledgement: %v", err)
 	}

@@ -93,9 +93,8 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 		return
 	}
 	service, peerTD := serviceOf(l.cluster), oc.peerTD
-	hdr := header{SNI: oc.sni}.encode()
 	up := newUpstream(ctx, client, oc.pool, oc.timeout, func(ctx context.Context, addr string) (net.Conn, error) {
-		return g.tunnels.open(ctx, addr, oc.peerTD, oc.timeout, hdr)
+		return g.tunnels.open(ctx, addr, oc.peerTD, oc.timeout, oc.hdr)
 	})
 	up.answered = func() { g.m.connectTime.WithLabelValues("egress").Observe(time.Since(start).Seconds()) }
 	err := up.start()

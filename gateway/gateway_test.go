@@ -185,6 +185,25 @@ func register(t testing.TB, s *site, ns, svc, id string, port int, proto apipb.P
 	}
 }
 
+// exportTo exports ns/svc of site s to the peers named.
+func exportTo(t testing.TB, s *site, ns, svc string, to ...string) {
+	t.Helper()
+	_, err := s.Client(0).Federation.Export(controlplanetest.Ctx(t), &apipb.ExportRequest{Export: &apipb.Export{Namespace: ns, Service: svc, To: to}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// allow sets an intention on site s letting source reach destination.
+func allow(t testing.TB, s *site, source, destination string) {
+	t.Helper()
+	_, err := s.Client(0).Intentions.Set(controlplanetest.Ctx(t), &apipb.SetIntentionRequest{Intention: &apipb.Intention{
+		Source: source, Destination: destination, Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // resolve asks site s's mesh DNS for name's A record.
 func resolve(t testing.TB, s *site, name string) (string, error) {
 	m := new(mdns.Msg)
@@ -233,7 +252,6 @@ func TestTrafficBetweenSitesThroughGateways(t *testing.T) {
 	rec := &recorder{}
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", rec.tap)
-	ctx := controlplanetest.Ctx(t)
 
 	// Site B: a TCP echo service and an HTTP service, exported to A.
 	echoPort := echoServer(t)
@@ -244,9 +262,7 @@ func TestTrafficBetweenSitesThroughGateways(t *testing.T) {
 	t.Cleanup(func() { hs.Close() })
 	register(t, b, "payments", "web", "web-1", hln.Addr().(*net.TCPAddr).Port, apipb.Protocol_PROTOCOL_HTTP)
 	for _, svc := range []string{"api", "web"} {
-		if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: svc, To: []string{"site-a"}}}); err != nil {
-			t.Fatal(err)
-		}
+		exportTo(t, b, "payments", svc, "site-a")
 	}
 
 	// In A, the name resolves to a virtual IP that A's gateway listens on.
@@ -269,10 +285,7 @@ func TestTrafficBetweenSitesThroughGateways(t *testing.T) {
 		return nil
 	})
 	// With one, it passes.
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "payments/*", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	allow(t, b, "site-a", "payments/*")
 	canary := fmt.Sprintf("CANARY-%d-PLAINTEXT", rand.Int64())
 	controlplanetest.WaitFor(t, 15*time.Second, func() error {
 		got, err := echo(addr, canary)
@@ -365,13 +378,8 @@ func TestGatewayFailover(t *testing.T) {
 	ctx := controlplanetest.Ctx(t)
 	port := echoServer(t)
 	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
-	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	exportTo(t, b, "payments", "api", "site-a")
+	allow(t, b, "site-a", "payments/api")
 	// Both of B's gateways are known to A.
 	controlplanetest.WaitFor(t, 15*time.Second, func() error {
 		r, err := a.Client(0).Federation.List(ctx, &apipb.ListPeersFedRequest{Name: "site-b"})
@@ -480,16 +488,10 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 	federate(t, a, b)
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", nil)
-	ctx := controlplanetest.Ctx(t)
 	port := echoServer(t)
 	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
-	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a/web/*", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	exportTo(t, b, "payments", "api", "site-a")
+	allow(t, b, "site-a/web/*", "payments/api")
 	sni := "main.api.payments.site-b.strait"
 	// Wait until B's gateway serves the export.
 	controlplanetest.WaitFor(t, 15*time.Second, func() error {
@@ -666,13 +668,8 @@ func TestCARotationUnderLoad(t *testing.T) {
 	ctx := controlplanetest.Ctx(t)
 	port := echoServer(t)
 	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
-	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	exportTo(t, b, "payments", "api", "site-a")
+	allow(t, b, "site-a", "payments/api")
 	var addr string
 	controlplanetest.WaitFor(t, 15*time.Second, func() error {
 		vip, err := resolve(t, a, "api.payments.site-b.mesh")
@@ -775,7 +772,6 @@ func TestOnlyGatewayPortsBetweenSites(t *testing.T) {
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", nil)
 	fw.allow(a.wanAddr, b.wanAddr)
-	ctx := controlplanetest.Ctx(t)
 	// The token carries the issuer's gateways once they are in its catalog.
 	controlplanetest.WaitFor(t, 10*time.Second, func() error {
 		for _, s := range []*site{a, b} {
@@ -788,13 +784,8 @@ func TestOnlyGatewayPortsBetweenSites(t *testing.T) {
 	federate(t, a, b)
 	port := echoServer(t)
 	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
-	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	exportTo(t, b, "payments", "api", "site-a")
+	allow(t, b, "site-a", "payments/api")
 	controlplanetest.WaitFor(t, 20*time.Second, func() error {
 		vip, err := resolve(t, a, "api.payments.site-b.mesh")
 		if err != nil {
@@ -839,7 +830,6 @@ func TestEndToEndIdentityThroughGateways(t *testing.T) {
 	rec := &recorder{}
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", rec.tap)
-	ctx := controlplanetest.Ctx(t)
 	caller, callee := "spiffe://site-a.strait/ns/web/svc/front", "spiffe://site-b.strait/ns/payments/svc/api"
 	bundles := x509bundle.NewSet(a.Nodes[0].Server.Bundle(), b.Nodes[0].Server.Bundle())
 
@@ -868,13 +858,8 @@ func TestEndToEndIdentityThroughGateways(t *testing.T) {
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
 	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
-	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	exportTo(t, b, "payments", "api", "site-a")
+	allow(t, b, "site-a", "payments/api")
 	clientConf := tlsconfig.MTLSClientConfig(workloadSVID(t, a, caller), bundles, tlsconfig.AuthorizeID(spiffeid.RequireFromString(callee)))
 	var reply string
 	controlplanetest.WaitFor(t, 20*time.Second, func() error {

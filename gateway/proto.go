@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -62,28 +61,43 @@ func readField(r *bufio.Reader) (string, error) {
 
 // parseHeader decodes a stream's header, all of it.
 func parseHeader(b []byte) (header, error) {
-	r := bufio.NewReaderSize(bytes.NewReader(b), 16)
-	v, err := r.ReadByte()
-	if err != nil {
-		return header{}, err
+	if len(b) == 0 {
+		return header{}, io.ErrUnexpectedEOF
 	}
-	if v != protoVersion {
-		return header{}, fmt.Errorf("tunnel protocol version %d, want %d", v, protoVersion)
+	if b[0] != protoVersion {
+		return header{}, fmt.Errorf("tunnel protocol version %d, want %d", b[0], protoVersion)
 	}
 	var h header
-	if h.SNI, err = readField(r); err != nil {
+	var err error
+	rest := b[1:]
+	if h.SNI, rest, err = takeField(rest); err != nil {
 		return header{}, err
 	}
-	if h.Source, err = readField(r); err != nil {
+	if h.Source, rest, err = takeField(rest); err != nil {
 		return header{}, err
 	}
-	if r.Buffered() > 0 {
-		return header{}, errors.New("bytes after the header")
-	}
-	if _, err := r.ReadByte(); err != io.EOF {
+	if len(rest) > 0 {
 		return header{}, errors.New("bytes after the header")
 	}
 	return h, nil
+}
+
+// takeField decodes a length-prefixed field at the start of b and returns
+// it and what follows.
+func takeField(b []byte) (string, []byte, error) {
+	n, k := binary.Uvarint(b)
+	switch {
+	case k <= 0:
+		return "", nil, errors.New("bad header field length")
+	case k != len(binary.AppendUvarint(nil, n)):
+		return "", nil, errors.New("header field length not in its shortest form")
+	case n > maxHeaderField:
+		return "", nil, fmt.Errorf("header field of %d bytes", n)
+	case uint64(len(b)-k) < n:
+		return "", nil, io.ErrUnexpectedEOF
+	}
+	end := k + int(n)
+	return string(b[k:end]), b[end:], nil
 }
 
 func writeStatus(w io.Writer, code byte, msg string) error {

@@ -81,14 +81,9 @@ func TestProxylessGRPCThroughGateways(t *testing.T) {
 	healthpb.RegisterHealthServer(imposter, health.NewServer())
 	register(t, b, "demo", "other", "other-1", serve(imposter), apipb.Protocol_PROTOCOL_GRPC)
 	for _, svc := range []string{"echo", "other"} {
-		if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "demo", Service: svc, To: []string{"site-a"}}}); err != nil {
-			t.Fatal(err)
-		}
+		exportTo(t, b, "demo", svc, "site-a")
 	}
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "demo/*", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	allow(t, b, "site-a", "demo/*")
 
 	// A's client: its SVID and the bundles as files, and a bootstrap.
 	dir := t.TempDir()

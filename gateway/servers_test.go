@@ -34,16 +34,10 @@ func TestGatewayOutlivesItsServer(t *testing.T) {
 	}
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", nil)
-	ctx := controlplanetest.Ctx(t)
 	port := echoServer(t)
 	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
-	if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "payments", Service: "api", To: []string{"site-a"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Client(0).Intentions.Set(ctx, &apipb.SetIntentionRequest{Intention: &apipb.Intention{
-		Source: "site-a", Destination: "payments/api", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}); err != nil {
-		t.Fatal(err)
-	}
+	exportTo(t, b, "payments", "api", "site-a")
+	allow(t, b, "site-a", "payments/api")
 	var vip string
 	controlplanetest.WaitFor(t, 20*time.Second, func() error {
 		var err error

@@ -38,9 +38,10 @@ import (
 var subscribed = []string{resource.SecretType, resource.ClusterType, resource.EndpointType, resource.ListenerType}
 
 type outCluster struct {
-	name, sni, peerTD string
-	timeout           time.Duration
-	pool              *pool
+	name, peerTD string
+	hdr          []byte // the tunnel header every stream opens with (its SNI)
+	timeout      time.Duration
+	pool         *pool
 }
 
 type inCluster struct {
@@ -174,7 +175,7 @@ func compile(version string, r resources, ps pools) (*config, error) {
 			if !ok {
 				return nil, fmt.Errorf("cluster %s: SNI %q", name, up.Sni)
 			}
-			c.out[name] = &outCluster{name: name, sni: up.Sni, peerTD: td, timeout: timeout, pool: p}
+			c.out[name] = &outCluster{name: name, peerTD: td, hdr: header{SNI: up.Sni}.encode(), timeout: timeout, pool: p}
 		} else {
 			c.in[name] = &inCluster{name: name, timeout: timeout, pool: p}
 		}

@@ -4,11 +4,13 @@
 //
 // It is built for what a gateway does with a stream: open it with a small
 // header, read one answer, then copy bytes both ways and half-close. So an
-// open carries its header in the same frame (no separate SYN and ACK), and
-// every frame is written by the goroutine that produces it into a shared
-// buffer that one flusher goroutine hands to the connection: an idle
-// tunnel sends each frame at once, a busy one sends every frame produced
-// during a write in the next one. Flow control is per stream, by windows.
+// open carries its header in the same frame (no separate SYN and ACK). A
+// small frame on an idle connection is written by the goroutine that makes
+// it, with no hand-off; bulk data, and every frame made while a write is in
+// progress, go into one buffer that a flusher goroutine hands to the
+// connection in a single write, so a busy tunnel sends many frames per TLS
+// record and syscall, and encrypting one chunk overlaps reading the next.
+// Flow control is per stream, by windows.
 //
 // A frame is a 10-byte header and a payload:
 //

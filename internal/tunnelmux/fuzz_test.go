@@ -37,7 +37,7 @@ func FuzzSession(f *testing.F) {
 		peer.Write(data)
 		peer.Close()
 		select {
-		case <-s.Done():
+		case <-s.done:
 		case <-time.After(10 * time.Second):
 			t.Fatal("the session outlived its peer")
 		}

@@ -112,7 +112,13 @@ func TestOpenHeaderAndHalfClose(t *testing.T) {
 	if _, err := st.Write([]byte("x")); !errors.Is(err, io.ErrClosedPipe) {
 		t.Fatalf("write after CloseWrite: %v", err)
 	}
-	waitFor(t, func() bool { return c.NumStreams() == 0 && s.NumStreams() == 0 })
+	waitFor(t, func() bool { return numStreams(c) == 0 && numStreams(s) == 0 })
+}
+
+func numStreams(s *Session) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.streams)
 }
 
 func waitFor(t *testing.T, cond func() bool) {
@@ -365,7 +371,7 @@ func TestProtocolErrors(t *testing.T) {
 			defer s.Close()
 			a.Write(tt.in)
 			select {
-			case <-s.Done():
+			case <-s.done:
 			case <-time.After(10 * time.Second):
 				t.Fatal("session still up")
 			}
@@ -379,14 +385,20 @@ func TestProtocolErrors(t *testing.T) {
 // TestKeepAlive: a live peer answers pings; a silent one is given up on.
 func TestKeepAlive(t *testing.T) {
 	c, s := sessions(t, Config{KeepAlive: 20 * time.Millisecond})
-	time.Sleep(200 * time.Millisecond) // ten intervals: pings keep both up
-	if c.IsClosed() || s.IsClosed() {
-		t.Fatal("a session with a live peer closed")
-	}
+	// Both ends still up, and hearing each other's pings, ten intervals on
+	// (the idle limit is three).
+	start := time.Now()
+	waitFor(t, func() bool {
+		if c.IsClosed() || s.IsClosed() {
+			t.Fatal("a session with a live peer closed")
+		}
+		heard := func(x *Session) bool { return time.Unix(0, x.lastRecv.Load()).Sub(start) > 10*20*time.Millisecond }
+		return heard(c) && heard(s)
+	})
 	a, _ := tcpPair(t) // the other end never speaks
 	silent := Client(a, Config{KeepAlive: 20 * time.Millisecond})
 	select {
-	case <-silent.Done():
+	case <-silent.done:
 		if !strings.Contains(silent.err.Error(), "nothing heard") {
 			t.Fatalf("ended with %v", silent.err)
 		}

@@ -15,7 +15,6 @@ import (
 var (
 	ErrClosed    = errors.New("tunnel closed")
 	ErrGoAway    = errors.New("the peer accepts no new streams on this tunnel")
-	ErrBacklog   = errors.New("the peer's accept backlog is full")
 	ErrReset     = errors.New("stream reset")
 	ErrTimeout   = &timeoutError{}
 	errProtocol  = errors.New("tunnel protocol error")
@@ -123,7 +122,7 @@ func (s *Session) Open(header []byte) (*Stream, error) {
 	}
 	s.mu.Lock()
 	switch {
-	case s.isDone():
+	case s.IsClosed():
 		s.mu.Unlock()
 		return nil, s.err
 	case s.remoteGoAway:
@@ -179,16 +178,6 @@ func (s *Session) IsClosed() bool {
 	}
 }
 
-// Done is closed when the session ends.
-func (s *Session) Done() <-chan struct{} { return s.done }
-
-// NumStreams is the number of open streams.
-func (s *Session) NumStreams() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.streams)
-}
-
 // Close ends the session: what is pending is sent (for at most
 // CloseFlush), then every stream fails and the connection closes.
 func (s *Session) Close() error {
@@ -226,15 +215,6 @@ func (s *Session) shutdown(err error) {
 			st.fail(err)
 		}
 	})
-}
-
-func (s *Session) isDone() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
 }
 
 func (s *Session) forget(id uint32) {
@@ -437,7 +417,7 @@ func (s *Session) handleOpen(h frameHeader, r *bufio.Reader) error {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: stream %d opened twice", errProtocol, h.stream)
 	}
-	if s.goAway || s.isDone() {
+	if s.goAway || s.IsClosed() {
 		s.mu.Unlock()
 		return s.writeControl(frameHeader{typ: typeReset, stream: h.stream, length: uint32(len(goneAway))}, []byte(goneAway))
 	}

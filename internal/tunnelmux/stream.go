@@ -43,9 +43,6 @@ func newStream(s *Session, id, window uint32) *Stream {
 // Header is the payload the stream was opened with.
 func (st *Stream) Header() []byte { return st.header }
 
-// ID is the stream's number in its session.
-func (st *Stream) ID() uint32 { return st.id }
-
 // Read reads received bytes; io.EOF once the peer has closed its side and
 // everything it sent is read.
 func (st *Stream) Read(p []byte) (int, error) {

@@ -2,12 +2,15 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -40,7 +43,7 @@ func (g *Gateway) runEgress(ctx context.Context) {
 				if _, ok := running[name]; ok {
 					continue
 				}
-				ln, err := net.Listen("tcp", l.addr)
+				ln, err := listenTCP(l.addr)
 				if err != nil {
 					g.log.Error("egress listener not started", "listener", name, "addr", l.addr, "err", err)
 					continue
@@ -93,8 +96,8 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 		return
 	}
 	service, peerTD := serviceOf(l.cluster), oc.peerTD
-	up := newUpstream(ctx, client, oc.pool, oc.timeout, func(ctx context.Context, addr string) (net.Conn, error) {
-		return g.tunnels.open(ctx, addr, oc.peerTD, oc.timeout, oc.hdr)
+	up := newUpstream(ctx, client, oc.pool, oc.timeout, func(ctx context.Context, addr string, early []byte) (net.Conn, error) {
+		return g.tunnels.open(ctx, addr, oc.peerTD, oc.timeout, oc.hdr, early)
 	})
 	up.answered = func() { g.m.connectTime.WithLabelValues("egress").Observe(time.Since(start).Seconds()) }
 	err := up.start()
@@ -102,6 +105,7 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 	if err == nil {
 		g.m.active.WithLabelValues("egress").Inc()
 		sent, recvd = pipe(client, client, up, up)
+		sent += int64(up.primed)
 		g.m.active.WithLabelValues("egress").Dec()
 		up.release()
 		err = up.failure()
@@ -119,8 +123,11 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 	}
 	g.m.bytes.WithLabelValues("egress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("egress", service, peerTD, "ok").Inc()
-	g.log.Info("connection", "direction", "egress", "service", service, "peer", peerTD, "client", client.RemoteAddr(), "gateway", up.gateway(),
-		"bytes_out", sent, "bytes_in", recvd, "duration", time.Since(start).Round(time.Millisecond))
+	if g.log.Enabled(ctx, slog.LevelInfo) { // the access log
+		g.log.LogAttrs(ctx, slog.LevelInfo, "connection", slog.String("direction", "egress"), slog.String("service", service),
+			slog.String("peer", peerTD), slog.String("client", client.RemoteAddr().String()), slog.String("gateway", up.gateway()),
+			slog.Int64("bytes_out", sent), slog.Int64("bytes_in", recvd), slog.Duration("duration", time.Since(start).Round(time.Millisecond)))
+	}
 }
 
 // upstream is an egress connection's stream to the peer. The client's
@@ -134,8 +141,9 @@ type upstream struct {
 	client  net.Conn
 	pool    *pool // the peer's gateways
 	timeout time.Duration
-	// open opens a stream to the gateway at addr.
-	open func(ctx context.Context, addr string) (net.Conn, error)
+	// open opens a stream to the gateway at addr, sending early with the
+	// open.
+	open func(ctx context.Context, addr string, early []byte) (net.Conn, error)
 	// answered, if set, is called when a gateway has accepted the stream.
 	answered func()
 	tried    map[*endpoint]bool
@@ -146,22 +154,51 @@ type upstream struct {
 	r        *bufio.Reader // st's, for the answer
 	e        *endpoint
 	early    []byte // client bytes sent before the answer
+	primed   int    // of which start read from the client itself
 	accepted bool
 	finished bool  // the client closed its side
 	err      error // the connection failed for good
 }
 
-func newUpstream(ctx context.Context, client net.Conn, p *pool, timeout time.Duration, open func(context.Context, string) (net.Conn, error)) *upstream {
+func newUpstream(ctx context.Context, client net.Conn, p *pool, timeout time.Duration, open func(context.Context, string, []byte) (net.Conn, error)) *upstream {
 	u := &upstream{ctx: ctx, client: client, pool: p, timeout: timeout, open: open, tried: map[*endpoint]bool{}}
 	u.cond.L = &u.mu
 	return u
 }
 
-// start opens the stream on a first gateway.
+// start opens the stream on a first gateway, with the bytes the client
+// has already sent, if any.
 func (u *upstream) start() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.early = readReady(u.client)
+	u.primed = len(u.early)
 	return u.next()
+}
+
+// readReady returns the bytes c has received and nobody has read, without
+// waiting for any: a client that spoke as soon as it connected (most
+// protocols) has its first bytes travel with the stream's open.
+func readReady(c net.Conn) []byte {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	buf := smallBuffers.Get().(*[]byte)
+	defer smallBuffers.Put(buf)
+	n := 0
+	raw.Read(func(fd uintptr) bool {
+		n, _ = syscall.Read(int(fd), *buf)
+		return true // one try: not ready is an answer too
+	})
+	if n <= 0 {
+		return nil
+	}
+	return bytes.Clone((*buf)[:n])
 }
 
 // maxEarly bounds the client bytes sent ahead of the answer; beyond it,
@@ -171,29 +208,21 @@ const maxEarly = 64 << 10
 // next opens the stream on a gateway not tried yet and sends it what the
 // client has sent so far. Called with mu held.
 func (u *upstream) next() error {
-	var errs []error
-	for len(u.tried) < 3 {
-		st, e, err := dialPool(u.ctx, u.pool, u.timeout, u.tried, u.open)
-		if err != nil {
-			return errors.Join(append(errs, err)...)
-		}
-		st.SetReadDeadline(time.Now().Add(u.timeout)) // for the answer
-		if len(u.early) > 0 {
-			if _, err := st.Write(u.early); err != nil {
-				st.Close()
-				u.pool.connected(e, false)
-				u.pool.done(e)
-				errs = append(errs, fmt.Errorf("%s: %w", e.addr, err))
-				continue
-			}
-		}
-		if u.finished {
-			closeWrite(st)
-		}
-		u.st, u.e, u.r = st, e, bufio.NewReaderSize(st, 64)
-		return nil
+	if len(u.tried) >= 3 {
+		return errors.New("three gateways tried")
 	}
-	return errors.Join(append(errs, errors.New("three gateways tried"))...)
+	st, e, err := dialPool(u.ctx, u.pool, u.timeout, u.tried, func(ctx context.Context, addr string) (net.Conn, error) {
+		return u.open(ctx, addr, u.early)
+	})
+	if err != nil {
+		return err
+	}
+	st.SetReadDeadline(time.Now().Add(u.timeout)) // for the answer
+	if u.finished {
+		closeWrite(st)
+	}
+	u.st, u.e, u.r = st, e, bufio.NewReaderSize(st, 64)
+	return nil
 }
 
 // Write sends client bytes to the peer.

@@ -500,12 +500,31 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 			return err
 		}
 		defer sess.Close()
-		st, err := sess.Open(testHeader(sni, "web/front"))
+		st, err := sess.Open(testHeader(sni, "web/front"), nil)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
 		return readTestStatus(st)
+	})
+	// And until a connection through A's egress has been answered by B
+	// (refused: no intention allows an unnamed source), so that the
+	// goroutines of A's egress listener and of its pooled tunnel are
+	// counted before, not after.
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		vip, err := resolve(t, a, "api.payments.site-b.mesh")
+		if err != nil {
+			return err
+		}
+		c, err := net.Dial("tcp", net.JoinHostPort(vip, strconv.Itoa(port)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("x"))
+		_, err = io.ReadAll(c)
+		return err
 	})
 	before := gatewayGoroutines()
 
@@ -554,7 +573,7 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 		{sni, "batch/job", "no intention allows"},
 		{sni, "", "no intention allows"},
 	} {
-		st, err := sess.Open(testHeader(tc.sni, tc.source))
+		st, err := sess.Open(testHeader(tc.sni, tc.source), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -563,7 +582,7 @@ func TestGatewayRefusesWhatItShould(t *testing.T) {
 		}
 		st.Close()
 	}
-	st, _ := sess.Open(nil)
+	st, _ := sess.Open(nil, nil)
 	st.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if err := readTestStatus(st); err == nil || os.IsTimeout(err) {
 		t.Fatalf("a stream without a header: %v, want it refused before our 5s deadline", err)

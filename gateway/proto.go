@@ -100,6 +100,9 @@ func takeField(b []byte) (string, []byte, error) {
 	return string(b[k:end]), b[end:], nil
 }
 
+// statusOKBytes is an OK status.
+var statusOKBytes = []byte{statusOK, 0}
+
 func writeStatus(w io.Writer, code byte, msg string) error {
 	b := []byte{code}
 	b = binary.AppendUvarint(b, uint64(len(msg)))

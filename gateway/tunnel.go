@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -42,10 +43,10 @@ func newTunnels(g *Gateway) *tunnels {
 	return &tunnels{g: g, slots: make(map[string]*slot), accepted: make(map[*tunnelmux.Session]struct{})}
 }
 
-// open returns a new stream, opened with hdr, to the gateway at addr,
-// which must present a gateway SVID of peerTD; the session is dialed on
-// first use and reused.
-func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Duration, hdr []byte) (net.Conn, error) {
+// open returns a new stream, opened with hdr and sending early (which
+// leaves with the open), to the gateway at addr, which must present a
+// gateway SVID of peerTD; the session is dialed on first use and reused.
+func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Duration, hdr, early []byte) (net.Conn, error) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -66,7 +67,7 @@ func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Du
 		}
 		s.sess = sess
 	}
-	st, err := s.sess.Open(hdr)
+	st, err := s.sess.Open(hdr, early)
 	if err != nil {
 		// A draining peer said go away: its streams in flight finish on
 		// the session, new ones go elsewhere. Anything else: the session
@@ -320,7 +321,10 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	defer in.pool.done(e)
 	defer up.Close()
 	g.m.connectTime.WithLabelValues("ingress").Observe(time.Since(start).Seconds())
-	if err := writeStatus(st, statusOK, ""); err != nil {
+	// The OK waits for the instance's first bytes (or a millisecond) to
+	// leave with them: most instances answer at once, and then the
+	// answer costs no tunnel write of its own.
+	if _, err := st.WriteDeferred(statusOKBytes); err != nil {
 		return
 	}
 	st.SetDeadline(time.Time{})
@@ -329,8 +333,11 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	g.m.active.WithLabelValues("ingress").Dec()
 	g.m.bytes.WithLabelValues("ingress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("ingress", service, peerTD, "ok").Inc()
-	g.log.Info("connection", "direction", "ingress", "service", service, "port", port, "source", principal, "upstream", e.addr,
-		"bytes_in", sent, "bytes_out", recvd, "duration", time.Since(start).Round(time.Millisecond))
+	if g.log.Enabled(ctx, slog.LevelInfo) { // the access log
+		g.log.LogAttrs(ctx, slog.LevelInfo, "connection", slog.String("direction", "ingress"), slog.String("service", service),
+			slog.String("port", port), slog.String("source", principal), slog.String("upstream", e.addr),
+			slog.Int64("bytes_in", sent), slog.Int64("bytes_out", recvd), slog.Duration("duration", time.Since(start).Round(time.Millisecond)))
+	}
 }
 
 // dialPool connects to the least-loaded endpoint of p, trying up to three

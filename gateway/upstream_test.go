@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/straitmesh/strait/internal/tunnelmux"
 )
 
@@ -85,15 +87,25 @@ func (f *fakePeer) record(n int, b []byte) {
 }
 
 // run carries one client connection, sending data then half-closing, and
-// returns what the client got back and the upstream's failure.
-func (f *fakePeer) run(t *testing.T, p *pool, data []byte) (got []byte, failure error) {
+// returns what the client got back and the upstream's failure. With
+// ready, the client sends before the stream opens (and start takes the
+// bytes along with the open), else after.
+func (f *fakePeer) run(t *testing.T, p *pool, data []byte, ready bool) (got []byte, failure error) {
 	t.Helper()
 	cl, gw := tcpPairGateway(t)
-	u := newUpstream(context.Background(), gw, p, 5*time.Second, func(context.Context, string) (net.Conn, error) {
-		return f.client.Open(header{SNI: "test"}.encode())
+	if ready {
+		cl.Write(data)
+		cl.(*net.TCPConn).CloseWrite()
+		waitReadable(t, gw, len(data))
+	}
+	u := newUpstream(context.Background(), gw, p, 5*time.Second, func(_ context.Context, _ string, early []byte) (net.Conn, error) {
+		return f.client.Open(header{SNI: "test"}.encode(), early)
 	})
 	if err := u.start(); err != nil {
 		t.Fatal(err)
+	}
+	if ready && u.primed != len(data) {
+		t.Fatalf("start took %d bytes along with the open, want all %d", u.primed, len(data))
 	}
 	done := make(chan struct{})
 	go func() {
@@ -102,8 +114,10 @@ func (f *fakePeer) run(t *testing.T, p *pool, data []byte) (got []byte, failure 
 		u.release()
 		gw.Close()
 	}()
-	cl.Write(data)
-	cl.(*net.TCPConn).CloseWrite()
+	if !ready {
+		cl.Write(data)
+		cl.(*net.TCPConn).CloseWrite()
+	}
 	cl.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, _ = io.ReadAll(cl)
 	<-done
@@ -127,6 +141,27 @@ func tcpPairGateway(t *testing.T) (net.Conn, net.Conn) {
 	return c, s
 }
 
+// waitReadable waits (bounded) until n bytes wait to be read on c.
+func waitReadable(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var queued int
+		raw.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if queued >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes arrived within 10s", queued, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func twoGateways() *pool {
 	p := newPool(3, time.Minute, 0)
 	p.set([]string{"gw-1:443", "gw-2:443"})
@@ -147,24 +182,28 @@ func idle(t *testing.T, p *pool) {
 // the stream, and the same bytes reach the client's service through the
 // second, once.
 func TestEarlyBytesMoveToAnotherGateway(t *testing.T) {
-	fp := newFakePeer(t, func(n int) byte {
-		if n == 0 {
-			return statusUnavailable
-		}
-		return statusOK
-	})
-	p := twoGateways()
-	data := []byte("GET /ledger HTTP/1.1\r\n\r\n")
-	got, err := fp.run(t, p, data)
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("client got %q, %v; want its bytes echoed once", got, err)
+	for _, ready := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sent after the open", true: "waiting at the open"}[ready], func(t *testing.T) {
+			fp := newFakePeer(t, func(n int) byte {
+				if n == 0 {
+					return statusUnavailable
+				}
+				return statusOK
+			})
+			p := twoGateways()
+			data := []byte("GET /ledger HTTP/1.1\r\n\r\n")
+			got, err := fp.run(t, p, data, ready)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("client got %q, %v; want its bytes echoed once", got, err)
+			}
+			fp.mu.Lock()
+			defer fp.mu.Unlock()
+			if len(fp.seen) != 2 || !bytes.Equal(fp.seen[0], data) || !bytes.Equal(fp.seen[1], data) {
+				t.Fatalf("gateways saw %q; want the bytes at both, sent before the first answered", fp.seen)
+			}
+			idle(t, p)
+		})
 	}
-	fp.mu.Lock()
-	defer fp.mu.Unlock()
-	if len(fp.seen) != 2 || !bytes.Equal(fp.seen[0], data) || !bytes.Equal(fp.seen[1], data) {
-		t.Fatalf("gateways saw %q; want the bytes at both, sent before the first answered", fp.seen)
-	}
-	idle(t, p)
 }
 
 // TestRefusalIsFinal: a refusal (intentions) is not retried elsewhere,
@@ -172,7 +211,7 @@ func TestEarlyBytesMoveToAnotherGateway(t *testing.T) {
 func TestRefusalIsFinal(t *testing.T) {
 	fp := newFakePeer(t, func(int) byte { return statusDenied })
 	p := twoGateways()
-	got, err := fp.run(t, p, []byte("hello"))
+	got, err := fp.run(t, p, []byte("hello"), false)
 	var perm *permanent
 	if len(got) != 0 || !errors.As(err, &perm) {
 		t.Fatalf("client got %q, %v; want nothing and a permanent refusal", got, err)
@@ -190,7 +229,7 @@ func TestRefusalIsFinal(t *testing.T) {
 func TestNoGatewayCanServe(t *testing.T) {
 	fp := newFakePeer(t, func(int) byte { return statusUnavailable })
 	p := twoGateways()
-	got, err := fp.run(t, p, []byte("hello"))
+	got, err := fp.run(t, p, []byte("hello"), false)
 	var perm *permanent
 	if len(got) != 0 || err == nil || errors.As(err, &perm) {
 		t.Fatalf("client got %q, %v; want nothing and a retryable failure", got, err)

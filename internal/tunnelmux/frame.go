@@ -4,13 +4,16 @@
 //
 // It is built for what a gateway does with a stream: open it with a small
 // header, read one answer, then copy bytes both ways and half-close. So an
-// open carries its header in the same frame (no separate SYN and ACK). A
-// small frame on an idle connection is written by the goroutine that makes
-// it, with no hand-off; bulk data, and every frame made while a write is in
-// progress, go into one buffer that a flusher goroutine hands to the
-// connection in a single write, so a busy tunnel sends many frames per TLS
-// record and syscall, and encrypting one chunk overlaps reading the next.
-// Flow control is per stream, by windows.
+// open carries its header in the same frame (no separate SYN and ACK), and
+// the stream's first data can leave in the same write (Session.Open); an
+// answer can wait, for at most a millisecond, to leave with the frame that
+// follows it (Stream.WriteDeferred). A small frame on an idle connection
+// is written by the goroutine that makes it, with no hand-off; bulk data,
+// and every frame made while a write is in progress, go into one buffer
+// that a flusher goroutine hands to the connection in a single write, so a
+// busy tunnel sends many frames per TLS record and syscall, and encrypting
+// one chunk overlaps reading the next. Flow control is per stream, by
+// windows.
 //
 // A frame is a 10-byte header and a payload:
 //

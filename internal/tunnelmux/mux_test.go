@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -84,7 +85,7 @@ func waitGoroutines(t *testing.T, n int) {
 // direction ends on its own; the stream is forgotten once both have.
 func TestOpenHeaderAndHalfClose(t *testing.T) {
 	c, s := sessions(t, Config{})
-	st, err := c.Open([]byte("hello header"))
+	st, err := c.Open([]byte("hello header"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func TestManyStreamsFlowControl(t *testing.T) {
 			for j := range data {
 				data[j] = byte(r.Uint32())
 			}
-			st, err := c.Open(fmt.Appendf(nil, "stream %d", i))
+			st, err := c.Open(fmt.Appendf(nil, "stream %d", i), nil)
 			if err != nil {
 				errs <- err
 				return
@@ -188,7 +189,7 @@ func TestManyStreamsFlowControl(t *testing.T) {
 // most its window; other streams keep flowing.
 func TestSlowReaderDoesNotStallOthers(t *testing.T) {
 	c, s := sessions(t, Config{Window: 64 << 10})
-	stuck, err := c.Open(nil)
+	stuck, err := c.Open(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +199,7 @@ func TestSlowReaderDoesNotStallOthers(t *testing.T) {
 		n, _ := stuck.Write(make([]byte, 1<<20))
 		wrote <- n
 	}()
-	other, err := c.Open(nil)
+	other, err := c.Open(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +231,7 @@ func TestSlowReaderDoesNotStallOthers(t *testing.T) {
 // it there; bytes that arrived before the reset are still read.
 func TestCloseResetsThePeer(t *testing.T) {
 	c, s := sessions(t, Config{})
-	st, err := c.Open(nil)
+	st, err := c.Open(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +258,7 @@ func TestCloseResetsThePeer(t *testing.T) {
 // time out; clearing the deadline lets them go on.
 func TestDeadlines(t *testing.T) {
 	c, s := sessions(t, Config{Window: 16 << 10})
-	st, err := c.Open(nil)
+	st, err := c.Open(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +294,7 @@ func TestGoAwayAndBacklog(t *testing.T) {
 	c, s := sessions(t, Config{AcceptBacklog: 2})
 	var opened []*Stream
 	for range 3 {
-		st, err := c.Open(nil)
+		st, err := c.Open(nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -307,7 +308,7 @@ func TestGoAwayAndBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool {
-		_, err := c.Open(nil)
+		_, err := c.Open(nil, nil)
 		return errors.Is(err, ErrGoAway)
 	})
 	in.Write([]byte("still here"))
@@ -325,7 +326,7 @@ func TestSessionEnd(t *testing.T) {
 	func() {
 		a, b := tcpPair(t)
 		c, s := Client(a, Config{}), Server(b, Config{})
-		st, err := c.Open(nil)
+		st, err := c.Open(nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -342,7 +343,7 @@ func TestSessionEnd(t *testing.T) {
 		if _, err := st.Write([]byte("x")); err == nil {
 			t.Fatal("write on a closed session")
 		}
-		if _, err := c.Open(nil); err == nil {
+		if _, err := c.Open(nil, nil); err == nil {
 			t.Fatal("open on a closed session")
 		}
 		waitFor(t, s.IsClosed)
@@ -430,7 +431,14 @@ func TestShortStreamsKeepOrder(t *testing.T) {
 				if err != nil {
 					return
 				}
-				in.Write(append(in.Header(), got...))
+				// Half the replies start with a deferred frame, as a
+				// gateway's answer does.
+				if len(got) == 2 {
+					in.WriteDeferred(in.Header())
+					in.Write(got)
+				} else {
+					in.Write(append(in.Header(), got...))
+				}
 				in.CloseWrite()
 			}()
 		}
@@ -444,16 +452,24 @@ func TestShortStreamsKeepOrder(t *testing.T) {
 			defer wg.Done()
 			for i := range each {
 				hdr := fmt.Appendf(nil, "%d/%d:", w, i)
-				st, err := c.Open(hdr)
+				// Half the streams send their request with the open.
+				req := "x"
+				var st *Stream
+				var err error
+				if i%2 == 0 {
+					req = "xy"
+					st, err = c.Open(hdr, []byte(req))
+				} else if st, err = c.Open(hdr, nil); err == nil {
+					st.Write([]byte(req))
+				}
 				if err != nil {
 					errs <- err
 					return
 				}
-				st.Write([]byte("x"))
 				st.CloseWrite()
 				got, err := io.ReadAll(st)
 				st.Close()
-				if want := string(hdr) + "x"; err != nil || string(got) != want {
+				if want := string(hdr) + req; err != nil || string(got) != want {
 					errs <- fmt.Errorf("stream %s: got %q, %v", hdr, got, err)
 					return
 				}
@@ -465,4 +481,138 @@ func TestShortStreamsKeepOrder(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// countingConn counts the writes to a connection.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// TestOpenWithData: a stream's first data leaves with its open in one
+// write; data beyond the window follows as the peer reads.
+func TestOpenWithData(t *testing.T) {
+	a, b := tcpPair(t)
+	cc := &countingConn{Conn: a}
+	cfg := Config{Window: 32 << 10}
+	c, s := Client(cc, cfg), Server(b, cfg)
+	t.Cleanup(func() { c.Close(); s.Close() })
+
+	before := cc.writes.Load()
+	st, err := c.Open([]byte("hdr"), []byte("request"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := cc.writes.Load() - before; n != 1 {
+		t.Fatalf("open with data took %d writes, want 1", n)
+	}
+	st.CloseWrite()
+	in := accept(t, s)
+	if got, err := io.ReadAll(in); err != nil || string(got) != "request" || string(in.Header()) != "hdr" {
+		t.Fatalf("read %q (header %q), %v", got, in.Header(), err)
+	}
+
+	// Three windows' worth: the open carries the first, the rest waits
+	// for the reader's grants.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 6<<10)
+	opened := make(chan error, 1)
+	go func() {
+		st, err := c.Open(nil, big)
+		if err == nil {
+			err = st.CloseWrite()
+		}
+		opened <- err
+	}()
+	in = accept(t, s)
+	got, err := io.ReadAll(in)
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("read %d bytes (equal: %v), %v", len(got), bytes.Equal(got, big), err)
+	}
+	if err := <-opened; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWriteDeferred: a deferred frame leaves with the next frame written,
+// in the same write; alone, it leaves after the delay; Close sends it.
+func TestWriteDeferred(t *testing.T) {
+	t.Run("with the next frame", func(t *testing.T) {
+		a, b := tcpPair(t)
+		cc := &countingConn{Conn: a}
+		cfg := Config{DeferDelay: time.Hour}
+		c, s := Client(cc, cfg), Server(b, cfg)
+		t.Cleanup(func() { c.Close(); s.Close() })
+		st, err := c.Open(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := accept(t, s)
+		before := cc.writes.Load()
+		if _, err := st.WriteDeferred([]byte("status;")); err != nil {
+			t.Fatal(err)
+		}
+		if n := cc.writes.Load() - before; n != 0 {
+			t.Fatalf("a deferred frame was written at once (%d writes)", n)
+		}
+		// Another stream's frame takes it along.
+		other, err := c.Open([]byte("other"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := cc.writes.Load() - before; n != 1 {
+			t.Fatalf("deferred frame and open took %d writes, want 1", n)
+		}
+		st.Write([]byte("data"))
+		st.CloseWrite()
+		if got, err := io.ReadAll(in); err != nil || string(got) != "status;data" {
+			t.Fatalf("read %q, %v", got, err)
+		}
+		if in := accept(t, s); string(in.Header()) != "other" {
+			t.Fatalf("second stream's header %q", in.Header())
+		}
+		other.Close()
+	})
+	t.Run("alone, after the delay", func(t *testing.T) {
+		c, s := sessions(t, Config{DeferDelay: 5 * time.Millisecond})
+		st, err := c.Open(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := accept(t, s)
+		st.WriteDeferred([]byte("ok"))
+		in.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 2)
+		if _, err := io.ReadFull(in, buf); err != nil || string(buf) != "ok" {
+			t.Fatalf("read %q, %v", buf, err)
+		}
+	})
+	t.Run("sent by Close", func(t *testing.T) {
+		c, s := sessions(t, Config{DeferDelay: time.Hour})
+		st, err := c.Open(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := accept(t, s)
+		st.WriteDeferred([]byte("last words"))
+		c.Close()
+		got, err := io.ReadAll(in)
+		if string(got) != "last words" || !errors.Is(err, ErrClosed) {
+			t.Fatalf("read %q, %v", got, err)
+		}
+	})
+	t.Run("too large", func(t *testing.T) {
+		c, _ := sessions(t, Config{})
+		st, err := c.Open(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.WriteDeferred(make([]byte, maxDirect+1)); err == nil {
+			t.Fatal("a deferred write beyond 16 KiB was taken")
+		}
+	})
 }

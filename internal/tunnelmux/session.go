@@ -45,6 +45,9 @@ type Config struct {
 	// CloseFlush bounds how long Close waits for pending bytes to leave.
 	// Default 1s.
 	CloseFlush time.Duration
+	// DeferDelay bounds how long a deferred frame (Stream.WriteDeferred)
+	// waits for another frame to leave with. Default 1ms.
+	DeferDelay time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -63,6 +66,9 @@ func (c Config) withDefaults() Config {
 	if c.CloseFlush == 0 {
 		c.CloseFlush = time.Second
 	}
+	if c.DeferDelay == 0 {
+		c.DeferDelay = time.Millisecond
+	}
 	return c
 }
 
@@ -80,6 +86,10 @@ type Session struct {
 	werr    error // the first write error, or ErrClosed
 	writing bool  // a write to conn is in progress
 	closing bool
+	// deferred: pending holds only deferred frames, which the flusher
+	// leaves until another frame comes or deferTimer fires.
+	deferred   bool
+	deferTimer *time.Timer
 
 	mu           sync.Mutex
 	streams      map[uint32]*Stream
@@ -115,8 +125,9 @@ func newSession(conn net.Conn, cfg Config, firstID uint32) *Session {
 	return s
 }
 
-// Open opens a stream whose first frame carries header.
-func (s *Session) Open(header []byte) (*Stream, error) {
+// Open opens a stream whose first frame carries header. The stream's
+// first data, if any, leaves with the open, in the same write.
+func (s *Session) Open(header, data []byte) (*Stream, error) {
 	if len(header) > MaxOpenPayload {
 		return nil, fmt.Errorf("stream header of %d bytes (at most %d)", len(header), MaxOpenPayload)
 	}
@@ -137,9 +148,24 @@ func (s *Session) Open(header []byte) (*Stream, error) {
 	st := newStream(s, id, s.cfg.Window)
 	s.streams[id] = st
 	s.mu.Unlock()
-	if err := s.writeFrame(frameHeader{typ: typeOpen, stream: id, length: uint32(len(header))}, header, nil); err != nil {
+	first, rest := data, []byte(nil)
+	if n := min(int(s.cfg.Window), maxFrame); len(first) > n {
+		first, rest = data[:n], data[n:]
+	}
+	fs := []frame{{frameHeader{typ: typeOpen, stream: id, length: uint32(len(header))}, header}}
+	if len(first) > 0 {
+		st.sendWindow -= uint32(len(first))
+		fs = append(fs, frame{frameHeader{typ: typeData, stream: id, length: uint32(len(first))}, first})
+	}
+	if err := s.write(fs, nil, modeNormal); err != nil {
 		s.forget(id)
 		return nil, err
+	}
+	if len(rest) > 0 {
+		if _, err := st.Write(rest); err != nil {
+			st.Close()
+			return nil, err
+		}
 	}
 	return st, nil
 }
@@ -223,11 +249,31 @@ func (s *Session) forget(id uint32) {
 	s.mu.Unlock()
 }
 
+// frame is a header and its payload, to be written.
+type frame struct {
+	h frameHeader
+	p []byte
+}
+
+func appendFrames(b []byte, fs []frame) []byte {
+	for _, f := range fs {
+		b = append(f.h.append(b), f.p...)
+	}
+	return b
+}
+
+// How a frame is written.
+const (
+	modeNormal   = iota // after what is pending; waits for room
+	modeControl         // never waits for room
+	modeDeferred        // waits for company, for at most DeferDelay
+)
+
 // writeFrame appends a frame (header, then payload p) to what is pending.
 // It waits while MaxPending bytes are pending, until wait (if not nil)
 // is closed.
 func (s *Session) writeFrame(h frameHeader, p []byte, wait <-chan struct{}) error {
-	return s.write(h, p, wait, false)
+	return s.write([]frame{{h, p}}, wait, modeNormal)
 }
 
 // maxDirect is the largest payload a writer sends itself on an idle
@@ -238,12 +284,16 @@ const maxDirect = 16 << 10
 // loop and window updates must never wait on the peer, or two busy ends
 // could each wait for the other to read.
 func (s *Session) writeControl(h frameHeader, p []byte) error {
-	return s.write(h, p, nil, true)
+	return s.write([]frame{{h, p}}, nil, modeControl)
 }
 
-func (s *Session) write(h frameHeader, p []byte, wait <-chan struct{}, force bool) error {
+func (s *Session) write(fs []frame, wait <-chan struct{}, mode int) error {
+	size := 0
+	for _, f := range fs {
+		size += len(f.p)
+	}
 	s.wmu.Lock()
-	for !force && len(s.pending) >= s.cfg.MaxPending && s.werr == nil && !s.closing {
+	for mode != modeControl && len(s.pending) >= s.cfg.MaxPending && s.werr == nil && !s.closing {
 		if wait != nil {
 			select {
 			case <-wait:
@@ -262,23 +312,43 @@ func (s *Session) write(h frameHeader, p []byte, wait <-chan struct{}, force boo
 	case s.closing:
 		s.wmu.Unlock()
 		return ErrClosed
-	case s.writing || len(s.pending) > 0 || len(p) > maxDirect:
+	case mode == modeDeferred && !s.writing && (len(s.pending) == 0 || s.deferred):
+		// Nothing is leaving now: wait for a frame to go with (or for
+		// the timer), out of the flusher's sight.
+		s.pending = appendFrames(s.pending, fs)
+		if !s.deferred {
+			s.deferred = true
+			if s.deferTimer == nil {
+				s.deferTimer = time.AfterFunc(s.cfg.DeferDelay, s.flushDeferred)
+			} else {
+				s.deferTimer.Reset(s.cfg.DeferDelay)
+			}
+		}
+		s.wmu.Unlock()
+		return nil
+	case s.writing || (len(s.pending) > 0 && !s.deferred) || size > maxDirect:
 		// A write is in progress, or frames wait for the flusher, or this
 		// is bulk data: it leaves after them, with the flusher's next
 		// write. (Bulk goes through the flusher so that encrypting and
 		// sending one chunk overlaps reading the next.)
-		if !s.writing && len(s.pending) == 0 {
+		if !s.writing && (len(s.pending) == 0 || s.deferred) {
 			s.wcond.Broadcast()
 		}
-		s.pending = append(h.append(s.pending), p...)
+		s.deferred = false
+		s.pending = appendFrames(s.pending, fs)
 		s.wmu.Unlock()
 		return nil
 	}
-	// The connection is idle, nothing waits, and the frame is small:
-	// write it from here, with no hand-off to the flusher.
+	// The connection is idle, nothing waits but deferred frames, and the
+	// frame is small: write it (after them) from here, with no hand-off
+	// to the flusher.
 	s.writing = true
-	buf := append(h.append(s.spare[:0]), p...)
+	buf := s.spare[:0]
+	if s.deferred {
+		buf, s.pending, s.deferred = s.pending, buf, false
+	}
 	s.spare = nil
+	buf = appendFrames(buf, fs)
 	s.wmu.Unlock()
 	_, err := s.conn.Write(buf)
 	s.wmu.Lock()
@@ -302,13 +372,24 @@ func (s *Session) wrote(buf []byte, err error) {
 	s.wcond.Broadcast()
 }
 
+// flushDeferred lets the flusher send deferred frames that found no
+// company in time.
+func (s *Session) flushDeferred() {
+	s.wmu.Lock()
+	if s.deferred {
+		s.deferred = false
+		s.wcond.Broadcast()
+	}
+	s.wmu.Unlock()
+}
+
 // flushLoop writes what piled up while the connection was busy, all of it
 // in one write.
 func (s *Session) flushLoop() {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	for {
-		for s.werr == nil && (s.writing || (len(s.pending) == 0 && !s.closing)) {
+		for s.werr == nil && (s.writing || ((len(s.pending) == 0 || s.deferred) && !s.closing)) {
 			s.wcond.Wait()
 		}
 		if s.werr != nil || len(s.pending) == 0 {
@@ -318,7 +399,7 @@ func (s *Session) flushLoop() {
 			s.wcond.Broadcast()
 			return
 		}
-		s.writing = true
+		s.writing, s.deferred = true, false
 		buf := s.pending
 		s.pending = s.spare[:0]
 		s.spare = nil

@@ -114,6 +114,33 @@ func (st *Stream) Write(p []byte) (int, error) {
 	return written, nil
 }
 
+// WriteDeferred sends a small p (at most 16 KiB) like Write, except that
+// when nothing else is leaving, its frame waits (for at most the session's
+// DeferDelay) for another frame to go with: for a reply the stream's
+// first data will likely follow, which then costs no write of its own.
+func (st *Stream) WriteDeferred(p []byte) (int, error) {
+	if len(p) > maxDirect {
+		return 0, fmt.Errorf("deferred write of %d bytes (at most %d)", len(p), maxDirect)
+	}
+	st.mu.Lock()
+	for st.sendWindow < uint32(len(p)) && st.writable() == nil {
+		st.cond.Wait()
+	}
+	if err := st.writable(); err != nil {
+		st.mu.Unlock()
+		return 0, err
+	}
+	st.sendWindow -= uint32(len(p))
+	st.mu.Unlock()
+	if err := st.s.write([]frame{{frameHeader{typ: typeData, stream: st.id, length: uint32(len(p))}, p}}, nil, modeDeferred); err != nil {
+		st.mu.Lock()
+		st.sendWindow += uint32(len(p))
+		st.mu.Unlock()
+		return 0, err
+	}
+	return len(p), nil
+}
+
 // writable is why the stream cannot send now, or nil. Called with mu held.
 func (st *Stream) writable() error {
 	switch {

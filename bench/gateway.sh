@@ -3,6 +3,9 @@
 # namespaces joined by a veth pair (one site each), in the same run:
 #   direct    the veth itself
 #   wireguard wireguard-go (userspace WireGuard) between the namespaces
+#   mtls      the per-connection mTLS design (bench/mtlsrelay): a relay in
+#             A opens a new mTLS connection, full handshake, to a relay in B
+#             for every client connection
 #   strait    A's gateway (egress on the virtual IP) -> B's gateway -> service
 # Measures iperf3 throughput (1 and 8 streams) and, with bench/tcpprobe,
 # the round trip of a 1-byte request (p50/p99) and new connections per
@@ -28,13 +31,21 @@ cleanup() {
 trap cleanup EXIT
 go build -o "$work/strait" ./cmd/strait
 go build -o "$work/tcpprobe" ./bench/tcpprobe
+go build -o "$work/mtlsrelay" ./bench/mtlsrelay
 A="ip netns exec $NSA"; B="ip netns exec $NSB"
 
 # Two hosts: one namespace per site, a veth between them.
 ip netns add $NSA; ip netns add $NSB
 ip link add va netns $NSA type veth peer name vb netns $NSB
 ip -n $NSA addr add 10.99.0.1/24 dev va; ip -n $NSB addr add 10.99.0.2/24 dev vb
-for ns in $NSA $NSB; do ip -n $ns link set lo up; done
+# A new namespace reuses TIME_WAIT ports for loopback only (tcp_tw_reuse=2):
+# with thousands of connections a second to one address, connect() then
+# spends its time searching for a free port (75% of the CPU, perf), which
+# capped every path near 5,200/s. Reuse them on the veth too.
+for ns in $NSA $NSB; do
+  ip -n $ns link set lo up
+  ip netns exec $ns sysctl -q -w net.ipv4.tcp_tw_reuse=1
+done
 ip -n $NSA link set va up; ip -n $NSB link set vb up
 
 # The services, in B: iperf3 and an echo server.
@@ -54,6 +65,14 @@ $A wg set wga listen-port 51820 private-key "$work/a.key" peer "$(wg pubkey <"$w
 $B wg set wgb listen-port 51820 private-key "$work/b.key" peer "$(wg pubkey <"$work/a.key")" allowed-ips 10.98.0.1/32 endpoint 10.99.0.1:51820
 ip -n $NSA addr add 10.98.0.1/24 dev wga; ip -n $NSB addr add 10.98.0.2/24 dev wgb
 ip -n $NSA link set wga up; ip -n $NSB link set wgb up
+
+# The per-connection mTLS design: relays for iperf3 (7101 -> 7444) and the
+# echo server (7100 -> 7443).
+"$work/mtlsrelay" -gen "$work/mtls"
+$B "$work/mtlsrelay" -ingress "$work/mtls/ingress" -listen 10.99.0.2:7443 -to 10.99.0.2:7000 2>"$work/mtls-b.log" & pids+=($!)
+$B "$work/mtlsrelay" -ingress "$work/mtls/ingress" -listen 10.99.0.2:7444 -to 10.99.0.2:5201 2>>"$work/mtls-b.log" & pids+=($!)
+$A "$work/mtlsrelay" -egress "$work/mtls/egress" -listen 10.99.0.1:7100 -to 10.99.0.2:7443 2>"$work/mtls-a.log" & pids+=($!)
+$A "$work/mtlsrelay" -egress "$work/mtls/egress" -listen 10.99.0.1:7101 -to 10.99.0.2:7444 2>>"$work/mtls-a.log" & pids+=($!)
 
 # Strait: a dev server and a gateway in each namespace, federated.
 for side in a b; do
@@ -85,14 +104,17 @@ for _ in $(seq 150); do
 done
 [ -n "${VIPE:-}" ] || { echo "Strait path not ready:" >&2; for f in "$work"/*.log; do echo "== $f" >&2; tail -n 5 "$f" >&2; done; exit 1; }
 
-iperf() { # host streams -> Gbit/s
-  $A iperf3 -c "$1" -p 5201 -t "$SECS" -P "$2" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+for _ in $(seq 50); do $A "$work/tcpprobe" -addr 10.99.0.1:7100 -rtt 10 -conns 100ms >/dev/null 2>&1 && break; sleep 0.1; done
+
+iperf() { # host port streams -> Gbit/s
+  $A iperf3 -c "$1" -p "$2" -t "$SECS" -P "$3" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
 for round in $(seq "$ROUNDS"); do
-  for path in direct:10.99.0.2:10.99.0.2 wireguard:10.98.0.2:10.98.0.2 strait:$VIPI:$VIPE; do
-    IFS=: read -r name ihost ehost <<<"$path"
-    one=$(iperf "$ihost" 1); eight=$(iperf "$ihost" 8)
-    probe=$($A "$work/tcpprobe" -addr "$ehost:7000" -rtt 5000 -conns 3s)
+  for path in direct:10.99.0.2:5201:10.99.0.2:7000 wireguard:10.98.0.2:5201:10.98.0.2:7000 \
+      mtls:10.99.0.1:7101:10.99.0.1:7100 strait:$VIPI:5201:$VIPE:7000; do
+    IFS=: read -r name ihost iport ehost eport <<<"$path"
+    one=$(iperf "$ihost" "$iport" 1); eight=$(iperf "$ihost" "$iport" 8)
+    probe=$($A "$work/tcpprobe" -addr "$ehost:$eport" -rtt 5000 -conns 3s)
     echo "round=$round path=$name gbps_1=$one gbps_8=$eight $probe"
   done
 done

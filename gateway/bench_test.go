@@ -41,6 +41,26 @@ import (
 // 1-byte request on an open connection (p50/p99 of 2,000), and new
 // connections per second (connect, one round trip, close; 8 clients, 2s).
 func BenchmarkDataPath(b *testing.B) {
+	dialers := benchPaths(b)
+	for _, path := range []string{"direct", "proxy", "mtls", "mtls-gateways", "gateways"} {
+		dial := dialers[path]
+		b.Run("path="+path, func(b *testing.B) {
+			for b.Loop() {
+				b.ReportMetric(throughput(b, dial), "MB/s")
+				p50, p99 := roundTrips(b, dial)
+				b.ReportMetric(float64(p50.Microseconds()), "rtt-p50-us")
+				b.ReportMetric(float64(p99.Microseconds()), "rtt-p99-us")
+				cps, cpu := connsPerSecond(b, dial, 2*time.Second)
+				b.ReportMetric(cps, "conns/s")
+				b.ReportMetric(cpu, "cpu-us/conn")
+			}
+		})
+	}
+}
+
+// benchPaths stands up the sinks and every path to them, and returns a
+// dialer per path: dial("echo") or dial("discard").
+func benchPaths(b *testing.B) map[string]func(kind string) (net.Conn, error) {
 	echo, discard := startSinks(b)
 	dialers := map[string]func(kind string) (net.Conn, error){
 		"direct": func(kind string) (net.Conn, error) {
@@ -77,20 +97,47 @@ func BenchmarkDataPath(b *testing.B) {
 	dialers["gateways"] = func(kind string) (net.Conn, error) {
 		return net.Dial("tcp", map[string]string{"echo": gwEcho, "discard": gwDiscard}[kind])
 	}
-	for _, path := range []string{"direct", "proxy", "mtls", "mtls-gateways", "gateways"} {
-		dial := dialers[path]
-		b.Run("path="+path, func(b *testing.B) {
-			for b.Loop() {
-				b.ReportMetric(throughput(b, dial), "MB/s")
-				p50, p99 := roundTrips(b, dial)
-				b.ReportMetric(float64(p50.Microseconds()), "rtt-p50-us")
-				b.ReportMetric(float64(p99.Microseconds()), "rtt-p99-us")
-				cps, cpu := connsPerSecond(b, dial)
-				b.ReportMetric(cps, "conns/s")
-				b.ReportMetric(cpu, "cpu-us/conn")
+	return dialers
+}
+
+// BenchmarkNewConnections compares new connections per second through the
+// gateways with the per-connection mTLS design (and the plain proxy, the
+// floor), interleaved: rounds of one second per path, one path after the
+// other, so that this machine's slow spells fall on every path alike. It
+// reports each path's median rate and CPU per connection, and the median
+// of the rounds' ratios gateways ÷ mtls-gateways. With -cpuprofile, focus
+// on the gateway package to profile the gateways alone.
+func BenchmarkNewConnections(b *testing.B) {
+	dialers := benchPaths(b)
+	paths := []string{"gateways", "mtls-gateways", "proxy"}
+	const rounds = 9
+	for b.Loop() {
+		rates, cpus := map[string][]float64{}, map[string][]float64{}
+		var ratios []float64
+		for range rounds {
+			for _, path := range paths {
+				cps, cpu := connsPerSecond(b, dialers[path], time.Second)
+				rates[path] = append(rates[path], cps)
+				cpus[path] = append(cpus[path], cpu)
 			}
-		})
+			n := len(rates["gateways"]) - 1
+			ratios = append(ratios, rates["gateways"][n]/rates["mtls-gateways"][n])
+		}
+		for _, path := range paths {
+			b.ReportMetric(median(rates[path]), path+"-conns/s")
+			b.ReportMetric(median(cpus[path]), path+"-cpu-us/conn")
+		}
+		b.ReportMetric(median(ratios), "gateways/mtls-gateways")
+		slices.Sort(ratios)
+		b.ReportMetric(ratios[0], "ratio-min")
+		b.ReportMetric(ratios[len(ratios)-1], "ratio-max")
 	}
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 // startSinks runs an echo server and a discard server (which answers "ok"
@@ -278,8 +325,8 @@ func roundTrips(b *testing.B, dial func(string) (net.Conn, error)) (p50, p99 tim
 // connsPerSecond also returns the CPU time the whole process (client,
 // gateways, servers, sinks) spent per connection, in microseconds: steadier
 // than the rate on a noisy machine, for comparing two builds.
-func connsPerSecond(b *testing.B, dial func(string) (net.Conn, error)) (perSecond, cpuPerConn float64) {
-	const workers, d = 8, 2 * time.Second
+func connsPerSecond(b *testing.B, dial func(string) (net.Conn, error), d time.Duration) (perSecond, cpuPerConn float64) {
+	const workers = 8
 	cpu0 := cpuTime()
 	var n, failed atomic.Int64
 	var wg sync.WaitGroup
@@ -315,17 +362,4 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// BenchmarkNewConnections is the new-connections part of DataPath alone,
-// through the gateways, for profiling (-cpuprofile).
-func BenchmarkNewConnections(b *testing.B) {
-	echo, discard := startSinks(b)
-	gwEcho, _ := gatewayPath(b, echo, discard)
-	dial := func(string) (net.Conn, error) { return net.Dial("tcp", gwEcho) }
-	for b.Loop() {
-		cps, cpu := connsPerSecond(b, dial)
-		b.ReportMetric(cps, "conns/s")
-		b.ReportMetric(cpu, "cpu-us/conn")
-	}
 }

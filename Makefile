@@ -11,7 +11,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
              ./cloud/aws:FuzzParseDiscovery
 
-.PHONY: all build provider test test-long fuzz lint fmt generate bench bench-dns bench-gateway demo scenarios clean
+.PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway demo scenarios clean
 
 all: build
 
@@ -62,9 +62,14 @@ bench:
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Propagation' -benchtime 5x -count 5 -timeout 20m
 	$(GO) test ./gateway/ -run '^$$' -bench 'DataPath' -benchtime 1x -count 3
+	$(GO) test ./gateway/ -run '^$$' -bench 'NewConnections' -benchtime 1x -count 5
 	$(GO) test ./controlplane/ -run '^$$' -bench 'XDSPush' -benchtime 10x -count 3
 
-## bench-gateway: the data path against wireguard-go between two network namespaces (root;
+## bench-smoke: one short iteration of the quick benchmarks, so that they keep running (CI).
+bench-smoke:
+	$(GO) test ./gateway/ ./dns/ ./trust/ca/ -run '^$$' -bench 'DataPath|Packet|ServeDNS|SignCSR' -benchtime 1x
+
+## bench-gateway: the data path against wireguard-go and per-connection mTLS between two namespaces (root;
 ## apt-get install iperf3 wireguard-tools; go install golang.zx2c4.com/wireguard@latest).
 bench-gateway:
 	bench/gateway.sh 10 3

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,10 +70,16 @@ type Config struct {
 	// header: garbage and half-open connections are dropped after it. 10s
 	// when zero.
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger
-	Registerer       prometheus.Registerer
-	Gatherer         prometheus.Gatherer
-	Now              func() time.Time
+	// TunnelsPerPeer is how many tunnels (TLS connections) this gateway
+	// keeps to each peer gateway, its streams spread over them in turn:
+	// one TLS connection is encrypted by one core at a time, so bulk
+	// streams to a peer go faster over several. One per CPU, at most 4,
+	// when zero.
+	TunnelsPerPeer int
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer
+	Gatherer       prometheus.Gatherer
+	Now            func() time.Time
 }
 
 // Gateway is a running gateway.
@@ -124,6 +131,12 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.HandshakeTimeout == 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.TunnelsPerPeer < 0 || cfg.TunnelsPerPeer > 64 {
+		return nil, fmt.Errorf("gateway: %d tunnels per peer gateway (1 to 64)", cfg.TunnelsPerPeer)
+	}
+	if cfg.TunnelsPerPeer == 0 {
+		cfg.TunnelsPerPeer = min(runtime.GOMAXPROCS(0), 4)
 	}
 	reg := cfg.Registerer
 	if reg == nil {

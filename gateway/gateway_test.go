@@ -120,7 +120,7 @@ func (s *site) startGateway(t testing.TB, name string, tap func([]byte)) {
 	}
 	gw, err := gateway.New(gateway.Config{Name: name, Servers: servers, DataDir: s.gwDir, JoinToken: tok.Secret,
 		WANListener: ln, AdvertiseWAN: advertise, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: 2 * time.Second,
-		HandshakeTimeout: 500 * time.Millisecond, RenewCheck: 100 * time.Millisecond,
+		HandshakeTimeout: 500 * time.Millisecond, RenewCheck: 100 * time.Millisecond, TunnelsPerPeer: 2,
 		Registerer: s.reg, Gatherer: s.reg, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -320,14 +320,15 @@ func TestTrafficBetweenSitesThroughGateways(t *testing.T) {
 	if bytes.Contains(seen, []byte("CANARY")) || bytes.Contains(seen, []byte("hello from site-b")) {
 		t.Fatal("plaintext crossed between the gateways")
 	}
-	// Many connections share one tunnel: no handshake per connection.
+	// Many connections share the tunnels: a handshake per tunnel (two to
+	// the peer gateway, both used), none per connection.
 	for i := range 20 {
 		if _, err := echo(addr, fmt.Sprint("again-", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if hs := testutil.ToFloat64(a.metric(t, "strait_gateway_tunnel_handshakes_total")); hs > 2 {
-		t.Fatalf("%v tunnel handshakes for 22 connections", hs)
+	if hs := testutil.ToFloat64(a.metric(t, "strait_gateway_tunnel_handshakes_total")); hs != 2 {
+		t.Fatalf("%v tunnel handshakes for 22 connections, want 2 (TunnelsPerPeer)", hs)
 	}
 }
 
@@ -921,4 +922,32 @@ func gatewayGoroutineStacks() (int, []byte) {
 		}
 	}
 	return len(stacks), bytes.Join(stacks, []byte("\n\n"))
+}
+
+// TestConfigRefusals: a configuration the gateway cannot run with is
+// refused by New, with the reason.
+func TestConfigRefusals(t *testing.T) {
+	ok := gateway.Config{Name: "gw", Servers: []string{"127.0.0.1:1"}, DataDir: t.TempDir(), WANAddr: "127.0.0.1:0"}
+	for _, tc := range []struct {
+		name string
+		edit func(*gateway.Config)
+		want string
+	}{
+		{"no name", func(c *gateway.Config) { c.Name = "" }, "required"},
+		{"no servers", func(c *gateway.Config) { c.Servers = nil }, "required"},
+		{"no wan address", func(c *gateway.Config) { c.WANAddr = "" }, "wan address"},
+		{"negative tunnels", func(c *gateway.Config) { c.TunnelsPerPeer = -1 }, "tunnels per peer"},
+		{"too many tunnels", func(c *gateway.Config) { c.TunnelsPerPeer = 65 }, "tunnels per peer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ok
+			tc.edit(&cfg)
+			if _, err := gateway.New(cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error about %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := gateway.New(ok); err != nil {
+		t.Fatalf("a valid configuration: %v", err)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -24,14 +25,21 @@ import (
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
-// tunnels pools one multiplexed session per peer gateway address.
+// tunnels pools multiplexed sessions to peer gateways: TunnelsPerPeer
+// per address, each new stream on the next in turn.
 type tunnels struct {
 	g     *Gateway
+	next  atomic.Uint32
 	mu    sync.Mutex
-	slots map[string]*slot
+	slots map[slotKey]*slot
 	// sessions accepted from peers, closed at shutdown.
 	accepted map[*tunnelmux.Session]struct{}
 	closed   bool
+}
+
+type slotKey struct {
+	addr string
+	i    uint32
 }
 
 type slot struct {
@@ -40,22 +48,24 @@ type slot struct {
 }
 
 func newTunnels(g *Gateway) *tunnels {
-	return &tunnels{g: g, slots: make(map[string]*slot), accepted: make(map[*tunnelmux.Session]struct{})}
+	return &tunnels{g: g, slots: make(map[slotKey]*slot), accepted: make(map[*tunnelmux.Session]struct{})}
 }
 
 // open returns a new stream, opened with hdr and sending early (which
 // leaves with the open), to the gateway at addr, which must present a
-// gateway SVID of peerTD; the session is dialed on first use and reused.
+// gateway SVID of peerTD; each of the address's sessions is dialed on
+// first use and reused.
 func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Duration, hdr, early []byte) (net.Conn, error) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		return nil, errors.New("gateway is shutting down")
 	}
-	s := t.slots[addr]
+	key := slotKey{addr, t.next.Add(1) % uint32(t.g.cfg.TunnelsPerPeer)}
+	s := t.slots[key]
 	if s == nil {
 		s = &slot{}
-		t.slots[addr] = s
+		t.slots[key] = s
 	}
 	t.mu.Unlock()
 	s.mu.Lock()

@@ -350,15 +350,15 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	}
 }
 
-// dialPool connects to the least-loaded endpoint of p, trying up to three
-// different ones not in tried (nil: none tried yet), which it adds to;
+// dialPool connects to the least-loaded endpoint of p not in tried (nil:
+// none tried yet), which it adds to, until three have been tried in all;
 // the endpoint stays reserved until p.done.
 func dialPool(ctx context.Context, p *pool, timeout time.Duration, tried map[*endpoint]bool, dial func(context.Context, string) (net.Conn, error)) (net.Conn, *endpoint, error) {
 	if tried == nil {
 		tried = map[*endpoint]bool{}
 	}
 	var errs []error
-	for range 3 {
+	for len(tried) < 3 {
 		e := p.pick(tried)
 		if e == nil {
 			break

@@ -247,3 +247,21 @@ func TestNoGatewayCanServe(t *testing.T) {
 	}
 	idle(t, p)
 }
+
+// TestAtMostThreeGateways: with four gateways that cannot serve, the
+// connection tries three in all (the first, then two more), not three
+// after the first.
+func TestAtMostThreeGateways(t *testing.T) {
+	fp := newFakePeer(t, func(int) byte { return statusUnavailable })
+	p := newPool(3, time.Minute, 0)
+	p.set([]string{"gw-1:443", "gw-2:443", "gw-3:443", "gw-4:443"})
+	if _, err := fp.run(t, p, []byte("hello"), false); err == nil {
+		t.Fatal("a connection no gateway could serve succeeded")
+	}
+	fp.mu.Lock()
+	defer fp.mu.Unlock()
+	if len(fp.seen) != 3 {
+		t.Fatalf("%d gateways tried, want 3", len(fp.seen))
+	}
+	idle(t, p)
+}

@@ -174,9 +174,11 @@ func tlsSinks(b testing.TB, echo, discard string) (string, string, *tls.Config) 
 		b.Fatal(err)
 	}
 	ident := func(path string) *mtls.Identity {
-		key, _ := ca.NewKey()
-		csr, _ := ca.NewCSR(key)
-		cert, err := root.SignCSR(spiffeid.RequireFromString("spiffe://bench.strait"+path), csr, time.Now(), time.Hour)
+		key, err := ca.NewKey()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cert, err := root.SignX509SVID(spiffeid.RequireFromPath(td, path), key.Public(), time.Now(), time.Hour)
 		if err != nil {
 			b.Fatal(err)
 		}

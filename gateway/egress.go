@@ -104,7 +104,7 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 	var sent, recvd int64
 	if err == nil {
 		g.m.active.WithLabelValues("egress").Inc()
-		sent, recvd = pipe(client, client, up, up)
+		sent, recvd = pipe(client, up)
 		sent += int64(up.primed)
 		g.m.active.WithLabelValues("egress").Dec()
 		up.release()

@@ -6,10 +6,10 @@
 //   - Egress: it listens on the virtual IPs of imported services, so an
 //     unmodified TCP client reaches api.payments.<peer>.mesh:8080 as over a
 //     VPN, and carries each connection to one of the peer's gateways.
-//   - Between gateways: one TLS 1.3 connection per peer gateway, both sides
-//     presenting gateway SVIDs checked against their own trust domain's
-//     bundle, multiplexing every connection as a stream (see
-//     proto.go): no handshake per client connection.
+//   - Between gateways: a few pooled TLS 1.3 connections per peer gateway
+//     (TunnelsPerPeer), both sides presenting gateway SVIDs checked against
+//     their own trust domain's bundle, multiplexing every connection as a
+//     stream (see proto.go): no handshake per client connection.
 //   - Ingress: it authorizes each stream against the intentions (the RBAC
 //     rule of the SNI's filter chain; default deny) and forwards it to the
 //     least-loaded passing instance, retrying another on connect failure.

@@ -8,7 +8,7 @@ import (
 	"io"
 )
 
-// The tunnel protocol between gateways. One TLS 1.3 connection (ALPN
+// The tunnel protocol between gateways. Each TLS 1.3 connection (ALPN
 // strait-tunnel/2, both sides presenting gateway SVIDs) carries many
 // streams multiplexed by internal/tunnelmux, so a new client connection
 // costs one frame, not a handshake. Each stream's open frame carries a

@@ -225,7 +225,7 @@ func (g *Gateway) passToServers(ctx context.Context, c net.Conn) {
 		stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
 		defer stop()
 		g.m.conns.WithLabelValues("control", "servers", "", "ok").Inc()
-		pipe(c, c, up, up)
+		pipe(c, up)
 		return
 	}
 	g.m.conns.WithLabelValues("control", "servers", "", "unavailable").Inc()
@@ -339,7 +339,7 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	}
 	st.SetDeadline(time.Time{})
 	g.m.active.WithLabelValues("ingress").Inc()
-	sent, recvd := pipe(st, st, up, up)
+	sent, recvd := pipe(st, up)
 	g.m.active.WithLabelValues("ingress").Dec()
 	g.m.bytes.WithLabelValues("ingress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("ingress", service, peerTD, "ok").Inc()
@@ -444,14 +444,14 @@ func copyPooled(dst io.Writer, src io.Reader) int64 {
 
 // pipe copies both ways until both directions end, passing half-closes
 // on, and returns the bytes copied a->b and b->a.
-func pipe(a io.Writer, ar io.Reader, b io.Writer, br io.Reader) (ab, ba int64) {
+func pipe(a, b io.ReadWriter) (ab, ba int64) {
 	done := make(chan int64, 1)
 	go func() {
-		n := copyPooled(b, ar)
+		n := copyPooled(b, a)
 		closeWrite(b)
 		done <- n
 	}()
-	ba = copyPooled(a, br)
+	ba = copyPooled(a, b)
 	closeWrite(a)
 	ab = <-done
 	return ab, ba

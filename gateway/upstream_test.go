@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/internal/tunnelmux"
 )
 
@@ -53,8 +55,9 @@ func newFakePeer(t *testing.T, answer func(n int) byte) *fakePeer {
 				defer st.Close()
 				code := answer(n)
 				if code != statusOK {
-					// Read what arrived with the open before refusing.
-					st.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+					// Read what arrived with the open (the client
+					// half-closes after its bytes) before refusing.
+					st.SetReadDeadline(time.Now().Add(10 * time.Second))
 					b, _ := io.ReadAll(st)
 					fp.record(n, b)
 					writeStatus(st, code, "scripted")
@@ -110,7 +113,7 @@ func (f *fakePeer) run(t *testing.T, p *pool, data []byte, ready bool) (got []by
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pipe(gw, gw, u, u)
+		pipe(gw, u)
 		u.release()
 		gw.Close()
 	}()
@@ -148,18 +151,14 @@ func waitReadable(t *testing.T, c net.Conn, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
 		var queued int
 		raw.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
-		if queued >= n {
-			return
+		if queued < n {
+			return fmt.Errorf("%d of %d bytes arrived", queued, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d bytes arrived within 10s", queued, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func twoGateways() *pool {

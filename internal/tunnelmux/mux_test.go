@@ -68,6 +68,16 @@ func accept(t testing.TB, s *Session) *Stream {
 	}
 }
 
+// openPair opens a stream with no header on c and accepts it on s.
+func openPair(t testing.TB, c, s *Session) (local, remote *Stream) {
+	t.Helper()
+	st, err := c.Open(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, accept(t, s)
+}
+
 // waitGoroutines waits (bounded) for the goroutine count to fall to n.
 func waitGoroutines(t *testing.T, n int) {
 	t.Helper()
@@ -189,21 +199,13 @@ func TestManyStreamsFlowControl(t *testing.T) {
 // most its window; other streams keep flowing.
 func TestSlowReaderDoesNotStallOthers(t *testing.T) {
 	c, s := sessions(t, Config{Window: 64 << 10})
-	stuck, err := c.Open(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stuckIn := accept(t, s) // never read
+	stuck, stuckIn := openPair(t, c, s) // never read
 	wrote := make(chan int, 1)
 	go func() {
 		n, _ := stuck.Write(make([]byte, 1<<20))
 		wrote <- n
 	}()
-	other, err := c.Open(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherIn := accept(t, s)
+	other, otherIn := openPair(t, c, s)
 	data := bytes.Repeat([]byte("x"), 4<<20)
 	go func() { other.Write(data); other.CloseWrite() }()
 	got, err := io.ReadAll(otherIn)
@@ -231,11 +233,7 @@ func TestSlowReaderDoesNotStallOthers(t *testing.T) {
 // it there; bytes that arrived before the reset are still read.
 func TestCloseResetsThePeer(t *testing.T) {
 	c, s := sessions(t, Config{})
-	st, err := c.Open(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in := accept(t, s)
+	st, in := openPair(t, c, s)
 	in.Write([]byte("status"))
 	in.Close() // the client has not sent its fin: a reset follows the data
 	buf := make([]byte, 6)
@@ -258,11 +256,7 @@ func TestCloseResetsThePeer(t *testing.T) {
 // time out; clearing the deadline lets them go on.
 func TestDeadlines(t *testing.T) {
 	c, s := sessions(t, Config{Window: 16 << 10})
-	st, err := c.Open(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in := accept(t, s)
+	st, in := openPair(t, c, s)
 	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("read: %v", err)
@@ -326,11 +320,7 @@ func TestSessionEnd(t *testing.T) {
 	func() {
 		a, b := tcpPair(t)
 		c, s := Client(a, Config{}), Server(b, Config{})
-		st, err := c.Open(nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in := accept(t, s)
+		st, in := openPair(t, c, s)
 		st.Write([]byte("last words"))
 		c.Close()
 		got, err := io.ReadAll(in)
@@ -547,11 +537,7 @@ func TestWriteDeferred(t *testing.T) {
 		cfg := Config{DeferDelay: time.Hour}
 		c, s := Client(cc, cfg), Server(b, cfg)
 		t.Cleanup(func() { c.Close(); s.Close() })
-		st, err := c.Open(nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in := accept(t, s)
+		st, in := openPair(t, c, s)
 		before := cc.writes.Load()
 		if _, err := st.WriteDeferred([]byte("status;")); err != nil {
 			t.Fatal(err)
@@ -579,11 +565,7 @@ func TestWriteDeferred(t *testing.T) {
 	})
 	t.Run("alone, after the delay", func(t *testing.T) {
 		c, s := sessions(t, Config{DeferDelay: 5 * time.Millisecond})
-		st, err := c.Open(nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in := accept(t, s)
+		st, in := openPair(t, c, s)
 		st.WriteDeferred([]byte("ok"))
 		in.SetReadDeadline(time.Now().Add(10 * time.Second))
 		buf := make([]byte, 2)
@@ -593,11 +575,7 @@ func TestWriteDeferred(t *testing.T) {
 	})
 	t.Run("sent by Close", func(t *testing.T) {
 		c, s := sessions(t, Config{DeferDelay: time.Hour})
-		st, err := c.Open(nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in := accept(t, s)
+		st, in := openPair(t, c, s)
 		st.WriteDeferred([]byte("last words"))
 		c.Close()
 		got, err := io.ReadAll(in)

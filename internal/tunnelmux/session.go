@@ -143,18 +143,19 @@ func (s *Session) Open(header, data []byte) (*Stream, error) {
 		s.mu.Unlock()
 		return nil, errExhausted
 	}
-	id := s.nextID
-	s.nextID += 2
-	st := newStream(s, id, s.cfg.Window)
-	s.streams[id] = st
-	s.mu.Unlock()
+	// What fits in one frame and the window leaves with the open.
 	first, rest := data, []byte(nil)
 	if n := min(int(s.cfg.Window), maxFrame); len(first) > n {
 		first, rest = data[:n], data[n:]
 	}
+	id := s.nextID
+	s.nextID += 2
+	st := newStream(s, id, s.cfg.Window)
+	st.sendWindow -= uint32(len(first))
+	s.streams[id] = st
+	s.mu.Unlock()
 	fs := []frame{{frameHeader{typ: typeOpen, stream: id, length: uint32(len(header))}, header}}
 	if len(first) > 0 {
-		st.sendWindow -= uint32(len(first))
 		fs = append(fs, frame{frameHeader{typ: typeData, stream: id, length: uint32(len(first))}, first})
 	}
 	if err := s.write(fs, nil, modeNormal); err != nil {
@@ -269,13 +270,6 @@ const (
 	modeDeferred        // waits for company, for at most DeferDelay
 )
 
-// writeFrame appends a frame (header, then payload p) to what is pending.
-// It waits while MaxPending bytes are pending, until wait (if not nil)
-// is closed.
-func (s *Session) writeFrame(h frameHeader, p []byte, wait <-chan struct{}) error {
-	return s.write([]frame{{h, p}}, wait, modeNormal)
-}
-
 // maxDirect is the largest payload a writer sends itself on an idle
 // connection: an interactive exchange's size, not a bulk transfer's.
 const maxDirect = 16 << 10
@@ -287,6 +281,9 @@ func (s *Session) writeControl(h frameHeader, p []byte) error {
 	return s.write([]frame{{h, p}}, nil, modeControl)
 }
 
+// write appends frames to what is pending, to leave together (see mode).
+// Unless mode is modeControl, it waits while MaxPending bytes are pending,
+// until wait (if not nil) is closed.
 func (s *Session) write(fs []frame, wait <-chan struct{}, mode int) error {
 	size := 0
 	for _, f := range fs {

@@ -87,7 +87,20 @@ func (st *Stream) Read(p []byte) (int, error) {
 
 // Write sends p, in frames of at most maxFrame bytes, as the peer's window
 // allows.
-func (st *Stream) Write(p []byte) (int, error) {
+func (st *Stream) Write(p []byte) (int, error) { return st.write(p, modeNormal) }
+
+// WriteDeferred sends a small p (at most 16 KiB) like Write, except that
+// when nothing else is leaving, its frame waits (for at most the session's
+// DeferDelay) for another frame to go with: for a reply the stream's
+// first data will likely follow, which then costs no write of its own.
+func (st *Stream) WriteDeferred(p []byte) (int, error) {
+	if len(p) > maxDirect {
+		return 0, fmt.Errorf("deferred write of %d bytes (at most %d)", len(p), maxDirect)
+	}
+	return st.write(p, modeDeferred)
+}
+
+func (st *Stream) write(p []byte, mode int) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		st.mu.Lock()
@@ -102,7 +115,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 		st.sendWindow -= uint32(n)
 		wait := st.wd.ch
 		st.mu.Unlock()
-		if err := st.s.writeFrame(frameHeader{typ: typeData, stream: st.id, length: uint32(n)}, p[:n], wait); err != nil {
+		if err := st.s.write([]frame{{frameHeader{typ: typeData, stream: st.id, length: uint32(n)}, p[:n]}}, wait, mode); err != nil {
 			st.mu.Lock()
 			st.sendWindow += uint32(n) // not sent
 			st.mu.Unlock()
@@ -112,33 +125,6 @@ func (st *Stream) Write(p []byte) (int, error) {
 		p = p[n:]
 	}
 	return written, nil
-}
-
-// WriteDeferred sends a small p (at most 16 KiB) like Write, except that
-// when nothing else is leaving, its frame waits (for at most the session's
-// DeferDelay) for another frame to go with: for a reply the stream's
-// first data will likely follow, which then costs no write of its own.
-func (st *Stream) WriteDeferred(p []byte) (int, error) {
-	if len(p) > maxDirect {
-		return 0, fmt.Errorf("deferred write of %d bytes (at most %d)", len(p), maxDirect)
-	}
-	st.mu.Lock()
-	for st.sendWindow < uint32(len(p)) && st.writable() == nil {
-		st.cond.Wait()
-	}
-	if err := st.writable(); err != nil {
-		st.mu.Unlock()
-		return 0, err
-	}
-	st.sendWindow -= uint32(len(p))
-	st.mu.Unlock()
-	if err := st.s.write([]frame{{frameHeader{typ: typeData, stream: st.id, length: uint32(len(p))}, p}}, nil, modeDeferred); err != nil {
-		st.mu.Lock()
-		st.sendWindow += uint32(len(p))
-		st.mu.Unlock()
-		return 0, err
-	}
-	return len(p), nil
 }
 
 // writable is why the stream cannot send now, or nil. Called with mu held.

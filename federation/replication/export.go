@@ -149,7 +149,10 @@ func (e *Exporter) Serve(ctx context.Context, stream Stream) error {
 		}
 	}()
 	// The change channels are taken before each read of the state, so a
-	// change that lands during a flush wakes the next iteration.
+	// change that lands during a flush wakes the next iteration. Each
+	// change closes its channel and makes a new one, so a channel that
+	// differs from the one held means a change since it was taken, even
+	// when the select below woke for something else.
 	exportsCh, identityCh := e.Store.ExportsChanged(), e.Store.IdentityChanged()
 	if err := r.resync(); err != nil {
 		return err
@@ -182,12 +185,8 @@ func (e *Exporter) Serve(ctx context.Context, stream Stream) error {
 					break drain
 				}
 			}
-		case <-exportsCh:
-			r.all = true
+		case <-exportsCh: // handled below
 		case <-identityCh:
-			if !e.peered() {
-				return status.Errorf(codes.PermissionDenied, "the peering with %s was removed", e.Peer)
-			}
 		case v := <-acks:
 			e.Stats.acked(v)
 			continue
@@ -197,7 +196,15 @@ func (e *Exporter) Serve(ctx context.Context, stream Stream) error {
 			}
 			continue
 		}
-		exportsCh, identityCh = e.Store.ExportsChanged(), e.Store.IdentityChanged()
+		if ch := e.Store.ExportsChanged(); ch != exportsCh {
+			exportsCh, r.all = ch, true
+		}
+		if ch := e.Store.IdentityChanged(); ch != identityCh {
+			identityCh = ch
+			if !e.peered() {
+				return status.Errorf(codes.PermissionDenied, "the peering with %s was removed", e.Peer)
+			}
+		}
 		if err := r.flush(false); err != nil {
 			return err
 		}

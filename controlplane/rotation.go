@@ -138,6 +138,15 @@ func (s *Server) RotateCA(ctx context.Context) (*apipb.CARootStatus, error) {
 	return rootStatus("prepared", cert, now, now.Add(s.cfg.CAPropagationDelay)), nil
 }
 
+// tsTime is ts as a time, the zero time when ts is unset (AsTime would
+// say 1970).
+func tsTime(ts *timestamppb.Timestamp) time.Time {
+	if ts == nil {
+		return time.Time{}
+	}
+	return ts.AsTime()
+}
+
 func rootStatus(phase string, c *x509.Certificate, since, next time.Time) *apipb.CARootStatus {
 	st := &apipb.CARootStatus{
 		Phase: phase, SubjectKeyId: fmt.Sprintf("%x", c.SubjectKeyId),
@@ -163,7 +172,13 @@ func (s *Server) CAStatus() (*apipb.CAStatusResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp.Roots = append(resp.Roots, rootStatus("active", active, site.Root.Since.AsTime(), time.Time{}))
+	since := tsTime(site.Root.Since)
+	if since.IsZero() {
+		// Sites bootstrapped before the first root recorded its time: the
+		// root was made when the site was, which is its certificate's start.
+		since = active.NotBefore
+	}
+	resp.Roots = append(resp.Roots, rootStatus("active", active, since, time.Time{}))
 	for _, r := range site.Roots {
 		c, err := x509.ParseCertificate(r.Certificate)
 		if err != nil {
@@ -171,9 +186,9 @@ func (s *Server) CAStatus() (*apipb.CAStatusResponse, error) {
 		}
 		switch r.Phase {
 		case statepb.RootPhase_ROOT_PHASE_PREPARED:
-			resp.Roots = append(resp.Roots, rootStatus("prepared", c, r.Since.AsTime(), r.Since.AsTime().Add(s.cfg.CAPropagationDelay)))
+			resp.Roots = append(resp.Roots, rootStatus("prepared", c, tsTime(r.Since), tsTime(r.Since).Add(s.cfg.CAPropagationDelay)))
 		case statepb.RootPhase_ROOT_PHASE_RETIRED:
-			resp.Roots = append(resp.Roots, rootStatus("retired", c, r.Since.AsTime(), r.DropAfter.AsTime()))
+			resp.Roots = append(resp.Roots, rootStatus("retired", c, tsTime(r.Since), tsTime(r.DropAfter)))
 		}
 	}
 	return resp, nil

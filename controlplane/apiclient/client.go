@@ -32,7 +32,8 @@ type Config struct {
 	// Addr is a server's host:port. Required unless Addrs is set.
 	Addr string
 	// Addrs are several servers of the site; the client uses the first
-	// that answers and fails over to the others.
+	// that answers and fails over to the others, in order, when one cannot
+	// be reached.
 	Addrs []string
 	// Token is the ACL token secret; calls are unauthenticated when empty.
 	Token string
@@ -48,6 +49,7 @@ type Config struct {
 // Client is a connection to a site's API.
 type Client struct {
 	conn       *grpc.ClientConn
+	td         spiffeid.TrustDomain
 	Catalog    apipb.CatalogClient
 	ACL        apipb.ACLClient
 	Operator   apipb.OperatorClient
@@ -134,6 +136,7 @@ func Dial(cfg Config) (*Client, error) {
 	}
 	return &Client{
 		conn:       conn,
+		td:         td,
 		Catalog:    apipb.NewCatalogClient(conn),
 		ACL:        apipb.NewACLClient(conn),
 		Operator:   apipb.NewOperatorClient(conn),
@@ -146,6 +149,10 @@ func Dial(cfg Config) (*Client, error) {
 		Gateway:    apipb.NewGatewayClient(conn),
 	}, nil
 }
+
+// TrustDomain is the trust domain of the CA the client verifies servers
+// against: the site it means to talk to.
+func (c *Client) TrustDomain() string { return c.td.Name() }
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }

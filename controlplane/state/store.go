@@ -269,7 +269,7 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 	var err error
 	switch c := cmd.Cmd.(type) {
 	case *statepb.Command_Bootstrap:
-		err = s.applyBootstrap(index, c.Bootstrap)
+		err = s.applyBootstrap(index, c.Bootstrap, cmd.GetTime())
 	case *statepb.Command_Register:
 		err = s.applyRegister(index, c.Register, &ch)
 	case *statepb.Command_Deregister:
@@ -697,12 +697,17 @@ func (s *Store) applyDeleteEntry(d *statepb.DeleteEntry) error {
 	return nil
 }
 
-func (s *Store) applyBootstrap(index uint64, b *statepb.Bootstrap) error {
+func (s *Store) applyBootstrap(index uint64, b *statepb.Bootstrap, at *timestamppb.Timestamp) error {
 	if s.site != nil {
 		return fmt.Errorf("bootstrap: site %q is already bootstrapped: %w", s.site.Site, ErrConflict)
 	}
 	site := proto.Clone(b).(*statepb.Bootstrap)
 	site.BundleSequence = index
+	if site.Root != nil && site.Root.Since == nil && at != nil {
+		// The first root is active from the site's creation: the command's
+		// time, the same on every server.
+		site.Root.Since = timestamppb.New(at.AsTime())
+	}
 	mt := site.ManagementToken
 	site.ManagementToken = nil
 	s.site = site

@@ -88,8 +88,13 @@ SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: args[0]})
-				return err
+				if _, err := cl.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: args[0]}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Revoked agent %s\n", args[0])
+				}
+				return nil
 			})
 		},
 	})

@@ -27,7 +27,11 @@ func newBundleCmd(g *globals) *cobra.Command {
 					return err
 				}
 				if out != "" {
-					return os.WriteFile(out, resp.Bundle, 0o644)
+					if err := os.WriteFile(out, resp.Bundle, 0o644); err != nil {
+						return err
+					}
+					fmt.Fprintf(g.stderr, "Wrote the bundle to %s\n", out)
+					return nil
 				}
 				_, err = fmt.Fprintln(g.stdout, string(resp.Bundle))
 				return err
@@ -100,13 +104,19 @@ func newBundleCmd(g *globals) *cobra.Command {
 		},
 	}
 	remove := &cobra.Command{
-		Use:   "remove TRUST_DOMAIN",
-		Short: "Stop trusting another trust domain",
-		Args:  cobra.ExactArgs(1),
+		Use:     "delete TRUST_DOMAIN",
+		Aliases: []string{"remove"},
+		Short:   "Stop trusting another trust domain",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Bundle.RemoveForeign(ctx, &apipb.RemoveForeignRequest{TrustDomain: args[0]})
-				return err
+				if _, err := cl.Bundle.RemoveForeign(ctx, &apipb.RemoveForeignRequest{TrustDomain: args[0]}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Stopped trusting %s\n", args[0])
+				}
+				return nil
 			})
 		},
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -83,22 +84,64 @@ func printDemo(ctx context.Context, g *globals, d *demo.Demo, took time.Duration
 		fmt.Fprintf(w, "  %-12s metrics %s (servers), %s (gateway)\n\n", "", s.MetricsURL, s.GatewayMetricsURL)
 	}
 	a, b := d.Sites[0], d.Sites[1]
-	vip, err := d.VirtualIP(ctx, a, b)
+	fwd, err := demoPathOf(ctx, d, a, b)
 	if err != nil {
 		return err
 	}
-	host, port, _ := net.SplitHostPort(a.DNSAddr)
-	name := b.Service + "." + demo.Namespace + "." + b.Name + ".mesh"
-	svcPort := strconv.Itoa(b.ServicePort)
-	fmt.Fprintf(w, "Try, from %s (the names resolve through %s's mesh DNS):\n\n", a.Name, a.Name)
-	fmt.Fprintf(w, "  dig @%s -p %s %s                 # the virtual IP %s gave it: %s\n", host, port, name, a.Name, vip)
-	fmt.Fprintf(w, "  curl http://%s:%s/                  # through %s's gateway, then %s's, over mTLS\n", vip, svcPort, a.Name, b.Name)
-	fmt.Fprintf(w, "  curl --resolve %s:%s:%s http://%s:%s/\n", name, svcPort, vip, name, svcPort)
-	fmt.Fprintf(w, "  STRAIT_DEV_CONTEXT=%s strait federation list\n", ctxFiles[a.Name])
-	fmt.Fprintf(w, "  STRAIT_DEV_CONTEXT=%s strait service list\n", ctxFiles[a.Name])
-	fmt.Fprintf(w, "  STRAIT_DEV_CONTEXT=%s strait intention list\n", ctxFiles[b.Name])
-	fmt.Fprintf(w, "  STRAIT_DEV_CONTEXT=%s strait intention deny --from %s --to %s/%s   # then curl again: refused\n\n",
-		ctxFiles[b.Name], a.Name, demo.Namespace, b.Service)
+	rev, err := demoPathOf(ctx, d, b, a)
+	if err != nil {
+		return err
+	}
+	writeDemoTry(w, selfCommand(), ctxFiles, fwd, rev)
 	fmt.Fprintln(w, "Ctrl-C stops everything and removes", d.Dir)
 	return nil
+}
+
+// demoPath is one direction the banner shows: a client in From calls To's
+// sample service, through From's mesh DNS and both gateways.
+type demoPath struct {
+	From, To  string // site names
+	DNSAddr   string // From's mesh DNS
+	Service   string // To's sample service (in demo.Namespace)
+	VIP       string // the virtual IP From gave it
+	Port      int
+	GatewayMx string // From's gateway metrics URL
+}
+
+func (p demoPath) name() string { return p.Service + "." + demo.Namespace + "." + p.To + ".mesh" }
+
+func demoPathOf(ctx context.Context, d *demo.Demo, from, to *demo.Site) (demoPath, error) {
+	vip, err := d.VirtualIP(ctx, from, to)
+	if err != nil {
+		return demoPath{}, err
+	}
+	return demoPath{From: from.Name, To: to.Name, DNSAddr: from.DNSAddr, Service: to.Service, VIP: vip, Port: to.ServicePort, GatewayMx: to.GatewayMetricsURL}, nil
+}
+
+// writeDemoTry prints the commands to try; self is how to run this binary
+// (so that every command printed works as pasted).
+func writeDemoTry(w io.Writer, self string, ctxFiles map[string]string, fwd, rev demoPath) {
+	dig := func(p demoPath) string {
+		host, port, _ := net.SplitHostPort(p.DNSAddr)
+		return fmt.Sprintf("dig @%s -p %s %s", host, port, p.name())
+	}
+	cli := func(site, args string) string {
+		return fmt.Sprintf("STRAIT_DEV_CONTEXT=%s %s %s", ctxFiles[site], self, args)
+	}
+	port := strconv.Itoa(fwd.Port)
+	fmt.Fprintf(w, "Try, from %s (the names resolve through %s's mesh DNS):\n\n", fwd.From, fwd.From)
+	fmt.Fprintf(w, "  %s                 # the virtual IP %s gave it: %s\n", dig(fwd), fwd.From, fwd.VIP)
+	fmt.Fprintf(w, "  curl http://%s:%s/                  # through %s's gateway, then %s's, over mTLS\n", fwd.VIP, port, fwd.From, fwd.To)
+	fmt.Fprintf(w, "  curl --resolve %s:%s:%s http://%s:%s/\n", fwd.name(), port, fwd.VIP, fwd.name(), port)
+	fmt.Fprintf(w, "  %s\n", cli(fwd.From, "federation list"))
+	fmt.Fprintf(w, "  %s\n", cli(fwd.From, "service list"))
+	fmt.Fprintf(w, "  %s\n", cli(fwd.To, "intention list"))
+	fmt.Fprintf(w, "  %s   # then curl again: refused\n", cli(fwd.To, fmt.Sprintf("intention deny --from %s --to %s/%s", fwd.From, demo.Namespace, fwd.Service)))
+	fmt.Fprintf(w, "  %s   # and allowed again\n\n", cli(fwd.To, fmt.Sprintf("intention allow --from %s --to %s/%s", fwd.From, demo.Namespace, fwd.Service)))
+	fmt.Fprintf(w, "The other way, from %s:\n\n", rev.From)
+	fmt.Fprintf(w, "  %s                 # %s\n", dig(rev), rev.VIP)
+	fmt.Fprintf(w, "  curl http://%s:%d/\n\n", rev.VIP, rev.Port)
+	fmt.Fprintf(w, "A refused connection shows as an empty reply to curl. The gateways say why in their logs\n")
+	fmt.Fprintf(w, "(start the demo with --log-level info to see them) and count it in\n")
+	fmt.Fprintf(w, "strait_gateway_authorization_denials_total at %s.\n\n", fwd.GatewayMx)
 }

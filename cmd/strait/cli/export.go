@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/meshname"
 )
 
 func newExportCmd(g *globals) *cobra.Command {
@@ -37,8 +39,7 @@ func newExportCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
-	cmd.Flags().StringVar(&svc, "svc", "", "service name")
+	svcFlags(cmd.Flags(), &ns, &svc)
 	cmd.Flags().StringSliceVar(&to, "to", nil, "peer names, or '*' for every peer (repeatable)")
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
@@ -73,13 +74,21 @@ func newUnexportCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: ns, Service: svc, From: from})
-				return err
+				if _, err := cl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: ns, Service: svc, From: from}); err != nil {
+					return err
+				}
+				if !g.json {
+					to := "every peer"
+					if len(from) > 0 {
+						to = strings.Join(from, ", ")
+					}
+					fmt.Fprintf(g.stdout, "Stopped exporting %s/%s to %s\n", cmp.Or(ns, meshname.DefaultNamespace), svc, to)
+				}
+				return nil
 			})
 		},
 	}
-	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
-	cmd.Flags().StringVar(&svc, "svc", "", "service name")
+	svcFlags(cmd.Flags(), &ns, &svc)
 	cmd.Flags().StringSliceVar(&from, "from", nil, "peers to stop exporting to (default: all)")
 	return cmd
 }

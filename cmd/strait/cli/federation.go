@@ -130,18 +130,26 @@ func newFederationCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	remove := &cobra.Command{
-		Use:   "remove NAME",
-		Short: "Stop federating with a peer site (on this side)",
-		Args:  cobra.ExactArgs(1),
+	del := &cobra.Command{
+		Use:     "delete NAME",
+		Aliases: []string{"remove"},
+		Short:   "Stop federating with a peer site (both sides drop the peering)",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Federation.Remove(ctx, &apipb.RemovePeeringRequest{Name: args[0]})
-				return err
+				resp, err := cl.Federation.Remove(ctx, &apipb.RemovePeeringRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(resp)
+				}
+				fmt.Fprintf(g.stdout, "Stopped federating with %s\n", args[0])
+				return nil
 			})
 		},
 	}
-	cmd.AddCommand(tok, join, list, show, remove)
+	cmd.AddCommand(tok, join, list, show, del)
 	return cmd
 }
 

@@ -98,8 +98,13 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Gateway.Revoke(ctx, &apipb.RevokeGatewayRequest{Name: args[0]})
-				return err
+				if _, err := cl.Gateway.Revoke(ctx, &apipb.RevokeGatewayRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Revoked gateway %s\n", args[0])
+				}
+				return nil
 			})
 		},
 	})

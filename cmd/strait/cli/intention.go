@@ -52,13 +52,19 @@ specific intention wins; between an allow and a deny equally specific, the deny.
 	}
 	var delFrom, delTo string
 	del := &cobra.Command{
-		Use:   "delete",
-		Short: "Delete an intention",
-		Args:  cobra.NoArgs,
+		Use:     "delete",
+		Aliases: []string{"remove"},
+		Short:   "Delete an intention",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Intentions.Delete(ctx, &apipb.DeleteIntentionRequest{Source: delFrom, Destination: delTo})
-				return err
+				if _, err := cl.Intentions.Delete(ctx, &apipb.DeleteIntentionRequest{Source: delFrom, Destination: delTo}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Deleted the intention %s -> %s\n", delFrom, delTo)
+				}
+				return nil
 			})
 		},
 	}

@@ -14,9 +14,10 @@ func newOperatorCmd(g *globals) *cobra.Command {
 	op := &cobra.Command{Use: "operator", Short: "Operate a site's servers"}
 	rc := &cobra.Command{Use: "raft", Short: "Inspect and change the Raft configuration"}
 	rc.AddCommand(&cobra.Command{
-		Use:   "list-peers",
-		Short: "List the servers in the Raft configuration",
-		Args:  cobra.NoArgs,
+		Use:        "list-peers",
+		Short:      "List the servers in the Raft configuration",
+		SuggestFor: []string{"peers", "list"},
+		Args:       cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
 				resp, err := cl.Operator.ListPeers(ctx, &apipb.ListPeersRequest{})
@@ -47,7 +48,7 @@ func newOperatorCmd(g *globals) *cobra.Command {
 					return err
 				}
 				if !g.json {
-					fmt.Fprintf(g.stdout, "Removed %s\n", args[0])
+					fmt.Fprintf(g.stdout, "Removed server %s from the Raft configuration\n", args[0])
 				}
 				return nil
 			})

@@ -4,6 +4,9 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -38,4 +41,41 @@ func ago(d time.Duration) string {
 		return "-"
 	}
 	return d.Round(time.Millisecond).String() + " ago"
+}
+
+// selfCommand is how to run this binary again from the shell that started
+// it: the name as typed when it finds this binary (from PATH, or a path such
+// as bin/strait relative to the current directory), else "strait" when that
+// is this binary on PATH, else the absolute path.
+func selfCommand() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "strait"
+	}
+	same := func(p string) bool {
+		a, err1 := os.Stat(p)
+		b, err2 := os.Stat(exe)
+		return err1 == nil && err2 == nil && os.SameFile(a, b)
+	}
+	if typed := os.Args[0]; typed != "" {
+		if strings.ContainsRune(typed, filepath.Separator) {
+			if same(typed) {
+				return shellQuote(typed)
+			}
+		} else if p, err := exec.LookPath(typed); err == nil && same(p) {
+			return shellQuote(typed)
+		}
+	}
+	if p, err := exec.LookPath("strait"); err == nil && same(p) {
+		return "strait"
+	}
+	return shellQuote(exe)
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+=:,@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

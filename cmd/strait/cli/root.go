@@ -6,7 +6,6 @@ package cli
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,13 +36,18 @@ type usageError struct{ error }
 
 // Main runs the CLI and returns the exit status.
 func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return execute(ctx, args, stdout, stderr)
+}
+
+// execute runs the CLI until ctx ends and returns the exit status.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := newRoot(g)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
@@ -58,6 +62,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 
 // describe turns gRPC errors into "message (Code)".
 func describe(err error) string {
+	var ce *connError
+	if errors.As(err, &ce) {
+		return ce.Error()
+	}
 	if st, ok := status.FromError(err); ok {
 		return fmt.Sprintf("%s (%s)", st.Message(), st.Code())
 	}
@@ -71,7 +79,7 @@ func newRoot(g *globals) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(flagError)
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.addr, "addr", "", "server address host:port (env STRAIT_ADDR)")
 	pf.StringVar(&g.token, "token", "", "ACL token (env STRAIT_TOKEN)")
@@ -98,39 +106,40 @@ func newRoot(g *globals) *cobra.Command {
 		newStatusCmd(g),
 		newVersionCmd(g),
 	)
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	strictUsage(root)
 	return root
 }
 
 // client connects using flags, then the environment, then the dev context.
 func (g *globals) client() (*apiclient.Client, error) {
-	cfg := apiclient.Config{Addr: cmp.Or(g.addr, os.Getenv("STRAIT_ADDR")), Token: cmp.Or(g.token, os.Getenv("STRAIT_TOKEN")), CAFile: cmp.Or(g.caFile, os.Getenv("STRAIT_CA_FILE"))}
-	if cfg.Addr == "" || cfg.CAFile == "" || cfg.Token == "" {
-		if dc, err := readDevContext(); err == nil && (cfg.Addr == "" || cfg.Addr == dc.Addr) {
-			cfg.Addr = dc.Addr
-			cfg.Token = cmp.Or(cfg.Token, dc.Token)
-			if cfg.CAFile == "" {
-				certs, err := dc.certs()
-				if err != nil {
-					return nil, err
-				}
-				cfg.CA = certs
-			}
-		}
+	cfg, err := g.clientConfig()
+	if err != nil {
+		return nil, err
 	}
 	return apiclient.Dial(cfg)
 }
 
 // withClient connects, runs f with a context bounded by --timeout, and
-// closes the connection.
+// closes the connection. A failure to reach or trust the server is said as
+// what to check.
 func (g *globals) withClient(cmd *cobra.Command, f func(context.Context, *apiclient.Client) error) error {
-	cl, err := g.client()
+	cfg, err := g.clientConfig()
+	if err != nil {
+		return err
+	}
+	cl, err := apiclient.Dial(cfg)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
 	defer cancel()
-	return f(ctx, cl)
+	if err := f(ctx, cl); err != nil {
+		return explainConn(err, cfg.Addrs, cl.TrustDomain())
+	}
+	return nil
 }
 
 var jsonOpts = protojson.MarshalOptions{UseProtoNames: true}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 
@@ -115,12 +116,16 @@ func mergeFlags(cmd *cobra.Command, file, flags *FileConfig) {
 
 func runServer(cmd *cobra.Command, g *globals, cfg controlplane.Config) error {
 	var srv *controlplane.Server
+	var ctxPath atomic.Pointer[string]
 	cfg.OnBootstrap = func(token string) {
 		if cfg.Dev {
-			dc := &devContext{Addr: srv.Addr(), Token: token, CA: string(encodeBundle(srv))}
+			dc := &devContext{Addr: srv.Addr(), Token: token, CA: string(encodeBundle(srv)), Site: srv.Site()}
 			path, err := writeDevContext(dc)
 			if err != nil {
 				fmt.Fprintf(g.stderr, "warning: could not write the dev context (%v); use --addr, --token and --ca-file\n", err)
+				path = ""
+			} else {
+				ctxPath.Store(&path)
 			}
 			printDevBanner(g, srv, token, path, cfg.MetricsAddr, cfg.DNSAddr)
 			return
@@ -132,9 +137,11 @@ func runServer(cmd *cobra.Command, g *globals, cfg controlplane.Config) error {
 	if srv, err = controlplane.New(cfg); err != nil {
 		return err
 	}
-	if cfg.Dev {
-		defer removeDevContext(srv.Addr())
-	}
+	defer func() {
+		if p := ctxPath.Load(); p != nil {
+			removeDevContext(*p, srv.Addr())
+		}
+	}()
 	return srv.Run(cmd.Context())
 }
 
@@ -148,25 +155,24 @@ func encodeBundle(srv *controlplane.Server) []byte {
 
 func printDevBanner(g *globals, srv *controlplane.Server, token, ctxPath, metrics, dnsAddr string) {
 	w := g.stdout
-	digHost, digPort, err := net.SplitHostPort(dnsAddr)
-	if err != nil {
-		digHost, digPort = "127.0.0.1", "8600"
+	self := selfCommand()
+	fmt.Fprintf(w, "\nStrait dev server running: site %q, trust domain %s\n", srv.Site(), srv.TrustDomain().Name())
+	fmt.Fprintf(w, "  API (mTLS):  %s\n", srv.Addr())
+	if metrics != "" {
+		fmt.Fprintf(w, "  Metrics:     http://%s/metrics\n", metrics)
 	}
-	fmt.Fprintf(w, `
-Strait dev server running: site %q, trust domain %s
-  API (mTLS):  %s
-  Metrics:     http://%s/metrics
-  Mesh DNS:    %s
-  Token:       %s
-  (CLI commands in other terminals find this server through %s)
-
-Try:
-  strait service register --ns payments --name api --port http=8080/http --address 127.0.0.1 --id api-1
-  strait service list
-  dig @%s -p %s api.payments.%s.mesh
-  strait status
-
-Ctrl-C stops the server; nothing is left on disk.
-
-`, srv.Site(), srv.TrustDomain().Name(), srv.Addr(), metrics, dnsAddr, token, ctxPath, digHost, digPort, srv.Site())
+	if dnsAddr != "" {
+		fmt.Fprintf(w, "  Mesh DNS:    %s\n", dnsAddr)
+	}
+	fmt.Fprintf(w, "  Token:       %s\n", token)
+	if ctxPath != "" {
+		fmt.Fprintf(w, "  (CLI commands in other terminals find this server through %s)\n", ctxPath)
+	}
+	fmt.Fprintf(w, "\nTry:\n")
+	fmt.Fprintf(w, "  %s service register --ns payments --svc api --port http=8080/http --address 127.0.0.1 --id api-1\n", self)
+	fmt.Fprintf(w, "  %s service list\n", self)
+	if digHost, digPort, err := net.SplitHostPort(dnsAddr); err == nil {
+		fmt.Fprintf(w, "  dig @%s -p %s api.payments.%s.mesh\n", digHost, digPort, srv.Site())
+	}
+	fmt.Fprintf(w, "  %s status\n\nCtrl-C stops the server; nothing is left on disk.\n\n", self)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -74,8 +75,8 @@ func newServiceRegisterCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "register",
 		Short: "Register a service, and optionally one instance of it",
-		Example: `  strait service register --ns payments --name api --port http=8080/http --address 10.0.1.5 --id api-1
-  strait service register --ns payments --name api --port http/http          # the definition only`,
+		Example: `  strait service register --ns payments --svc api --port http=8080/http --address 10.0.1.5 --id api-1
+  strait service register --ns payments --svc api --port http/http          # the definition only`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := &apipb.RegisterRequest{Service: &apipb.Service{Namespace: ns, Name: name}}
@@ -119,8 +120,7 @@ func newServiceRegisterCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&ns, "ns", "", "namespace (default \"default\")")
-	f.StringVar(&name, "name", "", "service name")
+	svcFlags(f, &ns, &name)
 	f.StringArrayVar(&ports, "port", nil, "named port: name=number/protocol (tcp, http, grpc); repeatable")
 	f.StringArrayVar(&meta, "meta", nil, "metadata key=value; repeatable")
 	f.StringVar(&id, "id", "", "instance ID")
@@ -145,15 +145,29 @@ func newServiceDeregisterCmd(g *globals) *cobra.Command {
 				if g.json {
 					return g.printJSON(resp)
 				}
-				fmt.Fprintf(g.stdout, "Deregistered at index %d\n", resp.Index)
+				svc := cmp.Or(ns, meshname.DefaultNamespace) + "/" + name
+				if id != "" {
+					fmt.Fprintf(g.stdout, "Deregistered instance %s of service %s at index %d\n", id, svc, resp.Index)
+				} else {
+					fmt.Fprintf(g.stdout, "Deregistered service %s and its instances at index %d\n", svc, resp.Index)
+				}
 				return nil
 			})
 		},
 	}
-	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
-	cmd.Flags().StringVar(&name, "name", "", "service name")
+	svcFlags(cmd.Flags(), &ns, &name)
 	cmd.Flags().StringVar(&id, "id", "", "instance ID (omit to remove the whole service)")
 	return cmd
+}
+
+// svcFlags adds --ns and --svc, the flags that name a service in every
+// command, and --name, the old spelling of --svc in the service commands,
+// hidden.
+func svcFlags(f *pflag.FlagSet, ns, svc *string) {
+	f.StringVar(ns, "ns", "", "namespace (default \"default\")")
+	f.StringVar(svc, "svc", "", "service name")
+	f.StringVar(svc, "name", "", "service name (the old spelling of --svc)")
+	_ = f.MarkHidden("name")
 }
 
 func readMode(consistent bool) apipb.ReadMode {
@@ -245,8 +259,7 @@ func newServiceShowCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
-	cmd.Flags().StringVar(&name, "name", "", "service name")
+	svcFlags(cmd.Flags(), &ns, &name)
 	cmd.Flags().BoolVar(&consistent, "consistent", false, "read through the leader (linearizable)")
 	cmd.Flags().BoolVar(&passing, "passing", false, "only passing instances")
 	cmd.Flags().StringVar(&peer, "peer", "", "the peer an imported service comes from")
@@ -261,13 +274,17 @@ func newServiceHeartbeatCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Catalog.Heartbeat(ctx, &apipb.HeartbeatRequest{Namespace: ns, Service: name, InstanceId: id})
-				return err
+				if _, err := cl.Catalog.Heartbeat(ctx, &apipb.HeartbeatRequest{Namespace: ns, Service: name, InstanceId: id}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Heartbeat recorded for instance %s of service %s/%s\n", id, cmp.Or(ns, meshname.DefaultNamespace), name)
+				}
+				return nil
 			})
 		},
 	}
-	cmd.Flags().StringVar(&ns, "ns", "", "namespace (default \"default\")")
-	cmd.Flags().StringVar(&name, "name", "", "service name")
+	svcFlags(cmd.Flags(), &ns, &name)
 	cmd.Flags().StringVar(&id, "id", "", "instance ID")
 	return cmd
 }

@@ -114,7 +114,7 @@ func newTokenRevokeCmd(g *globals) *cobra.Command {
 					return err
 				}
 				if !g.json {
-					fmt.Fprintf(g.stdout, "Revoked %s\n", args[0])
+					fmt.Fprintf(g.stdout, "Revoked token %s\n", args[0])
 				}
 				return nil
 			})

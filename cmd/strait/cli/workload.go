@@ -66,8 +66,7 @@ func newWorkloadRegisterCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&ns, "ns", "", "namespace (default \"default\")")
-	f.StringVar(&svc, "svc", "", "service name")
+	svcFlags(f, &ns, &svc)
 	f.StringVar(&agentNode, "agent", "", "agent (node name) allowed to issue it, or '*' for every agent")
 	f.StringArrayVar(&selectors, "selector", nil, "type:key:value that the process must match; repeatable (all must match)")
 	f.DurationVar(&ttl, "svid-ttl", 0, "SVID lifetime (default: the site's, 1h)")
@@ -104,16 +103,17 @@ func newWorkloadListCmd(g *globals) *cobra.Command {
 
 func newWorkloadDeleteCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "delete ID",
-		Short: "Delete a workload entry; its SVIDs are no longer renewed",
-		Args:  cobra.ExactArgs(1),
+		Use:     "delete ID",
+		Aliases: []string{"remove"},
+		Short:   "Delete a workload entry; its SVIDs are no longer renewed",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
 				if _, err := cl.Workload.DeleteEntry(ctx, &apipb.DeleteEntryRequest{Id: args[0]}); err != nil {
 					return err
 				}
 				if !g.json {
-					fmt.Fprintf(g.stdout, "Deleted %s\n", args[0])
+					fmt.Fprintf(g.stdout, "Deleted workload entry %s\n", args[0])
 				}
 				return nil
 			})

@@ -2,9 +2,13 @@ package controlplane
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"net"
+	"strconv"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -36,7 +40,63 @@ func (h *hclogAdapter) level(l hclog.Level) slog.Level {
 }
 
 func (h *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
-	h.l.Log(context.Background(), h.level(l), msg, args...)
+	args = hclogArgs(args)
+	lvl := h.level(l)
+	if lvl >= slog.LevelError && closedConnErr(args) {
+		// Raft's transport reports the listener closed under it at
+		// shutdown as an error; it is the shutdown.
+		lvl = slog.LevelDebug
+	}
+	h.l.Log(context.Background(), lvl, msg, args...)
+}
+
+// hclogArgs renders the values hclog formats itself (hclog.Fmt, Hex,
+// Octal, Binary, Quote) as hclog would; slog would print hclog.Fmt's
+// format string and arguments as a list ("[%+v [...]]").
+func hclogArgs(args []any) []any {
+	var out []any
+	for i, a := range args {
+		var v any
+		switch a := a.(type) {
+		case hclog.Format:
+			if len(a) == 0 {
+				v = ""
+			} else if f, ok := a[0].(string); ok {
+				v = fmt.Sprintf(f, a[1:]...)
+			} else {
+				v = fmt.Sprint(a...)
+			}
+		case hclog.Hex:
+			v = "0x" + strconv.FormatUint(uint64(a), 16)
+		case hclog.Octal:
+			v = "0" + strconv.FormatUint(uint64(a), 8)
+		case hclog.Binary:
+			v = "0b" + strconv.FormatUint(uint64(a), 2)
+		case hclog.Quote:
+			v = strconv.Quote(string(a))
+		default:
+			continue
+		}
+		if out == nil {
+			out = append([]any(nil), args...)
+		}
+		out[i] = v
+	}
+	if out == nil {
+		return args
+	}
+	return out
+}
+
+// closedConnErr reports whether an argument is an error saying a network
+// connection or listener was closed.
+func closedConnErr(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && errors.Is(err, net.ErrClosed) {
+			return true
+		}
+	}
+	return false
 }
 func (h *hclogAdapter) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }
 func (h *hclogAdapter) Debug(msg string, args ...any) { h.Log(hclog.Debug, msg, args...) }
@@ -51,7 +111,7 @@ func (h *hclogAdapter) IsWarn() bool                  { return h.enabled(slog.Le
 func (h *hclogAdapter) IsError() bool                 { return h.enabled(slog.LevelError) }
 func (h *hclogAdapter) ImpliedArgs() []any            { return h.args }
 func (h *hclogAdapter) With(args ...any) hclog.Logger {
-	return &hclogAdapter{l: h.l.With(args...), name: h.name, args: append(append([]any(nil), h.args...), args...)}
+	return &hclogAdapter{l: h.l.With(hclogArgs(args)...), name: h.name, args: append(append([]any(nil), h.args...), args...)}
 }
 func (h *hclogAdapter) Name() string                        { return h.name }
 func (h *hclogAdapter) Named(name string) hclog.Logger      { return newHclog(h.l, h.name+"."+name) }

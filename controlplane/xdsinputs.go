@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"fmt"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/straitmesh/strait/controlplane/state"
@@ -10,6 +12,11 @@ import (
 
 // xdsInputs reads what the gateways' configuration is built from.
 func (s *Server) xdsInputs() (xds.Inputs, error) {
+	if s.store.Site() == nil {
+		// At start, until Raft has applied the bootstrap (or replayed the
+		// log to it): nothing to build yet, and nothing wrong.
+		return xds.Inputs{}, fmt.Errorf("site not bootstrapped yet: %w", xds.ErrNotReady)
+	}
 	own, err := s.OwnBundle()
 	if err != nil {
 		return xds.Inputs{}, err

@@ -42,6 +42,11 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
+// ErrNotReady, wrapped in an error from Config.Inputs, says the state is not
+// there yet (a server starting, before its site's bootstrap is applied):
+// the server waits for the next change without complaint.
+var ErrNotReady = errors.New("state not ready")
+
 // Server builds snapshots and serves them over ADS.
 type Server struct {
 	cfg   Config
@@ -177,7 +182,9 @@ func (s *Server) onResponse(_ context.Context, id int64, req *discovery.Discover
 func (s *Server) Run(ctx context.Context) error {
 	for {
 		changed := s.cfg.Changed()
-		if err := s.rebuild(ctx); err != nil {
+		if err := s.rebuild(ctx); errors.Is(err, ErrNotReady) {
+			s.cfg.Logger.Debug("xds: snapshot not built yet; waiting for the site's state", "reason", err)
+		} else if err != nil {
 			s.cfg.Logger.Error("xds: snapshot not built; gateways keep the previous one", "err", err)
 		}
 		if err := waitAny(ctx, changed); err != nil {

@@ -100,7 +100,7 @@ func (e *connError) Unwrap() error { return e.raw }
 
 var (
 	dialAddrRE = regexp.MustCompile(`dial tcp (\S+?): `)
-	otherTDRE  = regexp.MustCompile(`no bundle for trust domain "([^"]+)"`)
+	otherTDRE  = regexp.MustCompile(`no bundle for trust domain \\?"([^"\\]+)\\?"`)
 )
 
 // explainConn translates the transport errors a client meets into what to

@@ -1,0 +1,145 @@
+package cli
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/straitmesh/strait/controlplane"
+	"github.com/straitmesh/strait/controlplane/controlplanetest"
+)
+
+// closedPort is a loopback address where nothing listens.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestFirstHourAgainstARealSite covers what a newcomer met in the first
+// hour against a real one-server site: ca status times, several --addr,
+// the confirmation of every write, and connection errors said as what to
+// check.
+func TestFirstHourAgainstARealSite(t *testing.T) {
+	c := controlplanetest.Start(t, 1, controlplanetest.Options{})
+	n := c.Nodes[0]
+	caFile := controlplane.CAFile(n.Dir)
+	env := map[string]string{
+		"STRAIT_ADDR":        n.Addr,
+		"STRAIT_TOKEN":       c.Token,
+		"STRAIT_CA_FILE":     caFile,
+		"STRAIT_DEV_CONTEXT": filepath.Join(t.TempDir(), "none.json"),
+	}
+
+	t.Run("ca status shows when the bootstrap root became active", func(t *testing.T) {
+		code, out, errs := run(t, env, "ca", "status")
+		if code != 0 || strings.Contains(out, "1970") {
+			t.Fatalf("ca status: %d %q %q", code, out, errs)
+		}
+		code, out, _ = run(t, env, "ca", "status", "--json")
+		var st struct {
+			Roots []struct {
+				Phase string
+				Since time.Time
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st.Roots) != 1 {
+			t.Fatalf("ca status --json: %d %v %s", code, err, out)
+		}
+		if since := st.Roots[0].Since; time.Since(since) > time.Hour || time.Until(since) > time.Minute {
+			t.Fatalf("active root since %s, want about now", since)
+		}
+	})
+
+	t.Run("several addresses, the first unreachable", func(t *testing.T) {
+		code, out, errs := run(t, env, "--addr", closedPort(t)+","+n.Addr, "status")
+		if code != 0 || !strings.Contains(out, "leader") {
+			t.Fatalf("status over a fallback address: %d %q %q", code, out, errs)
+		}
+	})
+
+	t.Run("a bare host gets the API port", func(t *testing.T) {
+		// Nothing listens on 127.0.0.1:7400 in tests (servers bind port
+		// 0), so the error names the address the host was completed to.
+		code, _, errs := run(t, env, "--addr", "127.0.0.1", "--timeout", "5s", "status")
+		if code != 1 || !strings.Contains(errs, "127.0.0.1:7400") || strings.Contains(errs, ":443") {
+			t.Fatalf("--addr 127.0.0.1: %d %q", code, errs)
+		}
+	})
+
+	t.Run("every write says what it did", func(t *testing.T) {
+		steps := []struct {
+			args []string
+			want string
+		}{
+			{[]string{"service", "register", "--ns", "payments", "--svc", "api", "--port", "http=8080/http", "--address", "10.0.0.5", "--id", "api-1", "--ttl", "1m"}, "Registered service payments/api, instance api-1 (10.0.0.5)"},
+			{[]string{"service", "register", "--ns", "payments", "--name", "web"}, "Registered service payments/web"},
+			{[]string{"service", "heartbeat", "--ns", "payments", "--svc", "api", "--id", "api-1"}, "Heartbeat recorded for instance api-1 of service payments/api"},
+			{[]string{"service", "deregister", "--ns", "payments", "--svc", "api", "--id", "api-1"}, "Deregistered instance api-1 of service payments/api"},
+			{[]string{"service", "deregister", "--ns", "payments", "--svc", "web"}, "Deregistered service payments/web and its instances"},
+			{[]string{"intention", "allow", "--from", "other", "--to", "payments/api"}, "allow other/*/* -> payments/api"},
+			{[]string{"intention", "delete", "--from", "other", "--to", "payments/api"}, "Deleted the intention other -> payments/api"},
+			{[]string{"workload", "register", "--ns", "payments", "--svc", "api", "--agent", "*", "--selector", "unix:uid:1001"}, "Registered entry"},
+		}
+		for _, s := range steps {
+			code, out, errs := run(t, env, s.args...)
+			if code != 0 || !strings.Contains(out, s.want) {
+				t.Fatalf("%v: %d %q %q; want %q", s.args, code, out, errs, s.want)
+			}
+		}
+	})
+
+	t.Run("connection errors say what to check", func(t *testing.T) {
+		other := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "other"})
+		plain := httptest.NewServer(http.NotFoundHandler())
+		defer plain.Close()
+		silent, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer silent.Close()
+		go func() {
+			for {
+				conn, err := silent.Accept()
+				if err != nil {
+					return
+				}
+				defer conn.Close() // held open, never answered
+			}
+		}()
+		down := closedPort(t)
+		tests := []struct {
+			name string
+			args []string
+			want []string
+		}{
+			{"server down", []string{"--addr", down}, []string{"no server at " + down, "is `strait server` running there? check --addr", "detail: ", "connection refused"}},
+			{"another site's server", []string{"--addr", other.Nodes[0].Addr}, []string{"belongs to trust domain other.strait, but the CA you gave is test.strait's", "check --ca-file", "detail: "}},
+			{"not TLS", []string{"--addr", strings.TrimPrefix(plain.URL, "http://")}, []string{"does not speak the API's TLS", "check --addr", "detail: "}},
+			{"no answer", []string{"--addr", silent.Addr().String(), "--timeout", "2s"}, []string{"no answer from " + silent.Addr().String() + " within --timeout", "detail: "}},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				code, _, errs := run(t, env, append(tt.args, "service", "list")...)
+				if code != 1 {
+					t.Fatalf("exit %d %q", code, errs)
+				}
+				for _, w := range tt.want {
+					if !strings.Contains(errs, w) {
+						t.Fatalf("stderr %q lacks %q", errs, w)
+					}
+				}
+			})
+		}
+	})
+}

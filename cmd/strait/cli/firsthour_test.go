@@ -143,3 +143,75 @@ func TestFirstHourAgainstARealSite(t *testing.T) {
 		}
 	})
 }
+
+// completions runs the shell's completion request and returns the names.
+func completions(t *testing.T, env map[string]string, args ...string) []string {
+	t.Helper()
+	code, out, errs := run(t, env, append([]string{"__complete"}, args...)...)
+	if code != 0 {
+		t.Fatalf("__complete %v: %d %q", args, code, errs)
+	}
+	var names []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l != "" && !strings.HasPrefix(l, ":") {
+			names = append(names, strings.SplitN(l, "\t", 2)[0])
+		}
+	}
+	return names
+}
+
+// TestCompletionFromTheSite: completion offers the site's peers,
+// namespaces and services, asked of a real server; with no server it
+// offers nothing, and says nothing.
+func TestCompletionFromTheSite(t *testing.T) {
+	site := func(name string) *controlplanetest.Cluster {
+		return controlplanetest.Start(t, 1, controlplanetest.Options{Site: name, BundleEndpoint: true})
+	}
+	a, b := site("aws-east"), site("gcp-west")
+	envOf := func(c *controlplanetest.Cluster) map[string]string {
+		return map[string]string{
+			"STRAIT_ADDR":        c.Nodes[0].Addr,
+			"STRAIT_TOKEN":       c.Token,
+			"STRAIT_CA_FILE":     controlplane.CAFile(c.Nodes[0].Dir),
+			"STRAIT_DEV_CONTEXT": filepath.Join(t.TempDir(), "none.json"),
+		}
+	}
+	envA, envB := envOf(a), envOf(b)
+	code, tok, errs := run(t, envA, "federation", "token", "--peer", "gcp")
+	if code != 0 {
+		t.Fatalf("federation token: %d %q", code, errs)
+	}
+	if code, out, errs := run(t, envB, "federation", "join", strings.TrimSpace(tok)); code != 0 {
+		t.Fatalf("federation join: %d %q %q", code, out, errs)
+	}
+	for _, s := range [][]string{{"payments", "api"}, {"payments", "web"}, {"shop", "db"}} {
+		if code, _, errs := run(t, envA, "service", "register", "--ns", s[0], "--svc", s[1]); code != 0 {
+			t.Fatalf("register %v: %q", s, errs)
+		}
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"service", "show", "--ns", ""}, "payments shop"},
+		{[]string{"service", "show", "--ns", "payments", "--svc", ""}, "api web"},
+		{[]string{"export", "--ns", "shop", "--svc", ""}, "db"},
+		{[]string{"service", "deregister", "--ns", "payments", "--svc", "w"}, "web"},
+		{[]string{"export", "--to", ""}, "gcp"},
+		{[]string{"federation", "show", ""}, "gcp"},
+		{[]string{"federation", "show", "gcp", ""}, ""},
+		{[]string{"intention", "allow", "--from", ""}, "gcp-west"},
+		{[]string{"intention", "allow", "--to", "shop/"}, "shop/* shop/db"},
+		{[]string{"token", "create", "--kind", ""}, "management write read server agent gateway"},
+		{[]string{"operator", "raft", "remove-peer", ""}, a.Nodes[0].ID},
+	}
+	for _, tt := range tests {
+		if got := strings.Join(completions(t, envA, tt.args...), " "); got != tt.want {
+			t.Errorf("complete %q: %q, want %q", tt.args, got, tt.want)
+		}
+	}
+	// No server: nothing, and no error.
+	if got := completions(t, envA, "federation", "show", "--addr", closedPort(t), ""); len(got) != 0 {
+		t.Errorf("with no server: %q", got)
+	}
+}

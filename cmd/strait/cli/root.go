@@ -109,6 +109,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	strictUsage(root)
+	g.registerCompletions(root)
 	return root
 }
 

@@ -114,6 +114,8 @@ func TestParsePort(t *testing.T) {
 		{"x=0", "", 0, "", true},
 		{"x=70000", "", 0, "", true},
 		{"x=80/udp", "", 0, "", true},
+		{"8080", "", 0, "", true},
+		{"8080/http", "", 0, "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
@@ -178,11 +179,22 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		},
 	}
 	if c.JoinToken == "" && fc.JoinTokenFile != "" {
-		b, err := os.ReadFile(fc.JoinTokenFile)
+		tok, err := readTokenFile(fc.JoinTokenFile)
 		if err != nil {
 			return c, fmt.Errorf("join_token_file: %w", err)
 		}
-		c.JoinToken = strings.TrimSpace(string(b))
+		c.JoinToken = tok
+	}
+	for _, f := range []struct{ key, path string }{
+		{"bundle_web_cert_file", fc.BundleWebCert},
+		{"bundle_web_key_file", fc.BundleWebKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return c, fmt.Errorf("%s: %w", f.key, fileProblem(f.path, err))
+		}
 	}
 	if fc.SignRate < 0 {
 		return c, fmt.Errorf("sign_rate: %d must not be negative", fc.SignRate)
@@ -199,6 +211,54 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		return c, fmt.Errorf("log_format: %q is not text or json", fc.LogFormat)
 	}
 	return c, controlplane.ValidateConfig(c)
+}
+
+// maxTokenFile bounds a join token file (a token is about 200 bytes).
+const maxTokenFile = 64 << 10
+
+// readTokenFile reads a join token from a file, trimmed.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fileProblem(path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxTokenFile {
+		return "", fmt.Errorf("%s is larger than %d bytes: not a join token file", path, maxTokenFile)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty: write the output of `strait token create --kind server` into it", path)
+	}
+	return tok, nil
+}
+
+// fileProblem says what is wrong with a file a setting names.
+func fileProblem(path string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("file %s does not exist", path)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("file %s is not readable by this user", path)
+	}
+	return err
+}
+
+// tokenArg is a --join-token value: the token itself, or @FILE for a file
+// holding it (so that the secret stays out of the process list).
+func tokenArg(s string) (string, error) {
+	if path, ok := strings.CutPrefix(s, "@"); ok {
+		tok, err := readTokenFile(path)
+		if err != nil {
+			return "", usageError{fmt.Errorf("--join-token: %w", err)}
+		}
+		return tok, nil
+	}
+	return s, nil
 }
 
 func parseLogLevel(s string) (slog.Level, error) {

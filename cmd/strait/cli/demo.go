@@ -42,6 +42,11 @@ what to type to see it work. Ctrl-C stops everything and removes every file it m
 			start := time.Now()
 			d, err := demo.Start(ctx, opts)
 			if err != nil {
+				if ctx.Err() != nil {
+					// Interrupted while starting: Start has cleaned up.
+					fmt.Fprintln(g.stderr, "\nStopped before the demo was up; nothing is left behind.")
+					return nil
+				}
 				return err
 			}
 			defer d.Stop()

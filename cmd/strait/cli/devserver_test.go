@@ -96,7 +96,12 @@ func TestTwoDevServersInOneHome(t *testing.T) {
 	for _, k := range []string{"STRAIT_DEV_CONTEXT", "STRAIT_ADDR", "STRAIT_TOKEN", "STRAIT_CA_FILE"} {
 		t.Setenv(k, "")
 	}
+	t.Setenv("PATH", t.TempDir()) // no strait on PATH: the banner must say how to run this one
 	one := startDevServer(t, "one")
+	try, _, _ := strings.Cut(strings.SplitN(one.out.String(), "Try:\n", 2)[1], "\n")
+	if f := strings.Fields(try); len(f) < 2 || !runnable(t, f[0]) {
+		t.Errorf("the dev banner's first command %q does not run", try)
+	}
 	if got := statusSite(t); got != "one" {
 		t.Fatalf("with one dev server, status reached %q", got)
 	}

@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -38,11 +41,24 @@ and the CA file, as for every client command). Names outside the mesh domain go 
 			ctx := cmd.Context()
 			st, err := cl.Operator.Status(ctx, &apipb.StatusRequest{})
 			if err != nil {
-				return err
+				cfg, _ := g.clientConfig()
+				return explainConn(err, cfg.Addrs, cl.TrustDomain())
 			}
+			// Bind here, so that a port in use fails now, and the
+			// message below says where it really listens.
+			pc, err := net.ListenPacket("udp", listen)
+			if err != nil {
+				return fmt.Errorf("dns: --listen %s: %w", listen, err)
+			}
+			defer pc.Close()
+			ln, err := net.Listen("tcp", pc.LocalAddr().String())
+			if err != nil {
+				return fmt.Errorf("dns: --listen %s (tcp): %w", listen, err)
+			}
+			defer ln.Close()
 			fc := FileConfig{}
 			srv, err := dns.New(dns.Config{
-				Addr: listen, Domain: domain, Site: st.Site, Upstreams: upstreams, PeerOrder: peerOrder, Logger: fc.logger(g.stderr),
+				Addr: listen, PacketConn: pc, Listener: ln, Domain: domain, Site: st.Site, Upstreams: upstreams, PeerOrder: peerOrder, Logger: fc.logger(g.stderr),
 				Watch: func(ctx context.Context, from uint64) (dns.Watcher, error) {
 					s, err := cl.Catalog.Watch(ctx, &apipb.WatchRequest{FromIndex: from})
 					if err != nil {
@@ -54,6 +70,11 @@ and the CA file, as for every client command). Names outside the mesh domain go 
 			if err != nil {
 				return err
 			}
+			fwd := "refused"
+			if len(upstreams) > 0 {
+				fwd = "forwarded to " + strings.Join(upstreams, ", ")
+			}
+			fmt.Fprintf(g.stderr, "Mesh DNS of site %s on %s (UDP and TCP): names under %s from the catalog; other names %s\n", st.Site, pc.LocalAddr(), domain, fwd)
 			return srv.Run(ctx)
 		},
 	}

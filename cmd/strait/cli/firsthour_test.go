@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -96,6 +98,34 @@ func TestFirstHourAgainstARealSite(t *testing.T) {
 			if code != 0 || !strings.Contains(out, s.want) {
 				t.Fatalf("%v: %d %q %q; want %q", s.args, code, out, errs, s.want)
 			}
+		}
+	})
+
+	t.Run("strait dns says where it listens", func(t *testing.T) {
+		for k, v := range env {
+			t.Setenv(k, v)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errs syncBuffer
+		done := make(chan int, 1)
+		go func() { done <- execute(ctx, []string{"dns", "--listen", "127.0.0.1:0"}, &out, &errs) }()
+		controlplanetest.WaitFor(t, 30*time.Second, func() error {
+			if !strings.Contains(errs.String(), "Mesh DNS of site test on 127.0.0.1:") {
+				return fmt.Errorf("stderr %q", errs.String())
+			}
+			return nil
+		})
+		cancel()
+		if code := <-done; code != 0 {
+			t.Fatalf("dns exited %d: %s", code, errs.String())
+		}
+	})
+
+	t.Run("version --json", func(t *testing.T) {
+		code, out, _ := run(t, nil, "version", "--json")
+		var v struct{ Version string }
+		if err := json.Unmarshal([]byte(out), &v); code != 0 || err != nil || v.Version == "" {
+			t.Fatalf("version --json: %d %q %v", code, out, err)
 		}
 	})
 

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/apiclient"
 )
 
@@ -168,6 +169,9 @@ func newVersionCmd(g *globals) *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.json {
+				return json.NewEncoder(g.stdout).Encode(map[string]string{"version": controlplane.Version})
+			}
 			fmt.Fprintln(g.stdout, version())
 			return nil
 		},

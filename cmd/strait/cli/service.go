@@ -29,6 +29,10 @@ func newServiceCmd(g *globals) *cobra.Command {
 func parsePort(s string) (*apipb.ServicePort, uint32, error) {
 	name, rest, hasNum := strings.Cut(s, "=")
 	numStr, proto, hasProto := strings.Cut(rest, "/")
+	if base, _, _ := strings.Cut(s, "/"); !hasNum && base != "" && strings.Trim(base, "0123456789") == "" {
+		// "--port 8080" would make a port named "8080" with no number.
+		return nil, 0, fmt.Errorf("--port %s: name the port, such as http=%s/http or tcp=%s", s, base, base)
+	}
 	if !hasNum {
 		name, proto, hasProto = strings.Cut(s, "/")
 		numStr = ""

@@ -6,10 +6,20 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
 )
+
+// tsString formats a timestamp, or "-" when it is unset or the zero of
+// either clock (an unset time must never read as 1970).
+func tsString(ts *timestamppb.Timestamp, layout string) string {
+	if ts == nil || (ts.Seconds == 0 && ts.Nanos == 0) || ts.AsTime().IsZero() {
+		return "-"
+	}
+	return ts.AsTime().Format(layout)
+}
 
 func newCACmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "ca", Short: "Inspect and rotate the site's CA"}
@@ -50,15 +60,7 @@ root stays trusted until every leaf it signed has expired. No handshake fails.`,
 				fmt.Fprintf(g.stdout, "Bundle sequence %d\n", st.BundleSequence)
 				t := newTable(g.stdout, "PHASE", "KEY ID", "EXPIRES", "SINCE", "NEXT STEP")
 				for _, r := range st.Roots {
-					next := "-"
-					if r.NextStep != nil {
-						next = r.NextStep.AsTime().Format(time.RFC3339)
-					}
-					since := "-"
-					if r.Since != nil {
-						since = r.Since.AsTime().Format(time.RFC3339)
-					}
-					t.row(r.Phase, r.SubjectKeyId[:16], r.NotAfter.AsTime().Format("2006-01-02"), since, next)
+					t.row(r.Phase, r.SubjectKeyId[:min(16, len(r.SubjectKeyId))], tsString(r.NotAfter, "2006-01-02"), tsString(r.Since, time.RFC3339), tsString(r.NextStep, time.RFC3339))
 				}
 				return t.flush()
 			})

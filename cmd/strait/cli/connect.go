@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"regexp"
@@ -65,10 +66,16 @@ func (g *globals) clientConfig() (apiclient.Config, error) {
 	}
 	dc, ctxPath, err := readDevContext()
 	if err != nil {
-		if len(cfg.Addrs) == 0 {
-			return cfg, errors.New("no server address: pass --addr or set STRAIT_ADDR (or start `strait server --dev`, which the CLI then finds by itself)")
+		if len(cfg.Addrs) > 0 {
+			return cfg, nil
 		}
-		return cfg, nil
+		if p := os.Getenv("STRAIT_DEV_CONTEXT"); p != "" {
+			if errors.Is(err, fs.ErrNotExist) {
+				return cfg, fmt.Errorf("no server address: STRAIT_DEV_CONTEXT names %s, which does not exist (has its dev server stopped?); pass --addr or set STRAIT_ADDR otherwise", p)
+			}
+			return cfg, fmt.Errorf("no server address: %w", err)
+		}
+		return cfg, errors.New("no server address: pass --addr or set STRAIT_ADDR (or start `strait server --dev`, which the CLI then finds by itself)")
 	}
 	if len(cfg.Addrs) > 0 && !slices.Contains(cfg.Addrs, dc.Addr) {
 		if cfg.CAFile == "" {

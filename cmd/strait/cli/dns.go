@@ -46,15 +46,11 @@ and the CA file, as for every client command). Names outside the mesh domain go 
 			}
 			// Bind here, so that a port in use fails now, and the
 			// message below says where it really listens.
-			pc, err := net.ListenPacket("udp", listen)
+			pc, ln, err := listenDNS(listen)
 			if err != nil {
-				return fmt.Errorf("dns: --listen %s: %w", listen, err)
+				return err
 			}
 			defer pc.Close()
-			ln, err := net.Listen("tcp", pc.LocalAddr().String())
-			if err != nil {
-				return fmt.Errorf("dns: --listen %s (tcp): %w", listen, err)
-			}
 			defer ln.Close()
 			fc := FileConfig{}
 			srv, err := dns.New(dns.Config{
@@ -87,3 +83,23 @@ and the CA file, as for every client command). Names outside the mesh domain go 
 }
 
 var _ dns.Watcher = streamWatcher{}
+
+// listenDNS binds UDP and TCP on the same address. With port 0, the port
+// the system picks for UDP may be taken for TCP: it tries a few.
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, _ := net.SplitHostPort(addr)
+	for attempt := 0; ; attempt++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dns: --listen %s: %w", addr, err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if port != "0" || attempt == 9 {
+			return nil, nil, fmt.Errorf("dns: --listen %s (tcp): %w", addr, err)
+		}
+	}
+}

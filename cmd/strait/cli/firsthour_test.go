@@ -110,6 +110,11 @@ func TestFirstHourAgainstARealSite(t *testing.T) {
 		done := make(chan int, 1)
 		go func() { done <- execute(ctx, []string{"dns", "--listen", "127.0.0.1:0"}, &out, &errs) }()
 		controlplanetest.WaitFor(t, 30*time.Second, func() error {
+			select {
+			case code := <-done:
+				t.Fatalf("dns exited %d: %s", code, errs.String())
+			default:
+			}
 			if !strings.Contains(errs.String(), "Mesh DNS of site test on 127.0.0.1:") {
 				return fmt.Errorf("stderr %q", errs.String())
 			}
@@ -131,6 +136,7 @@ func TestFirstHourAgainstARealSite(t *testing.T) {
 
 	t.Run("connection errors say what to check", func(t *testing.T) {
 		other := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "other"})
+		twin := controlplanetest.Start(t, 1, controlplanetest.Options{}) // the same trust domain, another CA
 		plain := httptest.NewServer(http.NotFoundHandler())
 		defer plain.Close()
 		silent, err := net.Listen("tcp", "127.0.0.1:0")
@@ -155,6 +161,7 @@ func TestFirstHourAgainstARealSite(t *testing.T) {
 		}{
 			{"server down", []string{"--addr", down}, []string{"no server at " + down, "is `strait server` running there? check --addr", "detail: ", "connection refused"}},
 			{"another site's server", []string{"--addr", other.Nodes[0].Addr}, []string{"belongs to trust domain other.strait, but the CA you gave is test.strait's", "check --ca-file", "detail: "}},
+			{"same trust domain, another CA", []string{"--addr", twin.Nodes[0].Addr}, []string{"the server's certificate at " + twin.Nodes[0].Addr + " is not from this site's CA", "check --ca-file", "detail: "}},
 			{"not TLS", []string{"--addr", strings.TrimPrefix(plain.URL, "http://")}, []string{"does not speak the API's TLS", "check --addr", "detail: "}},
 			{"no answer", []string{"--addr", silent.Addr().String(), "--timeout", "2s"}, []string{"no answer from " + silent.Addr().String() + " within --timeout", "detail: "}},
 		}

@@ -51,12 +51,12 @@ rewritten at every rotation. grpc-go needs GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=tru
 				ctx, cancel = context.WithCancel(ctx)
 				defer cancel()
 				return proxyless.Keep(ctx, socket, dir, func(s *x509svid.SVID) {
-					fmt.Fprintf(g.stdout, "wrote %s for %s\n", dir, s.ID)
+					fmt.Fprintf(g.stdout, "Wrote %s for %s\n", dir, s.ID)
 					cancel()
 				})
 			}
 			return proxyless.Keep(ctx, socket, dir, func(s *x509svid.SVID) {
-				fmt.Fprintf(g.stdout, "wrote %s for %s (expires %s)\n", dir, s.ID, s.Certificates[0].NotAfter.Format("2006-01-02T15:04:05Z07:00"))
+				fmt.Fprintf(g.stdout, "Wrote %s for %s (expires %s)\n", dir, s.ID, s.Certificates[0].NotAfter.Format("2006-01-02T15:04:05Z07:00"))
 			})
 		},
 	}

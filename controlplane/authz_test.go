@@ -2,7 +2,9 @@ package controlplane_test
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,5 +256,25 @@ func TestIntentionWarnings(t *testing.T) {
 	}
 	if l, _ := cl.Intentions.List(ctx, &apipb.ListIntentionsRequest{}); len(l.Intentions) != 3 {
 		t.Fatalf("intentions with warnings not stored: %v", l.Intentions)
+	}
+}
+
+// TestJoinTokenIgnoredIsLogged (issue 15): a server restarted with a join
+// token while its data dir already holds its identity says that the token
+// is ignored.
+func TestJoinTokenIgnoredIsLogged(t *testing.T) {
+	var logs lockedBuffer
+	var restarted atomic.Bool
+	c := controlplanetest.Start(t, 1, controlplanetest.Options{Tweak: func(cfg *controlplane.Config) {
+		if restarted.Load() {
+			cfg.JoinToken = "strait_x.y"
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		}
+	}})
+	c.Nodes[0].Stop()
+	restarted.Store(true)
+	c.Nodes[0].Restart()
+	if s := logs.String(); !strings.Contains(s, "level=WARN") || !strings.Contains(s, "join token ignored") {
+		t.Fatalf("no warning in the restarted server's log:\n%s", s)
 	}
 }

@@ -101,12 +101,17 @@ func newBundleCmd(g *globals) *cobra.Command {
 	}
 	remove := &cobra.Command{
 		Use:   "remove TRUST_DOMAIN",
-		Short: "Stop trusting another trust domain",
+		Short: "Stop trusting another trust domain (a peer's: use `strait federation remove`)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				_, err := cl.Bundle.RemoveForeign(ctx, &apipb.RemoveForeignRequest{TrustDomain: args[0]})
-				return err
+				if _, err := cl.Bundle.RemoveForeign(ctx, &apipb.RemoveForeignRequest{TrustDomain: args[0]}); err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(g.stdout, "Removed the bundle of %s\n", args[0])
+				}
+				return nil
 			})
 		},
 	}

@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"cmp"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -26,7 +24,7 @@ func newServerCmd(g *globals) *cobra.Command {
 
   strait server --dev                       one in-memory server, for trying Strait out
   strait server --site dc1 --data-dir D --bootstrap          the first server of a new site
-  strait server --site dc1 --data-dir D --join ADDR --join-token T   every other server
+  strait server --site dc1 --data-dir D --join ADDR --join-token @FILE   every other server
 
 Settings come from --config (YAML; see README.md), overridden by flags.`,
 		Args: cobra.NoArgs,
@@ -45,7 +43,11 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 			if dev && !cmd.Flags().Changed("dns-addr") && file.DNSAddr == "" {
 				file.DNSAddr = "127.0.0.1:8600"
 			}
-			cfg, err := file.serverConfig(dev, cmp.Or(joinToken, os.Getenv("STRAIT_JOIN_TOKEN")))
+			tok, err := readJoinToken(g, joinToken)
+			if err != nil {
+				return usageError{err}
+			}
+			cfg, err := file.serverConfig(dev, tok)
 			if err != nil {
 				return err
 			}
@@ -71,7 +73,7 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 	f.BoolVar(&fc.Bootstrap, "bootstrap", false, "create the site (first server, first start only)")
 	f.StringSliceVar(&fc.Join, "join", nil, "addresses of existing servers to join (first start only)")
 	f.StringArrayVar(&fc.RetryJoin, "retry-join", nil, "servers to join, retried until admitted: an address or \"provider=aws tag_key=K tag_value=V\" (repeatable)")
-	f.StringVar(&joinToken, "join-token", "", "server join token (env STRAIT_JOIN_TOKEN)")
+	f.StringVar(&joinToken, "join-token", "", "server "+joinTokenHelp)
 	f.StringVar(&fc.KEKFile, "kek-file", "", "key-encryption key file for the CA key (default <data-dir>/kek)")
 	f.BoolVar(&fc.LeaveOnTerminate, "leave-on-terminate", false, "leave the site's Raft configuration on shutdown")
 	f.StringVar(&fc.LogLevel, "log-level", "", "debug, info, warn or error")

@@ -36,6 +36,18 @@ func health(t *testing.T, cl *apiclient.Client, ns, svc, id string) apipb.Health
 	return 0
 }
 
+// gatewayClient joins a gateway to c and returns a client presenting its
+// SVID, as the gateway's heartbeats do.
+func gatewayClient(t *testing.T, c *controlplanetest.Cluster, name string) *apiclient.Client {
+	t.Helper()
+	gw, err := apiclient.Dial(apiclient.Config{Addr: c.Nodes[0].Addr, CAFile: controlplane.CAFile(c.Nodes[0].Dir), Identity: gatewayIdentity(t, c, name)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gw.Close() })
+	return gw
+}
+
 // TestLateGatewayStaysPassing (M6, issue 15 B1): a gateway whose first
 // heartbeat comes more than GatewayTTL after its site's leader took office
 // stays passing over several TTLs of heartbeats. It used to be registered
@@ -52,12 +64,7 @@ func TestLateGatewayStaysPassing(t *testing.T) {
 	c := controlplanetest.Start(t, 1, controlplanetest.Options{Clock: clock})
 	ctx := controlplanetest.Ctx(t)
 	cl := c.Client(0)
-	id := gatewayIdentity(t, c, "gw1")
-	gw, err := apiclient.Dial(apiclient.Config{Addr: c.Nodes[0].Addr, CAFile: controlplane.CAFile(c.Nodes[0].Dir), Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { gw.Close() })
+	gw := gatewayClient(t, c, "gw1")
 	clock.Advance(api.GatewayTTL + 5*time.Second) // the leader took office long ago
 	step := api.GatewayTTL / 3
 	for i := range 8 { // 8 steps: over two and a half TTLs

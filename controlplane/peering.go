@@ -75,6 +75,14 @@ func (s *Server) serverAddresses() ([]string, error) {
 	return out, nil
 }
 
+// onLoopback reports whether this site's servers all run on loopback (dev
+// sites, the demo, tests): only then may peers announce loopback addresses
+// to it (see peeraddr.Check).
+func (s *Server) onLoopback() bool {
+	addrs, err := s.serverAddresses()
+	return err == nil && peeraddr.OnLoopback(addrs)
+}
+
 // peerFacing is what a peer needs to trust and reach this site: the
 // bundle endpoint URL, the bundle document and the servers' addresses.
 func (s *Server) peerFacing() (url string, bundle []byte, addrs []string, err error) {
@@ -146,7 +154,7 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 	}
 	// The token is signed by the issuer, which is the peer: what it
 	// announces is checked like anything else a peer says.
-	loopback := peeraddr.OnLoopback(addrs)
+	loopback := s.onLoopback()
 	if err := peeraddr.CheckList(inv.Addresses, loopback); err != nil {
 		return nil, &api.FieldError{Field: "token", Rule: "server addresses: " + err.Error()}
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -170,7 +171,13 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	if err := state.Usable(rec.Token, s.cfg.Now()); err != nil {
 		return nil, status.Errorf(codes.PermissionDenied, "token %v: ask for a new one", err)
 	}
-	name := cmp.Or(rec.PeerName, req.Site)
+	intended := rec.PeerName
+	if intended == "" {
+		// Invites issued before the record kept the name carry it in
+		// their description only.
+		intended, _ = strings.CutPrefix(rec.Token.Description, "federation invite ")
+	}
+	name := cmp.Or(intended, req.Site)
 	if req.RequestedName != "" && req.RequestedName != name {
 		return nil, status.Errorf(codes.PermissionDenied, "this invitation was issued for a peer named %q, not %q: the issuing site names its peers; ask it for a new token", name, req.RequestedName)
 	}

@@ -164,7 +164,7 @@ func TestPeerNameIsTheInvitations(t *testing.T) {
 	}
 	other := fedSite(t, "aws-east-2", nil)
 	_, err = a.ClientWithToken(0, inviteSecret(t, a, "")).Federation.Accept(ctx, acceptAs("aws-east", siteBundle(t, other), ""))
-	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "own name") {
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "own name") || !strings.Contains(err.Error(), "--peer") {
 		t.Fatalf("a joiner named like this site: %v", err)
 	}
 }

@@ -181,6 +181,9 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	if req.RequestedName != "" && req.RequestedName != name {
 		return nil, status.Errorf(codes.PermissionDenied, "this invitation was issued for a peer named %q, not %q: the issuing site names its peers; ask it for a new token", name, req.RequestedName)
 	}
+	if site := s.cfg.Node.Store().Site(); site != nil && name == site.Site {
+		return nil, status.Errorf(codes.InvalidArgument, "this site is named %q too, and a peer cannot take this site's own name: ask it for a token issued with `strait federation token --peer <another name>`", name)
+	}
 	if err := CheckPeerFree(s.cfg.Node.Store(), s.cfg.TrustDomain(), name, td.Name()); err != nil {
 		return nil, err
 	}

@@ -88,8 +88,8 @@ for side in a b; do
   ns=$NSA; ip=10.99.0.1; cli=$CA
   [ $side = b ] && { ns=$NSB; ip=10.99.0.2; cli=$CB; }
   tok=$($cli token create --kind gateway | awk '/^Secret:/{print $2}')
-  ip netns exec $ns "$work/strait" gateway --name gw-$side --server $ip:7400 --data-dir "$work/gw-$side" \
-    --wan-addr $ip:8443 --join-token "$tok" --log-level warn >"$work/gw-$side.log" 2>&1 & pids+=($!)
+  STRAIT_JOIN_TOKEN="$tok" ip netns exec $ns "$work/strait" gateway --name gw-$side --server $ip:7400 --data-dir "$work/gw-$side" \
+    --wan-addr $ip:8443 --log-level warn >"$work/gw-$side.log" 2>&1 & pids+=($!)
 done
 $CB federation join "$($CA federation token 2>/dev/null)" >/dev/null
 $CB service register --ns bench --name iperf --port tcp=5201/tcp --address 10.99.0.2 --id iperf-1 >/dev/null

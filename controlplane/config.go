@@ -69,7 +69,9 @@ type Config struct {
 	BundleAddr string
 	// BundleListener, when set, is used instead of binding BundleAddr.
 	BundleListener net.Listener
-	// BundleRefreshHint is the spiffe_refresh_hint published; 5m when zero.
+	// BundleRefreshHint is the spiffe_refresh_hint published; when zero,
+	// 5m or a third of CAPropagationDelay, whichever is shorter. It must
+	// be at most a third of CAPropagationDelay.
 	BundleRefreshHint time.Duration
 	// BundleWebCertFile and BundleWebKeyFile, when set, serve the bundle
 	// endpoint with this Web PKI certificate (https_web profile) instead of
@@ -208,11 +210,12 @@ func (c *Config) setDefaults() error {
 	if c.WorkloadSVIDTTL == 0 {
 		c.WorkloadSVIDTTL = time.Hour
 	}
-	if c.BundleRefreshHint == 0 {
-		c.BundleRefreshHint = 5 * time.Minute
-	}
 	if c.CAPropagationDelay == 0 {
 		c.CAPropagationDelay = time.Hour
+	}
+	if c.BundleRefreshHint == 0 {
+		// Short enough for the propagation delay (see validate).
+		c.BundleRefreshHint = min(5*time.Minute, c.CAPropagationDelay/3)
 	}
 	if c.PeerHeartbeat == 0 {
 		c.PeerHeartbeat = replication.DefaultHeartbeat
@@ -321,6 +324,13 @@ func (c *Config) validate() error {
 	}
 	if p, err := netip.ParsePrefix(c.VirtualIPCIDR); err != nil || p.Addr().BitLen()-p.Bits() < 4 {
 		return fmt.Errorf("virtual_ip_cidr: %q must be a CIDR with room for at least 16 addresses", c.VirtualIPCIDR)
+	}
+	if c.BundleRefreshHint <= 0 || c.CAPropagationDelay <= 0 {
+		return errors.New("bundle_refresh_hint and ca_propagation_delay: must be positive")
+	}
+	if c.CAPropagationDelay < 3*c.BundleRefreshHint {
+		return fmt.Errorf("ca_propagation_delay (%s) must be at least three times bundle_refresh_hint (%s): peers and other SPIFFE implementations poll the bundle endpoint as the hint says, and one that has not fetched a new CA root before it starts signing refuses this site's certificates, and may lose the federation for good; lengthen ca_propagation_delay or shorten bundle_refresh_hint",
+			c.CAPropagationDelay, c.BundleRefreshHint)
 	}
 	if c.PeerHeartbeat < 10*time.Millisecond || c.PeerStaleAfter < 3*c.PeerHeartbeat {
 		return fmt.Errorf("peer_stale_after (%s) must be at least three peer heartbeats (%s)", c.PeerStaleAfter, c.PeerHeartbeat)

@@ -52,6 +52,9 @@ func (s *Server) prepareIdentity(ctx context.Context) (*identity, error) {
 	n, err := dd.readNode()
 	switch {
 	case err == nil:
+		if c.JoinToken != "" {
+			s.log.Warn("join token ignored: the data dir already holds this server's identity", "data_dir", c.DataDir)
+		}
 		return s.loadIdentity(ctx, dd, n)
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, err

@@ -24,6 +24,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/federation/peeraddr"
 	"github.com/straitmesh/strait/federation/token"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
@@ -74,6 +75,14 @@ func (s *Server) serverAddresses() ([]string, error) {
 	return out, nil
 }
 
+// onLoopback reports whether this site's servers all run on loopback (dev
+// sites, the demo, tests): only then may peers announce loopback addresses
+// to it (see peeraddr.Check).
+func (s *Server) onLoopback() bool {
+	addrs, err := s.serverAddresses()
+	return err == nil && peeraddr.OnLoopback(addrs)
+}
+
 // peerFacing is what a peer needs to trust and reach this site: the
 // bundle endpoint URL, the bundle document and the servers' addresses.
 func (s *Server) peerFacing() (url string, bundle []byte, addrs []string, err error) {
@@ -111,7 +120,7 @@ func (s *Server) CreateInvite(ctx context.Context, peer string, ttl time.Duratio
 	rec := &statepb.TokenRecord{SecretHash: h[:], Token: &apipb.Token{
 		AccessorId: accessor, Kind: apipb.TokenKind_TOKEN_KIND_FEDERATION, Description: "federation invite " + peer,
 		CreateTime: timestamppb.New(now), ExpireTime: expires, MaxUses: 1,
-	}}
+	}, PeerName: peer}
 	if _, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: rec}}); err != nil {
 		return nil, err
 	}
@@ -142,6 +151,15 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 	url, doc, addrs, err := s.peerFacing()
 	if err != nil {
 		return nil, err
+	}
+	// The token is signed by the issuer, which is the peer: what it
+	// announces is checked like anything else a peer says.
+	loopback := s.onLoopback()
+	if err := peeraddr.CheckList(inv.Addresses, loopback); err != nil {
+		return nil, &api.FieldError{Field: "token", Rule: "server addresses: " + err.Error()}
+	}
+	if err := peeraddr.CheckList(inv.Gateways, loopback); err != nil {
+		return nil, &api.FieldError{Field: "token", Rule: "gateway addresses: " + err.Error()}
 	}
 	peerTD := peerBundle.TrustDomain()
 	ident := mtls.NewIdentity(peerBundle.X509Bundle(), s.cfg.Now)
@@ -189,7 +207,7 @@ func (s *Server) JoinFederation(ctx context.Context, tok, name string) (*statepb
 		TrustDomain: inv.TrustDomain, EndpointUrl: inv.BundleEndpointUrl, EndpointSpiffeId: trust.BundleEndpointID(peerTD).String(),
 		Bundle: inv.Bundle, Sequence: seq, PeerName: name, PeerSite: inv.Site, PeerAddresses: inv.Addresses, PeerGateways: inv.Gateways,
 	}
-	if _, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: f}}); err != nil {
+	if _, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_AddPeer{AddPeer: &statepb.AddPeer{Peer: f}}}); err != nil {
 		return nil, err
 	}
 	s.log.Info("joined federation", "peer", name, "trust_domain", inv.TrustDomain)

@@ -353,11 +353,7 @@ func TestReplicationTriangle(t *testing.T) {
 	}
 	waitImported(t, c, "site-a", "default", "private", nil)
 	// Gateways are announced to every peer, whatever is exported.
-	_, err := b.Client(0).Catalog.Register(ctx, &apipb.RegisterRequest{
-		Service:  &apipb.Service{Namespace: "strait", Name: "gateway", Ports: []*apipb.ServicePort{{Name: "wan", Protocol: apipb.Protocol_PROTOCOL_TCP}}},
-		Instance: &apipb.Instance{Id: "gw-1", Address: "192.0.2.10", Ports: map[string]uint32{"wan": 8443}},
-	})
-	if err != nil {
+	if _, err := gatewayClient(t, b, "gw-1").Gateway.Heartbeat(ctx, &apipb.GatewayHeartbeatRequest{WanAddress: "192.0.2.10:8443"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []*controlplanetest.Cluster{a, c} {

@@ -13,13 +13,15 @@ import (
 
 // ttlTracker turns missed heartbeats into health changes. It runs on the
 // leader only and keeps heartbeat times in memory: a heartbeat costs no Raft
-// write unless it changes the instance's health. A new leader gives every
-// TTL instance a full TTL of grace from the moment it took over.
+// write unless it changes the instance's health. A passing instance the
+// tracker has no heartbeat for (every instance when a leader takes over;
+// one registered without a beat) gets a full TTL of grace from the scan
+// that first sees it. It forgets instances that are no longer passing or
+// gone, so a revived instance never inherits an old heartbeat.
 type ttlTracker struct {
-	s     *Server
-	mu    sync.Mutex
-	last  map[key]time.Time
-	since time.Time // leadership start
+	s    *Server
+	mu   sync.Mutex
+	last map[key]time.Time
 }
 
 type key struct{ ns, svc, id string }
@@ -31,7 +33,6 @@ const ttlScanInterval = 250 * time.Millisecond
 func (t *ttlTracker) run(ctx context.Context) {
 	t.mu.Lock()
 	t.last = make(map[key]time.Time)
-	t.since = t.s.cfg.Now()
 	t.mu.Unlock()
 	tick := time.NewTicker(ttlScanInterval)
 	defer tick.Stop()
@@ -57,19 +58,31 @@ func (t *ttlTracker) expired() []*apipb.InstanceKey {
 	now := t.s.cfg.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.last == nil {
+		t.last = make(map[key]time.Time)
+	}
 	var out []*apipb.InstanceKey
+	passing := make(map[key]bool)
 	t.s.store.EachTTLInstance(func(in *apipb.Instance) {
 		if in.Health != apipb.Health_HEALTH_PASSING {
 			return
 		}
-		last, ok := t.last[key{in.Namespace, in.Service, in.Id}]
-		if !ok || last.Before(t.since) {
-			last = t.since
+		k := key{in.Namespace, in.Service, in.Id}
+		passing[k] = true
+		last, ok := t.last[k]
+		if !ok {
+			t.last[k] = now
+			return
 		}
 		if now.Sub(last) > in.Ttl.AsDuration() {
 			out = append(out, &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id})
 		}
 	})
+	for k := range t.last {
+		if !passing[k] {
+			delete(t.last, k)
+		}
+	}
 	return out
 }
 

@@ -16,6 +16,16 @@ import (
 // DefaultServerTokenTTL is the lifetime of a server join token when none is given.
 const DefaultServerTokenTTL = time.Hour
 
+// Agent and gateway tokens admit one node and expire after a day unless
+// created with other bounds: a leaked token is worth little, and a fleet
+// (a launch template, an autoscaling group) asks for what it needs with
+// --max-uses and --ttl, as it must think about how many and how long
+// anyway.
+const (
+	DefaultJoinTokenTTL  = 24 * time.Hour
+	DefaultJoinTokenUses = 1
+)
+
 // MaxServerTokenUses bounds a server token's uses. Single-use unless asked:
 // a group of servers started from one template (cloud auto-join) shares
 // one token, which stays short-lived.
@@ -51,6 +61,14 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 		}
 		if req.MaxUses == 0 {
 			req.MaxUses = 1
+		}
+	}
+	if req.Kind == apipb.TokenKind_TOKEN_KIND_AGENT || req.Kind == apipb.TokenKind_TOKEN_KIND_GATEWAY {
+		if ttl == 0 {
+			ttl = DefaultJoinTokenTTL
+		}
+		if req.MaxUses == 0 {
+			req.MaxUses = DefaultJoinTokenUses
 		}
 	}
 	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.CreateTokenResponse, error) {

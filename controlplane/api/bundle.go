@@ -6,6 +6,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -56,6 +58,9 @@ func (s *Server) SetForeign(ctx context.Context, req *apipb.SetForeignRequest) (
 	}
 	if td == s.cfg.TrustDomain() {
 		return nil, fieldErr("trust_domain", "%s is this site's own trust domain", td)
+	}
+	if err := s.notAPeer(td.Name()); err != nil {
+		return nil, err
 	}
 	if u, err := url.Parse(req.EndpointUrl); err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fieldErr("endpoint_url", "%q is not an https URL", req.EndpointUrl)
@@ -109,14 +114,31 @@ func (s *Server) ListForeign(ctx context.Context, req *apipb.ListForeignRequest)
 	return resp, nil
 }
 
+// notAPeer refuses to touch a peer's trust domain as a plain foreign
+// bundle: replacing or removing it would dismantle the peering on this
+// side only (its imports orphaned, the peer never told).
+func (s *Server) notAPeer(td string) error {
+	if f, ok := s.cfg.Node.Store().ForeignBundle(td); ok && f.PeerName != "" {
+		return status.Errorf(codes.FailedPrecondition, "%s is the trust domain of peer %q, kept by the peering; to end it on both sides run `strait federation remove %s`", td, f.PeerName, f.PeerName)
+	}
+	return nil
+}
+
 func (s *Server) RemoveForeign(ctx context.Context, req *apipb.RemoveForeignRequest) (*apipb.RemoveForeignResponse, error) {
 	if _, err := spiffeid.TrustDomainFromString(req.TrustDomain); err != nil {
 		return nil, fieldErr("trust_domain", "%v", err)
+	}
+	if err := s.notAPeer(req.TrustDomain); err != nil {
+		return nil, err
 	}
 	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RemoveForeignResponse, error) {
 		return apipb.NewBundleClient(c).RemoveForeign(ctx, req)
 	}); ok {
 		return r, err
+	}
+	// Checked again on the leader, just before the write.
+	if err := s.notAPeer(req.TrustDomain); err != nil {
+		return nil, err
 	}
 	cmd := &statepb.Command{Cmd: &statepb.Command_DeleteForeignBundle{DeleteForeignBundle: &statepb.DeleteForeignBundle{TrustDomain: req.TrustDomain}}}
 	if _, _, err := s.apply(ctx, cmd); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -16,8 +18,21 @@ func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (any, uint64, 
 	return s.cfg.Node.Apply(ctx, cmd)
 }
 
+// reservedNamespace refuses catalog writes by token into the namespace
+// Strait's own gateways register in: a write token must not be able to
+// announce a fake gateway to every peer, or keep a dead one passing.
+func reservedNamespace(ns string) error {
+	if ns == state.GatewayNamespace {
+		return status.Errorf(codes.PermissionDenied, "namespace %q is reserved for Strait's gateways, which register through the Gateway API; use another namespace", ns)
+	}
+	return nil
+}
+
 func (s *Server) Register(ctx context.Context, req *apipb.RegisterRequest) (*apipb.RegisterResponse, error) {
 	if err := validateRegister(req); err != nil {
+		return nil, err
+	}
+	if err := reservedNamespace(req.Service.Namespace); err != nil {
 		return nil, err
 	}
 	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RegisterResponse, error) {
@@ -38,6 +53,9 @@ func (s *Server) Register(ctx context.Context, req *apipb.RegisterRequest) (*api
 
 func (s *Server) Deregister(ctx context.Context, req *apipb.DeregisterRequest) (*apipb.DeregisterResponse, error) {
 	if err := validateServiceRef(&req.Namespace, req.Service); err != nil {
+		return nil, err
+	}
+	if err := reservedNamespace(req.Namespace); err != nil {
 		return nil, err
 	}
 	if req.InstanceId != "" {
@@ -62,6 +80,9 @@ func (s *Server) Heartbeat(ctx context.Context, req *apipb.HeartbeatRequest) (*a
 		return nil, err
 	}
 	if err := validLabel("instance_id", req.InstanceId); err != nil {
+		return nil, err
+	}
+	if err := reservedNamespace(req.Namespace); err != nil {
 		return nil, err
 	}
 	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.HeartbeatResponse, error) {

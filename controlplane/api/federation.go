@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -15,6 +16,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/federation/peeraddr"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust/bundleendpoint"
 )
@@ -35,10 +37,16 @@ func PeerOf(f *statepb.ForeignBundle) *apipb.Peer {
 		BundleEndpointUrl: f.EndpointUrl, Bundle: ForeignStatus(f)}
 }
 
-// CheckPeerFree reports a conflict when name or td is already federated.
+// CheckPeerFree reports a conflict when name or td is already federated,
+// or names this site. It is a courtesy check before a join does any work:
+// the state machine decides for good (AddPeer), so that of two concurrent
+// joins only one can win.
 func CheckPeerFree(st *state.Store, own spiffeid.TrustDomain, name, td string) error {
 	if td == own.Name() {
 		return status.Errorf(codes.InvalidArgument, "this token was issued by this site (%s); run `strait federation join` on the other site", td)
+	}
+	if site := st.Site(); site != nil && name == site.Site {
+		return status.Errorf(codes.InvalidArgument, "a peer cannot be named %q, this site's own name; pass --name to choose another", name)
 	}
 	for _, f := range st.ForeignBundles() {
 		if f.PeerName == name {
@@ -56,6 +64,14 @@ func (s federationService) CreateInvite(ctx context.Context, req *apipb.CreateIn
 		if err := validLabel("peer", req.Peer); err != nil {
 			return nil, err
 		}
+		if site := s.cfg.Node.Store().Site(); site != nil && req.Peer == site.Site {
+			return nil, fieldErr("peer", "%q is this site's own name; name the site you invite", req.Peer)
+		}
+		for _, f := range s.cfg.Node.Store().ForeignBundles() {
+			if f.PeerName == req.Peer {
+				return nil, fieldErr("peer", "a peer named %q exists (trust domain %s); choose another name or remove it first", req.Peer, f.TrustDomain)
+			}
+		}
 	}
 	ttl := DefaultInviteTTL
 	if req.Ttl != nil {
@@ -72,6 +88,20 @@ func (s federationService) CreateInvite(ctx context.Context, req *apipb.CreateIn
 		return r, err
 	}
 	return s.cfg.Node.CreateInvite(ctx, req.Peer, ttl)
+}
+
+// peerAddrsOnLoopback reports whether this site runs on loopback, so that
+// its peers may announce loopback addresses (see peeraddr).
+func (s *Server) peerAddrsOnLoopback() bool {
+	peers, err := s.cfg.Node.Peers()
+	if err != nil {
+		return false
+	}
+	addrs := make([]string, 0, len(peers))
+	for _, p := range peers {
+		addrs = append(addrs, p.Address)
+	}
+	return peeraddr.OnLoopback(addrs)
 }
 
 func (s federationService) Join(ctx context.Context, req *apipb.JoinFederationRequest) (*apipb.JoinFederationResponse, error) {
@@ -105,39 +135,56 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	if u, err := url.Parse(req.BundleEndpointUrl); err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fieldErr("bundle_endpoint_url", "%q is not an https URL", req.BundleEndpointUrl)
 	}
-	if len(req.Addresses) == 0 || len(req.Addresses) > 16 {
-		return nil, fieldErr("addresses", "need 1 to 16 addresses")
+	if len(req.Addresses) == 0 {
+		return nil, fieldErr("addresses", "need 1 to %d addresses", peeraddr.MaxAddresses)
 	}
-	for i, a := range req.Addresses {
-		if err := validateHostPort("addresses["+itoa(i)+"]", a); err != nil {
-			return nil, err
-		}
+	loopback := s.peerAddrsOnLoopback()
+	if err := peeraddr.CheckList(req.Addresses, loopback); err != nil {
+		return nil, fieldErr("addresses", "%v", err)
 	}
-	if len(req.Gateways) > 16 {
-		return nil, fieldErr("gateways", "at most 16")
-	}
-	for i, a := range req.Gateways {
-		if err := validateHostPort("gateways["+itoa(i)+"]", a); err != nil {
-			return nil, err
-		}
+	if err := peeraddr.CheckList(req.Gateways, loopback); err != nil {
+		return nil, fieldErr("gateways", "%v", err)
 	}
 	b, err := bundleendpoint.Parse(td, req.Bundle)
 	if err != nil {
 		return nil, fieldErr("bundle", "%v", err)
 	}
-	name := cmp.Or(req.RequestedName, req.Site)
-	if err := meshname.ValidLabel(name); err != nil {
-		return nil, fieldErr("requested_name", "%v", err)
+	if req.RequestedName != "" {
+		if err := meshname.ValidLabel(req.RequestedName); err != nil {
+			return nil, fieldErr("requested_name", "%v", err)
+		}
 	}
 	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.AcceptResponse, error) {
 		return apipb.NewFederationClient(c).Accept(ctx, req)
 	}); ok {
 		return r, err
 	}
-	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_FEDERATION,
-		"the federation token is not valid here (unknown, revoked, or from another site)",
-		func() error { return CheckPeerFree(s.cfg.Node.Store(), s.cfg.TrustDomain(), name, td.Name()) })
-	if err != nil {
+	// The invite decides the peer's name: the one the issuer gave it, or
+	// else the joining site's name. A joiner asking for another (a removed
+	// peer's, say) is refused, and the invite stays unused.
+	secret, _ := ctx.Value(secretKey).(string)
+	h := state.HashSecret(secret)
+	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
+	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_FEDERATION {
+		return nil, status.Error(codes.PermissionDenied, "the federation token is not valid here (unknown, revoked, or from another site)")
+	}
+	if err := state.Usable(rec.Token, s.cfg.Now()); err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "token %v: ask for a new one", err)
+	}
+	intended := rec.PeerName
+	if intended == "" {
+		// Invites issued before the record kept the name carry it in
+		// their description only.
+		intended, _ = strings.CutPrefix(rec.Token.Description, "federation invite ")
+	}
+	name := cmp.Or(intended, req.Site)
+	if req.RequestedName != "" && req.RequestedName != name {
+		return nil, status.Errorf(codes.PermissionDenied, "this invitation was issued for a peer named %q, not %q: the issuing site names its peers; ask it for a new token", name, req.RequestedName)
+	}
+	if site := s.cfg.Node.Store().Site(); site != nil && name == site.Site {
+		return nil, status.Errorf(codes.InvalidArgument, "this site is named %q too, and a peer cannot take this site's own name: ask it for a token issued with `strait federation token --peer <another name>`", name)
+	}
+	if err := CheckPeerFree(s.cfg.Node.Store(), s.cfg.TrustDomain(), name, td.Name()); err != nil {
 		return nil, err
 	}
 	seq, _ := b.SequenceNumber()
@@ -145,7 +192,8 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 		TrustDomain: td.Name(), EndpointUrl: req.BundleEndpointUrl, EndpointSpiffeId: bundleEndpointID(td),
 		Bundle: req.Bundle, Sequence: seq, PeerName: name, PeerSite: req.Site, PeerAddresses: req.Addresses, PeerGateways: req.Gateways,
 	}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: f}}); err != nil {
+	cmd := &statepb.Command{Cmd: &statepb.Command_AddPeer{AddPeer: &statepb.AddPeer{Peer: f, InviteSecretHash: h[:]}}}
+	if _, _, err := s.apply(ctx, cmd); err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Info("site federated", "peer", name, "trust_domain", td.Name(), "token_accessor", rec.Token.AccessorId)

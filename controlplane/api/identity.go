@@ -20,6 +20,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/ca"
 )
 
 // Limits on workload entries and signing requests.
@@ -134,8 +135,8 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	if err := meshname.ValidLabel(req.Node); err != nil {
 		return nil, fieldErr("node", "%v", err)
 	}
-	if len(req.Csr) == 0 {
-		return nil, fieldErr("csr", "is required")
+	if _, err := ca.ParseCSR(req.Csr); err != nil {
+		return nil, fieldErr("csr", "%v", err)
 	}
 	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.AgentJoinResponse, error) {
 		return apipb.NewIdentityClient(c).AgentJoin(ctx, req)
@@ -152,10 +153,7 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	record := &apipb.Agent{Node: req.Node, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetAgent{SetAgent: record}}); err != nil {
-		return nil, err
-	}
+	// Sign first: an agent is recorded only with an SVID in hand.
 	id, err := trust.AgentID(s.cfg.TrustDomain(), req.Node)
 	if err != nil {
 		return nil, err
@@ -166,6 +164,10 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	}
 	auth, err := s.cfg.Node.Authorities()
 	if err != nil {
+		return nil, err
+	}
+	record := &apipb.Agent{Node: req.Node, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetAgent{SetAgent: record}}); err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Info("agent joined", "agent", req.Node, "token_accessor", rec.Token.AccessorId)

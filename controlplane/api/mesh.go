@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/policy"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/ca"
 )
 
 // Intentions and gateways (see policy and gateway/).
@@ -78,12 +80,38 @@ func (s intentionService) Set(ctx context.Context, req *apipb.SetIntentionReques
 	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetIntention{SetIntention: n}}); err != nil {
 		return nil, err
 	}
+	resp := &apipb.SetIntentionResponse{Intention: n, Warnings: intentionWarnings(s.cfg.Node.Store(), n)}
 	for _, cur := range s.cfg.Node.Store().Intentions() {
 		if cur.Source == n.Source && cur.Destination == n.Destination {
-			return &apipb.SetIntentionResponse{Intention: cur}, nil
+			resp.Intention = cur
 		}
 	}
-	return &apipb.SetIntentionResponse{Intention: n}, nil
+	return resp, nil
+}
+
+// intentionWarnings says what in an intention names nothing known: a
+// source site that is not a peer (nor this site), a destination service
+// (or namespace) with nothing registered. Such intentions are kept (a
+// peer or a service may come later), but a typo should not pass silently.
+func intentionWarnings(st *state.Store, in *apipb.Intention) []string {
+	var out []string
+	site, _, _, _ := policy.ParseSource(in.Source)
+	known := st.Site() != nil && st.Site().Site == site
+	for _, f := range st.ForeignBundles() {
+		known = known || f.PeerName == site
+	}
+	if !known {
+		out = append(out, fmt.Sprintf("no peer named %s (yet): the intention applies once a peer of that name joins (see `strait federation list`)", site))
+	}
+	ns, svc, _ := policy.ParseDestination(in.Destination)
+	if svc == "*" {
+		if sums, _ := st.ServiceSummaries(ns); len(sums) == 0 {
+			out = append(out, fmt.Sprintf("no service in namespace %s here (yet)", ns))
+		}
+	} else if _, _, _, ok := st.Service(state.ServiceKey{Namespace: ns, Name: svc}, false); !ok {
+		out = append(out, fmt.Sprintf("no service %s/%s here (yet)", ns, svc))
+	}
+	return out
 }
 
 func (s intentionService) Delete(ctx context.Context, req *apipb.DeleteIntentionRequest) (*apipb.DeleteIntentionResponse, error) {
@@ -133,8 +161,8 @@ func (s gatewayService) Join(ctx context.Context, req *apipb.GatewayJoinRequest)
 	if err := meshname.ValidLabel(req.Name); err != nil {
 		return nil, fieldErr("name", "%v", err)
 	}
-	if len(req.Csr) == 0 {
-		return nil, fieldErr("csr", "is required")
+	if _, err := ca.ParseCSR(req.Csr); err != nil {
+		return nil, fieldErr("csr", "%v", err)
 	}
 	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.GatewayJoinResponse, error) {
 		return apipb.NewGatewayClient(c).Join(ctx, req)
@@ -151,12 +179,13 @@ func (s gatewayService) Join(ctx context.Context, req *apipb.GatewayJoinRequest)
 	if err != nil {
 		return nil, err
 	}
-	record := &apipb.GatewayRecord{Name: req.Name, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetGateway{SetGateway: record}}); err != nil {
-		return nil, err
-	}
+	// Sign first: a gateway is recorded only with an SVID in hand.
 	svid, bundle, err := s.signGateway(ctx, req.Name, req.Csr)
 	if err != nil {
+		return nil, err
+	}
+	record := &apipb.GatewayRecord{Name: req.Name, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetGateway{SetGateway: record}}); err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Info("gateway joined", "gateway", req.Name, "token_accessor", rec.Token.AccessorId)
@@ -216,7 +245,10 @@ func (s gatewayService) Heartbeat(ctx context.Context, req *apipb.GatewayHeartbe
 	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: reg}}); err != nil {
 		return nil, err
 	}
-	return &apipb.GatewayHeartbeatResponse{}, nil
+	// The registration is this heartbeat: without the beat, the TTL
+	// tracker would take the last one it knew (or its own start) and mark
+	// the gateway critical again at once.
+	return &apipb.GatewayHeartbeatResponse{}, s.cfg.Node.Heartbeat(ctx, key)
 }
 
 func (s gatewayService) List(ctx context.Context, req *apipb.ListGatewaysRequest) (*apipb.ListGatewaysResponse, error) {

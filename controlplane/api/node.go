@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
-	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -94,7 +93,5 @@ type Node interface {
 }
 
 func secondsDuration(s int64) time.Duration { return time.Duration(s) * time.Second }
-
-func itoa(i int) string { return strconv.Itoa(i) }
 
 func bundleEndpointID(td spiffeid.TrustDomain) string { return trust.BundleEndpointID(td).String() }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/trust/ca"
 )
 
 func (s *Server) Status(ctx context.Context, req *apipb.StatusRequest) (*apipb.StatusResponse, error) {
@@ -65,8 +66,8 @@ func (s *Server) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinR
 	if err := validateHostPort("address", req.Address); err != nil {
 		return nil, err
 	}
-	if len(req.Csr) == 0 {
-		return nil, fieldErr("csr", "is required")
+	if _, err := ca.ParseCSR(req.Csr); err != nil {
+		return nil, fieldErr("csr", "%v", err)
 	}
 	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.JoinResponse, error) {
 		return apipb.NewClusterClient(c).Join(ctx, req)

@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"sort"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -48,6 +49,22 @@ func (s *Store) applyDeleteIntention(d *statepb.DeleteIntention) error {
 	delete(s.intentions, k)
 	s.meshChanged()
 	return nil
+}
+
+// dropIntentionsFrom removes every intention whose source is a removed
+// peer's site, so that a later peer under the same name is granted
+// nothing. Lock held.
+func (s *Store) dropIntentionsFrom(peer string) {
+	changed := false
+	for k, in := range s.intentions {
+		if strings.HasPrefix(in.Source, peer+"/") {
+			delete(s.intentions, k)
+			changed = true
+		}
+	}
+	if changed {
+		s.meshChanged()
+	}
 }
 
 // Intentions lists intentions sorted by destination, then source.

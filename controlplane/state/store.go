@@ -302,6 +302,8 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		s.agents[c.SetAgent.Node] = proto.Clone(c.SetAgent).(*apipb.Agent)
 	case *statepb.Command_SetForeignBundle:
 		err = s.applySetForeign(c.SetForeignBundle)
+	case *statepb.Command_AddPeer:
+		err = s.applyAddPeer(c.AddPeer, now)
 	case *statepb.Command_DeleteForeignBundle:
 		err = s.applyDeleteForeign(index, c.DeleteForeignBundle, &ch)
 	case *statepb.Command_PrepareRoot:
@@ -386,6 +388,14 @@ func wellFormed(cmd *statepb.Command) error {
 	case *statepb.Command_DeleteForeignBundle:
 		if c.DeleteForeignBundle.TrustDomain == "" {
 			return bad("delete foreign bundle without trust domain")
+		}
+	case *statepb.Command_AddPeer:
+		p := c.AddPeer.GetPeer()
+		if p.GetTrustDomain() == "" || len(p.Bundle) == 0 || p.PeerName == "" {
+			return bad("add peer without trust domain, bundle or peer name")
+		}
+		if h := c.AddPeer.InviteSecretHash; len(h) != 0 && len(h) != 32 {
+			return bad("add peer with a malformed invite hash")
 		}
 	case *statepb.Command_ImportBatch:
 		return wellFormedImport(c.ImportBatch)
@@ -597,11 +607,25 @@ func (s *Store) ForeignBundle(td string) (*statepb.ForeignBundle, bool) {
 
 // applySetForeign upserts a foreign bundle. A bundle never goes back to a
 // lower sequence; status-only updates (same bundle) do not wake watchers.
+// It never turns a peering into a plain foreign bundle or back, nor
+// renames a peer (peerings come and go with AddPeer and
+// DeleteForeignBundle), and a peer name stays unique.
 func (s *Store) applySetForeign(f *statepb.ForeignBundle) error {
 	if s.site != nil && f.TrustDomain == s.site.TrustDomain {
 		return fmt.Errorf("%s is this site's own trust domain: %w", f.TrustDomain, ErrConflict)
 	}
 	old, ok := s.foreign[f.TrustDomain]
+	if ok && old.PeerName != f.PeerName {
+		if old.PeerName != "" {
+			return fmt.Errorf("%s is the trust domain of peer %q: end the peering with `strait federation remove %s`: %w", f.TrustDomain, old.PeerName, old.PeerName, ErrConflict)
+		}
+		return fmt.Errorf("%s is a foreign bundle, not a peering; remove it first: %w", f.TrustDomain, ErrConflict)
+	}
+	if !ok && f.PeerName != "" {
+		if err := s.checkPeerFree(f); err != nil {
+			return err
+		}
+	}
 	if ok && f.Sequence < old.Sequence && !bytes.Equal(f.Bundle, old.Bundle) {
 		return fmt.Errorf("bundle of %s: sequence %d is older than %d: %w", f.TrustDomain, f.Sequence, old.Sequence, ErrConflict)
 	}
@@ -609,6 +633,65 @@ func (s *Store) applySetForeign(f *statepb.ForeignBundle) error {
 	if !ok || !bytes.Equal(f.Bundle, old.Bundle) {
 		s.identityChanged()
 	}
+	return nil
+}
+
+// checkPeerFree refuses a new peering whose name or trust domain is taken,
+// or whose name is this site's. Lock held.
+func (s *Store) checkPeerFree(f *statepb.ForeignBundle) error {
+	if s.site != nil {
+		if f.TrustDomain == s.site.TrustDomain {
+			return fmt.Errorf("%s is this site's own trust domain: %w", f.TrustDomain, ErrConflict)
+		}
+		if f.PeerName == s.site.Site {
+			return fmt.Errorf("a peer cannot be named %q, this site's own name: %w", f.PeerName, ErrConflict)
+		}
+	}
+	for _, o := range s.foreign {
+		if o.TrustDomain == f.TrustDomain {
+			if o.PeerName != "" {
+				return fmt.Errorf("trust domain %s is already federated (as %q); remove it first: %w", f.TrustDomain, o.PeerName, ErrConflict)
+			}
+			return fmt.Errorf("trust domain %s is already federated (as a foreign bundle); remove it first: %w", f.TrustDomain, ErrConflict)
+		}
+		if o.PeerName == f.PeerName {
+			return fmt.Errorf("a peer named %q exists (trust domain %s): %w", f.PeerName, o.TrustDomain, ErrConflict)
+		}
+	}
+	return nil
+}
+
+// applyAddPeer creates a peering, consuming the invite when one is named
+// (see AddPeer): everything or nothing.
+func (s *Store) applyAddPeer(a *statepb.AddPeer, now time.Time) error {
+	f := a.Peer
+	if err := s.checkPeerFree(f); err != nil {
+		return err
+	}
+	var acc string
+	if len(a.InviteSecretHash) > 0 {
+		var h [32]byte
+		copy(h[:], a.InviteSecretHash)
+		var ok bool
+		if acc, ok = s.byHash[h]; !ok {
+			return fmt.Errorf("unknown or revoked: %w", ErrTokenInvalid)
+		}
+		t := s.tokens[acc]
+		if t.Token.Kind != apipb.TokenKind_TOKEN_KIND_FEDERATION {
+			return fmt.Errorf("not a federation token: %w", ErrTokenInvalid)
+		}
+		if err := Usable(t.Token, now); err != nil {
+			return err
+		}
+		if t.PeerName != "" && t.PeerName != f.PeerName {
+			return fmt.Errorf("the invitation was issued for peer %q, not %q: %w", t.PeerName, f.PeerName, ErrConflict)
+		}
+		n := proto.Clone(t).(*statepb.TokenRecord)
+		n.Token.Uses++
+		s.tokens[acc] = n
+	}
+	s.foreign[f.TrustDomain] = proto.Clone(f).(*statepb.ForeignBundle)
+	s.identityChanged()
 	return nil
 }
 
@@ -623,6 +706,7 @@ func (s *Store) applyDeleteForeign(index uint64, d *statepb.DeleteForeignBundle,
 		s.dropImports(f.PeerName, nil, ch)
 		delete(s.imports, f.PeerName)
 		s.dropExportsTo(f.PeerName)
+		s.dropIntentionsFrom(f.PeerName)
 	}
 	delete(s.foreign, d.TrustDomain)
 	s.identityChanged()

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -30,12 +29,13 @@ func newAgentCmd(g *globals) *cobra.Command {
 agent token; afterwards its identity is in --data-dir. Local processes get their
 SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket>).
 
-  strait agent --node-name web-1 --server 10.0.1.5:7400 --data-dir /var/lib/strait-agent --join-token @agent.tok`,
+  strait agent --node-name web-1 --server 10.0.1.5:7400 --data-dir /var/lib/strait-agent \
+      --join-token @/etc/strait/agent-token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
-			if cfg.JoinToken, err = tokenArg(cmp.Or(cfg.JoinToken, os.Getenv("STRAIT_JOIN_TOKEN"))); err != nil {
-				return err
+			if cfg.JoinToken, err = readJoinToken(g, cfg.JoinToken); err != nil {
+				return usageError{err}
 			}
 			if cfg.Node == "" {
 				h, err := os.Hostname()
@@ -59,7 +59,7 @@ SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket
 	f := cmd.Flags()
 	f.StringVar(&cfg.Node, "node-name", "", "this agent's name, a DNS label (default: host name)")
 	f.StringSliceVar(&cfg.Servers, "server", nil, "addresses of the site's servers (repeatable)")
-	f.StringVar(&cfg.JoinToken, "join-token", "", "agent token, or @FILE to read it from a file; first start only (env STRAIT_JOIN_TOKEN)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "agent "+joinTokenHelp)
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the agent's identity")
 	f.StringVar(&cfg.SocketPath, "socket", DefaultSocket, "Workload API unix socket")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address for Prometheus /metrics (default: off)")

@@ -106,7 +106,7 @@ func newBundleCmd(g *globals) *cobra.Command {
 	remove := &cobra.Command{
 		Use:     "delete TRUST_DOMAIN",
 		Aliases: []string{"remove"},
-		Short:   "Stop trusting another trust domain",
+		Short:   "Stop trusting another trust domain (a peer's: use `strait federation delete`)",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {

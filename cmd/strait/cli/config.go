@@ -214,7 +214,7 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 }
 
 // maxTokenFile bounds a join token file (a token is about 200 bytes).
-const maxTokenFile = 64 << 10
+const maxTokenFile = 4096
 
 // readTokenFile reads a join token from a file, trimmed.
 func readTokenFile(path string) (string, error) {
@@ -246,19 +246,6 @@ func fileProblem(path string, err error) error {
 		return fmt.Errorf("file %s is not readable by this user", path)
 	}
 	return err
-}
-
-// tokenArg is a --join-token value: the token itself, or @FILE for a file
-// holding it (so that the secret stays out of the process list).
-func tokenArg(s string) (string, error) {
-	if path, ok := strings.CutPrefix(s, "@"); ok {
-		tok, err := readTokenFile(path)
-		if err != nil {
-			return "", usageError{fmt.Errorf("--join-token: %w", err)}
-		}
-		return tok, nil
-	}
-	return s, nil
 }
 
 func parseLogLevel(s string) (slog.Level, error) {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -32,12 +31,12 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 (ingress) as the intentions allow.
 
   strait gateway --name gw-1 --server 10.0.1.5:7400 --data-dir /var/lib/strait-gateway \
-      --wan-addr 0.0.0.0:8443 --advertise-wan 203.0.113.7:8443 --join-token @gateway.tok`,
+      --wan-addr 0.0.0.0:8443 --advertise-wan 203.0.113.7:8443 --join-token @/etc/strait/gateway-token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
-			if cfg.JoinToken, err = tokenArg(cmp.Or(cfg.JoinToken, os.Getenv("STRAIT_JOIN_TOKEN"))); err != nil {
-				return err
+			if cfg.JoinToken, err = readJoinToken(g, cfg.JoinToken); err != nil {
+				return usageError{err}
 			}
 			if cfg.Name == "" {
 				h, err := os.Hostname()
@@ -64,7 +63,7 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 	f.StringVar(&cfg.Name, "name", "", "this gateway's name, a DNS label (default: host name)")
 	f.StringSliceVar(&cfg.Servers, "server", nil, "a server of the site: an address, or \"provider=aws tag_key=K tag_value=V\" to find them from EC2 tags (repeatable)")
 	f.StringVar(&awsRegion, "aws-region", "", "AWS region for --server discovery (default: AWS_REGION or the shared config)")
-	f.StringVar(&cfg.JoinToken, "join-token", "", "gateway token, or @FILE to read it from a file; first start only (env STRAIT_JOIN_TOKEN)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "gateway "+joinTokenHelp)
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the gateway's identity")
 	f.StringVar(&cfg.WANAddr, "wan-addr", "0.0.0.0:8443", "address peers' gateways connect to")
 	f.StringVar(&cfg.AdvertiseWAN, "advertise-wan", "", "address announced to peers (default: --wan-addr)")

@@ -3,6 +3,7 @@ package cli
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -36,6 +37,9 @@ specific intention wins; between an allow and a deny equally specific, the deny.
 					resp, err := cl.Intentions.Set(ctx, req)
 					if err != nil {
 						return err
+					}
+					for _, w := range resp.Warnings {
+						fmt.Fprintf(g.stderr, "warning: %s\n", w)
 					}
 					if g.json {
 						return g.printJSON(resp)
@@ -94,7 +98,7 @@ specific intention wins; between an allow and a deny equally specific, the deny.
 	var chkFrom, chkTo string
 	check := &cobra.Command{
 		Use:   "check",
-		Short: "Say whether a source may connect to a destination, and which intention decides",
+		Short: "Say whether a source may connect to a destination, and which intention decides (exit 1 when denied)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
@@ -103,17 +107,23 @@ specific intention wins; between an allow and a deny equally specific, the deny.
 					return err
 				}
 				if g.json {
-					return g.printJSON(resp)
+					if err := g.printJSON(resp); err != nil {
+						return err
+					}
+				} else {
+					verdict := "denied"
+					if resp.Allowed {
+						verdict = "allowed"
+					}
+					if resp.Matched == nil {
+						fmt.Fprintf(g.stdout, "%s: no intention matches (default deny across sites)\n", verdict)
+					} else {
+						fmt.Fprintf(g.stdout, "%s by %s %s -> %s\n", verdict, actionName(resp.Matched.Action), resp.Matched.Source, resp.Matched.Destination)
+					}
 				}
-				verdict := "denied"
-				if resp.Allowed {
-					verdict = "allowed"
+				if !resp.Allowed {
+					return errDenied
 				}
-				if resp.Matched == nil {
-					fmt.Fprintf(g.stdout, "%s: no intention matches (default deny across sites)\n", verdict)
-					return nil
-				}
-				fmt.Fprintf(g.stdout, "%s by %s %s -> %s\n", verdict, actionName(resp.Matched.Action), resp.Matched.Source, resp.Matched.Destination)
 				return nil
 			})
 		},
@@ -123,6 +133,10 @@ specific intention wins; between an allow and a deny equally specific, the deny.
 	cmd.AddCommand(set(apipb.IntentionAction_INTENTION_ACTION_ALLOW, "allow"), set(apipb.IntentionAction_INTENTION_ACTION_DENY, "deny"), del, list, check)
 	return cmd
 }
+
+// errDenied makes `intention check` exit 1 when the connection would be
+// denied, so that scripts can test the verdict.
+var errDenied = errors.New("denied: the intentions do not allow this connection")
 
 func actionName(a apipb.IntentionAction) string {
 	return lowerEnum(a.String(), "INTENTION_ACTION_")

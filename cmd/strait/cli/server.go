@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"cmp"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync/atomic"
 
@@ -46,9 +44,9 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 			if dev && !cmd.Flags().Changed("dns-addr") && file.DNSAddr == "" {
 				file.DNSAddr = "127.0.0.1:8600"
 			}
-			tok, err := tokenArg(cmp.Or(joinToken, os.Getenv("STRAIT_JOIN_TOKEN")))
+			tok, err := readJoinToken(g, joinToken)
 			if err != nil {
-				return err
+				return usageError{err}
 			}
 			cfg, err := file.serverConfig(dev, tok)
 			if err != nil {
@@ -76,7 +74,7 @@ Settings come from --config (YAML; see README.md), overridden by flags.`,
 	f.BoolVar(&fc.Bootstrap, "bootstrap", false, "create the site (first server, first start only)")
 	f.StringSliceVar(&fc.Join, "join", nil, "addresses of existing servers to join (first start only)")
 	f.StringArrayVar(&fc.RetryJoin, "retry-join", nil, "servers to join, retried until admitted: an address or \"provider=aws tag_key=K tag_value=V\" (repeatable)")
-	f.StringVar(&joinToken, "join-token", "", "server join token, or @FILE to read it from a file (env STRAIT_JOIN_TOKEN)")
+	f.StringVar(&joinToken, "join-token", "", "server "+joinTokenHelp)
 	f.StringVar(&fc.KEKFile, "kek-file", "", "key-encryption key file for the CA key (default <data-dir>/kek)")
 	f.BoolVar(&fc.LeaveOnTerminate, "leave-on-terminate", false, "leave the site's Raft configuration on shutdown")
 	f.StringVar(&fc.LogLevel, "log-level", "", "debug, info, warn or error")

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -35,8 +36,12 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
   write       catalog reads and writes
   read        catalog reads and status
   server      lets new servers join this site (one unless --max-uses, at most 7; 1h unless --ttl)
-  agent       lets agents join this site (--max-uses to bound how many)
-  gateway     lets gateways join this site (--max-uses to bound how many)`,
+  agent       lets agents join this site (one within 24h unless --max-uses and --ttl)
+  gateway     lets gateways join this site (one within 24h unless --max-uses and --ttl)
+
+A fleet started from one template (an autoscaling group) needs a token for as many
+nodes, for as long, as it will start: say so with --max-uses and --ttl. Hand join tokens
+to daemons in a file (--join-token @FILE) or STRAIT_JOIN_TOKEN, never on the command line.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			k, ok := apipb.TokenKind_value["TOKEN_KIND_"+strings.ToUpper(kind)]
@@ -66,8 +71,8 @@ func newTokenCreateCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&kind, "kind", "", "management, write, read, server, agent or gateway")
 	f.StringVar(&desc, "description", "", "what the token is for")
-	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: none; 1h for server tokens)")
-	f.Uint32Var(&maxUses, "max-uses", 0, "number of uses (default unlimited; server tokens: 1)")
+	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: none; 1h for server tokens, 24h for agent and gateway tokens)")
+	f.Uint32Var(&maxUses, "max-uses", 0, "number of uses (default unlimited; 1 for server, agent and gateway tokens)")
 	return cmd
 }
 
@@ -120,4 +125,29 @@ func newTokenRevokeCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+}
+
+// joinTokenHelp is the help of the daemons' --join-token flags.
+const joinTokenHelp = "join token, first start only: @FILE reads it from FILE (env STRAIT_JOIN_TOKEN otherwise); the token itself also works, but every user of the host can read a command line"
+
+// readJoinToken resolves a daemon's --join-token: "@FILE" reads the token
+// from FILE; empty falls back to STRAIT_JOIN_TOKEN (which may be @FILE
+// too); anything else is the token itself, with a warning on stderr, since
+// /proc/PID/cmdline shows it to every user of the host.
+func readJoinToken(g *globals, flag string) (string, error) {
+	v := flag
+	if v == "" {
+		v = os.Getenv("STRAIT_JOIN_TOKEN")
+	} else if !strings.HasPrefix(v, "@") {
+		fmt.Fprintln(g.stderr, "warning: a join token on the command line is visible to every user of this host; pass --join-token @FILE or set STRAIT_JOIN_TOKEN")
+	}
+	path, ok := strings.CutPrefix(v, "@")
+	if !ok {
+		return strings.TrimSpace(v), nil
+	}
+	tok, err := readTokenFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--join-token: %w", err)
+	}
+	return tok, nil
 }

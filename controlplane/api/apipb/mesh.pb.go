@@ -205,8 +205,11 @@ func (x *SetIntentionRequest) GetIntention() *Intention {
 }
 
 type SetIntentionResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intention     *Intention             `protobuf:"bytes,1,opt,name=intention,proto3" json:"intention,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Intention *Intention             `protobuf:"bytes,1,opt,name=intention,proto3" json:"intention,omitempty"`
+	// What looks like a mistake but was stored anyway: a source site that
+	// is not a peer (yet), a destination service not registered (yet).
+	Warnings      []string `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -244,6 +247,13 @@ func (*SetIntentionResponse) Descriptor() ([]byte, []int) {
 func (x *SetIntentionResponse) GetIntention() *Intention {
 	if x != nil {
 		return x.Intention
+	}
+	return nil
+}
+
+func (x *SetIntentionResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -1057,9 +1067,10 @@ const file_controlplane_api_apipb_mesh_proto_rawDesc = "" +
 	"\fcreate_index\x18\x05 \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\x06 \x01(\x04R\vmodifyIndex\"M\n" +
 	"\x13SetIntentionRequest\x126\n" +
-	"\tintention\x18\x01 \x01(\v2\x18.strait.api.v1.IntentionR\tintention\"N\n" +
+	"\tintention\x18\x01 \x01(\v2\x18.strait.api.v1.IntentionR\tintention\"j\n" +
 	"\x14SetIntentionResponse\x126\n" +
-	"\tintention\x18\x01 \x01(\v2\x18.strait.api.v1.IntentionR\tintention\"R\n" +
+	"\tintention\x18\x01 \x01(\v2\x18.strait.api.v1.IntentionR\tintention\x12\x1a\n" +
+	"\bwarnings\x18\x02 \x03(\tR\bwarnings\"R\n" +
 	"\x16DeleteIntentionRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\"\x19\n" +

@@ -107,6 +107,7 @@ type Command struct {
 	//	*Command_SetGateway
 	//	*Command_SetIntention
 	//	*Command_DeleteIntention
+	//	*Command_AddPeer
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -345,6 +346,15 @@ func (x *Command) GetDeleteIntention() *DeleteIntention {
 	return nil
 }
 
+func (x *Command) GetAddPeer() *AddPeer {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_AddPeer); ok {
+			return x.AddPeer
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -434,6 +444,12 @@ type Command_DeleteIntention struct {
 	DeleteIntention *DeleteIntention `protobuf:"bytes,22,opt,name=delete_intention,json=deleteIntention,proto3,oneof"`
 }
 
+type Command_AddPeer struct {
+	// Creates a peering (numbered apart from the rest, which other
+	// commands may fill).
+	AddPeer *AddPeer `protobuf:"bytes,30,opt,name=add_peer,json=addPeer,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Cmd() {}
 
 func (*Command_Register) isCommand_Cmd() {}
@@ -475,6 +491,8 @@ func (*Command_SetGateway) isCommand_Cmd() {}
 func (*Command_SetIntention) isCommand_Cmd() {}
 
 func (*Command_DeleteIntention) isCommand_Cmd() {}
+
+func (*Command_AddPeer) isCommand_Cmd() {}
 
 // Bootstrap initializes a site once.
 type Bootstrap struct {
@@ -871,7 +889,10 @@ type TokenRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token *apipb.Token           `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// SHA-256 of the secret.
-	SecretHash    []byte `protobuf:"bytes,2,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	SecretHash []byte `protobuf:"bytes,2,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	// Federation invites: the name the invited site gets here, as the
+	// issuer chose it; empty: the joining site's own site name.
+	PeerName      string `protobuf:"bytes,3,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -918,6 +939,13 @@ func (x *TokenRecord) GetSecretHash() []byte {
 		return x.SecretHash
 	}
 	return nil
+}
+
+func (x *TokenRecord) GetPeerName() string {
+	if x != nil {
+		return x.PeerName
+	}
+	return ""
 }
 
 type RevokeToken struct {
@@ -1246,6 +1274,65 @@ func (x *DeleteForeignBundle) GetTrustDomain() string {
 	return ""
 }
 
+// AddPeer creates a peering: a foreign bundle with a peer name. It fails
+// when the name or the trust domain is taken (by a peering or a plain
+// foreign bundle), or names this site, so that of two concurrent joins
+// exactly one wins. On the issuing side it also consumes the federation
+// invite, atomically: a refused join leaves the invite unused.
+type AddPeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Peer  *ForeignBundle         `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	// SHA-256 of the invite's secret (issuer side); empty on the joiner's
+	// side, which holds no invite of its own.
+	InviteSecretHash []byte `protobuf:"bytes,2,opt,name=invite_secret_hash,json=inviteSecretHash,proto3" json:"invite_secret_hash,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AddPeer) Reset() {
+	*x = AddPeer{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddPeer) ProtoMessage() {}
+
+func (x *AddPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddPeer.ProtoReflect.Descriptor instead.
+func (*AddPeer) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AddPeer) GetPeer() *ForeignBundle {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+func (x *AddPeer) GetInviteSecretHash() []byte {
+	if x != nil {
+		return x.InviteSecretHash
+	}
+	return nil
+}
+
 // ImportBatch applies what a peer's replication stream delivered, and
 // records the contact. It fails when the peering no longer exists.
 type ImportBatch struct {
@@ -1268,7 +1355,7 @@ type ImportBatch struct {
 
 func (x *ImportBatch) Reset() {
 	*x = ImportBatch{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1367,7 @@ func (x *ImportBatch) String() string {
 func (*ImportBatch) ProtoMessage() {}
 
 func (x *ImportBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[13]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1380,7 @@ func (x *ImportBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportBatch.ProtoReflect.Descriptor instead.
 func (*ImportBatch) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{13}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ImportBatch) GetPeer() string {
@@ -1348,7 +1435,7 @@ type DeleteIntention struct {
 
 func (x *DeleteIntention) Reset() {
 	*x = DeleteIntention{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1447,7 @@ func (x *DeleteIntention) String() string {
 func (*DeleteIntention) ProtoMessage() {}
 
 func (x *DeleteIntention) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1460,7 @@ func (x *DeleteIntention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteIntention.ProtoReflect.Descriptor instead.
 func (*DeleteIntention) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteIntention) GetSource() string {
@@ -1401,7 +1488,7 @@ type VIPCursor struct {
 
 func (x *VIPCursor) Reset() {
 	*x = VIPCursor{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1500,7 @@ func (x *VIPCursor) String() string {
 func (*VIPCursor) ProtoMessage() {}
 
 func (x *VIPCursor) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1513,7 @@ func (x *VIPCursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPCursor.ProtoReflect.Descriptor instead.
 func (*VIPCursor) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VIPCursor) GetLast() []byte {
@@ -1449,7 +1536,7 @@ type PeerImport struct {
 
 func (x *PeerImport) Reset() {
 	*x = PeerImport{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1548,7 @@ func (x *PeerImport) String() string {
 func (*PeerImport) ProtoMessage() {}
 
 func (x *PeerImport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1561,7 @@ func (x *PeerImport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerImport.ProtoReflect.Descriptor instead.
 func (*PeerImport) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PeerImport) GetPeer() string {
@@ -1516,7 +1603,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1615,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1628,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1581,7 +1668,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1593,7 +1680,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1606,7 +1693,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1804,7 +1891,7 @@ var File_controlplane_state_statepb_state_proto protoreflect.FileDescriptor
 
 const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\x1a!controlplane/api/apipb/mesh.proto\"\xb3\v\n" +
+	"&controlplane/state/statepb/state.proto\x12\x0fstrait.state.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$controlplane/api/apipb/catalog.proto\x1a controlplane/api/apipb/acl.proto\x1a%controlplane/api/apipb/identity.proto\x1a'controlplane/api/apipb/federation.proto\x1a!controlplane/api/apipb/mesh.proto\"\xea\v\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12:\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x1a.strait.state.v1.BootstrapH\x00R\tbootstrap\x12<\n" +
@@ -1833,7 +1920,8 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\vset_gateway\x18\x14 \x01(\v2\x1c.strait.api.v1.GatewayRecordH\x00R\n" +
 	"setGateway\x12?\n" +
 	"\rset_intention\x18\x15 \x01(\v2\x18.strait.api.v1.IntentionH\x00R\fsetIntention\x12M\n" +
-	"\x10delete_intention\x18\x16 \x01(\v2 .strait.state.v1.DeleteIntentionH\x00R\x0fdeleteIntentionB\x05\n" +
+	"\x10delete_intention\x18\x16 \x01(\v2 .strait.state.v1.DeleteIntentionH\x00R\x0fdeleteIntention\x125\n" +
+	"\badd_peer\x18\x1e \x01(\v2\x18.strait.state.v1.AddPeerH\x00R\aaddPeerB\x05\n" +
 	"\x03cmd\"\xc4\x02\n" +
 	"\tBootstrap\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
@@ -1865,11 +1953,12 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"t\n" +
 	"\tSetHealth\x128\n" +
 	"\tinstances\x18\x01 \x03(\v2\x1a.strait.api.v1.InstanceKeyR\tinstances\x12-\n" +
-	"\x06health\x18\x02 \x01(\x0e2\x15.strait.api.v1.HealthR\x06health\"Z\n" +
+	"\x06health\x18\x02 \x01(\x0e2\x15.strait.api.v1.HealthR\x06health\"w\n" +
 	"\vTokenRecord\x12*\n" +
 	"\x05token\x18\x01 \x01(\v2\x14.strait.api.v1.TokenR\x05token\x12\x1f\n" +
 	"\vsecret_hash\x18\x02 \x01(\fR\n" +
-	"secretHash\".\n" +
+	"secretHash\x12\x1b\n" +
+	"\tpeer_name\x18\x03 \x01(\tR\bpeerName\".\n" +
 	"\vRevokeToken\x12\x1f\n" +
 	"\vaccessor_id\x18\x01 \x01(\tR\n" +
 	"accessorId\"/\n" +
@@ -1895,7 +1984,10 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x0epeer_addresses\x18\f \x03(\tR\rpeerAddresses\x12#\n" +
 	"\rpeer_gateways\x18\r \x03(\tR\fpeerGateways\"8\n" +
 	"\x13DeleteForeignBundle\x12!\n" +
-	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\xe3\x01\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"k\n" +
+	"\aAddPeer\x122\n" +
+	"\x04peer\x18\x01 \x01(\v2\x1e.strait.state.v1.ForeignBundleR\x04peer\x12,\n" +
+	"\x12invite_secret_hash\x18\x02 \x01(\fR\x10inviteSecretHash\"\xe3\x01\n" +
 	"\vImportBatch\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
@@ -1952,7 +2044,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
 	(*Command)(nil),                 // 1: strait.state.v1.Command
@@ -1968,38 +2060,39 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*DeleteEntry)(nil),             // 11: strait.state.v1.DeleteEntry
 	(*ForeignBundle)(nil),           // 12: strait.state.v1.ForeignBundle
 	(*DeleteForeignBundle)(nil),     // 13: strait.state.v1.DeleteForeignBundle
-	(*ImportBatch)(nil),             // 14: strait.state.v1.ImportBatch
-	(*DeleteIntention)(nil),         // 15: strait.state.v1.DeleteIntention
-	(*VIPCursor)(nil),               // 16: strait.state.v1.VIPCursor
-	(*PeerImport)(nil),              // 17: strait.state.v1.PeerImport
-	(*SnapshotHeader)(nil),          // 18: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 19: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 21: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 22: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 23: strait.api.v1.WorkloadEntry
-	(*apipb.Export)(nil),            // 24: strait.api.v1.Export
-	(*apipb.Agent)(nil),             // 25: strait.api.v1.Agent
-	(*apipb.GatewayRecord)(nil),     // 26: strait.api.v1.GatewayRecord
-	(*apipb.Intention)(nil),         // 27: strait.api.v1.Intention
-	(*apipb.InstanceKey)(nil),       // 28: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 29: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 30: strait.api.v1.Token
-	(*apipb.Change)(nil),            // 31: strait.api.v1.Change
-	(*apipb.GatewaySet)(nil),        // 32: strait.api.v1.GatewaySet
-	(*apipb.Service)(nil),           // 33: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 34: strait.api.v1.Instance
+	(*AddPeer)(nil),                 // 14: strait.state.v1.AddPeer
+	(*ImportBatch)(nil),             // 15: strait.state.v1.ImportBatch
+	(*DeleteIntention)(nil),         // 16: strait.state.v1.DeleteIntention
+	(*VIPCursor)(nil),               // 17: strait.state.v1.VIPCursor
+	(*PeerImport)(nil),              // 18: strait.state.v1.PeerImport
+	(*SnapshotHeader)(nil),          // 19: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 20: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 22: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 23: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 24: strait.api.v1.WorkloadEntry
+	(*apipb.Export)(nil),            // 25: strait.api.v1.Export
+	(*apipb.Agent)(nil),             // 26: strait.api.v1.Agent
+	(*apipb.GatewayRecord)(nil),     // 27: strait.api.v1.GatewayRecord
+	(*apipb.Intention)(nil),         // 28: strait.api.v1.Intention
+	(*apipb.InstanceKey)(nil),       // 29: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 30: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 31: strait.api.v1.Token
+	(*apipb.Change)(nil),            // 32: strait.api.v1.Change
+	(*apipb.GatewaySet)(nil),        // 33: strait.api.v1.GatewaySet
+	(*apipb.Service)(nil),           // 34: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 35: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	20, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	21, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	21, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	22, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	22, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	23, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	23, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	24, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
 	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
 	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
 	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
@@ -2007,45 +2100,47 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
-	24, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
-	25, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
-	14, // 18: strait.state.v1.Command.import_batch:type_name -> strait.state.v1.ImportBatch
-	26, // 19: strait.state.v1.Command.set_gateway:type_name -> strait.api.v1.GatewayRecord
-	27, // 20: strait.state.v1.Command.set_intention:type_name -> strait.api.v1.Intention
-	15, // 21: strait.state.v1.Command.delete_intention:type_name -> strait.state.v1.DeleteIntention
-	4,  // 22: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
-	8,  // 23: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
-	3,  // 24: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
-	4,  // 25: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
-	0,  // 26: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	20, // 27: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	20, // 28: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	20, // 29: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	28, // 30: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	29, // 31: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	30, // 32: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	20, // 33: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	20, // 34: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
-	31, // 35: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
-	32, // 36: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
-	20, // 37: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
-	2,  // 38: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	33, // 39: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	34, // 40: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 41: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	23, // 42: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	12, // 43: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	24, // 44: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
-	25, // 45: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
-	17, // 46: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
-	16, // 47: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
-	26, // 48: strait.state.v1.SnapshotRecord.gateway:type_name -> strait.api.v1.GatewayRecord
-	27, // 49: strait.state.v1.SnapshotRecord.intention:type_name -> strait.api.v1.Intention
-	50, // [50:50] is the sub-list for method output_type
-	50, // [50:50] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	25, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
+	26, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
+	15, // 18: strait.state.v1.Command.import_batch:type_name -> strait.state.v1.ImportBatch
+	27, // 19: strait.state.v1.Command.set_gateway:type_name -> strait.api.v1.GatewayRecord
+	28, // 20: strait.state.v1.Command.set_intention:type_name -> strait.api.v1.Intention
+	16, // 21: strait.state.v1.Command.delete_intention:type_name -> strait.state.v1.DeleteIntention
+	14, // 22: strait.state.v1.Command.add_peer:type_name -> strait.state.v1.AddPeer
+	4,  // 23: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
+	8,  // 24: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
+	3,  // 25: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
+	4,  // 26: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
+	0,  // 27: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
+	21, // 28: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	21, // 29: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	21, // 30: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	29, // 31: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	30, // 32: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	31, // 33: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	21, // 34: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	21, // 35: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	12, // 36: strait.state.v1.AddPeer.peer:type_name -> strait.state.v1.ForeignBundle
+	32, // 37: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
+	33, // 38: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
+	21, // 39: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
+	2,  // 40: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	34, // 41: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	35, // 42: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 43: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	24, // 44: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 45: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	25, // 46: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	26, // 47: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
+	18, // 48: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
+	17, // 49: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
+	27, // 50: strait.state.v1.SnapshotRecord.gateway:type_name -> strait.api.v1.GatewayRecord
+	28, // 51: strait.state.v1.SnapshotRecord.intention:type_name -> strait.api.v1.Intention
+	52, // [52:52] is the sub-list for method output_type
+	52, // [52:52] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -2075,8 +2170,9 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_SetGateway)(nil),
 		(*Command_SetIntention)(nil),
 		(*Command_DeleteIntention)(nil),
+		(*Command_AddPeer)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[18].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[19].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -2096,7 +2192,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

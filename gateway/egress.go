@@ -123,7 +123,7 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 	}
 	g.m.bytes.WithLabelValues("egress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("egress", service, peerTD, "ok").Inc()
-	if g.log.Enabled(ctx, slog.LevelInfo) { // the access log
+	if g.cfg.AccessLog {
 		g.log.LogAttrs(ctx, slog.LevelInfo, "connection", slog.String("direction", "egress"), slog.String("service", service),
 			slog.String("peer", peerTD), slog.String("client", client.RemoteAddr().String()), slog.String("gateway", up.gateway()),
 			slog.Int64("bytes_out", sent), slog.Int64("bytes_in", recvd), slog.Duration("duration", time.Since(start).Round(time.Millisecond)))

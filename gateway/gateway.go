@@ -76,10 +76,15 @@ type Config struct {
 	// streams to a peer go faster over several. One per CPU, at most 4,
 	// when zero.
 	TunnelsPerPeer int
-	Logger         *slog.Logger
-	Registerer     prometheus.Registerer
-	Gatherer       prometheus.Gatherer
-	Now            func() time.Time
+	// AccessLog logs every connection served (at info, msg=connection:
+	// direction, service, peer, source or client, upstream, bytes each
+	// way, duration) when it ends; off when false. Refusals and failures
+	// are logged at info whatever it says.
+	AccessLog  bool
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	Now        func() time.Time
 }
 
 // Gateway is a running gateway.

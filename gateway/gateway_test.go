@@ -85,7 +85,7 @@ func startSiteN(t testing.TB, name string, w *wan.WAN, n int, tweaks ...func(*co
 
 // startGateway joins a gateway to s and runs it; with tap, peers reach it
 // through a recording proxy.
-func (s *site) startGateway(t testing.TB, name string, tap func([]byte)) {
+func (s *site) startGateway(t testing.TB, name string, tap func([]byte), tweaks ...func(*gateway.Config)) {
 	t.Helper()
 	ctx := controlplanetest.Ctx(t)
 	if s.gwDir == "" {
@@ -118,10 +118,14 @@ func (s *site) startGateway(t testing.TB, name string, tap func([]byte)) {
 	if servers == nil {
 		servers = []string{s.Nodes[0].Addr}
 	}
-	gw, err := gateway.New(gateway.Config{Name: name, Servers: servers, DataDir: s.gwDir, JoinToken: tok.Secret,
+	cfg := gateway.Config{Name: name, Servers: servers, DataDir: s.gwDir, JoinToken: tok.Secret,
 		WANListener: ln, AdvertiseWAN: advertise, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: 2 * time.Second,
 		HandshakeTimeout: 500 * time.Millisecond, RenewCheck: 100 * time.Millisecond, TunnelsPerPeer: 2,
-		Registerer: s.reg, Gatherer: s.reg, Logger: logger})
+		AccessLog: testLogLevel <= slog.LevelInfo, Registerer: s.reg, Gatherer: s.reg, Logger: logger}
+	for _, f := range tweaks {
+		f(&cfg)
+	}
+	gw, err := gateway.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -279,43 +279,56 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 	}
 }
 
+// unknownService is the service label of streams whose SNI names no
+// exported service: the SNI is the peer's to choose, so it never becomes
+// a label value (one series per peer, however many names it tries).
+const unknownService = "unknown"
+
 // ingressStream authorizes one stream and connects it to an instance.
+// Every refusal and failure is logged at info with its cause (the access
+// log of connections served is Config.AccessLog).
 func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer spiffeid.ID) {
 	defer st.Close()
 	g.active.Add(1)
 	defer g.active.Done()
 	start := time.Now()
+	peerTD := peer.TrustDomain().Name()
 	st.SetDeadline(start.Add(g.cfg.HandshakeTimeout))
 	h, err := parseHeader(st.Header())
 	if err != nil {
+		g.m.conns.WithLabelValues("ingress", unknownService, peerTD, "bad_request").Inc()
+		g.log.Info("connection refused", "direction", "ingress", "peer", peerTD, "gateway", peer.String(), "cause", "bad tunnel header", "err", err)
 		writeStatus(st, statusBadRequest, "bad tunnel header")
 		return
 	}
 	port, svc, ns, td, ok := meshname.ParseSNI(h.SNI)
-	service := ns + "/" + svc
-	peerTD := peer.TrustDomain().Name()
 	cfg, _ := g.config()
 	ch, found := chain{}, false
 	if cfg != nil && ok && td == g.td.Name() {
 		ch, found = cfg.ingress[h.SNI]
 	}
 	if !found {
-		g.m.conns.WithLabelValues("ingress", service, peerTD, "unknown").Inc()
-		writeStatus(st, statusUnknown, fmt.Sprintf("%s is not exported by this site", h.SNI))
+		g.m.conns.WithLabelValues("ingress", unknownService, peerTD, "unknown").Inc()
+		msg := fmt.Sprintf("%s is not exported by this site", h.SNI)
+		g.log.Info("connection refused", "direction", "ingress", "peer", peerTD, "gateway", peer.String(), "cause", msg)
+		writeStatus(st, statusUnknown, msg)
 		return
 	}
+	service := ns + "/" + svc
 	// Who is calling: the source service when the calling gateway names
 	// one, else the calling gateway itself (then only site-wide
 	// intentions match).
 	principal := peer.String()
+	src := policy.Source{Site: ch.peers[peerTD]}
 	if sns, ssvc, ok := strings.Cut(h.Source, "/"); ok && meshname.ValidLabel(sns) == nil && meshname.ValidLabel(ssvc) == nil {
 		principal = "spiffe://" + peerTD + "/ns/" + sns + "/svc/" + ssvc
+		src.Namespace, src.Service = sns, ssvc
 	}
-	if !policy.EvalRBAC(ch.rules, principal) {
+	if reason, ok := g.authorize(ch, peerTD, principal, src, ns, svc); !ok {
 		g.m.denials.WithLabelValues(service, peerTD).Inc()
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
-		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "source", principal)
-		writeStatus(st, statusDenied, fmt.Sprintf("no intention allows %s to reach %s", principal, service))
+		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", reason)
+		writeStatus(st, statusDenied, reason)
 		return
 	}
 	in := cfg.in[ch.cluster]
@@ -325,7 +338,9 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	})
 	if err != nil {
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "unavailable").Inc()
-		writeStatus(st, statusUnavailable, fmt.Sprintf("no instance of %s could be reached: %v", service, err))
+		msg := fmt.Sprintf("no instance of %s could be reached: %v", service, err)
+		g.log.Info("connection failed", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", msg)
+		writeStatus(st, statusUnavailable, msg)
 		return
 	}
 	defer in.pool.done(e)
@@ -335,6 +350,8 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	// leave with them: most instances answer at once, and then the
 	// answer costs no tunnel write of its own.
 	if _, err := st.WriteDeferred(statusOKBytes); err != nil {
+		g.m.conns.WithLabelValues("ingress", service, peerTD, "unavailable").Inc()
+		g.log.Info("connection failed", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", "the peer's stream ended before the answer", "err", err)
 		return
 	}
 	st.SetDeadline(time.Time{})
@@ -343,11 +360,41 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	g.m.active.WithLabelValues("ingress").Dec()
 	g.m.bytes.WithLabelValues("ingress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("ingress", service, peerTD, "ok").Inc()
-	if g.log.Enabled(ctx, slog.LevelInfo) { // the access log
+	if g.cfg.AccessLog {
 		g.log.LogAttrs(ctx, slog.LevelInfo, "connection", slog.String("direction", "ingress"), slog.String("service", service),
-			slog.String("port", port), slog.String("source", principal), slog.String("upstream", e.addr),
+			slog.String("port", port), slog.String("peer", peerTD), slog.String("source", principal), slog.String("upstream", e.addr),
 			slog.Int64("bytes_in", sent), slog.Int64("bytes_out", recvd), slog.Duration("duration", time.Since(start).Round(time.Millisecond)))
 	}
+}
+
+// authorize decides whether principal (of the peer trust domain peerTD;
+// src as the intentions name it) may reach ns/svc through ch, and says
+// why not. The chain's RBAC rule (what Envoy enforces) must allow it;
+// when the chain carries its metadata, the peer must be one the service
+// is exported to, and policy.Decide (the evaluator behind `strait
+// intention check`) must allow it too, naming the intention that decided.
+func (g *Gateway) authorize(ch chain, peerTD, principal string, src policy.Source, ns, svc string) (string, bool) {
+	service := ns + "/" + svc
+	if ch.meta {
+		if _, ok := ch.peers[peerTD]; !ok {
+			return fmt.Sprintf("%s is not exported to %s", service, peerTD), false
+		}
+	}
+	rbac := policy.EvalRBAC(ch.rules, principal)
+	if !ch.meta {
+		if !rbac {
+			return fmt.Sprintf("no intention allows %s to reach %s", principal, service), false
+		}
+		return "", true
+	}
+	ok, matched := policy.Decide(ch.intentions, src, ns, svc)
+	reason := policy.Reason(ok, matched, principal, service)
+	if ok && !rbac {
+		// The two never disagree for rules the servers compile; refuse
+		// (fail closed) and say so.
+		return fmt.Sprintf("%s, but the ingress RBAC rule does not admit %s", reason, principal), false
+	}
+	return reason, ok
 }
 
 // dialPool connects to the least-loaded endpoint of p not in tried (nil:

@@ -1,0 +1,224 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/gateway"
+	"github.com/straitmesh/strait/internal/wan"
+)
+
+// logRecords is a slog handler keeping every record, for tests that check
+// what a gateway logs.
+type logRecords struct {
+	mu   *sync.Mutex
+	recs *[]logRecord
+}
+
+type logRecord struct {
+	level slog.Level
+	msg   string
+	attrs map[string]string
+}
+
+func newLogRecords() logRecords { return logRecords{mu: &sync.Mutex{}, recs: &[]logRecord{}} }
+
+func (h logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (h logRecords) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h logRecords) WithGroup(string) slog.Handler            { return h }
+func (h logRecords) Handle(_ context.Context, r slog.Record) error {
+	rec := logRecord{level: r.Level, msg: r.Message, attrs: map[string]string{}}
+	r.Attrs(func(a slog.Attr) bool { rec.attrs[a.Key] = a.Value.String(); return true })
+	h.mu.Lock()
+	*h.recs = append(*h.recs, rec)
+	h.mu.Unlock()
+	return nil
+}
+
+// find returns the records with msg whose attrs include every key=value
+// of want.
+func (h logRecords) find(msg string, want map[string]string) []logRecord {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []logRecord
+next:
+	for _, r := range *h.recs {
+		if r.msg != msg {
+			continue
+		}
+		for k, v := range want {
+			if r.attrs[k] != v {
+				continue next
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// streamStatus opens a stream for sni as the gateway whose data dir is
+// dir and returns the answer (nil: served).
+func streamStatus(t *testing.T, dir string, to *site, sni, source string) error {
+	t.Helper()
+	sess, err := tunnelFrom(t, dir, to)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	st, err := sess.Open(testHeader(sni, source), nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return readTestStatus(st)
+}
+
+// TestExportPeerListHonoured (M1): site A exports shop/web to peer B only,
+// and an intention allows peer C to reach shop/*: C's gateway is refused,
+// B's is served. Every refusal is logged at info with its cause, an
+// explicit deny intention named as such, distinct from the default deny;
+// a served connection is in the access log.
+func TestExportPeerListHonoured(t *testing.T) {
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b, c := startSite(t, "site-a", w), startSite(t, "site-b", w), startSite(t, "site-c", w)
+	federate(t, a, b)
+	federate(t, a, c)
+	logs := newLogRecords()
+	a.startGateway(t, "gw-a", nil, func(cfg *gateway.Config) { cfg.Logger, cfg.AccessLog = slog.New(logs), true })
+	b.startGateway(t, "gw-b", nil)
+	c.startGateway(t, "gw-c", nil)
+	port := echoServer(t)
+	register(t, a, "shop", "web", "web-1", port, apipb.Protocol_PROTOCOL_TCP)
+	register(t, a, "shop", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
+	register(t, a, "ops", "db", "db-1", port, apipb.Protocol_PROTOCOL_TCP)
+	exportTo(t, a, "shop", "web", "site-b")
+	exportTo(t, a, "shop", "api", "site-b", "site-c")
+	exportTo(t, a, "ops", "db", "*")
+	allow(t, a, "site-b", "shop/*")
+	allow(t, a, "site-c", "shop/*")
+	if _, err := a.Client(0).Intentions.Set(controlplanetest.Ctx(t), &apipb.SetIntentionRequest{Intention: &apipb.Intention{
+		Source: "site-c", Destination: "shop/api", Action: apipb.IntentionAction_INTENTION_ACTION_DENY}}); err != nil {
+		t.Fatal(err)
+	}
+	web, api, db := "main.web.shop.site-a.strait", "main.api.shop.site-a.strait", "main.db.ops.site-a.strait"
+	// B is served once A's gateway has the exports and the deny.
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		if err := streamStatus(t, b.gwDir, a, web, ""); err != nil {
+			return err
+		}
+		if err := streamStatus(t, c.gwDir, a, api, ""); err == nil || !strings.Contains(err.Error(), "denied by intention") {
+			return fmt.Errorf("C on shop/api: %v", err)
+		}
+		return nil
+	})
+	for _, tc := range []struct {
+		name, dir, sni, want string
+	}{
+		{"B on shop/web", b.gwDir, web, ""},
+		{"C on shop/web, exported to B only", c.gwDir, web, "shop/web is not exported to site-c.strait"},
+		{"B on shop/api", b.gwDir, api, ""},
+		{"C on shop/api, an explicit deny", c.gwDir, api, "denied by intention deny site-c/*/* -> shop/api"},
+		{"C on ops/db, no intention", c.gwDir, db, "no intention allows spiffe://site-c.strait/strait/gateway/gw-c to reach ops/db"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := streamStatus(t, tc.dir, a, tc.sni, "")
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("answer %v, want a refusal saying %q", err, tc.want)
+			case tc.want != "":
+				if len(logs.find("connection denied", map[string]string{"cause": tc.want})) == 0 {
+					t.Fatalf("no log record msg=\"connection denied\" cause=%q", tc.want)
+				}
+			}
+		})
+	}
+	// The access log has B's connections (logged when they end).
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		if len(logs.find("connection", map[string]string{"direction": "ingress", "service": "shop/web", "peer": "site-b.strait"})) == 0 {
+			return fmt.Errorf("no access log record for B's connection to shop/web")
+		}
+		return nil
+	})
+	for _, r := range logs.find("connection denied", nil) {
+		if r.level != slog.LevelInfo {
+			t.Fatalf("a denial logged at %s", r.level)
+		}
+	}
+}
+
+// TestUnknownSNIsAreOneSeries (M5): 1,000 streams naming distinct services
+// that do not exist add at most one series to the gateway's connection
+// counter (service="unknown"), and each is refused.
+func TestUnknownSNIsAreOneSeries(t *testing.T) {
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
+	federate(t, a, b)
+	a.startGateway(t, "gw-a", nil)
+	b.startGateway(t, "gw-b", nil)
+	// Wait for a first refusal, so the series for it exists before.
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		if err := streamStatus(t, b.gwDir, a, "main.nothing.shop.site-a.strait", ""); err == nil || !strings.Contains(err.Error(), "not exported") {
+			return fmt.Errorf("answer %v", err)
+		}
+		return nil
+	})
+	series := func() int {
+		n, err := testutil.GatherAndCount(a.reg, "strait_gateway_connections_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := series()
+	sess, err := tunnelFrom(t, b.gwDir, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 1000)
+	for worker := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := worker; i < 1000; i += 20 {
+				sni := fmt.Sprintf("main.svc%d.ns%d.site-a.strait", i, i)
+				if i%2 == 1 {
+					sni = fmt.Sprintf("x%d.y.z.other%d.strait", i, i)
+				}
+				st, err := sess.Open(testHeader(sni, ""), nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				st.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if err := readTestStatus(st); err == nil || !strings.Contains(err.Error(), "not exported") {
+					errs <- fmt.Errorf("%s: %v", sni, err)
+				}
+				st.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if after := series(); after > before+1 {
+		t.Fatalf("%d series of strait_gateway_connections_total after 1,000 unknown SNIs, %d before", after, before)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -220,5 +221,104 @@ func TestUnknownSNIsAreOneSeries(t *testing.T) {
 	}
 	if after := series(); after > before+1 {
 		t.Fatalf("%d series of strait_gateway_connections_total after 1,000 unknown SNIs, %d before", after, before)
+	}
+}
+
+// gauge is the value of the series of a gauge or counter family of reg
+// with the label name=value.
+func gauge(t *testing.T, reg *prometheus.Registry, family, name, value string) float64 {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != family {
+			continue
+		}
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if l.GetName() == name && l.GetValue() == value {
+					return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestEgressListenerLimitAndBindFailures (H2, issue 15): site A imports
+// four services. Its first gateway, limited to two egress listeners,
+// opens two and leaves two closed; a second gateway on the same host
+// cannot bind the two the first holds and opens the other two. Each says
+// so once, with what to check, and counts it; further configurations
+// (new exports of A's) log nothing more.
+func TestEgressListenerLimitAndBindFailures(t *testing.T) {
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
+	federate(t, a, b)
+	logs1, logs2 := newLogRecords(), newLogRecords()
+	a.startGateway(t, "gw-a1", nil, func(cfg *gateway.Config) { cfg.Logger, cfg.MaxEgressListeners = slog.New(logs1), 2 })
+	b.startGateway(t, "gw-b", nil)
+	port := echoServer(t)
+	for i := range 4 {
+		svc := fmt.Sprint("s", i)
+		register(t, b, "shop", svc, svc+"-1", port, apipb.Protocol_PROTOCOL_TCP)
+		exportTo(t, b, "shop", svc, "site-a")
+	}
+	listeners := func(reg *prometheus.Registry, open, other float64, state string) func() error {
+		return func() error {
+			if o, x := gauge(t, reg, "strait_gateway_egress_listeners", "state", "open"), gauge(t, reg, "strait_gateway_egress_listeners", "state", state); o != open || x != other {
+				return fmt.Errorf("%v open, %v %s; want %v and %v", o, x, state, open, other)
+			}
+			return nil
+		}
+	}
+	controlplanetest.WaitFor(t, 20*time.Second, listeners(a.reg, 2, 2, "over_limit"))
+	a2 := &site{Cluster: a.Cluster}
+	a2.startGateway(t, "gw-a2", nil, func(cfg *gateway.Config) { cfg.Logger = slog.New(logs2) })
+	controlplanetest.WaitFor(t, 20*time.Second, listeners(a2.reg, 2, 2, "bind_failed"))
+
+	// Three more configurations reach both gateways, and change nothing
+	// of their egress: nothing more is logged.
+	overLimit := func() []logRecord { return logs1.find("egress listeners over the limit not opened", nil) }
+	cannotBind := func() []logRecord {
+		return logs2.find("egress listener cannot bind", nil)
+	}
+	settled := len(overLimit())
+	if last := overLimit()[settled-1]; last.attrs["limit"] != "2" || last.attrs["not_opened"] != "2" || last.attrs["configured"] != "4" {
+		t.Fatalf("the limit's log says %v", last.attrs)
+	}
+	applied := func(l logRecords) int { return len(l.find("configuration applied", nil)) }
+	for i := range 3 {
+		n1, n2 := applied(logs1), applied(logs2)
+		svc := fmt.Sprint("local", i)
+		register(t, a, "shop", svc, svc+"-1", port, apipb.Protocol_PROTOCOL_TCP)
+		exportTo(t, a, "shop", svc, "site-b")
+		controlplanetest.WaitFor(t, 20*time.Second, func() error {
+			if applied(logs1) == n1 || applied(logs2) == n2 {
+				return fmt.Errorf("export %s not applied by both gateways yet", svc)
+			}
+			return nil
+		})
+	}
+	if n := len(overLimit()); n != settled {
+		t.Fatalf("%d log records of listeners over the limit after three configurations that did not change it, %d before", n, settled)
+	}
+	if n := gauge(t, a.reg, "strait_gateway_egress_listener_refusals_total", "cause", "limit"); n != 2 {
+		t.Fatalf("%v listeners counted over the limit, want 2", n)
+	}
+	failed := cannotBind()
+	if len(failed) != 2 {
+		t.Fatalf("%d log records of listeners that cannot bind, want 2 (one per listener)", len(failed))
+	}
+	for _, r := range failed {
+		if !strings.Contains(r.attrs["err"], "address already in use") || !strings.Contains(r.attrs["check"], "ip route add local") || r.attrs["addr"] == "" {
+			t.Fatalf("the bind failure does not say what failed and what to check: %v", r.attrs)
+		}
+	}
+	if n := gauge(t, a2.reg, "strait_gateway_egress_listener_refusals_total", "cause", "bind"); n != 2 {
+		t.Fatalf("%v bind failures counted, want 2", n)
 	}
 }

@@ -76,6 +76,10 @@ type Config struct {
 	// streams to a peer go faster over several. One per CPU, at most 4,
 	// when zero.
 	TunnelsPerPeer int
+	// MaxEgressListeners bounds the egress listeners (one per imported
+	// service and port) the gateway opens; those beyond it are not opened,
+	// logged once and counted. 4096 when zero.
+	MaxEgressListeners int
 	// AccessLog logs every connection served (at info, msg=connection:
 	// direction, service, peer, source or client, upstream, bytes each
 	// way, duration) when it ends; off when false. Refusals and failures
@@ -86,6 +90,9 @@ type Config struct {
 	Gatherer   prometheus.Gatherer
 	Now        func() time.Time
 }
+
+// DefaultMaxEgressListeners is Config.MaxEgressListeners when zero.
+const DefaultMaxEgressListeners = 4096
 
 // Gateway is a running gateway.
 type Gateway struct {
@@ -139,6 +146,12 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.TunnelsPerPeer < 0 || cfg.TunnelsPerPeer > 64 {
 		return nil, fmt.Errorf("gateway: %d tunnels per peer gateway (1 to 64)", cfg.TunnelsPerPeer)
+	}
+	if cfg.MaxEgressListeners < 0 {
+		return nil, fmt.Errorf("gateway: max egress listeners %d (at least 1; 0 means %d)", cfg.MaxEgressListeners, DefaultMaxEgressListeners)
+	}
+	if cfg.MaxEgressListeners == 0 {
+		cfg.MaxEgressListeners = DefaultMaxEgressListeners
 	}
 	if cfg.TunnelsPerPeer == 0 {
 		cfg.TunnelsPerPeer = min(runtime.GOMAXPROCS(0), 4)

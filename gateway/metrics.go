@@ -4,7 +4,8 @@ import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	conns, bytes, denials, handshakes, heartbeats *prometheus.CounterVec
-	active                                        *prometheus.GaugeVec
+	egressRefusals, tunnelRefusals                *prometheus.CounterVec
+	active, egressListeners                       *prometheus.GaugeVec
 	connectTime                                   *prometheus.HistogramVec
 	handshakeTime                                 prometheus.Histogram
 	nacks, xdsStreams                             prometheus.Counter
@@ -33,6 +34,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_heartbeats_total",
 			Help: "Heartbeats that keep the gateway in its site's catalog, by result (ok, error)."}, []string{"result"}),
 	}
-	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.heartbeats, m.active, m.connectTime, m.handshakeTime, m.nacks, m.xdsStreams)
+	m.egressListeners = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "strait_gateway_egress_listeners",
+		Help: "Egress listeners of the configuration by state: open, over_limit (not opened: beyond the gateway's listener limit), bind_failed."},
+		[]string{"state"})
+	m.egressRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_egress_listener_refusals_total",
+		Help: "Egress listeners not opened, by cause (limit: beyond the gateway's listener limit; bind: the address could not be bound), each counted once until it changes."},
+		[]string{"cause"})
+	m.tunnelRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_tunnel_stream_refusals_total",
+		Help: "Peers' tunnel streams reset by a bound, by cause (streams_per_tunnel, streams_per_peer, buffer_budget)."},
+		[]string{"cause"})
+	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.heartbeats, m.active, m.connectTime, m.handshakeTime, m.nacks, m.xdsStreams,
+		m.egressListeners, m.egressRefusals, m.tunnelRefusals)
 	return m
 }

@@ -70,6 +70,7 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "how long connections may finish at shutdown")
 	f.DurationVar(&cfg.RenewCheck, "renew-check", time.Minute, "how often the SVID is checked for renewal (half-life, or a new CA root)")
 	f.IntVar(&cfg.TunnelsPerPeer, "tunnels-per-peer", 0, "TLS connections kept to each peer gateway, streams spread over them (default: one per CPU, at most 4)")
+	f.IntVar(&cfg.MaxEgressListeners, "max-egress-listeners", gateway.DefaultMaxEgressListeners, "most egress listeners (imported services' ports) opened; the rest are logged once and counted")
 	f.BoolVar(&cfg.AccessLog, "access-log", false, "log every connection served, at info (refusals and failures are logged whatever this says)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "", "text or json")

@@ -1,11 +1,17 @@
 package gateway_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +21,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
+	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/internal/wan"
 )
 
@@ -321,4 +328,189 @@ func TestEgressListenerLimitAndBindFailures(t *testing.T) {
 	if n := gauge(t, a2.reg, "strait_gateway_egress_listener_refusals_total", "cause", "bind"); n != 2 {
 		t.Fatalf("%v bind failures counted, want 2", n)
 	}
+}
+
+// sinkServer accepts connections and never reads them (an instance that
+// has stopped reading); it holds them until the test ends.
+func sinkServer(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestStreamFloodIsBounded (M4): a fake gateway of peer B (tunnelmux over
+// mTLS with B's real gateway SVID) opens 40 streams on one tunnel to A's
+// gateway, each pushing 16 MiB to an instance that never reads. A's
+// gateway holds at most its buffer budget, refuses the streams over its
+// per-tunnel and per-peer caps with a reason B reads, resets the streams
+// holding the most when the budget is reached, and counts each; peer C's
+// requests through its real gateway succeed meanwhile.
+func TestStreamFloodIsBounded(t *testing.T) {
+	const perTunnel, perPeer, budgetMiB = 24, 16, 16
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b, c := startSite(t, "site-a", w), startSite(t, "site-b", w), startSite(t, "site-c", w)
+	federate(t, a, b)
+	federate(t, a, c)
+	a.startGateway(t, "gw-a", nil, func(cfg *gateway.Config) {
+		cfg.MaxStreamsPerTunnel, cfg.MaxStreamsPerPeer, cfg.TunnelBufferMiB = perTunnel, perPeer, budgetMiB
+	})
+	b.startGateway(t, "gw-b", nil)
+	c.startGateway(t, "gw-c", nil)
+	register(t, a, "shop", "sink", "sink-1", sinkServer(t), apipb.Protocol_PROTOCOL_TCP)
+	echoPort := echoServer(t)
+	register(t, a, "shop", "echo", "echo-1", echoPort, apipb.Protocol_PROTOCOL_TCP)
+	exportTo(t, a, "shop", "sink", "site-b")
+	exportTo(t, a, "shop", "echo", "site-c")
+	allow(t, a, "site-b", "shop/sink")
+	allow(t, a, "site-c", "shop/echo")
+	sink := "main.sink.shop.site-a.strait"
+	controlplanetest.WaitFor(t, 20*time.Second, func() error { return streamStatus(t, b.gwDir, a, sink, "") })
+	echoAddr := ""
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		vip, err := resolve(t, c, "echo.shop.site-a.mesh")
+		if err != nil {
+			return err
+		}
+		echoAddr = net.JoinHostPort(vip, strconv.Itoa(echoPort))
+		_, err = echo(echoAddr, "warm")
+		return err
+	})
+
+	// The budget is sampled throughout.
+	budget := int64(budgetMiB) << 20
+	var peak atomic.Int64
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if n := a.gw.TunnelBuffered(); n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+
+	sess, err := tunnelFrom(t, b.gwDir, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	payload := bytes.Repeat([]byte("flood..."), 16<<20/8)
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	record := func(s string) { mu.Lock(); outcomes[s]++; mu.Unlock() }
+	var wg sync.WaitGroup
+	for range 40 {
+		st, err := sess.Open(testHeader(sink, ""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(2)
+		go func() { defer wg.Done(); st.Write(payload) }()
+		go func() {
+			defer wg.Done()
+			defer st.Close()
+			st.SetReadDeadline(time.Now().Add(30 * time.Second))
+			br := bufio.NewReader(st)
+			if err := readTestStatus(br); err != nil {
+				record(resetReason(err))
+				return
+			}
+			go func() { <-stop; st.SetReadDeadline(time.Now()) }()
+			st.SetReadDeadline(time.Time{})
+			_, err := br.ReadByte()
+			record("served, then " + resetReason(err))
+		}()
+	}
+	// Once the budget has cut a stream, C's requests still succeed.
+	refusals := func(cause string) float64 {
+		return gauge(t, a.reg, "strait_gateway_tunnel_stream_refusals_total", "cause", cause)
+	}
+	controlplanetest.WaitFor(t, 60*time.Second, func() error {
+		if refusals("buffer_budget") == 0 {
+			return fmt.Errorf("no stream cut by the budget yet (%d bytes held)", a.gw.TunnelBuffered())
+		}
+		return nil
+	})
+	for i := range 20 {
+		line := fmt.Sprint("healthy-", i)
+		if got, err := echo(echoAddr, line); err != nil || got != line+"\n" {
+			t.Fatalf("peer C's request %d during the flood: %q, %v", i, got, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(stopSampling)
+	<-sampled
+	t.Logf("outcomes of the 40 streams: %v; peak %d bytes held (budget %d)", outcomes, peak.Load(), budget)
+	if p := peak.Load(); p > budget {
+		t.Fatalf("%d bytes held at the peak, over the budget of %d", p, budget)
+	}
+	for reason, cause := range map[string]string{
+		fmt.Sprintf("too many streams on this tunnel (at most %d)", perTunnel):         "streams_per_tunnel",
+		fmt.Sprintf("too many streams from site-b.strait (at most %d)", perPeer):       "streams_per_peer",
+		"served, then buffer budget exhausted: this stream held the most unread bytes": "buffer_budget",
+	} {
+		if outcomes[reason] == 0 {
+			t.Errorf("no stream of B's ended with %q", reason)
+		}
+		if refusals(cause) == 0 {
+			t.Errorf("no refusal counted for %s", cause)
+		}
+	}
+	served := 0
+	for reason, n := range outcomes {
+		if strings.HasPrefix(reason, "served") {
+			served += n
+		}
+	}
+	if served > perPeer {
+		t.Errorf("%d of B's streams served at once, over the cap of %d", served, perPeer)
+	}
+	if n, _ := testutil.GatherAndCount(a.reg, "strait_gateway_tunnel_buffered_bytes"); n != 1 {
+		t.Errorf("the buffered bytes gauge is missing")
+	}
+}
+
+// resetReason is the reason of a stream reset by the peer, or the error.
+func resetReason(err error) string {
+	if errors.Is(err, tunnelmux.ErrReset) {
+		_, reason, _ := strings.Cut(err.Error(), "stream reset by the peer: ")
+		return reason
+	}
+	if err == nil {
+		return "no error"
+	}
+	return err.Error()
 }

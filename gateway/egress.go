@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/straitmesh/strait/internal/tunnelmux"
 )
 
 // runEgress keeps one listener per egress listener of the configuration
@@ -172,6 +174,12 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 		return
 	}
 	g.m.bytes.WithLabelValues("egress", service, peerTD).Add(float64(sent + recvd))
+	if cut := up.cutBy(); cut != nil {
+		g.m.conns.WithLabelValues("egress", service, peerTD, "reset").Inc()
+		g.log.Info("connection cut by the peer", "direction", "egress", "service", service, "peer", peerTD, "client", client.RemoteAddr(),
+			"gateway", up.gateway(), "cause", cut)
+		return
+	}
 	g.m.conns.WithLabelValues("egress", service, peerTD, "ok").Inc()
 	if g.cfg.AccessLog {
 		g.log.LogAttrs(ctx, slog.LevelInfo, "connection", slog.String("direction", "egress"), slog.String("service", service),
@@ -208,6 +216,7 @@ type upstream struct {
 	accepted bool
 	finished bool  // the client closed its side
 	err      error // the connection failed for good
+	cut      error // the peer reset the stream after accepting it
 }
 
 func newUpstream(ctx context.Context, client net.Conn, p *pool, timeout time.Duration, open func(context.Context, string, []byte) (net.Conn, error)) *upstream {
@@ -321,7 +330,20 @@ func (u *upstream) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return u.r.Read(p)
+	n, err := u.r.Read(p)
+	if err != nil && errors.Is(err, tunnelmux.ErrReset) {
+		u.mu.Lock()
+		u.cut = err
+		u.mu.Unlock()
+	}
+	return n, err
+}
+
+// cutBy is why the peer reset the stream after accepting it, or nil.
+func (u *upstream) cutBy() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.cut
 }
 
 // answer waits for a gateway to accept the stream, moving it to another

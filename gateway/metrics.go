@@ -1,6 +1,10 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/straitmesh/strait/internal/tunnelmux"
+)
 
 type metrics struct {
 	conns, bytes, denials, handshakes, heartbeats *prometheus.CounterVec
@@ -11,7 +15,7 @@ type metrics struct {
 	nacks, xdsStreams                             prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, budget *tunnelmux.Budget) *metrics {
 	m := &metrics{
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_connections_total",
 			Help: "Connections by direction (egress: from local clients; ingress: from peers; control: peers' servers passed through to this site's), service, peer trust domain and result."},
@@ -41,9 +45,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Egress listeners not opened, by cause (limit: beyond the gateway's listener limit; bind: the address could not be bound), each counted once until it changes."},
 		[]string{"cause"})
 	m.tunnelRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_tunnel_stream_refusals_total",
-		Help: "Peers' tunnel streams reset by a bound, by cause (streams_per_tunnel, streams_per_peer, buffer_budget)."},
+		Help: "Tunnel streams reset by a bound, by cause (streams_per_tunnel, streams_per_peer, accept_backlog, buffer_budget)."},
 		[]string{"cause"})
 	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.heartbeats, m.active, m.connectTime, m.handshakeTime, m.nacks, m.xdsStreams,
-		m.egressListeners, m.egressRefusals, m.tunnelRefusals)
+		m.egressListeners, m.egressRefusals, m.tunnelRefusals,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strait_gateway_tunnel_buffered_bytes",
+			Help: "Bytes received on tunnels and not yet passed on, across all streams (bounded by the tunnel buffer budget)."},
+			func() float64 { return float64(budget.Buffered()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strait_gateway_tunnel_buffer_budget_bytes",
+			Help: "The tunnel buffer budget: the most bytes received on tunnels and not yet passed on."},
+			func() float64 { return float64(budget.Limit()) }))
 	return m
 }

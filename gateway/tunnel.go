@@ -35,6 +35,9 @@ type tunnels struct {
 	// sessions accepted from peers, closed at shutdown.
 	accepted map[*tunnelmux.Session]struct{}
 	closed   bool
+	// peerStreams counts the streams being served by peer trust domain,
+	// over all its tunnels (Config.MaxStreamsPerPeer).
+	peerStreams map[string]int
 }
 
 type slotKey struct {
@@ -48,7 +51,28 @@ type slot struct {
 }
 
 func newTunnels(g *Gateway) *tunnels {
-	return &tunnels{g: g, slots: make(map[slotKey]*slot), accepted: make(map[*tunnelmux.Session]struct{})}
+	return &tunnels{g: g, slots: make(map[slotKey]*slot), accepted: make(map[*tunnelmux.Session]struct{}), peerStreams: map[string]int{}}
+}
+
+// admit takes one of peer's places for a stream to serve; false when
+// they are all taken.
+func (t *tunnels) admit(peer string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.peerStreams[peer] >= t.g.cfg.MaxStreamsPerPeer {
+		return false
+	}
+	t.peerStreams[peer]++
+	return true
+}
+
+// release gives back a place admit took.
+func (t *tunnels) release(peer string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.peerStreams[peer]--; t.peerStreams[peer] <= 0 {
+		delete(t.peerStreams, peer)
+	}
 }
 
 // open returns a new stream, opened with hdr and sending early (which
@@ -122,7 +146,7 @@ func (t *tunnels) dial(ctx context.Context, addr, peerTD string, timeout time.Du
 	}
 	t.g.m.handshakes.WithLabelValues("client", "ok").Inc()
 	t.g.m.handshakeTime.Observe(time.Since(start).Seconds())
-	return tunnelmux.Client(conn, tunnelConfig), nil
+	return tunnelmux.Client(conn, t.g.tunnelConfig(peerTD)), nil
 }
 
 func (t *tunnels) close() {
@@ -255,7 +279,10 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 	}
 	g.m.handshakes.WithLabelValues("server", "ok").Inc()
 	peer, _ := mtls.PeerID(conn.ConnectionState())
-	sess := tunnelmux.Server(conn, tunnelConfig)
+	peerTD := peer.TrustDomain().Name()
+	tcfg := g.tunnelConfig(peerTD)
+	sess := tunnelmux.Server(conn, tcfg)
+	var logged sync.Map // refusals logged on this tunnel beyond tcfg's own
 	if !g.tunnels.track(sess, true) {
 		sess.Close()
 		return
@@ -271,13 +298,22 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 		if err != nil {
 			return
 		}
+		if !g.tunnels.admit(peerTD) {
+			g.tunnelRefused(peerTD, causeStreamsPerPeer, &logged)
+			st.Reset(fmt.Sprintf("too many streams from %s (at most %d)", peerTD, g.cfg.MaxStreamsPerPeer))
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer g.tunnels.release(peerTD)
 			g.ingressStream(ctx, st, peer)
 		}()
 	}
 }
+
+// causeStreamsPerPeer is the refusal cause of Config.MaxStreamsPerPeer.
+const causeStreamsPerPeer = "streams_per_peer"
 
 // unknownService is the service label of streams whose SNI names no
 // exported service: the SNI is the peer's to choose, so it never becomes

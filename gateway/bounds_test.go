@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ import (
 	"github.com/straitmesh/strait/gateway"
 	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/internal/wan"
+	"github.com/straitmesh/strait/trust/svidfile"
 )
 
 // logRecords is a slog handler keeping every record, for tests that check
@@ -513,4 +516,46 @@ func resetReason(err error) string {
 		return "no error"
 	}
 	return err.Error()
+}
+
+// TestGatewaySVIDLivesAnHour (L4): a gateway's SVID lasts at most an hour
+// (how long a revoked gateway can still reach peers, which check only the
+// certificate); past half its life the gateway renews it; a gateway
+// started with an expired one says what to do and exits.
+func TestGatewaySVIDLivesAnHour(t *testing.T) {
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a := startSite(t, "site-a", w)
+	var skew atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	a.startGateway(t, "gw-a", nil, func(cfg *gateway.Config) { cfg.Now = now })
+	leaf := func() *x509.Certificate {
+		chain, _, _, err := svidfile.Read(filepath.Join(a.gwDir, "tls"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chain[0]
+	}
+	first := leaf()
+	if left := time.Until(first.NotAfter); left > time.Hour {
+		t.Fatalf("gateway SVID valid for %s more, want at most 1h", left.Round(time.Second))
+	}
+	skew.Store(int64(31 * time.Minute))
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		if leaf().SerialNumber.Cmp(first.SerialNumber) == 0 {
+			return fmt.Errorf("not renewed past half-life")
+		}
+		return nil
+	})
+	a.stopGW()
+	gw, err := gateway.New(gateway.Config{Name: "gw-a", Servers: []string{a.Nodes[0].Addr}, DataDir: a.gwDir, WANAddr: "127.0.0.1:0",
+		Now: func() time.Time { return time.Now().Add(2 * time.Hour) }, Logger: slog.New(newLogRecords())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := gw.Run(ctx); err == nil || !strings.Contains(err.Error(), "SVID expired") || !strings.Contains(err.Error(), "strait gateway revoke gw-a") {
+		t.Fatalf("a gateway with an expired SVID: %v, want it to say so and what to do", err)
+	}
 }

@@ -946,6 +946,10 @@ func TestConfigRefusals(t *testing.T) {
 		{"no wan address", func(c *gateway.Config) { c.WANAddr = "" }, "wan address"},
 		{"negative tunnels", func(c *gateway.Config) { c.TunnelsPerPeer = -1 }, "tunnels per peer"},
 		{"too many tunnels", func(c *gateway.Config) { c.TunnelsPerPeer = 65 }, "tunnels per peer"},
+		{"negative streams per tunnel", func(c *gateway.Config) { c.MaxStreamsPerTunnel = -1 }, "max streams per tunnel"},
+		{"negative streams per peer", func(c *gateway.Config) { c.MaxStreamsPerPeer = -1 }, "max streams per peer"},
+		{"negative tunnel buffer", func(c *gateway.Config) { c.TunnelBufferMiB = -1 }, "tunnel buffer"},
+		{"negative egress listeners", func(c *gateway.Config) { c.MaxEgressListeners = -1 }, "max egress listeners"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := ok

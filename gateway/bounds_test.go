@@ -133,22 +133,27 @@ func TestExportPeerListHonoured(t *testing.T) {
 		}
 		return nil
 	})
+	noIntention := "no intention allows spiffe://site-c.strait/strait/gateway/gw-c to reach ops/db"
+	explicit := "denied by intention deny site-c/*/* -> shop/api"
 	for _, tc := range []struct {
-		name, dir, sni, want string
+		name, dir, sni string
+		// answer is what the peer reads, want the cause logged.
+		answer, want string
 	}{
-		{"B on shop/web", b.gwDir, web, ""},
-		{"C on shop/web, exported to B only", c.gwDir, web, "shop/web is not exported to site-c.strait"},
-		{"B on shop/api", b.gwDir, api, ""},
-		{"C on shop/api, an explicit deny", c.gwDir, api, "denied by intention deny site-c/*/* -> shop/api"},
-		{"C on ops/db, no intention", c.gwDir, db, "no intention allows spiffe://site-c.strait/strait/gateway/gw-c to reach ops/db"},
+		{"B on shop/web", b.gwDir, web, "", ""},
+		// C is answered as for a service that does not exist.
+		{"C on shop/web, exported to B only", c.gwDir, web, web + " is not exported to site-c.strait", "shop/web is exported, but not to site-c.strait"},
+		{"B on shop/api", b.gwDir, api, "", ""},
+		{"C on shop/api, an explicit deny", c.gwDir, api, explicit, explicit},
+		{"C on ops/db, no intention", c.gwDir, db, noIntention, noIntention},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := streamStatus(t, tc.dir, a, tc.sni, "")
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)
-			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-				t.Fatalf("answer %v, want a refusal saying %q", err, tc.want)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.answer)):
+				t.Fatalf("answer %v, want a refusal saying %q", err, tc.answer)
 			case tc.want != "":
 				if len(logs.find("connection denied", map[string]string{"cause": tc.want})) == 0 {
 					t.Fatalf("no log record msg=\"connection denied\" cause=%q", tc.want)

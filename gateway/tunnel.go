@@ -345,12 +345,22 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	}
 	if !found {
 		g.m.conns.WithLabelValues("ingress", unknownService, peerTD, "unknown").Inc()
-		msg := fmt.Sprintf("%s is not exported by this site", h.SNI)
+		msg := fmt.Sprintf("%s is not exported to %s", h.SNI, peerTD)
 		g.log.Info("connection refused", "direction", "ingress", "peer", peerTD, "gateway", peer.String(), "cause", msg)
 		writeStatus(st, statusUnknown, msg)
 		return
 	}
 	service := ns + "/" + svc
+	if _, ok := ch.peers[peerTD]; ch.meta && !ok {
+		// Exported to other peers only: the peer is told what it is told
+		// of a service that does not exist; the log says which it is.
+		g.m.denials.WithLabelValues(service, peerTD).Inc()
+		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
+		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "gateway", peer.String(),
+			"cause", fmt.Sprintf("%s is exported, but not to %s", service, peerTD))
+		writeStatus(st, statusUnknown, fmt.Sprintf("%s is not exported to %s", h.SNI, peerTD))
+		return
+	}
 	// Who is calling: the source service when the calling gateway names
 	// one, else the calling gateway itself (then only site-wide
 	// intentions match).
@@ -360,7 +370,7 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 		principal = "spiffe://" + peerTD + "/ns/" + sns + "/svc/" + ssvc
 		src.Namespace, src.Service = sns, ssvc
 	}
-	if reason, ok := g.authorize(ch, peerTD, principal, src, ns, svc); !ok {
+	if reason, ok := g.authorize(ch, principal, src, ns, svc); !ok {
 		g.m.denials.WithLabelValues(service, peerTD).Inc()
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
 		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", reason)
@@ -403,19 +413,13 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	}
 }
 
-// authorize decides whether principal (of the peer trust domain peerTD;
-// src as the intentions name it) may reach ns/svc through ch, and says
-// why not. The chain's RBAC rule (what Envoy enforces) must allow it;
-// when the chain carries its metadata, the peer must be one the service
-// is exported to, and policy.Decide (the evaluator behind `strait
-// intention check`) must allow it too, naming the intention that decided.
-func (g *Gateway) authorize(ch chain, peerTD, principal string, src policy.Source, ns, svc string) (string, bool) {
+// authorize decides whether principal (src as the intentions name it)
+// may reach ns/svc through ch, and says why. The chain's RBAC rule (what
+// Envoy enforces) must allow it; when the chain carries its metadata,
+// policy.Decide (the evaluator behind `strait intention check`) must
+// allow it too, naming the intention that decided.
+func (g *Gateway) authorize(ch chain, principal string, src policy.Source, ns, svc string) (string, bool) {
 	service := ns + "/" + svc
-	if ch.meta {
-		if _, ok := ch.peers[peerTD]; !ok {
-			return fmt.Sprintf("%s is not exported to %s", service, peerTD), false
-		}
-	}
 	rbac := policy.EvalRBAC(ch.rules, principal)
 	if !ch.meta {
 		if !rbac {

@@ -23,7 +23,7 @@ func newMetrics(reg prometheus.Registerer, budget *tunnelmux.Budget) *metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_bytes_total",
 			Help: "Bytes carried (both ways) by direction, service and peer trust domain."}, []string{"direction", "service", "peer"}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_authorization_denials_total",
-			Help: "Streams from peers refused by the intentions."}, []string{"service", "peer"}),
+			Help: "Streams from peers refused by the intentions, or because the service is not exported to the peer."}, []string{"service", "peer"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_tunnel_handshakes_total",
 			Help: "TLS handshakes of tunnels between gateways, by side and result."}, []string{"side", "result"}),
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "strait_gateway_active_connections",

@@ -10,9 +10,15 @@
 //     (TunnelsPerPeer), both sides presenting gateway SVIDs checked against
 //     their own trust domain's bundle, multiplexing every connection as a
 //     stream (see proto.go): no handshake per client connection.
-//   - Ingress: it authorizes each stream against the intentions (the RBAC
-//     rule of the SNI's filter chain; default deny) and forwards it to the
-//     least-loaded passing instance, retrying another on connect failure.
+//   - Ingress: it admits a stream only from a peer the SNI's service is
+//     exported to, authorizes it against the intentions (the RBAC rule of
+//     the SNI's filter chain and policy.Decide over the intentions in its
+//     metadata; default deny), and forwards it to the least-loaded passing
+//     instance, retrying another on connect failure.
+//   - Bounds: streams per tunnel and per peer, bytes held across all
+//     streams (a tunnelmux.Budget), and egress listeners are capped;
+//     what is refused is reset or left closed with a reason, counted and
+//     logged once.
 //
 // Endpoints that fail to connect are ejected for a while; clusters have a
 // connection limit; on shutdown the gateway stops accepting and drains.

@@ -41,14 +41,18 @@ func (s *Server) xdsInputs() (xds.Inputs, error) {
 		}
 		in.Peers = append(in.Peers, p)
 	}
-	exported := make(map[state.ServiceKey]bool)
+	// An export's peer list travels with the service: its ingress chain
+	// admits those peers' gateways only.
+	exported := make(map[state.ServiceKey][]string)
 	for _, e := range s.store.Exports() {
-		exported[state.ServiceKey{Namespace: e.Namespace, Name: e.Service}] = true
+		if len(e.To) > 0 {
+			exported[state.ServiceKey{Namespace: e.Namespace, Name: e.Service}] = e.To
+		}
 	}
 	sums, _ := s.store.ServiceSummaries("")
 	for _, sum := range sums {
 		k := state.KeyOf(sum.Service)
-		if k.Peer == "" && !exported[k] {
+		if k.Peer == "" && exported[k] == nil {
 			continue
 		}
 		svc, insts, _, ok := s.store.Service(k, true)
@@ -58,7 +62,7 @@ func (s *Server) xdsInputs() (xds.Inputs, error) {
 		if k.Peer != "" {
 			in.Imports = append(in.Imports, xds.Service{Def: svc, Instances: insts})
 		} else {
-			in.Exports = append(in.Exports, xds.Service{Def: svc, Instances: insts})
+			in.Exports = append(in.Exports, xds.Service{Def: svc, Instances: insts, To: exported[k]})
 		}
 	}
 	return in, nil

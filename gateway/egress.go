@@ -7,15 +7,24 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/straitmesh/strait/internal/tunnelmux"
 )
 
 // runEgress keeps one listener per egress listener of the configuration
-// (on the imported services' virtual IPs) until ctx ends.
+// (on the imported services' virtual IPs) until ctx ends, at most
+// MaxEgressListeners of them: the ones running stay, and free places go
+// to the others in name order. What is not opened (over the limit, or
+// failing to bind) is logged and counted once, not at every
+// configuration; a listener that failed to bind is tried again at the
+// next configuration.
 func (g *Gateway) runEgress(ctx context.Context) {
 	type run struct {
 		addr string
@@ -23,12 +32,15 @@ func (g *Gateway) runEgress(ctx context.Context) {
 		done chan struct{}
 	}
 	running := map[string]*run{}
+	bindFailed := map[string]string{} // listener name → the address that failed
+	overLimit := 0                    // listeners left closed by the limit, as last logged
 	var wg sync.WaitGroup
 	defer func() {
 		for _, r := range running {
 			r.ln.Close()
 		}
 		wg.Wait()
+		g.m.egressListeners.WithLabelValues("open").Set(0)
 	}()
 	for {
 		cfg, changed := g.config()
@@ -39,14 +51,34 @@ func (g *Gateway) runEgress(ctx context.Context) {
 					delete(running, name)
 				}
 			}
-			for name, l := range cfg.egress {
+			for name, addr := range bindFailed {
+				if l, ok := cfg.egress[name]; !ok || l.addr != addr {
+					delete(bindFailed, name)
+				}
+			}
+			skipped := 0
+			for _, name := range slices.Sorted(maps.Keys(cfg.egress)) {
+				l := cfg.egress[name]
 				if _, ok := running[name]; ok {
+					continue
+				}
+				if len(running) >= g.cfg.MaxEgressListeners {
+					skipped++
 					continue
 				}
 				ln, err := listenTCP(l.addr)
 				if err != nil {
-					g.log.Error("egress listener not started", "listener", name, "addr", l.addr, "err", err)
+					if bindFailed[name] != l.addr {
+						bindFailed[name] = l.addr
+						g.m.egressRefusals.WithLabelValues("bind").Inc()
+						g.log.Error("egress listener cannot bind",
+							"listener", name, "addr", l.addr, "err", err, "check", bindHint)
+					}
 					continue
+				}
+				if _, ok := bindFailed[name]; ok {
+					delete(bindFailed, name)
+					g.log.Info("egress listener bound after an earlier failure", "listener", name, "addr", l.addr)
 				}
 				r := &run{addr: l.addr, ln: ln, done: make(chan struct{})}
 				running[name] = r
@@ -56,6 +88,22 @@ func (g *Gateway) runEgress(ctx context.Context) {
 					g.serveEgress(ctx, ln, name)
 				}()
 			}
+			if skipped != overLimit {
+				if skipped > overLimit {
+					g.m.egressRefusals.WithLabelValues("limit").Add(float64(skipped - overLimit))
+				}
+				if skipped > 0 {
+					g.log.Error("egress listeners over the limit not opened",
+						"configured", len(cfg.egress), "limit", g.cfg.MaxEgressListeners, "not_opened", skipped,
+						"check", "raise --max-egress-listeners, or import fewer services")
+				} else {
+					g.log.Info("every egress listener is open again", "configured", len(cfg.egress), "limit", g.cfg.MaxEgressListeners)
+				}
+				overLimit = skipped
+			}
+			g.m.egressListeners.WithLabelValues("open").Set(float64(len(running)))
+			g.m.egressListeners.WithLabelValues("over_limit").Set(float64(skipped))
+			g.m.egressListeners.WithLabelValues("bind_failed").Set(float64(len(bindFailed)))
 		}
 		select {
 		case <-ctx.Done():
@@ -64,6 +112,10 @@ func (g *Gateway) runEgress(ctx context.Context) {
 		}
 	}
 }
+
+// bindHint says what to check when an egress listener cannot bind.
+const bindHint = "the virtual IP range must be local on this host (ip route add local <virtual_ip_cidr> dev lo), " +
+	"each site on a host needs its own range, and no other process may hold the address"
 
 func (g *Gateway) serveEgress(ctx context.Context, ln net.Listener, name string) {
 	var wg sync.WaitGroup
@@ -122,8 +174,14 @@ func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) 
 		return
 	}
 	g.m.bytes.WithLabelValues("egress", service, peerTD).Add(float64(sent + recvd))
+	if cut := up.cutBy(); cut != nil {
+		g.m.conns.WithLabelValues("egress", service, peerTD, "reset").Inc()
+		g.log.Info("connection cut by the peer", "direction", "egress", "service", service, "peer", peerTD, "client", client.RemoteAddr(),
+			"gateway", up.gateway(), "cause", cut)
+		return
+	}
 	g.m.conns.WithLabelValues("egress", service, peerTD, "ok").Inc()
-	if g.log.Enabled(ctx, slog.LevelInfo) { // the access log
+	if g.cfg.AccessLog {
 		g.log.LogAttrs(ctx, slog.LevelInfo, "connection", slog.String("direction", "egress"), slog.String("service", service),
 			slog.String("peer", peerTD), slog.String("client", client.RemoteAddr().String()), slog.String("gateway", up.gateway()),
 			slog.Int64("bytes_out", sent), slog.Int64("bytes_in", recvd), slog.Duration("duration", time.Since(start).Round(time.Millisecond)))
@@ -158,6 +216,7 @@ type upstream struct {
 	accepted bool
 	finished bool  // the client closed its side
 	err      error // the connection failed for good
+	cut      error // the peer reset the stream after accepting it
 }
 
 func newUpstream(ctx context.Context, client net.Conn, p *pool, timeout time.Duration, open func(context.Context, string, []byte) (net.Conn, error)) *upstream {
@@ -271,7 +330,20 @@ func (u *upstream) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return u.r.Read(p)
+	n, err := u.r.Read(p)
+	if err != nil && errors.Is(err, tunnelmux.ErrReset) {
+		u.mu.Lock()
+		u.cut = err
+		u.mu.Unlock()
+	}
+	return n, err
+}
+
+// cutBy is why the peer reset the stream after accepting it, or nil.
+func (u *upstream) cutBy() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.cut
 }
 
 // answer waits for a gateway to accept the stream, moving it to another

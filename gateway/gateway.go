@@ -10,9 +10,15 @@
 //     (TunnelsPerPeer), both sides presenting gateway SVIDs checked against
 //     their own trust domain's bundle, multiplexing every connection as a
 //     stream (see proto.go): no handshake per client connection.
-//   - Ingress: it authorizes each stream against the intentions (the RBAC
-//     rule of the SNI's filter chain; default deny) and forwards it to the
-//     least-loaded passing instance, retrying another on connect failure.
+//   - Ingress: it admits a stream only from a peer the SNI's service is
+//     exported to, authorizes it against the intentions (the RBAC rule of
+//     the SNI's filter chain and policy.Decide over the intentions in its
+//     metadata; default deny), and forwards it to the least-loaded passing
+//     instance, retrying another on connect failure.
+//   - Bounds: streams per tunnel and per peer, bytes held across all
+//     streams (a tunnelmux.Budget), and egress listeners are capped;
+//     what is refused is reset or left closed with a reason, counted and
+//     logged once.
 //
 // Endpoints that fail to connect are ejected for a while; clusters have a
 // connection limit; on shutdown the gateway stops accepting and drains.
@@ -76,11 +82,42 @@ type Config struct {
 	// streams to a peer go faster over several. One per CPU, at most 4,
 	// when zero.
 	TunnelsPerPeer int
-	Logger         *slog.Logger
-	Registerer     prometheus.Registerer
-	Gatherer       prometheus.Gatherer
-	Now            func() time.Time
+	// MaxStreamsPerTunnel bounds the streams a peer gateway may have open
+	// at once on one tunnel (TLS connection) to this gateway; opens beyond
+	// it are reset with the reason, and counted. 4096 when zero.
+	MaxStreamsPerTunnel int
+	// MaxStreamsPerPeer bounds the streams being served at once for all
+	// the gateways of one peer trust domain, over all their tunnels;
+	// streams beyond it are reset with the reason, and counted. 16384
+	// when zero.
+	MaxStreamsPerPeer int
+	// TunnelBufferMiB bounds the bytes received on tunnels (from peers'
+	// gateways on ingress, from the peer's answers on egress) and not yet
+	// passed on, across all streams; a stream that would pass it resets
+	// the one holding the most (see tunnelmux.Budget). 256 when zero.
+	TunnelBufferMiB int
+	// MaxEgressListeners bounds the egress listeners (one per imported
+	// service and port) the gateway opens; those beyond it are not opened,
+	// logged once and counted. 4096 when zero.
+	MaxEgressListeners int
+	// AccessLog logs every connection served (at info, msg=connection:
+	// direction, service, peer, source or client, upstream, bytes each
+	// way, duration) when it ends; off when false. Refusals and failures
+	// are logged at info whatever it says.
+	AccessLog  bool
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	Now        func() time.Time
 }
+
+// Defaults of the gateway's bounds (Config).
+const (
+	DefaultMaxEgressListeners  = 4096
+	DefaultMaxStreamsPerTunnel = 4096
+	DefaultMaxStreamsPerPeer   = 16384
+	DefaultTunnelBufferMiB     = 256
+)
 
 // Gateway is a running gateway.
 type Gateway struct {
@@ -99,6 +136,7 @@ type Gateway struct {
 	cur      *config
 	changed  chan struct{} // closed and replaced on each new config
 	tunnels  *tunnels
+	budget   *tunnelmux.Budget // bytes received on tunnels and not yet passed on
 	active   inflight
 	draining atomic.Bool
 	wanAddr  string
@@ -135,6 +173,28 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.TunnelsPerPeer < 0 || cfg.TunnelsPerPeer > 64 {
 		return nil, fmt.Errorf("gateway: %d tunnels per peer gateway (1 to 64)", cfg.TunnelsPerPeer)
 	}
+	for _, l := range []struct {
+		v    *int
+		def  int
+		name string
+	}{
+		{&cfg.MaxStreamsPerTunnel, DefaultMaxStreamsPerTunnel, "max streams per tunnel"},
+		{&cfg.MaxStreamsPerPeer, DefaultMaxStreamsPerPeer, "max streams per peer"},
+		{&cfg.TunnelBufferMiB, DefaultTunnelBufferMiB, "tunnel buffer (MiB)"},
+	} {
+		if *l.v < 0 {
+			return nil, fmt.Errorf("gateway: %s is %d (at least 1; 0 means %d)", l.name, *l.v, l.def)
+		}
+		if *l.v == 0 {
+			*l.v = l.def
+		}
+	}
+	if cfg.MaxEgressListeners < 0 {
+		return nil, fmt.Errorf("gateway: max egress listeners %d (at least 1; 0 means %d)", cfg.MaxEgressListeners, DefaultMaxEgressListeners)
+	}
+	if cfg.MaxEgressListeners == 0 {
+		cfg.MaxEgressListeners = DefaultMaxEgressListeners
+	}
 	if cfg.TunnelsPerPeer == 0 {
 		cfg.TunnelsPerPeer = min(runtime.GOMAXPROCS(0), 4)
 	}
@@ -143,8 +203,9 @@ func New(cfg Config) (*Gateway, error) {
 		r := prometheus.NewRegistry()
 		reg, cfg.Gatherer = r, r
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger.With("gateway", cfg.Name), pools: pools{}, changed: make(chan struct{}), ready: make(chan struct{})}
-	g.m = newMetrics(reg)
+	g := &Gateway{cfg: cfg, log: cfg.Logger.With("gateway", cfg.Name), pools: pools{}, changed: make(chan struct{}), ready: make(chan struct{}),
+		budget: tunnelmux.NewBudget(int64(cfg.TunnelBufferMiB) << 20)}
+	g.m = newMetrics(reg, g.budget)
 	return g, nil
 }
 
@@ -276,9 +337,32 @@ func (g *Gateway) serveMetrics(ctx context.Context) error {
 	return nil
 }
 
-// tunnelConfig: 16 MiB stream windows (a bulk stream across a WAN needs
-// its bandwidth-delay product in flight), the rest by default.
-var tunnelConfig = tunnelmux.Config{Window: 16 << 20}
+// TunnelBuffered is the bytes received on tunnels and not yet passed on,
+// across all streams (at most Config.TunnelBufferMiB).
+func (g *Gateway) TunnelBuffered() int64 { return g.budget.Buffered() }
+
+// tunnelConfig is the configuration of a tunnel with a gateway of peer (a
+// trust domain): 16 MiB stream windows (a bulk stream across a WAN needs
+// its bandwidth-delay product in flight), the gateway's stream cap and
+// shared buffer budget, and refusals counted, and logged once a tunnel
+// and cause (a peer opening streams in a loop gets one line, not one a
+// stream).
+func (g *Gateway) tunnelConfig(peer string) tunnelmux.Config {
+	var logged sync.Map
+	return tunnelmux.Config{Window: 16 << 20, MaxStreams: g.cfg.MaxStreamsPerTunnel, Budget: g.budget,
+		OnRefuse: func(cause string) { g.tunnelRefused(peer, cause, &logged) }}
+}
+
+// tunnelRefused counts a stream reset for a bound, and logs the first of
+// each cause on a tunnel (logged holds the causes seen).
+func (g *Gateway) tunnelRefused(peer, cause string, logged *sync.Map) {
+	g.m.tunnelRefusals.WithLabelValues(cause).Inc()
+	if _, seen := logged.LoadOrStore(cause, true); !seen {
+		g.log.Info("tunnel stream refused; further refusals on this tunnel are counted only", "peer", peer, "cause", cause,
+			"buffered", g.budget.Buffered(), "buffer_budget", g.budget.Limit(),
+			"max_streams_per_tunnel", g.cfg.MaxStreamsPerTunnel, "max_streams_per_peer", g.cfg.MaxStreamsPerPeer)
+	}
+}
 
 // inflight counts connections in progress. Unlike a sync.WaitGroup, it may
 // grow from zero while someone waits for it to drain (a peer's stream can

@@ -85,7 +85,7 @@ func startSiteN(t testing.TB, name string, w *wan.WAN, n int, tweaks ...func(*co
 
 // startGateway joins a gateway to s and runs it; with tap, peers reach it
 // through a recording proxy.
-func (s *site) startGateway(t testing.TB, name string, tap func([]byte)) {
+func (s *site) startGateway(t testing.TB, name string, tap func([]byte), tweaks ...func(*gateway.Config)) {
 	t.Helper()
 	ctx := controlplanetest.Ctx(t)
 	if s.gwDir == "" {
@@ -118,10 +118,14 @@ func (s *site) startGateway(t testing.TB, name string, tap func([]byte)) {
 	if servers == nil {
 		servers = []string{s.Nodes[0].Addr}
 	}
-	gw, err := gateway.New(gateway.Config{Name: name, Servers: servers, DataDir: s.gwDir, JoinToken: tok.Secret,
+	cfg := gateway.Config{Name: name, Servers: servers, DataDir: s.gwDir, JoinToken: tok.Secret,
 		WANListener: ln, AdvertiseWAN: advertise, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: 2 * time.Second,
 		HandshakeTimeout: 500 * time.Millisecond, RenewCheck: 100 * time.Millisecond, TunnelsPerPeer: 2,
-		Registerer: s.reg, Gatherer: s.reg, Logger: logger})
+		AccessLog: testLogLevel <= slog.LevelInfo, Registerer: s.reg, Gatherer: s.reg, Logger: logger}
+	for _, f := range tweaks {
+		f(&cfg)
+	}
+	gw, err := gateway.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -942,6 +946,10 @@ func TestConfigRefusals(t *testing.T) {
 		{"no wan address", func(c *gateway.Config) { c.WANAddr = "" }, "wan address"},
 		{"negative tunnels", func(c *gateway.Config) { c.TunnelsPerPeer = -1 }, "tunnels per peer"},
 		{"too many tunnels", func(c *gateway.Config) { c.TunnelsPerPeer = 65 }, "tunnels per peer"},
+		{"negative streams per tunnel", func(c *gateway.Config) { c.MaxStreamsPerTunnel = -1 }, "max streams per tunnel"},
+		{"negative streams per peer", func(c *gateway.Config) { c.MaxStreamsPerPeer = -1 }, "max streams per peer"},
+		{"negative tunnel buffer", func(c *gateway.Config) { c.TunnelBufferMiB = -1 }, "tunnel buffer"},
+		{"negative egress listeners", func(c *gateway.Config) { c.MaxEgressListeners = -1 }, "max egress listeners"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := ok

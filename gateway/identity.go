@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -40,25 +41,34 @@ func (g *Gateway) loadOrJoin(ctx context.Context) error {
 		g.log.Warn("join token ignored: the data dir already holds this gateway's identity (to join again, run `strait gateway revoke` and empty the data dir)", "data_dir", g.cfg.DataDir)
 	}
 	g.td, g.ident = id.TrustDomain, ident
+	if leaf := ident.SVID().Certificates[0]; !g.cfg.Now().Before(leaf.NotAfter) {
+		// It cannot renew with it: the servers refuse an expired SVID.
+		return fmt.Errorf("this gateway's SVID expired at %s (gateway SVIDs last %s and renew at half-life; the gateway was stopped for longer): "+
+			"run `strait gateway revoke %s` on the site, remove %s and %s, and start it again with a new --join-token",
+			leaf.NotAfter.UTC().Format(time.RFC3339), leaf.NotAfter.Sub(leaf.NotBefore).Round(time.Minute), g.cfg.Name,
+			g.tlsDir(), filepath.Join(g.cfg.DataDir, "gateway.json"))
+	}
 	return nil
 }
 
 // renewLoop renews the SVID at half-life, and picks up the site's current
-// CA certificates (a CA rotation) with each renewal.
+// CA certificates (a CA rotation) with each renewal. It checks at once
+// when it starts (a gateway restarted past its SVID's half-life renews
+// now, not a RenewCheck later), then every RenewCheck.
 func (g *Gateway) renewLoop(ctx context.Context) error {
 	t := time.NewTicker(g.cfg.RenewCheck)
 	defer t.Stop()
 	for {
+		if g.renewDue() {
+			if err := g.renew(ctx); err != nil && ctx.Err() == nil {
+				g.log.Warn("gateway svid renewal failed; will retry", "err", err, "retry_in", g.cfg.RenewCheck,
+					"expires", g.ident.SVID().Certificates[0].NotAfter)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-		}
-		if !g.renewDue() {
-			continue
-		}
-		if err := g.renew(ctx); err != nil && ctx.Err() == nil {
-			g.log.Warn("gateway svid renewal failed; will retry", "err", err)
 		}
 	}
 }

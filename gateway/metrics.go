@@ -1,16 +1,21 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/straitmesh/strait/internal/tunnelmux"
+)
 
 type metrics struct {
 	conns, bytes, denials, handshakes, heartbeats *prometheus.CounterVec
-	active                                        *prometheus.GaugeVec
+	egressRefusals, tunnelRefusals                *prometheus.CounterVec
+	active, egressListeners                       *prometheus.GaugeVec
 	connectTime                                   *prometheus.HistogramVec
 	handshakeTime                                 prometheus.Histogram
 	nacks, xdsStreams                             prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, budget *tunnelmux.Budget) *metrics {
 	m := &metrics{
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_connections_total",
 			Help: "Connections by direction (egress: from local clients; ingress: from peers; control: peers' servers passed through to this site's), service, peer trust domain and result."},
@@ -18,7 +23,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_bytes_total",
 			Help: "Bytes carried (both ways) by direction, service and peer trust domain."}, []string{"direction", "service", "peer"}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_authorization_denials_total",
-			Help: "Streams from peers refused by the intentions."}, []string{"service", "peer"}),
+			Help: "Streams from peers refused by the intentions, or because the service is not exported to the peer."}, []string{"service", "peer"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_tunnel_handshakes_total",
 			Help: "TLS handshakes of tunnels between gateways, by side and result."}, []string{"side", "result"}),
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "strait_gateway_active_connections",
@@ -33,6 +38,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_heartbeats_total",
 			Help: "Heartbeats that keep the gateway in its site's catalog, by result (ok, error)."}, []string{"result"}),
 	}
-	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.heartbeats, m.active, m.connectTime, m.handshakeTime, m.nacks, m.xdsStreams)
+	m.egressListeners = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "strait_gateway_egress_listeners",
+		Help: "Egress listeners of the configuration by state: open, over_limit (not opened: beyond the gateway's listener limit), bind_failed."},
+		[]string{"state"})
+	m.egressRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_egress_listener_refusals_total",
+		Help: "Egress listeners not opened, by cause (limit: beyond the gateway's listener limit; bind: the address could not be bound), each counted once until it changes."},
+		[]string{"cause"})
+	m.tunnelRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strait_gateway_tunnel_stream_refusals_total",
+		Help: "Tunnel streams reset by a bound, by cause (streams_per_tunnel, streams_per_peer, accept_backlog, buffer_budget)."},
+		[]string{"cause"})
+	reg.MustRegister(m.conns, m.bytes, m.denials, m.handshakes, m.heartbeats, m.active, m.connectTime, m.handshakeTime, m.nacks, m.xdsStreams,
+		m.egressListeners, m.egressRefusals, m.tunnelRefusals,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strait_gateway_tunnel_buffered_bytes",
+			Help: "Bytes received on tunnels and not yet passed on, across all streams (bounded by the tunnel buffer budget)."},
+			func() float64 { return float64(budget.Buffered()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strait_gateway_tunnel_buffer_budget_bytes",
+			Help: "The tunnel buffer budget: the most bytes received on tunnels and not yet passed on."},
+			func() float64 { return float64(budget.Limit()) }))
 	return m
 }

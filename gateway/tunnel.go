@@ -35,6 +35,9 @@ type tunnels struct {
 	// sessions accepted from peers, closed at shutdown.
 	accepted map[*tunnelmux.Session]struct{}
 	closed   bool
+	// peerStreams counts the streams being served by peer trust domain,
+	// over all its tunnels (Config.MaxStreamsPerPeer).
+	peerStreams map[string]int
 }
 
 type slotKey struct {
@@ -48,7 +51,28 @@ type slot struct {
 }
 
 func newTunnels(g *Gateway) *tunnels {
-	return &tunnels{g: g, slots: make(map[slotKey]*slot), accepted: make(map[*tunnelmux.Session]struct{})}
+	return &tunnels{g: g, slots: make(map[slotKey]*slot), accepted: make(map[*tunnelmux.Session]struct{}), peerStreams: map[string]int{}}
+}
+
+// admit takes one of peer's places for a stream to serve; false when
+// they are all taken.
+func (t *tunnels) admit(peer string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.peerStreams[peer] >= t.g.cfg.MaxStreamsPerPeer {
+		return false
+	}
+	t.peerStreams[peer]++
+	return true
+}
+
+// release gives back a place admit took.
+func (t *tunnels) release(peer string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.peerStreams[peer]--; t.peerStreams[peer] <= 0 {
+		delete(t.peerStreams, peer)
+	}
 }
 
 // open returns a new stream, opened with hdr and sending early (which
@@ -122,7 +146,7 @@ func (t *tunnels) dial(ctx context.Context, addr, peerTD string, timeout time.Du
 	}
 	t.g.m.handshakes.WithLabelValues("client", "ok").Inc()
 	t.g.m.handshakeTime.Observe(time.Since(start).Seconds())
-	return tunnelmux.Client(conn, tunnelConfig), nil
+	return tunnelmux.Client(conn, t.g.tunnelConfig(peerTD)), nil
 }
 
 func (t *tunnels) close() {
@@ -255,7 +279,10 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 	}
 	g.m.handshakes.WithLabelValues("server", "ok").Inc()
 	peer, _ := mtls.PeerID(conn.ConnectionState())
-	sess := tunnelmux.Server(conn, tunnelConfig)
+	peerTD := peer.TrustDomain().Name()
+	tcfg := g.tunnelConfig(peerTD)
+	sess := tunnelmux.Server(conn, tcfg)
+	var logged sync.Map // refusals logged on this tunnel beyond tcfg's own
 	if !g.tunnels.track(sess, true) {
 		sess.Close()
 		return
@@ -271,51 +298,83 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 		if err != nil {
 			return
 		}
+		if !g.tunnels.admit(peerTD) {
+			g.tunnelRefused(peerTD, causeStreamsPerPeer, &logged)
+			st.Reset(fmt.Sprintf("too many streams from %s (at most %d)", peerTD, g.cfg.MaxStreamsPerPeer))
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer g.tunnels.release(peerTD)
 			g.ingressStream(ctx, st, peer)
 		}()
 	}
 }
 
+// causeStreamsPerPeer is the refusal cause of Config.MaxStreamsPerPeer.
+const causeStreamsPerPeer = "streams_per_peer"
+
+// unknownService is the service label of streams whose SNI names no
+// exported service: the SNI is the peer's to choose, so it never becomes
+// a label value (one series per peer, however many names it tries).
+const unknownService = "unknown"
+
 // ingressStream authorizes one stream and connects it to an instance.
+// Every refusal and failure is logged at info with its cause (the access
+// log of connections served is Config.AccessLog).
 func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer spiffeid.ID) {
 	defer st.Close()
 	g.active.Add(1)
 	defer g.active.Done()
 	start := time.Now()
+	peerTD := peer.TrustDomain().Name()
 	st.SetDeadline(start.Add(g.cfg.HandshakeTimeout))
 	h, err := parseHeader(st.Header())
 	if err != nil {
+		g.m.conns.WithLabelValues("ingress", unknownService, peerTD, "bad_request").Inc()
+		g.log.Info("connection refused", "direction", "ingress", "peer", peerTD, "gateway", peer.String(), "cause", "bad tunnel header", "err", err)
 		writeStatus(st, statusBadRequest, "bad tunnel header")
 		return
 	}
 	port, svc, ns, td, ok := meshname.ParseSNI(h.SNI)
-	service := ns + "/" + svc
-	peerTD := peer.TrustDomain().Name()
 	cfg, _ := g.config()
 	ch, found := chain{}, false
 	if cfg != nil && ok && td == g.td.Name() {
 		ch, found = cfg.ingress[h.SNI]
 	}
 	if !found {
-		g.m.conns.WithLabelValues("ingress", service, peerTD, "unknown").Inc()
-		writeStatus(st, statusUnknown, fmt.Sprintf("%s is not exported by this site", h.SNI))
+		g.m.conns.WithLabelValues("ingress", unknownService, peerTD, "unknown").Inc()
+		msg := fmt.Sprintf("%s is not exported to %s", h.SNI, peerTD)
+		g.log.Info("connection refused", "direction", "ingress", "peer", peerTD, "gateway", peer.String(), "cause", msg)
+		writeStatus(st, statusUnknown, msg)
+		return
+	}
+	service := ns + "/" + svc
+	if _, ok := ch.peers[peerTD]; ch.meta && !ok {
+		// Exported to other peers only: the peer is told what it is told
+		// of a service that does not exist; the log says which it is.
+		g.m.denials.WithLabelValues(service, peerTD).Inc()
+		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
+		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "gateway", peer.String(),
+			"cause", fmt.Sprintf("%s is exported, but not to %s", service, peerTD))
+		writeStatus(st, statusUnknown, fmt.Sprintf("%s is not exported to %s", h.SNI, peerTD))
 		return
 	}
 	// Who is calling: the source service when the calling gateway names
 	// one, else the calling gateway itself (then only site-wide
 	// intentions match).
 	principal := peer.String()
+	src := policy.Source{Site: ch.peers[peerTD]}
 	if sns, ssvc, ok := strings.Cut(h.Source, "/"); ok && meshname.ValidLabel(sns) == nil && meshname.ValidLabel(ssvc) == nil {
 		principal = "spiffe://" + peerTD + "/ns/" + sns + "/svc/" + ssvc
+		src.Namespace, src.Service = sns, ssvc
 	}
-	if !policy.EvalRBAC(ch.rules, principal) {
+	if reason, ok := g.authorize(ch, principal, src, ns, svc); !ok {
 		g.m.denials.WithLabelValues(service, peerTD).Inc()
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
-		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "source", principal)
-		writeStatus(st, statusDenied, fmt.Sprintf("no intention allows %s to reach %s", principal, service))
+		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", reason)
+		writeStatus(st, statusDenied, reason)
 		return
 	}
 	in := cfg.in[ch.cluster]
@@ -325,7 +384,9 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	})
 	if err != nil {
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "unavailable").Inc()
-		writeStatus(st, statusUnavailable, fmt.Sprintf("no instance of %s could be reached: %v", service, err))
+		msg := fmt.Sprintf("no instance of %s could be reached: %v", service, err)
+		g.log.Info("connection failed", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", msg)
+		writeStatus(st, statusUnavailable, msg)
 		return
 	}
 	defer in.pool.done(e)
@@ -335,6 +396,8 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	// leave with them: most instances answer at once, and then the
 	// answer costs no tunnel write of its own.
 	if _, err := st.WriteDeferred(statusOKBytes); err != nil {
+		g.m.conns.WithLabelValues("ingress", service, peerTD, "unavailable").Inc()
+		g.log.Info("connection failed", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", "the peer's stream ended before the answer", "err", err)
 		return
 	}
 	st.SetDeadline(time.Time{})
@@ -343,11 +406,35 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	g.m.active.WithLabelValues("ingress").Dec()
 	g.m.bytes.WithLabelValues("ingress", service, peerTD).Add(float64(sent + recvd))
 	g.m.conns.WithLabelValues("ingress", service, peerTD, "ok").Inc()
-	if g.log.Enabled(ctx, slog.LevelInfo) { // the access log
+	if g.cfg.AccessLog {
 		g.log.LogAttrs(ctx, slog.LevelInfo, "connection", slog.String("direction", "ingress"), slog.String("service", service),
-			slog.String("port", port), slog.String("source", principal), slog.String("upstream", e.addr),
+			slog.String("port", port), slog.String("peer", peerTD), slog.String("source", principal), slog.String("upstream", e.addr),
 			slog.Int64("bytes_in", sent), slog.Int64("bytes_out", recvd), slog.Duration("duration", time.Since(start).Round(time.Millisecond)))
 	}
+}
+
+// authorize decides whether principal (src as the intentions name it)
+// may reach ns/svc through ch, and says why. The chain's RBAC rule (what
+// Envoy enforces) must allow it; when the chain carries its metadata,
+// policy.Decide (the evaluator behind `strait intention check`) must
+// allow it too, naming the intention that decided.
+func (g *Gateway) authorize(ch chain, principal string, src policy.Source, ns, svc string) (string, bool) {
+	service := ns + "/" + svc
+	rbac := policy.EvalRBAC(ch.rules, principal)
+	if !ch.meta {
+		if !rbac {
+			return fmt.Sprintf("no intention allows %s to reach %s", principal, service), false
+		}
+		return "", true
+	}
+	ok, matched := policy.Decide(ch.intentions, src, ns, svc)
+	reason := policy.Reason(ok, matched, principal, service)
+	if ok && !rbac {
+		// The two never disagree for rules the servers compile; refuse
+		// (fail closed) and say so.
+		return fmt.Sprintf("%s, but the ingress RBAC rule does not admit %s", reason, principal), false
+	}
+	return reason, ok
 }
 
 // dialPool connects to the least-loaded endpoint of p not in tried (nil:

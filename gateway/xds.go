@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust/svidfile"
@@ -53,6 +54,45 @@ type inCluster struct {
 type chain struct {
 	cluster string
 	rules   *rbacconfig.RBAC
+	// From the chain's metadata (xds.IngressMetadata); meta is false when
+	// a server sent none, and then the RBAC rule alone decides.
+	meta bool
+	// peers the service is exported to: their local names by trust domain.
+	peers map[string]string
+	// intentions about the service, for policy.Decide.
+	intentions []*apipb.Intention
+}
+
+// ingressMeta reads an ingress chain's metadata into ch; a malformed one
+// is an error (the chain is then refused, never served without it).
+func (ch *chain) ingressMeta(fc *listener.FilterChain) error {
+	md, ok := fc.GetMetadata().GetFilterMetadata()[xds.IngressMetadata]
+	if !ok {
+		return nil
+	}
+	ch.meta, ch.peers = true, map[string]string{}
+	for _, v := range md.GetFields()["peers"].GetListValue().GetValues() {
+		f := v.GetStructValue().GetFields()
+		name, td := f["name"].GetStringValue(), f["trust_domain"].GetStringValue()
+		if name == "" || td == "" {
+			return fmt.Errorf("ingress chain %s: a peer without a name or trust domain", fc.Name)
+		}
+		ch.peers[td] = name
+	}
+	for _, v := range md.GetFields()["intentions"].GetListValue().GetValues() {
+		f := v.GetStructValue().GetFields()
+		in := &apipb.Intention{Source: f["source"].GetStringValue(), Destination: f["destination"].GetStringValue()}
+		switch f["action"].GetStringValue() {
+		case "allow":
+			in.Action = apipb.IntentionAction_INTENTION_ACTION_ALLOW
+		case "deny":
+			in.Action = apipb.IntentionAction_INTENTION_ACTION_DENY
+		default:
+			return fmt.Errorf("ingress chain %s: intention action %q", fc.Name, f["action"].GetStringValue())
+		}
+		ch.intentions = append(ch.intentions, in)
+	}
+	return nil
 }
 
 type egressListener struct {
@@ -205,6 +245,9 @@ func compile(version string, r resources, ps pools) (*config, error) {
 						}
 						ch.cluster = tp.GetCluster()
 					}
+				}
+				if err := ch.ingressMeta(fc); err != nil {
+					return nil, err
 				}
 				if ch.rules == nil || c.in[ch.cluster] == nil {
 					continue // never serve a chain without its authorization

@@ -133,3 +133,18 @@ func match(in *apipb.Intention, src Source, ns, svc string) (int, bool) {
 	}
 	return score, true
 }
+
+// Reason says in words what Decide decided and why, for who (the source
+// as the caller knows it) connecting to dest ("<ns>/<svc>"): "allowed by
+// intention allow <source> -> <destination>", "denied by intention deny
+// <source> -> <destination>" (an explicit deny), or "no intention allows
+// <who> to reach <dest>" (the default deny).
+func Reason(allowed bool, matched *apipb.Intention, who, dest string) string {
+	switch {
+	case matched == nil:
+		return fmt.Sprintf("no intention allows %s to reach %s", who, dest)
+	case allowed:
+		return fmt.Sprintf("allowed by intention allow %s -> %s", matched.Source, matched.Destination)
+	}
+	return fmt.Sprintf("denied by intention deny %s -> %s", matched.Source, matched.Destination)
+}

@@ -67,3 +67,26 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+// TestReason: an explicit deny is named as such, distinct from the
+// default deny, and the allowing intention is named too.
+func TestReason(t *testing.T) {
+	set := []*apipb.Intention{in("aws-east/*/*", "shop/api", false), in("gcp-west/*/*", "shop/*", true)}
+	tests := []struct {
+		name string
+		src  policy.Source
+		want string
+	}{
+		{"explicit deny", policy.Source{Site: "aws-east"}, "denied by intention deny aws-east/*/* -> shop/api"},
+		{"allow", policy.Source{Site: "gcp-west"}, "allowed by intention allow gcp-west/*/* -> shop/*"},
+		{"default deny", policy.Source{Site: "dc1"}, "no intention allows dc1/?/? to reach shop/api"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ok, m := policy.Decide(set, tt.src, "shop", "api")
+			if got := policy.Reason(ok, m, tt.src.String(), "shop/api"); got != tt.want {
+				t.Fatalf("%q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -26,9 +26,11 @@ import (
 // Intentions and gateways (see policy and gateway/).
 
 // Gateway SVIDs are short-lived: a gateway renews at half-life, and a
-// revoked gateway is refused at once by every server anyway.
+// revoked gateway is refused at once by every server. Peers' gateways
+// check only the certificate, so GatewaySVIDTTL is how long a revoked
+// gateway can still open tunnels to peers: at most an hour.
 const (
-	GatewaySVIDTTL = 24 * time.Hour
+	GatewaySVIDTTL = time.Hour
 	// GatewayTTL is how long a gateway stays passing in the catalog
 	// without a heartbeat.
 	GatewayTTL = 15 * time.Second

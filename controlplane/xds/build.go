@@ -13,14 +13,19 @@
 //     <port>.<svc>.<ns>.<peer td>;
 //   - per exported local service and port: cluster in/<ns>/<svc>/<port>
 //     (its passing instances) and, on listener "ingress", a filter chain for
-//     its SNI: mTLS requiring a peer's certificate, an RBAC filter compiled
-//     from the intentions, and a TCP proxy to the cluster.
+//     its SNI: mTLS requiring a certificate of a peer the service is
+//     exported to, an RBAC filter compiled from the intentions whose
+//     principals are only of those peers' trust domains, and a TCP proxy
+//     to the cluster. The chain's metadata (IngressMetadata) names the
+//     service, the peers it is exported to and the intentions about it,
+//     so that strait gateway can name the intention behind a decision.
 package xds
 
 import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -42,6 +47,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -74,6 +80,9 @@ type Peer struct {
 type Service struct {
 	Def       *apipb.Service
 	Instances []*apipb.Instance
+	// To are the peers (local names, or "*" for every peer) an exported
+	// service is exported to; only their gateways may reach it.
+	To []string
 }
 
 // Inputs is everything the gateway resources are built from.
@@ -96,9 +105,7 @@ type Resources map[resource.Type][]types.Resource
 func Build(in Inputs) (Resources, error) {
 	r := Resources{}
 	add := func(t resource.Type, m types.Resource) { r[t] = append(r[t], m) }
-	peers := make(map[string]Peer, len(in.Peers))
 	for _, p := range in.Peers {
-		peers[p.Name] = p
 		add(resource.SecretType, bundleSecret(p.TrustDomain, p.CAs))
 	}
 	add(resource.SecretType, bundleSecret(in.TrustDomain, in.CAs))
@@ -127,8 +134,9 @@ func Build(in Inputs) (Resources, error) {
 		Address: socketAddress("0.0.0.0", IngressPort),
 	}
 	for _, s := range in.Exports {
-		if len(in.Peers) == 0 {
-			break // nobody could connect
+		to := exportedTo(in.Peers, s.To)
+		if len(to) == 0 {
+			continue // no peer could connect
 		}
 		for _, port := range s.Def.Ports {
 			name := meshname.InCluster(s.Def.Namespace, s.Def.Name, port.Name)
@@ -140,7 +148,7 @@ func Build(in Inputs) (Resources, error) {
 			}
 			add(resource.ClusterType, inCluster(name))
 			add(resource.EndpointType, loadAssignment(name, addrs))
-			fc, err := ingressChain(in, peers, s.Def, port.Name, name)
+			fc, err := ingressChain(in, to, s.Def, port.Name, name)
 			if err != nil {
 				return nil, err
 			}
@@ -356,14 +364,29 @@ func egressListener(clusterName string, vip netip.Addr, port uint32) (*listener.
 	}, nil
 }
 
-func ingressChain(in Inputs, peers map[string]Peer, svc *apipb.Service, port, clusterName string) (*listener.FilterChain, error) {
-	// Peers' gateways present their SVIDs: each is verified against its
-	// own trust domain's bundle (Envoy's SPIFFE validator; bundles are
-	// never merged), and must name a gateway; RBAC then holds each source
-	// to the intentions.
+// exportedTo are the peers of peers an export's list (names, or "*")
+// names, by name.
+func exportedTo(peers []Peer, list []string) map[string]Peer {
+	out := map[string]Peer{}
+	for _, p := range peers {
+		if slices.Contains(list, p.Name) || slices.Contains(list, "*") {
+			out[p.Name] = p
+		}
+	}
+	return out
+}
+
+func ingressChain(in Inputs, to map[string]Peer, svc *apipb.Service, port, clusterName string) (*listener.FilterChain, error) {
+	// The gateways of the peers the service is exported to present their
+	// SVIDs: each is verified against its own trust domain's bundle
+	// (Envoy's SPIFFE validator; bundles are never merged), and must name
+	// a gateway; RBAC then holds each source to the intentions, with
+	// principals of those peers' trust domains only.
 	var sans []*tlsv3.SubjectAltNameMatcher
 	spiffe := &tlsv3.SPIFFECertValidatorConfig{}
-	for _, p := range in.Peers {
+	names := slices.Sorted(maps.Keys(to))
+	for _, name := range names {
+		p := to[name]
 		sans = append(sans, gatewaySAN(p.TrustDomain))
 		spiffe.TrustDomains = append(spiffe.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
 			Name: p.TrustDomain, TrustBundle: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: pemBytes(p.CAs)}},
@@ -389,7 +412,7 @@ func ingressChain(in Inputs, peers map[string]Peer, svc *apipb.Service, port, cl
 	}
 	rbac, err := typed("envoy.filters.network.rbac", &rbacfilter.RBAC{
 		StatPrefix: clusterName,
-		Rules:      CompileIntentions(in.Intentions, peers, svc.Namespace, svc.Name),
+		Rules:      CompileIntentions(in.Intentions, to, svc.Namespace, svc.Name),
 	})
 	if err != nil {
 		return nil, err
@@ -401,16 +424,56 @@ func ingressChain(in Inputs, peers map[string]Peer, svc *apipb.Service, port, cl
 	if err != nil {
 		return nil, err
 	}
+	md, err := ingressMetadata(in.Intentions, to, names, svc.Namespace, svc.Name)
+	if err != nil {
+		return nil, err
+	}
 	return &listener.FilterChain{
 		Name:             clusterName,
 		FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{meshname.SNI(port, svc.Name, svc.Namespace, in.TrustDomain)}},
 		TransportSocket:  &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: ts}},
 		Filters:          []*listener.Filter{rbac, tp},
+		Metadata:         &core.Metadata{FilterMetadata: map[string]*structpb.Struct{IngressMetadata: md}},
 	}, nil
 }
 
+// IngressMetadata is the filter metadata namespace of an ingress chain's
+// metadata: "service" ("ns/svc"), "peers" (the peers the service is
+// exported to: objects with "name" and "trust_domain") and "intentions"
+// (those about the service whose source is one of those peers: objects
+// with "source", "destination" and "action", "allow" or "deny"). Envoy
+// ignores it; strait gateway evaluates the intentions with policy.Decide,
+// as `strait intention check` does, to name the one that decided.
+const IngressMetadata = "strait.ingress"
+
+func ingressMetadata(all []*apipb.Intention, to map[string]Peer, names []string, ns, svc string) (*structpb.Struct, error) {
+	var peers, intentions []any
+	for _, name := range names {
+		peers = append(peers, map[string]any{"name": name, "trust_domain": to[name].TrustDomain})
+	}
+	for _, in := range all {
+		dns, dsvc, err := policy.ParseDestination(in.Destination)
+		if err != nil || dns != ns || (dsvc != "*" && dsvc != svc) {
+			continue
+		}
+		site, _, _, err := policy.ParseSource(in.Source)
+		if _, ok := to[site]; err != nil || !ok {
+			continue
+		}
+		action := "deny"
+		if in.Action == apipb.IntentionAction_INTENTION_ACTION_ALLOW {
+			action = "allow"
+		}
+		intentions = append(intentions, map[string]any{"source": in.Source, "destination": in.Destination, "action": action})
+	}
+	return structpb.NewStruct(map[string]any{"service": ns + "/" + svc, "peers": peers, "intentions": intentions})
+}
+
 // CompileIntentions turns the intentions about ns/svc into an RBAC ALLOW
-// rule over SPIFFE IDs: a source site/ns/svc is the workload ID
+// rule over SPIFFE IDs, for sources of peers only (an intention naming
+// any other site compiles to nothing: pass the peers the service is
+// exported to, and only their trust domains can match). A source
+// site/ns/svc is the workload ID
 // spiffe://<peer td>/ns/<ns>/svc/<svc> (a prefix for wildcards). Each allow
 // subtracts the denies at least as specific, so the most specific
 // intention wins as policy.Decide says; what no allow matches is denied.

@@ -4,12 +4,14 @@ import (
 	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -42,7 +44,7 @@ func inputs(t *testing.T) xds.Inputs {
 		Imports: []xds.Service{{Def: &apipb.Service{Peer: "gcp-west", Namespace: "payments", Name: "api", VirtualIp: "127.240.0.1", Ports: port},
 			Instances: []*apipb.Instance{inst("10.8.0.1", 9090), inst("10.8.0.2", 8080)}}},
 		Exports: []xds.Service{{Def: &apipb.Service{Namespace: "web", Name: "front", Ports: port},
-			Instances: []*apipb.Instance{inst("10.0.0.1", 80), inst("10.0.0.2", 80)}}},
+			Instances: []*apipb.Instance{inst("10.0.0.1", 80), inst("10.0.0.2", 80)}, To: []string{"gcp-west"}}},
 		Intentions: []*apipb.Intention{{Source: "gcp-west/*/*", Destination: "web/front", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}},
 	}
 }
@@ -186,5 +188,97 @@ func TestBuildProxylessResources(t *testing.T) {
 	in.Imports[0].Instances = nil
 	if res, _ := xds.BuildProxyless(in); len(res[resource.ListenerType]) != 0 {
 		t.Fatal("a listener for an import without instances")
+	}
+}
+
+// TestIngressAdmitsOnlyThePeersExportedTo: a service exported to one peer
+// gets an ingress chain whose RBAC principals, SAN matchers and SPIFFE
+// trust domains name that peer's trust domain only, even though an
+// intention allows another peer; a service exported to nobody that is a
+// peer gets no chain; "*" admits every peer.
+func TestIngressAdmitsOnlyThePeersExportedTo(t *testing.T) {
+	in := inputs(t)
+	in.Peers = append(in.Peers, xds.Peer{Name: "evil", TrustDomain: "evil.strait", CAs: []*x509.Certificate{caCert(t, "evil.strait")}})
+	in.Intentions = []*apipb.Intention{
+		{Source: "gcp-west/*/*", Destination: "web/front", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW},
+		{Source: "evil/*/*", Destination: "web/*", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW},
+		{Source: "evil/batch/*", Destination: "web/front", Action: apipb.IntentionAction_INTENTION_ACTION_DENY},
+	}
+	chainOf := func(t *testing.T, in xds.Inputs) *listener.FilterChain {
+		t.Helper()
+		res, err := xds.Build(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range res[resource.ListenerType] {
+			if l := l.(*listener.Listener); l.Name == meshname.IngressListener {
+				return l.FilterChains[0]
+			}
+		}
+		return nil
+	}
+	fc := chainOf(t, in)
+	var rb rbacfilter.RBAC
+	if err := fc.Filters[0].GetTypedConfig().UnmarshalTo(&rb); err != nil {
+		t.Fatal(err)
+	}
+	if !policy.EvalRBAC(rb.Rules, "spiffe://gcp-west.strait/strait/gateway/gw-1") {
+		t.Fatal("the peer the service is exported to is refused")
+	}
+	if policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/strait/gateway/gw-1") || policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/ns/web/svc/x") {
+		t.Fatal("a peer the service is not exported to is admitted by its intention")
+	}
+	// Every principal Envoy would evaluate is of gcp-west's trust domain.
+	var walk func(p *rbacconfig.Principal)
+	walk = func(p *rbacconfig.Principal) {
+		switch id := p.GetIdentifier().(type) {
+		case *rbacconfig.Principal_Authenticated_:
+			m := id.Authenticated.GetPrincipalName()
+			if s := m.GetExact() + m.GetPrefix(); !strings.HasPrefix(s, "spiffe://gcp-west.strait/") {
+				t.Errorf("principal %q outside the exported peer's trust domain", s)
+			}
+		case *rbacconfig.Principal_AndIds:
+			walk(id.AndIds.Ids[0]) // the rest subtract denies
+		default:
+			t.Errorf("unexpected principal %v", p)
+		}
+	}
+	for _, pol := range rb.Rules.Policies {
+		for _, p := range pol.Principals {
+			walk(p)
+		}
+	}
+	var dt tlsv3.DownstreamTlsContext
+	if err := fc.TransportSocket.GetTypedConfig().UnmarshalTo(&dt); err != nil {
+		t.Fatal(err)
+	}
+	vc := dt.CommonTlsContext.GetValidationContext()
+	var spiffe tlsv3.SPIFFECertValidatorConfig
+	if err := vc.GetCustomValidatorConfig().GetTypedConfig().UnmarshalTo(&spiffe); err != nil {
+		t.Fatal(err)
+	}
+	if len(spiffe.TrustDomains) != 1 || spiffe.TrustDomains[0].Name != "gcp-west.strait" ||
+		len(vc.MatchTypedSubjectAltNames) != 1 || vc.MatchTypedSubjectAltNames[0].GetMatcher().GetPrefix() != "spiffe://gcp-west.strait/strait/gateway/" {
+		t.Fatalf("the chain's TLS admits %v / %v", spiffe.TrustDomains, vc.MatchTypedSubjectAltNames)
+	}
+	// The metadata names the service, the one peer and its intention only.
+	md := fc.GetMetadata().GetFilterMetadata()[xds.IngressMetadata].AsMap()
+	if fmt.Sprintf("%v %v %v", md["service"], md["peers"], md["intentions"]) !=
+		"web/front [map[name:gcp-west trust_domain:gcp-west.strait]] [map[action:allow destination:web/front source:gcp-west/*/*]]" {
+		t.Fatalf("metadata %v", md)
+	}
+
+	// Exported to every peer: both admitted, the deny still applies.
+	in.Exports[0].To = []string{"*"}
+	if err := chainOf(t, in).Filters[0].GetTypedConfig().UnmarshalTo(&rb); err != nil {
+		t.Fatal(err)
+	}
+	if !policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/strait/gateway/gw-1") || policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/ns/batch/svc/x") {
+		t.Fatal(`exported to "*": evil's intentions do not apply`)
+	}
+	// Exported to a name that is no peer: no chain at all.
+	in.Exports[0].To = []string{"gone"}
+	if fc := chainOf(t, in); fc != nil {
+		t.Fatalf("a chain for a service exported to no current peer: %v", fc.Name)
 	}
 }

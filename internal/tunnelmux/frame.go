@@ -28,6 +28,13 @@
 // type, an oversized payload, data beyond a window or after a fin, an
 // open of the wrong parity or twice) ends the session.
 //
+// Bounds: the peer's streams open at once on a session (MaxStreams) and
+// not yet accepted (AcceptBacklog), and the unread bytes of every stream
+// of the sessions sharing a Budget, are limited; opens beyond are reset,
+// and a frame that would pass the budget resets the stream holding the
+// most unread bytes, each with a reason the peer reads (OnRefuse counts
+// them).
+//
 // Concurrency: a Session's methods are safe for concurrent use; on a
 // Stream, one goroutine may read while another writes. The session's read
 // loop never waits on a writer, so two busy ends cannot wait on each

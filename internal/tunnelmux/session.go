@@ -48,7 +48,27 @@ type Config struct {
 	// DeferDelay bounds how long a deferred frame (Stream.WriteDeferred)
 	// waits for another frame to leave with. Default 1ms.
 	DeferDelay time.Duration
+	// MaxStreams bounds the streams opened by the peer and open at once
+	// (accepted or not); opens beyond it are reset ("too many streams on
+	// this tunnel"). Default 4096.
+	MaxStreams int
+	// Budget, if set, bounds the bytes received and not yet read across
+	// this session's streams and those of every session sharing it (see
+	// Budget). Nil: only the windows bound them.
+	Budget *Budget
+	// OnRefuse, if set, is called (from the read loop: it must not block)
+	// each time the session resets a stream of the peer's because of a
+	// bound: cause is RefusedStreams, RefusedBacklog or RefusedBudget.
+	OnRefuse func(cause string)
 }
+
+// Causes of the streams a session resets for a bound (Config.OnRefuse),
+// with the reason the peer reads.
+const (
+	RefusedStreams = "streams_per_tunnel" // Config.MaxStreams
+	RefusedBacklog = "accept_backlog"     // Config.AcceptBacklog
+	RefusedBudget  = "buffer_budget"      // Config.Budget
+)
 
 func (c Config) withDefaults() Config {
 	if c.Window == 0 {
@@ -68,6 +88,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DeferDelay == 0 {
 		c.DeferDelay = time.Millisecond
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = 4096
 	}
 	return c
 }
@@ -93,6 +116,7 @@ type Session struct {
 
 	mu           sync.Mutex
 	streams      map[uint32]*Stream
+	peerStreams  int // of streams, those the peer opened
 	nextID       uint32
 	accept       chan *Stream
 	goAway       bool // sent: the peer may open nothing more
@@ -240,14 +264,33 @@ func (s *Session) shutdown(err error) {
 		s.wmu.Unlock()
 		for _, st := range streams {
 			st.fail(err)
+			if b := s.cfg.Budget; b != nil {
+				// Streams never accepted are never closed; the budget
+				// forgets them all.
+				b.drop(st)
+			}
 		}
 	})
 }
 
 func (s *Session) forget(id uint32) {
 	s.mu.Lock()
-	delete(s.streams, id)
+	if _, ok := s.streams[id]; ok {
+		delete(s.streams, id)
+		if id%2 != s.nextID%2 {
+			s.peerStreams--
+		}
+	}
 	s.mu.Unlock()
+}
+
+// refuse resets a stream the peer opened, with a reason it reads, and
+// reports the cause.
+func (s *Session) refuse(id uint32, cause, reason string) error {
+	if s.cfg.OnRefuse != nil {
+		s.cfg.OnRefuse(cause)
+	}
+	return s.writeControl(frameHeader{typ: typeReset, stream: id, length: uint32(len(reason))}, []byte(reason))
 }
 
 // frame is a header and its payload, to be written.
@@ -428,7 +471,11 @@ func (s *Session) readLoop() {
 	}
 }
 
+// readErr is the session's end for a read error; nil for nil.
 func readErr(err error) error {
+	if err == nil {
+		return nil
+	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return ErrClosed
 	}
@@ -499,22 +546,30 @@ func (s *Session) handleOpen(h frameHeader, r *bufio.Reader) error {
 		s.mu.Unlock()
 		return s.writeControl(frameHeader{typ: typeReset, stream: h.stream, length: uint32(len(goneAway))}, []byte(goneAway))
 	}
+	if s.peerStreams >= s.cfg.MaxStreams {
+		s.mu.Unlock()
+		return s.refuse(h.stream, RefusedStreams, fmt.Sprintf("%s (at most %d)", tooManyStreams, s.cfg.MaxStreams))
+	}
 	st := newStream(s, h.stream, s.cfg.Window)
 	st.header = payload
 	select {
 	case s.accept <- st:
 		s.streams[h.stream] = st
+		s.peerStreams++
 		s.mu.Unlock()
 		return nil
 	default:
 		s.mu.Unlock()
-		return s.writeControl(frameHeader{typ: typeReset, stream: h.stream, length: uint32(len(backlogFull))}, []byte(backlogFull))
+		return s.refuse(h.stream, RefusedBacklog, backlogFull)
 	}
 }
 
+// Reasons of resets, as the peer reads them.
 const (
-	goneAway    = "going away"
-	backlogFull = "accept backlog full"
+	goneAway        = "going away"
+	backlogFull     = "accept backlog full"
+	tooManyStreams  = "too many streams on this tunnel"
+	budgetExhausted = "buffer budget exhausted: this stream held the most unread bytes"
 )
 
 // keepAlive pings the peer every interval and ends the session when

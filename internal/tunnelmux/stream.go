@@ -28,6 +28,7 @@ type Stream struct {
 	remoteDone bool   // the peer sent fin
 	localDone  bool   // this end sent fin
 	closed     bool   // Close was called
+	evicted    bool   // the budget dropped its bytes (err says so)
 	err        error  // reset, or the session's end
 	rd, wd     deadline
 }
@@ -49,6 +50,9 @@ func (st *Stream) Read(p []byte) (int, error) {
 	st.mu.Lock()
 	for {
 		if n := copy(p, st.buf[st.off:]); n > 0 {
+			if b := st.s.cfg.Budget; b != nil {
+				b.release(st, int64(n))
+			}
 			st.off += n
 			st.consumed += uint32(n)
 			var grant uint32
@@ -173,6 +177,9 @@ func (st *Stream) Close() error {
 	fin := !reset && !st.localDone && st.err == nil
 	st.localDone = true
 	st.buf, st.off = nil, 0
+	if b := st.s.cfg.Budget; b != nil {
+		b.drop(st)
+	}
 	st.cond.Broadcast()
 	st.mu.Unlock()
 	st.rd.stop()
@@ -202,10 +209,28 @@ func (st *Stream) receive(r *bufio.Reader, n int) error {
 		return fmt.Errorf("%w: data on stream %d after its fin", errProtocol, st.id)
 	}
 	st.recvWindow -= uint32(n)
-	if st.closed {
+	if st.closed || st.err != nil {
 		st.mu.Unlock()
 		_, err := r.Discard(n)
 		return readErr(err)
+	}
+	if b := st.s.cfg.Budget; b != nil {
+		st.mu.Unlock()
+		victims, ok := b.reserve(st, int64(n))
+		for _, v := range victims {
+			v.evict()
+		}
+		if !ok {
+			_, err := r.Discard(n)
+			return readErr(err)
+		}
+		st.mu.Lock()
+		if st.closed || st.err != nil {
+			st.mu.Unlock()
+			b.release(st, int64(n))
+			_, err := r.Discard(n)
+			return readErr(err)
+		}
 	}
 	// Make room at the end: start over when everything was read (letting
 	// a large buffer go), move the unread bytes down when the end is full.
@@ -227,12 +252,58 @@ func (st *Stream) receive(r *bufio.Reader, n int) error {
 		return readErr(err)
 	}
 	st.mu.Lock()
-	if !st.closed {
+	if !st.closed && !st.evicted {
 		st.buf = st.buf[:start+n]
 		st.cond.Broadcast()
 	}
 	st.mu.Unlock()
 	return nil
+}
+
+// Reset abandons the stream both ways, like Close, telling the peer why:
+// it reads "stream reset by the peer: <reason>" (at most 256 bytes).
+func (st *Stream) Reset(reason string) error {
+	if len(reason) > maxReset {
+		reason = reason[:maxReset]
+	}
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return nil
+	}
+	st.closed, st.localDone = true, true
+	st.buf, st.off = nil, 0
+	st.cond.Broadcast()
+	st.mu.Unlock()
+	if b := st.s.cfg.Budget; b != nil {
+		b.drop(st)
+	}
+	st.rd.stop()
+	st.wd.stop()
+	st.s.forget(st.id)
+	return st.s.writeControl(frameHeader{typ: typeReset, stream: st.id, length: uint32(len(reason))}, []byte(reason))
+}
+
+// evict ends a stream the budget took its bytes from: they are dropped,
+// its reader and writer fail, and the peer is told why.
+func (st *Stream) evict() {
+	st.mu.Lock()
+	if st.closed || st.err != nil {
+		st.mu.Unlock()
+		return
+	}
+	st.err = fmt.Errorf("%w: %s", ErrReset, budgetExhausted)
+	st.evicted = true
+	st.buf, st.off = nil, 0
+	st.cond.Broadcast()
+	st.mu.Unlock()
+	st.s.forget(st.id)
+	if st.s.cfg.OnRefuse != nil {
+		st.s.cfg.OnRefuse(RefusedBudget)
+	}
+	// Possibly another session's: its connection must not hold up this
+	// read loop.
+	go st.s.writeControl(frameHeader{typ: typeReset, stream: st.id, length: uint32(len(budgetExhausted))}, []byte(budgetExhausted))
 }
 
 // maxKept is the largest receive buffer an idle stream keeps.

@@ -71,6 +71,11 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "how long connections may finish at shutdown")
 	f.DurationVar(&cfg.RenewCheck, "renew-check", time.Minute, "how often the SVID is checked for renewal (half-life, or a new CA root)")
 	f.IntVar(&cfg.TunnelsPerPeer, "tunnels-per-peer", 0, "TLS connections kept to each peer gateway, streams spread over them (default: one per CPU, at most 4)")
+	f.IntVar(&cfg.MaxStreamsPerTunnel, "max-streams-per-tunnel", gateway.DefaultMaxStreamsPerTunnel, "most streams a peer gateway may have open at once on one tunnel; more are reset and counted")
+	f.IntVar(&cfg.MaxStreamsPerPeer, "max-streams-per-peer", gateway.DefaultMaxStreamsPerPeer, "most streams served at once for one peer site (all its gateways and tunnels); more are reset and counted")
+	f.IntVar(&cfg.TunnelBufferMiB, "tunnel-buffer-mib", gateway.DefaultTunnelBufferMiB, "most MiB received on tunnels and not yet passed on, across all streams; beyond it the stream holding the most is reset")
+	f.IntVar(&cfg.MaxEgressListeners, "max-egress-listeners", gateway.DefaultMaxEgressListeners, "most egress listeners (imported services' ports) opened; the rest are logged once and counted")
+	f.BoolVar(&cfg.AccessLog, "access-log", false, "log every connection served, at info (refusals and failures are logged whatever this says)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "", "text or json")
 	cmd.AddCommand(&cobra.Command{

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
@@ -25,6 +26,7 @@ type testServer struct {
 	addr  string
 	store *state.Store
 	index uint64
+	reg   *prometheus.Registry
 }
 
 func (ts *testServer) register(t testing.TB, ns, svc, id, addr string, passing bool, ports ...string) {
@@ -51,14 +53,23 @@ func start(t testing.TB, peerOrder ...string) *testServer {
 
 func startWith(t testing.TB, upstreams, peerOrder []string) *testServer {
 	t.Helper()
+	return startCfg(t, func(c *dns.Config) { c.Upstreams, c.PeerOrder = upstreams, peerOrder })
+}
+
+// startCfg is start with the config as edit leaves it.
+func startCfg(t testing.TB, edit func(*dns.Config)) *testServer {
+	t.Helper()
 	st := state.NewStore(0)
 	pc, ln, err := dns.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := dns.New(dns.Config{PacketConn: pc, Listener: ln, Site: "aws-east", Upstreams: upstreams, PeerOrder: peerOrder,
+	reg := prometheus.NewRegistry()
+	cfg := dns.Config{PacketConn: pc, Listener: ln, Site: "aws-east", Registerer: reg,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Watch:  func(ctx context.Context, from uint64) (dns.Watcher, error) { return st.Subscribe(from), nil }})
+		Watch:  func(ctx context.Context, from uint64) (dns.Watcher, error) { return st.Subscribe(from), nil }}
+	edit(&cfg)
+	srv, err := dns.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +83,7 @@ func startWith(t testing.TB, upstreams, peerOrder []string) *testServer {
 		}
 		return nil
 	})
-	return &testServer{srv: srv, addr: pc.LocalAddr().String(), store: st}
+	return &testServer{srv: srv, addr: pc.LocalAddr().String(), store: st, reg: reg}
 }
 
 func exchange(t testing.TB, addr, name string, qtype uint16, netw string) *mdns.Msg {

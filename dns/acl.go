@@ -23,9 +23,6 @@ var (
 	}
 )
 
-// DefaultMaxForwards is Config.MaxForwards when zero.
-const DefaultMaxForwards = 256
-
 // DefaultAllowRecursionFrom is the recursion ACL when none is configured:
 // loopback (127.0.0.0/8 and ::1), plus each private range — 10.0.0.0/8,
 // 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7 — that holds one of

@@ -31,6 +31,9 @@ import (
 // the goroutines waiting on upstreams, the queries pending on the sockets
 // and the TCP connections to upstreams. The excess get SERVFAIL at once.
 
+// DefaultMaxForwards is Config.MaxForwards when zero (README.md says why).
+const DefaultMaxForwards = 256
+
 const (
 	socketsPerUpstream = 4
 	rotateAfter        = 1024

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -302,5 +303,33 @@ func slicesSort(s []string) {
 		for j := i; j > 0 && s[j] < s[j-1]; j-- {
 			s[j], s[j-1] = s[j-1], s[j]
 		}
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Run says where it serves (strait dns and strait server print it).
+func TestRunLogsAddresses(t *testing.T) {
+	var logs lockedBuffer
+	ts := startCfg(t, func(c *dns.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	out := logs.String()
+	if !strings.Contains(out, "level=INFO msg=\"dns serving\" udp="+ts.addr+" tcp="+ts.addr) {
+		t.Fatalf("no start line with the addresses:\n%s", out)
 	}
 }

@@ -327,7 +327,8 @@ func (s *Server) forward(req *mdns.Msg, tcp bool) *mdns.Msg {
 
 // fit makes an upstream's answer r the reply to req: req's ID and
 // question, our own OPT record (only if req had one), no TSIG of the
-// upstream's, and, over UDP, truncated to the client's size with TC set.
+// upstream's, and truncated with TC set to the client's size over UDP (to
+// a TCP message over TCP).
 // An answer that still does not fit, or does not pack, becomes its header
 // and question alone (TC set, or SERVFAIL).
 func (s *Server) fit(req, r *mdns.Msg, tcp bool) *mdns.Msg {
@@ -354,9 +355,7 @@ func (s *Server) fit(req, r *mdns.Msg, tcp bool) *mdns.Msg {
 		r.SetEdns0(uint16(size), opt.Do())
 		r.IsEdns0().Option = opts
 	}
-	if !tcp {
-		r.Truncate(size)
-	}
+	r.Truncate(limit) // compresses, and over TCP keeps within a TCP message
 	b, err := r.Pack()
 	if err == nil && len(b) <= limit {
 		if r.Truncated && !tcp {

@@ -36,9 +36,12 @@ const DefaultMaxForwards = 256
 
 const (
 	socketsPerUpstream = 4
-	rotateAfter        = 1024
 	maxUDPSize         = 4096
 )
+
+// rotateAfter is the number of queries after which a socket is replaced
+// (a variable for tests).
+var rotateAfter = 1024
 
 // forwarder holds the upstreams and the forwarding slots.
 type forwarder struct {

@@ -42,7 +42,8 @@ type Config struct {
 	// AllowRecursionFrom lists the client networks whose queries outside
 	// the mesh domain are forwarded; others get REFUSED for them (mesh
 	// names are answered for everyone). When nil: DefaultAllowRecursionFrom
-	// of this host's interface addresses.
+	// of this host's interface addresses (an empty, non-nil list allows
+	// no one).
 	AllowRecursionFrom []netip.Prefix
 	// MaxForwards bounds the queries being forwarded upstream at once; the
 	// excess get SERVFAIL at once. 256 when zero.

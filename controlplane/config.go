@@ -59,6 +59,13 @@ type Config struct {
 	DNSDomain string
 	// DNSUpstreams answer names outside the mesh domain; refused when empty.
 	DNSUpstreams []string
+	// DNSAllowRecursionFrom lists the client networks (CIDRs) whose names
+	// outside the mesh domain are forwarded to DNSUpstreams; others get
+	// REFUSED for them (mesh names are answered for everyone). When empty:
+	// loopback and the private ranges (10.0.0.0/8, 172.16.0.0/12,
+	// 192.168.0.0/16, 100.64.0.0/10, fc00::/7) that hold an address of this
+	// host's interfaces (dns.DefaultAllowRecursionFrom).
+	DNSAllowRecursionFrom []string
 	// DNSTTL of mesh answers; 5s when zero.
 	DNSTTL time.Duration
 	// DNSPeerOrder is the failover preference of <svc>.<ns>.<domain> among
@@ -317,6 +324,9 @@ func (c *Config) validate() error {
 	if c.Raft.LeaderLease > c.Raft.Heartbeat {
 		return errors.New("raft: leader lease must not exceed the heartbeat timeout")
 	}
+	if _, err := c.dnsAllowRecursionFrom(); err != nil {
+		return err
+	}
 	for _, p := range c.DNSPeerOrder {
 		if err := meshname.ValidLabel(p); err != nil {
 			return fmt.Errorf("dns_peer_order: %q: %w", p, err)
@@ -336,6 +346,20 @@ func (c *Config) validate() error {
 		return fmt.Errorf("peer_stale_after (%s) must be at least three peer heartbeats (%s)", c.PeerStaleAfter, c.PeerHeartbeat)
 	}
 	return nil
+}
+
+// dnsAllowRecursionFrom parses DNSAllowRecursionFrom; nil when empty (the
+// default).
+func (c *Config) dnsAllowRecursionFrom() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.DNSAllowRecursionFrom {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("dns_allow_recursion_from: %q is not a CIDR (write 10.0.0.0/8, 192.0.2.7/32 or fd00::/8)", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // advertise picks the advertised address from the bound one.

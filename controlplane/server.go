@@ -268,10 +268,14 @@ func (s *Server) Raft() *raft.Raft { return s.raft }
 
 // newDNS builds the server's mesh DNS, fed by the local replica's watch.
 func (s *Server) newDNS() (*dns.Server, error) {
+	acl, err := s.cfg.dnsAllowRecursionFrom()
+	if err != nil {
+		return nil, err
+	}
 	return dns.New(dns.Config{
 		Addr: s.cfg.DNSAddr, PacketConn: s.cfg.DNSPacketConn, Listener: s.cfg.DNSListener,
 		Domain: s.cfg.DNSDomain, Site: s.id.node.Site, TTL: s.cfg.DNSTTL, Upstreams: s.cfg.DNSUpstreams, PeerOrder: s.cfg.DNSPeerOrder,
-		Logger: s.log, Registerer: s.cfg.Registerer,
+		AllowRecursionFrom: acl, Logger: s.log, Registerer: s.cfg.Registerer,
 		Watch: func(ctx context.Context, from uint64) (dns.Watcher, error) { return s.store.Subscribe(from), nil },
 	})
 }

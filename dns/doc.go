@@ -1,7 +1,8 @@
 // Package dns is the mesh DNS server: it answers names under the mesh
 // domain ("mesh." by default) from an in-memory view of the catalog kept
 // current by a watch stream — never a Raft read per query — and forwards
-// everything else to upstream resolvers (or refuses it when none are set).
+// everything else to upstream resolvers, for the clients allowed to
+// recurse (or refuses it). See README.md for the limits on forwarding.
 //
 // Names (docs/architecture.md):
 //
@@ -15,8 +16,10 @@
 // which need federation's replication.
 //
 // Goroutines: Run owns the watch loop (the only writer of the view), the
-// UDP loop (batched reads and writes, answering mesh names inline; a
-// goroutine per forwarded query) and miekg/dns's TCP server; handlers read
-// the view under a read lock.
+// UDP loop (batched reads and writes, answering mesh names and refusals
+// inline; a goroutine per forwarded query, each holding one of at most
+// MaxForwards slots) and miekg/dns's TCP server; handlers read the view
+// under a read lock. Each upstream socket has a reader goroutine (forward.go),
+// which ends when Run closes the socket.
 // Imported by controlplane (every server runs one) and cmd/strait.
 package dns

@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"context"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -11,16 +10,21 @@ import (
 	mdns "github.com/miekg/dns"
 )
 
-// ServeDNS implements mdns.Handler.
+// ServeDNS implements mdns.Handler (the TCP server, and tests).
 func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	start := time.Now()
-	resp := s.answer(w, req)
-	if resp == nil {
-		return
+	resp, fwd := s.answer(w.RemoteAddr(), req)
+	if fwd {
+		_, tcp := w.RemoteAddr().(*net.TCPAddr)
+		resp = s.forwardBounded(req, tcp)
 	}
 	if err := w.WriteMsg(resp); err != nil {
 		s.cfg.Logger.Debug("dns write failed", "err", err)
 	}
+	s.observe(req, resp, start)
+}
+
+func (s *Server) observe(req, resp *mdns.Msg, start time.Time) {
 	qtype := uint16(0)
 	if len(req.Question) == 1 {
 		qtype = req.Question[0].Qtype
@@ -28,11 +32,21 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	s.m.observe(qtype, resp.Rcode, time.Since(start))
 }
 
-func (s *Server) answer(w mdns.ResponseWriter, req *mdns.Msg) *mdns.Msg {
-	resp := new(mdns.Msg)
+// Extended error texts of refusals and failures (RFC 8914).
+const (
+	msgNotAllowed     = "recursion is not allowed from this client's address"
+	msgNoUpstreams    = "names outside the mesh domain are not forwarded here"
+	msgOverloaded     = "too many queries are being forwarded; try again"
+	msgUpstreamFailed = "no upstream resolver answered"
+)
+
+// answer answers req from the mesh, or refuses it; fwd reports instead
+// that it may go upstream (resp is nil then). from is the client.
+func (s *Server) answer(from net.Addr, req *mdns.Msg) (resp *mdns.Msg, fwd bool) {
+	resp = new(mdns.Msg)
 	if req.Response || req.Opcode != mdns.OpcodeQuery || len(req.Question) != 1 {
 		resp.SetRcodeFormatError(req)
-		return resp
+		return resp, false
 	}
 	q := req.Question[0]
 	name := mdns.CanonicalName(q.Name)
@@ -42,17 +56,25 @@ func (s *Server) answer(w mdns.ResponseWriter, req *mdns.Msg) *mdns.Msg {
 			if s.reverse(resp, name) {
 				resp.Authoritative = true
 				resp.RecursionAvailable = len(s.cfg.Upstreams) > 0
-				return resp
+				return resp, false
 			}
 		}
-		return s.forward(req)
+		switch {
+		case len(s.cfg.Upstreams) == 0:
+			s.m.refused(refusedNoUpstream)
+			return s.failure(req, mdns.RcodeRefused, false, mdns.ExtendedErrorCodeNotAuthoritative, msgNoUpstreams), false
+		case !s.mayRecurse(from):
+			s.m.refused(refusedACL)
+			return s.failure(req, mdns.RcodeRefused, false, mdns.ExtendedErrorCodeProhibited, msgNotAllowed), false
+		}
+		return nil, true
 	}
 	resp.SetReply(req)
 	resp.Authoritative = true
 	resp.RecursionAvailable = len(s.cfg.Upstreams) > 0
 	if q.Qclass != mdns.ClassINET {
 		resp.Rcode = mdns.RcodeNotImplemented
-		return resp
+		return resp, false
 	}
 	exists := s.resolve(resp, name, q.Qtype)
 	// Answers carry the question's name as asked (case included), as the
@@ -70,16 +92,18 @@ func (s *Server) answer(w mdns.ResponseWriter, req *mdns.Msg) *mdns.Msg {
 	case len(resp.Answer) == 0:
 		resp.Ns = []mdns.RR{s.soa()} // NODATA
 	}
-	size := 512
-	if opt := req.IsEdns0(); opt != nil {
-		size = max(512, min(int(opt.UDPSize()), 4096))
+	size := udpSize(req)
+	if req.IsEdns0() != nil {
 		resp.SetEdns0(uint16(size), false)
 	}
-	if _, tcp := w.RemoteAddr().(*net.TCPAddr); tcp {
+	if _, tcp := from.(*net.TCPAddr); tcp {
 		size = mdns.MaxMsgSize
 	}
 	resp.Truncate(size)
-	return resp
+	if resp.Truncated {
+		s.m.truncatedMesh.Inc()
+	}
+	return resp, false
 }
 
 func (s *Server) hdr(name string, t uint16) mdns.RR_Header {
@@ -371,32 +395,4 @@ func parseReverse(name string) (netip.Addr, bool) {
 		return netip.AddrFrom16(b), true
 	}
 	return netip.Addr{}, false
-}
-
-// forward sends a query outside the mesh domain upstream, keeping its
-// EDNS0 options (buffer size, client subnet) as they are.
-func (s *Server) forward(req *mdns.Msg) *mdns.Msg {
-	if len(s.cfg.Upstreams) == 0 {
-		resp := new(mdns.Msg)
-		resp.SetRcode(req, mdns.RcodeRefused)
-		return resp
-	}
-	s.m.forwarded.Inc()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
-	for _, up := range s.cfg.Upstreams {
-		r, _, err := s.client.ExchangeContext(ctx, req, up)
-		if err == nil && r.Truncated {
-			tcp := &mdns.Client{Net: "tcp", Timeout: 2 * time.Second}
-			r, _, err = tcp.ExchangeContext(ctx, req, up)
-		}
-		if err == nil {
-			r.Id = req.Id
-			return r
-		}
-		s.cfg.Logger.Debug("upstream failed", "upstream", up, "err", err)
-	}
-	resp := new(mdns.Msg)
-	resp.SetRcode(req, mdns.RcodeServerFailure)
-	return resp
 }

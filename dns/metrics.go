@@ -14,8 +14,13 @@ type metrics struct {
 	queries   *prometheus.CounterVec
 	latency   prometheus.Histogram
 	forwarded prometheus.Counter
-	services  *prometheus.Desc
-	instances *prometheus.Desc
+	// refusedBy counts queries to forward that were refused, by reason.
+	refusedBy          *prometheus.CounterVec
+	refusals           [numRefusalReasons]prometheus.Counter
+	truncatedMesh      prometheus.Counter
+	truncatedForwarded prometheus.Counter
+	services           *prometheus.Desc
+	instances          *prometheus.Desc
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -31,16 +36,43 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "strait_dns_forwarded_total", Help: "Queries outside the mesh domain sent upstream.",
 		}),
+		refusedBy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "strait_dns_forward_refused_total",
+			Help: "Queries outside the mesh domain not forwarded, by reason: acl (client not in the recursion ACL; REFUSED), concurrency (every forwarding slot taken; SERVFAIL), no_upstream (none configured; REFUSED).",
+		}, []string{"reason"}),
 		services:  prometheus.NewDesc("strait_dns_view_services", "Services in the DNS view.", nil, nil),
 		instances: prometheus.NewDesc("strait_dns_view_instances", "Instances in the DNS view.", nil, nil),
+	}
+	truncated := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "strait_dns_truncated_total",
+		Help: "UDP replies cut to the client's size, with TC set, by answer: mesh or forwarded.",
+	}, []string{"answer"})
+	m.truncatedMesh = truncated.WithLabelValues("mesh")
+	m.truncatedForwarded = truncated.WithLabelValues("forwarded")
+	for r, name := range refusalReasons {
+		m.refusals[r] = m.refusedBy.WithLabelValues(name)
 	}
 	m.fastA = m.queries.WithLabelValues("A", "NOERROR")
 	m.fastAAAA = m.queries.WithLabelValues("AAAA", "NOERROR")
 	if reg != nil {
-		reg.MustRegister(m.queries, m.latency, m.forwarded, m)
+		reg.MustRegister(m.queries, m.latency, m.forwarded, m.refusedBy, truncated, m)
 	}
 	return m
 }
+
+// Reasons for refusing to forward (the reason label).
+type refusalReason int
+
+const (
+	refusedACL refusalReason = iota
+	refusedConcurrency
+	refusedNoUpstream
+	numRefusalReasons
+)
+
+var refusalReasons = [numRefusalReasons]string{"acl", "concurrency", "no_upstream"}
+
+func (m *metrics) refused(r refusalReason) { m.refusals[r].Inc() }
 
 // observeFast counts a positive A or AAAA answer of the fast path.
 func (m *metrics) observeFast(qtype uint16, d time.Duration) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -38,6 +39,18 @@ type Config struct {
 	// Upstreams receive queries outside the mesh domain (host:port); such
 	// queries are refused when empty.
 	Upstreams []string
+	// AllowRecursionFrom lists the client networks whose queries outside
+	// the mesh domain are forwarded; others get REFUSED for them (mesh
+	// names are answered for everyone). When nil: DefaultAllowRecursionFrom
+	// of this host's interface addresses (an empty, non-nil list allows
+	// no one).
+	AllowRecursionFrom []netip.Prefix
+	// MaxForwards bounds the queries being forwarded upstream at once; the
+	// excess get SERVFAIL at once. 256 when zero.
+	MaxForwards int
+	// UpstreamTimeout is how long one upstream has to answer; 2s when
+	// zero. A query tries each upstream in turn, within twice this in all.
+	UpstreamTimeout time.Duration
 	// PeerOrder is the failover preference for <svc>.<ns>.<domain>: when
 	// the local service has no passing instance, the first of these peers
 	// that exports a service of that name with instances answers, then
@@ -59,7 +72,8 @@ type Server struct {
 	view         *view
 	ttl          uint32
 	m            *metrics
-	client       *mdns.Client
+	fwd          *forwarder
+	acl          []netip.Prefix
 }
 
 // New validates cfg.
@@ -82,13 +96,27 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxForwards < 0 || cfg.UpstreamTimeout < 0 {
+		return nil, errors.New("dns: MaxForwards and UpstreamTimeout must not be negative")
+	}
+	if cfg.MaxForwards == 0 {
+		cfg.MaxForwards = DefaultMaxForwards
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = 2 * time.Second
+	}
+	acl := cfg.AllowRecursionFrom
+	if acl == nil {
+		acl = DefaultAllowRecursionFrom(interfaceAddrs(cfg.Logger))
+	}
 	s := &Server{
 		cfg:          cfg,
 		domain:       mdns.CanonicalName(cfg.Domain),
 		domainLabels: mdns.CountLabel(mdns.CanonicalName(cfg.Domain)),
 		view:         newView(cfg.PeerOrder),
 		ttl:          uint32(cfg.TTL / time.Second),
-		client:       &mdns.Client{Timeout: 2 * time.Second},
+		fwd:          newForwarder(cfg.Upstreams, cfg.MaxForwards, cfg.UpstreamTimeout),
+		acl:          acl,
 	}
 	s.m = newMetrics(s, cfg.Registerer)
 	return s, nil
@@ -96,24 +124,28 @@ func New(cfg Config) (*Server, error) {
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	pc := s.cfg.PacketConn
+	pc, ln := s.cfg.PacketConn, s.cfg.Listener
 	if pc == nil {
 		var err error
 		if pc, err = net.ListenPacket("udp", s.cfg.Addr); err != nil {
 			return fmt.Errorf("dns: %w", err)
 		}
 	}
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", s.cfg.Addr); err != nil {
+			pc.Close()
+			return fmt.Errorf("dns: %w", err)
+		}
+	}
+	s.cfg.Logger.Info("dns serving", "udp", pc.LocalAddr().String(), "tcp", ln.Addr().String(), "domain", s.domain,
+		"upstreams", s.cfg.Upstreams, "allow_recursion_from", s.acl)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.watchLoop(gctx) })
 	g.Go(func() error { return s.serveUDP(gctx, pc) })
-	tcp := &mdns.Server{Handler: s, Listener: s.cfg.Listener, Addr: s.cfg.Addr, Net: "tcp", ReadTimeout: 5 * time.Second}
+	tcp := &mdns.Server{Handler: s, Listener: ln, Net: "tcp", ReadTimeout: 5 * time.Second}
 	g.Go(func() error {
-		var err error
-		if tcp.Listener != nil {
-			err = tcp.ActivateAndServe()
-		} else {
-			err = tcp.ListenAndServe()
-		}
+		err := tcp.ActivateAndServe()
 		if gctx.Err() != nil {
 			return nil
 		}
@@ -123,6 +155,7 @@ func (s *Server) Run(ctx context.Context) error {
 		<-gctx.Done()
 		pc.Close()
 		tcp.Shutdown()
+		s.fwd.close()
 		return nil
 	})
 	err := g.Wait()

@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
@@ -25,6 +27,7 @@ type testServer struct {
 	addr  string
 	store *state.Store
 	index uint64
+	reg   *prometheus.Registry
 }
 
 func (ts *testServer) register(t testing.TB, ns, svc, id, addr string, passing bool, ports ...string) {
@@ -51,14 +54,23 @@ func start(t testing.TB, peerOrder ...string) *testServer {
 
 func startWith(t testing.TB, upstreams, peerOrder []string) *testServer {
 	t.Helper()
+	return startCfg(t, func(c *dns.Config) { c.Upstreams, c.PeerOrder = upstreams, peerOrder })
+}
+
+// startCfg is start with the config as edit leaves it.
+func startCfg(t testing.TB, edit func(*dns.Config)) *testServer {
+	t.Helper()
 	st := state.NewStore(0)
 	pc, ln, err := dns.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := dns.New(dns.Config{PacketConn: pc, Listener: ln, Site: "aws-east", Upstreams: upstreams, PeerOrder: peerOrder,
+	reg := prometheus.NewRegistry()
+	cfg := dns.Config{PacketConn: pc, Listener: ln, Site: "aws-east", Registerer: reg,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Watch:  func(ctx context.Context, from uint64) (dns.Watcher, error) { return st.Subscribe(from), nil }})
+		Watch:  func(ctx context.Context, from uint64) (dns.Watcher, error) { return st.Subscribe(from), nil }}
+	edit(&cfg)
+	srv, err := dns.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +84,7 @@ func startWith(t testing.TB, upstreams, peerOrder []string) *testServer {
 		}
 		return nil
 	})
-	return &testServer{srv: srv, addr: pc.LocalAddr().String(), store: st}
+	return &testServer{srv: srv, addr: pc.LocalAddr().String(), store: st, reg: reg}
 }
 
 func exchange(t testing.TB, addr, name string, qtype uint16, netw string) *mdns.Msg {
@@ -291,5 +303,33 @@ func slicesSort(s []string) {
 		for j := i; j > 0 && s[j] < s[j-1]; j-- {
 			s[j], s[j-1] = s[j-1], s[j]
 		}
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Run says where it serves (strait dns and strait server print it).
+func TestRunLogsAddresses(t *testing.T) {
+	var logs lockedBuffer
+	ts := startCfg(t, func(c *dns.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	out := logs.String()
+	if !strings.Contains(out, "level=INFO msg=\"dns serving\" udp="+ts.addr+" tcp="+ts.addr) {
+		t.Fatalf("no start line with the addresses:\n%s", out)
 	}
 }

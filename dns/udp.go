@@ -4,46 +4,38 @@ import (
 	"context"
 	"errors"
 	"net"
+	"time"
 
 	mdns "github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
 )
 
 // The UDP loop reads and writes packets in batches (recvmmsg/sendmmsg on
-// Linux) and answers mesh names inline: one goroutine, no allocation of a
-// goroutine per query. Queries to forward upstream wait on the network, so
-// they are answered from their own goroutine.
+// Linux) and answers mesh names, and every refusal, inline: one goroutine,
+// no allocation of a goroutine per query. Queries to forward upstream wait
+// on the network, so each is answered from a goroutine of its own, which
+// exists only while it holds one of the forwarder's slots (MaxForwards in
+// all); without a free slot, the loop answers SERVFAIL inline.
 
 const (
 	udpBatch        = 64
 	udpSocketBuffer = 8 << 20
 )
 
-type packetWriter struct {
-	local, remote net.Addr
-	out           *mdns.Msg
-	direct        net.PacketConn // set for forwarded queries: write at once
-}
-
-func (w *packetWriter) LocalAddr() net.Addr  { return w.local }
-func (w *packetWriter) RemoteAddr() net.Addr { return w.remote }
-func (w *packetWriter) WriteMsg(m *mdns.Msg) error {
-	if w.direct == nil {
-		w.out = m
-		return nil
+// forwardUDP answers req from the upstreams and sends the reply to the
+// client at once; it holds a forwarding slot, which it releases.
+func (s *Server) forwardUDP(pc net.PacketConn, to net.Addr, req *mdns.Msg, start time.Time) {
+	defer s.fwd.release()
+	resp := s.forward(req, false)
+	b, err := resp.Pack()
+	if err == nil {
+		_, err = pc.WriteTo(b, to)
 	}
-	b, err := m.Pack()
 	if err != nil {
-		return err
+		s.cfg.Logger.Debug("dns udp write failed", "err", err)
 	}
-	_, err = w.direct.WriteTo(b, w.remote)
-	return err
+	s.observe(req, resp, start)
 }
-func (w *packetWriter) Write(b []byte) (int, error) { return 0, errors.New("dns: use WriteMsg") }
-func (w *packetWriter) Close() error                { return nil }
-func (w *packetWriter) TsigStatus() error           { return nil }
-func (w *packetWriter) TsigTimersOnly(bool)         {}
-func (w *packetWriter) Hijack()                     {}
 
 // serveUDP answers queries on pc until it is closed.
 func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
@@ -90,17 +82,17 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 			if err := req.Unpack(raw); err != nil {
 				continue // not a DNS message: no answer
 			}
-			w := &packetWriter{local: pc.LocalAddr(), remote: m.Addr}
-			if len(req.Question) == 1 && !s.inDomain(mdns.CanonicalName(req.Question[0].Name)) {
-				w.direct = pc
-				go s.ServeDNS(w, req)
-				continue
+			start := time.Now()
+			resp, fwd := s.answer(m.Addr, req)
+			if fwd {
+				if s.fwd.acquire() {
+					go s.forwardUDP(pc, m.Addr, req, start)
+					continue
+				}
+				resp = s.overloaded(req)
 			}
-			s.ServeDNS(w, req)
-			if w.out == nil {
-				continue
-			}
-			b, err := w.out.PackBuffer(bufs[k][:0])
+			s.observe(req, resp, start)
+			b, err := resp.PackBuffer(bufs[k][:0])
 			if err != nil {
 				continue
 			}

@@ -161,6 +161,8 @@ func TestConfigFile(t *testing.T) {
 		{"retry_join without token", write("rjt.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nretry_join: [\"10.0.0.1:7400\"]\n"), "join_token"},
 		{"aws endpoint", write("ep.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  endpoints:\n    sqs: http://x\n"), "unknown service"},
 		{"aws rotation without kms", write("rot.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  data_key_rotation: 1h\n"), "kms_key_id"},
+		{"dns recursion acl", write("acl.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\ndns_upstreams: [\"10.0.0.2:53\"]\ndns_allow_recursion_from: [\"10.0.0.0/8\", \"192.0.2.7/32\", \"fd00::/8\"]\n"), ""},
+		{"dns recursion acl without a mask", write("aclbad.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\ndns_allow_recursion_from: [\"10.0.0.1\"]\n"), "dns_allow_recursion_from: \"10.0.0.1\" is not a CIDR"},
 		{"cloudmap without namespace", write("cm.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  cloudmap:\n    publish: true\n"), "namespace"},
 	}
 	for _, tt := range tests {

@@ -38,6 +38,7 @@ type FileConfig struct {
 	DNSAddr          string    `yaml:"dns_addr"`
 	DNSDomain        string    `yaml:"dns_domain"`
 	DNSUpstreams     []string  `yaml:"dns_upstreams"`
+	DNSAllowRecFrom  []string  `yaml:"dns_allow_recursion_from"`
 	DNSTTL           Duration  `yaml:"dns_ttl"`
 	DNSPeerOrder     []string  `yaml:"dns_peer_order"`
 	CAPropagation    Duration  `yaml:"ca_propagation_delay"`
@@ -165,7 +166,7 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		BundleAddr: fc.BundleAddr, BundleRefreshHint: time.Duration(fc.BundleHint),
 		BundleWebCertFile: fc.BundleWebCert, BundleWebKeyFile: fc.BundleWebKey,
 		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate,
-		DNSAddr: fc.DNSAddr, DNSDomain: fc.DNSDomain, DNSUpstreams: fc.DNSUpstreams, DNSTTL: time.Duration(fc.DNSTTL), DNSPeerOrder: fc.DNSPeerOrder,
+		DNSAddr: fc.DNSAddr, DNSDomain: fc.DNSDomain, DNSUpstreams: fc.DNSUpstreams, DNSAllowRecursionFrom: fc.DNSAllowRecFrom, DNSTTL: time.Duration(fc.DNSTTL), DNSPeerOrder: fc.DNSPeerOrder,
 		CAPropagationDelay: time.Duration(fc.CAPropagation),
 		PeerHeartbeat:      time.Duration(fc.PeerHeartbeat), PeerStaleAfter: time.Duration(fc.PeerStaleAfter),
 		VirtualIPCIDR: fc.VirtualIPCIDR,

@@ -45,6 +45,9 @@ type Node interface {
 	Heartbeat(ctx context.Context, k *apipb.InstanceKey) error
 	// Status describes this server.
 	Status() *apipb.StatusResponse
+	// ProbeServers asks every server of the Raft configuration for its
+	// status, a bounded time each; one that does not answer is unreachable.
+	ProbeServers(ctx context.Context) []*apipb.ServerHealth
 	// Peers lists the Raft configuration.
 	Peers() ([]*apipb.RaftPeer, error)
 	// RemovePeer removes a server from the Raft configuration (leader only).

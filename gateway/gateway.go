@@ -104,6 +104,8 @@ type Gateway struct {
 	wanAddr  string
 	ready    chan struct{}
 	once     sync.Once
+	// revokeOnce: see revoked.
+	revokeOnce sync.Once
 }
 
 // New checks cfg.
@@ -227,8 +229,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	ingressDone := make(chan struct{})
 	go func() { defer close(ingressDone); g.serveIngress(serveCtx, ln) }()
+	// Egress stops with ctx, or when a task ends the gateway (a revocation).
+	egressCtx, stopEgress := context.WithCancel(ctx)
+	defer stopEgress()
 	egressDone := make(chan struct{})
-	go func() { defer close(egressDone); g.runEgress(ctx) }()
+	go func() { defer close(egressDone); g.runEgress(egressCtx) }()
 	go func() {
 		// Ready once configured and both sides listen.
 		for {
@@ -254,6 +259,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.draining.Store(true)
 	ln.Close()
 	g.tunnels.goAway()
+	stopEgress()
 	<-egressDone
 	done := make(chan struct{})
 	go func() { g.active.Wait(); close(done) }()

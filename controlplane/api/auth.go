@@ -22,6 +22,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -189,8 +190,10 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if !ok || !isAgent {
 			return nil, status.Error(codes.PermissionDenied, "only agents of this site, presenting their SVID, may call this")
 		}
-		if a, known := s.cfg.Node.Store().Agent(node); !known || a.Revoked {
-			return nil, status.Errorf(codes.PermissionDenied, "agent %q is revoked or unknown to this site", node)
+		if a, known := s.cfg.Node.Store().Agent(node); !known {
+			return nil, status.Errorf(codes.PermissionDenied, "agent %q is unknown to this site", node)
+		} else if a.Revoked {
+			return nil, enroll.RevokedStatus("agent", node)
 		}
 		return context.WithValue(ctx, agentNodeKey, node), nil
 	case permMeshPeer:
@@ -257,8 +260,10 @@ func (s *Server) gatewayPeer(ctx context.Context, denied string) (context.Contex
 	if !ok || !isGateway {
 		return nil, status.Error(codes.PermissionDenied, denied)
 	}
-	if g, known := s.cfg.Node.Store().Gateway(name); !known || g.Revoked {
-		return nil, status.Errorf(codes.PermissionDenied, "gateway %q is revoked or unknown to this site", name)
+	if g, known := s.cfg.Node.Store().Gateway(name); !known {
+		return nil, status.Errorf(codes.PermissionDenied, "gateway %q is unknown to this site", name)
+	} else if g.Revoked {
+		return nil, enroll.RevokedStatus("gateway", name)
 	}
 	return context.WithValue(ctx, gatewayNameKey, name), nil
 }

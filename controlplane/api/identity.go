@@ -20,6 +20,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/enroll"
 )
 
 // Limits on workload entries and signing requests.
@@ -221,6 +222,9 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 	st := s.cfg.Node.Store()
 	for {
 		changed := st.IdentityChanged()
+		if a, ok := st.Agent(node); ok && a.Revoked {
+			return enroll.RevokedStatus("agent", node)
+		}
 		auth, err := s.cfg.Node.Authorities()
 		if err != nil {
 			return err

@@ -183,7 +183,7 @@ func TestSiteFailover(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if !strings.HasPrefix(ip, "127.240.") {
+		if !east.isVirtualIP(ip) {
 			return fmt.Errorf("echo.demo.mesh is still %s", ip)
 		}
 		return east.call(ip + ":7000")

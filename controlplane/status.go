@@ -2,15 +2,19 @@ package controlplane
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // probeTimeout bounds how long a site status waits for one server.
@@ -98,4 +102,29 @@ func probeError(err error) string {
 		return strings.TrimSuffix(dial, `"`)
 	}
 	return msg
+}
+
+// PeerIntention implements api.Node: it asks the peer's servers, by way
+// of their gateways first, as NotifyUnpeer does.
+func (s *Server) PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
+	var errs []error
+	for _, t := range s.peerTargets(f) {
+		conn, err := s.peerConn(f, t)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := apipb.NewIntentionsClient(conn).CheckFromPeer(cctx, &apipb.CheckPeerIntentionRequest{Namespace: ns, Service: svc})
+		cancel()
+		conn.Close()
+		if err == nil {
+			return resp, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", t.addr, err))
+	}
+	if len(errs) == 0 {
+		return nil, status.Errorf(codes.Unavailable, "peer %s: no address known", f.PeerName)
+	}
+	return nil, status.Errorf(codes.Unavailable, "peer %s did not answer: %v", f.PeerName, errors.Join(errs...))
 }

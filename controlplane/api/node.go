@@ -84,6 +84,9 @@ type Node interface {
 	// NotifyUnpeer tells a removed peer's servers, authenticating with this
 	// server's SVID.
 	NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error
+	// PeerIntention asks the peer's servers for their decision on a
+	// connection from this site to their service ns/svc.
+	PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error)
 	// FetchForeign fetches a foreign bundle from its endpoint.
 	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
 	// ServeExport runs the replication stream of the peer with trust

@@ -96,6 +96,7 @@ func newRoot(g *globals) *cobra.Command {
 		newTokenCmd(g),
 		newOperatorCmd(g),
 		newStatusCmd(g),
+		newPingCmd(g),
 		newVersionCmd(g),
 	)
 	return root

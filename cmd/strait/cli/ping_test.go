@@ -68,6 +68,35 @@ func TestPingAcrossSites(t *testing.T) {
 		t.Fatalf("text: exit %d\n%s", code, out)
 	}
 
+	// strait status shows the peer and the gateway as the ping found them.
+	controlplanetest.WaitFor(t, 30*time.Second, func() error {
+		code, out, errs := run(t, env, "status", "--json")
+		var st struct {
+			Verdict string
+			Peers   []struct {
+				Name    string
+				Imports struct {
+					State     string
+					Connected bool
+					Gateways  []string
+				}
+			}
+			Gateways []struct {
+				Name       string
+				WanAddress string `json:"wan_address"`
+				Health     string
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return fmt.Errorf("status --json: exit %d, %q: %v", code, errs, err)
+		}
+		if code != 0 || st.Verdict != "healthy" || len(st.Peers) != 1 || st.Peers[0].Name != west.Name || st.Peers[0].Imports.State != "PEER_STATE_ACTIVE" ||
+			!st.Peers[0].Imports.Connected || len(st.Gateways) != 1 || st.Gateways[0].Health != "passing" || st.Gateways[0].WanAddress != east.GatewayWAN {
+			return fmt.Errorf("status: exit %d, %+v", code, st)
+		}
+		return nil
+	})
+
 	// The peer denies this site: the probe fails at the carry stage and
 	// says the peer denies it.
 	wcl, err := apiclient.Dial(apiclient.Config{Addr: west.Servers[0], Token: west.ManagementToken, CAFile: west.CAFile})

@@ -46,10 +46,18 @@ func TestJudgeSite(t *testing.T) {
 		}), true, VerdictUnhealthy, "quorum lost: 1 of 3"},
 		{"no leader", site(func(r *apipb.SiteStatusResponse) { r.LeaderId = "" }), true, VerdictUnhealthy, "no leader"},
 		{"leader unreachable", site(func(r *apipb.SiteStatusResponse) { r.LeaderId = "s2"; r.Servers[2] = down }), true, VerdictUnhealthy, "the leader s2 is unreachable"},
-		{"peer stale", site(func(r *apipb.SiteStatusResponse) { r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_STALE, false)} }), true, VerdictDegraded, "peer west is stale"},
-		{"peer stream down", site(func(r *apipb.SiteStatusResponse) { r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_ACTIVE, false)} }), true, VerdictDegraded, "stream is down (EOF)"},
-		{"peer stream unknown off the leader", site(func(r *apipb.SiteStatusResponse) { r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_ACTIVE, false)} }), false, VerdictHealthy, ""},
-		{"peer pending", site(func(r *apipb.SiteStatusResponse) { r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_PENDING, false)} }), true, VerdictHealthy, ""},
+		{"peer stale", site(func(r *apipb.SiteStatusResponse) {
+			r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_STALE, false)}
+		}), true, VerdictDegraded, "peer west is stale"},
+		{"peer stream down", site(func(r *apipb.SiteStatusResponse) {
+			r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_ACTIVE, false)}
+		}), true, VerdictDegraded, "stream is down (EOF)"},
+		{"peer stream unknown off the leader", site(func(r *apipb.SiteStatusResponse) {
+			r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_ACTIVE, false)}
+		}), false, VerdictHealthy, ""},
+		{"peer pending", site(func(r *apipb.SiteStatusResponse) {
+			r.Peers = []*apipb.Peer{peer(apipb.PeerState_PEER_STATE_PENDING, false)}
+		}), true, VerdictHealthy, ""},
 		{"gateway critical", site(func(r *apipb.SiteStatusResponse) {
 			r.Gateways = []*apipb.GatewayHealth{{Name: "gw", Health: "critical"}}
 		}), true, VerdictDegraded, "gateway gw is critical"},
@@ -59,7 +67,9 @@ func TestJudgeSite(t *testing.T) {
 		{"gateway revoked", site(func(r *apipb.SiteStatusResponse) {
 			r.Gateways = []*apipb.GatewayHealth{{Name: "gw", Health: "absent", Revoked: true}}
 		}), true, VerdictHealthy, ""},
-		{"server SVID expired", site(func(r *apipb.SiteStatusResponse) { r.Servers[1].Status.SvidExpires = timestamppb.New(now.Add(-time.Minute)) }), true, VerdictDegraded, "SVID expired"},
+		{"server SVID expired", site(func(r *apipb.SiteStatusResponse) {
+			r.Servers[1].Status.SvidExpires = timestamppb.New(now.Add(-time.Minute))
+		}), true, VerdictDegraded, "SVID expired"},
 		{"CA root expiring", site(func(r *apipb.SiteStatusResponse) { r.Ca.Roots[0].NotAfter = timestamppb.New(now.Add(24 * time.Hour)) }), true, VerdictDegraded, "strait ca rotate"},
 	}
 	for _, tt := range tests {

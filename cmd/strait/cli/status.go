@@ -1,14 +1,18 @@
 package cli
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
@@ -39,7 +43,7 @@ Exit status 1 unless healthy, so scripts can use it as a check.`,
 					return err
 				}
 				if g.json {
-					err = g.printJSON(st)
+					err = printJSONAllFields(g.stdout, st)
 				} else {
 					err = printSiteStatus(g.stdout, st, time.Now())
 				}
@@ -162,4 +166,21 @@ func countNoun(n int, word string) string {
 		return fmt.Sprintf("%d %sies", n, strings.TrimSuffix(word, "y"))
 	}
 	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// printJSONAllFields is printJSON with every field present, false and zero
+// included, so that a health check can test "healthy" or "reachable"
+// without knowing the proto3 JSON rule that omits them.
+func printJSONAllFields(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err = w.Write(out.Bytes())
+	return err
 }

@@ -82,6 +82,11 @@ func TestStatusShowsAStoppedServer(t *testing.T) {
 	if code != 1 || st.Verdict != "degraded" || st.Healthy {
 		t.Fatalf("one server down: exit %d, verdict %q, problems %q", code, st.Verdict, st.Problems)
 	}
+	// Every field is in the document, false ones too.
+	_, raw, _ := run(t, env, "status", "--json")
+	if !strings.Contains(raw, `"healthy": false`) || !strings.Contains(raw, `"reachable": false`) {
+		t.Fatalf("status --json leaves out false fields:\n%s", raw)
+	}
 	if !strings.Contains(errs, "is degraded") {
 		t.Fatalf("one server down: stderr %q", errs)
 	}

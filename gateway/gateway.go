@@ -37,6 +37,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/internal/tunnelmux"
+	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -104,7 +105,8 @@ type Gateway struct {
 	wanAddr  string
 	ready    chan struct{}
 	once     sync.Once
-	// revokeOnce: see revoked.
+	// revocation and revokeOnce: see revoked.
+	revocation enroll.RevocationWatch
 	revokeOnce sync.Once
 }
 

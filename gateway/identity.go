@@ -44,8 +44,8 @@ func (g *Gateway) loadOrJoin(ctx context.Context) error {
 	return nil
 }
 
-// revoked ends the gateway once the servers said it was revoked: retrying
-// cannot help. Its identity is set aside, so that a restart with a new
+// revoked ends the gateway once the servers said it was revoked (and kept
+// saying so: see enroll.RevocationWatch): retrying cannot help. Its identity is set aside, so that a restart with a new
 // token joins again.
 func (g *Gateway) revoked(err error) error {
 	g.revokeOnce.Do(func() {
@@ -71,10 +71,11 @@ func (g *Gateway) renewLoop(ctx context.Context) error {
 		if !g.renewDue() {
 			continue
 		}
-		if err := g.renew(ctx); err != nil && ctx.Err() == nil {
-			if enroll.IsRevoked(err) {
-				return g.revoked(err)
-			}
+		err := g.renew(ctx)
+		if g.revocation.Confirmed(err) {
+			return g.revoked(err)
+		}
+		if err != nil && ctx.Err() == nil {
 			g.log.Warn("gateway svid renewal failed; will retry", "err", err)
 		}
 	}
@@ -149,7 +150,7 @@ func (g *Gateway) heartbeatLoop(ctx context.Context) error {
 				result = "error"
 			}
 			g.m.heartbeats.WithLabelValues(result).Inc()
-			if enroll.IsRevoked(err) {
+			if g.revocation.Confirmed(err) {
 				return g.revoked(err)
 			}
 			switch {

@@ -85,6 +85,7 @@ type Agent struct {
 	ident  *mtls.Identity
 	client *apiclient.Client
 
+	revocation enroll.RevocationWatch
 	revokeOnce sync.Once // see revoked
 
 	mu      sync.Mutex
@@ -202,8 +203,8 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 	return nil
 }
 
-// revoked ends the agent once the servers said it was revoked: retrying
-// cannot help. Its identity is set aside, so that a restart with a new
+// revoked ends the agent once the servers said it was revoked (and kept
+// saying so: see enroll.RevocationWatch): retrying cannot help. Its identity is set aside, so that a restart with a new
 // token joins again.
 func (a *Agent) revoked(err error) error {
 	a.revokeOnce.Do(func() {
@@ -239,6 +240,7 @@ func (a *Agent) watchLoop(ctx context.Context) error {
 					err = rerr
 					break
 				}
+				a.revocation.Confirmed(nil)
 				backoff = 100 * time.Millisecond
 				if aerr := a.apply(upd); aerr != nil {
 					a.log.Warn("bad update from server", "err", aerr)
@@ -248,7 +250,7 @@ func (a *Agent) watchLoop(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if enroll.IsRevoked(err) {
+		if a.revocation.Confirmed(err) {
 			return a.revoked(err)
 		}
 		a.log.Warn("lost the servers' watch; retrying", "err", err, "in", backoff)
@@ -336,7 +338,7 @@ func (a *Agent) mintLoop(ctx context.Context) error {
 		case <-a.kick:
 		}
 		if err := a.mint(ctx); err != nil && ctx.Err() == nil {
-			if enroll.IsRevoked(err) {
+			if a.revocation.Confirmed(err) {
 				return a.revoked(err)
 			}
 			a.log.Warn("svid signing failed; will retry", "err", err)
@@ -446,10 +448,11 @@ func (a *Agent) renewLoop(ctx context.Context) error {
 		if !due(cur.Certificates[0], active, a.cfg.Now()) {
 			continue
 		}
-		if err := a.renew(ctx); err != nil && ctx.Err() == nil {
-			if enroll.IsRevoked(err) {
-				return a.revoked(err)
-			}
+		err := a.renew(ctx)
+		if a.revocation.Confirmed(err) {
+			return a.revoked(err)
+		}
+		if err != nil && ctx.Err() == nil {
 			a.log.Warn("agent svid renewal failed; will retry", "err", err)
 		}
 	}

@@ -106,3 +106,28 @@ func TestIsRevoked(t *testing.T) {
 		}
 	}
 }
+
+// TestRevocationWatch: a revocation is acted on only once the servers
+// have kept answering it for ConfirmRevokedAfter with no success between
+// (a server that has not applied a re-join yet answers it for a moment).
+func TestRevocationWatch(t *testing.T) {
+	now := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+	w := enroll.RevocationWatch{Now: func() time.Time { return now }}
+	revoked := enroll.RevokedStatus("gateway", "gw")
+	if w.Confirmed(revoked) {
+		t.Fatal("confirmed at the first answer")
+	}
+	now = now.Add(enroll.ConfirmRevokedAfter / 2)
+	if w.Confirmed(errors.New("unavailable")) || w.Confirmed(revoked) {
+		t.Fatal("confirmed too early")
+	}
+	now = now.Add(enroll.ConfirmRevokedAfter / 2)
+	if !w.Confirmed(revoked) {
+		t.Fatal("not confirmed after ConfirmRevokedAfter")
+	}
+	// A success in between starts over.
+	w.Confirmed(nil)
+	if w.Confirmed(revoked) {
+		t.Fatal("confirmed right after a success")
+	}
+}

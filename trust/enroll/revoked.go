@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -47,6 +49,44 @@ func IsRevoked(err error) bool {
 		}
 	}
 	return false
+}
+
+// ConfirmRevokedAfter is how long servers must keep answering "revoked"
+// before a node believes it: a server that has not yet applied a re-join
+// (a new token after a revocation) still answers so for a moment.
+const ConfirmRevokedAfter = 3 * time.Second
+
+// RevocationWatch tells a node when to act on the servers' revocation
+// answers: when they persist, with no success between, for
+// ConfirmRevokedAfter. The zero value is ready; it is safe for concurrent
+// use.
+type RevocationWatch struct {
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+
+	mu    sync.Mutex
+	since time.Time // first revoked answer since the last success
+}
+
+// Confirmed records err (a call's outcome) and reports whether it is a
+// revocation to act on now.
+func (w *RevocationWatch) Confirmed(err error) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !IsRevoked(err) {
+		if err == nil {
+			w.since = time.Time{}
+		}
+		return false
+	}
+	now := time.Now()
+	if w.Now != nil {
+		now = w.Now()
+	}
+	if w.since.IsZero() {
+		w.since = now
+	}
+	return now.Sub(w.since) >= ConfirmRevokedAfter
 }
 
 // revokedSuffix marks an info file set aside by MarkRevoked.

@@ -264,6 +264,11 @@ func (s intentionService) CheckPeer(ctx context.Context, req *apipb.CheckPeerInt
 	}
 	for _, f := range s.cfg.Node.Store().ForeignBundles() {
 		if f.PeerName == req.Peer {
+			release, err := s.diag.acquire(ctx, "CheckPeer")
+			if err != nil {
+				return nil, err
+			}
+			defer release()
 			return s.cfg.Node.PeerIntention(ctx, f, req.Namespace, req.Service)
 		}
 	}

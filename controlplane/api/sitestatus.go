@@ -37,6 +37,11 @@ func (s *Server) ServerStatus(ctx context.Context, req *apipb.StatusRequest) (*a
 // leader (when there is one) for the peers' streams, lists the gateways
 // and the CA, and judges the whole.
 func (s *Server) SiteStatus(ctx context.Context, req *apipb.SiteStatusRequest) (*apipb.SiteStatusResponse, error) {
+	release, err := s.diag.acquire(ctx, "SiteStatus")
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	own := s.cfg.Node.Status()
 	resp := &apipb.SiteStatusResponse{
 		Site: own.Site, TrustDomain: own.TrustDomain, AnsweredBy: own.NodeId,

@@ -55,60 +55,62 @@ const (
 )
 
 var methodPerms = map[string]permission{
-	apipb.Catalog_Register_FullMethodName:         permWrite,
-	apipb.Catalog_Deregister_FullMethodName:       permWrite,
-	apipb.Catalog_Heartbeat_FullMethodName:        permWrite,
-	apipb.Catalog_ListServices_FullMethodName:     permRead,
-	apipb.Catalog_GetService_FullMethodName:       permRead,
-	apipb.Catalog_Watch_FullMethodName:            permRead,
-	apipb.ACL_CreateToken_FullMethodName:          permManage,
-	apipb.ACL_ListTokens_FullMethodName:           permManage,
-	apipb.ACL_RevokeToken_FullMethodName:          permManage,
-	apipb.Operator_Status_FullMethodName:          permRead,
-	apipb.Operator_SiteStatus_FullMethodName:      permRead,
-	apipb.Operator_ListPeers_FullMethodName:       permRead,
-	apipb.Operator_RemovePeer_FullMethodName:      permManage,
-	apipb.Operator_RotateCA_FullMethodName:        permManage,
-	apipb.Operator_CAStatus_FullMethodName:        permRead,
-	apipb.Cluster_Join_FullMethodName:             permServerJoin,
-	apipb.Cluster_Promote_FullMethodName:          permServerPeer,
-	apipb.Cluster_Leave_FullMethodName:            permServerPeer,
-	apipb.Cluster_ServerStatus_FullMethodName:     permServerPeer,
-	apipb.Workload_CreateEntry_FullMethodName:     permManage,
-	apipb.Workload_ListAgents_FullMethodName:      permRead,
-	apipb.Workload_RevokeAgent_FullMethodName:     permManage,
-	apipb.Workload_ListEntries_FullMethodName:     permRead,
-	apipb.Workload_DeleteEntry_FullMethodName:     permManage,
-	apipb.Federation_CreateInvite_FullMethodName:  permManage,
-	apipb.Federation_Export_FullMethodName:        permManage,
-	apipb.Federation_Unexport_FullMethodName:      permManage,
-	apipb.Federation_ListExports_FullMethodName:   permRead,
-	apipb.Federation_Join_FullMethodName:          permManage,
-	apipb.Federation_Accept_FullMethodName:        permFederationAccept,
-	apipb.Federation_List_FullMethodName:          permRead,
-	apipb.Federation_Remove_FullMethodName:        permManage,
-	apipb.Federation_Unpeer_FullMethodName:        permPeerServer,
-	apipb.Federation_Replicate_FullMethodName:     permPeerServer,
-	apipb.Bundle_GetBundle_FullMethodName:         permRead,
-	apipb.Bundle_SetForeign_FullMethodName:        permManage,
-	apipb.Bundle_ListForeign_FullMethodName:       permRead,
-	apipb.Bundle_RemoveForeign_FullMethodName:     permManage,
-	apipb.Identity_AgentJoin_FullMethodName:       permAgentJoin,
-	apipb.Identity_RenewAgent_FullMethodName:      permAgentPeer,
-	apipb.Identity_WatchAgent_FullMethodName:      permAgentPeer,
-	apipb.Identity_SignX509SVIDs_FullMethodName:   permAgentPeer,
-	apipb.Identity_SignJWTSVID_FullMethodName:     permAgentPeer,
-	apipb.Intentions_Set_FullMethodName:           permManage,
-	apipb.Intentions_Delete_FullMethodName:        permManage,
-	apipb.Intentions_List_FullMethodName:          permRead,
-	apipb.Intentions_Check_FullMethodName:         permRead,
-	apipb.Intentions_CheckPeer_FullMethodName:     permRead,
+	apipb.Catalog_Register_FullMethodName:        permWrite,
+	apipb.Catalog_Deregister_FullMethodName:      permWrite,
+	apipb.Catalog_Heartbeat_FullMethodName:       permWrite,
+	apipb.Catalog_ListServices_FullMethodName:    permRead,
+	apipb.Catalog_GetService_FullMethodName:      permRead,
+	apipb.Catalog_Watch_FullMethodName:           permRead,
+	apipb.ACL_CreateToken_FullMethodName:         permManage,
+	apipb.ACL_ListTokens_FullMethodName:          permManage,
+	apipb.ACL_RevokeToken_FullMethodName:         permManage,
+	apipb.Operator_Status_FullMethodName:         permRead,
+	apipb.Operator_SiteStatus_FullMethodName:     permRead,
+	apipb.Operator_ListPeers_FullMethodName:      permRead,
+	apipb.Operator_RemovePeer_FullMethodName:     permManage,
+	apipb.Operator_RotateCA_FullMethodName:       permManage,
+	apipb.Operator_CAStatus_FullMethodName:       permRead,
+	apipb.Cluster_Join_FullMethodName:            permServerJoin,
+	apipb.Cluster_Promote_FullMethodName:         permServerPeer,
+	apipb.Cluster_Leave_FullMethodName:           permServerPeer,
+	apipb.Cluster_ServerStatus_FullMethodName:    permServerPeer,
+	apipb.Workload_CreateEntry_FullMethodName:    permManage,
+	apipb.Workload_ListAgents_FullMethodName:     permRead,
+	apipb.Workload_RevokeAgent_FullMethodName:    permManage,
+	apipb.Workload_ListEntries_FullMethodName:    permRead,
+	apipb.Workload_DeleteEntry_FullMethodName:    permManage,
+	apipb.Federation_CreateInvite_FullMethodName: permManage,
+	apipb.Federation_Export_FullMethodName:       permManage,
+	apipb.Federation_Unexport_FullMethodName:     permManage,
+	apipb.Federation_ListExports_FullMethodName:  permRead,
+	apipb.Federation_Join_FullMethodName:         permManage,
+	apipb.Federation_Accept_FullMethodName:       permFederationAccept,
+	apipb.Federation_List_FullMethodName:         permRead,
+	apipb.Federation_Remove_FullMethodName:       permManage,
+	apipb.Federation_Unpeer_FullMethodName:       permPeerServer,
+	apipb.Federation_Replicate_FullMethodName:    permPeerServer,
+	apipb.Bundle_GetBundle_FullMethodName:        permRead,
+	apipb.Bundle_SetForeign_FullMethodName:       permManage,
+	apipb.Bundle_ListForeign_FullMethodName:      permRead,
+	apipb.Bundle_RemoveForeign_FullMethodName:    permManage,
+	apipb.Identity_AgentJoin_FullMethodName:      permAgentJoin,
+	apipb.Identity_RenewAgent_FullMethodName:     permAgentPeer,
+	apipb.Identity_WatchAgent_FullMethodName:     permAgentPeer,
+	apipb.Identity_SignX509SVIDs_FullMethodName:  permAgentPeer,
+	apipb.Identity_SignJWTSVID_FullMethodName:    permAgentPeer,
+	apipb.Intentions_Set_FullMethodName:          permManage,
+	apipb.Intentions_Delete_FullMethodName:       permManage,
+	apipb.Intentions_List_FullMethodName:         permRead,
+	apipb.Intentions_Check_FullMethodName:        permRead,
+	apipb.Intentions_CheckPeer_FullMethodName:    permRead,
+	apipb.Gateway_Join_FullMethodName:            permGatewayJoin,
+	apipb.Gateway_Renew_FullMethodName:           permGatewayPeer,
+	apipb.Gateway_Heartbeat_FullMethodName:       permGatewayPeer,
+	apipb.Gateway_List_FullMethodName:            permRead,
+	apipb.Gateway_Revoke_FullMethodName:          permManage,
+
+	// A peer's server asking this site's decision (strait ping there).
 	apipb.Intentions_CheckFromPeer_FullMethodName: permPeerServer,
-	apipb.Gateway_Join_FullMethodName:             permGatewayJoin,
-	apipb.Gateway_Renew_FullMethodName:            permGatewayPeer,
-	apipb.Gateway_Heartbeat_FullMethodName:        permGatewayPeer,
-	apipb.Gateway_List_FullMethodName:             permRead,
-	apipb.Gateway_Revoke_FullMethodName:           permManage,
 	// xDS: the site's gateways.
 	discovery.AggregatedDiscoveryService_StreamAggregatedResources_FullMethodName: permMeshPeer,
 }
@@ -192,9 +194,11 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if !ok || !isAgent {
 			return nil, status.Error(codes.PermissionDenied, "only agents of this site, presenting their SVID, may call this")
 		}
-		if a, known := s.cfg.Node.Store().Agent(node); !known {
+		a, known := s.cfg.Node.Store().Agent(node)
+		if !known {
 			return nil, status.Errorf(codes.PermissionDenied, "agent %q is unknown to this site", node)
-		} else if a.Revoked {
+		}
+		if a.Revoked {
 			return nil, enroll.RevokedStatus("agent", node)
 		}
 		return context.WithValue(ctx, agentNodeKey, node), nil
@@ -262,9 +266,11 @@ func (s *Server) gatewayPeer(ctx context.Context, denied string) (context.Contex
 	if !ok || !isGateway {
 		return nil, status.Error(codes.PermissionDenied, denied)
 	}
-	if g, known := s.cfg.Node.Store().Gateway(name); !known {
+	g, known := s.cfg.Node.Store().Gateway(name)
+	if !known {
 		return nil, status.Errorf(codes.PermissionDenied, "gateway %q is unknown to this site", name)
-	} else if g.Revoked {
+	}
+	if g.Revoked {
 		return nil, enroll.RevokedStatus("gateway", name)
 	}
 	return context.WithValue(ctx, gatewayNameKey, name), nil

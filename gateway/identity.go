@@ -45,8 +45,8 @@ func (g *Gateway) loadOrJoin(ctx context.Context) error {
 }
 
 // revoked ends the gateway once the servers said it was revoked (and kept
-// saying so: see enroll.RevocationWatch): retrying cannot help. Its identity is set aside, so that a restart with a new
-// token joins again.
+// saying so: see enroll.RevocationWatch): retrying cannot help. Its
+// identity is set aside, so that a restart with a new token joins again.
 func (g *Gateway) revoked(err error) error {
 	g.revokeOnce.Do(func() {
 		g.log.Error("this gateway was revoked (strait gateway revoke); re-join with a new token", "data_dir", g.cfg.DataDir, "err", err)

@@ -204,8 +204,8 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 }
 
 // revoked ends the agent once the servers said it was revoked (and kept
-// saying so: see enroll.RevocationWatch): retrying cannot help. Its identity is set aside, so that a restart with a new
-// token joins again.
+// saying so: see enroll.RevocationWatch): retrying cannot help. Its
+// identity is set aside, so that a restart with a new token joins again.
 func (a *Agent) revoked(err error) error {
 	a.revokeOnce.Do(func() {
 		a.log.Error("this agent was revoked (strait agent revoke); re-join with a new token", "data_dir", a.cfg.DataDir, "err", err)

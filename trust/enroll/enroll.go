@@ -2,6 +2,11 @@
 // gets its first identity: with a join token that pins the site's CA, it
 // makes a key (which never leaves the host), asks the site's servers in
 // turn to sign a CSR for it, and keeps the result on disk (svidfile).
+//
+// It also holds how such a node learns that the site revoked it: servers
+// refuse it with RevokedStatus, the node tells that from other refusals
+// with IsRevoked, acts once RevocationWatch confirms it, and sets its
+// identity aside with MarkRevoked so that a new token joins it again.
 package enroll
 
 import (

@@ -123,6 +123,10 @@ type pingOptions struct {
 	wait    time.Duration
 }
 
+// pingConnectTimeout bounds the TCP connect to the virtual IP (a range
+// routed nowhere would otherwise hang until --timeout).
+const pingConnectTimeout = 10 * time.Second
+
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // ping runs the stages in order, filling r; it returns an error naming
@@ -201,7 +205,7 @@ func ping(ctx context.Context, cl *apiclient.Client, r *pingResult, o pingOption
 	// Connect and carry.
 	target := net.JoinHostPort(r.Address, strconv.Itoa(r.Port))
 	start = time.Now()
-	var d net.Dialer
+	d := net.Dialer{Timeout: pingConnectTimeout}
 	conn, err := d.DialContext(ctx, "tcp", target)
 	if err != nil {
 		return fail("connect", fmt.Errorf("%s: %w (nothing listens there: is this site's gateway running and configured? see `strait status`)", target, err))

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -141,8 +142,9 @@ type Config struct {
 	// contact before they are marked stale; 1m when zero.
 	PeerStaleAfter time.Duration
 	// VirtualIPCIDR is where virtual IPs of imported services come from:
-	// "240.0.0.0/16" when empty ("127.240.0.0/16" with Dev, so that the
-	// demo's gateways can listen on them on loopback).
+	// "240.0.0.0/16" when empty; with Dev, a /16 of loopback derived from
+	// the site name (DevVirtualIPCIDR), so that a dev site's gateway can
+	// listen on them and two dev sites on one host do not collide.
 	VirtualIPCIDR string
 	// PeerDialer, when set, dials peer sites' servers (tests route peer
 	// traffic through an emulated WAN with it).
@@ -176,11 +178,20 @@ type RaftTimeouts struct {
 	CommitTimeout time.Duration // 50ms when zero
 }
 
-// Default virtual IP ranges (see Config.VirtualIPCIDR).
-const (
-	DefaultVirtualIPCIDR = "240.0.0.0/16"
-	DevVirtualIPCIDR     = "127.240.0.0/16"
-)
+// DefaultVirtualIPCIDR is the virtual IP range of a site that is not a
+// dev site (see Config.VirtualIPCIDR).
+const DefaultVirtualIPCIDR = "240.0.0.0/16"
+
+// DevVirtualIPCIDR is the default virtual IP range of a dev site: one of
+// the 112 /16s 127.128.0.0/16 to 127.239.0.0/16, chosen by a hash of the
+// site name, so that it is the same at every start and two dev sites of
+// different names on one host rarely share it (the demo's 127.240/16 and
+// up, and 127.0/16, are never chosen). Explicit configuration wins.
+func DevVirtualIPCIDR(site string) string {
+	h := fnv.New32a()
+	h.Write([]byte(site))
+	return fmt.Sprintf("127.%d.0.0/16", 128+h.Sum32()%112)
+}
 
 // DefaultBindAddr is where a server listens when told nothing.
 const DefaultBindAddr = "127.0.0.1:7400"
@@ -230,12 +241,6 @@ func (c *Config) setDefaults() error {
 	if c.PeerStaleAfter == 0 {
 		c.PeerStaleAfter = time.Minute
 	}
-	if c.VirtualIPCIDR == "" {
-		c.VirtualIPCIDR = DefaultVirtualIPCIDR
-		if c.Dev {
-			c.VirtualIPCIDR = DevVirtualIPCIDR
-		}
-	}
 	if c.SignRate == 0 {
 		c.SignRate = 2000
 	}
@@ -254,6 +259,12 @@ func (c *Config) setDefaults() error {
 		c.Bootstrap, c.Join, c.RetryJoin = true, nil, nil
 		if c.Site == "" {
 			c.Site = "dev"
+		}
+	}
+	if c.VirtualIPCIDR == "" {
+		c.VirtualIPCIDR = DefaultVirtualIPCIDR
+		if c.Dev {
+			c.VirtualIPCIDR = DevVirtualIPCIDR(c.Site)
 		}
 	}
 	if c.KEKFile == "" && c.DataDir != "" {

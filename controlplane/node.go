@@ -195,6 +195,8 @@ func (s *Server) Status() *apipb.StatusResponse {
 		CommitIndex:   parseStat(stats, "commit_index"),
 		AppliedIndex:  s.raft.AppliedIndex(),
 		Version:       Version,
+		SvidExpires:   s.svidExpires(),
+		DnsAddress:    s.dnsAddress(),
 	}
 	lc := s.raft.LastContact()
 	if !lc.IsZero() && s.raft.State() != raft.Leader {

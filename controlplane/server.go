@@ -96,6 +96,9 @@ func New(cfg Config) (*Server, error) {
 // Addr is the address the server advertises for Raft and the API.
 func (s *Server) Addr() string { return s.advertise }
 
+// VirtualIPCIDR is the range virtual IPs of imported services come from.
+func (s *Server) VirtualIPCIDR() string { return s.cfg.VirtualIPCIDR }
+
 // Store is the local replica of the state.
 func (s *Server) Store() *state.Store { return s.store }
 

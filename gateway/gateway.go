@@ -43,6 +43,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/internal/tunnelmux"
+	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -142,6 +143,9 @@ type Gateway struct {
 	wanAddr  string
 	ready    chan struct{}
 	once     sync.Once
+	// revocation and revokeOnce: see revoked.
+	revocation enroll.RevocationWatch
+	revokeOnce sync.Once
 }
 
 // New checks cfg.
@@ -288,8 +292,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	ingressDone := make(chan struct{})
 	go func() { defer close(ingressDone); g.serveIngress(serveCtx, ln) }()
+	// Egress stops with ctx, or when a task ends the gateway (a revocation).
+	egressCtx, stopEgress := context.WithCancel(ctx)
+	defer stopEgress()
 	egressDone := make(chan struct{})
-	go func() { defer close(egressDone); g.runEgress(ctx) }()
+	go func() { defer close(egressDone); g.runEgress(egressCtx) }()
 	go func() {
 		// Ready once configured and both sides listen.
 		for {
@@ -315,6 +322,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.draining.Store(true)
 	ln.Close()
 	g.tunnels.goAway()
+	stopEgress()
 	<-egressDone
 	done := make(chan struct{})
 	go func() { g.active.Wait(); close(done) }()

@@ -22,9 +22,12 @@ import (
 
 func (g *Gateway) tlsDir() string { return filepath.Join(g.cfg.DataDir, "tls") }
 
+// gatewayInfoFile, in the data dir, names the gateway and its trust domain.
+const gatewayInfoFile = "gateway.json"
+
 func (g *Gateway) loadOrJoin(ctx context.Context) error {
-	id, ident, joined, err := enroll.LoadOrEnroll(ctx, enroll.Node{Kind: "gateway", Dir: g.cfg.DataDir, InfoFile: "gateway.json",
-		NameKey: "name", Name: g.cfg.Name, Servers: g.cfg.Servers, Token: g.cfg.JoinToken, Now: g.cfg.Now,
+	id, ident, joined, err := enroll.LoadOrEnroll(ctx, enroll.Node{Kind: "gateway", Dir: g.cfg.DataDir, InfoFile: gatewayInfoFile,
+		NameKey: "name", Name: g.cfg.Name, Servers: g.cfg.Servers, Token: g.cfg.JoinToken, Now: g.cfg.Now, Logger: g.log,
 		Join: func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
 			r, err := apipb.NewGatewayClient(conn).Join(ctx, &apipb.GatewayJoinRequest{Name: g.cfg.Name, Csr: csr})
 			if err != nil {
@@ -51,6 +54,19 @@ func (g *Gateway) loadOrJoin(ctx context.Context) error {
 	return nil
 }
 
+// revoked ends the gateway once the servers said it was revoked (and kept
+// saying so: see enroll.RevocationWatch): retrying cannot help. Its
+// identity is set aside, so that a restart with a new token joins again.
+func (g *Gateway) revoked(err error) error {
+	g.revokeOnce.Do(func() {
+		g.log.Error("this gateway was revoked (strait gateway revoke); re-join with a new token", "data_dir", g.cfg.DataDir, "err", err)
+		if merr := enroll.MarkRevoked(g.cfg.DataDir, gatewayInfoFile); merr != nil {
+			g.log.Warn("revoked identity not set aside; move the data dir away before re-joining", "err", merr)
+		}
+	})
+	return enroll.Revoked("gateway", g.cfg.Name)
+}
+
 // renewLoop renews the SVID at half-life, and picks up the site's current
 // CA certificates (a CA rotation) with each renewal. It checks at once
 // when it starts (a gateway restarted past its SVID's half-life renews
@@ -60,7 +76,11 @@ func (g *Gateway) renewLoop(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if g.renewDue() {
-			if err := g.renew(ctx); err != nil && ctx.Err() == nil {
+			err := g.renew(ctx)
+			if g.revocation.Confirmed(err) {
+				return g.revoked(err)
+			}
+			if err != nil && ctx.Err() == nil {
 				g.log.Warn("gateway svid renewal failed; will retry", "err", err, "retry_in", g.cfg.RenewCheck,
 					"expires", g.ident.SVID().Certificates[0].NotAfter)
 			}
@@ -142,6 +162,9 @@ func (g *Gateway) heartbeatLoop(ctx context.Context) error {
 				result = "error"
 			}
 			g.m.heartbeats.WithLabelValues(result).Inc()
+			if g.revocation.Confirmed(err) {
+				return g.revoked(err)
+			}
 			switch {
 			case err != nil && ctx.Err() == nil && !warned:
 				g.log.Warn("gateway heartbeat failed; will retry", "err", err)

@@ -183,7 +183,7 @@ func TestSiteFailover(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if !strings.HasPrefix(ip, "127.240.") {
+		if !east.isVirtualIP(ip) {
 			return fmt.Errorf("echo.demo.mesh is still %s", ip)
 		}
 		return east.call(ip + ":7000")
@@ -331,10 +331,11 @@ func TestLeaderLoss(t *testing.T) {
 	stop := east.callLoop(vip + ":7000")
 	time.Sleep(time.Second)
 	var status struct {
-		NodeID   string `json:"node_id"`
 		LeaderID string `json:"leader_id"`
 	}
-	json.Unmarshal([]byte(west.mustCLI("status", "--json")), &status)
+	// status exits 1 unless the whole site is healthy; only the leader matters here.
+	out, _ := west.cli("status", "--json")
+	json.Unmarshal([]byte(out), &status)
 	leader := -1
 	for i := range servers {
 		if status.LeaderID == fmt.Sprintf("west-s%d", i) {

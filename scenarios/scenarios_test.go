@@ -3,10 +3,20 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/straitmesh/strait/controlplane"
 )
+
+// isVirtualIP reports whether ip is from the virtual IP range of the dev
+// site s (a loopback /16 derived from its name).
+func (s *site) isVirtualIP(ip string) bool {
+	a, err := netip.ParseAddr(ip)
+	return err == nil && netip.MustParsePrefix(controlplane.DevVirtualIPCIDR(s.name)).Contains(a)
+}
 
 // federateAll joins every pair of sites, exports each site's echo service
 // to every peer and lets every peer call it.
@@ -76,7 +86,7 @@ func TestJoinAndCall(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if !strings.HasPrefix(vip, "127.240.") {
+				if !from.isVirtualIP(vip) {
 					return fmt.Errorf("%s resolves to %s, not a virtual IP", name, vip)
 				}
 				return from.call(vip + ":7000")

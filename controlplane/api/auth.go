@@ -22,6 +22,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -64,6 +65,7 @@ var methodPerms = map[string]permission{
 	apipb.ACL_ListTokens_FullMethodName:          permManage,
 	apipb.ACL_RevokeToken_FullMethodName:         permManage,
 	apipb.Operator_Status_FullMethodName:         permRead,
+	apipb.Operator_SiteStatus_FullMethodName:     permRead,
 	apipb.Operator_ListPeers_FullMethodName:      permRead,
 	apipb.Operator_RemovePeer_FullMethodName:     permManage,
 	apipb.Operator_RotateCA_FullMethodName:       permManage,
@@ -71,6 +73,7 @@ var methodPerms = map[string]permission{
 	apipb.Cluster_Join_FullMethodName:            permServerJoin,
 	apipb.Cluster_Promote_FullMethodName:         permServerPeer,
 	apipb.Cluster_Leave_FullMethodName:           permServerPeer,
+	apipb.Cluster_ServerStatus_FullMethodName:    permServerPeer,
 	apipb.Workload_CreateEntry_FullMethodName:    permManage,
 	apipb.Workload_ListAgents_FullMethodName:     permRead,
 	apipb.Workload_RevokeAgent_FullMethodName:    permManage,
@@ -99,11 +102,15 @@ var methodPerms = map[string]permission{
 	apipb.Intentions_Delete_FullMethodName:       permManage,
 	apipb.Intentions_List_FullMethodName:         permRead,
 	apipb.Intentions_Check_FullMethodName:        permRead,
+	apipb.Intentions_CheckPeer_FullMethodName:    permRead,
 	apipb.Gateway_Join_FullMethodName:            permGatewayJoin,
 	apipb.Gateway_Renew_FullMethodName:           permGatewayPeer,
 	apipb.Gateway_Heartbeat_FullMethodName:       permGatewayPeer,
 	apipb.Gateway_List_FullMethodName:            permRead,
 	apipb.Gateway_Revoke_FullMethodName:          permManage,
+
+	// A peer's server asking this site's decision (strait ping there).
+	apipb.Intentions_CheckFromPeer_FullMethodName: permPeerServer,
 	// xDS: the site's gateways.
 	discovery.AggregatedDiscoveryService_StreamAggregatedResources_FullMethodName: permMeshPeer,
 }
@@ -187,8 +194,12 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if !ok || !isAgent {
 			return nil, status.Error(codes.PermissionDenied, "only agents of this site, presenting their SVID, may call this")
 		}
-		if a, known := s.cfg.Node.Store().Agent(node); !known || a.Revoked {
-			return nil, status.Errorf(codes.PermissionDenied, "agent %q is revoked or unknown to this site", node)
+		a, known := s.cfg.Node.Store().Agent(node)
+		if !known {
+			return nil, status.Errorf(codes.PermissionDenied, "agent %q is unknown to this site", node)
+		}
+		if a.Revoked {
+			return nil, enroll.RevokedStatus("agent", node)
 		}
 		return context.WithValue(ctx, agentNodeKey, node), nil
 	case permMeshPeer:
@@ -255,8 +266,12 @@ func (s *Server) gatewayPeer(ctx context.Context, denied string) (context.Contex
 	if !ok || !isGateway {
 		return nil, status.Error(codes.PermissionDenied, denied)
 	}
-	if g, known := s.cfg.Node.Store().Gateway(name); !known || g.Revoked {
-		return nil, status.Errorf(codes.PermissionDenied, "gateway %q is revoked or unknown to this site", name)
+	g, known := s.cfg.Node.Store().Gateway(name)
+	if !known {
+		return nil, status.Errorf(codes.PermissionDenied, "gateway %q is unknown to this site", name)
+	}
+	if g.Revoked {
+		return nil, enroll.RevokedStatus("gateway", name)
 	}
 	return context.WithValue(ctx, gatewayNameKey, name), nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/enroll"
 )
 
 // Limits on workload entries and signing requests.
@@ -223,6 +224,9 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 	st := s.cfg.Node.Store()
 	for {
 		changed := st.IdentityChanged()
+		if a, ok := st.Agent(node); ok && a.Revoked {
+			return enroll.RevokedStatus("agent", node)
+		}
 		auth, err := s.cfg.Node.Authorities()
 		if err != nil {
 			return err

@@ -283,3 +283,47 @@ func (s gatewayService) Revoke(ctx context.Context, req *apipb.RevokeGatewayRequ
 	}
 	return &apipb.RevokeGatewayResponse{}, nil
 }
+
+// CheckPeer asks a peer for its decision on a connection from this site
+// to its service ns/svc (see CheckFromPeer).
+func (s intentionService) CheckPeer(ctx context.Context, req *apipb.CheckPeerIntentionRequest) (*apipb.CheckIntentionResponse, error) {
+	if err := validLabel("peer", req.Peer); err != nil {
+		return nil, err
+	}
+	if err := validLabel("namespace", req.Namespace); err != nil {
+		return nil, err
+	}
+	if err := validLabel("service", req.Service); err != nil {
+		return nil, err
+	}
+	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+		if f.PeerName == req.Peer {
+			release, err := s.diag.acquire(ctx, "CheckPeer")
+			if err != nil {
+				return nil, err
+			}
+			defer release()
+			return s.cfg.Node.PeerIntention(ctx, f, req.Namespace, req.Service)
+		}
+	}
+	return nil, toStatus(notFound("peer %q", req.Peer))
+}
+
+// CheckFromPeer is a calling peer site's CheckPeer: this site's decision
+// for a connection from that site carrying no workload identity, which
+// only intentions for any namespace and service of the site can allow.
+func (s intentionService) CheckFromPeer(ctx context.Context, req *apipb.CheckPeerIntentionRequest) (*apipb.CheckIntentionResponse, error) {
+	td, _ := ctx.Value(peerTDKey).(string)
+	f, ok := s.cfg.Node.Store().ForeignBundle(td)
+	if !ok || f.PeerName == "" {
+		return nil, toStatus(notFound("peering with %s", td))
+	}
+	if err := validLabel("namespace", req.Namespace); err != nil {
+		return nil, err
+	}
+	if err := validLabel("service", req.Service); err != nil {
+		return nil, err
+	}
+	ok, matched := policy.Decide(s.cfg.Node.Store().Intentions(), policy.Source{Site: f.PeerName}, req.Namespace, req.Service)
+	return &apipb.CheckIntentionResponse{Allowed: ok, Matched: matched}, nil
+}

@@ -44,6 +44,9 @@ type Node interface {
 	Heartbeat(ctx context.Context, k *apipb.InstanceKey) error
 	// Status describes this server.
 	Status() *apipb.StatusResponse
+	// ProbeServers asks every server of the Raft configuration for its
+	// status, a bounded time each; one that does not answer is unreachable.
+	ProbeServers(ctx context.Context) []*apipb.ServerHealth
 	// Peers lists the Raft configuration.
 	Peers() ([]*apipb.RaftPeer, error)
 	// RemovePeer removes a server from the Raft configuration (leader only).
@@ -80,6 +83,9 @@ type Node interface {
 	// NotifyUnpeer tells a removed peer's servers, authenticating with this
 	// server's SVID.
 	NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error
+	// PeerIntention asks the peer's servers for their decision on a
+	// connection from this site to their service ns/svc.
+	PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error)
 	// FetchForeign fetches a foreign bundle from its endpoint.
 	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
 	// ServeExport runs the replication stream of the peer with trust

@@ -44,6 +44,7 @@ type Server struct {
 	// two concurrent exports of one service cannot lose each other's peers.
 	exportMu sync.Mutex
 	latency  *prometheus.HistogramVec
+	diag     *diagLimit
 }
 
 // New returns the API server.
@@ -63,9 +64,10 @@ func New(cfg Config) *Server {
 			Name: "strait_api_request_duration_seconds", Help: "API unary call latency by method.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}, []string{"method"}),
+		diag: newDiagLimit(),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.requests, s.latency)
+		cfg.Registerer.MustRegister(s.requests, s.latency, s.diag.refused)
 	}
 	return s
 }

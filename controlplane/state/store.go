@@ -300,6 +300,9 @@ func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
 		s.applySetGateway(c.SetGateway)
 	case *statepb.Command_SetAgent:
 		s.agents[c.SetAgent.Node] = proto.Clone(c.SetAgent).(*apipb.Agent)
+		if c.SetAgent.Revoked {
+			s.identityChanged() // the agent's watch ends at once
+		}
 	case *statepb.Command_SetForeignBundle:
 		err = s.applySetForeign(c.SetForeignBundle)
 	case *statepb.Command_AddPeer:

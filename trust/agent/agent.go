@@ -85,6 +85,9 @@ type Agent struct {
 	ident  *mtls.Identity
 	client *apiclient.Client
 
+	revocation enroll.RevocationWatch
+	revokeOnce sync.Once // see revoked
+
 	mu      sync.Mutex
 	synced  bool // the first update from the servers arrived
 	entries []*apipb.WorkloadEntry
@@ -175,11 +178,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
+// agentInfoFile, in the data dir, names the agent and its trust domain.
+const agentInfoFile = "agent.json"
+
 func (a *Agent) tlsDir() string { return filepath.Join(a.cfg.DataDir, "tls") }
 
 func (a *Agent) loadOrJoin(ctx context.Context) error {
-	id, ident, joined, err := enroll.LoadOrEnroll(ctx, enroll.Node{Kind: "agent", Dir: a.cfg.DataDir, InfoFile: "agent.json",
-		NameKey: "node", Name: a.cfg.Node, Servers: a.cfg.Servers, Token: a.cfg.JoinToken, Now: a.cfg.Now,
+	id, ident, joined, err := enroll.LoadOrEnroll(ctx, enroll.Node{Kind: "agent", Dir: a.cfg.DataDir, InfoFile: agentInfoFile,
+		NameKey: "node", Name: a.cfg.Node, Servers: a.cfg.Servers, Token: a.cfg.JoinToken, Now: a.cfg.Now, Logger: a.log,
 		Join: func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*enroll.Response, error) {
 			r, err := apipb.NewIdentityClient(conn).AgentJoin(ctx, &apipb.AgentJoinRequest{Node: a.cfg.Node, Csr: csr})
 			if err != nil {
@@ -197,6 +203,19 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 	}
 	a.td, a.ident = id.TrustDomain, ident
 	return nil
+}
+
+// revoked ends the agent once the servers said it was revoked (and kept
+// saying so: see enroll.RevocationWatch): retrying cannot help. Its
+// identity is set aside, so that a restart with a new token joins again.
+func (a *Agent) revoked(err error) error {
+	a.revokeOnce.Do(func() {
+		a.log.Error("this agent was revoked (strait agent revoke); re-join with a new token", "data_dir", a.cfg.DataDir, "err", err)
+		if merr := enroll.MarkRevoked(a.cfg.DataDir, agentInfoFile); merr != nil {
+			a.log.Warn("revoked identity not set aside; move the data dir away before re-joining", "err", merr)
+		}
+	})
+	return enroll.Revoked("agent", a.cfg.Node)
 }
 
 // notify wakes Workload API streams. mu held.
@@ -223,6 +242,7 @@ func (a *Agent) watchLoop(ctx context.Context) error {
 					err = rerr
 					break
 				}
+				a.revocation.Confirmed(nil)
 				backoff = 100 * time.Millisecond
 				if aerr := a.apply(upd); aerr != nil {
 					a.log.Warn("bad update from server", "err", aerr)
@@ -231,6 +251,9 @@ func (a *Agent) watchLoop(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if a.revocation.Confirmed(err) {
+			return a.revoked(err)
 		}
 		a.log.Warn("lost the servers' watch; retrying", "err", err, "in", backoff)
 		select {
@@ -317,6 +340,9 @@ func (a *Agent) mintLoop(ctx context.Context) error {
 		case <-a.kick:
 		}
 		if err := a.mint(ctx); err != nil && ctx.Err() == nil {
+			if a.revocation.Confirmed(err) {
+				return a.revoked(err)
+			}
 			a.log.Warn("svid signing failed; will retry", "err", err)
 		}
 	}
@@ -424,7 +450,11 @@ func (a *Agent) renewLoop(ctx context.Context) error {
 		if !due(cur.Certificates[0], active, a.cfg.Now()) {
 			continue
 		}
-		if err := a.renew(ctx); err != nil && ctx.Err() == nil {
+		err := a.renew(ctx)
+		if a.revocation.Confirmed(err) {
+			return a.revoked(err)
+		}
+		if err != nil && ctx.Err() == nil {
 			a.log.Warn("agent svid renewal failed; will retry", "err", err)
 		}
 	}

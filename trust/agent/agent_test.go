@@ -35,6 +35,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/trust/agent"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
 	"github.com/straitmesh/strait/trust/svidfile"
 )
@@ -46,6 +47,9 @@ type site struct {
 	socket   string
 	clock    *controlplanetest.Clock
 	agent    *agent.Agent
+	// exited is closed when the agent's Run returns runErr.
+	exited chan struct{}
+	runErr error
 }
 
 // startSite starts a one-server site and an agent "node1" joined to it.
@@ -78,12 +82,13 @@ func startSite(t testing.TB, tweak ...func(*controlplane.Config)) *site {
 	}
 	s.agent = a
 	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
+	s.exited = make(chan struct{})
+	go func() { s.runErr = a.Run(runCtx); close(s.exited) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
+		<-s.exited
+		if s.runErr != nil && !errors.Is(s.runErr, enroll.ErrRevoked) {
+			t.Errorf("agent: %v", s.runErr)
 		}
 	})
 	return s
@@ -664,5 +669,65 @@ func TestAgentRevocation(t *testing.T) {
 	}
 	if _, err := mgmt.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: "nope"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("revoking an unknown agent: %v, want NotFound", err)
+	}
+}
+
+// TestRevokedAgentStopsAndRejoins: a running agent that is revoked stops
+// (rather than retrying forever) and says why and what to do; started
+// again without a token it says it was revoked; with a new token it joins
+// again from the same data dir.
+func TestRevokedAgentStopsAndRejoins(t *testing.T) {
+	s := startSite(t)
+	s.register(t, "api", "node1", uidSel(os.Getuid()))
+	s.source(t, "api")
+	ctx := controlplanetest.Ctx(t)
+	mgmt := s.c.Client(0)
+	if _, err := mgmt.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: "node1"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the revoked agent still runs 20s after its revocation")
+	}
+	if !errors.Is(s.runErr, enroll.ErrRevoked) || !strings.Contains(s.runErr.Error(), "strait agent revoke node1") ||
+		!strings.Contains(s.runErr.Error(), "--join-token") {
+		t.Fatalf("revoked agent's error: %v", s.runErr)
+	}
+
+	// Started again on the same data dir: without a token it says it was
+	// revoked; with a new one it joins again and serves.
+	sockDir, _ := os.MkdirTemp("", "sa")
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	again := func(token string) (*agent.Agent, string) {
+		sock := filepath.Join(sockDir, fmt.Sprintf("a%d.sock", len(token)))
+		a, err := agent.New(agent.Config{Node: "node1", Servers: []string{s.c.Nodes[0].Addr}, JoinToken: token,
+			DataDir: s.agentDir, SocketPath: sock, Logger: testLogger(), CheckInterval: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a, sock
+	}
+	a, _ := again("")
+	if err := a.Run(ctx); err == nil || !strings.Contains(err.Error(), "was revoked") || !strings.Contains(err.Error(), "--join-token") {
+		t.Fatalf("restart without a token: %v", err)
+	}
+	tok, err := mgmt.ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, sock := again(tok.Secret)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("re-joined agent: %v", err)
+		}
+	})
+	s.socket = sock
+	if sv, err := s.source(t, "api").GetX509SVID(); err != nil || sv.ID != workloadID("api") {
+		t.Fatalf("after re-joining: %v %v", sv, err)
 	}
 }

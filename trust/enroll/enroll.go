@@ -2,6 +2,11 @@
 // gets its first identity: with a join token that pins the site's CA, it
 // makes a key (which never leaves the host), asks the site's servers in
 // turn to sign a CSR for it, and keeps the result on disk (svidfile).
+//
+// It also holds how such a node learns that the site revoked it: servers
+// refuse it with RevokedStatus, the node tells that from other refusals
+// with IsRevoked, acts once RevocationWatch confirms it, and sets its
+// identity aside with MarkRevoked so that a new token joins it again.
 package enroll
 
 import (
@@ -11,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -163,17 +169,28 @@ type Node struct {
 	Join func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*Response, error)
 	// Now is the clock of the mTLS identity; time.Now when nil.
 	Now func() time.Time
+	// Logger says when Token is not used; slog.Default when nil.
+	Logger *slog.Logger
 }
 
 // LoadOrEnroll loads the identity kept in n.Dir, or enrolls with n.Token
 // when there is none yet, and returns it as an mTLS identity.
 // enrolled reports a fresh enrollment (for logging; id.Via says where).
 func LoadOrEnroll(ctx context.Context, n Node) (id *Identity, ident *mtls.Identity, enrolled bool, err error) {
+	if n.Logger == nil {
+		n.Logger = slog.Default()
+	}
 	id, err = Load(n.Dir, n.InfoFile, n.NameKey, n.Name)
 	switch {
 	case err == nil:
+		if n.Token != "" {
+			n.Logger.Warn("join token not used: the data dir already holds this node's identity; to join again, stop it, move the data dir away and start it with a new token",
+				"kind", n.Kind, "data_dir", n.Dir)
+		}
 	case !errors.Is(err, ErrNotEnrolled):
 		return nil, nil, false, err
+	case n.Token == "" && wasRevoked(n.Dir, n.InfoFile):
+		return nil, nil, false, fmt.Errorf("this %s was revoked: to re-join, create a new token with `strait token create --kind %s` and pass it with --join-token", n.Kind, n.Kind)
 	case n.Token == "":
 		return nil, nil, false, fmt.Errorf("this %s has not joined a site yet: pass --join-token (create one with `strait token create --kind %s`)", n.Kind, n.Kind)
 	default:

@@ -105,6 +105,7 @@ func newRoot(g *globals) *cobra.Command {
 		newTokenCmd(g),
 		newOperatorCmd(g),
 		newStatusCmd(g),
+		newPingCmd(g),
 		newVersionCmd(g),
 	)
 	root.InitDefaultHelpCmd()

@@ -15,7 +15,7 @@ import (
 
 func newWorkloadCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "workload", Short: "Register which processes get which identity"}
-	cmd.AddCommand(newWorkloadRegisterCmd(g), newWorkloadListCmd(g), newWorkloadDeleteCmd(g), newWorkloadGRPCFilesCmd(g))
+	cmd.AddCommand(newWorkloadRegisterCmd(g), newWorkloadListCmd(g), newWorkloadDeleteCmd(g), newWorkloadGRPCFilesCmd(g), newWorkloadSVIDCmd(g))
 	return cmd
 }
 

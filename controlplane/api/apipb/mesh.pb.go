@@ -533,6 +533,69 @@ func (x *CheckIntentionResponse) GetMatched() *Intention {
 	return nil
 }
 
+// CheckPeerIntentionRequest asks a peer site's decision for a
+// connection from this site to one of the peer's services.
+type CheckPeerIntentionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer (its local name). Ignored by CheckFromPeer: the caller is the peer.
+	Peer          string `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service       string `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckPeerIntentionRequest) Reset() {
+	*x = CheckPeerIntentionRequest{}
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckPeerIntentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckPeerIntentionRequest) ProtoMessage() {}
+
+func (x *CheckPeerIntentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckPeerIntentionRequest.ProtoReflect.Descriptor instead.
+func (*CheckPeerIntentionRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CheckPeerIntentionRequest) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *CheckPeerIntentionRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *CheckPeerIntentionRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
 // GatewayRecord is a gateway that joined the site.
 type GatewayRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -546,7 +609,7 @@ type GatewayRecord struct {
 
 func (x *GatewayRecord) Reset() {
 	*x = GatewayRecord{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +621,7 @@ func (x *GatewayRecord) String() string {
 func (*GatewayRecord) ProtoMessage() {}
 
 func (x *GatewayRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +634,7 @@ func (x *GatewayRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayRecord.ProtoReflect.Descriptor instead.
 func (*GatewayRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{9}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GatewayRecord) GetName() string {
@@ -613,7 +676,7 @@ type GatewayJoinRequest struct {
 
 func (x *GatewayJoinRequest) Reset() {
 	*x = GatewayJoinRequest{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +688,7 @@ func (x *GatewayJoinRequest) String() string {
 func (*GatewayJoinRequest) ProtoMessage() {}
 
 func (x *GatewayJoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +701,7 @@ func (x *GatewayJoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayJoinRequest.ProtoReflect.Descriptor instead.
 func (*GatewayJoinRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{10}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GatewayJoinRequest) GetName() string {
@@ -668,7 +731,7 @@ type GatewayJoinResponse struct {
 
 func (x *GatewayJoinResponse) Reset() {
 	*x = GatewayJoinResponse{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +743,7 @@ func (x *GatewayJoinResponse) String() string {
 func (*GatewayJoinResponse) ProtoMessage() {}
 
 func (x *GatewayJoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +756,7 @@ func (x *GatewayJoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayJoinResponse.ProtoReflect.Descriptor instead.
 func (*GatewayJoinResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{11}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GatewayJoinResponse) GetTrustDomain() string {
@@ -726,7 +789,7 @@ type RenewGatewayRequest struct {
 
 func (x *RenewGatewayRequest) Reset() {
 	*x = RenewGatewayRequest{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +801,7 @@ func (x *RenewGatewayRequest) String() string {
 func (*RenewGatewayRequest) ProtoMessage() {}
 
 func (x *RenewGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +814,7 @@ func (x *RenewGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RenewGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{12}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewGatewayRequest) GetCsr() []byte {
@@ -771,7 +834,7 @@ type RenewGatewayResponse struct {
 
 func (x *RenewGatewayResponse) Reset() {
 	*x = RenewGatewayResponse{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +846,7 @@ func (x *RenewGatewayResponse) String() string {
 func (*RenewGatewayResponse) ProtoMessage() {}
 
 func (x *RenewGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +859,7 @@ func (x *RenewGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RenewGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{13}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RenewGatewayResponse) GetSvid() [][]byte {
@@ -823,7 +886,7 @@ type GatewayHeartbeatRequest struct {
 
 func (x *GatewayHeartbeatRequest) Reset() {
 	*x = GatewayHeartbeatRequest{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +898,7 @@ func (x *GatewayHeartbeatRequest) String() string {
 func (*GatewayHeartbeatRequest) ProtoMessage() {}
 
 func (x *GatewayHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +911,7 @@ func (x *GatewayHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*GatewayHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GatewayHeartbeatRequest) GetWanAddress() string {
@@ -866,7 +929,7 @@ type GatewayHeartbeatResponse struct {
 
 func (x *GatewayHeartbeatResponse) Reset() {
 	*x = GatewayHeartbeatResponse{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +941,7 @@ func (x *GatewayHeartbeatResponse) String() string {
 func (*GatewayHeartbeatResponse) ProtoMessage() {}
 
 func (x *GatewayHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +954,7 @@ func (x *GatewayHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*GatewayHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{16}
 }
 
 type ListGatewaysRequest struct {
@@ -902,7 +965,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +977,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +990,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{17}
 }
 
 type ListGatewaysResponse struct {
@@ -939,7 +1002,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1014,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1027,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*GatewayRecord {
@@ -983,7 +1046,7 @@ type RevokeGatewayRequest struct {
 
 func (x *RevokeGatewayRequest) Reset() {
 	*x = RevokeGatewayRequest{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1058,7 @@ func (x *RevokeGatewayRequest) String() string {
 func (*RevokeGatewayRequest) ProtoMessage() {}
 
 func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[18]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1071,7 @@ func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeGatewayRequest) GetName() string {
@@ -1026,7 +1089,7 @@ type RevokeGatewayResponse struct {
 
 func (x *RevokeGatewayResponse) Reset() {
 	*x = RevokeGatewayResponse{}
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1101,7 @@ func (x *RevokeGatewayResponse) String() string {
 func (*RevokeGatewayResponse) ProtoMessage() {}
 
 func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[19]
+	mi := &file_controlplane_api_apipb_mesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1114,7 @@ func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{19}
+	return file_controlplane_api_apipb_mesh_proto_rawDescGZIP(), []int{20}
 }
 
 var File_controlplane_api_apipb_mesh_proto protoreflect.FileDescriptor
@@ -1085,7 +1148,11 @@ const file_controlplane_api_apipb_mesh_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\"f\n" +
 	"\x16CheckIntentionResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x122\n" +
-	"\amatched\x18\x02 \x01(\v2\x18.strait.api.v1.IntentionR\amatched\"\x98\x01\n" +
+	"\amatched\x18\x02 \x01(\v2\x18.strait.api.v1.IntentionR\amatched\"g\n" +
+	"\x19CheckPeerIntentionRequest\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice\"\x98\x01\n" +
 	"\rGatewayRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x06joined\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06joined\x12%\n" +
@@ -1116,13 +1183,15 @@ const file_controlplane_api_apipb_mesh_proto_rawDesc = "" +
 	"\x0fIntentionAction\x12 \n" +
 	"\x1cINTENTION_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INTENTION_ACTION_ALLOW\x10\x01\x12\x19\n" +
-	"\x15INTENTION_ACTION_DENY\x10\x022\xe0\x02\n" +
+	"\x15INTENTION_ACTION_DENY\x10\x022\xa0\x04\n" +
 	"\n" +
 	"Intentions\x12N\n" +
 	"\x03Set\x12\".strait.api.v1.SetIntentionRequest\x1a#.strait.api.v1.SetIntentionResponse\x12W\n" +
 	"\x06Delete\x12%.strait.api.v1.DeleteIntentionRequest\x1a&.strait.api.v1.DeleteIntentionResponse\x12S\n" +
 	"\x04List\x12$.strait.api.v1.ListIntentionsRequest\x1a%.strait.api.v1.ListIntentionsResponse\x12T\n" +
-	"\x05Check\x12$.strait.api.v1.CheckIntentionRequest\x1a%.strait.api.v1.CheckIntentionResponse2\xae\x03\n" +
+	"\x05Check\x12$.strait.api.v1.CheckIntentionRequest\x1a%.strait.api.v1.CheckIntentionResponse\x12\\\n" +
+	"\tCheckPeer\x12(.strait.api.v1.CheckPeerIntentionRequest\x1a%.strait.api.v1.CheckIntentionResponse\x12`\n" +
+	"\rCheckFromPeer\x12(.strait.api.v1.CheckPeerIntentionRequest\x1a%.strait.api.v1.CheckIntentionResponse2\xae\x03\n" +
 	"\aGateway\x12M\n" +
 	"\x04Join\x12!.strait.api.v1.GatewayJoinRequest\x1a\".strait.api.v1.GatewayJoinResponse\x12P\n" +
 	"\x05Renew\x12\".strait.api.v1.RenewGatewayRequest\x1a#.strait.api.v1.RenewGatewayResponse\x12\\\n" +
@@ -1143,30 +1212,31 @@ func file_controlplane_api_apipb_mesh_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_api_apipb_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_api_apipb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_controlplane_api_apipb_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_controlplane_api_apipb_mesh_proto_goTypes = []any{
-	(IntentionAction)(0),             // 0: strait.api.v1.IntentionAction
-	(*Intention)(nil),                // 1: strait.api.v1.Intention
-	(*SetIntentionRequest)(nil),      // 2: strait.api.v1.SetIntentionRequest
-	(*SetIntentionResponse)(nil),     // 3: strait.api.v1.SetIntentionResponse
-	(*DeleteIntentionRequest)(nil),   // 4: strait.api.v1.DeleteIntentionRequest
-	(*DeleteIntentionResponse)(nil),  // 5: strait.api.v1.DeleteIntentionResponse
-	(*ListIntentionsRequest)(nil),    // 6: strait.api.v1.ListIntentionsRequest
-	(*ListIntentionsResponse)(nil),   // 7: strait.api.v1.ListIntentionsResponse
-	(*CheckIntentionRequest)(nil),    // 8: strait.api.v1.CheckIntentionRequest
-	(*CheckIntentionResponse)(nil),   // 9: strait.api.v1.CheckIntentionResponse
-	(*GatewayRecord)(nil),            // 10: strait.api.v1.GatewayRecord
-	(*GatewayJoinRequest)(nil),       // 11: strait.api.v1.GatewayJoinRequest
-	(*GatewayJoinResponse)(nil),      // 12: strait.api.v1.GatewayJoinResponse
-	(*RenewGatewayRequest)(nil),      // 13: strait.api.v1.RenewGatewayRequest
-	(*RenewGatewayResponse)(nil),     // 14: strait.api.v1.RenewGatewayResponse
-	(*GatewayHeartbeatRequest)(nil),  // 15: strait.api.v1.GatewayHeartbeatRequest
-	(*GatewayHeartbeatResponse)(nil), // 16: strait.api.v1.GatewayHeartbeatResponse
-	(*ListGatewaysRequest)(nil),      // 17: strait.api.v1.ListGatewaysRequest
-	(*ListGatewaysResponse)(nil),     // 18: strait.api.v1.ListGatewaysResponse
-	(*RevokeGatewayRequest)(nil),     // 19: strait.api.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),    // 20: strait.api.v1.RevokeGatewayResponse
-	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
+	(IntentionAction)(0),              // 0: strait.api.v1.IntentionAction
+	(*Intention)(nil),                 // 1: strait.api.v1.Intention
+	(*SetIntentionRequest)(nil),       // 2: strait.api.v1.SetIntentionRequest
+	(*SetIntentionResponse)(nil),      // 3: strait.api.v1.SetIntentionResponse
+	(*DeleteIntentionRequest)(nil),    // 4: strait.api.v1.DeleteIntentionRequest
+	(*DeleteIntentionResponse)(nil),   // 5: strait.api.v1.DeleteIntentionResponse
+	(*ListIntentionsRequest)(nil),     // 6: strait.api.v1.ListIntentionsRequest
+	(*ListIntentionsResponse)(nil),    // 7: strait.api.v1.ListIntentionsResponse
+	(*CheckIntentionRequest)(nil),     // 8: strait.api.v1.CheckIntentionRequest
+	(*CheckIntentionResponse)(nil),    // 9: strait.api.v1.CheckIntentionResponse
+	(*CheckPeerIntentionRequest)(nil), // 10: strait.api.v1.CheckPeerIntentionRequest
+	(*GatewayRecord)(nil),             // 11: strait.api.v1.GatewayRecord
+	(*GatewayJoinRequest)(nil),        // 12: strait.api.v1.GatewayJoinRequest
+	(*GatewayJoinResponse)(nil),       // 13: strait.api.v1.GatewayJoinResponse
+	(*RenewGatewayRequest)(nil),       // 14: strait.api.v1.RenewGatewayRequest
+	(*RenewGatewayResponse)(nil),      // 15: strait.api.v1.RenewGatewayResponse
+	(*GatewayHeartbeatRequest)(nil),   // 16: strait.api.v1.GatewayHeartbeatRequest
+	(*GatewayHeartbeatResponse)(nil),  // 17: strait.api.v1.GatewayHeartbeatResponse
+	(*ListGatewaysRequest)(nil),       // 18: strait.api.v1.ListGatewaysRequest
+	(*ListGatewaysResponse)(nil),      // 19: strait.api.v1.ListGatewaysResponse
+	(*RevokeGatewayRequest)(nil),      // 20: strait.api.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),     // 21: strait.api.v1.RevokeGatewayResponse
+	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
 }
 var file_controlplane_api_apipb_mesh_proto_depIdxs = []int32{
 	0,  // 0: strait.api.v1.Intention.action:type_name -> strait.api.v1.IntentionAction
@@ -1174,28 +1244,32 @@ var file_controlplane_api_apipb_mesh_proto_depIdxs = []int32{
 	1,  // 2: strait.api.v1.SetIntentionResponse.intention:type_name -> strait.api.v1.Intention
 	1,  // 3: strait.api.v1.ListIntentionsResponse.intentions:type_name -> strait.api.v1.Intention
 	1,  // 4: strait.api.v1.CheckIntentionResponse.matched:type_name -> strait.api.v1.Intention
-	21, // 5: strait.api.v1.GatewayRecord.joined:type_name -> google.protobuf.Timestamp
-	10, // 6: strait.api.v1.ListGatewaysResponse.gateways:type_name -> strait.api.v1.GatewayRecord
+	22, // 5: strait.api.v1.GatewayRecord.joined:type_name -> google.protobuf.Timestamp
+	11, // 6: strait.api.v1.ListGatewaysResponse.gateways:type_name -> strait.api.v1.GatewayRecord
 	2,  // 7: strait.api.v1.Intentions.Set:input_type -> strait.api.v1.SetIntentionRequest
 	4,  // 8: strait.api.v1.Intentions.Delete:input_type -> strait.api.v1.DeleteIntentionRequest
 	6,  // 9: strait.api.v1.Intentions.List:input_type -> strait.api.v1.ListIntentionsRequest
 	8,  // 10: strait.api.v1.Intentions.Check:input_type -> strait.api.v1.CheckIntentionRequest
-	11, // 11: strait.api.v1.Gateway.Join:input_type -> strait.api.v1.GatewayJoinRequest
-	13, // 12: strait.api.v1.Gateway.Renew:input_type -> strait.api.v1.RenewGatewayRequest
-	15, // 13: strait.api.v1.Gateway.Heartbeat:input_type -> strait.api.v1.GatewayHeartbeatRequest
-	17, // 14: strait.api.v1.Gateway.List:input_type -> strait.api.v1.ListGatewaysRequest
-	19, // 15: strait.api.v1.Gateway.Revoke:input_type -> strait.api.v1.RevokeGatewayRequest
-	3,  // 16: strait.api.v1.Intentions.Set:output_type -> strait.api.v1.SetIntentionResponse
-	5,  // 17: strait.api.v1.Intentions.Delete:output_type -> strait.api.v1.DeleteIntentionResponse
-	7,  // 18: strait.api.v1.Intentions.List:output_type -> strait.api.v1.ListIntentionsResponse
-	9,  // 19: strait.api.v1.Intentions.Check:output_type -> strait.api.v1.CheckIntentionResponse
-	12, // 20: strait.api.v1.Gateway.Join:output_type -> strait.api.v1.GatewayJoinResponse
-	14, // 21: strait.api.v1.Gateway.Renew:output_type -> strait.api.v1.RenewGatewayResponse
-	16, // 22: strait.api.v1.Gateway.Heartbeat:output_type -> strait.api.v1.GatewayHeartbeatResponse
-	18, // 23: strait.api.v1.Gateway.List:output_type -> strait.api.v1.ListGatewaysResponse
-	20, // 24: strait.api.v1.Gateway.Revoke:output_type -> strait.api.v1.RevokeGatewayResponse
-	16, // [16:25] is the sub-list for method output_type
-	7,  // [7:16] is the sub-list for method input_type
+	10, // 11: strait.api.v1.Intentions.CheckPeer:input_type -> strait.api.v1.CheckPeerIntentionRequest
+	10, // 12: strait.api.v1.Intentions.CheckFromPeer:input_type -> strait.api.v1.CheckPeerIntentionRequest
+	12, // 13: strait.api.v1.Gateway.Join:input_type -> strait.api.v1.GatewayJoinRequest
+	14, // 14: strait.api.v1.Gateway.Renew:input_type -> strait.api.v1.RenewGatewayRequest
+	16, // 15: strait.api.v1.Gateway.Heartbeat:input_type -> strait.api.v1.GatewayHeartbeatRequest
+	18, // 16: strait.api.v1.Gateway.List:input_type -> strait.api.v1.ListGatewaysRequest
+	20, // 17: strait.api.v1.Gateway.Revoke:input_type -> strait.api.v1.RevokeGatewayRequest
+	3,  // 18: strait.api.v1.Intentions.Set:output_type -> strait.api.v1.SetIntentionResponse
+	5,  // 19: strait.api.v1.Intentions.Delete:output_type -> strait.api.v1.DeleteIntentionResponse
+	7,  // 20: strait.api.v1.Intentions.List:output_type -> strait.api.v1.ListIntentionsResponse
+	9,  // 21: strait.api.v1.Intentions.Check:output_type -> strait.api.v1.CheckIntentionResponse
+	9,  // 22: strait.api.v1.Intentions.CheckPeer:output_type -> strait.api.v1.CheckIntentionResponse
+	9,  // 23: strait.api.v1.Intentions.CheckFromPeer:output_type -> strait.api.v1.CheckIntentionResponse
+	13, // 24: strait.api.v1.Gateway.Join:output_type -> strait.api.v1.GatewayJoinResponse
+	15, // 25: strait.api.v1.Gateway.Renew:output_type -> strait.api.v1.RenewGatewayResponse
+	17, // 26: strait.api.v1.Gateway.Heartbeat:output_type -> strait.api.v1.GatewayHeartbeatResponse
+	19, // 27: strait.api.v1.Gateway.List:output_type -> strait.api.v1.ListGatewaysResponse
+	21, // 28: strait.api.v1.Gateway.Revoke:output_type -> strait.api.v1.RevokeGatewayResponse
+	18, // [18:29] is the sub-list for method output_type
+	7,  // [7:18] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1212,7 +1286,7 @@ func file_controlplane_api_apipb_mesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_mesh_proto_rawDesc), len(file_controlplane_api_apipb_mesh_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Intentions_Set_FullMethodName    = "/strait.api.v1.Intentions/Set"
-	Intentions_Delete_FullMethodName = "/strait.api.v1.Intentions/Delete"
-	Intentions_List_FullMethodName   = "/strait.api.v1.Intentions/List"
-	Intentions_Check_FullMethodName  = "/strait.api.v1.Intentions/Check"
+	Intentions_Set_FullMethodName           = "/strait.api.v1.Intentions/Set"
+	Intentions_Delete_FullMethodName        = "/strait.api.v1.Intentions/Delete"
+	Intentions_List_FullMethodName          = "/strait.api.v1.Intentions/List"
+	Intentions_Check_FullMethodName         = "/strait.api.v1.Intentions/Check"
+	Intentions_CheckPeer_FullMethodName     = "/strait.api.v1.Intentions/CheckPeer"
+	Intentions_CheckFromPeer_FullMethodName = "/strait.api.v1.Intentions/CheckFromPeer"
 )
 
 // IntentionsClient is the client API for Intentions service.
@@ -33,6 +35,14 @@ type IntentionsClient interface {
 	Delete(ctx context.Context, in *DeleteIntentionRequest, opts ...grpc.CallOption) (*DeleteIntentionResponse, error)
 	List(ctx context.Context, in *ListIntentionsRequest, opts ...grpc.CallOption) (*ListIntentionsResponse, error)
 	Check(ctx context.Context, in *CheckIntentionRequest, opts ...grpc.CallOption) (*CheckIntentionResponse, error)
+	// CheckPeer asks the peer (through CheckFromPeer) whether a connection
+	// from this site that carries no workload identity (a plain client of a
+	// gateway) may reach its service ns/svc: the peer's own intentions
+	// decide, as its gateway would.
+	CheckPeer(ctx context.Context, in *CheckPeerIntentionRequest, opts ...grpc.CallOption) (*CheckIntentionResponse, error)
+	// CheckFromPeer is called by a peer site's server (its SVID) for
+	// CheckPeer: this site's decision for the calling site.
+	CheckFromPeer(ctx context.Context, in *CheckPeerIntentionRequest, opts ...grpc.CallOption) (*CheckIntentionResponse, error)
 }
 
 type intentionsClient struct {
@@ -83,6 +93,26 @@ func (c *intentionsClient) Check(ctx context.Context, in *CheckIntentionRequest,
 	return out, nil
 }
 
+func (c *intentionsClient) CheckPeer(ctx context.Context, in *CheckPeerIntentionRequest, opts ...grpc.CallOption) (*CheckIntentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckIntentionResponse)
+	err := c.cc.Invoke(ctx, Intentions_CheckPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *intentionsClient) CheckFromPeer(ctx context.Context, in *CheckPeerIntentionRequest, opts ...grpc.CallOption) (*CheckIntentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckIntentionResponse)
+	err := c.cc.Invoke(ctx, Intentions_CheckFromPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IntentionsServer is the server API for Intentions service.
 // All implementations must embed UnimplementedIntentionsServer
 // for forward compatibility.
@@ -91,6 +121,14 @@ type IntentionsServer interface {
 	Delete(context.Context, *DeleteIntentionRequest) (*DeleteIntentionResponse, error)
 	List(context.Context, *ListIntentionsRequest) (*ListIntentionsResponse, error)
 	Check(context.Context, *CheckIntentionRequest) (*CheckIntentionResponse, error)
+	// CheckPeer asks the peer (through CheckFromPeer) whether a connection
+	// from this site that carries no workload identity (a plain client of a
+	// gateway) may reach its service ns/svc: the peer's own intentions
+	// decide, as its gateway would.
+	CheckPeer(context.Context, *CheckPeerIntentionRequest) (*CheckIntentionResponse, error)
+	// CheckFromPeer is called by a peer site's server (its SVID) for
+	// CheckPeer: this site's decision for the calling site.
+	CheckFromPeer(context.Context, *CheckPeerIntentionRequest) (*CheckIntentionResponse, error)
 	mustEmbedUnimplementedIntentionsServer()
 }
 
@@ -112,6 +150,12 @@ func (UnimplementedIntentionsServer) List(context.Context, *ListIntentionsReques
 }
 func (UnimplementedIntentionsServer) Check(context.Context, *CheckIntentionRequest) (*CheckIntentionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Check not implemented")
+}
+func (UnimplementedIntentionsServer) CheckPeer(context.Context, *CheckPeerIntentionRequest) (*CheckIntentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckPeer not implemented")
+}
+func (UnimplementedIntentionsServer) CheckFromPeer(context.Context, *CheckPeerIntentionRequest) (*CheckIntentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckFromPeer not implemented")
 }
 func (UnimplementedIntentionsServer) mustEmbedUnimplementedIntentionsServer() {}
 func (UnimplementedIntentionsServer) testEmbeddedByValue()                    {}
@@ -206,6 +250,42 @@ func _Intentions_Check_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Intentions_CheckPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckPeerIntentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IntentionsServer).CheckPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Intentions_CheckPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IntentionsServer).CheckPeer(ctx, req.(*CheckPeerIntentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Intentions_CheckFromPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckPeerIntentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IntentionsServer).CheckFromPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Intentions_CheckFromPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IntentionsServer).CheckFromPeer(ctx, req.(*CheckPeerIntentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Intentions_ServiceDesc is the grpc.ServiceDesc for Intentions service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -228,6 +308,14 @@ var Intentions_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Check",
 			Handler:    _Intentions_Check_Handler,
+		},
+		{
+			MethodName: "CheckPeer",
+			Handler:    _Intentions_CheckPeer_Handler,
+		},
+		{
+			MethodName: "CheckFromPeer",
+			Handler:    _Intentions_CheckFromPeer_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

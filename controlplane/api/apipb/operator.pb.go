@@ -303,10 +303,14 @@ type StatusResponse struct {
 	LastContact *durationpb.Duration `protobuf:"bytes,10,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
 	Peers       []*RaftPeer          `protobuf:"bytes,11,rep,name=peers,proto3" json:"peers,omitempty"`
 	// True when the server has a leader it heard from recently and is applying its log.
-	Healthy       bool   `protobuf:"varint,12,opt,name=healthy,proto3" json:"healthy,omitempty"`
-	Services      uint32 `protobuf:"varint,13,opt,name=services,proto3" json:"services,omitempty"`
-	Instances     uint32 `protobuf:"varint,14,opt,name=instances,proto3" json:"instances,omitempty"`
-	Version       string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	Healthy   bool   `protobuf:"varint,12,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Services  uint32 `protobuf:"varint,13,opt,name=services,proto3" json:"services,omitempty"`
+	Instances uint32 `protobuf:"varint,14,opt,name=instances,proto3" json:"instances,omitempty"`
+	Version   string `protobuf:"bytes,15,opt,name=version,proto3" json:"version,omitempty"`
+	// When this server's own SVID expires (it renews it at half-life).
+	SvidExpires *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=svid_expires,json=svidExpires,proto3" json:"svid_expires,omitempty"`
+	// Where this server serves mesh DNS; empty when it does not.
+	DnsAddress    string `protobuf:"bytes,17,opt,name=dns_address,json=dnsAddress,proto3" json:"dns_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +450,382 @@ func (x *StatusResponse) GetVersion() string {
 	return ""
 }
 
+func (x *StatusResponse) GetSvidExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SvidExpires
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetDnsAddress() string {
+	if x != nil {
+		return x.DnsAddress
+	}
+	return ""
+}
+
+// ServerHealth is one server of the site as the answering server found it.
+type ServerHealth struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Voter   bool                   `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	// Whether the answering server got the server's own status just now.
+	Reachable bool `protobuf:"varint,4,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	// Why it could not be reached (empty when reachable).
+	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// The server's own view (absent when unreachable).
+	Status *StatusResponse `protobuf:"bytes,6,opt,name=status,proto3" json:"status,omitempty"`
+	// Entries its applied index is behind the leader's commit index, when
+	// both were read.
+	LagEntries    uint64 `protobuf:"varint,7,opt,name=lag_entries,json=lagEntries,proto3" json:"lag_entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerHealth) Reset() {
+	*x = ServerHealth{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerHealth) ProtoMessage() {}
+
+func (x *ServerHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerHealth.ProtoReflect.Descriptor instead.
+func (*ServerHealth) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ServerHealth) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ServerHealth) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ServerHealth) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+func (x *ServerHealth) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *ServerHealth) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ServerHealth) GetStatus() *StatusResponse {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *ServerHealth) GetLagEntries() uint64 {
+	if x != nil {
+		return x.LagEntries
+	}
+	return 0
+}
+
+// GatewayHealth is a gateway that joined the site.
+type GatewayHealth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The WAN address it announces; empty when it is not in the catalog.
+	WanAddress string `protobuf:"bytes,2,opt,name=wan_address,json=wanAddress,proto3" json:"wan_address,omitempty"`
+	// passing or critical; "absent" when it is not in the catalog (never
+	// heartbeat since it joined, or revoked).
+	Health        string `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
+	Revoked       bool   `protobuf:"varint,4,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayHealth) Reset() {
+	*x = GatewayHealth{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayHealth) ProtoMessage() {}
+
+func (x *GatewayHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayHealth.ProtoReflect.Descriptor instead.
+func (*GatewayHealth) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GatewayHealth) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GatewayHealth) GetWanAddress() string {
+	if x != nil {
+		return x.WanAddress
+	}
+	return ""
+}
+
+func (x *GatewayHealth) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+func (x *GatewayHealth) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+type SiteStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteStatusRequest) Reset() {
+	*x = SiteStatusRequest{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteStatusRequest) ProtoMessage() {}
+
+func (x *SiteStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteStatusRequest.ProtoReflect.Descriptor instead.
+func (*SiteStatusRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{9}
+}
+
+// SiteStatusResponse is the site as one server sees it, probing the others.
+type SiteStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// healthy, degraded (something is down but the site serves) or
+	// unhealthy (no leader, or no quorum).
+	Verdict string `protobuf:"bytes,1,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// verdict == "healthy".
+	Healthy bool `protobuf:"varint,2,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// What made the verdict, one sentence each; empty when healthy.
+	Problems    []string `protobuf:"bytes,3,rep,name=problems,proto3" json:"problems,omitempty"`
+	Site        string   `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
+	TrustDomain string   `protobuf:"bytes,5,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The server that answered and probed the others.
+	AnsweredBy    string          `protobuf:"bytes,6,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	LeaderId      string          `protobuf:"bytes,7,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderAddress string          `protobuf:"bytes,8,opt,name=leader_address,json=leaderAddress,proto3" json:"leader_address,omitempty"`
+	Servers       []*ServerHealth `protobuf:"bytes,9,rep,name=servers,proto3" json:"servers,omitempty"`
+	// Peer sites: state, last contact, replication lag (the leader's view
+	// when it could be asked).
+	Peers         []*Peer           `protobuf:"bytes,10,rep,name=peers,proto3" json:"peers,omitempty"`
+	Gateways      []*GatewayHealth  `protobuf:"bytes,11,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	Ca            *CAStatusResponse `protobuf:"bytes,12,opt,name=ca,proto3" json:"ca,omitempty"`
+	Services      uint32            `protobuf:"varint,13,opt,name=services,proto3" json:"services,omitempty"`
+	Instances     uint32            `protobuf:"varint,14,opt,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteStatusResponse) Reset() {
+	*x = SiteStatusResponse{}
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteStatusResponse) ProtoMessage() {}
+
+func (x *SiteStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteStatusResponse.ProtoReflect.Descriptor instead.
+func (*SiteStatusResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SiteStatusResponse) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *SiteStatusResponse) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *SiteStatusResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+func (x *SiteStatusResponse) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *SiteStatusResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *SiteStatusResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+func (x *SiteStatusResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *SiteStatusResponse) GetLeaderAddress() string {
+	if x != nil {
+		return x.LeaderAddress
+	}
+	return ""
+}
+
+func (x *SiteStatusResponse) GetServers() []*ServerHealth {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *SiteStatusResponse) GetPeers() []*Peer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *SiteStatusResponse) GetGateways() []*GatewayHealth {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+func (x *SiteStatusResponse) GetCa() *CAStatusResponse {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
+func (x *SiteStatusResponse) GetServices() uint32 {
+	if x != nil {
+		return x.Services
+	}
+	return 0
+}
+
+func (x *SiteStatusResponse) GetInstances() uint32 {
+	if x != nil {
+		return x.Instances
+	}
+	return 0
+}
+
 // Cluster membership between servers of one site.
 type JoinRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -460,7 +840,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[7]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +852,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[7]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +865,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{7}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -527,7 +907,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[8]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +919,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[8]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +932,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{8}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JoinResponse) GetSite() string {
@@ -606,7 +986,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +998,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[9]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +1011,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{9}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PromoteRequest) GetAppliedIndex() uint64 {
@@ -649,7 +1029,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +1041,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[10]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +1054,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{10}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{14}
 }
 
 type LeaveRequest struct {
@@ -685,7 +1065,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +1077,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[11]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +1090,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{11}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{15}
 }
 
 type LeaveResponse struct {
@@ -721,7 +1101,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +1113,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[12]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +1126,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{12}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{16}
 }
 
 type RotateCARequest struct {
@@ -757,7 +1137,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +1149,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[13]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +1162,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{13}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{17}
 }
 
 type RotateCAResponse struct {
@@ -794,7 +1174,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1186,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[14]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1199,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RotateCAResponse) GetPrepared() *CARootStatus {
@@ -837,7 +1217,7 @@ type CAStatusRequest struct {
 
 func (x *CAStatusRequest) Reset() {
 	*x = CAStatusRequest{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +1229,7 @@ func (x *CAStatusRequest) String() string {
 func (*CAStatusRequest) ProtoMessage() {}
 
 func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[15]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +1242,7 @@ func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
 func (*CAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{19}
 }
 
 type CARootStatus struct {
@@ -882,7 +1262,7 @@ type CARootStatus struct {
 
 func (x *CARootStatus) Reset() {
 	*x = CARootStatus{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1274,7 @@ func (x *CARootStatus) String() string {
 func (*CARootStatus) ProtoMessage() {}
 
 func (x *CARootStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[16]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1287,7 @@ func (x *CARootStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CARootStatus.ProtoReflect.Descriptor instead.
 func (*CARootStatus) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CARootStatus) GetPhase() string {
@@ -962,7 +1342,7 @@ type CAStatusResponse struct {
 
 func (x *CAStatusResponse) Reset() {
 	*x = CAStatusResponse{}
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1354,7 @@ func (x *CAStatusResponse) String() string {
 func (*CAStatusResponse) ProtoMessage() {}
 
 func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[17]
+	mi := &file_controlplane_api_apipb_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1367,7 @@ func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
 func (*CAStatusResponse) Descriptor() ([]byte, []int) {
-	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_api_apipb_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CAStatusResponse) GetRoots() []*CARootStatus {
@@ -1008,7 +1388,7 @@ var File_controlplane_api_apipb_operator_proto protoreflect.FileDescriptor
 
 const file_controlplane_api_apipb_operator_proto_rawDesc = "" +
 	"\n" +
-	"%controlplane/api/apipb/operator.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n" +
+	"%controlplane/api/apipb/operator.proto\x12\rstrait.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a'controlplane/api/apipb/federation.proto\"b\n" +
 	"\bRaftPeer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -1020,7 +1400,7 @@ const file_controlplane_api_apipb_operator_proto_rawDesc = "" +
 	"\x11RemovePeerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
 	"\x12RemovePeerResponse\"\x0f\n" +
-	"\rStatusRequest\"\xf1\x03\n" +
+	"\rStatusRequest\"\xd1\x04\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x17\n" +
@@ -1037,7 +1417,43 @@ const file_controlplane_api_apipb_operator_proto_rawDesc = "" +
 	"\ahealthy\x18\f \x01(\bR\ahealthy\x12\x1a\n" +
 	"\bservices\x18\r \x01(\rR\bservices\x12\x1c\n" +
 	"\tinstances\x18\x0e \x01(\rR\tinstances\x12\x18\n" +
-	"\aversion\x18\x0f \x01(\tR\aversion\"R\n" +
+	"\aversion\x18\x0f \x01(\tR\aversion\x12=\n" +
+	"\fsvid_expires\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\vsvidExpires\x12\x1f\n" +
+	"\vdns_address\x18\x11 \x01(\tR\n" +
+	"dnsAddress\"\xda\x01\n" +
+	"\fServerHealth\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\x12\x1c\n" +
+	"\treachable\x18\x04 \x01(\bR\treachable\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x125\n" +
+	"\x06status\x18\x06 \x01(\v2\x1d.strait.api.v1.StatusResponseR\x06status\x12\x1f\n" +
+	"\vlag_entries\x18\a \x01(\x04R\n" +
+	"lagEntries\"v\n" +
+	"\rGatewayHealth\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vwan_address\x18\x02 \x01(\tR\n" +
+	"wanAddress\x12\x16\n" +
+	"\x06health\x18\x03 \x01(\tR\x06health\x12\x18\n" +
+	"\arevoked\x18\x04 \x01(\bR\arevoked\"\x13\n" +
+	"\x11SiteStatusRequest\"\x87\x04\n" +
+	"\x12SiteStatusResponse\x12\x18\n" +
+	"\averdict\x18\x01 \x01(\tR\averdict\x12\x18\n" +
+	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12\x1a\n" +
+	"\bproblems\x18\x03 \x03(\tR\bproblems\x12\x12\n" +
+	"\x04site\x18\x04 \x01(\tR\x04site\x12!\n" +
+	"\ftrust_domain\x18\x05 \x01(\tR\vtrustDomain\x12\x1f\n" +
+	"\vanswered_by\x18\x06 \x01(\tR\n" +
+	"answeredBy\x12\x1b\n" +
+	"\tleader_id\x18\a \x01(\tR\bleaderId\x12%\n" +
+	"\x0eleader_address\x18\b \x01(\tR\rleaderAddress\x125\n" +
+	"\aservers\x18\t \x03(\v2\x1b.strait.api.v1.ServerHealthR\aservers\x12)\n" +
+	"\x05peers\x18\n" +
+	" \x03(\v2\x13.strait.api.v1.PeerR\x05peers\x128\n" +
+	"\bgateways\x18\v \x03(\v2\x1c.strait.api.v1.GatewayHealthR\bgateways\x12/\n" +
+	"\x02ca\x18\f \x01(\v2\x1f.strait.api.v1.CAStatusResponseR\x02ca\x12\x1a\n" +
+	"\bservices\x18\r \x01(\rR\bservices\x12\x1c\n" +
+	"\tinstances\x18\x0e \x01(\rR\tinstances\"R\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x10\n" +
@@ -1068,18 +1484,21 @@ const file_controlplane_api_apipb_operator_proto_rawDesc = "" +
 	"\tnext_step\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnextStep\"n\n" +
 	"\x10CAStatusResponse\x121\n" +
 	"\x05roots\x18\x01 \x03(\v2\x1b.strait.api.v1.CARootStatusR\x05roots\x12'\n" +
-	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence2\x8e\x03\n" +
+	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence2\xe1\x03\n" +
 	"\bOperator\x12E\n" +
-	"\x06Status\x12\x1c.strait.api.v1.StatusRequest\x1a\x1d.strait.api.v1.StatusResponse\x12K\n" +
+	"\x06Status\x12\x1c.strait.api.v1.StatusRequest\x1a\x1d.strait.api.v1.StatusResponse\x12Q\n" +
+	"\n" +
+	"SiteStatus\x12 .strait.api.v1.SiteStatusRequest\x1a!.strait.api.v1.SiteStatusResponse\x12K\n" +
 	"\bRotateCA\x12\x1e.strait.api.v1.RotateCARequest\x1a\x1f.strait.api.v1.RotateCAResponse\x12K\n" +
 	"\bCAStatus\x12\x1e.strait.api.v1.CAStatusRequest\x1a\x1f.strait.api.v1.CAStatusResponse\x12N\n" +
 	"\tListPeers\x12\x1f.strait.api.v1.ListPeersRequest\x1a .strait.api.v1.ListPeersResponse\x12Q\n" +
 	"\n" +
-	"RemovePeer\x12 .strait.api.v1.RemovePeerRequest\x1a!.strait.api.v1.RemovePeerResponse2\xd8\x01\n" +
+	"RemovePeer\x12 .strait.api.v1.RemovePeerRequest\x1a!.strait.api.v1.RemovePeerResponse2\xa5\x02\n" +
 	"\aCluster\x12?\n" +
 	"\x04Join\x12\x1a.strait.api.v1.JoinRequest\x1a\x1b.strait.api.v1.JoinResponse\x12H\n" +
 	"\aPromote\x12\x1d.strait.api.v1.PromoteRequest\x1a\x1e.strait.api.v1.PromoteResponse\x12B\n" +
-	"\x05Leave\x12\x1b.strait.api.v1.LeaveRequest\x1a\x1c.strait.api.v1.LeaveResponseB5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
+	"\x05Leave\x12\x1b.strait.api.v1.LeaveRequest\x1a\x1c.strait.api.v1.LeaveResponse\x12K\n" +
+	"\fServerStatus\x12\x1c.strait.api.v1.StatusRequest\x1a\x1d.strait.api.v1.StatusResponseB5Z3github.com/straitmesh/strait/controlplane/api/apipbb\x06proto3"
 
 var (
 	file_controlplane_api_apipb_operator_proto_rawDescOnce sync.Once
@@ -1093,7 +1512,7 @@ func file_controlplane_api_apipb_operator_proto_rawDescGZIP() []byte {
 	return file_controlplane_api_apipb_operator_proto_rawDescData
 }
 
-var file_controlplane_api_apipb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_controlplane_api_apipb_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_controlplane_api_apipb_operator_proto_goTypes = []any{
 	(*RaftPeer)(nil),              // 0: strait.api.v1.RaftPeer
 	(*ListPeersRequest)(nil),      // 1: strait.api.v1.ListPeersRequest
@@ -1102,51 +1521,66 @@ var file_controlplane_api_apipb_operator_proto_goTypes = []any{
 	(*RemovePeerResponse)(nil),    // 4: strait.api.v1.RemovePeerResponse
 	(*StatusRequest)(nil),         // 5: strait.api.v1.StatusRequest
 	(*StatusResponse)(nil),        // 6: strait.api.v1.StatusResponse
-	(*JoinRequest)(nil),           // 7: strait.api.v1.JoinRequest
-	(*JoinResponse)(nil),          // 8: strait.api.v1.JoinResponse
-	(*PromoteRequest)(nil),        // 9: strait.api.v1.PromoteRequest
-	(*PromoteResponse)(nil),       // 10: strait.api.v1.PromoteResponse
-	(*LeaveRequest)(nil),          // 11: strait.api.v1.LeaveRequest
-	(*LeaveResponse)(nil),         // 12: strait.api.v1.LeaveResponse
-	(*RotateCARequest)(nil),       // 13: strait.api.v1.RotateCARequest
-	(*RotateCAResponse)(nil),      // 14: strait.api.v1.RotateCAResponse
-	(*CAStatusRequest)(nil),       // 15: strait.api.v1.CAStatusRequest
-	(*CARootStatus)(nil),          // 16: strait.api.v1.CARootStatus
-	(*CAStatusResponse)(nil),      // 17: strait.api.v1.CAStatusResponse
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*ServerHealth)(nil),          // 7: strait.api.v1.ServerHealth
+	(*GatewayHealth)(nil),         // 8: strait.api.v1.GatewayHealth
+	(*SiteStatusRequest)(nil),     // 9: strait.api.v1.SiteStatusRequest
+	(*SiteStatusResponse)(nil),    // 10: strait.api.v1.SiteStatusResponse
+	(*JoinRequest)(nil),           // 11: strait.api.v1.JoinRequest
+	(*JoinResponse)(nil),          // 12: strait.api.v1.JoinResponse
+	(*PromoteRequest)(nil),        // 13: strait.api.v1.PromoteRequest
+	(*PromoteResponse)(nil),       // 14: strait.api.v1.PromoteResponse
+	(*LeaveRequest)(nil),          // 15: strait.api.v1.LeaveRequest
+	(*LeaveResponse)(nil),         // 16: strait.api.v1.LeaveResponse
+	(*RotateCARequest)(nil),       // 17: strait.api.v1.RotateCARequest
+	(*RotateCAResponse)(nil),      // 18: strait.api.v1.RotateCAResponse
+	(*CAStatusRequest)(nil),       // 19: strait.api.v1.CAStatusRequest
+	(*CARootStatus)(nil),          // 20: strait.api.v1.CARootStatus
+	(*CAStatusResponse)(nil),      // 21: strait.api.v1.CAStatusResponse
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*Peer)(nil),                  // 24: strait.api.v1.Peer
 }
 var file_controlplane_api_apipb_operator_proto_depIdxs = []int32{
 	0,  // 0: strait.api.v1.ListPeersResponse.peers:type_name -> strait.api.v1.RaftPeer
-	18, // 1: strait.api.v1.StatusResponse.last_contact:type_name -> google.protobuf.Duration
+	22, // 1: strait.api.v1.StatusResponse.last_contact:type_name -> google.protobuf.Duration
 	0,  // 2: strait.api.v1.StatusResponse.peers:type_name -> strait.api.v1.RaftPeer
-	16, // 3: strait.api.v1.RotateCAResponse.prepared:type_name -> strait.api.v1.CARootStatus
-	19, // 4: strait.api.v1.CARootStatus.not_before:type_name -> google.protobuf.Timestamp
-	19, // 5: strait.api.v1.CARootStatus.not_after:type_name -> google.protobuf.Timestamp
-	19, // 6: strait.api.v1.CARootStatus.since:type_name -> google.protobuf.Timestamp
-	19, // 7: strait.api.v1.CARootStatus.next_step:type_name -> google.protobuf.Timestamp
-	16, // 8: strait.api.v1.CAStatusResponse.roots:type_name -> strait.api.v1.CARootStatus
-	5,  // 9: strait.api.v1.Operator.Status:input_type -> strait.api.v1.StatusRequest
-	13, // 10: strait.api.v1.Operator.RotateCA:input_type -> strait.api.v1.RotateCARequest
-	15, // 11: strait.api.v1.Operator.CAStatus:input_type -> strait.api.v1.CAStatusRequest
-	1,  // 12: strait.api.v1.Operator.ListPeers:input_type -> strait.api.v1.ListPeersRequest
-	3,  // 13: strait.api.v1.Operator.RemovePeer:input_type -> strait.api.v1.RemovePeerRequest
-	7,  // 14: strait.api.v1.Cluster.Join:input_type -> strait.api.v1.JoinRequest
-	9,  // 15: strait.api.v1.Cluster.Promote:input_type -> strait.api.v1.PromoteRequest
-	11, // 16: strait.api.v1.Cluster.Leave:input_type -> strait.api.v1.LeaveRequest
-	6,  // 17: strait.api.v1.Operator.Status:output_type -> strait.api.v1.StatusResponse
-	14, // 18: strait.api.v1.Operator.RotateCA:output_type -> strait.api.v1.RotateCAResponse
-	17, // 19: strait.api.v1.Operator.CAStatus:output_type -> strait.api.v1.CAStatusResponse
-	2,  // 20: strait.api.v1.Operator.ListPeers:output_type -> strait.api.v1.ListPeersResponse
-	4,  // 21: strait.api.v1.Operator.RemovePeer:output_type -> strait.api.v1.RemovePeerResponse
-	8,  // 22: strait.api.v1.Cluster.Join:output_type -> strait.api.v1.JoinResponse
-	10, // 23: strait.api.v1.Cluster.Promote:output_type -> strait.api.v1.PromoteResponse
-	12, // 24: strait.api.v1.Cluster.Leave:output_type -> strait.api.v1.LeaveResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	23, // 3: strait.api.v1.StatusResponse.svid_expires:type_name -> google.protobuf.Timestamp
+	6,  // 4: strait.api.v1.ServerHealth.status:type_name -> strait.api.v1.StatusResponse
+	7,  // 5: strait.api.v1.SiteStatusResponse.servers:type_name -> strait.api.v1.ServerHealth
+	24, // 6: strait.api.v1.SiteStatusResponse.peers:type_name -> strait.api.v1.Peer
+	8,  // 7: strait.api.v1.SiteStatusResponse.gateways:type_name -> strait.api.v1.GatewayHealth
+	21, // 8: strait.api.v1.SiteStatusResponse.ca:type_name -> strait.api.v1.CAStatusResponse
+	20, // 9: strait.api.v1.RotateCAResponse.prepared:type_name -> strait.api.v1.CARootStatus
+	23, // 10: strait.api.v1.CARootStatus.not_before:type_name -> google.protobuf.Timestamp
+	23, // 11: strait.api.v1.CARootStatus.not_after:type_name -> google.protobuf.Timestamp
+	23, // 12: strait.api.v1.CARootStatus.since:type_name -> google.protobuf.Timestamp
+	23, // 13: strait.api.v1.CARootStatus.next_step:type_name -> google.protobuf.Timestamp
+	20, // 14: strait.api.v1.CAStatusResponse.roots:type_name -> strait.api.v1.CARootStatus
+	5,  // 15: strait.api.v1.Operator.Status:input_type -> strait.api.v1.StatusRequest
+	9,  // 16: strait.api.v1.Operator.SiteStatus:input_type -> strait.api.v1.SiteStatusRequest
+	17, // 17: strait.api.v1.Operator.RotateCA:input_type -> strait.api.v1.RotateCARequest
+	19, // 18: strait.api.v1.Operator.CAStatus:input_type -> strait.api.v1.CAStatusRequest
+	1,  // 19: strait.api.v1.Operator.ListPeers:input_type -> strait.api.v1.ListPeersRequest
+	3,  // 20: strait.api.v1.Operator.RemovePeer:input_type -> strait.api.v1.RemovePeerRequest
+	11, // 21: strait.api.v1.Cluster.Join:input_type -> strait.api.v1.JoinRequest
+	13, // 22: strait.api.v1.Cluster.Promote:input_type -> strait.api.v1.PromoteRequest
+	15, // 23: strait.api.v1.Cluster.Leave:input_type -> strait.api.v1.LeaveRequest
+	5,  // 24: strait.api.v1.Cluster.ServerStatus:input_type -> strait.api.v1.StatusRequest
+	6,  // 25: strait.api.v1.Operator.Status:output_type -> strait.api.v1.StatusResponse
+	10, // 26: strait.api.v1.Operator.SiteStatus:output_type -> strait.api.v1.SiteStatusResponse
+	18, // 27: strait.api.v1.Operator.RotateCA:output_type -> strait.api.v1.RotateCAResponse
+	21, // 28: strait.api.v1.Operator.CAStatus:output_type -> strait.api.v1.CAStatusResponse
+	2,  // 29: strait.api.v1.Operator.ListPeers:output_type -> strait.api.v1.ListPeersResponse
+	4,  // 30: strait.api.v1.Operator.RemovePeer:output_type -> strait.api.v1.RemovePeerResponse
+	12, // 31: strait.api.v1.Cluster.Join:output_type -> strait.api.v1.JoinResponse
+	14, // 32: strait.api.v1.Cluster.Promote:output_type -> strait.api.v1.PromoteResponse
+	16, // 33: strait.api.v1.Cluster.Leave:output_type -> strait.api.v1.LeaveResponse
+	6,  // 34: strait.api.v1.Cluster.ServerStatus:output_type -> strait.api.v1.StatusResponse
+	25, // [25:35] is the sub-list for method output_type
+	15, // [15:25] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_api_apipb_operator_proto_init() }
@@ -1154,13 +1588,14 @@ func file_controlplane_api_apipb_operator_proto_init() {
 	if File_controlplane_api_apipb_operator_proto != nil {
 		return
 	}
+	file_controlplane_api_apipb_federation_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_api_apipb_operator_proto_rawDesc), len(file_controlplane_api_apipb_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Operator_Status_FullMethodName     = "/strait.api.v1.Operator/Status"
+	Operator_SiteStatus_FullMethodName = "/strait.api.v1.Operator/SiteStatus"
 	Operator_RotateCA_FullMethodName   = "/strait.api.v1.Operator/RotateCA"
 	Operator_CAStatus_FullMethodName   = "/strait.api.v1.Operator/CAStatus"
 	Operator_ListPeers_FullMethodName  = "/strait.api.v1.Operator/ListPeers"
@@ -31,6 +32,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type OperatorClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// SiteStatus is the whole site: every server probed, peers, gateways, CA.
+	SiteStatus(ctx context.Context, in *SiteStatusRequest, opts ...grpc.CallOption) (*SiteStatusResponse, error)
 	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
 	CAStatus(ctx context.Context, in *CAStatusRequest, opts ...grpc.CallOption) (*CAStatusResponse, error)
 	ListPeers(ctx context.Context, in *ListPeersRequest, opts ...grpc.CallOption) (*ListPeersResponse, error)
@@ -49,6 +52,16 @@ func (c *operatorClient) Status(ctx context.Context, in *StatusRequest, opts ...
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatusResponse)
 	err := c.cc.Invoke(ctx, Operator_Status_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorClient) SiteStatus(ctx context.Context, in *SiteStatusRequest, opts ...grpc.CallOption) (*SiteStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SiteStatusResponse)
+	err := c.cc.Invoke(ctx, Operator_SiteStatus_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -100,6 +113,8 @@ func (c *operatorClient) RemovePeer(ctx context.Context, in *RemovePeerRequest, 
 // for forward compatibility.
 type OperatorServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// SiteStatus is the whole site: every server probed, peers, gateways, CA.
+	SiteStatus(context.Context, *SiteStatusRequest) (*SiteStatusResponse, error)
 	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
 	CAStatus(context.Context, *CAStatusRequest) (*CAStatusResponse, error)
 	ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error)
@@ -116,6 +131,9 @@ type UnimplementedOperatorServer struct{}
 
 func (UnimplementedOperatorServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedOperatorServer) SiteStatus(context.Context, *SiteStatusRequest) (*SiteStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SiteStatus not implemented")
 }
 func (UnimplementedOperatorServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateCA not implemented")
@@ -164,6 +182,24 @@ func _Operator_Status_Handler(srv interface{}, ctx context.Context, dec func(int
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(OperatorServer).Status(ctx, req.(*StatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Operator_SiteStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SiteStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServer).SiteStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Operator_SiteStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServer).SiteStatus(ctx, req.(*SiteStatusRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -252,6 +288,10 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Operator_Status_Handler,
 		},
 		{
+			MethodName: "SiteStatus",
+			Handler:    _Operator_SiteStatus_Handler,
+		},
+		{
 			MethodName: "RotateCA",
 			Handler:    _Operator_RotateCA_Handler,
 		},
@@ -273,9 +313,10 @@ var Operator_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Cluster_Join_FullMethodName    = "/strait.api.v1.Cluster/Join"
-	Cluster_Promote_FullMethodName = "/strait.api.v1.Cluster/Promote"
-	Cluster_Leave_FullMethodName   = "/strait.api.v1.Cluster/Leave"
+	Cluster_Join_FullMethodName         = "/strait.api.v1.Cluster/Join"
+	Cluster_Promote_FullMethodName      = "/strait.api.v1.Cluster/Promote"
+	Cluster_Leave_FullMethodName        = "/strait.api.v1.Cluster/Leave"
+	Cluster_ServerStatus_FullMethodName = "/strait.api.v1.Cluster/ServerStatus"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -288,6 +329,8 @@ type ClusterClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error)
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
+	// ServerStatus is Operator.Status for another server (SiteStatus probes).
+	ServerStatus(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 }
 
 type clusterClient struct {
@@ -328,6 +371,16 @@ func (c *clusterClient) Leave(ctx context.Context, in *LeaveRequest, opts ...grp
 	return out, nil
 }
 
+func (c *clusterClient) ServerStatus(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusResponse)
+	err := c.cc.Invoke(ctx, Cluster_ServerStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -338,6 +391,8 @@ type ClusterServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	Promote(context.Context, *PromoteRequest) (*PromoteResponse, error)
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
+	// ServerStatus is Operator.Status for another server (SiteStatus probes).
+	ServerStatus(context.Context, *StatusRequest) (*StatusResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -356,6 +411,9 @@ func (UnimplementedClusterServer) Promote(context.Context, *PromoteRequest) (*Pr
 }
 func (UnimplementedClusterServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
+}
+func (UnimplementedClusterServer) ServerStatus(context.Context, *StatusRequest) (*StatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ServerStatus not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -432,6 +490,24 @@ func _Cluster_Leave_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_ServerStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).ServerStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_ServerStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).ServerStatus(ctx, req.(*StatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -450,6 +526,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Leave",
 			Handler:    _Cluster_Leave_Handler,
+		},
+		{
+			MethodName: "ServerStatus",
+			Handler:    _Cluster_ServerStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1262,6 +1262,10 @@ type ImportBatch struct {
 	// Where virtual IPs of newly imported services come from (the
 	// proposing leader's virtual_ip_cidr); existing ones never change.
 	VirtualIpCidr string `protobuf:"bytes,6,opt,name=virtual_ip_cidr,json=virtualIpCidr,proto3" json:"virtual_ip_cidr,omitempty"`
+	// The proposing leader's per-peer import quotas. A batch that would take
+	// the peer's imports over one of them is refused whole. Unset (entries
+	// written before quotas existed): no quota.
+	Limits        *ImportLimits `protobuf:"bytes,7,opt,name=limits,proto3" json:"limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1338,6 +1342,77 @@ func (x *ImportBatch) GetVirtualIpCidr() string {
 	return ""
 }
 
+func (x *ImportBatch) GetLimits() *ImportLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// ImportLimits bound what one peer's imports may hold; zero: no bound.
+type ImportLimits struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MaxServices  uint32                 `protobuf:"varint,1,opt,name=max_services,json=maxServices,proto3" json:"max_services,omitempty"`
+	MaxInstances uint32                 `protobuf:"varint,2,opt,name=max_instances,json=maxInstances,proto3" json:"max_instances,omitempty"`
+	// Bytes of the imported records as the peer sent them (protobuf size,
+	// without the fields this site stamps: peer, indexes, virtual IP,
+	// health default, TTL).
+	MaxBytes      uint64 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportLimits) Reset() {
+	*x = ImportLimits{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportLimits) ProtoMessage() {}
+
+func (x *ImportLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportLimits.ProtoReflect.Descriptor instead.
+func (*ImportLimits) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ImportLimits) GetMaxServices() uint32 {
+	if x != nil {
+		return x.MaxServices
+	}
+	return 0
+}
+
+func (x *ImportLimits) GetMaxInstances() uint32 {
+	if x != nil {
+		return x.MaxInstances
+	}
+	return 0
+}
+
+func (x *ImportLimits) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
 type DeleteIntention struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
@@ -1348,7 +1423,7 @@ type DeleteIntention struct {
 
 func (x *DeleteIntention) Reset() {
 	*x = DeleteIntention{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1435,7 @@ func (x *DeleteIntention) String() string {
 func (*DeleteIntention) ProtoMessage() {}
 
 func (x *DeleteIntention) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[14]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1448,7 @@ func (x *DeleteIntention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteIntention.ProtoReflect.Descriptor instead.
 func (*DeleteIntention) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{14}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteIntention) GetSource() string {
@@ -1401,7 +1476,7 @@ type VIPCursor struct {
 
 func (x *VIPCursor) Reset() {
 	*x = VIPCursor{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1488,7 @@ func (x *VIPCursor) String() string {
 func (*VIPCursor) ProtoMessage() {}
 
 func (x *VIPCursor) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1501,7 @@ func (x *VIPCursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPCursor.ProtoReflect.Descriptor instead.
 func (*VIPCursor) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VIPCursor) GetLast() []byte {
@@ -1449,7 +1524,7 @@ type PeerImport struct {
 
 func (x *PeerImport) Reset() {
 	*x = PeerImport{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1536,7 @@ func (x *PeerImport) String() string {
 func (*PeerImport) ProtoMessage() {}
 
 func (x *PeerImport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1549,7 @@ func (x *PeerImport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerImport.ProtoReflect.Descriptor instead.
 func (*PeerImport) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PeerImport) GetPeer() string {
@@ -1516,7 +1591,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1603,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1616,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1581,7 +1656,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1593,7 +1668,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1606,7 +1681,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1895,14 +1970,19 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\x0epeer_addresses\x18\f \x03(\tR\rpeerAddresses\x12#\n" +
 	"\rpeer_gateways\x18\r \x03(\tR\fpeerGateways\"8\n" +
 	"\x13DeleteForeignBundle\x12!\n" +
-	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\xe3\x01\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x9a\x02\n" +
 	"\vImportBatch\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
 	"\x06resync\x18\x03 \x01(\bR\x06resync\x12/\n" +
 	"\achanges\x18\x04 \x03(\v2\x15.strait.api.v1.ChangeR\achanges\x125\n" +
 	"\bgateways\x18\x05 \x01(\v2\x19.strait.api.v1.GatewaySetR\bgateways\x12&\n" +
-	"\x0fvirtual_ip_cidr\x18\x06 \x01(\tR\rvirtualIpCidr\"K\n" +
+	"\x0fvirtual_ip_cidr\x18\x06 \x01(\tR\rvirtualIpCidr\x125\n" +
+	"\x06limits\x18\a \x01(\v2\x1d.strait.state.v1.ImportLimitsR\x06limits\"s\n" +
+	"\fImportLimits\x12!\n" +
+	"\fmax_services\x18\x01 \x01(\rR\vmaxServices\x12#\n" +
+	"\rmax_instances\x18\x02 \x01(\rR\fmaxInstances\x12\x1b\n" +
+	"\tmax_bytes\x18\x03 \x01(\x04R\bmaxBytes\"K\n" +
 	"\x0fDeleteIntention\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\"\x1f\n" +
@@ -1952,7 +2032,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
 	(*Command)(nil),                 // 1: strait.state.v1.Command
@@ -1969,37 +2049,38 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*ForeignBundle)(nil),           // 12: strait.state.v1.ForeignBundle
 	(*DeleteForeignBundle)(nil),     // 13: strait.state.v1.DeleteForeignBundle
 	(*ImportBatch)(nil),             // 14: strait.state.v1.ImportBatch
-	(*DeleteIntention)(nil),         // 15: strait.state.v1.DeleteIntention
-	(*VIPCursor)(nil),               // 16: strait.state.v1.VIPCursor
-	(*PeerImport)(nil),              // 17: strait.state.v1.PeerImport
-	(*SnapshotHeader)(nil),          // 18: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 19: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 21: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 22: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 23: strait.api.v1.WorkloadEntry
-	(*apipb.Export)(nil),            // 24: strait.api.v1.Export
-	(*apipb.Agent)(nil),             // 25: strait.api.v1.Agent
-	(*apipb.GatewayRecord)(nil),     // 26: strait.api.v1.GatewayRecord
-	(*apipb.Intention)(nil),         // 27: strait.api.v1.Intention
-	(*apipb.InstanceKey)(nil),       // 28: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 29: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 30: strait.api.v1.Token
-	(*apipb.Change)(nil),            // 31: strait.api.v1.Change
-	(*apipb.GatewaySet)(nil),        // 32: strait.api.v1.GatewaySet
-	(*apipb.Service)(nil),           // 33: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 34: strait.api.v1.Instance
+	(*ImportLimits)(nil),            // 15: strait.state.v1.ImportLimits
+	(*DeleteIntention)(nil),         // 16: strait.state.v1.DeleteIntention
+	(*VIPCursor)(nil),               // 17: strait.state.v1.VIPCursor
+	(*PeerImport)(nil),              // 18: strait.state.v1.PeerImport
+	(*SnapshotHeader)(nil),          // 19: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 20: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 22: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 23: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 24: strait.api.v1.WorkloadEntry
+	(*apipb.Export)(nil),            // 25: strait.api.v1.Export
+	(*apipb.Agent)(nil),             // 26: strait.api.v1.Agent
+	(*apipb.GatewayRecord)(nil),     // 27: strait.api.v1.GatewayRecord
+	(*apipb.Intention)(nil),         // 28: strait.api.v1.Intention
+	(*apipb.InstanceKey)(nil),       // 29: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 30: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 31: strait.api.v1.Token
+	(*apipb.Change)(nil),            // 32: strait.api.v1.Change
+	(*apipb.GatewaySet)(nil),        // 33: strait.api.v1.GatewaySet
+	(*apipb.Service)(nil),           // 34: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 35: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	20, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	21, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	21, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	22, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	22, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	23, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	23, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	24, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
 	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
 	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
 	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
@@ -2007,45 +2088,46 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
-	24, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
-	25, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
+	25, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
+	26, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
 	14, // 18: strait.state.v1.Command.import_batch:type_name -> strait.state.v1.ImportBatch
-	26, // 19: strait.state.v1.Command.set_gateway:type_name -> strait.api.v1.GatewayRecord
-	27, // 20: strait.state.v1.Command.set_intention:type_name -> strait.api.v1.Intention
-	15, // 21: strait.state.v1.Command.delete_intention:type_name -> strait.state.v1.DeleteIntention
+	27, // 19: strait.state.v1.Command.set_gateway:type_name -> strait.api.v1.GatewayRecord
+	28, // 20: strait.state.v1.Command.set_intention:type_name -> strait.api.v1.Intention
+	16, // 21: strait.state.v1.Command.delete_intention:type_name -> strait.state.v1.DeleteIntention
 	4,  // 22: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
 	8,  // 23: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
 	3,  // 24: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
 	4,  // 25: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
 	0,  // 26: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	20, // 27: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	20, // 28: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	20, // 29: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	28, // 30: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	29, // 31: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	30, // 32: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	20, // 33: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	20, // 34: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
-	31, // 35: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
-	32, // 36: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
-	20, // 37: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
-	2,  // 38: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	33, // 39: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	34, // 40: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 41: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	23, // 42: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	12, // 43: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	24, // 44: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
-	25, // 45: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
-	17, // 46: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
-	16, // 47: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
-	26, // 48: strait.state.v1.SnapshotRecord.gateway:type_name -> strait.api.v1.GatewayRecord
-	27, // 49: strait.state.v1.SnapshotRecord.intention:type_name -> strait.api.v1.Intention
-	50, // [50:50] is the sub-list for method output_type
-	50, // [50:50] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	21, // 27: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	21, // 28: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	21, // 29: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	29, // 30: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	30, // 31: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	31, // 32: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	21, // 33: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	21, // 34: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	32, // 35: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
+	33, // 36: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
+	15, // 37: strait.state.v1.ImportBatch.limits:type_name -> strait.state.v1.ImportLimits
+	21, // 38: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
+	2,  // 39: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	34, // 40: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	35, // 41: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 42: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	24, // 43: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 44: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	25, // 45: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	26, // 46: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
+	18, // 47: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
+	17, // 48: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
+	27, // 49: strait.state.v1.SnapshotRecord.gateway:type_name -> strait.api.v1.GatewayRecord
+	28, // 50: strait.state.v1.SnapshotRecord.intention:type_name -> strait.api.v1.Intention
+	51, // [51:51] is the sub-list for method output_type
+	51, // [51:51] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -2076,7 +2158,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_SetIntention)(nil),
 		(*Command_DeleteIntention)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[18].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[19].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -2096,7 +2178,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -375,7 +375,7 @@ func (s *importSession) take(ctx context.Context, ev *apipb.ReplicationEvent) er
 func (s *importSession) countResync(ev *apipb.ReplicationEvent) error {
 	if s.resyncWire += proto.Size(ev); s.resyncWire > s.maxResyncWire() {
 		return &RefusedError{Peer: s.Peer, Reason: RefusedResyncBytes,
-			Err: fmt.Errorf("the peer's full catalog exceeds %d MiB on the wire", s.maxResyncWire()>>20)}
+			Err: fmt.Errorf("the peer's full catalog exceeds %d bytes on the wire (twice peer_max_import_bytes)", s.maxResyncWire())}
 	}
 	for _, c := range ev.Changes {
 		switch c.Change.(type) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/internal/wan"
 	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
@@ -222,4 +224,43 @@ func mustCounter(t *testing.T, reg *prometheus.Registry, name string) prometheus
 	}
 	t.Fatalf("no single series of %s", name)
 	return nil
+}
+
+// TestImportQuotaBetweenSites: a real peer exporting more services than
+// this site's quota has the change that would exceed it refused: the
+// imports stay as they were, and `federation show` says why.
+func TestImportQuotaBetweenSites(t *testing.T) {
+	w := wan.New(time.Millisecond)
+	t.Cleanup(func() { w.Close() })
+	a := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "site-a", BundleEndpoint: true, Tweak: func(c *controlplane.Config) {
+		c.PeerDialer = w.Dial
+		c.PeerHeartbeat, c.PeerStaleAfter = testPeerHeartbeat, testStaleAfter
+		c.PeerMaxServices = 3
+	}})
+	b := wanSite(t, "site-b", 1, w)
+	federate(t, a, b, "site-b")
+	ctx := controlplanetest.Ctx(t)
+	export := func(svc string) {
+		registerAt(t, b.Client(0), "shop", svc, svc+"-1", "10.1.0.1", apipb.Health_HEALTH_PASSING)
+		if _, err := b.Client(0).Federation.Export(ctx, &apipb.ExportRequest{Export: &apipb.Export{Namespace: "shop", Service: svc, To: []string{"site-a"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	export("s1")
+	export("s2")
+	waitImported(t, a, "site-b", "shop", "s2", []string{"s2-1"})
+	export("s3")
+	export("s4")
+	controlplanetest.WaitFor(t, 20*time.Second, func() error {
+		im := peerStatus(t, a.Client(0), "site-b").Imports
+		if !strings.Contains(im.LastError, "over the quota of 3 (peer_max_services)") {
+			return fmt.Errorf("last error %q", im.LastError)
+		}
+		if im.Services > 3 {
+			return fmt.Errorf("%d services imported over a quota of 3", im.Services)
+		}
+		return nil
+	})
+	waitImported(t, a, "site-b", "shop", "s1", []string{"s1-1"})
+	waitImported(t, a, "site-b", "shop", "s4", nil)
 }

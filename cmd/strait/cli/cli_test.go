@@ -160,6 +160,11 @@ func TestConfigFile(t *testing.T) {
 		{"aws endpoint", write("ep.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  endpoints:\n    sqs: http://x\n"), "unknown service"},
 		{"aws rotation without kms", write("rot.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  data_key_rotation: 1h\n"), "kms_key_id"},
 		{"cloudmap without namespace", write("cm.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  cloudmap:\n    publish: true\n"), "namespace"},
+		{"peer limits", write("lim.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\npeer_max_services: 500\npeer_max_instances: 5000\npeer_max_import_bytes: 16MiB\npeer_resync_timeout: 2m\npeer_max_streams: 3\nsign_rate_per_caller: 50\n"), ""},
+		{"bad size", write("size.yaml", "peer_max_import_bytes: lots\n"), "is not a size like"},
+		{"tiny bytes quota", write("tiny.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\npeer_max_import_bytes: 1KiB\n"), "peer_max_import_bytes"},
+		{"negative quota", write("neg.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\npeer_max_services: -1\n"), "peer_max_services"},
+		{"negative per-caller rate", write("rate.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\nsign_rate_per_caller: -5\n"), "sign_rate_per_caller"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -77,8 +77,10 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 		imp = proto.Clone(old).(*statepb.PeerImport)
 	}
 	applies := b.Resync || b.Version >= imp.Version
+	var sizes []int64
 	if applies {
-		if err := s.checkImportQuota(b); err != nil {
+		var err error
+		if sizes, err = s.checkImportQuota(b); err != nil {
 			return err
 		}
 	}
@@ -93,10 +95,10 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 		imp.Version = b.Version
 		ic := s.importContext(index, b)
 		if b.Resync {
-			s.resyncImports(ic, b, ch)
+			s.resyncImports(ic, b, sizes, ch)
 		} else {
-			for _, c := range b.Changes {
-				s.applyImportChange(ic, c, ch)
+			for i, c := range b.Changes {
+				s.applyImportChange(ic, c, sizes[i], ch)
 			}
 		}
 	}
@@ -105,7 +107,7 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 }
 
 // resyncImports makes the peer's imports exactly the batch's contents.
-func (s *Store) resyncImports(ic *importContext, b *statepb.ImportBatch, ch *changes) {
+func (s *Store) resyncImports(ic *importContext, b *statepb.ImportBatch, sizes []int64, ch *changes) {
 	keep := make(map[ServiceKey]map[string]bool)
 	for _, c := range b.Changes {
 		switch x := c.Change.(type) {
@@ -122,10 +124,10 @@ func (s *Store) resyncImports(ic *importContext, b *statepb.ImportBatch, ch *cha
 		}
 	}
 	s.dropImports(b.Peer, keep, ch)
-	for _, c := range b.Changes {
+	for i, c := range b.Changes {
 		switch c.Change.(type) {
 		case *apipb.Change_Service, *apipb.Change_Instance:
-			s.applyImportChange(ic, c, ch)
+			s.applyImportChange(ic, c, sizes[i], ch)
 		}
 	}
 }
@@ -223,8 +225,8 @@ func (s *Store) importContext(index uint64, b *statepb.ImportBatch) *importConte
 // applyImportChange upserts or deletes one imported record. Records are
 // copied and stamped with the peer and local indexes; an instance of a
 // service that was not sent first is ignored (the exporter always sends
-// the service before its instances).
-func (s *Store) applyImportChange(ic *importContext, c *apipb.Change, ch *changes) {
+// the service before its instances). size is the change's ImportedSize.
+func (s *Store) applyImportChange(ic *importContext, c *apipb.Change, size int64, ch *changes) {
 	peer := ic.peer
 	switch x := c.Change.(type) {
 	case *apipb.Change_Service:
@@ -250,7 +252,7 @@ func (s *Store) applyImportChange(ic *importContext, c *apipb.Change, ch *change
 		} else {
 			u.Services++
 		}
-		u.Bytes += serviceSize(svc)
+		u.Bytes += size
 		if svc.VirtualIp == "" {
 			u.WithoutVIP++
 		}
@@ -268,7 +270,7 @@ func (s *Store) applyImportChange(ic *importContext, c *apipb.Change, ch *change
 			} else {
 				u.Instances++
 			}
-			u.Bytes += instanceSize(in)
+			u.Bytes += size
 			s.putInstance(ic.index, byID, in, ch)
 		}
 	case *apipb.Change_ServiceDeleted:

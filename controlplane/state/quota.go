@@ -57,52 +57,58 @@ type ImportUsage struct {
 	VIPs, WithoutVIP int
 }
 
-// Fields this site sets on imported records, whatever the peer sent:
-// they do not count towards the bytes quota.
+// Fields this site sets on imported records, whatever the peer sent: they
+// do not count towards the bytes quota. Their numbers are read from the
+// descriptors once.
 var (
-	serviceStamped  = fieldsOf(&apipb.Service{}, "peer", "virtual_ip", "create_index", "modify_index")
-	instanceStamped = fieldsOf(&apipb.Instance{}, "peer", "ttl", "health", "create_index", "modify_index")
+	svcPeer    = fieldNum(&apipb.Service{}, "peer")
+	svcVIP     = fieldNum(&apipb.Service{}, "virtual_ip")
+	svcCreate  = fieldNum(&apipb.Service{}, "create_index")
+	svcModify  = fieldNum(&apipb.Service{}, "modify_index")
+	instPeer   = fieldNum(&apipb.Instance{}, "peer")
+	instHealth = fieldNum(&apipb.Instance{}, "health")
+	instTTL    = fieldNum(&apipb.Instance{}, "ttl")
+	instCreate = fieldNum(&apipb.Instance{}, "create_index")
+	instModify = fieldNum(&apipb.Instance{}, "modify_index")
 )
 
-func fieldsOf(m proto.Message, names ...protoreflect.Name) []protoreflect.FieldDescriptor {
-	fields := m.ProtoReflect().Descriptor().Fields()
-	out := make([]protoreflect.FieldDescriptor, len(names))
-	for i, n := range names {
-		if out[i] = fields.ByName(n); out[i] == nil {
-			panic("state: no field " + string(n))
-		}
+func fieldNum(m proto.Message, name protoreflect.Name) protoreflect.FieldNumber {
+	fd := m.ProtoReflect().Descriptor().Fields().ByName(name)
+	if fd == nil {
+		panic("state: no field " + string(name))
 	}
-	return out
+	return fd.Number()
 }
 
-// sizeWithout is m's encoded size less that of the given singular fields.
-func sizeWithout(m proto.Message, skip []protoreflect.FieldDescriptor) int64 {
-	n := proto.Size(m)
-	r := m.ProtoReflect()
-	for _, fd := range skip {
-		if !r.Has(fd) {
-			continue
-		}
-		v := r.Get(fd)
-		n -= protowire.SizeTag(fd.Number())
-		switch fd.Kind() {
-		case protoreflect.StringKind:
-			n -= protowire.SizeBytes(len(v.String()))
-		case protoreflect.Uint64Kind:
-			n -= protowire.SizeVarint(v.Uint())
-		case protoreflect.EnumKind:
-			n -= protowire.SizeVarint(uint64(v.Enum()))
-		case protoreflect.MessageKind:
-			n -= protowire.SizeBytes(proto.Size(v.Message().Interface()))
-		default:
-			panic("state: unexpected stamped field kind " + fd.Kind().String())
-		}
+// Encoded sizes of singular fields, 0 when unset.
+func strSize(n protoreflect.FieldNumber, v string) int {
+	if v == "" {
+		return 0
+	}
+	return protowire.SizeTag(n) + protowire.SizeBytes(len(v))
+}
+
+func varintSize(n protoreflect.FieldNumber, v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return protowire.SizeTag(n) + protowire.SizeVarint(v)
+}
+
+func serviceSize(svc *apipb.Service) int64 {
+	return int64(proto.Size(svc) - strSize(svcPeer, svc.Peer) - strSize(svcVIP, svc.VirtualIp) -
+		varintSize(svcCreate, svc.CreateIndex) - varintSize(svcModify, svc.ModifyIndex))
+}
+
+func instanceSize(in *apipb.Instance) int64 {
+	n := proto.Size(in) - strSize(instPeer, in.Peer) - varintSize(instHealth, uint64(in.Health)) -
+		varintSize(instCreate, in.CreateIndex) - varintSize(instModify, in.ModifyIndex)
+	if in.Ttl != nil {
+		n -= protowire.SizeTag(instTTL) + protowire.SizeBytes(proto.Size(in.Ttl))
 	}
 	return int64(n)
 }
 
-func serviceSize(svc *apipb.Service) int64      { return sizeWithout(svc, serviceStamped) }
-func instanceSize(in *apipb.Instance) int64     { return sizeWithout(in, instanceStamped) }
 func (u *ImportUsage) zero() bool               { return *u == ImportUsage{} }
 func (s *Store) usage(peer string) *ImportUsage { return s.useOf(peer, true) }
 
@@ -170,24 +176,53 @@ func (s *Store) CheckImport(b *statepb.ImportBatch) error {
 	if imp, ok := s.imports[b.Peer]; ok && !b.Resync && b.Version < imp.Version {
 		return nil // a stale delta, ignored by apply
 	}
-	return s.checkImportQuota(b)
+	_, err := s.checkImportQuota(b)
+	return err
+}
+
+// changeSizes returns ImportedSize of each change of b.
+func changeSizes(b *statepb.ImportBatch) []int64 {
+	sizes := make([]int64, len(b.Changes))
+	for i, c := range b.Changes {
+		sizes[i] = ImportedSize(c)
+	}
+	return sizes
 }
 
 // checkImportQuota refuses a batch that would take the peer's imports over
 // a limit of the batch. A batch that does not grow a count already over its
-// limit (lowered since) passes, so that a peer over quota can shrink.
-// Lock held.
-func (s *Store) checkImportQuota(b *statepb.ImportBatch) error {
+// limit (lowered since) passes, so that a peer over quota can shrink. It
+// returns the sizes of the batch's changes, for apply. Lock held.
+func (s *Store) checkImportQuota(b *statepb.ImportBatch) ([]int64, error) {
+	sizes := changeSizes(b)
 	lim := b.Limits
 	if lim == nil {
-		return nil
+		return sizes, nil
 	}
 	cur := *s.useOf(b.Peer, false)
+	// Most batches are far from every quota even if all they carry were
+	// new: then there is nothing to work out.
+	bound := cur
+	if b.Resync {
+		bound = ImportUsage{} // it replaces the imports
+	}
+	for i, c := range b.Changes {
+		switch c.Change.(type) {
+		case *apipb.Change_Service:
+			bound.Services++
+		case *apipb.Change_Instance:
+			bound.Instances++
+		}
+		bound.Bytes += sizes[i]
+	}
+	if within(bound, lim) {
+		return sizes, nil
+	}
 	var next ImportUsage
 	if b.Resync {
-		next = s.resyncUsage(b)
+		next = s.resyncUsage(b, sizes)
 	} else {
-		next = s.deltaUsage(b, cur)
+		next = s.deltaUsage(b, cur, sizes)
 	}
 	for _, q := range []struct {
 		name       string
@@ -199,33 +234,39 @@ func (s *Store) checkImportQuota(b *statepb.ImportBatch) error {
 		{QuotaBytes, lim.MaxBytes, cur.Bytes, next.Bytes},
 	} {
 		if q.limit > 0 && q.would > 0 && uint64(q.would) > q.limit && q.would > q.now {
-			return &QuotaError{Peer: b.Peer, Quota: q.name, Limit: q.limit, Would: uint64(q.would)}
+			return nil, &QuotaError{Peer: b.Peer, Quota: q.name, Limit: q.limit, Would: uint64(q.would)}
 		}
 	}
-	return nil
+	return sizes, nil
+}
+
+// within reports whether u is within every limit of lim.
+func within(u ImportUsage, lim *statepb.ImportLimits) bool {
+	ok := func(v int64, limit uint64) bool { return limit == 0 || v <= 0 || uint64(v) <= limit }
+	return ok(int64(u.Services), uint64(lim.MaxServices)) && ok(int64(u.Instances), uint64(lim.MaxInstances)) && ok(u.Bytes, lim.MaxBytes)
 }
 
 // resyncUsage is what the peer's imports would hold after the resync b: its
 // services, and the instances of those services. (An instance sent before
 // its service counts although apply may skip it: the estimate never falls
 // short.)
-func (s *Store) resyncUsage(b *statepb.ImportBatch) ImportUsage {
+func (s *Store) resyncUsage(b *statepb.ImportBatch, sizes []int64) ImportUsage {
 	var u ImportUsage
 	svcs := make(map[ServiceKey]int64)
-	for _, c := range b.Changes {
+	for i, c := range b.Changes {
 		if x, ok := c.Change.(*apipb.Change_Service); ok {
-			svcs[ServiceKey{b.Peer, x.Service.Namespace, x.Service.Name}] = serviceSize(x.Service)
+			svcs[ServiceKey{b.Peer, x.Service.Namespace, x.Service.Name}] = sizes[i]
 		}
 	}
 	for _, n := range svcs {
 		u.Services++
 		u.Bytes += n
 	}
-	for _, c := range b.Changes {
+	for i, c := range b.Changes {
 		if x, ok := c.Change.(*apipb.Change_Instance); ok {
 			if _, ok := svcs[ServiceKey{b.Peer, x.Instance.Namespace, x.Instance.Service}]; ok {
 				u.Instances++
-				u.Bytes += instanceSize(x.Instance)
+				u.Bytes += sizes[i]
 			}
 		}
 	}
@@ -235,7 +276,7 @@ func (s *Store) resyncUsage(b *statepb.ImportBatch) ImportUsage {
 // deltaUsage is what the peer's imports would hold after the delta b,
 // following apply's rules without touching the catalog: an overlay holds
 // the records the batch has changed so far. Lock held.
-func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage) ImportUsage {
+func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage, sizes []int64) ImportUsage {
 	const gone = -1
 	svcs := make(map[ServiceKey]int64)             // size, or gone
 	insts := make(map[ServiceKey]map[string]int64) // size, or gone
@@ -264,11 +305,11 @@ func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage) ImportUsage {
 		}
 		insts[k][id] = n
 	}
-	for _, c := range b.Changes {
+	for i, c := range b.Changes {
 		switch x := c.Change.(type) {
 		case *apipb.Change_Service:
 			k := ServiceKey{b.Peer, x.Service.Namespace, x.Service.Name}
-			n := serviceSize(x.Service)
+			n := sizes[i]
 			if old, ok := service(k); ok {
 				u.Bytes += n - old
 			} else {
@@ -281,7 +322,7 @@ func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage) ImportUsage {
 			if _, ok := service(k); !ok {
 				continue // apply ignores an instance of an unknown service
 			}
-			n := instanceSize(x.Instance)
+			n := sizes[i]
 			if old, ok := instance(k, x.Instance.Id); ok {
 				u.Bytes += n - old
 			} else {

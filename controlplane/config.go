@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -134,6 +135,27 @@ type Config struct {
 	// SignRate caps SVID signatures per second on this server (burst: a
 	// quarter of it); 2000 when zero.
 	SignRate int
+	// SignRatePerCaller caps the SVID signatures per second one agent or
+	// gateway may ask this server for, so that one caller's batches
+	// cannot use up SignRate (burst: the largest batch, 1000); a tenth
+	// of SignRate when zero.
+	SignRatePerCaller int
+	// PeerMaxServices, PeerMaxInstances and PeerMaxImportBytes are the
+	// quotas on what one peer's imports may hold: a replication batch
+	// or resync that would exceed one is refused whole and the stream
+	// dropped, keeping the earlier imports. Bytes count the records as
+	// the peer sent them. 10,000 services, 100,000 instances and 64 MiB
+	// when zero.
+	PeerMaxServices    int
+	PeerMaxInstances   int
+	PeerMaxImportBytes int64
+	// PeerResyncTimeout bounds how long a peer's full catalog (a resync)
+	// may take to arrive; 5m when zero.
+	PeerResyncTimeout time.Duration
+	// PeerMaxStreams caps the replication streams one peer may hold open
+	// to this site at once; 2 when zero (one, and its replacement while
+	// the old one times out).
+	PeerMaxStreams int
 	// PeerHeartbeat is how often an idle replication stream to a peer
 	// says it is alive; 5s when zero. Peers consider a stream dead after
 	// three missed heartbeats of their own setting.
@@ -193,6 +215,18 @@ func DevVirtualIPCIDR(site string) string {
 	return fmt.Sprintf("127.%d.0.0/16", 128+h.Sum32()%112)
 }
 
+// Default per-peer limits (see Config.PeerMaxServices and the rest). A
+// large real site exports a few thousand services; 10,000 leaves room and
+// is a sixth of the default virtual IP range. Instances average ten per
+// service. 64 MiB holds 100,000 instances of about 600 bytes, several
+// times a typical instance, and bounds a resync buffer at 128 MiB.
+const (
+	DefaultPeerMaxServices    = 10_000
+	DefaultPeerMaxInstances   = 100_000
+	DefaultPeerMaxImportBytes = 64 << 20
+	DefaultPeerMaxStreams     = 2
+)
+
 // DefaultBindAddr is where a server listens when told nothing.
 const DefaultBindAddr = "127.0.0.1:7400"
 
@@ -243,6 +277,24 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SignRate == 0 {
 		c.SignRate = 2000
+	}
+	if c.SignRatePerCaller == 0 {
+		c.SignRatePerCaller = max(1, c.SignRate/10)
+	}
+	if c.PeerMaxServices == 0 {
+		c.PeerMaxServices = DefaultPeerMaxServices
+	}
+	if c.PeerMaxInstances == 0 {
+		c.PeerMaxInstances = DefaultPeerMaxInstances
+	}
+	if c.PeerMaxImportBytes == 0 {
+		c.PeerMaxImportBytes = DefaultPeerMaxImportBytes
+	}
+	if c.PeerResyncTimeout == 0 {
+		c.PeerResyncTimeout = replication.DefaultResyncTimeout
+	}
+	if c.PeerMaxStreams == 0 {
+		c.PeerMaxStreams = DefaultPeerMaxStreams
 	}
 	r := &c.Raft
 	if c.Dev {
@@ -352,6 +404,24 @@ func (c *Config) validate() error {
 	if c.CAPropagationDelay < 3*c.BundleRefreshHint {
 		return fmt.Errorf("ca_propagation_delay (%s) must be at least three times bundle_refresh_hint (%s): peers and other SPIFFE implementations poll the bundle endpoint as the hint says, and one that has not fetched a new CA root before it starts signing refuses this site's certificates, and may lose the federation for good; lengthen ca_propagation_delay or shorten bundle_refresh_hint",
 			c.CAPropagationDelay, c.BundleRefreshHint)
+	}
+	if c.SignRate < 0 || c.SignRatePerCaller < 0 {
+		return errors.New("sign_rate and sign_rate_per_caller: must not be negative")
+	}
+	if c.PeerMaxServices < 0 || int64(c.PeerMaxServices) > math.MaxUint32 {
+		return fmt.Errorf("peer_max_services: %d is not between 1 and %d", c.PeerMaxServices, uint32(math.MaxUint32))
+	}
+	if c.PeerMaxInstances < 0 || int64(c.PeerMaxInstances) > math.MaxUint32 {
+		return fmt.Errorf("peer_max_instances: %d is not between 1 and %d", c.PeerMaxInstances, uint32(math.MaxUint32))
+	}
+	if c.PeerMaxImportBytes < 1<<20 {
+		return fmt.Errorf("peer_max_import_bytes: %d is below 1 MiB", c.PeerMaxImportBytes)
+	}
+	if c.PeerResyncTimeout < 0 || c.PeerMaxStreams < 0 {
+		return errors.New("peer_resync_timeout and peer_max_streams: must not be negative")
+	}
+	if c.PeerResyncTimeout > 0 && c.PeerResyncTimeout < 3*c.PeerHeartbeat {
+		return fmt.Errorf("peer_resync_timeout (%s) must be at least three peer heartbeats (%s)", c.PeerResyncTimeout, c.PeerHeartbeat)
 	}
 	if c.PeerHeartbeat < 10*time.Millisecond || c.PeerStaleAfter < 3*c.PeerHeartbeat {
 		return fmt.Errorf("peer_stale_after (%s) must be at least three peer heartbeats (%s)", c.PeerStaleAfter, c.PeerHeartbeat)

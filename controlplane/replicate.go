@@ -96,6 +96,12 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 		Heartbeat: s.cfg.PeerHeartbeat, ContactEvery: max(s.cfg.PeerStaleAfter/4, s.cfg.PeerHeartbeat),
 		Logger: s.log, Stats: s.repl.Import(peer),
 		Validate: api.ValidateImportedChange,
+		Limits: &statepb.ImportLimits{
+			MaxServices: uint32(s.cfg.PeerMaxServices), MaxInstances: uint32(s.cfg.PeerMaxInstances),
+			MaxBytes: uint64(s.cfg.PeerMaxImportBytes),
+		},
+		ResyncTimeout: s.cfg.PeerResyncTimeout,
+		Usage:         func() state.ImportUsage { return s.store.ImportUsage(peer) },
 		Connect: func(ctx context.Context) (replication.ClientStream, error) {
 			cur, ok := s.store.ForeignBundle(td)
 			if !ok || cur.PeerName != peer {
@@ -122,6 +128,11 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 		},
 		Apply: func(ctx context.Context, b *statepb.ImportBatch) error {
 			b.VirtualIpCidr = s.cfg.VirtualIPCIDR
+			// Refused here, a batch over quota never reaches the log;
+			// the state machine checks again, for the batches that do.
+			if err := s.store.CheckImport(b); err != nil {
+				return err
+			}
 			_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
 			if errors.Is(err, state.ErrNotFound) {
 				return replication.ErrPeerGone
@@ -253,14 +264,21 @@ func (s *Server) ServeExport(ctx context.Context, peerTD string, stream replicat
 	if !ok || f.PeerName == "" {
 		return status.Errorf(codes.PermissionDenied, "%s is not a peer of this site", peerTD)
 	}
+	stats := s.repl.Export(f.PeerName)
+	release, err := stats.Open(s.cfg.PeerMaxStreams)
+	if err != nil {
+		s.log.Warn("replication stream from peer refused", "peer", f.PeerName, "err", err, "max", s.cfg.PeerMaxStreams)
+		return status.Errorf(codes.ResourceExhausted, "peer %s already has %d replication streams open to this site (peer_max_streams); close one before opening another", f.PeerName, s.cfg.PeerMaxStreams)
+	}
+	defer release()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(*lctx, cancel)()
 	e := &replication.Exporter{
 		Store: s.store, Peer: f.PeerName, TrustDomain: peerTD, Heartbeat: s.cfg.PeerHeartbeat,
-		Logger: s.log, Stats: s.repl.Export(f.PeerName), Bundle: s.ownBundleDoc,
+		Logger: s.log, Stats: stats, Bundle: s.ownBundleDoc,
 	}
-	err := e.Serve(ctx, stream)
+	err = e.Serve(ctx, stream)
 	if (*lctx).Err() != nil {
 		return status.Error(codes.Unavailable, "leadership moved; reconnect")
 	}

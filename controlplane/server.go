@@ -145,7 +145,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now})
+	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now, SignRatePerCaller: s.cfg.SignRatePerCaller})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
 	apiSrv.RegisterServices(gs)
 	xs := xds.New(xds.Config{Inputs: s.xdsInputs, Changed: s.xdsChanged, Caller: meshCaller, Logger: s.log, Registerer: s.cfg.Registerer})

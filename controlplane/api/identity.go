@@ -209,6 +209,9 @@ func (s *Server) RenewAgent(ctx context.Context, req *apipb.RenewAgentRequest) (
 	if err != nil {
 		return nil, err
 	}
+	if err := s.signShare.take(id, "agent", 1); err != nil {
+		return nil, err
+	}
 	cert, err := s.cfg.Node.SignSVID(ctx, id, req.Csr, AgentSVIDTTL)
 	if err != nil {
 		return nil, err
@@ -312,6 +315,14 @@ func (s *Server) SignJWTSVID(ctx context.Context, req *apipb.SignJWTRequest) (*a
 func (s *Server) SignX509SVIDs(ctx context.Context, req *apipb.SignRequest) (*apipb.SignResponse, error) {
 	if len(req.Items) == 0 || len(req.Items) > MaxSignBatch {
 		return nil, fieldErr("items", "need 1 to %d items, got %d", MaxSignBatch, len(req.Items))
+	}
+	node, _ := ctx.Value(agentNodeKey).(string)
+	caller, err := trust.AgentID(s.cfg.TrustDomain(), node)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.signShare.take(caller, "agent", len(req.Items)); err != nil {
+		return nil, err
 	}
 	resp := &apipb.SignResponse{}
 	for i, it := range req.Items {

@@ -212,6 +212,13 @@ func (s *Server) signGateway(ctx context.Context, name string, csr []byte) (svid
 
 func (s gatewayService) Renew(ctx context.Context, req *apipb.RenewGatewayRequest) (*apipb.RenewGatewayResponse, error) {
 	name, _ := ctx.Value(gatewayNameKey).(string)
+	id, err := trust.GatewayID(s.cfg.TrustDomain(), name)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.signShare.take(id, "gateway", 1); err != nil {
+		return nil, err
+	}
 	svid, bundle, err := s.signGateway(ctx, name, req.Csr)
 	if err != nil {
 		return nil, err

@@ -26,6 +26,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// SignRatePerCaller caps the SVID signatures per second one agent or
+	// gateway may ask this server for (bursts of MaxSignBatch); no cap
+	// of its own when zero (the node's signing rate still applies).
+	SignRatePerCaller int
 }
 
 // Server implements the gRPC services.
@@ -42,9 +46,10 @@ type Server struct {
 	requests *prometheus.CounterVec
 	// exportMu serializes read-modify-write of exports on the leader, so
 	// two concurrent exports of one service cannot lose each other's peers.
-	exportMu sync.Mutex
-	latency  *prometheus.HistogramVec
-	diag     *diagLimit
+	exportMu  sync.Mutex
+	latency   *prometheus.HistogramVec
+	diag      *diagLimit
+	signShare *signShare
 }
 
 // New returns the API server.
@@ -64,10 +69,11 @@ func New(cfg Config) *Server {
 			Name: "strait_api_request_duration_seconds", Help: "API unary call latency by method.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}, []string{"method"}),
-		diag: newDiagLimit(),
+		diag:      newDiagLimit(),
+		signShare: newSignShare(cfg.SignRatePerCaller, cfg.Now),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.requests, s.latency, s.diag.refused)
+		cfg.Registerer.MustRegister(s.requests, s.latency, s.diag.refused, s.signShare.refused)
 	}
 	return s
 }

@@ -284,6 +284,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			return fmt.Errorf("restore snapshot: instances of unknown service %s/%s", k.Namespace, k.Name)
 		}
 	}
+	n.recountImports()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.index, f.site = hdr.Index, n.site
@@ -294,7 +295,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.exports = n.exports
 	f.agents = n.agents
 	f.imports = n.imports
-	f.vips, f.vipLast = n.vips, n.vipLast
+	f.vips, f.vipLast, f.vipIdx, f.use = n.vips, n.vipLast, [2]*vipIndex{}, n.use
 	f.intentions, f.gateways = n.intentions, n.gateways
 	f.meshChanged()
 	f.events.restart(hdr.Index)

@@ -76,6 +76,14 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 	if old, ok := s.imports[b.Peer]; ok {
 		imp = proto.Clone(old).(*statepb.PeerImport)
 	}
+	applies := b.Resync || b.Version >= imp.Version
+	var sizes []int64
+	if applies {
+		var err error
+		if sizes, err = s.checkImportQuota(b); err != nil {
+			return err
+		}
+	}
 	imp.LastContact = timestamppb.New(now)
 	if b.Gateways != nil && !slices.Equal(imp.Gateways, b.Gateways.Addresses) {
 		imp.Gateways = append([]string(nil), b.Gateways.Addresses...)
@@ -83,13 +91,14 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 	}
 	// A delta older than what is applied is a duplicate from a stream that
 	// has since been replaced; a resync is always current.
-	if b.Resync || b.Version >= imp.Version {
+	if applies {
 		imp.Version = b.Version
+		ic := s.importContext(index, b)
 		if b.Resync {
-			s.resyncImports(index, b, ch)
+			s.resyncImports(ic, b, sizes, ch)
 		} else {
-			for _, c := range b.Changes {
-				s.applyImportChange(index, b.Peer, b.VirtualIpCidr, c, ch)
+			for i, c := range b.Changes {
+				s.applyImportChange(ic, c, sizes[i], ch)
 			}
 		}
 	}
@@ -98,7 +107,7 @@ func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time,
 }
 
 // resyncImports makes the peer's imports exactly the batch's contents.
-func (s *Store) resyncImports(index uint64, b *statepb.ImportBatch, ch *changes) {
+func (s *Store) resyncImports(ic *importContext, b *statepb.ImportBatch, sizes []int64, ch *changes) {
 	keep := make(map[ServiceKey]map[string]bool)
 	for _, c := range b.Changes {
 		switch x := c.Change.(type) {
@@ -115,10 +124,10 @@ func (s *Store) resyncImports(index uint64, b *statepb.ImportBatch, ch *changes)
 		}
 	}
 	s.dropImports(b.Peer, keep, ch)
-	for _, c := range b.Changes {
+	for i, c := range b.Changes {
 		switch c.Change.(type) {
 		case *apipb.Change_Service, *apipb.Change_Instance:
-			s.applyImportChange(index, b.Peer, b.VirtualIpCidr, c, ch)
+			s.applyImportChange(ic, c, sizes[i], ch)
 		}
 	}
 }
@@ -152,11 +161,17 @@ func (s *Store) dropImports(peer string, keep map[ServiceKey]map[string]bool, ch
 			}
 		}
 		sort.Strings(drop)
+		u := s.usage(peer)
 		for _, id := range drop {
 			ch.instanceDeleted(byID[id])
+			u.Instances--
+			u.Bytes -= instanceSize(byID[id])
 			delete(byID, id)
 			s.nInst--
 		}
+	}
+	if u := s.use[peer]; u != nil && u.zero() {
+		delete(s.use, peer)
 	}
 }
 
@@ -172,31 +187,75 @@ func (s *Store) deleteService(k ServiceKey, ch *changes) {
 		ch.instanceDeleted(byID[id])
 	}
 	s.nInst -= len(byID)
+	if k.Peer != "" {
+		u, svc := s.usage(k.Peer), s.services[k]
+		u.Services--
+		u.Instances -= len(byID)
+		u.Bytes -= serviceSize(svc)
+		for _, in := range byID {
+			u.Bytes -= instanceSize(in)
+		}
+		if svc.GetVirtualIp() == "" {
+			u.WithoutVIP--
+		}
+	}
 	s.releaseVIP(s.services[k])
 	delete(s.instances, k)
 	delete(s.services, k)
 	ch.serviceDeleted(k)
 }
 
+// importContext is what applying one batch's changes needs.
+type importContext struct {
+	index      uint64
+	peer, cidr string
+	// vipQuota is how many virtual IPs the peer may hold; -1: no quota
+	// (a batch without limits, from before quotas existed).
+	vipQuota int
+}
+
+func (s *Store) importContext(index uint64, b *statepb.ImportBatch) *importContext {
+	ic := &importContext{index: index, peer: b.Peer, cidr: b.VirtualIpCidr, vipQuota: -1}
+	if b.Limits != nil {
+		ic.vipQuota = s.vipQuota(b.VirtualIpCidr, b.Limits)
+	}
+	return ic
+}
+
 // applyImportChange upserts or deletes one imported record. Records are
 // copied and stamped with the peer and local indexes; an instance of a
 // service that was not sent first is ignored (the exporter always sends
-// the service before its instances).
-func (s *Store) applyImportChange(index uint64, peer, cidr string, c *apipb.Change, ch *changes) {
+// the service before its instances). size is the change's ImportedSize.
+func (s *Store) applyImportChange(ic *importContext, c *apipb.Change, size int64, ch *changes) {
+	peer := ic.peer
 	switch x := c.Change.(type) {
 	case *apipb.Change_Service:
 		svc := proto.Clone(x.Service).(*apipb.Service)
 		svc.Peer, svc.VirtualIp = peer, ""
 		k := KeyOf(svc)
-		if old, ok := s.services[k]; ok {
+		old, existed := s.services[k]
+		if existed {
 			svc.VirtualIp = old.VirtualIp
 		}
-		if svc.VirtualIp == "" {
-			if a, ok := s.allocateVIP(cidr); ok {
+		u := s.usage(peer)
+		if svc.VirtualIp == "" && (ic.vipQuota < 0 || u.VIPs < ic.vipQuota) {
+			if a, ok := s.allocateVIP(ic.cidr); ok {
 				svc.VirtualIp = a.String()
 			}
 		}
-		s.putService(index, k, svc, ch)
+		s.putService(ic.index, k, svc, ch)
+		if existed {
+			u.Bytes -= serviceSize(old)
+			if old.VirtualIp == "" {
+				u.WithoutVIP--
+			}
+		} else {
+			u.Services++
+		}
+		u.Bytes += size
+		if svc.VirtualIp == "" {
+			u.WithoutVIP++
+		}
 		s.trackVIP(svc)
 	case *apipb.Change_Instance:
 		in := proto.Clone(x.Instance).(*apipb.Instance)
@@ -205,7 +264,14 @@ func (s *Store) applyImportChange(index uint64, peer, cidr string, c *apipb.Chan
 			in.Health = apipb.Health_HEALTH_PASSING
 		}
 		if byID, ok := s.instances[KeyOfInstance(in)]; ok {
-			s.putInstance(index, byID, in, ch)
+			u := s.usage(peer)
+			if prev, ok := byID[in.Id]; ok {
+				u.Bytes -= instanceSize(prev)
+			} else {
+				u.Instances++
+			}
+			u.Bytes += size
+			s.putInstance(ic.index, byID, in, ch)
 		}
 	case *apipb.Change_ServiceDeleted:
 		k := ServiceKey{peer, x.ServiceDeleted.Namespace, x.ServiceDeleted.Name}
@@ -216,6 +282,9 @@ func (s *Store) applyImportChange(index uint64, peer, cidr string, c *apipb.Chan
 		k := x.InstanceDeleted
 		byID := s.instances[ServiceKey{peer, k.Namespace, k.Service}]
 		if in, ok := byID[k.Id]; ok {
+			u := s.usage(peer)
+			u.Instances--
+			u.Bytes -= instanceSize(in)
 			ch.instanceDeleted(in)
 			delete(byID, k.Id)
 			s.nInst--
@@ -233,15 +302,8 @@ func (s *Store) PeerImport(peer string) (*statepb.PeerImport, bool) {
 
 // ImportCounts counts the services and instances imported from a peer.
 func (s *Store) ImportCounts(peer string) (services, instances int) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for k := range s.services {
-		if k.Peer == peer {
-			services++
-			instances += len(s.instances[k])
-		}
-	}
-	return services, instances
+	u := s.ImportUsage(peer)
+	return u.Services, u.Instances
 }
 
 // ExportedServices lists the local services exported to a peer (existing

@@ -46,6 +46,8 @@ type Store struct {
 	imports    map[string]*statepb.PeerImport  // by peer name
 	vips       map[netip.Addr]ServiceKey       // virtual IPs of imported services
 	vipLast    netip.Addr                      // the last virtual IP allocated
+	vipIdx     [2]*vipIndex                    // used addresses of the last two ranges allocated from; built on demand
+	use        map[string]*ImportUsage         // what each peer's imports hold, by peer name
 	intentions map[string]*apipb.Intention     // by source and destination
 	gateways   map[string]*apipb.GatewayRecord // by name
 	meshCh     chan struct{}                   // closed (and replaced) on intention and gateway changes
@@ -83,6 +85,8 @@ func (s *Store) reset() {
 	s.imports = make(map[string]*statepb.PeerImport)
 	s.vips = make(map[netip.Addr]ServiceKey)
 	s.vipLast = netip.Addr{}
+	s.vipIdx = [2]*vipIndex{}
+	s.use = make(map[string]*ImportUsage)
 	s.intentions = make(map[string]*apipb.Intention)
 	s.gateways = make(map[string]*apipb.GatewayRecord)
 	s.meshCh = make(chan struct{})

@@ -1,9 +1,12 @@
 package state
 
 import (
+	"encoding/binary"
+	"math/bits"
 	"net/netip"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // Virtual IPs: every imported service gets an address from the site's
@@ -14,62 +17,255 @@ import (
 // used, so a client holding a stale DNS answer is unlikely to reach
 // another service. The range travels in the ImportBatch (the leader's
 // virtual_ip_cidr); addresses already allocated never change.
+//
+// The walk runs on an index of the range (vipIndex), a bitmap of used
+// addresses with a summary of its full words: finding the next free
+// address reads at most one summary bit per 64 addresses and one word, so
+// its cost does not grow with the number allocated.
+//
+// Shares: a batch with limits (statepb.ImportLimits) lets its peer hold
+// at most an equal share of the range among the current peerings, and no
+// more than its service quota. A service the peer has no share left for is
+// imported without an address (ImportUsage.WithoutVIP counts them) and
+// gets one on a later update once the peer is under its share and an
+// address is free. Addresses already held are never taken back, so a
+// peering added after others took their share of a full range finds
+// nothing free until they release some: the cure is a larger range.
 
-// maxVIPScan bounds one allocation's walk (a /12 is 1M addresses).
-const maxVIPScan = 1 << 20
+// maxVIPIndex bounds the addresses of a range that are used (a /8 of IPv4;
+// an IPv6 range is used from its start): the index costs one bit each.
+const maxVIPIndex = 1 << 24
 
-// allocateVIP returns a free address of prefix, or false when the range
-// is unusable or full. Lock held.
-func (s *Store) allocateVIP(cidr string) (netip.Addr, bool) {
-	p, err := netip.ParsePrefix(cidr)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	p = p.Masked()
-	first := p.Addr().Next() // skip the network address
-	usable := func(a netip.Addr) bool { return a.IsValid() && p.Contains(a) && !isBroadcast(p, a) }
-	if !usable(first) {
-		return netip.Addr{}, false
-	}
-	next := first
-	if s.vipLast.IsValid() && usable(s.vipLast.Next()) {
-		next = s.vipLast.Next()
-	}
-	start := next
-	for range maxVIPScan {
-		if _, used := s.vips[next]; !used {
-			s.vipLast = next
-			return next, true
-		}
-		if next = next.Next(); !usable(next) {
-			next = first
-		}
-		if next == start {
-			break
-		}
-	}
-	return netip.Addr{}, false
+// vipIndex marks the used addresses of one range. The network address,
+// an IPv4 broadcast address and the bits past the range are marked used
+// for good.
+type vipIndex struct {
+	prefix netip.Prefix
+	hi, lo uint64 // the network address, as a 128-bit number
+	n      uint64 // addresses covered, from the network address
+	usable uint64 // addresses that can be allocated
+	used   []uint64
+	full   []uint64 // bit i: used[i] has no free address
 }
 
-// isBroadcast reports whether a is the last address of an IPv4 prefix.
-func isBroadcast(p netip.Prefix, a netip.Addr) bool {
-	if !a.Is4() || p.Bits() >= 31 {
-		return false
+func newVIPIndex(p netip.Prefix) *vipIndex {
+	hostBits := p.Addr().BitLen() - p.Bits()
+	n := uint64(maxVIPIndex)
+	if hostBits < 24 {
+		n = 1 << hostBits
 	}
-	n := a.Next()
-	return !n.IsValid() || !p.Contains(n)
+	words := (n + 63) / 64
+	x := &vipIndex{prefix: p, n: n, used: make([]uint64, words), full: make([]uint64, (words+63)/64)}
+	x.hi, x.lo = addr128(p.Addr())
+	for i := n; i < words*64; i++ {
+		x.set(i)
+	}
+	for i := words; i < uint64(len(x.full))*64; i++ {
+		x.full[i/64] |= 1 << (i % 64)
+	}
+	x.set(0)
+	x.usable = n - 1
+	if p.Addr().Is4() && p.Bits() < 31 && hostBits < 24 {
+		x.set(n - 1)
+		x.usable--
+	}
+	return x
+}
+
+func addr128(a netip.Addr) (hi, lo uint64) {
+	b := a.As16()
+	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+}
+
+// offset returns a's position in the index, if it is covered.
+func (x *vipIndex) offset(a netip.Addr) (uint64, bool) {
+	if !x.prefix.Contains(a) {
+		return 0, false
+	}
+	hi, lo := addr128(a)
+	d, borrow := bits.Sub64(lo, x.lo, 0)
+	if hi-x.hi-borrow != 0 || d >= x.n {
+		return 0, false
+	}
+	return d, true
+}
+
+// addr returns the address at position i.
+func (x *vipIndex) addr(i uint64) netip.Addr {
+	lo, carry := bits.Add64(x.lo, i, 0)
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], x.hi+carry)
+	binary.BigEndian.PutUint64(b[8:], lo)
+	a := netip.AddrFrom16(b)
+	if x.prefix.Addr().Is4() {
+		a = a.Unmap()
+	}
+	return a
+}
+
+func (x *vipIndex) set(i uint64) {
+	w := i / 64
+	x.used[w] |= 1 << (i % 64)
+	if x.used[w] == ^uint64(0) {
+		x.full[w/64] |= 1 << (w % 64)
+	}
+}
+
+func (x *vipIndex) clear(i uint64) {
+	w := i / 64
+	x.used[w] &^= 1 << (i % 64)
+	x.full[w/64] &^= 1 << (w % 64)
+}
+
+// nextFree returns the first free position at or after from, wrapping
+// around once.
+func (x *vipIndex) nextFree(from uint64) (uint64, bool) {
+	if i, ok := x.scan(from); ok {
+		return i, true
+	}
+	return x.scan(0)
+}
+
+// scan returns the first free position at or after from.
+func (x *vipIndex) scan(from uint64) (uint64, bool) {
+	w := from / 64
+	if w >= uint64(len(x.used)) {
+		return 0, false
+	}
+	if free := ^x.used[w] & (^uint64(0) << (from % 64)); free != 0 {
+		return w*64 + uint64(bits.TrailingZeros64(free)), true
+	}
+	// The next word with a free address, from the summary.
+	w++
+	for s := w / 64; s < uint64(len(x.full)); s++ {
+		mask := ^uint64(0)
+		if s == w/64 {
+			mask <<= w % 64
+		}
+		if open := ^x.full[s] & mask; open != 0 {
+			w = s*64 + uint64(bits.TrailingZeros64(open))
+			return w*64 + uint64(bits.TrailingZeros64(^x.used[w])), true
+		}
+	}
+	return 0, false
+}
+
+// vipIndexFor returns the index of the range cidr, building it from the
+// addresses in use when it is not one of the last two ranges used (a
+// change of virtual_ip_cidr, or leaders that disagree during a rolling
+// change of it); nil when cidr is unusable. Lock held.
+func (s *Store) vipIndexFor(cidr string) *vipIndex {
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return nil
+	}
+	p = p.Masked()
+	for i, x := range s.vipIdx {
+		if x != nil && x.prefix == p {
+			s.vipIdx[0], s.vipIdx[i] = x, s.vipIdx[0]
+			return x
+		}
+	}
+	if p.Addr().BitLen()-p.Bits() < 1 {
+		return nil
+	}
+	x := newVIPIndex(p)
+	for a := range s.vips {
+		if i, ok := x.offset(a); ok {
+			x.set(i)
+		}
+	}
+	s.vipIdx[0], s.vipIdx[1] = x, s.vipIdx[0]
+	return x
+}
+
+// allocateVIP returns a free address of the range cidr, or false when the
+// range is unusable or full. Lock held.
+func (s *Store) allocateVIP(cidr string) (netip.Addr, bool) {
+	x := s.vipIndexFor(cidr)
+	if x == nil || x.usable == 0 {
+		return netip.Addr{}, false
+	}
+	var from uint64 = 1 // skip the network address
+	if i, ok := x.offset(s.vipLast); ok && i+1 < x.n {
+		from = i + 1
+	}
+	i, ok := x.nextFree(from)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	a := x.addr(i)
+	s.vipLast = a
+	return a, true
+}
+
+// vipQuota is how many virtual IPs of the range cidr one peer may hold
+// under lim: an equal share of the range among the current peerings, and
+// no more than its service quota. Lock held.
+func (s *Store) vipQuota(cidr string, lim *statepb.ImportLimits) int {
+	x := s.vipIndexFor(cidr)
+	if x == nil {
+		return 0
+	}
+	peers := 0
+	for _, f := range s.foreign {
+		if f.PeerName != "" {
+			peers++
+		}
+	}
+	share := x.usable / uint64(max(peers, 1))
+	if lim.MaxServices > 0 {
+		share = min(share, uint64(lim.MaxServices))
+	}
+	return int(share)
+}
+
+func vipOf(svc *apipb.Service) netip.Addr {
+	a, _ := netip.ParseAddr(svc.GetVirtualIp())
+	return a
 }
 
 // trackVIP records an imported service's address. Lock held.
 func (s *Store) trackVIP(svc *apipb.Service) {
-	if a, err := netip.ParseAddr(svc.VirtualIp); err == nil {
-		s.vips[a] = KeyOf(svc)
+	a := vipOf(svc)
+	if !a.IsValid() {
+		return
+	}
+	k := KeyOf(svc)
+	if prev, ok := s.vips[a]; ok && prev == k {
+		return
+	}
+	s.vips[a] = k
+	if k.Peer != "" {
+		s.usage(k.Peer).VIPs++
+	}
+	for _, x := range s.vipIdx {
+		if x == nil {
+			continue
+		}
+		if i, ok := x.offset(a); ok {
+			x.set(i)
+		}
 	}
 }
 
 // releaseVIP forgets an imported service's address. Lock held.
 func (s *Store) releaseVIP(svc *apipb.Service) {
-	if a, err := netip.ParseAddr(svc.GetVirtualIp()); err == nil {
-		delete(s.vips, a)
+	a := vipOf(svc)
+	k, ok := s.vips[a]
+	if !ok || k != KeyOf(svc) {
+		return
+	}
+	delete(s.vips, a)
+	if k.Peer != "" {
+		s.usage(k.Peer).VIPs--
+	}
+	for _, x := range s.vipIdx {
+		if x == nil {
+			continue
+		}
+		if i, ok := x.offset(a); ok {
+			x.clear(i)
+		}
 	}
 }

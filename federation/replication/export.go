@@ -14,6 +14,14 @@
 // the difference between the current state and what the peer has. Under a
 // burst, changes to one key coalesce; after a reconnect, the importer
 // applies the resync as one diff, so its catalog never flaps.
+//
+// Limits: what a peer can make this site hold is bounded. The importer
+// sends its site's per-peer quotas (services, instances, bytes) with every
+// batch, for the state machine to enforce, and counts a resync as it
+// arrives, dropping the stream as soon as it is over a quota, over twice
+// the bytes quota on the wire, or older than ResyncTimeout (RefusedError);
+// the peer's earlier imports stay as they were. ExportStats.Open caps the
+// streams one peer holds open to the exporter's site.
 package replication
 
 import (

@@ -100,6 +100,7 @@ func FuzzImportEvents(f *testing.F) {
 		calls := 0
 		im := &replication.Importer{
 			Peer: "b", Site: "a", Validate: api.ValidateImportedChange, MaxBatch: 3, MinBackoff: time.Nanosecond,
+			RefusedBackoff: time.Nanosecond, Limits: &statepb.ImportLimits{MaxServices: 4, MaxInstances: 6, MaxBytes: 2048},
 			Connect: func(context.Context) (replication.ClientStream, error) {
 				if calls++; calls > 1 {
 					return nil, replication.ErrPeerGone // one session only
@@ -107,6 +108,7 @@ func FuzzImportEvents(f *testing.F) {
 				return stream, nil
 			},
 			Apply: func(_ context.Context, b *statepb.ImportBatch) error {
+				b.VirtualIpCidr = "127.240.0.0/28"
 				err := apply(&statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
 				if errors.Is(err, state.ErrNotFound) {
 					return replication.ErrPeerGone
@@ -125,7 +127,7 @@ func FuzzImportEvents(f *testing.F) {
 				t.Fatalf("imported service without its peer: %v", sum.Service)
 			}
 			c := proto.Clone(sum.Service).(*apipb.Service)
-			c.Peer, c.CreateIndex, c.ModifyIndex = "", 0, 0
+			c.Peer, c.CreateIndex, c.ModifyIndex, c.VirtualIp = "", 0, 0, ""
 			if err := api.ValidateImportedChange(&apipb.Change{Change: &apipb.Change_Service{Service: c}}); err != nil {
 				t.Fatalf("committed an invalid service: %v", err)
 			}
@@ -143,6 +145,15 @@ func FuzzImportEvents(f *testing.F) {
 		g := &state.FSM{Store: state.NewStore(0)}
 		if err := g.Restore(io.NopCloser(&buf)); err != nil {
 			t.Fatalf("snapshot does not restore: %v", err)
+		}
+		// What the store keeps of the peer's usage matches a recount, and
+		// stays within the quotas.
+		u := fsm.ImportUsage("b")
+		if r := g.ImportUsage("b"); u != r {
+			t.Fatalf("usage kept as %+v, recounted as %+v", u, r)
+		}
+		if u.Services > 4 || u.Instances > 6 || u.Bytes > 2048 {
+			t.Fatalf("imports over quota: %+v", u)
 		}
 	})
 }

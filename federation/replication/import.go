@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
@@ -22,11 +23,57 @@ var ErrPeerGone = errors.New("peering removed")
 const (
 	DefaultContactEvery = 15 * time.Second
 	DefaultMaxBatch     = 5000
-	// A resync larger than this is refused (about 1M instances).
+	// DefaultResyncTimeout bounds how long a resync may take to arrive
+	// in full.
+	DefaultResyncTimeout = 5 * time.Minute
+	// DefaultRefusedBackoff is the wait before reconnecting after the
+	// peer's export was refused for a quota or limit: it will be refused
+	// again until the peer exports less or the quotas change.
+	DefaultRefusedBackoff = time.Minute
+	// Without a bytes quota, a resync larger than this is refused (about
+	// 1M instances).
 	maxResyncBytes = 256 << 20
 	minBackoff     = 200 * time.Millisecond
 	maxBackoff     = 5 * time.Second
 )
+
+// Reasons an import is refused, as the refusals metric labels them: the
+// three quotas (state.QuotaServices, QuotaInstances, QuotaBytes), and:
+const (
+	// RefusedResyncBytes: a resync's messages exceeded twice the bytes
+	// quota (256 MiB without one) before it ended.
+	RefusedResyncBytes = "resync_bytes"
+	// RefusedResyncTimeout: a resync did not end within ResyncTimeout.
+	RefusedResyncTimeout = "resync_timeout"
+)
+
+// quotaKeys names the server setting of each quota, for messages.
+var quotaKeys = map[string]string{
+	state.QuotaServices:  "peer_max_services",
+	state.QuotaInstances: "peer_max_instances",
+	state.QuotaBytes:     "peer_max_import_bytes",
+}
+
+// RefusedError is why the importer dropped a stream whose contents it
+// refused: a quota or a resync bound. The peer's earlier imports stay.
+type RefusedError struct {
+	Peer   string
+	Reason string // a quota name or RefusedResync*
+	Err    error
+}
+
+func (e *RefusedError) Error() string {
+	key := quotaKeys[e.Reason]
+	switch {
+	case key != "":
+		return fmt.Sprintf("refused the peer's catalog: %v (%s); earlier imports are kept, dropping the stream", e.Err, key)
+	case e.Reason == RefusedResyncTimeout:
+		return fmt.Sprintf("refused the peer's catalog: %v (peer_resync_timeout); earlier imports are kept, dropping the stream", e.Err)
+	}
+	return fmt.Sprintf("refused the peer's catalog: %v; earlier imports are kept, dropping the stream", e.Err)
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
 
 // ClientStream is the client side of a Replicate call.
 type ClientStream interface {
@@ -63,8 +110,22 @@ type Importer struct {
 	// MinBackoff is the first wait before reconnecting (200ms when zero);
 	// it doubles per failure up to 5s.
 	MinBackoff time.Duration
-	Logger     *slog.Logger
-	Stats      *ImportStats
+	// RefusedBackoff is the wait before reconnecting after a refusal
+	// (RefusedError); DefaultRefusedBackoff when zero.
+	RefusedBackoff time.Duration
+	// Limits are this site's quotas on the peer's imports, sent with every
+	// batch for the state machine to enforce; nil: none. The importer
+	// also counts a resync as it arrives and drops the stream as soon as
+	// it is over one, rather than buffering the rest.
+	Limits *statepb.ImportLimits
+	// ResyncTimeout bounds the time from a resync's first message to its
+	// last; DefaultResyncTimeout when zero.
+	ResyncTimeout time.Duration
+	// Usage, when set, reports what the peer's imports hold; it is read
+	// after each commit to report services imported without a virtual IP.
+	Usage  func() state.ImportUsage
+	Logger *slog.Logger
+	Stats  *ImportStats
 }
 
 // Run keeps a session going, reconnecting with jittered backoff.
@@ -84,6 +145,12 @@ func (im *Importer) Run(ctx context.Context) {
 	if im.MinBackoff <= 0 {
 		im.MinBackoff = minBackoff
 	}
+	if im.RefusedBackoff <= 0 {
+		im.RefusedBackoff = DefaultRefusedBackoff
+	}
+	if im.ResyncTimeout <= 0 {
+		im.ResyncTimeout = DefaultResyncTimeout
+	}
 	backoff := im.MinBackoff
 	failures := 0
 	for ctx.Err() == nil {
@@ -100,14 +167,22 @@ func (im *Importer) Run(ctx context.Context) {
 			backoff, failures = im.MinBackoff, 0
 		}
 		failures++
-		// The first failure in a row is worth a warning; the rest of an
-		// outage repeats it at debug level.
-		lvl := slog.LevelDebug
-		if failures == 1 {
-			lvl = slog.LevelWarn
+		wait := backoff/2 + rand.N(backoff/2+1)
+		var refused *RefusedError
+		if errors.As(err, &refused) {
+			im.Stats.refused(refused.Reason)
+			wait = max(wait, im.RefusedBackoff)
+			im.Logger.Warn("replication from peer refused", "peer", im.Peer, "reason", refused.Reason, "err", err, "retry_in", wait)
+		} else {
+			// The first failure in a row is worth a warning; the rest of
+			// an outage repeats it at debug level.
+			lvl := slog.LevelDebug
+			if failures == 1 {
+				lvl = slog.LevelWarn
+			}
+			im.Logger.Log(ctx, lvl, "replication stream from peer ended; reconnecting", "peer", im.Peer, "err", err, "retry_in", wait)
 		}
-		im.Logger.Log(ctx, lvl, "replication stream from peer ended; reconnecting", "peer", im.Peer, "err", err, "retry_in", backoff)
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -126,14 +201,44 @@ type received struct {
 // importSession is the state of one stream.
 type importSession struct {
 	*Importer
-	stream      ClientStream
-	pending     *statepb.ImportBatch
-	inResync    bool
-	resync      *statepb.ImportBatch
-	resyncBytes int
-	acked       uint64
-	lastCommit  time.Time
-	progressed  bool
+	stream   ClientStream
+	pending  *statepb.ImportBatch
+	inResync bool
+	resync   *statepb.ImportBatch
+	// What the resync being received holds so far: bytes on the wire,
+	// and services, instances and bytes as the quotas count them.
+	resyncWire                  int
+	resyncServices, resyncInsts uint64
+	resyncBytes                 uint64
+	resyncTimer                 *time.Timer // runs while a resync arrives
+	acked                       uint64
+	lastCommit                  time.Time
+	progressed                  bool
+	withoutVIP                  int // services without a virtual IP, last seen
+}
+
+// resyncExpired fires when the resync being received is overdue.
+func (s *importSession) resyncExpired() <-chan time.Time {
+	if s.resyncTimer == nil {
+		return nil
+	}
+	return s.resyncTimer.C
+}
+
+func (s *importSession) stopResyncTimer() {
+	if s.resyncTimer != nil {
+		s.resyncTimer.Stop()
+		s.resyncTimer = nil
+	}
+}
+
+// maxResyncWire bounds the messages of one resync: twice the bytes quota
+// (room for the encoding and deletions), or 256 MiB without one.
+func (s *importSession) maxResyncWire() int {
+	if b := s.Limits.GetMaxBytes(); b > 0 {
+		return int(min(2*b, 1<<40))
+	}
+	return maxResyncBytes
 }
 
 // session runs one stream; progressed reports whether anything was
@@ -163,6 +268,7 @@ func (im *Importer) session(ctx context.Context) (progressed bool, err error) {
 		}
 	}()
 	s := &importSession{Importer: im, stream: stream, pending: &statepb.ImportBatch{Peer: im.Peer}}
+	defer s.stopResyncTimer()
 	deadline := 3 * im.Heartbeat
 	idle := time.NewTimer(deadline)
 	defer idle.Stop()
@@ -174,6 +280,9 @@ func (im *Importer) session(ctx context.Context) (progressed bool, err error) {
 			return s.progressed, ctx.Err()
 		case <-idle.C:
 			return s.progressed, fmt.Errorf("nothing heard from the peer for %s", deadline)
+		case <-s.resyncExpired():
+			return s.progressed, &RefusedError{Peer: im.Peer, Reason: RefusedResyncTimeout,
+				Err: fmt.Errorf("the peer's full catalog did not arrive within %s", im.ResyncTimeout)}
 		case r = <-events:
 		}
 		idle.Reset(deadline)
@@ -227,20 +336,24 @@ func (s *importSession) take(ctx context.Context, ev *apipb.ReplicationEvent) er
 			return errors.New("peer restarted a resync before finishing the previous one")
 		}
 		// Deltas received before a resync are superseded by it.
-		s.inResync, s.resyncBytes = true, 0
+		s.inResync = true
+		s.resyncWire, s.resyncServices, s.resyncInsts, s.resyncBytes = 0, 0, 0, 0
 		s.resync = &statepb.ImportBatch{Peer: s.Peer, Resync: true, Gateways: &apipb.GatewaySet{}}
+		s.resyncTimer = time.NewTimer(s.ResyncTimeout)
 	}
 	if s.inResync {
+		if err := s.countResync(ev); err != nil {
+			s.resync = nil // free what was buffered
+			return err
+		}
 		s.resync.Changes = append(s.resync.Changes, ev.Changes...)
 		if ev.Gateways != nil {
 			s.resync.Gateways = ev.Gateways
 		}
-		if s.resyncBytes += proto.Size(ev); s.resyncBytes > maxResyncBytes {
-			return fmt.Errorf("peer's full export exceeds %d MiB", maxResyncBytes>>20)
-		}
 		if !ev.Synced {
 			return nil
 		}
+		s.stopResyncTimer()
 		s.inResync = false
 		s.resync.Version = ev.Version
 		s.pending, s.resync = s.resync, nil
@@ -257,6 +370,39 @@ func (s *importSession) take(ctx context.Context, ev *apipb.ReplicationEvent) er
 	return nil
 }
 
+// countResync adds ev to what the resync being received holds, and refuses
+// it as soon as that is over a quota or over the bound on its messages.
+func (s *importSession) countResync(ev *apipb.ReplicationEvent) error {
+	if s.resyncWire += proto.Size(ev); s.resyncWire > s.maxResyncWire() {
+		return &RefusedError{Peer: s.Peer, Reason: RefusedResyncBytes,
+			Err: fmt.Errorf("the peer's full catalog exceeds %d bytes on the wire (twice peer_max_import_bytes)", s.maxResyncWire())}
+	}
+	for _, c := range ev.Changes {
+		switch c.Change.(type) {
+		case *apipb.Change_Service:
+			s.resyncServices++
+		case *apipb.Change_Instance:
+			s.resyncInsts++
+		}
+		s.resyncBytes += uint64(state.ImportedSize(c))
+	}
+	lim := s.Limits
+	for _, q := range []struct {
+		name         string
+		limit, would uint64
+	}{
+		{state.QuotaServices, uint64(lim.GetMaxServices()), s.resyncServices},
+		{state.QuotaInstances, uint64(lim.GetMaxInstances()), s.resyncInsts},
+		{state.QuotaBytes, lim.GetMaxBytes(), s.resyncBytes},
+	} {
+		if q.limit > 0 && q.would > q.limit {
+			return &RefusedError{Peer: s.Peer, Reason: q.name,
+				Err: &state.QuotaError{Peer: s.Peer, Quota: q.name, Limit: q.limit, Would: q.would}}
+		}
+	}
+	return nil
+}
+
 // commit applies the pending batch when it carries anything, or when
 // contact has not been recorded for a while, then acknowledges it.
 func (s *importSession) commit(ctx context.Context, force bool) error {
@@ -268,14 +414,34 @@ func (s *importSession) commit(ctx context.Context, force bool) error {
 	if !hasData && !force && time.Since(s.lastCommit) < s.ContactEvery {
 		return s.ack(b.Version)
 	}
+	b.Limits = s.Limits
 	if err := s.Apply(ctx, b); err != nil {
+		if qe := (*state.QuotaError)(nil); errors.As(err, &qe) {
+			return &RefusedError{Peer: s.Peer, Reason: qe.Quota, Err: qe}
+		}
 		return err
 	}
 	s.lastCommit = time.Now()
 	s.progressed = true
 	s.Stats.applied(len(b.Changes))
+	s.checkVIPs()
 	s.pending = &statepb.ImportBatch{Peer: s.Peer, Version: b.Version}
 	return s.ack(b.Version)
+}
+
+// checkVIPs reports services of the peer's imports that have no virtual
+// IP, when their number has grown.
+func (s *importSession) checkVIPs() {
+	if s.Usage == nil {
+		return
+	}
+	n := s.Usage().WithoutVIP
+	s.Stats.setWithoutVIP(n)
+	if n > s.withoutVIP {
+		s.Logger.Warn("services imported without a virtual IP: mesh DNS and gateways do not serve them until one is free",
+			"peer", s.Peer, "services", n, "hint", "the peer is at its share of virtual_ip_cidr, or the range is full; a larger range helps")
+	}
+	s.withoutVIP = n
 }
 
 func (s *importSession) ack(v uint64) error {

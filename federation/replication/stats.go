@@ -1,6 +1,8 @@
 package replication
 
 import (
+	"errors"
+	"maps"
 	"sync"
 	"time"
 
@@ -21,6 +23,7 @@ type Registry struct {
 	now     func() time.Time
 
 	connected, lag, bytesSent, changesSent, changesApplied, batches *prometheus.Desc
+	refusals, withoutVIP, streamsRefused                            *prometheus.Desc
 }
 
 // NewRegistry returns a registry; its metrics are registered with reg
@@ -46,6 +49,12 @@ func NewRegistry(reg prometheus.Registerer, now func() time.Time) *Registry {
 			"Catalog changes received from the peer and committed.", peer, nil),
 		batches: prometheus.NewDesc("strait_federation_import_batches_total",
 			"Raft commands that applied changes from the peer.", peer, nil),
+		refusals: prometheus.NewDesc("strait_federation_import_refusals_total",
+			"Replication streams from the peer dropped because what it sent was refused, by reason: services, instances or bytes (a quota), resync_bytes or resync_timeout.", []string{"peer", "reason"}, nil),
+		withoutVIP: prometheus.NewDesc("strait_federation_import_services_without_vip",
+			"Services imported from the peer that have no virtual IP (the peer's share of the range, or the range, is used up).", peer, nil),
+		streamsRefused: prometheus.NewDesc("strait_federation_export_streams_refused_total",
+			"Replication streams the peer opened beyond peer_max_streams, refused.", peer, nil),
 	}
 	if reg != nil {
 		reg.MustRegister(r)
@@ -87,7 +96,7 @@ func (r *Registry) Forget(peer string) {
 
 // Describe implements prometheus.Collector.
 func (r *Registry) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{r.connected, r.lag, r.bytesSent, r.changesSent, r.changesApplied, r.batches} {
+	for _, d := range []*prometheus.Desc{r.connected, r.lag, r.bytesSent, r.changesSent, r.changesApplied, r.batches, r.refusals, r.withoutVIP, r.streamsRefused} {
 		ch <- d
 	}
 }
@@ -108,12 +117,18 @@ func (r *Registry) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(r.lag, prometheus.GaugeValue, s.Lag.AsDuration().Seconds(), peer)
 		ch <- prometheus.MustNewConstMetric(r.bytesSent, prometheus.CounterValue, float64(s.BytesSent), peer)
 		ch <- prometheus.MustNewConstMetric(r.changesSent, prometheus.CounterValue, float64(e.changeCount()), peer)
+		ch <- prometheus.MustNewConstMetric(r.streamsRefused, prometheus.CounterValue, float64(e.refusedCount()), peer)
 	}
 	for peer, i := range r.imports {
 		connected, _, changes, batches := i.snapshot()
 		ch <- prometheus.MustNewConstMetric(r.connected, prometheus.GaugeValue, b(connected), peer, "import")
 		ch <- prometheus.MustNewConstMetric(r.changesApplied, prometheus.CounterValue, float64(changes), peer)
 		ch <- prometheus.MustNewConstMetric(r.batches, prometheus.CounterValue, float64(batches), peer)
+		refusals, withoutVIP := i.limits()
+		for reason, n := range refusals {
+			ch <- prometheus.MustNewConstMetric(r.refusals, prometheus.CounterValue, float64(n), peer, reason)
+		}
+		ch <- prometheus.MustNewConstMetric(r.withoutVIP, prometheus.GaugeValue, float64(withoutVIP), peer)
 	}
 }
 
@@ -127,12 +142,45 @@ type pendingAck struct {
 type ExportStats struct {
 	mu        sync.Mutex
 	now       func() time.Time
+	open      int // streams holding a slot (Open)
+	refused   uint64
 	streams   int
 	sentV     uint64
 	ackedV    uint64
 	pending   []pendingAck
 	bytesSent uint64
 	changes   uint64
+}
+
+// ErrTooManyStreams is what Open returns when the peer already has its
+// maximum of replication streams open.
+var ErrTooManyStreams = errors.New("too many replication streams from this peer")
+
+// Open takes one of the peer's limit stream slots (none when limit <= 0);
+// release gives it back. When all are taken it counts the refusal and
+// returns ErrTooManyStreams.
+func (e *ExportStats) Open(limit int) (release func(), err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if limit > 0 && e.open >= limit {
+		e.refused++
+		return nil, ErrTooManyStreams
+	}
+	e.open++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.mu.Lock()
+			e.open--
+			e.mu.Unlock()
+		})
+	}, nil
+}
+
+func (e *ExportStats) refusedCount() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.refused
 }
 
 func (e *ExportStats) attach() {
@@ -214,12 +262,41 @@ func (e *ExportStats) Status() *apipb.ExportStatus {
 // ImportStats is one peer's import stream as this server sees it. A nil
 // *ImportStats ignores everything.
 type ImportStats struct {
-	mu        sync.Mutex
-	heard     time.Time // last message from the peer
-	connected bool
-	lastErr   string
-	changes   uint64
-	batches   uint64
+	mu         sync.Mutex
+	heard      time.Time // last message from the peer
+	connected  bool
+	lastErr    string
+	changes    uint64
+	batches    uint64
+	refusals   map[string]uint64 // by reason
+	withoutVIP int
+}
+
+func (i *ImportStats) refused(reason string) {
+	if i == nil {
+		return
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.refusals == nil {
+		i.refusals = make(map[string]uint64)
+	}
+	i.refusals[reason]++
+}
+
+func (i *ImportStats) setWithoutVIP(n int) {
+	if i == nil {
+		return
+	}
+	i.mu.Lock()
+	i.withoutVIP = n
+	i.mu.Unlock()
+}
+
+func (i *ImportStats) limits() (refusals map[string]uint64, withoutVIP int) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return maps.Clone(i.refusals), i.withoutVIP
 }
 
 func (i *ImportStats) setConnected(ok bool, err error) {

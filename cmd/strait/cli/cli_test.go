@@ -164,6 +164,11 @@ func TestConfigFile(t *testing.T) {
 		{"dns recursion acl", write("acl.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\ndns_upstreams: [\"10.0.0.2:53\"]\ndns_allow_recursion_from: [\"10.0.0.0/8\", \"192.0.2.7/32\", \"fd00::/8\"]\n"), ""},
 		{"dns recursion acl without a mask", write("aclbad.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\ndns_allow_recursion_from: [\"10.0.0.1\"]\n"), "dns_allow_recursion_from: \"10.0.0.1\" is not a CIDR"},
 		{"cloudmap without namespace", write("cm.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  cloudmap:\n    publish: true\n"), "namespace"},
+		{"peer limits", write("lim.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\npeer_max_services: 500\npeer_max_instances: 5000\npeer_max_import_bytes: 16MiB\npeer_resync_timeout: 2m\npeer_max_streams: 3\nsign_rate_per_caller: 50\n"), ""},
+		{"bad size", write("size.yaml", "peer_max_import_bytes: lots\n"), "is not a size like"},
+		{"tiny bytes quota", write("tiny.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\npeer_max_import_bytes: 1KiB\n"), "peer_max_import_bytes"},
+		{"negative quota", write("neg.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\npeer_max_services: -1\n"), "peer_max_services"},
+		{"negative per-caller rate", write("rate.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\nsign_rate_per_caller: -5\n"), "sign_rate_per_caller"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,7 +7,9 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +37,7 @@ type FileConfig struct {
 	BundleWebKey     string    `yaml:"bundle_web_key_file"`
 	WorkloadSVIDTTL  Duration  `yaml:"workload_svid_ttl"`
 	SignRate         int       `yaml:"sign_rate"`
+	SignRateCaller   int       `yaml:"sign_rate_per_caller"`
 	DNSAddr          string    `yaml:"dns_addr"`
 	DNSDomain        string    `yaml:"dns_domain"`
 	DNSUpstreams     []string  `yaml:"dns_upstreams"`
@@ -45,6 +48,11 @@ type FileConfig struct {
 	PeerHeartbeat    Duration  `yaml:"peer_heartbeat"`
 	PeerStaleAfter   Duration  `yaml:"peer_stale_after"`
 	VirtualIPCIDR    string    `yaml:"virtual_ip_cidr"`
+	PeerMaxServices  int       `yaml:"peer_max_services"`
+	PeerMaxInstances int       `yaml:"peer_max_instances"`
+	PeerMaxBytes     ByteSize  `yaml:"peer_max_import_bytes"`
+	PeerResync       Duration  `yaml:"peer_resync_timeout"`
+	PeerMaxStreams   int       `yaml:"peer_max_streams"`
 	Bootstrap        bool      `yaml:"bootstrap"`
 	Join             []string  `yaml:"join"`
 	RetryJoin        []string  `yaml:"retry_join"`
@@ -125,6 +133,31 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// ByteSize is a config size written as a number of bytes or with a unit:
+// 64MiB, 512KiB, 1GiB.
+type ByteSize int64
+
+// UnmarshalYAML parses a size.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v := strings.TrimSpace(n.Value)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if strings.HasSuffix(v, u.suffix) {
+			v, mult = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.mult
+			break
+		}
+	}
+	x, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || x < 0 || x > math.MaxInt64/mult {
+		return fmt.Errorf("line %d: %q is not a size like 64MiB, 512KiB or 1048576", n.Line, n.Value)
+	}
+	*b = ByteSize(x * mult)
+	return nil
+}
+
 // maxConfigSize bounds a config file.
 const maxConfigSize = 1 << 20
 
@@ -165,12 +198,14 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 		BindAddr: fc.BindAddr, AdvertiseAddr: fc.AdvertiseAddr, MetricsAddr: fc.MetricsAddr,
 		BundleAddr: fc.BundleAddr, BundleRefreshHint: time.Duration(fc.BundleHint),
 		BundleWebCertFile: fc.BundleWebCert, BundleWebKeyFile: fc.BundleWebKey,
-		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate,
+		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate, SignRatePerCaller: fc.SignRateCaller,
 		DNSAddr: fc.DNSAddr, DNSDomain: fc.DNSDomain, DNSUpstreams: fc.DNSUpstreams, DNSAllowRecursionFrom: fc.DNSAllowRecFrom, DNSTTL: time.Duration(fc.DNSTTL), DNSPeerOrder: fc.DNSPeerOrder,
 		CAPropagationDelay: time.Duration(fc.CAPropagation),
 		PeerHeartbeat:      time.Duration(fc.PeerHeartbeat), PeerStaleAfter: time.Duration(fc.PeerStaleAfter),
-		VirtualIPCIDR: fc.VirtualIPCIDR,
-		RetryJoin:     fc.RetryJoin, AWS: fc.AWS.sdkConfig(), DataKeyRotation: time.Duration(fc.AWS.DataKeyRotation),
+		VirtualIPCIDR:   fc.VirtualIPCIDR,
+		PeerMaxServices: fc.PeerMaxServices, PeerMaxInstances: fc.PeerMaxInstances, PeerMaxImportBytes: int64(fc.PeerMaxBytes),
+		PeerResyncTimeout: time.Duration(fc.PeerResync), PeerMaxStreams: fc.PeerMaxStreams,
+		RetryJoin: fc.RetryJoin, AWS: fc.AWS.sdkConfig(), DataKeyRotation: time.Duration(fc.AWS.DataKeyRotation),
 		Bootstrap: fc.Bootstrap, Join: fc.Join, KEKFile: fc.KEKFile, Dev: dev, JoinToken: joinToken,
 		LeaveOnTerminate: fc.LeaveOnTerminate, ServerSVIDTTL: time.Duration(fc.ServerSVIDTTL),
 		Raft: controlplane.RaftTimeouts{
@@ -199,6 +234,12 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 	}
 	if fc.SignRate < 0 {
 		return c, fmt.Errorf("sign_rate: %d must not be negative", fc.SignRate)
+	}
+	if fc.SignRateCaller < 0 {
+		return c, fmt.Errorf("sign_rate_per_caller: %d must not be negative", fc.SignRateCaller)
+	}
+	if fc.PeerMaxServices < 0 || fc.PeerMaxInstances < 0 || fc.PeerMaxStreams < 0 {
+		return c, errors.New("peer_max_services, peer_max_instances and peer_max_streams: must not be negative")
 	}
 	if _, err := parseLogLevel(fc.LogLevel); err != nil {
 		return c, err

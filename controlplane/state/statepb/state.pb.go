@@ -1349,6 +1349,10 @@ type ImportBatch struct {
 	// Where virtual IPs of newly imported services come from (the
 	// proposing leader's virtual_ip_cidr); existing ones never change.
 	VirtualIpCidr string `protobuf:"bytes,6,opt,name=virtual_ip_cidr,json=virtualIpCidr,proto3" json:"virtual_ip_cidr,omitempty"`
+	// The proposing leader's per-peer import quotas. A batch that would take
+	// the peer's imports over one of them is refused whole. Unset (entries
+	// written before quotas existed): no quota.
+	Limits        *ImportLimits `protobuf:"bytes,7,opt,name=limits,proto3" json:"limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1425,6 +1429,77 @@ func (x *ImportBatch) GetVirtualIpCidr() string {
 	return ""
 }
 
+func (x *ImportBatch) GetLimits() *ImportLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// ImportLimits bound what one peer's imports may hold; zero: no bound.
+type ImportLimits struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MaxServices  uint32                 `protobuf:"varint,1,opt,name=max_services,json=maxServices,proto3" json:"max_services,omitempty"`
+	MaxInstances uint32                 `protobuf:"varint,2,opt,name=max_instances,json=maxInstances,proto3" json:"max_instances,omitempty"`
+	// Bytes of the imported records as the peer sent them (protobuf size,
+	// without the fields this site stamps: peer, indexes, virtual IP,
+	// health default, TTL).
+	MaxBytes      uint64 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportLimits) Reset() {
+	*x = ImportLimits{}
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportLimits) ProtoMessage() {}
+
+func (x *ImportLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportLimits.ProtoReflect.Descriptor instead.
+func (*ImportLimits) Descriptor() ([]byte, []int) {
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ImportLimits) GetMaxServices() uint32 {
+	if x != nil {
+		return x.MaxServices
+	}
+	return 0
+}
+
+func (x *ImportLimits) GetMaxInstances() uint32 {
+	if x != nil {
+		return x.MaxInstances
+	}
+	return 0
+}
+
+func (x *ImportLimits) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
 type DeleteIntention struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
@@ -1435,7 +1510,7 @@ type DeleteIntention struct {
 
 func (x *DeleteIntention) Reset() {
 	*x = DeleteIntention{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1522,7 @@ func (x *DeleteIntention) String() string {
 func (*DeleteIntention) ProtoMessage() {}
 
 func (x *DeleteIntention) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[15]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1535,7 @@ func (x *DeleteIntention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteIntention.ProtoReflect.Descriptor instead.
 func (*DeleteIntention) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{15}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteIntention) GetSource() string {
@@ -1488,7 +1563,7 @@ type VIPCursor struct {
 
 func (x *VIPCursor) Reset() {
 	*x = VIPCursor{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1575,7 @@ func (x *VIPCursor) String() string {
 func (*VIPCursor) ProtoMessage() {}
 
 func (x *VIPCursor) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[16]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1588,7 @@ func (x *VIPCursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPCursor.ProtoReflect.Descriptor instead.
 func (*VIPCursor) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{16}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VIPCursor) GetLast() []byte {
@@ -1536,7 +1611,7 @@ type PeerImport struct {
 
 func (x *PeerImport) Reset() {
 	*x = PeerImport{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1623,7 @@ func (x *PeerImport) String() string {
 func (*PeerImport) ProtoMessage() {}
 
 func (x *PeerImport) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[17]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1636,7 @@ func (x *PeerImport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerImport.ProtoReflect.Descriptor instead.
 func (*PeerImport) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{17}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PeerImport) GetPeer() string {
@@ -1603,7 +1678,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1690,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[18]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1703,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{18}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1668,7 +1743,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1755,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_controlplane_state_statepb_state_proto_msgTypes[19]
+	mi := &file_controlplane_state_statepb_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1768,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{19}
+	return file_controlplane_state_statepb_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1987,14 +2062,19 @@ const file_controlplane_state_statepb_state_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"k\n" +
 	"\aAddPeer\x122\n" +
 	"\x04peer\x18\x01 \x01(\v2\x1e.strait.state.v1.ForeignBundleR\x04peer\x12,\n" +
-	"\x12invite_secret_hash\x18\x02 \x01(\fR\x10inviteSecretHash\"\xe3\x01\n" +
+	"\x12invite_secret_hash\x18\x02 \x01(\fR\x10inviteSecretHash\"\x9a\x02\n" +
 	"\vImportBatch\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
 	"\x06resync\x18\x03 \x01(\bR\x06resync\x12/\n" +
 	"\achanges\x18\x04 \x03(\v2\x15.strait.api.v1.ChangeR\achanges\x125\n" +
 	"\bgateways\x18\x05 \x01(\v2\x19.strait.api.v1.GatewaySetR\bgateways\x12&\n" +
-	"\x0fvirtual_ip_cidr\x18\x06 \x01(\tR\rvirtualIpCidr\"K\n" +
+	"\x0fvirtual_ip_cidr\x18\x06 \x01(\tR\rvirtualIpCidr\x125\n" +
+	"\x06limits\x18\a \x01(\v2\x1d.strait.state.v1.ImportLimitsR\x06limits\"s\n" +
+	"\fImportLimits\x12!\n" +
+	"\fmax_services\x18\x01 \x01(\rR\vmaxServices\x12#\n" +
+	"\rmax_instances\x18\x02 \x01(\rR\fmaxInstances\x12\x1b\n" +
+	"\tmax_bytes\x18\x03 \x01(\x04R\bmaxBytes\"K\n" +
 	"\x0fDeleteIntention\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\"\x1f\n" +
@@ -2044,7 +2124,7 @@ func file_controlplane_state_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_controlplane_state_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_controlplane_state_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(RootPhase)(0),                  // 0: strait.state.v1.RootPhase
 	(*Command)(nil),                 // 1: strait.state.v1.Command
@@ -2062,37 +2142,38 @@ var file_controlplane_state_statepb_state_proto_goTypes = []any{
 	(*DeleteForeignBundle)(nil),     // 13: strait.state.v1.DeleteForeignBundle
 	(*AddPeer)(nil),                 // 14: strait.state.v1.AddPeer
 	(*ImportBatch)(nil),             // 15: strait.state.v1.ImportBatch
-	(*DeleteIntention)(nil),         // 16: strait.state.v1.DeleteIntention
-	(*VIPCursor)(nil),               // 17: strait.state.v1.VIPCursor
-	(*PeerImport)(nil),              // 18: strait.state.v1.PeerImport
-	(*SnapshotHeader)(nil),          // 19: strait.state.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),          // 20: strait.state.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
-	(*apipb.RegisterRequest)(nil),   // 22: strait.api.v1.RegisterRequest
-	(*apipb.DeregisterRequest)(nil), // 23: strait.api.v1.DeregisterRequest
-	(*apipb.WorkloadEntry)(nil),     // 24: strait.api.v1.WorkloadEntry
-	(*apipb.Export)(nil),            // 25: strait.api.v1.Export
-	(*apipb.Agent)(nil),             // 26: strait.api.v1.Agent
-	(*apipb.GatewayRecord)(nil),     // 27: strait.api.v1.GatewayRecord
-	(*apipb.Intention)(nil),         // 28: strait.api.v1.Intention
-	(*apipb.InstanceKey)(nil),       // 29: strait.api.v1.InstanceKey
-	(apipb.Health)(0),               // 30: strait.api.v1.Health
-	(*apipb.Token)(nil),             // 31: strait.api.v1.Token
-	(*apipb.Change)(nil),            // 32: strait.api.v1.Change
-	(*apipb.GatewaySet)(nil),        // 33: strait.api.v1.GatewaySet
-	(*apipb.Service)(nil),           // 34: strait.api.v1.Service
-	(*apipb.Instance)(nil),          // 35: strait.api.v1.Instance
+	(*ImportLimits)(nil),            // 16: strait.state.v1.ImportLimits
+	(*DeleteIntention)(nil),         // 17: strait.state.v1.DeleteIntention
+	(*VIPCursor)(nil),               // 18: strait.state.v1.VIPCursor
+	(*PeerImport)(nil),              // 19: strait.state.v1.PeerImport
+	(*SnapshotHeader)(nil),          // 20: strait.state.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),          // 21: strait.state.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*apipb.RegisterRequest)(nil),   // 23: strait.api.v1.RegisterRequest
+	(*apipb.DeregisterRequest)(nil), // 24: strait.api.v1.DeregisterRequest
+	(*apipb.WorkloadEntry)(nil),     // 25: strait.api.v1.WorkloadEntry
+	(*apipb.Export)(nil),            // 26: strait.api.v1.Export
+	(*apipb.Agent)(nil),             // 27: strait.api.v1.Agent
+	(*apipb.GatewayRecord)(nil),     // 28: strait.api.v1.GatewayRecord
+	(*apipb.Intention)(nil),         // 29: strait.api.v1.Intention
+	(*apipb.InstanceKey)(nil),       // 30: strait.api.v1.InstanceKey
+	(apipb.Health)(0),               // 31: strait.api.v1.Health
+	(*apipb.Token)(nil),             // 32: strait.api.v1.Token
+	(*apipb.Change)(nil),            // 33: strait.api.v1.Change
+	(*apipb.GatewaySet)(nil),        // 34: strait.api.v1.GatewaySet
+	(*apipb.Service)(nil),           // 35: strait.api.v1.Service
+	(*apipb.Instance)(nil),          // 36: strait.api.v1.Instance
 }
 var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
-	21, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
+	22, // 0: strait.state.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: strait.state.v1.Command.bootstrap:type_name -> strait.state.v1.Bootstrap
-	22, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
-	23, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
+	23, // 2: strait.state.v1.Command.register:type_name -> strait.api.v1.RegisterRequest
+	24, // 3: strait.state.v1.Command.deregister:type_name -> strait.api.v1.DeregisterRequest
 	7,  // 4: strait.state.v1.Command.set_health:type_name -> strait.state.v1.SetHealth
 	8,  // 5: strait.state.v1.Command.create_token:type_name -> strait.state.v1.TokenRecord
 	9,  // 6: strait.state.v1.Command.revoke_token:type_name -> strait.state.v1.RevokeToken
 	10, // 7: strait.state.v1.Command.consume_token:type_name -> strait.state.v1.ConsumeToken
-	24, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
+	25, // 8: strait.state.v1.Command.create_entry:type_name -> strait.api.v1.WorkloadEntry
 	11, // 9: strait.state.v1.Command.delete_entry:type_name -> strait.state.v1.DeleteEntry
 	3,  // 10: strait.state.v1.Command.add_jwt_key:type_name -> strait.state.v1.JWTKey
 	4,  // 11: strait.state.v1.Command.prepare_root:type_name -> strait.state.v1.CARoot
@@ -2100,47 +2181,48 @@ var file_controlplane_state_statepb_state_proto_depIdxs = []int32{
 	6,  // 13: strait.state.v1.Command.drop_root:type_name -> strait.state.v1.DropRoot
 	12, // 14: strait.state.v1.Command.set_foreign_bundle:type_name -> strait.state.v1.ForeignBundle
 	13, // 15: strait.state.v1.Command.delete_foreign_bundle:type_name -> strait.state.v1.DeleteForeignBundle
-	25, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
-	26, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
+	26, // 16: strait.state.v1.Command.set_export:type_name -> strait.api.v1.Export
+	27, // 17: strait.state.v1.Command.set_agent:type_name -> strait.api.v1.Agent
 	15, // 18: strait.state.v1.Command.import_batch:type_name -> strait.state.v1.ImportBatch
-	27, // 19: strait.state.v1.Command.set_gateway:type_name -> strait.api.v1.GatewayRecord
-	28, // 20: strait.state.v1.Command.set_intention:type_name -> strait.api.v1.Intention
-	16, // 21: strait.state.v1.Command.delete_intention:type_name -> strait.state.v1.DeleteIntention
+	28, // 19: strait.state.v1.Command.set_gateway:type_name -> strait.api.v1.GatewayRecord
+	29, // 20: strait.state.v1.Command.set_intention:type_name -> strait.api.v1.Intention
+	17, // 21: strait.state.v1.Command.delete_intention:type_name -> strait.state.v1.DeleteIntention
 	14, // 22: strait.state.v1.Command.add_peer:type_name -> strait.state.v1.AddPeer
 	4,  // 23: strait.state.v1.Bootstrap.root:type_name -> strait.state.v1.CARoot
 	8,  // 24: strait.state.v1.Bootstrap.management_token:type_name -> strait.state.v1.TokenRecord
 	3,  // 25: strait.state.v1.Bootstrap.jwt_keys:type_name -> strait.state.v1.JWTKey
 	4,  // 26: strait.state.v1.Bootstrap.roots:type_name -> strait.state.v1.CARoot
 	0,  // 27: strait.state.v1.CARoot.phase:type_name -> strait.state.v1.RootPhase
-	21, // 28: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
-	21, // 29: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
-	21, // 30: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
-	29, // 31: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
-	30, // 32: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
-	31, // 33: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
-	21, // 34: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
-	21, // 35: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
+	22, // 28: strait.state.v1.CARoot.since:type_name -> google.protobuf.Timestamp
+	22, // 29: strait.state.v1.CARoot.drop_after:type_name -> google.protobuf.Timestamp
+	22, // 30: strait.state.v1.ActivateRoot.drop_after:type_name -> google.protobuf.Timestamp
+	30, // 31: strait.state.v1.SetHealth.instances:type_name -> strait.api.v1.InstanceKey
+	31, // 32: strait.state.v1.SetHealth.health:type_name -> strait.api.v1.Health
+	32, // 33: strait.state.v1.TokenRecord.token:type_name -> strait.api.v1.Token
+	22, // 34: strait.state.v1.ForeignBundle.last_success:type_name -> google.protobuf.Timestamp
+	22, // 35: strait.state.v1.ForeignBundle.last_attempt:type_name -> google.protobuf.Timestamp
 	12, // 36: strait.state.v1.AddPeer.peer:type_name -> strait.state.v1.ForeignBundle
-	32, // 37: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
-	33, // 38: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
-	21, // 39: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
-	2,  // 40: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
-	34, // 41: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
-	35, // 42: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
-	8,  // 43: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
-	24, // 44: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
-	12, // 45: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
-	25, // 46: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
-	26, // 47: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
-	18, // 48: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
-	17, // 49: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
-	27, // 50: strait.state.v1.SnapshotRecord.gateway:type_name -> strait.api.v1.GatewayRecord
-	28, // 51: strait.state.v1.SnapshotRecord.intention:type_name -> strait.api.v1.Intention
-	52, // [52:52] is the sub-list for method output_type
-	52, // [52:52] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	33, // 37: strait.state.v1.ImportBatch.changes:type_name -> strait.api.v1.Change
+	34, // 38: strait.state.v1.ImportBatch.gateways:type_name -> strait.api.v1.GatewaySet
+	16, // 39: strait.state.v1.ImportBatch.limits:type_name -> strait.state.v1.ImportLimits
+	22, // 40: strait.state.v1.PeerImport.last_contact:type_name -> google.protobuf.Timestamp
+	2,  // 41: strait.state.v1.SnapshotRecord.site:type_name -> strait.state.v1.Bootstrap
+	35, // 42: strait.state.v1.SnapshotRecord.service:type_name -> strait.api.v1.Service
+	36, // 43: strait.state.v1.SnapshotRecord.instance:type_name -> strait.api.v1.Instance
+	8,  // 44: strait.state.v1.SnapshotRecord.token:type_name -> strait.state.v1.TokenRecord
+	25, // 45: strait.state.v1.SnapshotRecord.entry:type_name -> strait.api.v1.WorkloadEntry
+	12, // 46: strait.state.v1.SnapshotRecord.foreign_bundle:type_name -> strait.state.v1.ForeignBundle
+	26, // 47: strait.state.v1.SnapshotRecord.export:type_name -> strait.api.v1.Export
+	27, // 48: strait.state.v1.SnapshotRecord.agent:type_name -> strait.api.v1.Agent
+	19, // 49: strait.state.v1.SnapshotRecord.peer_import:type_name -> strait.state.v1.PeerImport
+	18, // 50: strait.state.v1.SnapshotRecord.vip_cursor:type_name -> strait.state.v1.VIPCursor
+	28, // 51: strait.state.v1.SnapshotRecord.gateway:type_name -> strait.api.v1.GatewayRecord
+	29, // 52: strait.state.v1.SnapshotRecord.intention:type_name -> strait.api.v1.Intention
+	53, // [53:53] is the sub-list for method output_type
+	53, // [53:53] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_state_statepb_state_proto_init() }
@@ -2172,7 +2254,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 		(*Command_DeleteIntention)(nil),
 		(*Command_AddPeer)(nil),
 	}
-	file_controlplane_state_statepb_state_proto_msgTypes[19].OneofWrappers = []any{
+	file_controlplane_state_statepb_state_proto_msgTypes[20].OneofWrappers = []any{
 		(*SnapshotRecord_Site)(nil),
 		(*SnapshotRecord_Service)(nil),
 		(*SnapshotRecord_Instance)(nil),
@@ -2192,7 +2274,7 @@ func file_controlplane_state_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_state_statepb_state_proto_rawDesc), len(file_controlplane_state_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/straitmesh/strait/internal/acceptloop"
 )
 
 // runEgress keeps one listener per egress listener of the configuration
@@ -65,12 +67,19 @@ func (g *Gateway) runEgress(ctx context.Context) {
 	}
 }
 
+// serveEgress accepts local clients on one egress listener until it is
+// closed, retrying temporary accept errors (descriptors exhausted for a
+// moment).
 func (g *Gateway) serveEgress(ctx context.Context, ln net.Listener, name string) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	al := acceptloop.Wrap(ln, acceptloop.Config{Name: "egress", Logger: g.log, Metrics: g.wan.accepts})
 	for {
-		c, err := ln.Accept()
+		c, err := al.Accept()
 		if err != nil {
+			if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+				g.log.Error("egress listener failed; it accepts no more connections", "listener", name, "addr", ln.Addr().String(), "err", err)
+			}
 			return
 		}
 		wg.Add(1)

@@ -275,7 +275,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return nil
 	})
 	egressDone := make(chan struct{})
-	go func() { defer close(egressDone); g.runEgress(ctx) }()
+	go func() { defer close(egressDone); g.runEgress(ectx) }() // ends with any task's failure too
 	go func() {
 		// Ready once configured and both sides listen.
 		for {

@@ -159,6 +159,9 @@ func TestConfigFile(t *testing.T) {
 		{"retry_join without token", write("rjt.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nretry_join: [\"10.0.0.1:7400\"]\n"), "join_token"},
 		{"aws endpoint", write("ep.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  endpoints:\n    sqs: http://x\n"), "unknown service"},
 		{"aws rotation without kms", write("rot.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  data_key_rotation: 1h\n"), "kms_key_id"},
+		{"api limits", write("limits.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\napi_max_connections: 1000\napi_max_connections_per_source: 100\napi_idle_timeout: 2m\n"), ""},
+		{"api per source over total", write("limits2.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\napi_max_connections: 10\napi_max_connections_per_source: 20\n"), "api_max_connections_per_source"},
+		{"negative api limit", write("limits3.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\napi_max_connections: -1\n"), "api_max_connections"},
 		{"cloudmap without namespace", write("cm.yaml", "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\naws:\n  cloudmap:\n    publish: true\n"), "namespace"},
 	}
 	for _, tt := range tests {

@@ -75,11 +75,11 @@ type Listener struct {
 	cfg    Config
 	closed chan struct{}
 	once   sync.Once
-	// Logging state, owned by Accept's caller (one accept loop).
-	mu        sync.Mutex
-	lastLog   time.Time
-	unlogged  int
-	lastCause string
+	// Logging state (retried): when the last warning was logged, and the
+	// retries since.
+	mu       sync.Mutex
+	lastLog  time.Time
+	unlogged int
 }
 
 var _ net.Listener = (*Listener)(nil)

@@ -84,5 +84,5 @@ func Read(r io.Reader) (client netip.AddrPort, ok bool, first byte, err error) {
 		return netip.AddrPort{}, false, 0, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	addr, _ := netip.AddrFromSlice(rest[:n])
-	return netip.AddrPortFrom(addr, binary.BigEndian.Uint16(rest[n:])), true, 0, nil
+	return netip.AddrPortFrom(addr.Unmap(), binary.BigEndian.Uint16(rest[n:])), true, 0, nil
 }

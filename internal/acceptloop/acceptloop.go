@@ -39,21 +39,28 @@ const (
 // logEvery is how often a listener that keeps retrying logs.
 const logEvery = 10 * time.Second
 
-// Metrics counts accept errors retried; one per registry, shared by the
-// listeners of a process.
+// Metrics counts accept errors retried, and connections refused by a
+// Listener's Limits; one per registry, shared by the listeners of a
+// process.
 type Metrics struct {
-	retries *prometheus.CounterVec
+	retries, refused *prometheus.CounterVec
 }
 
-// NewMetrics registers strait_accept_retries_total with reg (none when
-// nil).
+// NewMetrics registers strait_accept_retries_total and
+// strait_accept_refused_total with reg (none when nil).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "strait_accept_retries_total",
-		Help: "Accept errors retried after a backoff, by listener and cause (fds: EMFILE or ENFILE; memory: ENOBUFS or ENOMEM; aborted: the connection failed before it was accepted; timeout).",
-	}, []string{"listener", "cause"})}
+	m := &Metrics{
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "strait_accept_retries_total",
+			Help: "Accept errors retried after a backoff, by listener and cause (fds: EMFILE or ENFILE; memory: ENOBUFS or ENOMEM; aborted: the connection failed before it was accepted; timeout).",
+		}, []string{"listener", "cause"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "strait_accept_refused_total",
+			Help: "Connections closed at accept because a listener's limit was reached, by listener and cause (max_connections, max_connections_per_source).",
+		}, []string{"listener", "cause"}),
+	}
 	if reg != nil {
-		reg.MustRegister(m.retries)
+		reg.MustRegister(m.retries, m.refused)
 	}
 	return m
 }
@@ -65,8 +72,13 @@ type Config struct {
 	Name string
 	// Logger; slog.Default when nil.
 	Logger *slog.Logger
-	// Metrics counts retries; not counted when nil.
+	// Metrics counts retries and refusals; not counted when nil.
 	Metrics *Metrics
+	// Limits, when set, admits each accepted connection by its source
+	// address: one over a limit is closed at once, counted and (at most
+	// every 10s) logged, and Accept waits for the next. Admitted
+	// connections release their place when closed.
+	Limits *Limiter
 }
 
 // Listener is a net.Listener whose Accept retries temporary errors.
@@ -80,6 +92,8 @@ type Listener struct {
 	mu       sync.Mutex
 	lastLog  time.Time
 	unlogged int
+	// refusedLog is when a refusal was last logged.
+	refusedLog time.Time
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -100,7 +114,16 @@ func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err == nil {
-			return c, nil
+			if l.cfg.Limits == nil {
+				return c, nil
+			}
+			slot, refused := l.cfg.Limits.AdmitFrom(SourceIP(c))
+			if refused == "" {
+				return slot.Conn(c), nil
+			}
+			c.Close()
+			l.refused(refused, c)
+			continue
 		}
 		select {
 		case <-l.closed:
@@ -138,6 +161,21 @@ func (l *Listener) retried(cause string, err error, delay time.Duration) {
 	l.cfg.Logger.Warn("accept failed; retrying", "listener", l.cfg.Name, "cause", cause, "err", err,
 		"retries_since_last_log", l.unlogged, "next_delay", delay)
 	l.lastLog, l.unlogged = now, 0
+}
+
+// refused counts a connection over the limits, and logs at most every
+// logEvery.
+func (l *Listener) refused(cause string, c net.Conn) {
+	if l.cfg.Metrics != nil {
+		l.cfg.Metrics.refused.WithLabelValues(l.cfg.Name, cause).Inc()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now := time.Now(); l.refusedLog.IsZero() || now.Sub(l.refusedLog) >= logEvery {
+		l.cfg.Logger.Warn("connection refused: limit reached", "listener", l.cfg.Name, "cause", cause,
+			"remote", c.RemoteAddr().String(), "open", l.cfg.Limits.Open())
+		l.refusedLog = now
+	}
 }
 
 // Close closes the listener and interrupts a backoff in progress.

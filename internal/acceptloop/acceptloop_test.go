@@ -259,3 +259,60 @@ func fdChild() {
 	c.Close()
 	os.Exit(0)
 }
+
+// TestListenerLimits: with Limits, a connection over a source's share is
+// closed at accept and counted, and Accept goes on to the next; closing
+// an admitted connection frees its place.
+func TestListenerLimits(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	al := acceptloop.Wrap(ln, acceptloop.Config{Name: "test", Metrics: acceptloop.NewMetrics(reg), Limits: acceptloop.NewLimiter(2, 1)})
+	defer al.Close()
+	dial := func(local string) net.Conn {
+		t.Helper()
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	accept := func() net.Conn {
+		t.Helper()
+		c, err := al.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	dial("127.0.0.2")
+	first := accept()
+	over := dial("127.0.0.2") // refused inside the next Accept
+	dial("127.0.0.3")
+	second := accept()
+	if got := second.RemoteAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.3" {
+		t.Fatalf("admitted %s, want 127.0.0.3 (127.0.0.2 is over its share)", got)
+	}
+	over.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(over); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the connection over the limit was not closed")
+	}
+	fams, _ := reg.Gather()
+	found := false
+	for _, f := range fams {
+		if f.GetName() == "strait_accept_refused_total" && f.Metric[0].GetCounter().GetValue() == 1 {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("strait_accept_refused_total is not 1")
+	}
+	first.Close()
+	second.Close()
+	dial("127.0.0.2")
+	accept().Close()
+}

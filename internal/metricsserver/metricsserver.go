@@ -6,7 +6,8 @@
 // visible from the endpoint itself.
 //
 // A scraper's connection is bounded (header and idle timeouts, header
-// size), and temporary accept errors are retried (internal/acceptloop).
+// size, connections in all and per address), and temporary accept errors
+// are retried (internal/acceptloop).
 // Serve owns the HTTP server's goroutines until its context ends.
 package metricsserver
 
@@ -32,6 +33,10 @@ const (
 	WriteTimeout   = 30 * time.Second
 	IdleTimeout    = 2 * time.Minute
 	MaxHeaderBytes = 16 << 10
+	// MaxConnections open at once, MaxConnectionsPerSource from one
+	// address (scrapers are few).
+	MaxConnections          = 64
+	MaxConnectionsPerSource = 16
 )
 
 // Serve listens on addr and serves g's metrics at /metrics until ctx
@@ -68,7 +73,8 @@ func ServeListener(ctx context.Context, ln net.Listener, g prometheus.Gatherer, 
 		defer cancel()
 		hs.Shutdown(sctx)
 	}()
-	wl := acceptloop.Wrap(ln, acceptloop.Config{Name: "metrics", Logger: log, Metrics: am})
+	wl := acceptloop.Wrap(ln, acceptloop.Config{Name: "metrics", Logger: log, Metrics: am,
+		Limits: acceptloop.NewLimiter(MaxConnections, MaxConnectionsPerSource)})
 	if err := hs.Serve(wl); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -12,8 +12,9 @@
 // the bundle, so what a client can make the endpoint hold is bounded:
 // request headers must arrive within ReadHeaderTimeout and fit in
 // MaxHeaderBytes, a whole request within ReadTimeout, an answer leave within
-// WriteTimeout, and an idle keep-alive connection is closed after
-// IdleTimeout; temporary accept errors are retried (internal/acceptloop).
+// WriteTimeout, an idle keep-alive connection is closed after IdleTimeout,
+// and at most MaxConnections are open (MaxConnectionsPerSource from one
+// address); temporary accept errors are retried (internal/acceptloop).
 // Run owns one goroutine (the HTTP server) until its context ends.
 package bundleendpoint
 
@@ -45,6 +46,11 @@ const (
 	DefaultIdleTimeout = time.Minute
 	// MaxHeaderBytes: a GET needs little.
 	MaxHeaderBytes = 16 << 10
+	// MaxConnections open at once, MaxConnectionsPerSource of them from
+	// one address: more are closed at accept (peers fetch every few
+	// minutes, on one connection each).
+	MaxConnections          = 1024
+	MaxConnectionsPerSource = 32
 )
 
 // Config configures an Endpoint.
@@ -113,7 +119,8 @@ func (e *Endpoint) Run(ctx context.Context) error {
 		defer cancel()
 		e.srv.Shutdown(sctx)
 	}()
-	ln := acceptloop.Wrap(e.cfg.Listener, acceptloop.Config{Name: "bundle", Logger: e.cfg.Logger, Metrics: e.cfg.AcceptMetrics})
+	ln := acceptloop.Wrap(e.cfg.Listener, acceptloop.Config{Name: "bundle", Logger: e.cfg.Logger, Metrics: e.cfg.AcceptMetrics,
+		Limits: acceptloop.NewLimiter(MaxConnections, MaxConnectionsPerSource)})
 	if err := e.srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -9,7 +9,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
-             ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./dns:FuzzForward
+             ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./dns:FuzzForward ./internal/passthrough:FuzzRead
 
 .PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway demo scenarios clean
 

@@ -94,7 +94,7 @@ func (s *Server) serveBundle(ctx context.Context) error {
 		}
 		ec.web = &c
 	}
-	ep, err := bundleendpoint.New(bundleendpoint.Config{Listener: ln, TrustDomain: s.id.td, Source: s, GetCertificate: ec.get, Logger: s.log})
+	ep, err := bundleendpoint.New(bundleendpoint.Config{Listener: ln, TrustDomain: s.id.td, Source: s, GetCertificate: ec.get, Logger: s.log, AcceptMetrics: s.accepts})
 	if err != nil {
 		ln.Close()
 		return err

@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/straitmesh/strait/cloud/aws"
+	"github.com/straitmesh/strait/controlplane/api"
+	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust/keywrap"
@@ -45,6 +47,18 @@ type Config struct {
 	BindAddr string
 	// Listener, when set, is used instead of binding BindAddr (tests bind port 0).
 	Listener net.Listener
+	// APIMaxConnections bounds the connections open on the server port
+	// (Raft, API and those still handshaking); more are closed at once.
+	// 8192 when zero.
+	APIMaxConnections int
+	// APIMaxConnectionsPerSource bounds those from one IP address (for a
+	// gateway's passthrough from the WAN, the address the gateway saw).
+	// 512 when zero; at most APIMaxConnections.
+	APIMaxConnectionsPerSource int
+	// APIIdleTimeout closes an API connection on which no call has been
+	// in progress for this long (clients reconnect when they need to).
+	// 5m when zero.
+	APIIdleTimeout time.Duration
 	// AdvertiseAddr is the address other servers and clients use; the
 	// bound address when empty. It must be a specific IP, not 0.0.0.0.
 	AdvertiseAddr string
@@ -296,6 +310,15 @@ func (c *Config) setDefaults() error {
 	if c.PeerMaxStreams == 0 {
 		c.PeerMaxStreams = DefaultPeerMaxStreams
 	}
+	if c.APIMaxConnections == 0 {
+		c.APIMaxConnections = mux.DefaultMaxConnections
+	}
+	if c.APIMaxConnectionsPerSource == 0 {
+		c.APIMaxConnectionsPerSource = min(mux.DefaultMaxConnectionsPerSource, max(c.APIMaxConnections, 1))
+	}
+	if c.APIIdleTimeout == 0 {
+		c.APIIdleTimeout = api.DefaultIdleTimeout
+	}
 	r := &c.Raft
 	if c.Dev {
 		// One server on loopback: elect it at once.
@@ -422,6 +445,13 @@ func (c *Config) validate() error {
 	}
 	if c.PeerResyncTimeout > 0 && c.PeerResyncTimeout < 3*c.PeerHeartbeat {
 		return fmt.Errorf("peer_resync_timeout (%s) must be at least three peer heartbeats (%s)", c.PeerResyncTimeout, c.PeerHeartbeat)
+	}
+	if c.APIMaxConnections < 0 || c.APIMaxConnectionsPerSource < 0 || c.APIMaxConnectionsPerSource > c.APIMaxConnections {
+		return fmt.Errorf("api_max_connections (%d) and api_max_connections_per_source (%d): must not be negative, and a source's share at most the total",
+			c.APIMaxConnections, c.APIMaxConnectionsPerSource)
+	}
+	if c.APIIdleTimeout < 0 {
+		return fmt.Errorf("api_idle_timeout: %s must not be negative", c.APIIdleTimeout)
 	}
 	if c.PeerHeartbeat < 10*time.Millisecond || c.PeerStaleAfter < 3*c.PeerHeartbeat {
 		return fmt.Errorf("peer_stale_after (%s) must be at least three peer heartbeats (%s)", c.PeerStaleAfter, c.PeerHeartbeat)

@@ -23,6 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/dns"
 	"github.com/straitmesh/strait/federation/replication"
+	"github.com/straitmesh/strait/internal/acceptloop"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/mtls"
@@ -47,6 +48,7 @@ type Server struct {
 	ca        caCache
 	readyTerm atomic.Uint64 // see ConsistentRead
 	signLimit *rate.Limiter
+	accepts   *acceptloop.Metrics // accept retries of the server port and the bundle endpoint
 	ttl       *ttlTracker
 	conns     connPool
 	metrics   *metrics
@@ -89,6 +91,7 @@ func New(cfg Config) (*Server, error) {
 	s.ttl = newTTLTracker(s)
 	s.signLimit = rate.NewLimiter(rate.Limit(cfg.SignRate), max(1, cfg.SignRate/4))
 	s.metrics = newMetrics(s, cfg.Registerer)
+	s.accepts = acceptloop.NewMetrics(cfg.Registerer)
 	s.repl = replication.NewRegistry(cfg.Registerer, cfg.Now)
 	return s, nil
 }
@@ -141,11 +144,14 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return err
 	}
 	s.ident.SetFederated(peerBundles{s})
-	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log})
+	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log,
+		MaxConnections: s.cfg.APIMaxConnections, MaxConnectionsPerSource: s.cfg.APIMaxConnectionsPerSource,
+		Registerer: s.cfg.Registerer, AcceptMetrics: s.accepts})
 	if err != nil {
 		return err
 	}
-	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now, SignRatePerCaller: s.cfg.SignRatePerCaller})
+	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
+		SignRatePerCaller: s.cfg.SignRatePerCaller, IdleTimeout: s.cfg.APIIdleTimeout})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
 	apiSrv.RegisterServices(gs)
 	xs := xds.New(xds.Config{Inputs: s.xdsInputs, Changed: s.xdsChanged, Caller: meshCaller, Logger: s.log, Registerer: s.cfg.Registerer})
@@ -188,8 +194,10 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	g.Go(func() error {
 		select {
 		case err := <-muxDone:
+			// Only a listener broken for good: temporary accept errors
+			// (descriptors exhausted by clients) are retried in the mux.
 			if err != nil {
-				return fmt.Errorf("serve: %w", err)
+				return fmt.Errorf("server port %s: %w", s.ln.Addr(), err)
 			}
 		case <-gctx.Done():
 		}
@@ -240,7 +248,11 @@ func (s *Server) shutdown(gs *grpc.Server, stopMux func()) {
 }
 
 func (s *Server) serveMetrics(ctx context.Context) error {
-	if err := metricsserver.Serve(ctx, s.cfg.MetricsAddr, s.cfg.Gatherer); err != nil {
+	ln, err := net.Listen("tcp", s.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics_addr: %w", err)
+	}
+	if err := metricsserver.ServeListener(ctx, ln, s.cfg.Gatherer, s.log); err != nil {
 		return fmt.Errorf("metrics_addr: %w", err)
 	}
 	return nil

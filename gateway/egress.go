@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/straitmesh/strait/internal/tunnelmux"
+	"github.com/straitmesh/strait/internal/acceptloop"
 )
 
 // runEgress keeps one listener per egress listener of the configuration
@@ -117,12 +118,19 @@ func (g *Gateway) runEgress(ctx context.Context) {
 const bindHint = "the virtual IP range must be local on this host (ip route add local <virtual_ip_cidr> dev lo), " +
 	"each site on a host needs its own range, and no other process may hold the address"
 
+// serveEgress accepts local clients on one egress listener until it is
+// closed, retrying temporary accept errors (descriptors exhausted for a
+// moment).
 func (g *Gateway) serveEgress(ctx context.Context, ln net.Listener, name string) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	al := acceptloop.Wrap(ln, acceptloop.Config{Name: "egress", Logger: g.log, Metrics: g.wan.accepts})
 	for {
-		c, err := ln.Accept()
+		c, err := al.Accept()
 		if err != nil {
+			if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+				g.log.Error("egress listener failed; it accepts no more connections", "listener", name, "addr", ln.Addr().String(), "err", err)
+			}
 			return
 		}
 		wg.Add(1)

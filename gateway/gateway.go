@@ -77,6 +77,21 @@ type Config struct {
 	// header: garbage and half-open connections are dropped after it. 10s
 	// when zero.
 	HandshakeTimeout time.Duration
+	// WANMaxConnections bounds the connections open on the WAN port
+	// (peers' tunnels, passthrough to this site's servers, handshakes in
+	// progress); more are closed at once. DefaultWANMaxConnections (4096)
+	// when zero.
+	WANMaxConnections int
+	// WANMaxConnectionsPerSource bounds those from one IP address;
+	// DefaultWANMaxConnectionsPerSource (128) when zero, at most
+	// WANMaxConnections.
+	WANMaxConnectionsPerSource int
+	// PassthroughIdleTimeout closes a connection passed through to this
+	// site's servers (SNI servers.<td>) once no byte has crossed it either
+	// way for this long; DefaultPassthroughIdleTimeout (5m) when zero.
+	// Keep it above the servers' keepalive ping (1m), which live
+	// connections answer.
+	PassthroughIdleTimeout time.Duration
 	// TunnelsPerPeer is how many tunnels (TLS connections) this gateway
 	// keeps to each peer gateway, its streams spread over them in turn:
 	// one TLS connection is encrypted by one core at a time, so bulk
@@ -128,6 +143,7 @@ type Gateway struct {
 	ident  *mtls.Identity // own SVID; federated with peers' bundles from xDS
 	client *apiclient.Client
 	m      *metrics
+	wan    *wanBounds
 	// pools and resources belong to the ADS loop (one at a time): endpoint
 	// state and the last accepted resources, kept across streams.
 	pools     pools
@@ -174,6 +190,22 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.HandshakeTimeout == 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
+	if cfg.WANMaxConnections == 0 {
+		cfg.WANMaxConnections = DefaultWANMaxConnections
+	}
+	if cfg.WANMaxConnectionsPerSource == 0 {
+		cfg.WANMaxConnectionsPerSource = min(DefaultWANMaxConnectionsPerSource, max(cfg.WANMaxConnections, 1))
+	}
+	if cfg.PassthroughIdleTimeout == 0 {
+		cfg.PassthroughIdleTimeout = DefaultPassthroughIdleTimeout
+	}
+	if cfg.WANMaxConnections < 0 || cfg.WANMaxConnectionsPerSource < 0 || cfg.WANMaxConnectionsPerSource > cfg.WANMaxConnections {
+		return nil, fmt.Errorf("gateway: wan connection limits %d in all, %d per source: must not be negative, and a source's share at most the total",
+			cfg.WANMaxConnections, cfg.WANMaxConnectionsPerSource)
+	}
+	if cfg.PassthroughIdleTimeout < 0 || cfg.HandshakeTimeout < 0 {
+		return nil, errors.New("gateway: negative passthrough idle or handshake timeout")
+	}
 	if cfg.TunnelsPerPeer < 0 || cfg.TunnelsPerPeer > 64 {
 		return nil, fmt.Errorf("gateway: %d tunnels per peer gateway (1 to 64)", cfg.TunnelsPerPeer)
 	}
@@ -210,6 +242,7 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, log: cfg.Logger.With("gateway", cfg.Name), pools: pools{}, changed: make(chan struct{}), ready: make(chan struct{}),
 		budget: tunnelmux.NewBudget(int64(cfg.TunnelBufferMiB) << 20)}
 	g.m = newMetrics(reg, g.budget)
+	g.wan = newWANBounds(cfg, reg)
 	return g, nil
 }
 
@@ -290,13 +323,24 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.cfg.MetricsAddr != "" {
 		eg.Go(func() error { return g.serveMetrics(ectx) })
 	}
-	ingressDone := make(chan struct{})
-	go func() { defer close(ingressDone); g.serveIngress(serveCtx, ln) }()
-	// Egress stops with ctx, or when a task ends the gateway (a revocation).
-	egressCtx, stopEgress := context.WithCancel(ctx)
-	defer stopEgress()
+	// A WAN listener that fails for good ends the gateway (an error from
+	// Run): heartbeats stop with it, so its instance goes critical and
+	// peers stop sending to a gateway that would answer nothing.
+	ingressDone, ingressErr := make(chan struct{}), make(chan error, 1)
+	go func() { defer close(ingressDone); ingressErr <- g.serveIngress(serveCtx, ln) }()
+	eg.Go(func() error {
+		select {
+		case err := <-ingressErr:
+			if err != nil {
+				g.log.Error("wan listener failed; stopping the gateway", "wan", g.wanAddr, "err", err)
+				return fmt.Errorf("wan listener %s: %w", g.wanAddr, err)
+			}
+		case <-ectx.Done():
+		}
+		return nil
+	})
 	egressDone := make(chan struct{})
-	go func() { defer close(egressDone); g.runEgress(egressCtx) }()
+	go func() { defer close(egressDone); g.runEgress(ectx) }() // ends with any task's failure too
 	go func() {
 		// Ready once configured and both sides listen.
 		for {
@@ -322,7 +366,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.draining.Store(true)
 	ln.Close()
 	g.tunnels.goAway()
-	stopEgress()
 	<-egressDone
 	done := make(chan struct{})
 	go func() { g.active.Wait(); close(done) }()
@@ -339,7 +382,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 }
 
 func (g *Gateway) serveMetrics(ctx context.Context) error {
-	if err := metricsserver.Serve(ctx, g.cfg.MetricsAddr, g.cfg.Gatherer); err != nil {
+	ln, err := net.Listen("tcp", g.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if err := metricsserver.ServeListener(ctx, ln, g.cfg.Gatherer, g.log); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/straitmesh/strait/internal/acceptloop"
+	"github.com/straitmesh/strait/internal/passthrough"
 	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/policy"
@@ -189,19 +192,31 @@ func (t *tunnels) track(s *tunnelmux.Session, add bool) bool {
 	return true
 }
 
-// serveIngress accepts peers' tunnels on the WAN listener.
-func (g *Gateway) serveIngress(ctx context.Context, ln net.Listener) {
+// serveIngress accepts peers' tunnels and their servers' control
+// connections on the WAN listener, within the WAN connection limits,
+// until the listener is closed. Temporary accept errors are retried; it
+// returns an error only when the listener fails for good.
+func (g *Gateway) serveIngress(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	al := acceptloop.Wrap(ln, acceptloop.Config{Name: "wan", Logger: g.log, Metrics: g.wan.accepts})
 	for {
-		c, err := ln.Accept()
+		c, err := al.Accept()
 		if err != nil {
-			return
+			if errors.Is(err, net.ErrClosed) || g.draining.Load() {
+				return nil
+			}
+			return err
+		}
+		slot, refused := g.wan.limits.AdmitFrom(acceptloop.SourceIP(c))
+		if refused != "" {
+			g.refuseWAN(c, refused)
+			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			g.ingressConn(ctx, c)
+			g.ingressConn(ctx, slot.Conn(c))
 		}()
 	}
 }
@@ -217,26 +232,44 @@ func (c bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 // ingressConn looks at the TLS ClientHello of a connection from the WAN:
 // addressed to this site's servers (SNI servers.<td>, no tunnel ALPN), it
 // is passed through undecrypted, the servers authenticating the caller
-// end to end; anything else must be a peer gateway's tunnel.
+// end to end, if it offers gRPC (h2) and nothing else (never Raft);
+// anything else must be a peer gateway's tunnel. HandshakeTimeout bounds
+// the ClientHello and the tunnel's TLS handshake together.
 func (g *Gateway) ingressConn(ctx context.Context, raw net.Conn) {
 	br := bufio.NewReaderSize(raw, 16<<10+5)
-	raw.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
+	deadline := time.Now().Add(g.cfg.HandshakeTimeout)
+	raw.SetReadDeadline(deadline)
 	sni, alpn, err := peekClientHello(br)
 	raw.SetReadDeadline(time.Time{})
 	if err == nil && sni == meshname.ServersSNI(g.td.Name()) && !slices.Contains(alpn, meshname.TunnelALPN) {
+		if len(alpn) == 0 || slices.ContainsFunc(alpn, func(p string) bool { return p != "h2" }) {
+			g.refuseWAN(raw, "passthrough_alpn")
+			return
+		}
 		g.passToServers(ctx, bufferedConn{raw, br})
 		return
 	}
-	g.tunnelConn(ctx, bufferedConn{raw, br})
+	g.tunnelConn(ctx, bufferedConn{raw, br}, deadline)
 }
 
-// passToServers relays a connection to one of this site's servers.
+// passToServers relays a connection to one of this site's servers,
+// after the passthrough preamble (internal/passthrough) that tells the
+// server it came from the WAN, and from where: the server then serves it
+// the federation methods only. Every connection gets it; a client cannot
+// leave it out. The relay ends when no byte has crossed it either way for
+// PassthroughIdleTimeout.
 //
 // These connections are long-lived (replication streams) and are not
 // drained: they are cut at shutdown, and the peer's servers reconnect
 // through another gateway.
 func (g *Gateway) passToServers(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	client, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		g.log.Warn("control connection dropped: no client address", "remote", c.RemoteAddr(), "err", err)
+		return
+	}
+	preamble := passthrough.Append(nil, client)
 	var d net.Dialer
 	for _, i := range rand.Perm(len(g.cfg.Servers)) {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -246,10 +279,20 @@ func (g *Gateway) passToServers(ctx context.Context, c net.Conn) {
 			continue
 		}
 		defer up.Close()
+		up.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := up.Write(preamble); err != nil {
+			continue
+		}
+		up.SetWriteDeadline(time.Time{})
 		stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
 		defer stop()
 		g.m.conns.WithLabelValues("control", "servers", "", "ok").Inc()
-		pipe(c, up)
+		ic, iu, idle := newIdlePair(c, up, g.cfg.PassthroughIdleTimeout)
+		pipe(ic, iu)
+		if idle.Load() {
+			g.wan.idleClosed.Inc()
+			g.log.Debug("control connection closed: idle", "remote", c.RemoteAddr(), "idle_timeout", g.cfg.PassthroughIdleTimeout)
+		}
 		return
 	}
 	g.m.conns.WithLabelValues("control", "servers", "", "unavailable").Inc()
@@ -257,7 +300,7 @@ func (g *Gateway) passToServers(ctx context.Context, c net.Conn) {
 }
 
 // tunnelConn authenticates a peer's gateway and serves its streams.
-func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
+func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn, deadline time.Time) {
 	authorize := func(id spiffeid.ID) error {
 		if id.TrustDomain() == g.td {
 			return errors.New("a gateway of this site is not a peer")
@@ -268,7 +311,7 @@ func (g *Gateway) tunnelConn(ctx context.Context, raw net.Conn) {
 		return nil // its certificate verified against its own trust domain's bundle
 	}
 	conn := tls.Server(raw, mtls.ServerConfig(g.ident, mtls.RequireClientSVID, authorize, meshname.TunnelALPN))
-	hctx, cancel := context.WithTimeout(ctx, g.cfg.HandshakeTimeout)
+	hctx, cancel := context.WithDeadline(ctx, deadline)
 	err := conn.HandshakeContext(hctx)
 	cancel()
 	if err != nil || conn.ConnectionState().NegotiatedProtocol != meshname.TunnelALPN {

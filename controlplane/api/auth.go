@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
@@ -115,6 +116,26 @@ var methodPerms = map[string]permission{
 	discovery.AggregatedDiscoveryService_StreamAggregatedResources_FullMethodName: permMeshPeer,
 }
 
+// viaGatewayMethods are all a connection that a gateway passed through
+// from the WAN may call: peers' servers federating. Everything else
+// (management, joins, reads) is for the site's own network.
+var viaGatewayMethods = map[string]bool{
+	apipb.Federation_Accept_FullMethodName:    true,
+	apipb.Federation_Replicate_FullMethodName: true,
+	apipb.Federation_Unpeer_FullMethodName:    true,
+}
+
+// viaGateway says whether the call arrived through a gateway's
+// passthrough (SNI servers.<td>) from outside the site.
+func viaGateway(ctx context.Context) bool {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	ai, ok := p.AuthInfo.(mux.AuthInfo)
+	return ok && ai.ViaGateway
+}
+
 // GatewayCaller returns the name of the gateway that made an authenticated
 // call (the xDS server holds subscribers to it).
 func GatewayCaller(ctx context.Context) (string, bool) {
@@ -173,6 +194,10 @@ func bearer(ctx context.Context) (string, bool) {
 // carrying what handlers need (the secret for join, the server node name).
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	perm := methodPerms[method]
+	if perm != permDeny && !viaGatewayMethods[method] && viaGateway(ctx) {
+		return nil, status.Errorf(codes.PermissionDenied,
+			"%s is not callable through a gateway: from outside the site only federation (Accept, Replicate, Unpeer) is; manage the site, and join servers, agents and gateways to it, from the site's own network (a server's address, not a gateway's)", method)
+	}
 	switch perm {
 	case permDeny:
 		return nil, status.Errorf(codes.PermissionDenied, "%s is not callable", method)
@@ -344,11 +369,13 @@ func (s *Server) directPeerID(ctx context.Context) (spiffeid.ID, bool) {
 	if !ok {
 		return spiffeid.ID{}, false
 	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok {
-		return spiffeid.ID{}, false
+	switch ai := p.AuthInfo.(type) {
+	case mux.AuthInfo:
+		return mtls.PeerID(ai.State)
+	case credentials.TLSInfo:
+		return mtls.PeerID(ai.State)
 	}
-	return mtls.PeerID(ti.State)
+	return spiffeid.ID{}, false
 }
 
 func kindName(k apipb.TokenKind) string {

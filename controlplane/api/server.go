@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -30,7 +31,30 @@ type Config struct {
 	// gateway may ask this server for (bursts of MaxSignBatch); no cap
 	// of its own when zero (the node's signing rate still applies).
 	SignRatePerCaller int
+	// IdleTimeout closes a connection on which no call has been in
+	// progress for this long (a client reconnects when it needs to);
+	// DefaultIdleTimeout when zero.
+	IdleTimeout time.Duration
+	// PrefaceTimeout bounds the wait for a new connection's HTTP/2
+	// preface, after TLS; DefaultPrefaceTimeout when zero.
+	PrefaceTimeout time.Duration
 }
+
+// Connection bounds of the gRPC server (see ServerOptions).
+const (
+	DefaultIdleTimeout    = 5 * time.Minute
+	DefaultPrefaceTimeout = 10 * time.Second
+	// KeepaliveTime: the server pings a connection silent this long,
+	// and closes it when no answer comes within KeepaliveTimeout: a
+	// half-open connection (a peer that vanished) is gone in 80s. The
+	// pings also keep a healthy connection through a gateway's
+	// passthrough from looking idle there.
+	KeepaliveTime    = time.Minute
+	KeepaliveTimeout = 20 * time.Second
+	// MinClientPing is the shortest interval between a client's pings the
+	// server tolerates; a client pinging more often is disconnected.
+	MinClientPing = 10 * time.Second
+)
 
 // Server implements the gRPC services.
 type Server struct {
@@ -60,6 +84,12 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.PrefaceTimeout == 0 {
+		cfg.PrefaceTimeout = DefaultPrefaceTimeout
+	}
 	s := &Server{
 		cfg: cfg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -78,10 +108,19 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// ServerOptions are the options every gRPC server of the API needs.
+// ServerOptions are the options every gRPC server of the API needs: the
+// message size limit, the interceptors, and the bounds on connections
+// (preface timeout, idle timeout, keepalive and its enforcement).
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.ConnectionTimeout(s.cfg.PrefaceTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: s.cfg.IdleTimeout,
+			Time:              KeepaliveTime,
+			Timeout:           KeepaliveTimeout,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: MinClientPing, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}

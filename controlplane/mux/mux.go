@@ -4,6 +4,21 @@
 // (client SVID of a server of the site required) and "h2" to gRPC (client
 // SVID optional; API callers authenticate with tokens).
 //
+// Bounds: at most MaxConnections connections are open on the port, at most
+// MaxConnectionsPerSource of them from one address; a connection over
+// either is closed at once and counted. The handshake (the passthrough
+// preamble, if any, and TLS) must finish within HandshakeTimeout. Idle
+// gRPC connections are the gRPC server's to close (api.Config's
+// keepalive settings). Temporary accept errors (descriptors exhausted for
+// a moment) are retried with backoff (internal/acceptloop): they never end
+// Serve.
+//
+// Connections a site's gateway passes through from the WAN start with a
+// preamble (internal/passthrough): they may negotiate only gRPC, never
+// Raft, they count against the share of the address the gateway saw, and
+// their AuthInfo says ViaGateway, so the API serves them only the
+// federation methods.
+//
 // Goroutines: Serve runs the accept loop and one short-lived goroutine per
 // handshake. Connections are handed over on unbuffered channels owned by
 // the Mux; Close closes the listener and both virtual listeners.
@@ -13,15 +28,21 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/straitmesh/strait/internal/acceptloop"
+	"github.com/straitmesh/strait/internal/passthrough"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -31,8 +52,14 @@ const (
 	ProtoGRPC = "h2"
 )
 
-// HandshakeTimeout bounds a TLS handshake on the shared port.
+// HandshakeTimeout bounds a TLS handshake on the shared port by default.
 const HandshakeTimeout = 10 * time.Second
+
+// Defaults of the connection limits.
+const (
+	DefaultMaxConnections          = 8192
+	DefaultMaxConnectionsPerSource = 512
+)
 
 // Config configures a Mux.
 type Config struct {
@@ -42,13 +69,32 @@ type Config struct {
 	Identity *mtls.Identity
 	// AuthorizeServer admits Raft peers (and is used when dialing them). Required.
 	AuthorizeServer mtls.Authorizer
+	// HandshakeTimeout bounds the preamble and the TLS handshake of a new
+	// connection; HandshakeTimeout (10s) when zero.
+	HandshakeTimeout time.Duration
+	// MaxConnections bounds the connections open on the port (Raft, gRPC
+	// and those still handshaking); DefaultMaxConnections when zero.
+	MaxConnections int
+	// MaxConnectionsPerSource bounds those from one IP address (for a
+	// gateway's passthrough, the address the gateway saw);
+	// DefaultMaxConnectionsPerSource when zero.
+	MaxConnectionsPerSource int
 	// Logger; slog.Default when nil.
 	Logger *slog.Logger
+	// Registerer receives the port's metrics; none when nil.
+	Registerer prometheus.Registerer
+	// AcceptMetrics counts accept retries; not counted when nil.
+	AcceptMetrics *acceptloop.Metrics
 }
 
 // Mux is the shared port.
 type Mux struct {
 	cfg     Config
+	ln      *acceptloop.Listener
+	limits  *acceptloop.Limiter
+	refused *prometheus.CounterVec
+	warn    rate.Sometimes // refusals are logged at most this often
+	tlsConf *tls.Config
 	raftTLS *tls.Config
 	apiTLS  *tls.Config
 	dialTLS *tls.Config
@@ -66,21 +112,63 @@ func New(cfg Config) (*Mux, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Mux{
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = HandshakeTimeout
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.MaxConnectionsPerSource == 0 {
+		cfg.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+	}
+	if cfg.HandshakeTimeout < 0 || cfg.MaxConnections < 0 || cfg.MaxConnectionsPerSource < 0 {
+		return nil, errors.New("mux: negative handshake timeout or connection limit")
+	}
+	m := &Mux{
 		cfg:     cfg,
+		ln:      acceptloop.Wrap(cfg.Listener, acceptloop.Config{Name: "api", Logger: cfg.Logger, Metrics: cfg.AcceptMetrics}),
+		limits:  acceptloop.NewLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource),
+		warn:    rate.Sometimes{Interval: 10 * time.Second},
 		raftTLS: mtls.ServerConfig(cfg.Identity, mtls.RequireClientSVID, cfg.AuthorizeServer, ProtoRaft),
 		apiTLS:  mtls.ServerConfig(cfg.Identity, mtls.OptionalClientSVID, nil, ProtoGRPC),
 		dialTLS: mtls.ClientConfig(cfg.Identity, cfg.AuthorizeServer, ProtoRaft),
 		raftCh:  make(chan net.Conn),
 		grpcCh:  make(chan net.Conn),
 		done:    make(chan struct{}),
-	}, nil
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "strait_api_connections_refused_total",
+			Help: "Connections to the server port closed unserved, by cause (max_connections, max_connections_per_source, preamble: a malformed passthrough preamble).",
+		}, []string{"cause"}),
+	}
+	m.tlsConf = &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			// Raft only from the site's own network: a connection a
+			// gateway passed through from the WAN is offered gRPC alone.
+			if c, ok := h.Conn.(*conn); ok && c.viaGateway {
+				return m.apiTLS, nil
+			}
+			if slices.Contains(h.SupportedProtos, ProtoRaft) {
+				return m.raftTLS, nil
+			}
+			return m.apiTLS, nil
+		},
+	}
+	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "strait_api_open_connections",
+		Help: "Connections open on the server port (Raft, gRPC and those still handshaking).",
+	}, func() float64 { return float64(m.limits.Open()) })
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(m.refused, open)
+	}
+	return m, nil
 }
 
 // Addr is the shared port's address.
 func (m *Mux) Addr() net.Addr { return m.cfg.Listener.Addr() }
 
-// Serve accepts until ctx ends or Close; it returns nil on shutdown.
+// Serve accepts until ctx ends or Close; it returns nil on shutdown, and
+// an error only when the listener fails for good.
 func (m *Mux) Serve(ctx context.Context) error {
 	go func() {
 		select {
@@ -89,60 +177,108 @@ func (m *Mux) Serve(ctx context.Context) error {
 		case <-m.done:
 		}
 	}()
-	tlsConf := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			if slices.Contains(h.SupportedProtos, ProtoRaft) {
-				return m.raftTLS, nil
-			}
-			return m.apiTLS, nil
-		},
-	}
-	var delay time.Duration
 	for {
-		c, err := m.cfg.Listener.Accept()
+		c, err := m.ln.Accept()
 		if err != nil {
 			select {
 			case <-m.done:
 				return nil
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			return err
+			return fmt.Errorf("accept: %w", err)
 		}
-		delay = 0
-		go m.handshake(tls.Server(c, tlsConf))
+		slot, ok := m.limits.Admit()
+		if !ok {
+			m.refuse(c, acceptloop.RefusedTotal, netip.AddrPort{})
+			continue
+		}
+		go m.handshake(c, slot)
 	}
 }
 
-func (m *Mux) handshake(c *tls.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
-	defer cancel()
-	if err := c.HandshakeContext(ctx); err != nil {
-		m.cfg.Logger.Debug("tls handshake failed", "remote", c.RemoteAddr().String(), "err", err)
-		c.Close()
+// refuse closes a connection over a limit, and counts and logs it.
+func (m *Mux) refuse(c net.Conn, cause string, client netip.AddrPort) {
+	c.Close()
+	m.refused.WithLabelValues(cause).Inc()
+	m.warn.Do(func() {
+		m.cfg.Logger.Warn("connection refused on the server port", "cause", cause, "remote", c.RemoteAddr().String(),
+			"via_gateway_from", client, "open", m.limits.Open(),
+			"max_connections", m.cfg.MaxConnections, "max_connections_per_source", m.cfg.MaxConnectionsPerSource)
+	})
+}
+
+// conn is a connection of the port: its passthrough origin, and the first
+// byte read to look for a preamble when there was none.
+type conn struct {
+	net.Conn
+	slot       *acceptloop.Slot
+	viaGateway bool
+	client     netip.AddrPort // the address the gateway saw
+	first      []byte         // not yet returned by Read
+}
+
+func (c *conn) Read(b []byte) (int, error) {
+	if len(c.first) > 0 && len(b) > 0 {
+		n := copy(b, c.first)
+		c.first = c.first[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.slot.Release()
+	return err
+}
+
+func (m *Mux) handshake(raw net.Conn, slot *acceptloop.Slot) {
+	// One deadline for the preamble and the TLS handshake together.
+	raw.SetDeadline(time.Now().Add(m.cfg.HandshakeTimeout))
+	client, via, first, err := passthrough.Read(raw)
+	if err != nil {
+		raw.Close()
+		slot.Release()
+		if errors.Is(err, passthrough.ErrMalformed) {
+			m.refused.WithLabelValues("preamble").Inc()
+		}
+		m.cfg.Logger.Debug("connection dropped before its handshake", "remote", raw.RemoteAddr().String(), "err", err)
 		return
 	}
+	c := &conn{Conn: raw, slot: slot, viaGateway: via, client: client}
+	src := acceptloop.SourceIP(raw)
+	if via {
+		src = client.Addr().Unmap().String()
+	} else {
+		c.first = []byte{first}
+	}
+	if !slot.Source(src) {
+		slot.Release()
+		m.refuse(raw, acceptloop.RefusedPerSource, client)
+		return
+	}
+	tc := tls.Server(c, m.tlsConf)
+	if err := tc.Handshake(); err != nil {
+		m.cfg.Logger.Debug("tls handshake failed", "remote", raw.RemoteAddr().String(), "via_gateway", via, "err", err)
+		tc.Close()
+		return
+	}
+	raw.SetDeadline(time.Time{})
 	var ch chan net.Conn
-	switch c.ConnectionState().NegotiatedProtocol {
-	case ProtoRaft:
+	switch proto := tc.ConnectionState().NegotiatedProtocol; {
+	case proto == ProtoRaft && !via:
 		ch = m.raftCh
-	case ProtoGRPC:
+	case proto == ProtoGRPC:
 		ch = m.grpcCh
 	default:
-		m.cfg.Logger.Debug("no application protocol negotiated", "remote", c.RemoteAddr().String())
-		c.Close()
+		m.cfg.Logger.Debug("no application protocol negotiated", "remote", raw.RemoteAddr().String())
+		tc.Close()
 		return
 	}
 	select {
-	case ch <- c:
+	case ch <- tc:
 	case <-m.done:
-		c.Close()
+		tc.Close()
 	}
 }
 
@@ -151,7 +287,7 @@ func (m *Mux) Close() error {
 	var err error
 	m.once.Do(func() {
 		close(m.done)
-		err = m.cfg.Listener.Close()
+		err = m.ln.Close()
 	})
 	return err
 }
@@ -206,9 +342,18 @@ func (r *raftLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Co
 }
 
 // Handshaked returns gRPC transport credentials for connections whose TLS
-// handshake the Mux already completed: it exposes their state as the peer's
-// AuthInfo.
+// handshake the Mux already completed: it exposes their state, and their
+// origin, as the peer's AuthInfo (an AuthInfo).
 func Handshaked() credentials.TransportCredentials { return handshaked{} }
+
+// AuthInfo is what gRPC handlers learn of a connection of the port.
+type AuthInfo struct {
+	credentials.TLSInfo
+	// ViaGateway: a gateway of the site passed the connection through
+	// from the WAN (SNI servers.<td>); Client is the address it came from.
+	ViaGateway bool
+	Client     netip.AddrPort
+}
 
 type handshaked struct{}
 
@@ -217,10 +362,14 @@ func (handshaked) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, e
 	if !ok {
 		return nil, nil, errors.New("mux: connection is not TLS")
 	}
-	return c, credentials.TLSInfo{
+	info := AuthInfo{TLSInfo: credentials.TLSInfo{
 		State:          tc.ConnectionState(),
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-	}, nil
+	}}
+	if mc, ok := tc.NetConn().(*conn); ok {
+		info.ViaGateway, info.Client = mc.viaGateway, mc.client
+	}
+	return c, info, nil
 }
 
 func (handshaked) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {

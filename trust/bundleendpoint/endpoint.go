@@ -8,8 +8,14 @@
 //   - https_web: the endpoint presents an operator-supplied Web PKI
 //     certificate.
 //
-// The serving itself is go-spiffe's federation handler. Run owns one
-// goroutine (the HTTP server) until its context ends.
+// The serving itself is go-spiffe's federation handler. Anyone may fetch
+// the bundle, so what a client can make the endpoint hold is bounded:
+// request headers must arrive within ReadHeaderTimeout and fit in
+// MaxHeaderBytes, a whole request within ReadTimeout, an answer leave within
+// WriteTimeout, an idle keep-alive connection is closed after IdleTimeout,
+// and at most MaxConnections are open (MaxConnectionsPerSource from one
+// address); temporary accept errors are retried (internal/acceptloop).
+// Run owns one goroutine (the HTTP server) until its context ends.
 package bundleendpoint
 
 import (
@@ -24,10 +30,28 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/straitmesh/strait/internal/acceptloop"
 )
 
 // Path is where the bundle is served.
 const Path = "/"
+
+// Bounds on a client's connection (see the package doc).
+const (
+	ReadHeaderTimeout = 10 * time.Second
+	ReadTimeout       = 15 * time.Second
+	WriteTimeout      = 15 * time.Second
+	// DefaultIdleTimeout is Config.IdleTimeout's default.
+	DefaultIdleTimeout = time.Minute
+	// MaxHeaderBytes: a GET needs little.
+	MaxHeaderBytes = 16 << 10
+	// MaxConnections open at once, MaxConnectionsPerSource of them from
+	// one address: more are closed at accept (peers fetch every few
+	// minutes, on one connection each).
+	MaxConnections          = 1024
+	MaxConnectionsPerSource = 32
+)
 
 // Config configures an Endpoint.
 type Config struct {
@@ -40,8 +64,13 @@ type Config struct {
 	// GetCertificate returns the certificate to present: an SVID for
 	// https_spiffe or a Web PKI certificate for https_web. Required.
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// IdleTimeout closes a keep-alive connection idle this long;
+	// DefaultIdleTimeout when zero.
+	IdleTimeout time.Duration
 	// Logger; slog.Default when nil.
 	Logger *slog.Logger
+	// AcceptMetrics counts accept retries; not counted when nil.
+	AcceptMetrics *acceptloop.Metrics
 }
 
 // Endpoint is a bundle endpoint server.
@@ -58,6 +87,9 @@ func New(cfg Config) (*Endpoint, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	h, err := federation.NewHandler(cfg.TrustDomain, cfg.Source)
 	if err != nil {
 		return nil, err
@@ -66,7 +98,11 @@ func New(cfg Config) (*Endpoint, error) {
 	mux.Handle(Path, h)
 	return &Endpoint{cfg: cfg, srv: &http.Server{
 		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cfg.GetCertificate},
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}}, nil
@@ -83,7 +119,9 @@ func (e *Endpoint) Run(ctx context.Context) error {
 		defer cancel()
 		e.srv.Shutdown(sctx)
 	}()
-	if err := e.srv.ServeTLS(e.cfg.Listener, "", ""); !errors.Is(err, http.ErrServerClosed) {
+	ln := acceptloop.Wrap(e.cfg.Listener, acceptloop.Config{Name: "bundle", Logger: e.cfg.Logger, Metrics: e.cfg.AcceptMetrics,
+		Limits: acceptloop.NewLimiter(MaxConnections, MaxConnectionsPerSource)})
+	if err := e.srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

@@ -30,6 +30,9 @@ type FileConfig struct {
 	DataDir          string    `yaml:"data_dir"`
 	BindAddr         string    `yaml:"bind_addr"`
 	AdvertiseAddr    string    `yaml:"advertise_addr"`
+	APIMaxConns      int       `yaml:"api_max_connections"`
+	APIMaxConnsPerIP int       `yaml:"api_max_connections_per_source"`
+	APIIdleTimeout   Duration  `yaml:"api_idle_timeout"`
 	MetricsAddr      string    `yaml:"metrics_addr"`
 	BundleAddr       string    `yaml:"bundle_endpoint_addr"`
 	BundleHint       Duration  `yaml:"bundle_refresh_hint"`
@@ -196,6 +199,7 @@ func (fc *FileConfig) serverConfig(dev bool, joinToken string) (controlplane.Con
 	c := controlplane.Config{
 		Site: fc.Site, TrustDomain: fc.TrustDomain, NodeID: fc.NodeName, DataDir: fc.DataDir,
 		BindAddr: fc.BindAddr, AdvertiseAddr: fc.AdvertiseAddr, MetricsAddr: fc.MetricsAddr,
+		APIMaxConnections: fc.APIMaxConns, APIMaxConnectionsPerSource: fc.APIMaxConnsPerIP, APIIdleTimeout: time.Duration(fc.APIIdleTimeout),
 		BundleAddr: fc.BundleAddr, BundleRefreshHint: time.Duration(fc.BundleHint),
 		BundleWebCertFile: fc.BundleWebCert, BundleWebKeyFile: fc.BundleWebKey,
 		WorkloadSVIDTTL: time.Duration(fc.WorkloadSVIDTTL), SignRate: fc.SignRate, SignRatePerCaller: fc.SignRateCaller,

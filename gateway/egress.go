@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/internal/acceptloop"
+	"github.com/straitmesh/strait/internal/tunnelmux"
 )
 
 // runEgress keeps one listener per egress listener of the configuration

@@ -100,8 +100,9 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 			MaxServices: uint32(s.cfg.PeerMaxServices), MaxInstances: uint32(s.cfg.PeerMaxInstances),
 			MaxBytes: uint64(s.cfg.PeerMaxImportBytes),
 		},
-		ResyncTimeout: s.cfg.PeerResyncTimeout,
-		Usage:         func() state.ImportUsage { return s.store.ImportUsage(peer) },
+		ResyncTimeout:         s.cfg.PeerResyncTimeout,
+		AllowLoopbackGateways: s.onLoopback(),
+		Usage:                 func() state.ImportUsage { return s.store.ImportUsage(peer) },
 		Connect: func(ctx context.Context) (replication.ClientStream, error) {
 			cur, ok := s.store.ForeignBundle(td)
 			if !ok || cur.PeerName != peer {

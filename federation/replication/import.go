@@ -13,6 +13,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/federation/peeraddr"
 )
 
 // ErrPeerGone is what Apply returns once the peering no longer exists; the
@@ -123,9 +124,13 @@ type Importer struct {
 	ResyncTimeout time.Duration
 	// Usage, when set, reports what the peer's imports hold; it is read
 	// after each commit to report services imported without a virtual IP.
-	Usage  func() state.ImportUsage
-	Logger *slog.Logger
-	Stats  *ImportStats
+	Usage func() state.ImportUsage
+	// AllowLoopbackGateways admits loopback gateway addresses from the
+	// peer; only a site that itself runs on loopback (dev, demo, tests)
+	// sets it. Every other announced address is checked by peeraddr.
+	AllowLoopbackGateways bool
+	Logger                *slog.Logger
+	Stats                 *ImportStats
 }
 
 // Run keeps a session going, reconnecting with jittered backoff.
@@ -321,6 +326,13 @@ func (im *Importer) session(ctx context.Context) (progressed bool, err error) {
 // take folds one event into the pending batch (or the resync being
 // received), after checking it.
 func (s *importSession) take(ctx context.Context, ev *apipb.ReplicationEvent) error {
+	if ev.Gateways != nil {
+		// Our gateways and leader dial these: a peer must not point them
+		// at this site's own services, or bloat the state with them.
+		if err := peeraddr.CheckList(ev.Gateways.Addresses, s.AllowLoopbackGateways); err != nil {
+			return fmt.Errorf("peer announced invalid gateways (%v); dropping the stream", err)
+		}
+	}
 	for _, c := range ev.Changes {
 		if err := s.Validate(c); err != nil {
 			return fmt.Errorf("peer sent an invalid change (%v); dropping the stream", err)

@@ -43,6 +43,7 @@ type benchOpts struct {
 	dnsRate                  int
 	nofile                   uint64
 	baseline, during         time.Duration
+	resyncDuring             time.Duration
 	callRate                 int
 	phases                   []string
 	keepLogs                 string
@@ -60,6 +61,7 @@ func runBench(ctx context.Context, args []string) error {
 	fs.Uint64Var(&o.nofile, "nofile", 20000, "fd limit set on A's server and gateway, as in the audit (0: leave it)")
 	fs.DurationVar(&o.baseline, "baseline", 5*time.Second, "measuring before each flood")
 	fs.DurationVar(&o.during, "during", 30*time.Second, "measuring from the start of each flood")
+	fs.DurationVar(&o.resyncDuring, "resync-during", 60*time.Second, "measuring from the start of the resync flood (the site takes longer to digest it)")
 	fs.IntVar(&o.callRate, "calls", 20, "B's calls to A's echo per second")
 	phases := fs.String("phases", "resync,idle,dns", "which floods, in order")
 	fs.StringVar(&o.keepLogs, "logs", "", "directory to keep every process's log in")
@@ -159,6 +161,7 @@ func (b *tailBuffer) contains(s string) bool {
 // lab is one run's processes and files.
 type lab struct {
 	o     benchOpts
+	phase string
 	dir   string
 	procs []*proc
 }
@@ -168,7 +171,7 @@ func (l *lab) start(name string, env []string, nofile uint64, args ...string) (*
 	cmd.Env = append(os.Environ(), env...)
 	out := &tailBuffer{}
 	if l.o.keepLogs != "" {
-		f, err := os.Create(filepath.Join(l.o.keepLogs, name+".log"))
+		f, err := os.Create(filepath.Join(l.o.keepLogs, l.phase+"-"+name+".log"))
 		if err == nil {
 			out.all = f
 		}
@@ -595,7 +598,7 @@ func runPhase(ctx context.Context, o benchOpts, phase string) (r phaseResult, er
 	if err != nil {
 		return r, err
 	}
-	l := &lab{o: o, dir: dir}
+	l := &lab{o: o, dir: dir, phase: phase}
 	defer l.close()
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -622,7 +625,11 @@ func runPhase(ctx context.Context, o benchOpts, phase string) (r phaseResult, er
 	}
 
 	during := startSampler(pctx, a, target, o.callRate)
-	fctx, fcancel := context.WithTimeout(pctx, o.during)
+	d := o.during
+	if phase == "resync" {
+		d = o.resyncDuring
+	}
+	fctx, fcancel := context.WithTimeout(pctx, d)
 	defer fcancel()
 	switch phase {
 	case "resync":

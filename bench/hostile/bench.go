@@ -11,8 +11,8 @@ package main
 
 import (
 	"bufio"
-	"cmp"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -748,4 +748,3 @@ func printTable(w io.Writer, o benchOpts, rows []phaseResult) {
 		}
 	}
 }
-

@@ -106,8 +106,11 @@ func (s *site) startWithMetrics() {
 }
 
 // dialInNS opens a TCP connection from inside network namespace ns: the
-// socket is made on a thread moved into ns (and never moved back: the
-// thread ends with its goroutine).
+// socket is made on a locked thread moved into ns and moved back after.
+// (The thread must not end while moved: the lab's processes die with the
+// thread that started them, Pdeathsig, and the runtime ends a thread whose
+// locked goroutine exits. If the move back fails, the goroutine stays
+// locked and parked for good instead.)
 func dialInNS(ctx context.Context, ns, addr string) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
@@ -115,20 +118,33 @@ func dialInNS(ctx context.Context, ns, addr string) (net.Conn, error) {
 	}
 	ch := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // not unlocked: the thread dies with the goroutine
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
 		f, err := os.Open("/var/run/netns/" + ns)
 		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, err}
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, fmt.Errorf("setns %s: %w", ns, err)}
 			return
 		}
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
 		ch <- result{c, err}
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) != nil {
+			select {} // keep the thread, locked, rather than end it
+		}
+		runtime.UnlockOSThread()
 	}()
 	r := <-ch
 	return r.c, r.err

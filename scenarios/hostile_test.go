@@ -35,11 +35,14 @@ const (
 	// peer's import quota and bounded connection, stream and DNS budgets
 	// leave room for a few times that, not for gigabytes.
 	hostileMaxRSS = 512 << 20
-	// hostileMaxFDs: connection caps (per source and in total), bounded
-	// DNS forwards on reused sockets and a cap on egress listeners keep
-	// each process to a few thousand descriptors, below the 4,000 idle
-	// connections offered and far below a typical limit.
-	hostileMaxFDs = 3000
+	// hostileMaxFDs: connection caps (per source and in total) with idle
+	// deadlines, bounded DNS forwards on reused sockets and a cap on
+	// egress listeners keep each process to a few thousand descriptors
+	// (the gateway legitimately holds one upstream connection per stream
+	// the intention allows: the 1,000 held streams), below the 4,000 idle
+	// connections offered (each passed-through one costs the gateway two)
+	// and far below the 20,000 the audit's processes reached.
+	hostileMaxFDs = 4096
 	// hostileMaxGoroutines: a few per connection and stream in flight
 	// under the same caps; unbounded, each idle connection costs 2 to 3
 	// and each forwarded query one.

@@ -9,7 +9,9 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
-             ./cloud/aws:FuzzParseDiscovery
+             ./cloud/aws:FuzzParseDiscovery \
+             ./controlplane/api:FuzzAccept ./controlplane/api:FuzzValidateEntry ./trust/agent:FuzzAttestation \
+             ./trust/bundleendpoint:FuzzFetch ./federation/replication:FuzzImportGateways ./gateway:FuzzCompile ./gateway:FuzzIngressHeader
 
 .PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean
 

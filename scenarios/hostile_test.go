@@ -179,11 +179,10 @@ func goroutinesIn(ns, addr string) int64 {
 
 // watched is a Strait process whose resources the scenario bounds.
 type watched struct {
-	p                       *process
-	ns, metrics             string
-	rss, fds, goroutines    atomic.Int64 // peaks
-	noGoroutines, exited    atomic.Bool
-	firstExit, metricsError string
+	p                    *process
+	ns, metrics          string
+	rss, fds, goroutines atomic.Int64 // peaks
+	noGoroutines, exited atomic.Bool
 }
 
 func (w *watched) sample() {

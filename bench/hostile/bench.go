@@ -152,12 +152,6 @@ func (b *tailBuffer) lastLine() string {
 	return ""
 }
 
-func (b *tailBuffer) contains(s string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Contains(b.buf, []byte(s))
-}
-
 // lab is one run's processes and files.
 type lab struct {
 	o     benchOpts

@@ -70,9 +70,6 @@ func (i *Idle) Close() {
 	})
 }
 
-// idleDialers bounds the connections being set up at once.
-const idleDialers = 32
-
 // HoldIdle opens n connections to addr in mode (sni is the TLS server
 // name, for the TLS modes and the partial hello's intent; it may be
 // empty) and holds them open, idle, until Close or until ctx ends. Each
@@ -111,7 +108,7 @@ func HoldIdle(ctx context.Context, addr string, n int, mode IdleMode, sni string
 	return idle
 }
 
-// dialers bounds each connection's setup.
+// idleSetup bounds each connection's setup.
 const idleSetup = 10 * time.Second
 
 func dialIdle(ctx context.Context, addr string, mode IdleMode, sni string) (net.Conn, error) {

@@ -84,7 +84,7 @@ bench-dns:
 ## while a fake peer and an anonymous client flood it (issue 14's Measure section; loopback only).
 ## STRAIT=<binary> measures another build (e.g. an older commit's) the same way.
 STRAIT ?= $(BIN)
-bench-hostile:
+bench-hostile: build
 	$(GO) build -o bin/hostile ./bench/hostile
 	bin/hostile bench -strait $(STRAIT)
 

@@ -146,14 +146,21 @@ type FakeUpstream struct {
 // one) until Close or until ctx ends; txtSize is the TCP answer's size in
 // UpstreamTC mode.
 func NewFakeUpstream(ctx context.Context, addr string, mode UpstreamMode, txtSize int) (*FakeUpstream, error) {
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("fake upstream: %w", err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	var pc net.PacketConn
+	var ln net.Listener
+	// With port 0, the UDP port picked may be taken for TCP: pick again.
+	for try := 0; ; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return nil, fmt.Errorf("fake upstream: %w", err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
 		pc.Close()
-		return nil, fmt.Errorf("fake upstream: %w", err)
+		if _, port, _ := net.SplitHostPort(addr); port != "0" || try == 20 {
+			return nil, fmt.Errorf("fake upstream: %w", err)
+		}
 	}
 	u := &FakeUpstream{Addr: pc.LocalAddr().String(), pc: pc, ln: ln}
 	u.wg.Add(2)

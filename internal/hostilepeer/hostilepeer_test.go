@@ -118,18 +118,20 @@ func TestFakePeerJoinsAndFloods(t *testing.T) {
 		if svcs != n || insts != n {
 			return fmt.Errorf("imported %d services, %d instances; want %d each", svcs, insts, n)
 		}
+		if srv.Acked() != 1 {
+			return fmt.Errorf("version %d acknowledged, want 1 (the resync)", srv.Acked())
+		}
 		return nil
 	})
-	if srv.Streams() == 0 || srv.Acked() == 0 {
-		t.Fatalf("streams %d, acknowledged version %d: the site never replicated from the fake peer", srv.Streams(), srv.Acked())
-	}
 }
 
 // TestFakePeerScripts: a resync that never finishes imports nothing; the
-// gateway script's addresses reach the site (whatever it does with them).
+// gateway script's addresses reach the site (whatever it does with them);
+// churn replaces the whole export, round after round.
 func TestFakePeerScripts(t *testing.T) {
 	s := startSite(t)
 	_, never := join(t, s, "never", hostilepeer.NeverFinish(1<<20))
+	_, churn := join(t, s, "churn", hostilepeer.Churn(5, 2, 100*time.Millisecond))
 	join(t, s, "gws", hostilepeer.Gateways([]string{"127.0.0.1:1", "127.0.0.2:2"}))
 	controlplanetest.WaitFor(t, 30*time.Second, func() error {
 		_, _, im := importCounts(t, s, "gws")
@@ -141,6 +143,13 @@ func TestFakePeerScripts(t *testing.T) {
 	controlplanetest.WaitFor(t, 30*time.Second, func() error {
 		if never.Streams() == 0 {
 			return errors.New("the site has not called the never-finishing peer yet")
+		}
+		return nil
+	})
+	controlplanetest.WaitFor(t, 30*time.Second, func() error {
+		svcs, _, _ := importCounts(t, s, "churn")
+		if churn.Acked() != 3 || svcs != 5 {
+			return fmt.Errorf("churn: version %d acknowledged, %d services imported; want 3 and 5", churn.Acked(), svcs)
 		}
 		return nil
 	})

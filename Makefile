@@ -9,9 +9,11 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
-             ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./dns:FuzzForward ./internal/passthrough:FuzzRead
+             ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./dns:FuzzForward ./internal/passthrough:FuzzRead \
+             ./controlplane/api:FuzzAccept ./controlplane/api:FuzzValidateEntry ./trust/agent:FuzzAttestation \
+             ./trust/bundleendpoint:FuzzFetch ./federation/replication:FuzzImportGateways ./gateway:FuzzCompile ./gateway:FuzzIngressHeader
 
-.PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway demo scenarios clean
+.PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean
 
 all: build
 
@@ -77,6 +79,14 @@ bench-gateway:
 ## bench-dns: mesh DNS against NSD with dnsperf (apt-get install nsd dnsperf dnsutils).
 bench-dns:
 	bench/dns.sh 10000 10 10
+
+## bench-hostile: RSS, fds and goroutines of a site's server and gateway, and a healthy peer's calls,
+## while a fake peer and an anonymous client flood it (issue 14's Measure section; loopback only).
+## STRAIT=<binary> measures another build (e.g. an older commit's) the same way.
+STRAIT ?= $(BIN)
+bench-hostile: build
+	$(GO) build -o bin/hostile ./bench/hostile
+	bin/hostile bench -strait $(STRAIT)
 
 ## demo: two federated sites on this machine (strait demo --sites 3 for three).
 demo: build

@@ -512,7 +512,8 @@ func (a *Agent) Identities(c workloadapi.Caller) ([]workloadapi.Identity, bool) 
 
 func matches(e *apipb.WorkloadEntry, sel map[string]string) bool {
 	for _, s := range e.Selectors {
-		if s.Type != "unix" || sel[s.Key] != s.Value {
+		// A key the caller lacks never matches, not even an empty value.
+		if v, ok := sel[s.Key]; s.Type != "unix" || !ok || v != s.Value {
 			return false
 		}
 	}

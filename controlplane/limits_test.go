@@ -79,7 +79,7 @@ func TestSigningSharePerCaller(t *testing.T) {
 		cfg.SignRatePerCaller = 5 // bursts of a full batch, then 5/s
 	}})
 	ctx := controlplanetest.Ctx(t)
-	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
+	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT, MaxUses: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -306,15 +306,20 @@ func TestTrafficBetweenSitesThroughGateways(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + net.JoinHostPort(webVIP, strconv.Itoa(hln.Addr().(*net.TCPAddr).Port)) + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(body) != "hello from site-b" {
-		t.Fatalf("HTTP through the gateways: %q", body)
-	}
+	// The name resolves as soon as A imports it; A's gateway listens on
+	// it once its configuration arrives, a moment later.
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + net.JoinHostPort(webVIP, strconv.Itoa(hln.Addr().(*net.TCPAddr).Port)) + "/")
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "hello from site-b" {
+			return fmt.Errorf("HTTP through the gateways: %q", body)
+		}
+		return nil
+	})
 	// Everything between the gateways was TLS: the canary never crossed
 	// in the clear, though bytes did cross.
 	seen := rec.seen()

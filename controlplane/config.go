@@ -150,9 +150,10 @@ type Config struct {
 	// quarter of it); 2000 when zero.
 	SignRate int
 	// SignRatePerCaller caps the SVID signatures per second one agent or
-	// gateway may ask this server for, so that one caller's batches
-	// cannot use up SignRate (burst: the largest batch, 1000); a tenth
-	// of SignRate when zero.
+	// gateway may ask this server for (burst: the largest batch, 1000);
+	// no cap of its own when zero. Either way a caller may have at most
+	// two signing requests in progress, which alone keeps one caller's
+	// batches from starving the others' renewals (see api.signShare).
 	SignRatePerCaller int
 	// PeerMaxServices, PeerMaxInstances and PeerMaxImportBytes are the
 	// quotas on what one peer's imports may hold: a replication batch
@@ -291,9 +292,6 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SignRate == 0 {
 		c.SignRate = 2000
-	}
-	if c.SignRatePerCaller == 0 {
-		c.SignRatePerCaller = max(1, c.SignRate/10)
 	}
 	if c.PeerMaxServices == 0 {
 		c.PeerMaxServices = DefaultPeerMaxServices

@@ -132,6 +132,67 @@ func TestSigningSharePerCaller(t *testing.T) {
 	t.Logf("refused: %s", status.Convert(greedyErr).Message())
 }
 
+// TestSigningRequestsInFlightPerCaller: with no per-caller rate set, an
+// agent firing many full batches at once has at most two in progress (the
+// rest are refused, saying why), so another agent's renewal queues behind
+// at most two of its signatures; an agent sending its batches one after
+// another is never refused, however many it sends.
+func TestSigningRequestsInFlightPerCaller(t *testing.T) {
+	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "dc1"})
+	ctx := controlplanetest.Ctx(t)
+	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT, MaxUses: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	greedy, calm := joinAgent(t, c, tok.Secret, "greedy"), joinAgent(t, c, tok.Secret, "calm")
+	entry, err := c.Client(0).Workload.CreateEntry(ctx, &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
+		Namespace: "payments", Service: "batch", Agent: "greedy",
+		Selectors: []*apipb.Selector{{Type: "unix", Key: "uid", Value: strconv.Itoa(os.Getuid())}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ca.NewKey()
+	csr, _ := ca.NewCSR(key)
+	full := &apipb.SignRequest{}
+	for range api.MaxSignBatch {
+		full.Items = append(full.Items, &apipb.SignRequest_Item{EntryId: entry.Entry.Id, Csr: csr})
+	}
+
+	const burst = 12
+	errs := make(chan error, burst)
+	for range burst {
+		go func() {
+			_, err := greedy.Identity.SignX509SVIDs(ctx, full)
+			errs <- err
+		}()
+	}
+	if _, err := calm.Identity.RenewAgent(ctx, &apipb.RenewAgentRequest{Csr: csr}); err != nil {
+		t.Fatalf("the other agent's renewal: %v", err)
+	}
+	var ok, refused int
+	for range burst {
+		err := <-errs
+		switch {
+		case err == nil:
+			ok++
+		case status.Code(err) == codes.ResourceExhausted && strings.Contains(status.Convert(err).Message(), "already has 2 signing requests in progress"):
+			refused++
+		default:
+			t.Fatalf("greedy batch: %v", err)
+		}
+	}
+	if ok == 0 || refused < burst-2*ok || refused == 0 {
+		t.Fatalf("%d concurrent batches: %d signed, %d refused; want at most two in progress at once", burst, ok, refused)
+	}
+	// One after another, batches are never refused.
+	for i := range 3 {
+		if _, err := greedy.Identity.SignX509SVIDs(ctx, full); err != nil {
+			t.Fatalf("sequential batch %d: %v", i, err)
+		}
+	}
+}
+
 // fakePeerSite makes a peering "evil" on c for a trust domain whose CA the
 // test holds (no site runs behind it), and returns a client that calls c
 // as one of evil's servers.

@@ -209,9 +209,11 @@ func (s *Server) RenewAgent(ctx context.Context, req *apipb.RenewAgentRequest) (
 	if err != nil {
 		return nil, err
 	}
-	if err := s.signShare.take(id, "agent", 1); err != nil {
+	release, err := s.signShare.take(id, "agent", 1)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	cert, err := s.cfg.Node.SignSVID(ctx, id, req.Csr, AgentSVIDTTL)
 	if err != nil {
 		return nil, err
@@ -321,9 +323,11 @@ func (s *Server) SignX509SVIDs(ctx context.Context, req *apipb.SignRequest) (*ap
 	if err != nil {
 		return nil, err
 	}
-	if err := s.signShare.take(caller, "agent", len(req.Items)); err != nil {
+	release, err := s.signShare.take(caller, "agent", len(req.Items))
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	resp := &apipb.SignResponse{}
 	for i, it := range req.Items {
 		e, id, err := s.agentEntry(ctx, it.EntryId)

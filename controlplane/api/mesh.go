@@ -216,9 +216,11 @@ func (s gatewayService) Renew(ctx context.Context, req *apipb.RenewGatewayReques
 	if err != nil {
 		return nil, err
 	}
-	if err := s.signShare.take(id, "gateway", 1); err != nil {
+	release, err := s.signShare.take(id, "gateway", 1)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	svid, bundle, err := s.signGateway(ctx, name, req.Csr)
 	if err != nil {
 		return nil, err

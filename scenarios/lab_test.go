@@ -359,7 +359,7 @@ func (s *site) addGateway(name, ip string) *gatewayProc {
 	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.Secret == "" {
 		l.t.Fatalf("gateway token: %v %s", err, out)
 	}
-	args := []string{l.bin, "gateway", "--name", name, "--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip + ":8443", "--join-token", tok.Secret,
+	args := []string{l.bin, "gateway", "--name", name, "--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip + ":8443",
 		"--renew-check", "500ms"}
 	servers := s.servers
 	if len(servers) == 0 {
@@ -377,7 +377,9 @@ func (s *site) addGateway(name, ip string) *gatewayProc {
 		args = append(args, "--advertise-wan", relayIP+":8443")
 		advertised = relayIP
 	}
-	p := l.start(name, s.ns, nil, args...)
+	// The token goes in the environment, as the README tells operators:
+	// never on a command line every user of the host can read.
+	p := l.start(name, s.ns, []string{"STRAIT_JOIN_TOKEN=" + tok.Secret}, args...)
 	waitFor(l.t, 30*time.Second, func() error {
 		out, err := s.cli("service", "show", "--ns", "strait", "--name", "gateway")
 		if err != nil || !strings.Contains(out, advertised) {

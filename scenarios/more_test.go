@@ -114,17 +114,28 @@ func TestWANPartition(t *testing.T) {
 	})
 }
 
-// TestGatewayLoss: west runs two gateways; one is killed while east calls
-// west's service; traffic moves to the other.
+// TestGatewayLoss: west runs two gateways, the second started well after
+// west's leader took office (such a late gateway once flapped between
+// passing and critical for good); one is killed while east calls west's
+// service; traffic moves to the other.
 func TestGatewayLoss(t *testing.T) {
 	l := newLab(t, "east", "west")
-	l.step(1, "start two sites; west with a second gateway")
+	l.step(1, "start two sites")
 	for _, s := range l.sites {
 		s.start()
 	}
+	leaders := time.Now() // both sites' leaders took office before this
 	east, west := l.sites[0], l.sites[1]
-	second := west.addGateway("west-gw2", fmt.Sprintf("10.77.0.%d", 30+west.index))
 	l.federateAll(2)
+	l.step(4, "20s after west's leader took office (its health TTL is 15s), start west's second gateway; it stays passing")
+	time.Sleep(time.Until(leaders.Add(20 * time.Second))) // the input here is time itself
+	second := west.addGateway("west-gw2", fmt.Sprintf("10.77.0.%d", 30+west.index))
+	for end := time.Now().Add(12 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		out, err := west.cli("service", "show", "--ns", "strait", "--svc", "gateway", "--passing")
+		if err != nil || !strings.Contains(out, "west-gw2 ") {
+			t.Fatalf("west's late gateway is not passing: %v %s", err, out)
+		}
+	}
 	var vip string
 	waitFor(t, 60*time.Second, func() error {
 		var err error
@@ -137,17 +148,17 @@ func TestGatewayLoss(t *testing.T) {
 		}
 		return east.call(vip + ":7000")
 	})
-	l.step(4, "call west from east in a loop, and kill west's first gateway (SIGKILL)")
+	l.step(5, "call west from east in a loop, and kill west's first gateway (SIGKILL)")
 	stop := east.callLoop(vip + ":7000")
 	time.Sleep(time.Second)
 	west.gateway.kill()
 	time.Sleep(3 * time.Second)
 	ok, failed := stop()
-	l.step(5, "%d calls succeeded, %d failed after a retry", ok, failed)
+	l.step(6, "%d calls succeeded, %d failed after a retry", ok, failed)
 	if ok == 0 || failed > 0 {
 		t.Fatalf("%d calls ok, %d failed across the loss of one of two gateways", ok, failed)
 	}
-	l.step(6, "new calls all succeed on the remaining gateway")
+	l.step(7, "new calls all succeed on the remaining gateway")
 	for range 5 {
 		if err := east.call(vip + ":7000"); err != nil {
 			t.Fatal(err)

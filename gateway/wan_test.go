@@ -395,6 +395,12 @@ func TestPassthroughServesOnlyFederation(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "through a gateway") {
 		t.Errorf("Federation.Accept through the gateway: %v, want refused for its token only", err)
 	}
+	// So is a peer's intention check (strait ping): without a peer's
+	// server SVID it is refused as such, not for the way it came.
+	_, err = apipb.NewIntentionsClient(through).CheckFromPeer(ctx, &apipb.CheckPeerIntentionRequest{})
+	if err == nil || strings.Contains(err.Error(), "through a gateway") {
+		t.Errorf("Intentions.CheckFromPeer through the gateway: %v, want refused for its caller only", err)
+	}
 	// Raft through the passthrough: the gateway closes it unrelayed.
 	if c, err := dialPassthrough(a, a.wanAddr, "127.0.0.1", "strait-raft/1"); err == nil {
 		c.Close()

@@ -117,12 +117,14 @@ var methodPerms = map[string]permission{
 }
 
 // viaGatewayMethods are all a connection that a gateway passed through
-// from the WAN may call: peers' servers federating. Everything else
-// (management, joins, reads) is for the site's own network.
+// from the WAN may call: peers' servers federating, and asking how this
+// site's intentions decide a call from theirs (strait ping). Everything
+// else (management, joins, reads) is for the site's own network.
 var viaGatewayMethods = map[string]bool{
-	apipb.Federation_Accept_FullMethodName:    true,
-	apipb.Federation_Replicate_FullMethodName: true,
-	apipb.Federation_Unpeer_FullMethodName:    true,
+	apipb.Federation_Accept_FullMethodName:        true,
+	apipb.Federation_Replicate_FullMethodName:     true,
+	apipb.Federation_Unpeer_FullMethodName:        true,
+	apipb.Intentions_CheckFromPeer_FullMethodName: true,
 }
 
 // viaGateway says whether the call arrived through a gateway's
@@ -196,7 +198,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	perm := methodPerms[method]
 	if perm != permDeny && !viaGatewayMethods[method] && viaGateway(ctx) {
 		return nil, status.Errorf(codes.PermissionDenied,
-			"%s is not callable through a gateway: from outside the site only federation (Accept, Replicate, Unpeer) is; manage the site, and join servers, agents and gateways to it, from the site's own network (a server's address, not a gateway's)", method)
+			"%s is not callable through a gateway: from outside the site only federation (Accept, Replicate, Unpeer, CheckFromPeer) is; manage the site, and join servers, agents and gateways to it, from the site's own network (a server's address, not a gateway's)", method)
 	}
 	switch perm {
 	case permDeny:

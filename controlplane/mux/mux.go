@@ -187,9 +187,11 @@ func (m *Mux) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		slot, ok := m.limits.Admit()
-		if !ok {
-			m.refuse(c, acceptloop.RefusedTotal, netip.AddrPort{})
+		// Counted against its source at once: a source that opens
+		// connections and stays silent holds only its own share.
+		slot, refused := m.limits.AdmitFrom(acceptloop.SourceIP(c))
+		if slot == nil {
+			m.refuse(c, refused, netip.AddrPort{})
 			continue
 		}
 		go m.handshake(c, slot)
@@ -246,13 +248,14 @@ func (m *Mux) handshake(raw net.Conn, slot *acceptloop.Slot) {
 		return
 	}
 	c := &conn{Conn: raw, slot: slot, viaGateway: via, client: client}
-	src := acceptloop.SourceIP(raw)
+	ok := true
 	if via {
-		src = client.Addr().Unmap().String()
+		// A gateway relays many clients: count the one it saw instead.
+		ok = slot.Rebind(client.Addr().Unmap().String())
 	} else {
 		c.first = []byte{first}
 	}
-	if !slot.Source(src) {
+	if !ok {
 		slot.Release()
 		m.refuse(raw, acceptloop.RefusedPerSource, client)
 		return

@@ -204,10 +204,10 @@ func TestConnectionLimits(t *testing.T) {
 	open("127.0.0.2", netip.AddrPort{})
 	open("127.0.0.2", netip.AddrPort{})
 	refused("127.0.0.2", netip.AddrPort{}, "max_connections_per_source", 1)
-	// Through a gateway at 127.0.0.2: the client's address counts.
+	// Through gateways at 127.0.0.7 and .8: the client's address counts.
 	client := netip.MustParseAddrPort("198.51.100.7:4000")
-	open("127.0.0.2", client)
-	open("127.0.0.3", client)
+	open("127.0.0.7", client)
+	open("127.0.0.8", client)
 	refused("127.0.0.4", client, "max_connections_per_source", 2)
 	open("127.0.0.5", netip.AddrPort{})
 	refused("127.0.0.6", netip.AddrPort{}, "max_connections", 1)
@@ -307,5 +307,39 @@ func waitFor(t *testing.T, f func() error) {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSilentConnectionsCountAgainstTheirSource: connections that never
+// send a byte hold only their source's share, from the moment they are
+// accepted, so one address cannot take every place of the port.
+func TestSilentConnectionsCountAgainstTheirSource(t *testing.T) {
+	m, _, _ := startMux(t, Config{MaxConnections: 10, MaxConnectionsPerSource: 2}, nil)
+	addr := m.Addr().String()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.9")}}
+	for range 2 {
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	waitFor(t, func() error {
+		if n := m.limits.Open(); n != 2 {
+			return fmt.Errorf("%d open, want the 2 silent ones", n)
+		}
+		return nil
+	})
+	if c, err := dialAPI(addr, "127.0.0.9", netip.AddrPort{}, ProtoGRPC); err == nil {
+		c.Close()
+		t.Fatal("a third connection from a source holding two silent ones was admitted")
+	}
+	if n := testutil.ToFloat64(m.refused.WithLabelValues("max_connections_per_source")); n != 1 {
+		t.Fatalf("refused per source: %v, want 1", n)
+	}
+	if c, err := dialAPI(addr, "127.0.0.10", netip.AddrPort{}, ProtoGRPC); err != nil {
+		t.Fatalf("another source: %v", err)
+	} else {
+		c.Close()
 	}
 }

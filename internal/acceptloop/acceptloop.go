@@ -293,6 +293,30 @@ func (s *Slot) Source(src string) bool {
 	return true
 }
 
+// Rebind moves the slot's count from the source it was admitted for to
+// src (a connection relayed by a gateway is counted against the client the
+// gateway saw, once its preamble says who that is); false, with the slot
+// unchanged, when src has its share already.
+func (s *Slot) Rebind(src string) bool {
+	l := s.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s.counted && s.src == src {
+		return true
+	}
+	if l.maxPerSource > 0 && l.bySource[src] >= l.maxPerSource {
+		return false
+	}
+	if s.counted {
+		if l.bySource[s.src]--; l.bySource[s.src] <= 0 {
+			delete(l.bySource, s.src)
+		}
+	}
+	l.bySource[src]++
+	s.src, s.counted = src, true
+	return true
+}
+
 // Release gives the place back; calls after the first do nothing.
 func (s *Slot) Release() {
 	if s == nil || s.released.Swap(true) {

@@ -290,7 +290,7 @@ func (s *Server) newDNS() (*dns.Server, error) {
 	return dns.New(dns.Config{
 		Addr: s.cfg.DNSAddr, PacketConn: s.cfg.DNSPacketConn, Listener: s.cfg.DNSListener,
 		Domain: s.cfg.DNSDomain, Site: s.id.node.Site, TTL: s.cfg.DNSTTL, Upstreams: s.cfg.DNSUpstreams, PeerOrder: s.cfg.DNSPeerOrder,
-		AllowRecursionFrom: acl, Logger: s.log, Registerer: s.cfg.Registerer,
+		AllowRecursionFrom: acl, Logger: s.log, Registerer: s.cfg.Registerer, AcceptMetrics: s.accepts,
 		Watch: func(ctx context.Context, from uint64) (dns.Watcher, error) { return s.store.Subscribe(from), nil },
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/internal/acceptloop"
 	"github.com/straitmesh/strait/meshname"
 )
 
@@ -62,6 +63,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer for metrics; none when nil.
 	Registerer prometheus.Registerer
+	// AcceptMetrics counts the TCP listener's accept retries and
+	// refusals; not counted when nil.
+	AcceptMetrics *acceptloop.Metrics
 }
 
 // Server is a mesh DNS server.
@@ -75,6 +79,12 @@ type Server struct {
 	fwd          *forwarder
 	acl          []netip.Prefix
 }
+
+// Bounds on TCP clients: connections in all and from one address.
+const (
+	MaxTCPConnections          = 1024
+	MaxTCPConnectionsPerSource = 64
+)
 
 // New validates cfg.
 func New(cfg Config) (*Server, error) {
@@ -143,6 +153,11 @@ func (s *Server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.watchLoop(gctx) })
 	g.Go(func() error { return s.serveUDP(gctx, pc) })
+	// TCP connections are bounded in all and per client address (each
+	// costs a goroutine and a descriptor); an idle one closes after
+	// ReadTimeout.
+	ln = acceptloop.Wrap(ln, acceptloop.Config{Name: "dns", Logger: s.cfg.Logger, Metrics: s.cfg.AcceptMetrics,
+		Limits: acceptloop.NewLimiter(MaxTCPConnections, MaxTCPConnectionsPerSource)})
 	tcp := &mdns.Server{Handler: s, Listener: ln, Net: "tcp", ReadTimeout: 5 * time.Second}
 	g.Go(func() error {
 		err := tcp.ActivateAndServe()

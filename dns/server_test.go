@@ -20,6 +20,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/dns"
+	"github.com/straitmesh/strait/internal/acceptloop"
 )
 
 type testServer struct {
@@ -331,5 +332,53 @@ func TestRunLogsAddresses(t *testing.T) {
 	out := logs.String()
 	if !strings.Contains(out, "level=INFO msg=\"dns serving\" udp="+ts.addr+" tcp="+ts.addr) {
 		t.Fatalf("no start line with the addresses:\n%s", out)
+	}
+}
+
+// TestTCPConnectionsBounded: one address holds at most
+// MaxTCPConnectionsPerSource TCP connections; the next is closed at once
+// and counted, and other clients are still answered over TCP.
+func TestTCPConnectionsBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := acceptloop.NewMetrics(reg)
+	ts := startCfg(t, func(c *dns.Config) { c.AcceptMetrics = m })
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.7")}}
+	for range dns.MaxTCPConnectionsPerSource {
+		c, err := d.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	// The next from that address is closed unanswered.
+	controlplanetest.WaitFor(t, 10*time.Second, func() error {
+		c, err := d.Dial("tcp", ts.addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			return fmt.Errorf("connection %d from one address was served", dns.MaxTCPConnectionsPerSource+1)
+		}
+		return nil
+	})
+	refused := 0.0
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == "strait_accept_refused_total" {
+			for _, mt := range f.Metric {
+				refused += mt.GetCounter().GetValue()
+			}
+		}
+	}
+	if refused < 1 {
+		t.Fatalf("refusals counted: %v", refused)
+	}
+	if r := exchange(t, ts.addr, "nothing.default.aws-east.mesh", mdns.TypeA, "tcp"); r == nil {
+		t.Fatal("no answer over TCP for another client")
 	}
 }

@@ -54,7 +54,7 @@ func ingressGateway(f *testing.F) *Gateway {
 	res, err := xds.Build(xds.Inputs{
 		TrustDomain: "a.strait", CAs: peers[0].CAs, Peers: peers[1:],
 		Exports: []xds.Service{{Def: &apipb.Service{Namespace: "demo", Name: "echo", Ports: []*apipb.ServicePort{{Name: "tcp", Protocol: apipb.Protocol_PROTOCOL_TCP}}},
-			Instances: []*apipb.Instance{{Id: "e1", Address: "127.0.0.1", Ports: map[string]uint32{"tcp": port}}}}},
+			Instances: []*apipb.Instance{{Id: "e1", Address: "127.0.0.1", Ports: map[string]uint32{"tcp": port}}}, To: []string{"b", "c"}}},
 		Intentions: []*apipb.Intention{{Source: "b/shop/web", Destination: "demo/echo", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}},
 	})
 	if err != nil {

@@ -39,7 +39,7 @@ func xdsSeed(f *testing.F) []byte {
 		Imports: []xds.Service{{Def: &apipb.Service{Namespace: "shop", Name: "api", Peer: "b", VirtualIp: "127.240.0.7", Ports: ports},
 			Instances: []*apipb.Instance{{Id: "i1", Address: "10.1.0.1", Ports: map[string]uint32{"tcp": 7000}}}}},
 		Exports: []xds.Service{{Def: &apipb.Service{Namespace: "demo", Name: "echo", Ports: ports},
-			Instances: []*apipb.Instance{{Id: "e1", Address: "127.0.0.1", Ports: map[string]uint32{"tcp": 7000}}}}},
+			Instances: []*apipb.Instance{{Id: "e1", Address: "127.0.0.1", Ports: map[string]uint32{"tcp": 7000}}}, To: []string{"b"}}},
 		Intentions: []*apipb.Intention{{Source: "b", Destination: "demo/echo", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}},
 	}
 	res, err := xds.Build(in)

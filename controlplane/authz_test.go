@@ -210,7 +210,7 @@ func TestJoinTokenDefaults(t *testing.T) {
 
 // TestBundleCommandsKeepPeerings (L10, issue 15 B2): `bundle federate`
 // and `bundle remove` on a peer's trust domain are refused with a pointer
-// to `federation remove`, and the peering stays whole.
+// to `federation delete`, and the peering stays whole.
 func TestBundleCommandsKeepPeerings(t *testing.T) {
 	a, b := fedSite(t, "aws-east", nil), fedSite(t, "gcp-west", nil)
 	ctx := controlplanetest.Ctx(t)
@@ -227,7 +227,7 @@ func TestBundleCommandsKeepPeerings(t *testing.T) {
 		EndpointSpiffeId: "spiffe://gcp-west.strait/strait/bundle-endpoint", Bundle: bb.Bundle})
 	_, errRemove := acl.Bundle.RemoveForeign(ctx, &apipb.RemoveForeignRequest{TrustDomain: "gcp-west.strait"})
 	for name, err := range map[string]error{"federate": errSet, "remove": errRemove} {
-		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "strait federation remove gcp-west") {
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "strait federation delete gcp-west") {
 			t.Errorf("bundle %s on a peer's trust domain: %v", name, err)
 		}
 	}

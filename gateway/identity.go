@@ -40,8 +40,6 @@ func (g *Gateway) loadOrJoin(ctx context.Context) error {
 	}
 	if joined {
 		g.log.Info("gateway joined site", "trust_domain", id.TrustDomain.Name(), "via", id.Via)
-	} else if g.cfg.JoinToken != "" {
-		g.log.Warn("join token ignored: the data dir already holds this gateway's identity (to join again, run `strait gateway revoke` and empty the data dir)", "data_dir", g.cfg.DataDir)
 	}
 	g.td, g.ident = id.TrustDomain, ident
 	if leaf := ident.SVID().Certificates[0]; !g.cfg.Now().Before(leaf.NotAfter) {

@@ -119,7 +119,7 @@ func (s *Server) ListForeign(ctx context.Context, req *apipb.ListForeignRequest)
 // side only (its imports orphaned, the peer never told).
 func (s *Server) notAPeer(td string) error {
 	if f, ok := s.cfg.Node.Store().ForeignBundle(td); ok && f.PeerName != "" {
-		return status.Errorf(codes.FailedPrecondition, "%s is the trust domain of peer %q, kept by the peering; to end it on both sides run `strait federation remove %s`", td, f.PeerName, f.PeerName)
+		return status.Errorf(codes.FailedPrecondition, "%s is the trust domain of peer %q, kept by the peering; to end it on both sides run `strait federation delete %s`", td, f.PeerName, f.PeerName)
 	}
 	return nil
 }

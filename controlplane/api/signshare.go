@@ -58,7 +58,7 @@ func newSignShare(perSecond int, now func() time.Time) *signShare {
 		inFlight: make(map[spiffeid.ID]int), lru: list.New(), callers: make(map[spiffeid.ID]*list.Element),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "strait_ca_sign_refusals_total",
-			Help: "Signing requests refused because the caller (agent or gateway) was over its share of the server's signing rate.",
+			Help: "Signing requests refused because the caller already had two in progress on this server, or was over sign_rate_per_caller, by the caller's kind (agent or gateway).",
 		}, []string{"caller"}),
 	}
 }

@@ -624,7 +624,7 @@ func (s *Store) applySetForeign(f *statepb.ForeignBundle) error {
 	old, ok := s.foreign[f.TrustDomain]
 	if ok && old.PeerName != f.PeerName {
 		if old.PeerName != "" {
-			return fmt.Errorf("%s is the trust domain of peer %q: end the peering with `strait federation remove %s`: %w", f.TrustDomain, old.PeerName, old.PeerName, ErrConflict)
+			return fmt.Errorf("%s is the trust domain of peer %q: end the peering with `strait federation delete %s`: %w", f.TrustDomain, old.PeerName, old.PeerName, ErrConflict)
 		}
 		return fmt.Errorf("%s is a foreign bundle, not a peering; remove it first: %w", f.TrustDomain, ErrConflict)
 	}

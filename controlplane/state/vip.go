@@ -51,7 +51,7 @@ type vipIndex struct {
 func newVIPIndex(p netip.Prefix) *vipIndex {
 	hostBits := p.Addr().BitLen() - p.Bits()
 	n := uint64(maxVIPIndex)
-	if hostBits < 24 {
+	if hostBits <= 24 {
 		n = 1 << hostBits
 	}
 	words := (n + 63) / 64
@@ -65,7 +65,7 @@ func newVIPIndex(p netip.Prefix) *vipIndex {
 	}
 	x.set(0)
 	x.usable = n - 1
-	if p.Addr().Is4() && p.Bits() < 31 && hostBits < 24 {
+	if p.Addr().Is4() && p.Bits() < 31 && hostBits <= 24 {
 		x.set(n - 1)
 		x.usable--
 	}

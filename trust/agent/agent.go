@@ -198,8 +198,6 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 	}
 	if joined {
 		a.log.Info("agent joined site", "trust_domain", id.TrustDomain.Name(), "via", id.Via)
-	} else if a.cfg.JoinToken != "" {
-		a.log.Warn("join token ignored: the data dir already holds this agent's identity (to join again, run `strait agent revoke` and empty the data dir)", "data_dir", a.cfg.DataDir)
 	}
 	a.td, a.ident = id.TrustDomain, ident
 	return nil

@@ -184,7 +184,7 @@ func LoadOrEnroll(ctx context.Context, n Node) (id *Identity, ident *mtls.Identi
 	switch {
 	case err == nil:
 		if n.Token != "" {
-			n.Logger.Warn("join token not used: the data dir already holds this node's identity; to join again, stop it, move the data dir away and start it with a new token",
+			n.Logger.Warn("join token ignored: the data dir already holds this node's identity; to join again, revoke it (strait "+n.Kind+" revoke), then start it with a new token: the revoked identity is set aside",
 				"kind", n.Kind, "data_dir", n.Dir)
 		}
 	case !errors.Is(err, ErrNotEnrolled):

@@ -82,7 +82,7 @@ func TestLoadOrEnrollSaysWhatItIgnores(t *testing.T) {
 	if _, _, joined, err := enroll.LoadOrEnroll(context.Background(), n); err != nil || joined {
 		t.Fatalf("load: joined %v, %v", joined, err)
 	}
-	if !strings.Contains(logs.String(), "join token not used") || !strings.Contains(logs.String(), dir) {
+	if !strings.Contains(logs.String(), "join token ignored") || !strings.Contains(logs.String(), dir) {
 		t.Fatalf("no word of the unused token in the log: %q", logs.String())
 	}
 

@@ -137,13 +137,16 @@ const (
 
 // Gateway is a running gateway.
 type Gateway struct {
-	cfg    Config
-	log    *slog.Logger
-	td     spiffeid.TrustDomain
-	ident  *mtls.Identity // own SVID; federated with peers' bundles from xDS
-	client *apiclient.Client
-	m      *metrics
-	wan    *wanBounds
+	cfg Config
+	log *slog.Logger
+	// refusals throttles the log lines of refused ingress streams: one
+	// per peer, service and cause every 10s (each is counted all the same).
+	refusals *logThrottle
+	td       spiffeid.TrustDomain
+	ident    *mtls.Identity // own SVID; federated with peers' bundles from xDS
+	client   *apiclient.Client
+	m        *metrics
+	wan      *wanBounds
 	// pools and resources belong to the ADS loop (one at a time): endpoint
 	// state and the last accepted resources, kept across streams.
 	pools     pools
@@ -240,7 +243,7 @@ func New(cfg Config) (*Gateway, error) {
 		reg, cfg.Gatherer = r, r
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger.With("gateway", cfg.Name), pools: pools{}, changed: make(chan struct{}), ready: make(chan struct{}),
-		budget: tunnelmux.NewBudget(int64(cfg.TunnelBufferMiB) << 20)}
+		budget: tunnelmux.NewBudget(int64(cfg.TunnelBufferMiB) << 20), refusals: newLogThrottle(10 * time.Second)}
 	g.m = newMetrics(reg, g.budget)
 	g.wan = newWANBounds(cfg, reg)
 	return g, nil

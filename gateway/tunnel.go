@@ -389,7 +389,9 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	if !found {
 		g.m.conns.WithLabelValues("ingress", unknownService, peerTD, "unknown").Inc()
 		msg := fmt.Sprintf("%s is not exported to %s", h.SNI, peerTD)
-		g.log.Info("connection refused", "direction", "ingress", "peer", peerTD, "gateway", peer.String(), "cause", msg)
+		if held, ok := g.refusals.allow(peerTD+"|unknown", time.Now()); ok {
+			g.log.Info("connection refused", "direction", "ingress", "peer", peerTD, "gateway", peer.String(), "cause", msg, "held_back", held)
+		}
 		writeStatus(st, statusUnknown, msg)
 		return
 	}
@@ -399,8 +401,10 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 		// of a service that does not exist; the log says which it is.
 		g.m.denials.WithLabelValues(service, peerTD).Inc()
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
-		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "gateway", peer.String(),
-			"cause", fmt.Sprintf("%s is exported, but not to %s", service, peerTD))
+		if held, ok := g.refusals.allow(peerTD+"|"+service+"|not-exported-to", time.Now()); ok {
+			g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "gateway", peer.String(),
+				"cause", fmt.Sprintf("%s is exported, but not to %s", service, peerTD), "held_back", held)
+		}
 		writeStatus(st, statusUnknown, fmt.Sprintf("%s is not exported to %s", h.SNI, peerTD))
 		return
 	}
@@ -416,7 +420,13 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	if reason, ok := g.authorize(ch, principal, src, ns, svc); !ok {
 		g.m.denials.WithLabelValues(service, peerTD).Inc()
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()
-		g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", reason)
+		kind := "no-intention"
+		if strings.HasPrefix(reason, "denied by intention") {
+			kind = "deny-intention"
+		}
+		if held, ok := g.refusals.allow(peerTD+"|"+service+"|"+kind, time.Now()); ok {
+			g.log.Info("connection denied", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", reason, "held_back", held)
+		}
 		writeStatus(st, statusDenied, reason)
 		return
 	}
@@ -428,7 +438,9 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 	if err != nil {
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "unavailable").Inc()
 		msg := fmt.Sprintf("no instance of %s could be reached: %v", service, err)
-		g.log.Info("connection failed", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", msg)
+		if held, ok := g.refusals.allow(peerTD+"|"+service+"|unavailable", time.Now()); ok {
+			g.log.Info("connection failed", "direction", "ingress", "service", service, "port", port, "peer", peerTD, "source", principal, "cause", msg, "held_back", held)
+		}
 		writeStatus(st, statusUnavailable, msg)
 		return
 	}

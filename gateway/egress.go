@@ -147,6 +147,11 @@ func (g *Gateway) serveEgress(ctx context.Context, ln net.Listener, name string)
 // gateways, trying another gateway when one cannot serve it.
 func (g *Gateway) egressConn(ctx context.Context, client net.Conn, name string) {
 	defer client.Close()
+	if g.serving != nil {
+		// Cut at the end of a drain: a client that keeps its half open
+		// must not hold the gateway.
+		defer context.AfterFunc(g.serving, func() { client.Close() })()
+	}
 	start := time.Now()
 	cfg, _ := g.config()
 	l, ok := cfg.egress[name]

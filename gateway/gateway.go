@@ -142,6 +142,9 @@ type Gateway struct {
 	// refusals throttles the log lines of refused ingress streams: one
 	// per peer, service and cause every 10s (each is counted all the same).
 	refusals *logThrottle
+	// serving ends when connections in flight are cut, at the end of a
+	// drain; set by Run before any listener starts.
+	serving context.Context
 	td       spiffeid.TrustDomain
 	ident    *mtls.Identity // own SVID; federated with peers' bundles from xDS
 	client   *apiclient.Client
@@ -319,6 +322,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServing()
+	g.serving = serveCtx
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return g.runADS(ectx, cl.Conn()) })
 	eg.Go(func() error { return g.heartbeatLoop(ectx) })
@@ -366,10 +370,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	// Drain: stop accepting (egress listeners close with ctx), let
 	// connections in flight finish for a while, then cut the rest.
+	// Egress connections are among them: their listeners' loops are
+	// waited for only once the tunnels are cut, so a client holding one
+	// open cannot hold the gateway past DrainTimeout.
 	g.draining.Store(true)
 	ln.Close()
 	g.tunnels.goAway()
-	<-egressDone
 	done := make(chan struct{})
 	go func() { g.active.Wait(); close(done) }()
 	select {
@@ -379,6 +385,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	stopServing()
 	g.tunnels.close()
+	<-egressDone
 	<-ingressDone
 	g.log.Info("gateway stopped")
 	return err

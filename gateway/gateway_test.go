@@ -968,3 +968,52 @@ func TestConfigRefusals(t *testing.T) {
 		t.Fatalf("a valid configuration: %v", err)
 	}
 }
+
+// TestStopCutsHeldEgressConnections: a local client that keeps a carried
+// connection open (and never closes its half) is cut when the drain ends,
+// so the gateway stops within its DrainTimeout instead of waiting on it.
+func TestStopCutsHeldEgressConnections(t *testing.T) {
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
+	federate(t, a, b)
+	a.startGateway(t, "gw-a", nil)
+	b.startGateway(t, "gw-b", nil)
+	echoPort := echoServer(t)
+	register(t, b, "payments", "api", "api-1", echoPort, apipb.Protocol_PROTOCOL_TCP)
+	exportTo(t, b, "payments", "api", "site-a")
+	allow(t, b, "site-a", "payments/*")
+	var vip string
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		var err error
+		vip, err = resolve(t, a, "api.payments.site-b.mesh")
+		return err
+	})
+	addr := net.JoinHostPort(vip, strconv.Itoa(echoPort))
+	var held net.Conn
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("hold\n")); err != nil {
+			c.Close()
+			return err
+		}
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			c.Close()
+			return err
+		}
+		held = c
+		return nil
+	})
+	defer held.Close()
+	stopped := make(chan struct{})
+	go func() { a.stopGW(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second): // DrainTimeout is 2s
+		t.Fatal("the gateway did not stop while a client held a carried connection open")
+	}
+}

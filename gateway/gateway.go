@@ -145,11 +145,11 @@ type Gateway struct {
 	// serving ends when connections in flight are cut, at the end of a
 	// drain; set by Run before any listener starts.
 	serving context.Context
-	td       spiffeid.TrustDomain
-	ident    *mtls.Identity // own SVID; federated with peers' bundles from xDS
-	client   *apiclient.Client
-	m        *metrics
-	wan      *wanBounds
+	td      spiffeid.TrustDomain
+	ident   *mtls.Identity // own SVID; federated with peers' bundles from xDS
+	client  *apiclient.Client
+	m       *metrics
+	wan     *wanBounds
 	// pools and resources belong to the ADS loop (one at a time): endpoint
 	// state and the last accepted resources, kept across streams.
 	pools     pools

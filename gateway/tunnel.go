@@ -408,15 +408,12 @@ func (g *Gateway) ingressStream(ctx context.Context, st *tunnelmux.Stream, peer 
 		writeStatus(st, statusUnknown, fmt.Sprintf("%s is not exported to %s", h.SNI, peerTD))
 		return
 	}
-	// Who is calling: the source service when the calling gateway names
-	// one, else the calling gateway itself (then only site-wide
-	// intentions match).
+	// Who is calling: the calling gateway, for its whole site. A source
+	// service named in the stream header is the peer gateway's own claim,
+	// which nothing here can check, so it decides nothing: intentions
+	// naming a source service are decided fail-closed (see policy).
 	principal := peer.String()
 	src := policy.Source{Site: ch.peers[peerTD]}
-	if sns, ssvc, ok := strings.Cut(h.Source, "/"); ok && meshname.ValidLabel(sns) == nil && meshname.ValidLabel(ssvc) == nil {
-		principal = "spiffe://" + peerTD + "/ns/" + sns + "/svc/" + ssvc
-		src.Namespace, src.Service = sns, ssvc
-	}
 	if reason, ok := g.authorize(ch, principal, src, ns, svc); !ok {
 		g.m.denials.WithLabelValues(service, peerTD).Inc()
 		g.m.conns.WithLabelValues("ingress", service, peerTD, "denied").Inc()

@@ -9,6 +9,13 @@
 // the most exact parts (site, then namespace, then service); between an
 // allow and a deny equally specific, the deny. When nothing matches, the
 // answer is no: across sites, only what is allowed passes.
+//
+// A source whose namespace or service is not known (a connection that
+// carries its site's identity only) is decided fail-closed: an intention
+// naming a source namespace or service it cannot be checked against
+// applies if it denies, and does not if it allows. So a deny for one
+// service of a site denies the whole site, and an allow for one service
+// grants nothing, until connections carry their workload's identity.
 package policy
 
 import (
@@ -20,7 +27,7 @@ import (
 )
 
 // Source is who opens a connection. Namespace and Service are empty when
-// not known (then only intentions with "*" there match).
+// not known (then an intention naming them matches only if it denies).
 type Source struct{ Site, Namespace, Service string }
 
 func (s Source) String() string {
@@ -118,7 +125,11 @@ func match(in *apipb.Intention, src Source, ns, svc string) (int, bool) {
 	if err != nil || dns != ns || (dsvc != "*" && dsvc != svc) {
 		return 0, false
 	}
-	if site != src.Site || (sns != "*" && sns != src.Namespace) || (ssvc != "*" && ssvc != src.Service) {
+	deny := in.Action != apipb.IntentionAction_INTENTION_ACTION_ALLOW
+	// part reports whether an intention's source part matches the
+	// source's; an unknown part matches only a deny (fail-closed).
+	part := func(want, have string) bool { return want == "*" || want == have || (have == "" && deny) }
+	if site != src.Site || !part(sns, src.Namespace) || !part(ssvc, src.Service) {
 		return 0, false
 	}
 	score := 0

@@ -24,6 +24,9 @@ func TestDecide(t *testing.T) {
 		in("site-b/ops/*", "payments/api", false),
 		in("site-c/x/y", "payments/api", true),
 		in("site-c/x/y", "payments/api", false), // same specificity: deny wins
+		in("site-e/*/*", "payments/api", true),
+		in("site-e/ops/cron", "payments/api", true),
+		in("site-f/ops/cron", "payments/api", true),
 	}
 	tests := []struct {
 		name    string
@@ -34,7 +37,13 @@ func TestDecide(t *testing.T) {
 		{"exact allow", policy.Source{Site: "site-a", Namespace: "payments", Service: "web"}, "payments/api", true},
 		{"site-wide deny of the namespace", policy.Source{Site: "site-a", Namespace: "payments", Service: "batch"}, "payments/api", false},
 		{"namespace allow beats site deny", policy.Source{Site: "site-a", Namespace: "payments", Service: "batch"}, "payments/ledger", true},
-		{"unknown source service: only wildcards match", policy.Source{Site: "site-b", Namespace: "", Service: ""}, "payments/api", true},
+		// A source known by its site only (a connection carrying its
+		// site's identity) is decided fail-closed.
+		{"unknown source service: a deny naming a namespace applies", policy.Source{Site: "site-b"}, "payments/api", false},
+		{"unknown source service: a deny of a site-wide rule applies", policy.Source{Site: "site-a"}, "payments/api", false},
+		{"unknown source service: a site-wide allow applies", policy.Source{Site: "site-e"}, "payments/api", true},
+		{"unknown source service: an allow of one service grants nothing", policy.Source{Site: "site-f"}, "payments/api", false},
+		{"unknown source service: a deny of one service applies", policy.Source{Site: "site-c"}, "payments/api", false},
 		{"a more specific deny", policy.Source{Site: "site-b", Namespace: "ops", Service: "cron"}, "payments/api", false},
 		{"equal specificity: deny wins", policy.Source{Site: "site-c", Namespace: "x", Service: "y"}, "payments/api", false},
 		{"nothing matches: default deny", policy.Source{Site: "site-d", Namespace: "a", Service: "b"}, "payments/api", false},

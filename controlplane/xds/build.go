@@ -472,9 +472,12 @@ func ingressMetadata(all []*apipb.Intention, to map[string]Peer, names []string,
 // CompileIntentions turns the intentions about ns/svc into an RBAC ALLOW
 // rule over SPIFFE IDs, for sources of peers only (an intention naming
 // any other site compiles to nothing: pass the peers the service is
-// exported to, and only their trust domains can match). A source
-// site/ns/svc is the workload ID
-// spiffe://<peer td>/ns/<ns>/svc/<svc> (a prefix for wildcards). Each allow
+// exported to, and only their trust domains can match). An allow of a
+// source site/ns/svc is the workload ID spiffe://<peer td>/ns/<ns>/svc/<svc>
+// (a prefix for wildcards); a deny naming a source namespace or service
+// is that ID or any of the peer's infrastructure IDs (spiffe://<peer
+// td>/strait/...: its gateways, which carry connections for the whole
+// site: fail-closed, see policy). Each allow
 // subtracts the denies at least as specific, so the most specific
 // intention wins as policy.Decide says; what no allow matches is denied.
 func CompileIntentions(all []*apipb.Intention, peers map[string]Peer, ns, svc string) *rbacconfig.RBAC {
@@ -500,18 +503,31 @@ func CompileIntentions(all []*apipb.Intention, peers map[string]Peer, ns, svc st
 		if dsvc != "*" {
 			score += 8
 		}
+		allow := in.Action == apipb.IntentionAction_INTENTION_ACTION_ALLOW
+		switch {
+		case sns != "*" && ssvc != "*":
+			score += 3
+		case sns != "*":
+			score += 2
+		}
 		switch {
 		case sns != "*" && ssvc != "*":
 			m = &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: prefix + "ns/" + sns + "/svc/" + ssvc}}
-			score += 3
 		case sns != "*":
 			m = &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: prefix + "ns/" + sns + "/svc/"}}
-			score += 2
 		}
-		list = append(list, compiled{
-			p:     &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Authenticated_{Authenticated: &rbacconfig.Principal_Authenticated{PrincipalName: m}}},
-			score: score, allow: in.Action == apipb.IntentionAction_INTENTION_ACTION_ALLOW,
-		})
+		pr := &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Authenticated_{Authenticated: &rbacconfig.Principal_Authenticated{PrincipalName: m}}}
+		if !allow && sns != "*" {
+			// A gateway's ID says nothing of the workload behind it: a
+			// deny naming a source namespace or service also matches the
+			// peer's infrastructure IDs (fail-closed, as policy.Decide),
+			// while an allow naming one matches only that workload's ID,
+			// which a gateway never presents.
+			infra := &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: prefix + "strait/"}}
+			pr = &rbacconfig.Principal{Identifier: &rbacconfig.Principal_OrIds{OrIds: &rbacconfig.Principal_Set{Ids: []*rbacconfig.Principal{pr,
+				{Identifier: &rbacconfig.Principal_Authenticated_{Authenticated: &rbacconfig.Principal_Authenticated{PrincipalName: infra}}}}}}}
+		}
+		list = append(list, compiled{p: pr, score: score, allow: allow})
 	}
 	var principals []*rbacconfig.Principal
 	for _, a := range list {

@@ -268,13 +268,17 @@ func TestIngressAdmitsOnlyThePeersExportedTo(t *testing.T) {
 		t.Fatalf("metadata %v", md)
 	}
 
-	// Exported to every peer: both admitted, the deny still applies.
+	// Exported to every peer: both admitted, the deny still applies; as
+	// it names one of evil's namespaces, and a gateway's ID cannot say
+	// which workload is behind it, it also denies evil's gateways
+	// (fail-closed), while evil's workloads elsewhere are allowed.
 	in.Exports[0].To = []string{"*"}
 	if err := chainOf(t, in).Filters[0].GetTypedConfig().UnmarshalTo(&rb); err != nil {
 		t.Fatal(err)
 	}
-	if !policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/strait/gateway/gw-1") || policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/ns/batch/svc/x") {
-		t.Fatal(`exported to "*": evil's intentions do not apply`)
+	if policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/strait/gateway/gw-1") || policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/ns/batch/svc/x") ||
+		!policy.EvalRBAC(rb.Rules, "spiffe://evil.strait/ns/ops/svc/x") {
+		t.Fatal(`exported to "*": evil's intentions do not apply as they should`)
 	}
 	// Exported to a name that is no peer: no chain at all.
 	in.Exports[0].To = []string{"gone"}

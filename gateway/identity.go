@@ -153,7 +153,8 @@ func (g *Gateway) heartbeatLoop(ctx context.Context) error {
 	for {
 		if !g.draining.Load() {
 			hctx, cancel := context.WithTimeout(ctx, g.cfg.HeartbeatInterval)
-			_, err := g.client.Gateway.Heartbeat(hctx, &apipb.GatewayHeartbeatRequest{WanAddress: g.cfg.AdvertiseWAN})
+			peers, up := g.tunnelReport()
+			_, err := g.client.Gateway.Heartbeat(hctx, &apipb.GatewayHeartbeatRequest{WanAddress: g.cfg.AdvertiseWAN, PeerGateways: peers, PeerGatewaysUp: up})
 			cancel()
 			result := "ok"
 			if err != nil {

@@ -51,6 +51,41 @@ type slotKey struct {
 type slot struct {
 	mu   sync.Mutex
 	sess *tunnelmux.Session
+	// cur is sess, for readers that must not wait on mu (held while a
+	// tunnel is dialled): tunnelReport.
+	cur atomic.Pointer[tunnelmux.Session]
+}
+
+// tunnelReport counts the peers' gateways the configuration names, and
+// those with a tunnel up (tunnels open on a connection's first need, so a
+// peer nobody has called yet has none).
+func (g *Gateway) tunnelReport() (peers, up uint32) {
+	addrs := map[string]bool{}
+	if cfg, _ := g.config(); cfg != nil {
+		for _, oc := range cfg.out {
+			oc.pool.mu.Lock()
+			for a := range oc.pool.eps {
+				addrs[a] = true
+			}
+			oc.pool.mu.Unlock()
+		}
+	}
+	live := map[string]bool{}
+	if t := g.tunnels; t != nil {
+		t.mu.Lock()
+		for k, s := range t.slots {
+			if sess := s.cur.Load(); sess != nil && !sess.IsClosed() {
+				live[k.addr] = true
+			}
+		}
+		t.mu.Unlock()
+	}
+	for a := range addrs {
+		if live[a] {
+			up++
+		}
+	}
+	return uint32(len(addrs)), up
 }
 
 func newTunnels(g *Gateway) *tunnels {
@@ -103,6 +138,7 @@ func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Du
 			return nil, err
 		}
 		s.sess = sess
+		s.cur.Store(sess)
 	}
 	st, err := s.sess.Open(hdr, early)
 	if err != nil {
@@ -113,6 +149,7 @@ func (t *tunnels) open(ctx context.Context, addr, peerTD string, timeout time.Du
 			s.sess.Close()
 		}
 		s.sess = nil
+		s.cur.Store(nil)
 		return nil, err
 	}
 	return st, nil

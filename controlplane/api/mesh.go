@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"strconv"
 	"time"
@@ -231,6 +232,13 @@ func (s gatewayService) Renew(ctx context.Context, req *apipb.RenewGatewayReques
 // Heartbeat keeps the calling gateway registered in the catalog as an
 // instance of strait/gateway with its WAN address, passing for
 // GatewayTTL.
+// Metadata keys of a gateway's catalog instance: the peers' gateways it
+// is configured for, and those it has a tunnel up to.
+const (
+	GatewayMetaPeerGateways   = "peer_gateways"
+	GatewayMetaPeerGatewaysUp = "peer_gateways_up"
+)
+
 func (s gatewayService) Heartbeat(ctx context.Context, req *apipb.GatewayHeartbeatRequest) (*apipb.GatewayHeartbeatResponse, error) {
 	name, _ := ctx.Value(gatewayNameKey).(string)
 	if err := validateHostPort("wan_address", req.WanAddress); err != nil {
@@ -244,14 +252,22 @@ func (s gatewayService) Heartbeat(ctx context.Context, req *apipb.GatewayHeartbe
 	host, portS, _ := net.SplitHostPort(req.WanAddress)
 	port, _ := strconv.Atoi(portS)
 	key := &apipb.InstanceKey{Namespace: state.GatewayNamespace, Service: state.GatewayService, Id: name}
-	if in, ok := s.cfg.Node.Store().Instance(key); ok && in.Address == host && in.Ports[state.GatewayWANPort] == uint32(port) && in.Health == apipb.Health_HEALTH_PASSING {
+	// The tunnel counts ride in the instance's metadata, so that every
+	// server's status shows them; they are written only when they change
+	// (at most once a heartbeat), a plain heartbeat costs no Raft write.
+	meta := map[string]string{
+		GatewayMetaPeerGateways:   strconv.FormatUint(uint64(req.PeerGateways), 10),
+		GatewayMetaPeerGatewaysUp: strconv.FormatUint(uint64(min(req.PeerGatewaysUp, req.PeerGateways)), 10),
+	}
+	if in, ok := s.cfg.Node.Store().Instance(key); ok && in.Address == host && in.Ports[state.GatewayWANPort] == uint32(port) &&
+		in.Health == apipb.Health_HEALTH_PASSING && maps.Equal(in.Meta, meta) {
 		return &apipb.GatewayHeartbeatResponse{}, s.cfg.Node.Heartbeat(ctx, key)
 	}
 	reg := &apipb.RegisterRequest{
 		Service: &apipb.Service{Namespace: state.GatewayNamespace, Name: state.GatewayService,
 			Ports: []*apipb.ServicePort{{Name: state.GatewayWANPort, Protocol: apipb.Protocol_PROTOCOL_TCP}}},
 		Instance: &apipb.Instance{Id: name, Address: host, Ports: map[string]uint32{state.GatewayWANPort: uint32(port)},
-			Health: apipb.Health_HEALTH_PASSING, Ttl: durationpb.New(GatewayTTL)},
+			Health: apipb.Health_HEALTH_PASSING, Ttl: durationpb.New(GatewayTTL), Meta: meta},
 	}
 	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: reg}}); err != nil {
 		return nil, err

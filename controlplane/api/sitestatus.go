@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc"
@@ -98,6 +99,9 @@ func (s *Server) gatewayHealth() []*apipb.GatewayHealth {
 			if p := in.Ports[state.GatewayWANPort]; p != 0 {
 				h.WanAddress = fmt.Sprintf("%s:%d", in.Address, p)
 			}
+			n, _ := strconv.ParseUint(in.Meta[GatewayMetaPeerGateways], 10, 32)
+			up, _ := strconv.ParseUint(in.Meta[GatewayMetaPeerGatewaysUp], 10, 32)
+			h.PeerGateways, h.PeerGatewaysUp = uint32(n), uint32(up)
 		}
 		out = append(out, h)
 	}

@@ -82,9 +82,11 @@ func TestPingAcrossSites(t *testing.T) {
 				}
 			}
 			Gateways []struct {
-				Name       string
-				WanAddress string `json:"wan_address"`
-				Health     string
+				Name           string
+				WanAddress     string `json:"wan_address"`
+				Health         string
+				PeerGateways   uint32 `json:"peer_gateways"`
+				PeerGatewaysUp uint32 `json:"peer_gateways_up"`
 			}
 		}
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
@@ -93,6 +95,13 @@ func TestPingAcrossSites(t *testing.T) {
 		if code != 0 || st.Verdict != "healthy" || len(st.Peers) != 1 || st.Peers[0].Name != west.Name || st.Peers[0].Imports.State != "PEER_STATE_ACTIVE" ||
 			!st.Peers[0].Imports.Connected || len(st.Gateways) != 1 || st.Gateways[0].Health != "passing" || st.Gateways[0].WanAddress != east.GatewayWAN {
 			return fmt.Errorf("status: exit %d, %+v", code, st)
+		}
+		// The ping opened a tunnel to west's one gateway.
+		if g := st.Gateways[0]; g.PeerGateways != 1 || g.PeerGatewaysUp != 1 {
+			return fmt.Errorf("status: gateway tunnels %d/%d, want 1/1", g.PeerGatewaysUp, g.PeerGateways)
+		}
+		if _, out, _ := run(t, env, "status"); !strings.Contains(out, "TUNNELS") || !strings.Contains(out, " 1/1") {
+			return fmt.Errorf("status text shows no tunnels:\n%s", out)
 		}
 		return nil
 	})

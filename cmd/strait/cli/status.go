@@ -102,13 +102,19 @@ func printSiteStatus(w io.Writer, st *apipb.SiteStatusResponse, now time.Time) e
 	if len(st.Gateways) == 0 {
 		fmt.Fprintf(w, "  none joined\n")
 	} else {
-		t = newTable(w, "  NAME", "WAN ADDRESS", "HEALTH")
+		// TUNNELS: peers' gateways with a tunnel up, of those configured
+		// (tunnels open when a connection first needs them).
+		t = newTable(w, "  NAME", "WAN ADDRESS", "HEALTH", "TUNNELS")
 		for _, gw := range st.Gateways {
 			health := gw.Health
 			if gw.Revoked {
 				health = "revoked"
 			}
-			t.row("  "+gw.Name, cmp.Or(gw.WanAddress, "-"), health)
+			tunnels := "-"
+			if gw.Health == "passing" || gw.Health == "critical" {
+				tunnels = fmt.Sprintf("%d/%d", gw.PeerGatewaysUp, gw.PeerGateways)
+			}
+			t.row("  "+gw.Name, cmp.Or(gw.WanAddress, "-"), health, tunnels)
 		}
 		if err := t.flush(); err != nil {
 			return err

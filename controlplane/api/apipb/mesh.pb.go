@@ -879,9 +879,13 @@ func (x *RenewGatewayResponse) GetBundle() [][]byte {
 type GatewayHeartbeatRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The host:port peers' gateways dial (the WAN address).
-	WanAddress    string `protobuf:"bytes,1,opt,name=wan_address,json=wanAddress,proto3" json:"wan_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WanAddress string `protobuf:"bytes,1,opt,name=wan_address,json=wanAddress,proto3" json:"wan_address,omitempty"`
+	// Peers' gateways this gateway's configuration names, and how many of
+	// them it has a tunnel up to (tunnels open on first use).
+	PeerGateways   uint32 `protobuf:"varint,2,opt,name=peer_gateways,json=peerGateways,proto3" json:"peer_gateways,omitempty"`
+	PeerGatewaysUp uint32 `protobuf:"varint,3,opt,name=peer_gateways_up,json=peerGatewaysUp,proto3" json:"peer_gateways_up,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GatewayHeartbeatRequest) Reset() {
@@ -919,6 +923,20 @@ func (x *GatewayHeartbeatRequest) GetWanAddress() string {
 		return x.WanAddress
 	}
 	return ""
+}
+
+func (x *GatewayHeartbeatRequest) GetPeerGateways() uint32 {
+	if x != nil {
+		return x.PeerGateways
+	}
+	return 0
+}
+
+func (x *GatewayHeartbeatRequest) GetPeerGatewaysUp() uint32 {
+	if x != nil {
+		return x.PeerGatewaysUp
+	}
+	return 0
 }
 
 type GatewayHeartbeatResponse struct {
@@ -1169,10 +1187,12 @@ const file_controlplane_api_apipb_mesh_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"B\n" +
 	"\x14RenewGatewayResponse\x12\x12\n" +
 	"\x04svid\x18\x01 \x03(\fR\x04svid\x12\x16\n" +
-	"\x06bundle\x18\x02 \x03(\fR\x06bundle\":\n" +
+	"\x06bundle\x18\x02 \x03(\fR\x06bundle\"\x89\x01\n" +
 	"\x17GatewayHeartbeatRequest\x12\x1f\n" +
 	"\vwan_address\x18\x01 \x01(\tR\n" +
-	"wanAddress\"\x1a\n" +
+	"wanAddress\x12#\n" +
+	"\rpeer_gateways\x18\x02 \x01(\rR\fpeerGateways\x12(\n" +
+	"\x10peer_gateways_up\x18\x03 \x01(\rR\x0epeerGatewaysUp\"\x1a\n" +
 	"\x18GatewayHeartbeatResponse\"\x15\n" +
 	"\x13ListGatewaysRequest\"P\n" +
 	"\x14ListGatewaysResponse\x128\n" +

@@ -570,10 +570,14 @@ type GatewayHealth struct {
 	WanAddress string `protobuf:"bytes,2,opt,name=wan_address,json=wanAddress,proto3" json:"wan_address,omitempty"`
 	// passing or critical; "absent" when it is not in the catalog (never
 	// heartbeat since it joined, or revoked).
-	Health        string `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
-	Revoked       bool   `protobuf:"varint,4,opt,name=revoked,proto3" json:"revoked,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Health  string `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
+	Revoked bool   `protobuf:"varint,4,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// Peers' gateways it is configured for and those it has a tunnel up
+	// to, as of its last heartbeat that changed them.
+	PeerGateways   uint32 `protobuf:"varint,5,opt,name=peer_gateways,json=peerGateways,proto3" json:"peer_gateways,omitempty"`
+	PeerGatewaysUp uint32 `protobuf:"varint,6,opt,name=peer_gateways_up,json=peerGatewaysUp,proto3" json:"peer_gateways_up,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GatewayHealth) Reset() {
@@ -632,6 +636,20 @@ func (x *GatewayHealth) GetRevoked() bool {
 		return x.Revoked
 	}
 	return false
+}
+
+func (x *GatewayHealth) GetPeerGateways() uint32 {
+	if x != nil {
+		return x.PeerGateways
+	}
+	return 0
+}
+
+func (x *GatewayHealth) GetPeerGatewaysUp() uint32 {
+	if x != nil {
+		return x.PeerGatewaysUp
+	}
+	return 0
 }
 
 type SiteStatusRequest struct {
@@ -1429,13 +1447,15 @@ const file_controlplane_api_apipb_operator_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x125\n" +
 	"\x06status\x18\x06 \x01(\v2\x1d.strait.api.v1.StatusResponseR\x06status\x12\x1f\n" +
 	"\vlag_entries\x18\a \x01(\x04R\n" +
-	"lagEntries\"v\n" +
+	"lagEntries\"\xc5\x01\n" +
 	"\rGatewayHealth\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vwan_address\x18\x02 \x01(\tR\n" +
 	"wanAddress\x12\x16\n" +
 	"\x06health\x18\x03 \x01(\tR\x06health\x12\x18\n" +
-	"\arevoked\x18\x04 \x01(\bR\arevoked\"\x13\n" +
+	"\arevoked\x18\x04 \x01(\bR\arevoked\x12#\n" +
+	"\rpeer_gateways\x18\x05 \x01(\rR\fpeerGateways\x12(\n" +
+	"\x10peer_gateways_up\x18\x06 \x01(\rR\x0epeerGatewaysUp\"\x13\n" +
 	"\x11SiteStatusRequest\"\x87\x04\n" +
 	"\x12SiteStatusResponse\x12\x18\n" +
 	"\averdict\x18\x01 \x01(\tR\averdict\x12\x18\n" +

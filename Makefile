@@ -9,9 +9,14 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
-             ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./dns:FuzzForward ./internal/passthrough:FuzzRead \
+             ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./internal/passthrough:FuzzRead \
              ./controlplane/api:FuzzAccept ./controlplane/api:FuzzValidateEntry ./trust/agent:FuzzAttestation \
-             ./trust/bundleendpoint:FuzzFetch ./federation/replication:FuzzImportGateways ./gateway:FuzzCompile ./gateway:FuzzIngressHeader
+             ./federation/replication:FuzzImportGateways ./gateway:FuzzCompile
+# Targets whose every input crosses real sockets (an upstream resolver, an
+# HTTPS server, a tunnel): about a hundred inputs a second, so CI's smoke
+# gives them fewer (FUZZSLOWTIME); `make fuzz FUZZTIME=1m` runs them as long.
+FUZZSLOW  := ./dns:FuzzForward ./trust/bundleendpoint:FuzzFetch ./gateway:FuzzIngressHeader
+FUZZSLOWTIME ?= $(FUZZTIME)
 
 .PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean
 
@@ -40,7 +45,10 @@ test-long:
 fuzz:
 	@set -e; for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
-		$(GO) test $$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); done
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME); done; \
+	for t in $(FUZZSLOW); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn ($(FUZZSLOWTIME))"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZSLOWTIME); done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

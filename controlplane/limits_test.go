@@ -73,19 +73,17 @@ func joinAgent(t *testing.T, c *controlplanetest.Cluster, token, node string) *a
 	return clientAs(t, c, chain, key)
 }
 
-// TestSigningSharePerCaller: an agent asking for SVIDs in big batches, in
-// a loop, is refused once over its share of the signing rate, while
-// another agent's renewals go through.
-func TestSigningSharePerCaller(t *testing.T) {
-	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "dc1", Tweak: func(cfg *controlplane.Config) {
-		cfg.SignRatePerCaller = 5 // bursts of a full batch, then 5/s
-	}})
+// signingAgents joins two agents to c, "greedy" (with a workload entry)
+// and "calm", and returns them with a full batch of signing requests for
+// greedy's entry and a CSR.
+func signingAgents(t *testing.T, c *controlplanetest.Cluster) (greedy, calm *apiclient.Client, full *apipb.SignRequest, csr []byte) {
+	t.Helper()
 	ctx := controlplanetest.Ctx(t)
 	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT, MaxUses: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	greedy, calm := joinAgent(t, c, tok.Secret, "greedy"), joinAgent(t, c, tok.Secret, "calm")
+	greedy, calm = joinAgent(t, c, tok.Secret, "greedy"), joinAgent(t, c, tok.Secret, "calm")
 	entry, err := c.Client(0).Workload.CreateEntry(ctx, &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
 		Namespace: "payments", Service: "batch", Agent: "greedy",
 		Selectors: []*apipb.Selector{{Type: "unix", Key: "uid", Value: strconv.Itoa(os.Getuid())}},
@@ -94,11 +92,23 @@ func TestSigningSharePerCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	key, _ := ca.NewKey()
-	csr, _ := ca.NewCSR(key)
-	full := &apipb.SignRequest{}
+	csr, _ = ca.NewCSR(key)
+	full = &apipb.SignRequest{}
 	for range api.MaxSignBatch {
 		full.Items = append(full.Items, &apipb.SignRequest_Item{EntryId: entry.Entry.Id, Csr: csr})
 	}
+	return greedy, calm, full, csr
+}
+
+// TestSigningSharePerCaller: an agent asking for SVIDs in big batches, in
+// a loop, is refused once over its share of the signing rate, while
+// another agent's renewals go through.
+func TestSigningSharePerCaller(t *testing.T) {
+	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "dc1", Tweak: func(cfg *controlplane.Config) {
+		cfg.SignRatePerCaller = 5 // bursts of a full batch, then 5/s
+	}})
+	ctx := controlplanetest.Ctx(t)
+	greedy, calm, full, csr := signingAgents(t, c)
 
 	var wg sync.WaitGroup
 	var greedyErr error
@@ -142,24 +152,7 @@ func TestSigningSharePerCaller(t *testing.T) {
 func TestSigningRequestsInFlightPerCaller(t *testing.T) {
 	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "dc1"})
 	ctx := controlplanetest.Ctx(t)
-	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT, MaxUses: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	greedy, calm := joinAgent(t, c, tok.Secret, "greedy"), joinAgent(t, c, tok.Secret, "calm")
-	entry, err := c.Client(0).Workload.CreateEntry(ctx, &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
-		Namespace: "payments", Service: "batch", Agent: "greedy",
-		Selectors: []*apipb.Selector{{Type: "unix", Key: "uid", Value: strconv.Itoa(os.Getuid())}},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ca.NewKey()
-	csr, _ := ca.NewCSR(key)
-	full := &apipb.SignRequest{}
-	for range api.MaxSignBatch {
-		full.Items = append(full.Items, &apipb.SignRequest_Item{EntryId: entry.Entry.Id, Csr: csr})
-	}
+	greedy, calm, full, csr := signingAgents(t, c)
 
 	const burst = 12
 	errs := make(chan error, burst)

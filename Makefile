@@ -10,12 +10,12 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
              ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./internal/passthrough:FuzzRead \
-             ./controlplane/api:FuzzAccept ./controlplane/api:FuzzValidateEntry ./trust/agent:FuzzAttestation \
+             ./controlplane/api:FuzzValidateEntry ./trust/agent:FuzzAttestation \
              ./federation/replication:FuzzImportGateways ./gateway:FuzzCompile
 # Targets whose every input crosses real sockets (an upstream resolver, an
-# HTTPS server, a tunnel): about a hundred inputs a second, so CI's smoke
+# HTTPS server, a tunnel, a server's API): about a hundred inputs a second, so CI's smoke
 # gives them fewer (FUZZSLOWTIME); `make fuzz FUZZTIME=1m` runs them as long.
-FUZZSLOW  := ./dns:FuzzForward ./trust/bundleendpoint:FuzzFetch ./gateway:FuzzIngressHeader
+FUZZSLOW  := ./dns:FuzzForward ./trust/bundleendpoint:FuzzFetch ./gateway:FuzzIngressHeader ./controlplane/api:FuzzAccept
 FUZZSLOWTIME ?= $(FUZZTIME)
 
 .PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean

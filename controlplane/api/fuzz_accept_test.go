@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -43,7 +45,9 @@ func FuzzAccept(f *testing.F) {
 	f.Add("joiner", "joiner.strait", []byte(nil), "https://h/", "[fe80::1%eth0]:1", "127.0.0.1:99999", "a.b", uint8(2))
 	f.Add("issuer", "issuer.strait", []byte(nil), "https://h/", "10.0.0.5:7400", "", "", uint8(0))
 	f.Fuzz(func(t *testing.T, site, td string, bundle []byte, bundleURL, addrs, gws, name string, tokenMode uint8) {
-		if !utf8.ValidString(site + td + bundleURL + addrs + gws + name) {
+		// Each string on its own: two invalid halves can join into a
+		// valid sequence.
+		if slices.ContainsFunc([]string{site, td, bundleURL, addrs, gws, name}, func(s string) bool { return !utf8.ValidString(s) }) {
 			return // a proto string must be UTF-8: the client cannot send it
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -77,7 +81,7 @@ func FuzzAccept(f *testing.F) {
 			}
 			secret = d.Secret
 		case 2:
-			secret = "strait_" + name
+			secret = "strait_" + url.QueryEscape(name) // a header carries printable ASCII only
 		}
 		call := func() (*apipb.AcceptResponse, error) {
 			cctx := ctx
@@ -140,9 +144,17 @@ func validHostPort(s string) bool {
 	if err != nil {
 		return false
 	}
-	if ip, err := netip.ParseAddr(host); err != nil || ip.Zone() != "" || ip.IsUnspecified() {
-		return false
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Zone() != "" || ip.IsUnspecified() {
+			return false
+		}
+	} else if name := strings.TrimSuffix(host, "."); len(name) > 253 || !hostName.MatchString(name) ||
+		strings.Trim(name[strings.LastIndexByte(name, '.')+1:], "0123456789") == "" {
+		return false // neither an IP address nor a DNS name (whose last label is not all digits)
 	}
 	n, err := strconv.Atoi(port)
 	return err == nil && n >= 1 && n <= 65535
 }
+
+// hostName is a DNS host name: labels of letters, digits and inner hyphens.
+var hostName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)

@@ -254,21 +254,34 @@ func (p peerBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 // NotifyUnpeer implements api.Node: it calls Unpeer on the peer's servers
 // with this server's SVID, verified there against this site's bundle.
 func (s *Server) NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error {
-	var errs []error
+	return errors.Join(s.callPeer(ctx, f, 10*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
+		_, err := apipb.NewFederationClient(conn).Unpeer(ctx, &apipb.UnpeerRequest{})
+		if status.Code(err) == codes.NotFound {
+			return nil
+		}
+		return err
+	})...)
+}
+
+// callPeer makes call on the peer's servers with this server's SVID, one
+// address after another (gateways first), each within timeout, until one
+// succeeds; it returns the errors of the addresses tried before (all of
+// them when none succeeded, none when no address is known).
+func (s *Server) callPeer(ctx context.Context, f *statepb.ForeignBundle, timeout time.Duration, call func(context.Context, *grpc.ClientConn) error) (errs []error) {
 	for _, t := range s.peerTargets(f) {
 		conn, err := s.peerConn(f, t)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = apipb.NewFederationClient(conn).Unpeer(cctx, &apipb.UnpeerRequest{})
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		err = call(cctx, conn)
 		cancel()
 		conn.Close()
-		if err == nil || status.Code(err) == codes.NotFound {
+		if err == nil {
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", t, err))
 	}
-	return errors.Join(errs...)
+	return errs
 }

@@ -3,12 +3,12 @@ package controlplane
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -107,23 +107,15 @@ func probeError(err error) string {
 // PeerIntention implements api.Node: it asks the peer's servers, by way
 // of their gateways first, as NotifyUnpeer does.
 func (s *Server) PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
-	var errs []error
-	for _, t := range s.peerTargets(f) {
-		conn, err := s.peerConn(f, t)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := apipb.NewIntentionsClient(conn).CheckFromPeer(cctx, &apipb.CheckPeerIntentionRequest{Namespace: ns, Service: svc})
-		cancel()
-		conn.Close()
-		if err == nil {
-			return resp, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", t.addr, err))
-	}
-	if len(errs) == 0 {
+	var resp *apipb.CheckIntentionResponse
+	errs := s.callPeer(ctx, f, 5*time.Second, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = apipb.NewIntentionsClient(conn).CheckFromPeer(ctx, &apipb.CheckPeerIntentionRequest{Namespace: ns, Service: svc})
+		return err
+	})
+	switch {
+	case resp != nil:
+		return resp, nil
+	case len(errs) == 0:
 		return nil, status.Errorf(codes.Unavailable, "peer %s: no address known", f.PeerName)
 	}
 	return nil, status.Errorf(codes.Unavailable, "peer %s did not answer: %v", f.PeerName, errors.Join(errs...))

@@ -151,7 +151,12 @@ var jsonOpts = protojson.MarshalOptions{UseProtoNames: true}
 // mapping with proto field names, re-indented because protojson varies its
 // whitespace on purpose.
 func (g *globals) printJSON(m proto.Message) error {
-	b, err := jsonOpts.Marshal(m)
+	return writeJSON(g.stdout, jsonOpts, m)
+}
+
+// writeJSON writes m to w as opts marshal it, indented.
+func writeJSON(w io.Writer, opts protojson.MarshalOptions, m proto.Message) error {
+	b, err := opts.Marshal(m)
 	if err != nil {
 		return err
 	}
@@ -160,7 +165,7 @@ func (g *globals) printJSON(m proto.Message) error {
 		return err
 	}
 	out.WriteByte('\n')
-	_, err = g.stdout.Write(out.Bytes())
+	_, err = w.Write(out.Bytes())
 	return err
 }
 

@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -178,15 +176,5 @@ func countNoun(n int, word string) string {
 // included, so that a health check can test "healthy" or "reachable"
 // without knowing the proto3 JSON rule that omits them.
 func printJSONAllFields(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
-	if err != nil {
-		return err
-	}
-	var out bytes.Buffer
-	if err := json.Indent(&out, b, "", "  "); err != nil {
-		return err
-	}
-	out.WriteByte('\n')
-	_, err = w.Write(out.Bytes())
-	return err
+	return writeJSON(w, protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}, m)
 }

@@ -79,7 +79,11 @@ ranges of this host's interface addresses), or are refused.`,
 			}
 			fwd := "refused"
 			if len(upstreams) > 0 {
-				fwd = "forwarded to " + strings.Join(upstreams, ", ")
+				from := "loopback and this host's private networks"
+				if len(allowFrom) > 0 {
+					from = strings.Join(allowFrom, ", ")
+				}
+				fwd = "forwarded to " + strings.Join(upstreams, ", ") + " for clients in " + from
 			}
 			fmt.Fprintf(g.stderr, "Mesh DNS of site %s on %s (UDP and TCP): names under %s from the catalog; other names %s\n", st.Site, pc.LocalAddr(), domain, fwd)
 			return srv.Run(ctx)

@@ -7,7 +7,7 @@ PROTOS    := $(shell find controlplane -name '*.proto')
 FUZZTIME  ?= 10s
 FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegisterRequest \
              ./trust/ca:FuzzParseCSR ./meshname:FuzzValidLabel ./cmd/strait/cli:FuzzParseConfig \
-             ./controlplane/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
+             ./trust/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
              ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./internal/passthrough:FuzzRead \
              ./controlplane/api:FuzzValidateEntry ./trust/agent:FuzzAttestation \

@@ -13,12 +13,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
-	"github.com/straitmesh/strait/controlplane/jointoken"
+	"github.com/straitmesh/strait/trust/jointoken"
 )
 
 func health(t *testing.T, cl *apiclient.Client, ns, svc, id string) apipb.Health {

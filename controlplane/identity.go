@@ -20,11 +20,11 @@ import (
 	"github.com/straitmesh/strait/cloud/aws"
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/jointoken"
 	"github.com/straitmesh/strait/trust/keywrap"
 	"github.com/straitmesh/strait/trust/mtls"
 )

@@ -14,13 +14,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
-	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/internal/wan"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/jointoken"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 

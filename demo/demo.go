@@ -21,9 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/dns"
 	"github.com/straitmesh/strait/gateway"
 )

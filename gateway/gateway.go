@@ -40,7 +40,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/internal/tunnelmux"
 	"github.com/straitmesh/strait/trust/enroll"

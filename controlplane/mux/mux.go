@@ -49,7 +49,7 @@ import (
 // ALPN protocol names.
 const (
 	ProtoRaft = "strait-raft/1"
-	ProtoGRPC = "h2"
+	ProtoGRPC = mtls.ProtoGRPC
 )
 
 // HandshakeTimeout bounds a TLS handshake on the shared port by default.

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/straitmesh/strait/controlplane/apiclient"
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/trust/svidfile"
 )
 

@@ -34,8 +34,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/bundleendpoint"

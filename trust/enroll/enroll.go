@@ -25,8 +25,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
-	"github.com/straitmesh/strait/controlplane/jointoken"
 	"github.com/straitmesh/strait/trust/ca"
+	"github.com/straitmesh/strait/trust/jointoken"
 	"github.com/straitmesh/strait/trust/mtls"
 	"github.com/straitmesh/strait/trust/svidfile"
 )

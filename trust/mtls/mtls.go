@@ -138,6 +138,10 @@ func (i *Identity) verify(raw [][]byte, authorize Authorizer) (spiffeid.ID, erro
 	return id, nil
 }
 
+// ProtoGRPC is the ALPN name of gRPC (HTTP/2) on Strait's TLS
+// connections: the API port, the replication stream, the join handshake.
+const ProtoGRPC = "h2"
+
 // ClientAuth says what a server requires of clients.
 type ClientAuth int
 

@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 )
 
 // defaultAPIPort is the port of an --addr given without one: the port a

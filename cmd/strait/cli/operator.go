@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 )
 
 func newOperatorCmd(g *globals) *cobra.Command {

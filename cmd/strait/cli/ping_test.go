@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/demo"
 )

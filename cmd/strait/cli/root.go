@@ -21,8 +21,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane"
-	"github.com/straitmesh/strait/controlplane/apiclient"
 )
 
 // globals are the connection flags every client verb shares.

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/straitmesh/strait/controlplane/jointoken"
+	"github.com/straitmesh/strait/trust/jointoken"
 )
 
 func FuzzParse(f *testing.F) {

@@ -20,11 +20,10 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 
-	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/mtls"
+	"github.com/straitmesh/strait/trust/svidfile"
 )
 
 // Config says where and how to connect.
@@ -94,7 +93,7 @@ func Dial(cfg Config) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read ca file: %w", err)
 		}
-		if certs, err = controlplane.ReadCertsPEM(b); err != nil {
+		if certs, err = svidfile.ParseCerts(b); err != nil {
 			return nil, fmt.Errorf("ca file %s: %w", cfg.CAFile, err)
 		}
 	}
@@ -113,7 +112,7 @@ func Dial(cfg Config) (*Client, error) {
 		return nil
 	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(mtls.ClientConfig(ident, authorize, mux.ProtoGRPC))),
+		grpc.WithTransportCredentials(credentials.NewTLS(mtls.ClientConfig(ident, authorize, mtls.ProtoGRPC))),
 		grpc.WithDefaultServiceConfig(retryPolicy),
 	}
 	if cfg.Token != "" {

@@ -3,7 +3,9 @@ package strait_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -79,81 +81,118 @@ func matchesAny(patterns []string, path string) bool {
 	return false
 }
 
-// violations returns "pkg links dep (why)" for every broken rule, given
-// each package's transitive dependencies.
-func violations(rules []depRule, deps map[string][]string) []string {
+// pkgInfo is what go list says of one package of the module.
+type pkgInfo struct {
+	imports []string // direct
+	deps    []string // transitive
+}
+
+// violations returns, per package and broken rule, one line naming the
+// first banned package it links and the import chain that brings it in.
+func violations(rules []depRule, pkgs map[string]pkgInfo) []string {
 	var out []string
-	for pkg, ds := range deps {
+	for pkg, info := range pkgs {
 		for _, r := range rules {
 			if !matchesAny(r.from, pkg) {
 				continue
 			}
-			for _, d := range ds {
+			var bad []string
+			for _, d := range info.deps {
 				if d != pkg && matchesAny(r.banned, d) && !matchesAny(r.allowed, d) {
-					out = append(out, pkg+" links "+d+": "+r.why)
+					bad = append(bad, d)
 				}
 			}
+			if len(bad) == 0 {
+				continue
+			}
+			slices.Sort(bad)
+			line := fmt.Sprintf("%s links %s (via %s)", short(pkg), short(bad[0]), strings.Join(chain(pkgs, pkg, bad[0]), " -> "))
+			if len(bad) > 1 {
+				line += fmt.Sprintf(" and %d more banned packages", len(bad)-1)
+			}
+			out = append(out, line+": "+r.why)
 		}
 	}
+	slices.Sort(out)
 	return out
 }
+
+// chain is the path of direct imports from pkg to dep, as far as the
+// module's packages tell it.
+func chain(pkgs map[string]pkgInfo, pkg, dep string) []string {
+	path := []string{short(pkg)}
+	for cur := pkg; cur != dep && len(path) < 32; {
+		next := ""
+		for _, imp := range pkgs[cur].imports {
+			if imp == dep || slices.Contains(pkgs[imp].deps, dep) {
+				next = imp
+				break
+			}
+		}
+		if next == "" {
+			break
+		}
+		path = append(path, short(next))
+		cur = next
+	}
+	return path
+}
+
+func short(p string) string { return strings.TrimPrefix(p, module) }
 
 // TestDependencyRules fails when a package starts linking what
 // docs/architecture.md says it must not (as Tailscale's deptest does).
 func TestDependencyRules(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs go list over the module")
-	}
-	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Deps \" \"}}", "./...")
+	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}}|{{join .Imports \" \"}}|{{join .Deps \" \"}}", "./...")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, stderr.String())
 	}
-	deps := map[string][]string{}
+	pkgs := map[string]pkgInfo{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) > 0 {
-			deps[f[0]] = f[1:]
+		f := strings.Split(sc.Text(), "|")
+		if len(f) == 3 {
+			pkgs[f[0]] = pkgInfo{imports: strings.Fields(f[1]), deps: strings.Fields(f[2])}
 		}
 	}
-	if len(deps) < 20 || len(deps[module+"gateway"]) == 0 {
-		t.Fatalf("go list returned %d packages: the listing is broken", len(deps))
+	if len(pkgs) < 20 || len(pkgs[module+"gateway"].deps) == 0 {
+		t.Fatalf("go list returned %d packages: the listing is broken", len(pkgs))
 	}
-	for _, v := range violations(depRules, deps) {
+	for _, v := range violations(depRules, pkgs) {
 		t.Error(v)
 	}
 }
 
-// TestDependencyRulesCatchViolations: the rules above are not vacuous.
+// TestDependencyRulesCatchViolations: the rules above are not vacuous,
+// and a violation names the import chain that brings the banned package in.
 func TestDependencyRulesCatchViolations(t *testing.T) {
-	deps := map[string][]string{
-		module + "gateway":                {module + "apiclient", "github.com/hashicorp/raft"},
-		module + "trust/agent":            {module + "controlplane/api/apipb", module + "controlplane/mux"},
-		module + "federation/replication": {module + "controlplane/state/statepb", module + "controlplane/state"},
-		module + "internal/acceptloop":    {module + "cmd/strait/cli"},
-		module + "dns":                    {module + "controlplane/api/apipb"},
+	m := module
+	pkgs := map[string]pkgInfo{
+		m + "gateway":                {imports: []string{m + "apiclient"}, deps: []string{m + "apiclient", "github.com/hashicorp/raft"}},
+		m + "apiclient":              {imports: []string{"github.com/hashicorp/raft"}, deps: []string{"github.com/hashicorp/raft"}},
+		m + "trust/agent":            {deps: []string{m + "controlplane/api/apipb", m + "controlplane/mux"}},
+		m + "federation/replication": {deps: []string{m + "controlplane/state/statepb", m + "controlplane/state"}},
+		m + "internal/acceptloop":    {deps: []string{m + "cmd/strait/cli"}},
+		m + "dns":                    {deps: []string{m + "controlplane/api/apipb"}},
 	}
-	got := violations(depRules, deps)
+	got := violations(depRules, pkgs)
 	want := []string{
-		"gateway links github.com/hashicorp/raft",
-		"trust/agent links " + module + "controlplane/mux",
-		"federation/replication links " + module + "controlplane/state:",
-		"internal/acceptloop links " + module + "cmd/strait/cli",
-	}
-	for _, w := range want {
-		found := false
-		for _, g := range got {
-			found = found || strings.Contains(g, w)
-		}
-		if !found {
-			t.Errorf("no violation %q in %q", w, got)
-		}
+		"apiclient links github.com/hashicorp/raft (via apiclient -> github.com/hashicorp/raft)",
+		"federation/replication links controlplane/state (",
+		"gateway links github.com/hashicorp/raft (via gateway -> apiclient -> github.com/hashicorp/raft)",
+		"internal/acceptloop links cmd/strait/cli",
+		"trust/agent links controlplane/mux",
 	}
 	if len(got) != len(want) {
-		t.Errorf("got %d violations, want %d: %q", len(got), len(want), got)
+		t.Fatalf("got %d violations, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(got[i], w) {
+			t.Errorf("violation %d = %q, want it to start with %q", i, got[i], w)
+		}
 	}
 }

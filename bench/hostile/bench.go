@@ -33,7 +33,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
-	"github.com/straitmesh/strait/internal/hostilepeer"
+	"github.com/straitmesh/strait/bench/hostilepeer"
 	"github.com/straitmesh/strait/meshname"
 )
 

@@ -1,5 +1,5 @@
 // Command hostile is the attacker of issue 14's measurements and of the
-// hostile-peer scenario, a command around internal/hostilepeer (test
+// hostile-peer scenario, a command around bench/hostilepeer (test
 // tooling, never shipped).
 //
 //	hostile bench    -strait ./bin/strait     the Measure table (see bench.go)
@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/straitmesh/strait/internal/hostilepeer"
+	"github.com/straitmesh/strait/bench/hostilepeer"
 )
 
 func main() {

@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/straitmesh/strait/bench/hostilepeer"
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
-	"github.com/straitmesh/strait/internal/hostilepeer"
 	"github.com/straitmesh/strait/meshname"
 )
 

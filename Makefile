@@ -10,7 +10,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
              ./trust/jointoken:FuzzParse ./trust/bundleendpoint:FuzzParse ./federation/token:FuzzDecode ./dns:FuzzServeDNS \
              ./federation/replication:FuzzImportEvents ./dns:FuzzFastPath ./gateway:FuzzParseHeader ./internal/tunnelmux:FuzzSession ./gateway:FuzzParseClientHello \
              ./cloud/aws:FuzzParseDiscovery ./federation/peeraddr:FuzzCheck ./internal/passthrough:FuzzRead \
-             ./controlplane/api:FuzzValidateEntry ./trust/agent:FuzzAttestation \
+             ./controlplane/api:FuzzValidateEntry ./agent:FuzzAttestation \
              ./federation/replication:FuzzImportGateways ./gateway:FuzzCompile
 # Targets whose every input crosses real sockets (an upstream resolver, an
 # HTTPS server, a tunnel, a server's API): about a hundred inputs a second, so CI's smoke
@@ -68,7 +68,7 @@ generate:
 ## bench: the benchmarks behind BENCHMARKS.md.
 bench:
 	taskset -c 1 $(GO) test ./trust/ca/ -run '^$$' -bench 'KeyChoice|SignCSR' -count 5
-	$(GO) test ./trust/agent/ -run '^$$' -bench 'Rotate10k' -benchtime 1x -count 3 -timeout 30m
+	$(GO) test ./agent/ -run '^$$' -bench 'Rotate10k' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Register|Memory' -benchtime 1x -count 3 -timeout 30m
 	$(GO) test ./controlplane/ -run '^$$' -bench 'Propagation' -benchtime 5x -count 5 -timeout 20m
 	$(GO) test ./gateway/ -run '^$$' -bench 'DataPath' -benchtime 1x -count 3

@@ -27,7 +27,7 @@ type depRule struct {
 // The rules of docs/architecture.md ("Who may import whom").
 var depRules = []depRule{
 	{
-		from: []string{"gateway/...", "dns/...", "trust/agent/...", "apiclient/...", "proxyless/...",
+		from: []string{"gateway/...", "dns/...", "agent/...", "trust/agent/...", "apiclient/...", "proxyless/...",
 			"terraform/provider/...", "cmd/terraform-provider-strait"},
 		banned: []string{"github.com/hashicorp/raft/...", "github.com/hashicorp/raft-wal/...",
 			"controlplane", "controlplane/state", "github.com/aws/aws-sdk-go-v2/..."},

@@ -9,7 +9,7 @@
 // The server holds no identities itself: a Source (the agent) decides what a
 // caller is entitled to. Goroutines: Run serves until its context ends; each
 // stream runs in its gRPC handler goroutine and waits on the Source's
-// change channel. Imported by trust/agent.
+// change channel. Imported by agent.
 package workloadapi
 
 import (

@@ -8,9 +8,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/straitmesh/strait/agent"
 	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/trust/agent"
 )
 
 // DefaultSocket is where agents serve the Workload API unless told otherwise.

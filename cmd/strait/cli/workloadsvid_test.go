@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/straitmesh/strait/agent"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
-	"github.com/straitmesh/strait/trust/agent"
 )
 
 // startAgent runs a real agent "node1" joined to c, and returns its

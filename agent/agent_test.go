@@ -29,11 +29,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/straitmesh/strait/agent"
 	"github.com/straitmesh/strait/apiclient"
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
-	"github.com/straitmesh/strait/trust/agent"
 	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"

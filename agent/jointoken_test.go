@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/straitmesh/strait/agent"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
-	"github.com/straitmesh/strait/trust/agent"
 )
 
 // syncLog is a log sink safe for concurrent writers.

@@ -6,8 +6,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -127,7 +125,7 @@ func (s bundleService) ListForeign(ctx context.Context, req *apipb.ListForeignRe
 // side only (its imports orphaned, the peer never told).
 func (s bundleService) notAPeer(td string) error {
 	if f, ok := s.store().ForeignBundle(td); ok && f.PeerName != "" {
-		return status.Errorf(codes.FailedPrecondition, "%s is the trust domain of peer %q, kept by the peering; to end it on both sides run `strait federation delete %s`", td, f.PeerName, f.PeerName)
+		return conflict("%s is the trust domain of peer %q, kept by the peering; to end it on both sides run `strait federation delete %s`", td, f.PeerName, f.PeerName)
 	}
 	return nil
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -25,7 +23,7 @@ type catalogService struct {
 // announce a fake gateway to every peer, or keep a dead one passing.
 func reservedNamespace(ns string) error {
 	if ns == state.GatewayNamespace {
-		return status.Errorf(codes.PermissionDenied, "namespace %q is reserved for Strait's gateways, which register through the Gateway API; use another namespace", ns)
+		return denied("namespace %q is reserved for Strait's gateways, which register through the Gateway API; use another namespace", ns)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -9,8 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -177,7 +176,7 @@ func (s gatewayService) Join(ctx context.Context, req *apipb.GatewayJoinRequest)
 	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_GATEWAY, "not a valid gateway token: create one with `strait token create --kind gateway`",
 		func() error {
 			if g, ok := s.store().Gateway(req.Name); ok && !g.Revoked {
-				return status.Errorf(codes.AlreadyExists, "gateway %q has already joined; if it lost its identity, run `strait gateway revoke %s` first", req.Name, req.Name)
+				return exists("gateway %q has already joined; if it lost its identity, run `strait gateway revoke %s` first", req.Name, req.Name)
 			}
 			return nil
 		})
@@ -305,7 +304,7 @@ func (s gatewayService) Revoke(ctx context.Context, req *apipb.RevokeGatewayRequ
 		return nil, err
 	}
 	dereg := &apipb.DeregisterRequest{Namespace: state.GatewayNamespace, Service: state.GatewayService, InstanceId: req.Name}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: dereg}}); err != nil && status.Code(toStatus(err)) != codes.NotFound {
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: dereg}}); err != nil && !errors.Is(err, state.ErrNotFound) {
 		return nil, err
 	}
 	return &apipb.RevokeGatewayResponse{}, nil

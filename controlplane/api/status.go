@@ -26,6 +26,12 @@ var (
 	// ErrUnreachable marks a remote party (a peer site's servers) that did
 	// not answer: Unavailable.
 	ErrUnreachable = errors.New("unreachable")
+	// ErrDenied marks a request the caller may not make, whatever its
+	// token: PermissionDenied.
+	ErrDenied = errors.New("denied")
+	// ErrExists marks a request to create what exists already:
+	// AlreadyExists.
+	ErrExists = errors.New("already exists")
 )
 
 // kindError is an error that says msg and is (errors.Is) kind.
@@ -45,6 +51,22 @@ func Overloaded(format string, args ...any) error {
 // Unreachable is an ErrUnreachable saying who did not answer.
 func Unreachable(format string, args ...any) error {
 	return &kindError{kind: ErrUnreachable, msg: fmt.Sprintf(format, args...)}
+}
+
+// denied is an ErrDenied saying why.
+func denied(format string, args ...any) error {
+	return &kindError{kind: ErrDenied, msg: fmt.Sprintf(format, args...)}
+}
+
+// exists is an ErrExists saying what exists.
+func exists(format string, args ...any) error {
+	return &kindError{kind: ErrExists, msg: fmt.Sprintf(format, args...)}
+}
+
+// conflict is a state.ErrConflict (FailedPrecondition) saying what the
+// request contradicts and what to do.
+func conflict(format string, args ...any) error {
+	return &kindError{kind: state.ErrConflict, msg: fmt.Sprintf(format, args...)}
 }
 
 // FieldError is a rejected request field: which one, and the rule it broke.
@@ -119,6 +141,10 @@ func toStatus(err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, ErrUnreachable):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrDenied):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):

@@ -120,11 +120,11 @@ func probeError(err error) string {
 	return msg
 }
 
-// PeerIntention asks the peer's servers for their decision on a
+// CheckIntention asks the peer's servers for their decision on a
 // connection from this site to their service ns/svc, by way of their
 // gateways first, as NotifyUnpeer does. A peer that does not answer is
 // api.ErrUnreachable.
-func (s *Server) PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
+func (s *Server) CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
 	var resp *apipb.CheckIntentionResponse
 	errs := s.callPeer(ctx, f, 5*time.Second, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
 		resp, err = apipb.NewIntentionsClient(conn).CheckFromPeer(ctx, &apipb.CheckPeerIntentionRequest{Namespace: ns, Service: svc})

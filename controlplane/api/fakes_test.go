@@ -216,7 +216,7 @@ func (n *fakeNode) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl
 
 func (n *fakeNode) Authorities() ([]*x509.Certificate, error) { return nil, n.fail() }
 
-func (n *fakeNode) PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
+func (n *fakeNode) CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.intention, n.err

@@ -329,7 +329,7 @@ func (s intentionService) CheckPeer(ctx context.Context, req *apipb.CheckPeerInt
 				return nil, err
 			}
 			defer release()
-			return s.node.PeerIntention(ctx, f, req.Namespace, req.Service)
+			return s.node.CheckIntention(ctx, f, req.Namespace, req.Service)
 		}
 	}
 	return nil, notFound("peer %q", req.Peer)

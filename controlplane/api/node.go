@@ -109,9 +109,9 @@ type Signer interface {
 
 // Intentions is what the Intentions service needs beyond the store.
 type Intentions interface {
-	// PeerIntention asks the peer's servers for their decision on a
+	// CheckIntention asks the peer's servers for their decision on a
 	// connection from this site to their service ns/svc.
-	PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error)
+	CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error)
 }
 
 // Node is what the handlers of identity.go, federation.go and

@@ -16,8 +16,8 @@ import (
 // The leader-task runner is driven here by a leadership flag instead of a
 // Raft node: what it does with leadership (order, cancellation, the
 // term's context) does not depend on where leadership comes from, and
-// the real path is covered by the cluster tests (TestLeaderFailover and
-// the others that lose and regain a leader).
+// the real path is covered by the cluster tests that lose and regain a
+// leader (TestClusterSurvivesLeaderLoss, TestNewLeaderSignsWithTheReplicatedCA).
 
 // events records what steps and tasks did, in order.
 type events struct {

@@ -297,7 +297,9 @@ func TestKMSWrappedKEK(t *testing.T) {
 	if got := fmt.Sprint(s.Bundle().X509Authorities()[0].SerialNumber); got != roots {
 		t.Fatalf("root changed across a restart: %s, was %s", got, roots)
 	}
-	if _, _, err := s.BundleJSON(); err != nil {
+	if b, err := s.GetBundleForTrustDomain(s.TrustDomain()); err != nil {
+		t.Fatal(err)
+	} else if _, err := b.Marshal(); err != nil {
 		t.Fatal(err)
 	}
 	stop(cancel, done)
@@ -379,7 +381,7 @@ func TestBundlePublishedToS3(t *testing.T) {
 	}
 	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "aws-east", Tweak: func(c *controlplane.Config) {
 		c.CAPropagationDelay, c.MaxLeafTTL = time.Second, 3*time.Second
-		c.LeaderTasks = []controlplane.LeaderTask{{Name: "bundle-s3", Run: func(ctx context.Context, s *controlplane.Server) error {
+		c.LeaderTasks = []controlplane.LeaderTask{{Name: "bundle-s3", Run: func(ctx context.Context, s *controlplane.CloudSite) error {
 			p := &aws.BundlePublisher{Clients: clients, Bucket: "bundles", Key: "aws-east/bundle.json", Source: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			return p.Run(ctx)
 		}}}
@@ -459,7 +461,7 @@ func TestCloudMapSync(t *testing.T) {
 	reg("Task_2", "10.1.0.6", "8080") // not a DNS label: mapped to a stable ID
 
 	c := controlplanetest.Start(t, 1, controlplanetest.Options{Site: "aws-east", Tweak: func(c *controlplane.Config) {
-		c.LeaderTasks = []controlplane.LeaderTask{{Name: "cloudmap", Run: func(ctx context.Context, s *controlplane.Server) error {
+		c.LeaderTasks = []controlplane.LeaderTask{{Name: "cloudmap", Run: func(ctx context.Context, s *controlplane.CloudSite) error {
 			sync := &aws.CloudMapSync{Clients: clients, Namespace: "ecs", StraitNamespace: "ecs", Publish: true, Site: "aws-east",
 				Catalog: s, Interval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			return sync.Run(ctx)

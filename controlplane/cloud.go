@@ -4,6 +4,8 @@ import (
 	"context"
 	"sort"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/straitmesh/strait/cloud"
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -16,50 +18,59 @@ import (
 // publishing). Its error is logged; it runs again on the next leadership.
 type LeaderTask struct {
 	Name string
-	Run  func(ctx context.Context, s *Server) error
+	Run  func(ctx context.Context, site *CloudSite) error
 }
 
-// runLeaderTasks runs the configured tasks until ctx ends.
-func (s *Server) runLeaderTasks(ctx context.Context) {
-	done := make(chan struct{}, len(s.cfg.LeaderTasks))
-	for _, t := range s.cfg.LeaderTasks {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			if err := t.Run(ctx, s); err != nil && ctx.Err() == nil {
-				s.log.Error("leader task stopped", "task", t.Name, "err", err)
-			}
-		}()
+// CloudSite is the site as a cloud integration sees it (cloud.Catalog and
+// cloud.BundleSource): the local catalog, registered into through Raft,
+// and the site's trust bundle. Writes are leader only, which a
+// LeaderTask is.
+type CloudSite struct {
+	store *state.Store
+	raft  interface {
+		Apply(context.Context, *statepb.Command) (any, uint64, error)
 	}
-	for range s.cfg.LeaderTasks {
-		<-done
-	}
+	td     func() spiffeid.TrustDomain
+	site   func() string
+	bundle func() ([]byte, uint64, error)
 }
 
 var (
-	_ cloud.Catalog      = (*Server)(nil)
-	_ cloud.BundleSource = (*Server)(nil)
+	_ cloud.Catalog      = (*CloudSite)(nil)
+	_ cloud.BundleSource = (*CloudSite)(nil)
 )
+
+// newCloudSite is the adapter the server's LeaderTasks get.
+func newCloudSite(s *Server) *CloudSite {
+	return &CloudSite{store: s.store, raft: s.node, td: s.TrustDomain, site: s.Site, bundle: s.ownBundleDoc}
+}
+
+// TrustDomain is the site's trust domain.
+func (c *CloudSite) TrustDomain() spiffeid.TrustDomain { return c.td() }
+
+// Site is the site's name.
+func (c *CloudSite) Site() string { return c.site() }
 
 // BundleJSON is the site's trust bundle in the SPIFFE bundle format (what
 // the bundle endpoint serves), with its sequence number.
-func (s *Server) BundleJSON() ([]byte, uint64, error) { return s.ownBundleDoc() }
+func (c *CloudSite) BundleJSON() ([]byte, uint64, error) { return c.bundle() }
 
 // BundleChanged is closed when the site's CA roots or JWT keys change.
-func (s *Server) BundleChanged() <-chan struct{} { return s.store.IdentityChanged() }
+func (c *CloudSite) BundleChanged() <-chan struct{} { return c.store.IdentityChanged() }
 
 // CatalogChanged is closed at the next catalog change.
-func (s *Server) CatalogChanged() <-chan struct{} { return s.store.CatalogChanged() }
+func (c *CloudSite) CatalogChanged() <-chan struct{} { return c.store.CatalogChanged() }
 
 // LocalInstances lists every instance of local services, sorted.
-func (s *Server) LocalInstances() []cloud.Instance {
-	sums, _ := s.store.ServiceSummaries("")
+func (c *CloudSite) LocalInstances() []cloud.Instance {
+	sums, _ := c.store.ServiceSummaries("")
 	var out []cloud.Instance
 	for _, sum := range sums {
 		svc := sum.Service
 		if svc.Peer != "" {
 			continue
 		}
-		_, insts, _, ok := s.store.Service(state.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}, false)
+		_, insts, _, ok := c.store.Service(state.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}, false)
 		if !ok {
 			continue
 		}
@@ -82,7 +93,7 @@ func (s *Server) LocalInstances() []cloud.Instance {
 
 // RegisterInstance registers (or updates) an instance of a TCP service
 // with one port, validated as an API registration would be. Leader only.
-func (s *Server) RegisterInstance(ctx context.Context, li cloud.Instance) error {
+func (c *CloudSite) RegisterInstance(ctx context.Context, li cloud.Instance) error {
 	health := apipb.Health_HEALTH_CRITICAL
 	if li.Passing {
 		health = apipb.Health_HEALTH_PASSING
@@ -94,13 +105,13 @@ func (s *Server) RegisterInstance(ctx context.Context, li cloud.Instance) error 
 	if err := api.ValidateRegister(req); err != nil {
 		return err
 	}
-	_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}})
+	_, _, err := c.raft.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}})
 	return err
 }
 
 // LocalServices lists local services.
-func (s *Server) LocalServices() []cloud.Service {
-	sums, _ := s.store.ServiceSummaries("")
+func (c *CloudSite) LocalServices() []cloud.Service {
+	sums, _ := c.store.ServiceSummaries("")
 	var out []cloud.Service
 	for _, sum := range sums {
 		if svc := sum.Service; svc.Peer == "" {
@@ -111,14 +122,14 @@ func (s *Server) LocalServices() []cloud.Service {
 }
 
 // DeregisterService removes a service and its instances. Leader only.
-func (s *Server) DeregisterService(ctx context.Context, namespace, name string) error {
-	return s.DeregisterInstance(ctx, namespace, name, "")
+func (c *CloudSite) DeregisterService(ctx context.Context, namespace, name string) error {
+	return c.DeregisterInstance(ctx, namespace, name, "")
 }
 
 // DeregisterInstance removes an instance (the whole service when id is
 // empty). Leader only.
-func (s *Server) DeregisterInstance(ctx context.Context, namespace, service, id string) error {
-	_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: &apipb.DeregisterRequest{
+func (c *CloudSite) DeregisterInstance(ctx context.Context, namespace, service, id string) error {
+	_, _, err := c.raft.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: &apipb.DeregisterRequest{
 		Namespace: namespace, Service: service, InstanceId: id}}})
 	return err
 }

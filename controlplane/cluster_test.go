@@ -1,8 +1,9 @@
 package controlplane_test
 
 import (
-	"errors"
+	"crypto"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/trust/ca"
 )
 
 func register(t testing.TB, cl *apiclient.Client, svc, id string) uint64 {
@@ -284,10 +286,26 @@ func TestRemoveAndReAddServer(t *testing.T) {
 func TestJoinRejectsExistingMember(t *testing.T) {
 	c := controlplanetest.Start(t, 2, controlplanetest.Options{})
 	// Joining with the name of a current member is refused with advice.
-	_, err := c.Nodes[0].Server.Join(controlplanetest.Ctx(t), &apipb.JoinRequest{NodeId: c.Nodes[1].ID, Address: "127.0.0.1:1", Csr: []byte{1}})
-	if !errors.Is(err, state.ErrConflict) {
-		t.Fatalf("join as existing member: %v, want conflict", err)
+	cl := c.ClientWithToken(c.Leader(), c.ServerToken())
+	_, csr := newCSR(t)
+	_, err := cl.Cluster.Join(controlplanetest.Ctx(t), &apipb.JoinRequest{NodeId: c.Nodes[1].ID, Address: "127.0.0.1:1", Csr: csr})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "remove-peer") {
+		t.Fatalf("join as existing member: %v, want FailedPrecondition with advice", err)
 	}
+}
+
+// newCSR returns a fresh key and a CSR over it.
+func newCSR(t testing.TB) (crypto.Signer, []byte) {
+	t.Helper()
+	key, err := ca.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, csr
 }
 
 func stateKey(ns, name string) state.ServiceKey { return state.ServiceKey{Namespace: ns, Name: name} }

@@ -9,11 +9,13 @@
 //   - the mux accept loop (one goroutine per TLS handshake);
 //   - the gRPC server;
 //   - the metrics HTTP server, when configured;
-//   - the leader loop: on gaining leadership it waits for a barrier before
-//     serving consistent reads, bootstraps the site once, makes sure a JWT
-//     key exists, and runs the TTL tracker, the CA rotator and the foreign
-//     bundle refresher (one goroutine per trust domain being fetched); on
-//     losing it, stops them all;
+//   - leadership (the leader-task runner, leaderRunner): on gaining
+//     leadership it runs the prepare steps in order (a barrier before
+//     serving consistent reads, the site's bootstrap once, the JWT key),
+//     then starts every leader task (the TTL tracker, the CA rotator, the
+//     foreign bundle refresher with one goroutine per trust domain being
+//     fetched, peer replication, the configured LeaderTasks); on losing
+//     it, cancels them all and waits for them;
 //   - followIdentity: keeps the server's trust bundle and SVID in step
 //     with the site's CA roots;
 //   - SVID renewal of the server's own identity at half-life;
@@ -21,7 +23,11 @@
 //     make it a voter once it has applied the log up to its join.
 //
 // Raft runs its own goroutines (see hashicorp/raft); the Server calls into
-// it, never the other way round except through the FSM.
+// it through raftNode (commit a command, leadership and its context,
+// consistent reads, membership), never the other way round except
+// through the FSM. The API (package api) gets one small interface per
+// service, implemented here by raftNode, raftAdmin, the TTL tracker and
+// the Server; cloud integrations get a CloudSite.
 //
 // Imported by cmd/strait and tests only.
 package controlplane

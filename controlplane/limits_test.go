@@ -54,14 +54,7 @@ func clientAs(t *testing.T, c *controlplanetest.Cluster, chain []*x509.Certifica
 // a client that calls as that agent.
 func joinAgent(t *testing.T, c *controlplanetest.Cluster, token, node string) *apiclient.Client {
 	t.Helper()
-	key, err := ca.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := ca.NewCSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, csr := newCSR(t)
 	resp, err := c.ClientWithToken(0, token).Identity.AgentJoin(controlplanetest.Ctx(t), &apipb.AgentJoinRequest{Node: node, Csr: csr})
 	if err != nil {
 		t.Fatalf("agent join %s: %v", node, err)

@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,40 +9,49 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
-	"github.com/straitmesh/strait/trust/ca"
-	"github.com/straitmesh/strait/trust/mtls"
 )
 
-var _ api.Node = (*Server)(nil)
+var (
+	_ api.Raft     = (*raftNode)(nil)
+	_ api.Operator = raftAdmin{}
+	_ api.Cluster  = raftAdmin{}
+)
 
 // Version is the server's version, set at build time.
 var Version = "dev"
 
-// IsLeader implements api.Node.
-func (s *Server) IsLeader() bool { return s.raft.State() == raft.Leader }
+var errNoSuchPeer = errors.New("no such server in the raft configuration")
 
-// Apply implements api.Node.
-func (s *Server) Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error) {
-	if s.raft.State() != raft.Leader {
+// Store is the local replica the node applies to.
+func (n *raftNode) Store() *state.Store { return n.store }
+
+// IsLeader reports whether this node leads.
+func (n *raftNode) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// LeaderContext is the context of the current term's leadership: it ends
+// when this server stops leading. ok is false when it does not lead (or
+// has not finished taking over).
+func (n *raftNode) LeaderContext() (ctx context.Context, ok bool) { return n.leaders.Context() }
+
+// Apply commits cmd through Raft (leader only; api.ErrNotLeader
+// otherwise) and returns the command's result and log index.
+func (n *raftNode) Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error) {
+	if !n.IsLeader() {
 		return nil, 0, api.ErrNotLeader
 	}
 	if cmd.Time == nil {
-		cmd.Time = timestamppb.New(s.cfg.Now())
+		cmd.Time = timestamppb.New(n.now())
 	}
 	data, err := state.Encode(cmd)
 	if err != nil {
@@ -54,11 +62,11 @@ func (s *Server) Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, 
 		timeout = min(timeout, time.Until(d))
 	}
 	start := time.Now()
-	f := s.raft.Apply(data, timeout)
+	f := n.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
 		return nil, 0, err
 	}
-	s.metrics.apply.Observe(time.Since(start).Seconds())
+	n.applyTime.Observe(time.Since(start).Seconds())
 	res, ok := f.Response().(state.Result)
 	if !ok {
 		return nil, f.Index(), fmt.Errorf("apply: unexpected result %T", f.Response())
@@ -66,54 +74,58 @@ func (s *Server) Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, 
 	return res.Value, f.Index(), res.Err
 }
 
-// ConsistentRead implements api.Node. A read is linearizable when this
-// server leads, has applied every entry committed before its term (a
-// barrier committed in this term proves it), and still leads in the same
-// term after confirming with a quorum. A server leads at most once per
-// term, so checking the term also catches a lost-and-regained leadership
-// that a notification could have missed.
-func (s *Server) ConsistentRead(ctx context.Context) error {
-	if s.raft.State() != raft.Leader {
+// ConsistentRead returns nil once a read of the local store is
+// linearizable. A read is linearizable when this server leads, has
+// applied every entry committed before its term (a barrier committed in
+// this term proves it), and still leads in the same term after
+// confirming with a quorum. A server leads at most once per term, so
+// checking the term also catches a lost-and-regained leadership that a
+// notification could have missed.
+func (n *raftNode) ConsistentRead(ctx context.Context) error {
+	if !n.IsLeader() {
 		return api.ErrNotLeader
 	}
-	term := s.raft.CurrentTerm()
-	if s.readyTerm.Load() != term {
-		if err := s.barrier(term); err != nil {
+	term := n.raft.CurrentTerm()
+	if n.readyTerm.Load() != term {
+		if err := n.barrier(term); err != nil {
 			return err
 		}
 	}
-	if err := s.raft.VerifyLeader().Error(); err != nil {
+	if err := n.raft.VerifyLeader().Error(); err != nil {
 		return err
 	}
-	if s.raft.CurrentTerm() != term {
+	if n.raft.CurrentTerm() != term {
 		return api.ErrNoLeader
 	}
 	return nil
 }
 
 // barrier makes the FSM current for consistent reads in term.
-func (s *Server) barrier(term uint64) error {
-	if err := s.raft.Barrier(raftApplyTimeout).Error(); err != nil {
+func (n *raftNode) barrier(term uint64) error {
+	if err := n.raft.Barrier(raftApplyTimeout).Error(); err != nil {
 		return err
 	}
-	if s.raft.CurrentTerm() != term {
+	if n.raft.CurrentTerm() != term {
 		return api.ErrNoLeader
 	}
-	s.readyTerm.Store(term)
+	n.readyTerm.Store(term)
 	return nil
 }
 
-// LeaderConn implements api.Node: it waits up to 5s (or ctx) for a leader.
-func (s *Server) LeaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+// LeaderConn returns a connection to the current leader, waiting up to
+// 5s (or ctx) for one: api.ErrNoLeader when there is none, and
+// api.ErrNotLeader when this server leads (the caller should have run
+// the call here).
+func (n *raftNode) LeaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	deadline := time.NewTimer(5 * time.Second)
 	defer deadline.Stop()
 	for {
-		addr, id := s.raft.LeaderWithID()
-		if addr != "" && id != raft.ServerID(s.id.node.NodeID) {
-			return s.conns.get(string(addr), s.clientCreds)
+		addr, id := n.raft.LeaderWithID()
+		if addr != "" && id != n.self {
+			return n.conns.get(string(addr), n.creds)
 		}
-		if addr != "" && id == raft.ServerID(s.id.node.NodeID) && s.raft.State() == raft.Leader {
-			return nil, api.ErrNotLeader // the caller should have run it here
+		if addr != "" && id == n.self && n.IsLeader() {
+			return nil, api.ErrNotLeader
 		}
 		select {
 		case <-ctx.Done():
@@ -123,10 +135,6 @@ func (s *Server) LeaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-func (s *Server) clientCreds() credentials.TransportCredentials {
-	return credentials.NewTLS(mtls.ClientConfig(s.ident, s.authorizeServer, mux.ProtoGRPC))
 }
 
 // connPool caches client connections to other servers by address.
@@ -167,47 +175,29 @@ func (p *connPool) closeAll() {
 	p.conns = nil
 }
 
-// Heartbeat implements api.Node.
-func (s *Server) Heartbeat(ctx context.Context, k *apipb.InstanceKey) error {
-	if s.raft.State() != raft.Leader {
-		return api.ErrNotLeader
-	}
-	return s.ttl.beat(ctx, k)
-}
-
 func parseStat(stats map[string]string, k string) uint64 {
 	v, _ := strconv.ParseUint(stats[k], 10, 64)
 	return v
 }
 
-// Status implements api.Node.
-func (s *Server) Status() *apipb.StatusResponse {
-	stats := s.raft.Stats()
-	addr, leader := s.raft.LeaderWithID()
-	st := &apipb.StatusResponse{
-		Site:          s.id.node.Site,
-		TrustDomain:   s.id.td.Name(),
-		NodeId:        s.id.node.NodeID,
-		State:         stateName(s.raft.State()),
-		LeaderId:      string(leader),
-		LeaderAddress: string(addr),
-		Term:          parseStat(stats, "term"),
-		CommitIndex:   parseStat(stats, "commit_index"),
-		AppliedIndex:  s.raft.AppliedIndex(),
-		Version:       Version,
-		SvidExpires:   s.svidExpires(),
-		DnsAddress:    s.dnsAddress(),
-	}
-	lc := s.raft.LastContact()
-	if !lc.IsZero() && s.raft.State() != raft.Leader {
+// describe fills in st what Raft knows of this server: its state, the
+// leader, term and indexes, the configuration, and whether it is healthy
+// (a leader is known, this server heard from it recently or leads, and
+// the site exists).
+func (n *raftNode) describe(st *apipb.StatusResponse) {
+	stats := n.raft.Stats()
+	addr, leader := n.raft.LeaderWithID()
+	st.State = stateName(n.raft.State())
+	st.LeaderId, st.LeaderAddress = string(leader), string(addr)
+	st.Term, st.CommitIndex = parseStat(stats, "term"), parseStat(stats, "commit_index")
+	st.AppliedIndex = n.raft.AppliedIndex()
+	lc := n.raft.LastContact()
+	if !lc.IsZero() && n.raft.State() != raft.Leader {
 		st.LastContact = durationpb.New(time.Since(lc))
 	}
-	st.Peers, _ = s.Peers()
-	svcs, insts := s.store.Counts()
-	st.Services, st.Instances = uint32(svcs), uint32(insts)
-	fresh := s.raft.State() == raft.Leader || (!lc.IsZero() && time.Since(lc) < 3*s.cfg.Raft.Heartbeat)
-	st.Healthy = leader != "" && fresh && s.store.Site() != nil
-	return st
+	st.Peers, _ = n.Peers()
+	fresh := n.raft.State() == raft.Leader || (!lc.IsZero() && time.Since(lc) < 3*n.heartbeat)
+	st.Healthy = leader != "" && fresh && n.store.Site() != nil
 }
 
 func stateName(st raft.RaftState) string {
@@ -222,13 +212,13 @@ func stateName(st raft.RaftState) string {
 	return "shutdown"
 }
 
-// Peers implements api.Node.
-func (s *Server) Peers() ([]*apipb.RaftPeer, error) {
-	f := s.raft.GetConfiguration()
+// Peers lists the Raft configuration.
+func (n *raftNode) Peers() ([]*apipb.RaftPeer, error) {
+	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil, err
 	}
-	_, leader := s.raft.LeaderWithID()
+	_, leader := n.raft.LeaderWithID()
 	var out []*apipb.RaftPeer
 	for _, srv := range f.Configuration().Servers {
 		out = append(out, &apipb.RaftPeer{
@@ -239,8 +229,8 @@ func (s *Server) Peers() ([]*apipb.RaftPeer, error) {
 	return out, nil
 }
 
-func (s *Server) findPeer(id string) (raft.Server, error) {
-	f := s.raft.GetConfiguration()
+func (n *raftNode) findPeer(id string) (raft.Server, error) {
+	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return raft.Server{}, err
 	}
@@ -252,33 +242,103 @@ func (s *Server) findPeer(id string) (raft.Server, error) {
 	return raft.Server{}, fmt.Errorf("server %q: %w: %w", id, errNoSuchPeer, state.ErrNotFound)
 }
 
-// RemovePeer implements api.Node.
-func (s *Server) RemovePeer(ctx context.Context, id string) error {
-	if _, err := s.findPeer(id); err != nil {
+// RemovePeer removes a server from the Raft configuration (leader only).
+func (n *raftNode) RemovePeer(ctx context.Context, id string) error {
+	if _, err := n.findPeer(id); err != nil {
 		return err
 	}
-	if err := s.raft.RemoveServer(raft.ServerID(id), 0, raftApplyTimeout).Error(); err != nil {
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, raftApplyTimeout).Error(); err != nil {
 		return fmt.Errorf("remove server %s: %w", id, err)
 	}
-	s.log.Info("server removed", "peer", id)
+	n.log.Info("server removed", "peer", id)
 	return nil
 }
 
-// Join implements api.Node: sign the new server's SVID and add it as a
-// non-voter. It becomes a voter when it asks, once caught up.
-func (s *Server) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
-	f := s.raft.GetConfiguration()
+// checkNewServer refuses a joining server whose ID or address is already
+// in the configuration.
+func (n *raftNode) checkNewServer(id, addr string) error {
+	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
-		return nil, err
+		return err
 	}
 	for _, srv := range f.Configuration().Servers {
-		if string(srv.ID) == req.NodeId {
-			return nil, fmt.Errorf("server %q is already a member; if it lost its data, run `strait operator raft remove-peer %s` first: %w", req.NodeId, req.NodeId, state.ErrConflict)
+		if string(srv.ID) == id {
+			return fmt.Errorf("server %q is already a member; if it lost its data, run `strait operator raft remove-peer %s` first: %w", id, id, state.ErrConflict)
 		}
-		if string(srv.Address) == req.Address {
-			return nil, fmt.Errorf("address %s is already used by server %q: %w", req.Address, srv.ID, state.ErrConflict)
+		if string(srv.Address) == addr {
+			return fmt.Errorf("address %s is already used by server %q: %w", addr, srv.ID, state.ErrConflict)
 		}
 	}
+	return nil
+}
+
+// addNonvoter adds a server that does not vote yet, and returns the log
+// index of the change.
+func (n *raftNode) addNonvoter(id, addr string) (uint64, error) {
+	af := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, raftApplyTimeout)
+	if err := af.Error(); err != nil {
+		return 0, fmt.Errorf("add server %s: %w", id, err)
+	}
+	return af.Index(), nil
+}
+
+// Promote makes a caught-up non-voter a voter (leader only).
+func (n *raftNode) Promote(ctx context.Context, node string, applied uint64) error {
+	if !n.IsLeader() {
+		return api.ErrNotLeader
+	}
+	srv, err := n.findPeer(node)
+	if err != nil {
+		return err
+	}
+	if srv.Suffrage == raft.Voter {
+		return nil
+	}
+	if err := n.raft.AddVoter(srv.ID, srv.Address, 0, raftApplyTimeout).Error(); err != nil {
+		return fmt.Errorf("promote %s: %w", node, err)
+	}
+	n.log.Info("server promoted to voter", "peer", node, "applied_index", applied)
+	return nil
+}
+
+// Leave removes a server at its own request (leader only).
+func (n *raftNode) Leave(ctx context.Context, node string) error {
+	if !n.IsLeader() {
+		return api.ErrNotLeader
+	}
+	if raft.ServerID(node) == n.self {
+		return errors.New("the leader cannot remove itself; transfer leadership first")
+	}
+	return n.RemovePeer(ctx, node)
+}
+
+// raftAdmin is what the Operator and Cluster services manage: the Raft
+// node's membership, with this server's status, the CA, and the signing
+// of a joining server's SVID.
+type raftAdmin struct {
+	*raftNode
+	s *Server
+}
+
+// Status describes this server.
+func (a raftAdmin) Status() *apipb.StatusResponse { return a.s.Status() }
+
+// RotateCA prepares a new CA root (leader only).
+func (a raftAdmin) RotateCA(ctx context.Context) (*apipb.CARootStatus, error) {
+	return a.s.RotateCA(ctx)
+}
+
+// CAStatus lists the site's roots and their phases.
+func (a raftAdmin) CAStatus() (*apipb.CAStatusResponse, error) { return a.s.CAStatus() }
+
+// Join admits a new server whose token the API consumed: it signs the
+// server's SVID and adds it as a non-voter. It becomes a voter when it
+// asks, once caught up (promoteLoop).
+func (a raftAdmin) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinResponse, error) {
+	if err := a.checkNewServer(req.NodeId, req.Address); err != nil {
+		return nil, err
+	}
+	s := a.s
 	root, err := s.siteCA()
 	if err != nil {
 		return nil, err
@@ -291,81 +351,17 @@ func (s *Server) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinR
 	if err != nil {
 		return nil, &api.FieldError{Field: "csr", Rule: err.Error()}
 	}
-	af := s.raft.AddNonvoter(raft.ServerID(req.NodeId), raft.ServerAddress(req.Address), 0, raftApplyTimeout)
-	if err := af.Error(); err != nil {
-		return nil, fmt.Errorf("add server %s: %w", req.NodeId, err)
+	idx, err := a.addNonvoter(req.NodeId, req.Address)
+	if err != nil {
+		return nil, err
 	}
-	site := s.store.Site()
+	site := a.store.Site()
 	return &apipb.JoinResponse{
 		Site:        site.Site,
 		TrustDomain: site.TrustDomain,
 		Svid:        [][]byte{cert.Raw},
 		Bundle:      [][]byte{site.Root.Certificate},
 		Kek:         s.id.kek.Raw(),
-		Index:       af.Index(),
+		Index:       idx,
 	}, nil
 }
-
-// Promote implements api.Node.
-func (s *Server) Promote(ctx context.Context, node string, applied uint64) error {
-	if s.raft.State() != raft.Leader {
-		return api.ErrNotLeader
-	}
-	srv, err := s.findPeer(node)
-	if err != nil {
-		return err
-	}
-	if srv.Suffrage == raft.Voter {
-		return nil
-	}
-	if err := s.raft.AddVoter(srv.ID, srv.Address, 0, raftApplyTimeout).Error(); err != nil {
-		return fmt.Errorf("promote %s: %w", node, err)
-	}
-	s.log.Info("server promoted to voter", "peer", node, "applied_index", applied)
-	return nil
-}
-
-// Leave implements api.Node.
-func (s *Server) Leave(ctx context.Context, node string) error {
-	if s.raft.State() != raft.Leader {
-		return api.ErrNotLeader
-	}
-	if node == s.id.node.NodeID {
-		return errors.New("the leader cannot remove itself; transfer leadership first")
-	}
-	return s.RemovePeer(ctx, node)
-}
-
-// SignSVID implements api.Node. Every server holds the KEK, so any server
-// signs; the rate limit keeps a mass rotation from starving the rest.
-func (s *Server) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error) {
-	if _, err := ca.ParseCSR(csr); err != nil {
-		return nil, &api.FieldError{Field: "csr", Rule: err.Error()}
-	}
-	if err := s.signLimit.Wait(ctx); err != nil {
-		return nil, status.Errorf(codes.ResourceExhausted, "signing rate limit (%v/s): %v", s.signLimit.Limit(), err)
-	}
-	root, err := s.siteCA()
-	if err != nil {
-		return nil, err
-	}
-	cert, err := root.SignCSR(id, csr, s.cfg.Now(), ttl)
-	if err != nil {
-		return nil, err
-	}
-	s.metrics.signed.Inc()
-	return cert, nil
-}
-
-// Authorities implements api.Node: the site's trusted roots, the active
-// (signing) one first.
-func (s *Server) Authorities() ([]*x509.Certificate, error) {
-	site := s.store.Site()
-	if site == nil {
-		return nil, state.ErrNotBootstrapped
-	}
-	return authorities(site)
-}
-
-// WorkloadSVIDTTL implements api.Node.
-func (s *Server) WorkloadSVIDTTL() time.Duration { return s.cfg.WorkloadSVIDTTL }

@@ -2,16 +2,18 @@ package controlplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
@@ -29,37 +31,73 @@ const (
 	raftApplyTimeout      = 10 * time.Second
 )
 
-func (s *Server) raftConfig() *raft.Config {
-	c := raft.DefaultConfig()
-	c.LocalID = raft.ServerID(s.id.node.NodeID)
-	c.Logger = newHclog(s.log, "raft")
-	c.HeartbeatTimeout = s.cfg.Raft.Heartbeat
-	c.ElectionTimeout = s.cfg.Raft.Election
-	c.LeaderLeaseTimeout = s.cfg.Raft.LeaderLease
-	c.CommitTimeout = s.cfg.Raft.CommitTimeout
-	c.BatchApplyCh = true
-	c.MaxAppendEntries = raftMaxAppendEntries
-	c.SnapshotThreshold = raftSnapshotThreshold
-	c.SnapshotInterval = raftSnapshotInterval
-	c.TrailingLogs = raftTrailingLogs
-	return c
+// raftNode is this server's Raft node: it commits commands, says who
+// leads, makes reads linearizable, reaches the leader, and changes the
+// Raft configuration (join, promote, leave, remove). It is the narrow
+// surface the rest of the server uses for consensus; the replicated
+// state itself is the store it applies to.
+//
+// Goroutines: Raft runs its own (see hashicorp/raft); the node runs
+// leadership (the leader-task runner, see leaderRunner) and promoteLoop
+// as tasks of the server's errgroup.
+type raftNode struct {
+	raft      *raft.Raft // set by start
+	store     *state.Store
+	self      raft.ServerID
+	log       *slog.Logger
+	now       func() time.Time
+	heartbeat time.Duration // Raft's; a follower is fresh within 3 of them
+	applyTime prometheus.Histogram
+	creds     func() credentials.TransportCredentials // this server's client mTLS
+	leaders   *leaderRunner
+
+	readyTerm atomic.Uint64 // see ConsistentRead
+	conns     connPool
+	// status describes this server (ProbeServers answers for itself with it).
+	status func() *apipb.StatusResponse
 }
 
-func (s *Server) startRaft() error {
-	conf := s.raftConfig()
+// raftStorage says where and how a raftNode keeps its log.
+type raftStorage struct {
+	cfg       *Config
+	layer     raft.StreamLayer
+	advertise string
+	bootstrap bool // bootstrap a one-server configuration when there is no state
+}
+
+func (n *raftNode) config(c *Config) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = n.self
+	rc.Logger = newHclog(n.log, "raft")
+	rc.HeartbeatTimeout = c.Raft.Heartbeat
+	rc.ElectionTimeout = c.Raft.Election
+	rc.LeaderLeaseTimeout = c.Raft.LeaderLease
+	rc.CommitTimeout = c.Raft.CommitTimeout
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = raftMaxAppendEntries
+	rc.SnapshotThreshold = raftSnapshotThreshold
+	rc.SnapshotInterval = raftSnapshotInterval
+	rc.TrailingLogs = raftTrailingLogs
+	return rc
+}
+
+// start opens the log and starts Raft. closers are to be called, last
+// first, after Raft has shut down, even when start fails.
+func (n *raftNode) start(st raftStorage) (closers []func() error, err error) {
+	conf := n.config(st.cfg)
 	var (
 		logs   raft.LogStore
 		stable raft.StableStore
 		snaps  raft.SnapshotStore
 	)
-	if s.cfg.Dev || s.cfg.InMemoryRaft {
+	if st.cfg.Dev || st.cfg.InMemoryRaft {
 		mem := raft.NewInmemStore()
 		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
 	} else {
-		dir := filepath.Join(s.cfg.DataDir, "raft")
+		dir := filepath.Join(st.cfg.DataDir, "raft")
 		walDir := filepath.Join(dir, "wal")
 		if err := os.MkdirAll(walDir, 0o700); err != nil {
-			return err
+			return nil, err
 		}
 		// raft-wal, not raft-boltdb: measured 1.3x the write throughput and
 		// a third of the latency on 3 servers (BENCHMARKS.md): one fsync per
@@ -67,160 +105,89 @@ func (s *Server) startRaft() error {
 		// WAL.Close (v0.4.0) leaves its meta store open, and with it a
 		// file lock; we own the meta store and close it after the WAL.
 		meta := &metadb.BoltMetaDB{}
-		s.close = append(s.close, meta.Close)
-		log, err := wal.Open(walDir, wal.WithMetaStore(meta), wal.WithLogger(newHclog(s.log, "raft-wal")))
+		closers = append(closers, meta.Close)
+		log, err := wal.Open(walDir, wal.WithMetaStore(meta), wal.WithLogger(newHclog(n.log, "raft-wal")))
 		if err != nil {
-			return fmt.Errorf("open raft log: %w", err)
+			return closers, fmt.Errorf("open raft log: %w", err)
 		}
-		s.close = append(s.close, log.Close)
-		fs, err := raft.NewFileSnapshotStoreWithLogger(dir, raftSnapshotsRetained, newHclog(s.log, "raft-snapshot"))
+		closers = append(closers, log.Close)
+		fs, err := raft.NewFileSnapshotStoreWithLogger(dir, raftSnapshotsRetained, newHclog(n.log, "raft-snapshot"))
 		if err != nil {
-			return fmt.Errorf("open raft snapshots: %w", err)
+			return closers, fmt.Errorf("open raft snapshots: %w", err)
 		}
 		logs, stable, snaps = log, log, fs
 	}
 	var trans raft.Transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  s.mux.RaftLayer(),
+		Stream:  st.layer,
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
-		Logger:  newHclog(s.log, "raft-net"),
+		Logger:  newHclog(n.log, "raft-net"),
 	})
-	if s.cfg.WrapTransport != nil {
-		trans = s.cfg.WrapTransport(trans)
+	if st.cfg.WrapTransport != nil {
+		trans = st.cfg.WrapTransport(trans)
 	}
-	if s.id.bootstrap != nil {
+	if st.bootstrap {
 		has, err := raft.HasExistingState(logs, stable, snaps)
 		if err != nil {
-			return err
+			return closers, err
 		}
 		if !has {
-			cfg := raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: conf.LocalID, Address: raft.ServerAddress(s.advertise)}}}
+			cfg := raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: conf.LocalID, Address: raft.ServerAddress(st.advertise)}}}
 			if err := raft.BootstrapCluster(conf, logs, stable, snaps, trans, cfg); err != nil {
-				return fmt.Errorf("bootstrap raft: %w", err)
+				return closers, fmt.Errorf("bootstrap raft: %w", err)
 			}
 		}
 	}
-	r, err := raft.NewRaft(conf, &state.FSM{Store: s.store}, logs, stable, snaps, trans)
+	r, err := raft.NewRaft(conf, &state.FSM{Store: n.store}, logs, stable, snaps, trans)
 	if err != nil {
-		return fmt.Errorf("start raft: %w", err)
+		return closers, fmt.Errorf("start raft: %w", err)
 	}
-	s.raft = r
-	return nil
+	n.raft = r
+	return closers, nil
 }
 
-// leaderLoop reacts to leadership changes. Raft's LeaderCh drops
-// notifications when nobody listens, so this loop also re-reads the state.
-func (s *Server) leaderLoop(ctx context.Context) error {
-	var stopLeading func()
-	defer func() {
-		if stopLeading != nil {
-			stopLeading()
-		}
-	}()
-	obs := s.raft.LeaderCh()
+// leadership runs the leader tasks while this node leads, until ctx ends.
+func (n *raftNode) leadership(ctx context.Context) error {
+	return n.leaders.Run(ctx, n.IsLeader, n.raft.LeaderCh())
+}
+
+// waitBarrier is the first prepare step of every term: entries of earlier
+// terms may be committed but not yet applied here; a barrier makes the
+// FSM current before consistent reads are served (ConsistentRead would do
+// it on the first read otherwise).
+func (n *raftNode) waitBarrier(ctx context.Context) error {
 	for {
-		isLeader := s.raft.State() == raft.Leader
-		switch {
-		case isLeader && stopLeading == nil:
-			stopLeading = s.startLeading(ctx)
-		case !isLeader && stopLeading != nil:
-			stopLeading()
-			stopLeading = nil
-		}
-		select {
-		case <-ctx.Done():
+		if err := n.barrier(n.raft.CurrentTerm()); err == nil {
 			return nil
-		case <-obs:
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// startLeading runs lead until the returned function is called.
-func (s *Server) startLeading(ctx context.Context) (stop func()) {
-	lctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); s.lead(lctx) }()
-	return func() { cancel(); <-done }
-}
-
-// lead runs while this server leads.
-func (s *Server) lead(ctx context.Context) {
-	s.log.Info("leadership gained")
-	defer s.log.Info("leadership lost")
-	// Entries of earlier terms may be committed but not yet applied here;
-	// a barrier makes the FSM current before consistent reads are served
-	// (ConsistentRead would do it on the first read otherwise).
-	for {
-		if err := s.barrier(s.raft.CurrentTerm()); err == nil {
-			break
-		} else if s.raft.State() != raft.Leader {
-			return
+		} else if !n.IsLeader() {
+			return errNotLeading
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return errNotLeading
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if s.store.Site() == nil && s.id.bootstrap != nil {
-		if err := s.bootstrapSite(); err != nil {
-			s.log.Error("bootstrap failed", "err", err)
-			return
-		}
-	}
-	if err := s.ensureJWTKey(ctx); err != nil {
-		s.log.Warn("no jwt signing key", "err", err)
-	}
-	s.leading.Store(&ctx)
-	defer s.leading.Store(nil)
-	var wg sync.WaitGroup
-	wg.Add(4)
-	go func() { defer wg.Done(); s.runLeaderTasks(ctx) }()
-	go func() { defer wg.Done(); s.rotateLoop(ctx) }()
-	go func() { defer wg.Done(); s.refreshForeign(ctx) }()
-	go func() { defer wg.Done(); s.replicate(ctx) }()
-	s.ttl.run(ctx)
-	wg.Wait()
-}
-
-func (s *Server) bootstrapSite() error {
-	cmd, secret, err := s.bootstrapCommand()
-	if err != nil {
-		return err
-	}
-	if _, _, err := s.Apply(context.Background(), cmd); err != nil {
-		return fmt.Errorf("commit site: %w", err)
-	}
-	if s.id.persistent {
-		if err := dataDir(s.cfg.DataDir).writeNode(&s.id.node); err != nil {
-			return err
-		}
-	}
-	s.log.Info("site bootstrapped", "site", s.id.node.Site, "trust_domain", s.id.td.Name())
-	if s.cfg.OnBootstrap != nil {
-		s.cfg.OnBootstrap(secret)
-	}
-	return nil
 }
 
 // promoteLoop asks the leader to make this server a voter once it has
-// applied the log up to the index at which it joined.
-func (s *Server) promoteLoop(ctx context.Context) error {
+// applied the log up to joinIndex, the index at which it joined (zero
+// for the server that bootstrapped the site: it votes already).
+func (n *raftNode) promoteLoop(ctx context.Context, joinIndex uint64) error {
 	for {
-		if s.isVoter() {
+		if n.isVoter() {
 			return nil
 		}
-		if s.raft.AppliedIndex() >= s.id.node.JoinIndex && s.id.node.JoinIndex > 0 {
-			err := s.callLeader(ctx, func(ctx context.Context, c apipb.ClusterClient) error {
-				_, err := c.Promote(ctx, &apipb.PromoteRequest{AppliedIndex: s.raft.AppliedIndex()})
+		if n.raft.AppliedIndex() >= joinIndex && joinIndex > 0 {
+			err := n.callLeader(ctx, func(ctx context.Context, c apipb.ClusterClient) error {
+				_, err := c.Promote(ctx, &apipb.PromoteRequest{AppliedIndex: n.raft.AppliedIndex()})
 				return err
 			})
 			if err == nil {
-				s.log.Info("promoted to voter")
+				n.log.Info("promoted to voter")
 				return nil
 			}
-			s.log.Debug("promotion not yet possible", "err", err)
+			n.log.Debug("promotion not yet possible", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -230,13 +197,13 @@ func (s *Server) promoteLoop(ctx context.Context) error {
 	}
 }
 
-func (s *Server) isVoter() bool {
-	f := s.raft.GetConfiguration()
+func (n *raftNode) isVoter() bool {
+	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return false
 	}
 	for _, srv := range f.Configuration().Servers {
-		if srv.ID == raft.ServerID(s.id.node.NodeID) {
+		if srv.ID == n.self {
 			return srv.Suffrage == raft.Voter
 		}
 	}
@@ -244,10 +211,10 @@ func (s *Server) isVoter() bool {
 }
 
 // callLeader calls the leader's Cluster service with this server's SVID.
-func (s *Server) callLeader(ctx context.Context, call func(context.Context, apipb.ClusterClient) error) error {
+func (n *raftNode) callLeader(ctx context.Context, call func(context.Context, apipb.ClusterClient) error) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := s.LeaderConn(ctx)
+	conn, err := n.LeaderConn(ctx)
 	if err != nil {
 		return err
 	}
@@ -256,28 +223,33 @@ func (s *Server) callLeader(ctx context.Context, call func(context.Context, apip
 
 // leave removes this server from the configuration, handing leadership
 // over first if it leads.
-func (s *Server) leave(ctx context.Context) error {
-	f := s.raft.GetConfiguration()
+func (n *raftNode) leave(ctx context.Context) error {
+	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return err
 	}
 	if len(f.Configuration().Servers) <= 1 {
 		return nil
 	}
-	if s.raft.State() == raft.Leader {
-		if err := s.raft.LeadershipTransfer().Error(); err != nil {
+	if n.IsLeader() {
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
 			return fmt.Errorf("transfer leadership: %w", err)
 		}
 	}
-	err := s.callLeader(ctx, func(ctx context.Context, c apipb.ClusterClient) error {
+	err := n.callLeader(ctx, func(ctx context.Context, c apipb.ClusterClient) error {
 		_, err := c.Leave(ctx, &apipb.LeaveRequest{})
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	s.log.Info("left the site's raft configuration")
+	n.log.Info("left the site's raft configuration")
 	return nil
 }
 
-var errNoSuchPeer = errors.New("no such server in the raft configuration")
+// stop stops Raft.
+func (n *raftNode) stop() {
+	if err := n.raft.Shutdown().Error(); err != nil {
+		n.log.Warn("raft shutdown", "err", err)
+	}
+}

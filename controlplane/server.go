@@ -16,10 +16,13 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/straitmesh/strait/controlplane/api"
+	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/mux"
 	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/dns"
 	"github.com/straitmesh/strait/federation/replication"
@@ -42,21 +45,21 @@ type Server struct {
 	id    *identity
 	ident *mtls.Identity
 	mux   *mux.Mux
-	raft  *raft.Raft
+	raft  *raft.Raft // node.raft, for metrics and tests
 	close []func() error
 
+	node      *raftNode
+	leaders   *leaderRunner // leader-only work: see leaderTasks
 	ca        caCache
-	readyTerm atomic.Uint64 // see ConsistentRead
 	signLimit *rate.Limiter
 	accepts   *acceptloop.Metrics // accept retries of the server port and the bundle endpoint
 	ttl       *ttlTracker
-	conns     connPool
 	metrics   *metrics
 	started   chan struct{} // closed when Raft runs
 	repl      *replication.Registry
 	// leading holds the context of the current term's leadership while
-	// this server leads.
-	leading atomic.Pointer[context.Context]
+	// this server leads (the leader runner's).
+	leading *atomic.Pointer[context.Context]
 	ranOnce sync.Once
 }
 
@@ -88,12 +91,67 @@ func New(cfg Config) (*Server, error) {
 		store:     state.NewStore(0),
 		started:   make(chan struct{}),
 	}
-	s.ttl = newTTLTracker(s)
 	s.signLimit = rate.NewLimiter(rate.Limit(cfg.SignRate), max(1, cfg.SignRate/4))
 	s.metrics = newMetrics(s, cfg.Registerer)
 	s.accepts = acceptloop.NewMetrics(cfg.Registerer)
 	s.repl = replication.NewRegistry(cfg.Registerer, cfg.Now)
+	s.leaders = newLeaderRunner(s.log)
+	s.leading = &s.leaders.leading
+	s.node = &raftNode{store: s.store, self: raft.ServerID(cfg.NodeID), log: s.log, now: cfg.Now, heartbeat: cfg.Raft.Heartbeat,
+		applyTime: s.metrics.apply, creds: s.clientCreds, leaders: s.leaders, status: s.Status}
+	s.ttl = &ttlTracker{node: s.node, store: s.store, now: cfg.Now, log: s.log}
+	s.leaderTasks()
 	return s, nil
+}
+
+// leaderTasks registers the server's leader-only work with its leader
+// runner, in order: the barrier that makes the replica current, the
+// site's bootstrap (once), the JWT signing key, then the tasks that run
+// for the whole term.
+func (s *Server) leaderTasks() {
+	l := s.leaders
+	l.Prepare("barrier", s.node.waitBarrier)
+	l.Prepare("bootstrap", func(context.Context) error {
+		if s.store.Site() != nil || s.id.bootstrap == nil {
+			return nil
+		}
+		return s.bootstrapSite()
+	})
+	l.Prepare("jwt-key", func(ctx context.Context) error {
+		if err := s.ensureJWTKey(ctx); err != nil {
+			s.log.Warn("no jwt signing key", "err", err)
+		}
+		return nil
+	})
+	for _, t := range s.cfg.LeaderTasks {
+		l.Go(t.Name, func(ctx context.Context) error { return t.Run(ctx, newCloudSite(s)) })
+	}
+	l.Go("ca-rotation", func(ctx context.Context) error { s.rotateLoop(ctx); return nil })
+	l.Go("foreign-bundles", func(ctx context.Context) error { s.refreshForeign(ctx); return nil })
+	l.Go("replication", func(ctx context.Context) error { s.replicate(ctx); return nil })
+	l.Go("ttl", s.ttl.run)
+}
+
+// bootstrapSite commits the site's first state: its CA, its name and
+// the management token.
+func (s *Server) bootstrapSite() error {
+	cmd, secret, err := s.bootstrapCommand()
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.node.Apply(context.Background(), cmd); err != nil {
+		return fmt.Errorf("commit site: %w", err)
+	}
+	if s.id.persistent {
+		if err := dataDir(s.cfg.DataDir).writeNode(&s.id.node); err != nil {
+			return err
+		}
+	}
+	s.log.Info("site bootstrapped", "site", s.id.node.Site, "trust_domain", s.id.td.Name())
+	if s.cfg.OnBootstrap != nil {
+		s.cfg.OnBootstrap(secret)
+	}
+	return nil
 }
 
 // Addr is the address the server advertises for Raft and the API.
@@ -150,7 +208,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
+	admin := raftAdmin{raftNode: s.node, s: s}
+	apiSrv := api.New(api.Config{
+		Store: s.store, Raft: s.node, Catalog: s.ttl, ACL: s, Operator: admin, Cluster: admin, Bundles: s,
+		Gateways: gateways{Signer: s, Catalog: s.ttl}, Intentions: s, Node: s,
+		TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
 		SignRatePerCaller: s.cfg.SignRatePerCaller, IdleTimeout: s.cfg.APIIdleTimeout})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
 	apiSrv.RegisterServices(gs)
@@ -164,19 +226,22 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	grpcDone := make(chan error, 1)
 	go func() { grpcDone <- gs.Serve(s.mux.GRPCListener()) }()
 
-	if err := s.startRaft(); err != nil {
+	closers, err := s.node.start(raftStorage{cfg: &s.cfg, layer: s.mux.RaftLayer(), advertise: s.advertise, bootstrap: s.id.bootstrap != nil})
+	s.close = append(s.close, closers...)
+	if err != nil {
 		stopMux()
 		gs.Stop()
 		return err
 	}
+	s.raft = s.node.raft
 	close(s.started)
 	s.log.Info("server started", "site", s.id.node.Site, "trust_domain", s.id.td.Name(), "addr", s.advertise)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.leaderLoop(gctx) })
+	g.Go(func() error { return s.node.leadership(gctx) })
 	g.Go(func() error { return s.renewLoop(gctx) })
 	g.Go(func() error { return s.followIdentity(gctx) })
-	g.Go(func() error { return s.promoteLoop(gctx) })
+	g.Go(func() error { return s.node.promoteLoop(gctx, s.id.node.JoinIndex) })
 	g.Go(func() error { return xs.Run(gctx) })
 	if s.cfg.MetricsAddr != "" {
 		g.Go(func() error { return s.serveMetrics(gctx) })
@@ -227,7 +292,7 @@ func meshCaller(ctx context.Context) (xds.Subscriber, bool) {
 func (s *Server) shutdown(gs *grpc.Server, stopMux func()) {
 	if s.cfg.LeaveOnTerminate {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := s.leave(ctx); err != nil {
+		if err := s.node.leave(ctx); err != nil {
 			s.log.Warn("leave failed", "err", err)
 		}
 		cancel()
@@ -239,11 +304,9 @@ func (s *Server) shutdown(gs *grpc.Server, stopMux func()) {
 	case <-time.After(5 * time.Second):
 		gs.Stop()
 	}
-	if err := s.raft.Shutdown().Error(); err != nil {
-		s.log.Warn("raft shutdown", "err", err)
-	}
+	s.node.stop()
 	stopMux()
-	s.conns.closeAll()
+	s.node.conns.closeAll()
 	s.log.Info("server stopped")
 }
 
@@ -280,6 +343,35 @@ func (s *Server) Site() string { return s.id.node.Site }
 // Raft is the server's Raft node, for tests and diagnostics. Do not Apply
 // through it: use the API.
 func (s *Server) Raft() *raft.Raft { return s.raft }
+
+// IsLeader reports whether this server leads.
+func (s *Server) IsLeader() bool { return s.node.IsLeader() }
+
+// Apply commits cmd through Raft (leader only; api.ErrNotLeader
+// otherwise) and returns the command's result and log index.
+func (s *Server) Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error) {
+	return s.node.Apply(ctx, cmd)
+}
+
+// Peers lists the Raft configuration.
+func (s *Server) Peers() ([]*apipb.RaftPeer, error) { return s.node.Peers() }
+
+// LeaderConn returns a connection to the current leader (api.Node).
+// FOR THE LEAD: goes with api.Node.
+func (s *Server) LeaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+	return s.node.LeaderConn(ctx)
+}
+
+func (s *Server) clientCreds() credentials.TransportCredentials {
+	return credentials.NewTLS(mtls.ClientConfig(s.ident, s.authorizeServer, mux.ProtoGRPC))
+}
+
+// gateways is the Gateway service's view: the CA's signing and the TTL
+// tracker's heartbeats.
+type gateways struct {
+	api.Signer
+	api.Catalog
+}
 
 // newDNS builds the server's mesh DNS, fed by the local replica's watch.
 func (s *Server) newDNS() (*dns.Server, error) {

@@ -9,16 +9,33 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // probeTimeout bounds how long a site status waits for one server.
 const probeTimeout = 2 * time.Second
+
+// Status describes this server: its site and identity, what Raft knows
+// of it, and the catalog's size.
+func (s *Server) Status() *apipb.StatusResponse {
+	st := &apipb.StatusResponse{
+		Site:        s.id.node.Site,
+		TrustDomain: s.id.td.Name(),
+		NodeId:      s.id.node.NodeID,
+		Version:     Version,
+		SvidExpires: s.svidExpires(),
+		DnsAddress:  s.dnsAddress(),
+	}
+	s.node.describe(st)
+	svcs, insts := s.store.Counts()
+	st.Services, st.Instances = uint32(svcs), uint32(insts)
+	return st
+}
 
 // dnsAddress is where this server serves mesh DNS, "" when it does not.
 func (s *Server) dnsAddress() string {
@@ -40,12 +57,11 @@ func (s *Server) svidExpires() *timestamppb.Timestamp {
 	return timestamppb.New(svid.Certificates[0].NotAfter)
 }
 
-// ProbeServers implements api.Node: every server of the Raft
-// configuration asked for its own status at once, each within
-// probeTimeout. A server that does not answer is unreachable, whatever
-// Raft last knew of it.
-func (s *Server) ProbeServers(ctx context.Context) []*apipb.ServerHealth {
-	peers, err := s.Peers()
+// ProbeServers asks every server of the Raft configuration for its own
+// status at once, each within probeTimeout. A server that does not
+// answer is unreachable, whatever Raft last knew of it.
+func (n *raftNode) ProbeServers(ctx context.Context) []*apipb.ServerHealth {
+	peers, err := n.Peers()
 	if err != nil {
 		return nil
 	}
@@ -54,14 +70,14 @@ func (s *Server) ProbeServers(ctx context.Context) []*apipb.ServerHealth {
 	for i, p := range peers {
 		h := &apipb.ServerHealth{Id: p.Id, Address: p.Address, Voter: p.Voter}
 		out[i] = h
-		if p.Id == s.id.node.NodeID {
-			h.Reachable, h.Status = true, s.Status()
+		if raft.ServerID(p.Id) == n.self {
+			h.Reachable, h.Status = true, n.status()
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := s.probe(ctx, p.Address)
+			st, err := n.probe(ctx, p.Address)
 			if err != nil {
 				h.Error = probeError(err)
 				return
@@ -85,8 +101,8 @@ func (s *Server) ProbeServers(ctx context.Context) []*apipb.ServerHealth {
 }
 
 // probe asks the server at addr for its status over the servers' mTLS.
-func (s *Server) probe(ctx context.Context, addr string) (*apipb.StatusResponse, error) {
-	conn, err := s.conns.get(addr, s.clientCreds)
+func (n *raftNode) probe(ctx context.Context, addr string) (*apipb.StatusResponse, error) {
+	conn, err := n.conns.get(addr, n.creds)
 	if err != nil {
 		return nil, err
 	}
@@ -104,9 +120,11 @@ func probeError(err error) string {
 	return msg
 }
 
-// PeerIntention implements api.Node: it asks the peer's servers, by way
-// of their gateways first, as NotifyUnpeer does.
-func (s *Server) PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
+// CheckIntention asks the peer's servers for their decision on a
+// connection from this site to their service ns/svc, by way of their
+// gateways first, as NotifyUnpeer does. A peer that does not answer is
+// api.ErrUnreachable.
+func (s *Server) CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
 	var resp *apipb.CheckIntentionResponse
 	errs := s.callPeer(ctx, f, 5*time.Second, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
 		resp, err = apipb.NewIntentionsClient(conn).CheckFromPeer(ctx, &apipb.CheckPeerIntentionRequest{Namespace: ns, Service: svc})
@@ -116,7 +134,7 @@ func (s *Server) PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns
 	case resp != nil:
 		return resp, nil
 	case len(errs) == 0:
-		return nil, status.Errorf(codes.Unavailable, "peer %s: no address known", f.PeerName)
+		return nil, api.Unreachable("peer %s: no address known", f.PeerName)
 	}
-	return nil, status.Errorf(codes.Unavailable, "peer %s did not answer: %v", f.PeerName, errors.Join(errs...))
+	return nil, api.Unreachable("peer %s did not answer: %v", f.PeerName, errors.Join(errs...))
 }

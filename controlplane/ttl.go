@@ -3,9 +3,11 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
@@ -18,19 +20,32 @@ import (
 // one registered without a beat) gets a full TTL of grace from the scan
 // that first sees it. It forgets instances that are no longer passing or
 // gone, so a revived instance never inherits an old heartbeat.
+//
+// It is the Catalog service's Heartbeat (api.Catalog) and a leader task
+// (run).
 type ttlTracker struct {
-	s    *Server
-	mu   sync.Mutex
-	last map[key]time.Time
+	node  ttlRaft
+	store *state.Store
+	now   func() time.Time
+	log   *slog.Logger
+	mu    sync.Mutex
+	last  map[key]time.Time
 }
+
+// ttlRaft is what the tracker needs of the Raft node.
+type ttlRaft interface {
+	IsLeader() bool
+	Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error)
+}
+
+var _ api.Catalog = (*ttlTracker)(nil)
 
 type key struct{ ns, svc, id string }
 
-func newTTLTracker(s *Server) *ttlTracker { return &ttlTracker{s: s} }
-
 const ttlScanInterval = 250 * time.Millisecond
 
-func (t *ttlTracker) run(ctx context.Context) {
+// run expires instances while this server leads (a leader task).
+func (t *ttlTracker) run(ctx context.Context) error {
 	t.mu.Lock()
 	t.last = make(map[key]time.Time)
 	t.mu.Unlock()
@@ -39,15 +54,15 @@ func (t *ttlTracker) run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-tick.C:
 		}
 		if expired := t.expired(); len(expired) > 0 {
 			cmd := &statepb.Command{Cmd: &statepb.Command_SetHealth{SetHealth: &statepb.SetHealth{Instances: expired, Health: apipb.Health_HEALTH_CRITICAL}}}
-			if _, _, err := t.s.Apply(ctx, cmd); err != nil {
-				t.s.log.Warn("ttl expiry not committed", "instances", len(expired), "err", err)
+			if _, _, err := t.node.Apply(ctx, cmd); err != nil {
+				t.log.Warn("ttl expiry not committed", "instances", len(expired), "err", err)
 			} else {
-				t.s.log.Info("ttl expired", "instances", len(expired))
+				t.log.Info("ttl expired", "instances", len(expired))
 			}
 		}
 	}
@@ -55,7 +70,7 @@ func (t *ttlTracker) run(ctx context.Context) {
 
 // expired lists passing TTL instances whose last heartbeat is too old.
 func (t *ttlTracker) expired() []*apipb.InstanceKey {
-	now := t.s.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.last == nil {
@@ -63,7 +78,7 @@ func (t *ttlTracker) expired() []*apipb.InstanceKey {
 	}
 	var out []*apipb.InstanceKey
 	passing := make(map[key]bool)
-	t.s.store.EachTTLInstance(func(in *apipb.Instance) {
+	t.store.EachTTLInstance(func(in *apipb.Instance) {
 		if in.Health != apipb.Health_HEALTH_PASSING {
 			return
 		}
@@ -86,9 +101,13 @@ func (t *ttlTracker) expired() []*apipb.InstanceKey {
 	return out
 }
 
-// beat records a heartbeat and revives a critical instance.
-func (t *ttlTracker) beat(ctx context.Context, k *apipb.InstanceKey) error {
-	in, ok := t.s.store.Instance(k)
+// Heartbeat records a heartbeat of a TTL instance and revives it when
+// it is critical (leader only: api.ErrNotLeader otherwise).
+func (t *ttlTracker) Heartbeat(ctx context.Context, k *apipb.InstanceKey) error {
+	if !t.node.IsLeader() {
+		return api.ErrNotLeader
+	}
+	in, ok := t.store.Instance(k)
 	if !ok {
 		return fmt.Errorf("instance %s of %s/%s: %w", k.Id, k.Namespace, k.Service, state.ErrNotFound)
 	}
@@ -99,12 +118,12 @@ func (t *ttlTracker) beat(ctx context.Context, k *apipb.InstanceKey) error {
 	if t.last == nil {
 		t.last = make(map[key]time.Time)
 	}
-	t.last[key{k.Namespace, k.Service, k.Id}] = t.s.cfg.Now()
+	t.last[key{k.Namespace, k.Service, k.Id}] = t.now()
 	t.mu.Unlock()
 	if in.Health == apipb.Health_HEALTH_PASSING {
 		return nil
 	}
 	cmd := &statepb.Command{Cmd: &statepb.Command_SetHealth{SetHealth: &statepb.SetHealth{Instances: []*apipb.InstanceKey{k}, Health: apipb.Health_HEALTH_PASSING}}}
-	_, _, err := t.s.Apply(ctx, cmd)
+	_, _, err := t.node.Apply(ctx, cmd)
 	return err
 }

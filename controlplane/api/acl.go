@@ -31,11 +31,18 @@ const (
 // one token, which stays short-lived.
 const MaxServerTokenUses = 7
 
+// aclService serves the ACL API (tokens).
+type aclService struct {
+	apipb.UnimplementedACLServer
+	*Server
+	node ACL
+}
+
 func notFound(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, state.ErrNotFound)...)
 }
 
-func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest) (*apipb.CreateTokenResponse, error) {
+func (s aclService) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest) (*apipb.CreateTokenResponse, error) {
 	if _, ok := apipb.TokenKind_name[int32(req.Kind)]; !ok || req.Kind == apipb.TokenKind_TOKEN_KIND_UNSPECIFIED {
 		return nil, fieldErr("kind", "must be management, write, read, server, agent or gateway")
 	}
@@ -71,7 +78,7 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 			req.MaxUses = DefaultJoinTokenUses
 		}
 	}
-	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.CreateTokenResponse, error) {
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.CreateTokenResponse, error) {
 		return apipb.NewACLClient(c).CreateToken(ctx, req)
 	}); ok {
 		return r, err
@@ -95,20 +102,20 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 		return nil, err
 	}
 	if req.Kind == apipb.TokenKind_TOKEN_KIND_SERVER || req.Kind == apipb.TokenKind_TOKEN_KIND_AGENT || req.Kind == apipb.TokenKind_TOKEN_KIND_GATEWAY {
-		secret += "." + s.cfg.Node.TokenPin()
+		secret += "." + s.node.TokenPin()
 	}
 	return &apipb.CreateTokenResponse{Token: tok, Secret: secret}, nil
 }
 
-func (s *Server) ListTokens(ctx context.Context, req *apipb.ListTokensRequest) (*apipb.ListTokensResponse, error) {
-	return &apipb.ListTokensResponse{Tokens: s.cfg.Node.Store().Tokens()}, nil
+func (s aclService) ListTokens(ctx context.Context, req *apipb.ListTokensRequest) (*apipb.ListTokensResponse, error) {
+	return &apipb.ListTokensResponse{Tokens: s.store().Tokens()}, nil
 }
 
-func (s *Server) RevokeToken(ctx context.Context, req *apipb.RevokeTokenRequest) (*apipb.RevokeTokenResponse, error) {
+func (s aclService) RevokeToken(ctx context.Context, req *apipb.RevokeTokenRequest) (*apipb.RevokeTokenResponse, error) {
 	if len(req.AccessorId) != 32 {
 		return nil, fieldErr("accessor_id", "must be the 32-character accessor ID shown by strait token list")
 	}
-	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RevokeTokenResponse, error) {
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RevokeTokenResponse, error) {
 		return apipb.NewACLClient(c).RevokeToken(ctx, req)
 	}); ok {
 		return r, err

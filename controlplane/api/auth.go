@@ -221,7 +221,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if !ok || !isAgent {
 			return nil, status.Error(codes.PermissionDenied, "only agents of this site, presenting their SVID, may call this")
 		}
-		a, known := s.cfg.Node.Store().Agent(node)
+		a, known := s.store().Agent(node)
 		if !known {
 			return nil, status.Errorf(codes.PermissionDenied, "agent %q is unknown to this site", node)
 		}
@@ -246,7 +246,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if perm == permServerJoin || perm == permAgentJoin || perm == permFederationAccept || perm == permGatewayJoin {
 		return context.WithValue(ctx, secretKey, secret), nil
 	}
-	rec, ok := s.cfg.Node.Store().TokenBySecret(state.HashSecret(secret))
+	rec, ok := s.store().TokenBySecret(state.HashSecret(secret))
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "token is unknown or revoked")
 	}
@@ -266,7 +266,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 func (s *Server) consumeToken(ctx context.Context, kind apipb.TokenKind, invalid string, check func() error) (*statepb.TokenRecord, error) {
 	secret, _ := ctx.Value(secretKey).(string)
 	h := state.HashSecret(secret)
-	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
+	rec, ok := s.store().TokenBySecret(h)
 	if !ok || rec.Token.Kind != kind {
 		return nil, status.Error(codes.PermissionDenied, invalid)
 	}
@@ -293,7 +293,7 @@ func (s *Server) gatewayPeer(ctx context.Context, denied string) (context.Contex
 	if !ok || !isGateway {
 		return nil, status.Error(codes.PermissionDenied, denied)
 	}
-	g, known := s.cfg.Node.Store().Gateway(name)
+	g, known := s.store().Gateway(name)
 	if !known {
 		return nil, status.Errorf(codes.PermissionDenied, "gateway %q is unknown to this site", name)
 	}
@@ -335,7 +335,7 @@ func (s *Server) peerSite(ctx context.Context) (string, bool) {
 	if !trust.IsServer(id, td) {
 		return "", false
 	}
-	f, ok := s.cfg.Node.Store().ForeignBundle(td.Name())
+	f, ok := s.store().ForeignBundle(td.Name())
 	return td.Name(), ok && f.PeerName != ""
 }
 

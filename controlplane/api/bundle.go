@@ -6,8 +6,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -16,9 +14,17 @@ import (
 	"github.com/straitmesh/strait/trust/bundleendpoint"
 )
 
-func (s *Server) GetBundle(ctx context.Context, req *apipb.GetBundleRequest) (*apipb.GetBundleResponse, error) {
+// bundleService serves the Bundle API (the site's own bundle and
+// foreign ones).
+type bundleService struct {
+	apipb.UnimplementedBundleServer
+	*Server
+	node Bundles
+}
+
+func (s bundleService) GetBundle(ctx context.Context, req *apipb.GetBundleRequest) (*apipb.GetBundleResponse, error) {
 	td := s.cfg.TrustDomain()
-	b, err := s.cfg.Node.OwnBundle()
+	b, err := s.node.OwnBundle()
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +57,7 @@ func ForeignStatus(f *statepb.ForeignBundle) *apipb.ForeignBundleStatus {
 }
 
 // SetForeign creates or replaces the relationship with another trust domain.
-func (s *Server) SetForeign(ctx context.Context, req *apipb.SetForeignRequest) (*apipb.SetForeignResponse, error) {
+func (s bundleService) SetForeign(ctx context.Context, req *apipb.SetForeignRequest) (*apipb.SetForeignResponse, error) {
 	td, err := spiffeid.TrustDomainFromString(req.TrustDomain)
 	if err != nil {
 		return nil, fieldErr("trust_domain", "%v", err)
@@ -82,14 +88,14 @@ func (s *Server) SetForeign(ctx context.Context, req *apipb.SetForeignRequest) (
 		}
 		seq, _ = b.SequenceNumber()
 	}
-	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.SetForeignResponse, error) {
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.SetForeignResponse, error) {
 		return apipb.NewBundleClient(c).SetForeign(ctx, req)
 	}); ok {
 		return r, err
 	}
 	rec := &statepb.ForeignBundle{TrustDomain: td.Name(), EndpointUrl: req.EndpointUrl, EndpointSpiffeId: req.EndpointSpiffeId, Bundle: req.Bundle, Sequence: seq}
 	if len(rec.Bundle) == 0 { // https_web without a bundle: fetch it now
-		b, err := s.cfg.Node.FetchForeign(ctx, rec)
+		b, err := s.node.FetchForeign(ctx, rec)
 		if err != nil {
 			return nil, fieldErr("endpoint_url", "could not fetch the bundle: %v", err)
 		}
@@ -106,9 +112,9 @@ func (s *Server) SetForeign(ctx context.Context, req *apipb.SetForeignRequest) (
 	return &apipb.SetForeignResponse{Status: ForeignStatus(rec)}, nil
 }
 
-func (s *Server) ListForeign(ctx context.Context, req *apipb.ListForeignRequest) (*apipb.ListForeignResponse, error) {
+func (s bundleService) ListForeign(ctx context.Context, req *apipb.ListForeignRequest) (*apipb.ListForeignResponse, error) {
 	resp := &apipb.ListForeignResponse{}
-	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+	for _, f := range s.store().ForeignBundles() {
 		resp.Bundles = append(resp.Bundles, ForeignStatus(f))
 	}
 	return resp, nil
@@ -117,21 +123,21 @@ func (s *Server) ListForeign(ctx context.Context, req *apipb.ListForeignRequest)
 // notAPeer refuses to touch a peer's trust domain as a plain foreign
 // bundle: replacing or removing it would dismantle the peering on this
 // side only (its imports orphaned, the peer never told).
-func (s *Server) notAPeer(td string) error {
-	if f, ok := s.cfg.Node.Store().ForeignBundle(td); ok && f.PeerName != "" {
-		return status.Errorf(codes.FailedPrecondition, "%s is the trust domain of peer %q, kept by the peering; to end it on both sides run `strait federation delete %s`", td, f.PeerName, f.PeerName)
+func (s bundleService) notAPeer(td string) error {
+	if f, ok := s.store().ForeignBundle(td); ok && f.PeerName != "" {
+		return conflict("%s is the trust domain of peer %q, kept by the peering; to end it on both sides run `strait federation delete %s`", td, f.PeerName, f.PeerName)
 	}
 	return nil
 }
 
-func (s *Server) RemoveForeign(ctx context.Context, req *apipb.RemoveForeignRequest) (*apipb.RemoveForeignResponse, error) {
+func (s bundleService) RemoveForeign(ctx context.Context, req *apipb.RemoveForeignRequest) (*apipb.RemoveForeignResponse, error) {
 	if _, err := spiffeid.TrustDomainFromString(req.TrustDomain); err != nil {
 		return nil, fieldErr("trust_domain", "%v", err)
 	}
 	if err := s.notAPeer(req.TrustDomain); err != nil {
 		return nil, err
 	}
-	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RemoveForeignResponse, error) {
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RemoveForeignResponse, error) {
 		return apipb.NewBundleClient(c).RemoveForeign(ctx, req)
 	}); ok {
 		return r, err

@@ -4,8 +4,6 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -13,9 +11,11 @@ import (
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
-// apply commits a command on the leader, forwarding is the caller's job.
-func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error) {
-	return s.cfg.Node.Apply(ctx, cmd)
+// catalogService serves the Catalog API.
+type catalogService struct {
+	apipb.UnimplementedCatalogServer
+	*Server
+	node Catalog
 }
 
 // reservedNamespace refuses catalog writes by token into the namespace
@@ -23,19 +23,19 @@ func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (any, uint64, 
 // announce a fake gateway to every peer, or keep a dead one passing.
 func reservedNamespace(ns string) error {
 	if ns == state.GatewayNamespace {
-		return status.Errorf(codes.PermissionDenied, "namespace %q is reserved for Strait's gateways, which register through the Gateway API; use another namespace", ns)
+		return denied("namespace %q is reserved for Strait's gateways, which register through the Gateway API; use another namespace", ns)
 	}
 	return nil
 }
 
-func (s *Server) Register(ctx context.Context, req *apipb.RegisterRequest) (*apipb.RegisterResponse, error) {
+func (s catalogService) Register(ctx context.Context, req *apipb.RegisterRequest) (*apipb.RegisterResponse, error) {
 	if err := validateRegister(req); err != nil {
 		return nil, err
 	}
 	if err := reservedNamespace(req.Service.Namespace); err != nil {
 		return nil, err
 	}
-	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RegisterResponse, error) {
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.RegisterResponse, error) {
 		return apipb.NewCatalogClient(c).Register(ctx, req)
 	}); ok {
 		return r, err
@@ -46,12 +46,12 @@ func (s *Server) Register(ctx context.Context, req *apipb.RegisterRequest) (*api
 	}
 	if in := req.Instance; in != nil && in.Ttl != nil {
 		// Registration counts as the first heartbeat.
-		_ = s.cfg.Node.Heartbeat(ctx, &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id})
+		_ = s.node.Heartbeat(ctx, &apipb.InstanceKey{Namespace: in.Namespace, Service: in.Service, Id: in.Id})
 	}
 	return &apipb.RegisterResponse{Index: idx}, nil
 }
 
-func (s *Server) Deregister(ctx context.Context, req *apipb.DeregisterRequest) (*apipb.DeregisterResponse, error) {
+func (s catalogService) Deregister(ctx context.Context, req *apipb.DeregisterRequest) (*apipb.DeregisterResponse, error) {
 	if err := validateServiceRef(&req.Namespace, req.Service); err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func (s *Server) Deregister(ctx context.Context, req *apipb.DeregisterRequest) (
 			return nil, err
 		}
 	}
-	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.DeregisterResponse, error) {
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.DeregisterResponse, error) {
 		return apipb.NewCatalogClient(c).Deregister(ctx, req)
 	}); ok {
 		return r, err
@@ -75,7 +75,7 @@ func (s *Server) Deregister(ctx context.Context, req *apipb.DeregisterRequest) (
 	return &apipb.DeregisterResponse{Index: idx}, nil
 }
 
-func (s *Server) Heartbeat(ctx context.Context, req *apipb.HeartbeatRequest) (*apipb.HeartbeatResponse, error) {
+func (s catalogService) Heartbeat(ctx context.Context, req *apipb.HeartbeatRequest) (*apipb.HeartbeatResponse, error) {
 	if err := validateServiceRef(&req.Namespace, req.Service); err != nil {
 		return nil, err
 	}
@@ -85,12 +85,12 @@ func (s *Server) Heartbeat(ctx context.Context, req *apipb.HeartbeatRequest) (*a
 	if err := reservedNamespace(req.Namespace); err != nil {
 		return nil, err
 	}
-	if r, ok, err := forward(ctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.HeartbeatResponse, error) {
+	if r, ok, err := forward(ctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.HeartbeatResponse, error) {
 		return apipb.NewCatalogClient(c).Heartbeat(ctx, req)
 	}); ok {
 		return r, err
 	}
-	err := s.cfg.Node.Heartbeat(ctx, &apipb.InstanceKey{Namespace: req.Namespace, Service: req.Service, Id: req.InstanceId})
+	err := s.node.Heartbeat(ctx, &apipb.InstanceKey{Namespace: req.Namespace, Service: req.Service, Id: req.InstanceId})
 	if err != nil {
 		return nil, err
 	}
@@ -108,23 +108,23 @@ func readable[Resp any](ctx context.Context, s *Server, mode apipb.ReadMode, cal
 		if r, ok, err := forwardRead(ctx, s, call); ok {
 			return r, true, err
 		}
-		return zero, false, s.cfg.Node.ConsistentRead(ctx)
+		return zero, false, s.cfg.Raft.ConsistentRead(ctx)
 	}
 	return zero, true, fieldErr("mode", "unknown read mode %d", mode)
 }
 
-func (s *Server) ListServices(ctx context.Context, req *apipb.ListServicesRequest) (*apipb.ListServicesResponse, error) {
+func (s catalogService) ListServices(ctx context.Context, req *apipb.ListServicesRequest) (*apipb.ListServicesResponse, error) {
 	if req.Namespace != "" {
 		if err := validLabel("namespace", req.Namespace); err != nil {
 			return nil, err
 		}
 	}
-	if r, ok, err := readable(ctx, s, req.Mode, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ListServicesResponse, error) {
+	if r, ok, err := readable(ctx, s.Server, req.Mode, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ListServicesResponse, error) {
 		return apipb.NewCatalogClient(c).ListServices(ctx, req)
 	}); ok || err != nil {
 		return r, err
 	}
-	sums, idx := s.cfg.Node.Store().ServiceSummaries(req.Namespace)
+	sums, idx := s.store().ServiceSummaries(req.Namespace)
 	stale := make(map[string]bool)
 	for i, sum := range sums {
 		peer := sum.Service.Peer
@@ -145,7 +145,7 @@ func (s *Server) ListServices(ctx context.Context, req *apipb.ListServicesReques
 	return &apipb.ListServicesResponse{Services: sums, Index: idx}, nil
 }
 
-func (s *Server) GetService(ctx context.Context, req *apipb.GetServiceRequest) (*apipb.GetServiceResponse, error) {
+func (s catalogService) GetService(ctx context.Context, req *apipb.GetServiceRequest) (*apipb.GetServiceResponse, error) {
 	if err := validateServiceRef(&req.Namespace, req.Name); err != nil {
 		return nil, err
 	}
@@ -154,17 +154,17 @@ func (s *Server) GetService(ctx context.Context, req *apipb.GetServiceRequest) (
 			return nil, err
 		}
 	}
-	if r, ok, err := readable(ctx, s, req.Mode, func(ctx context.Context, c *grpc.ClientConn) (*apipb.GetServiceResponse, error) {
+	if r, ok, err := readable(ctx, s.Server, req.Mode, func(ctx context.Context, c *grpc.ClientConn) (*apipb.GetServiceResponse, error) {
 		return apipb.NewCatalogClient(c).GetService(ctx, req)
 	}); ok || err != nil {
 		return r, err
 	}
-	svc, insts, idx, found := s.cfg.Node.Store().Service(state.ServiceKey{Peer: req.Peer, Namespace: req.Namespace, Name: req.Name}, req.PassingOnly)
+	svc, insts, idx, found := s.store().Service(state.ServiceKey{Peer: req.Peer, Namespace: req.Namespace, Name: req.Name}, req.PassingOnly)
 	if !found {
 		if req.Peer != "" {
-			return nil, toStatus(notFound("service %s/%s imported from %s", req.Namespace, req.Name, req.Peer))
+			return nil, notFound("service %s/%s imported from %s", req.Namespace, req.Name, req.Peer)
 		}
-		return nil, toStatus(notFound("service %s/%s", req.Namespace, req.Name))
+		return nil, notFound("service %s/%s", req.Namespace, req.Name)
 	}
 	resp := &apipb.GetServiceResponse{Service: svc, Instances: insts, Index: idx}
 	if req.Peer != "" {
@@ -173,9 +173,9 @@ func (s *Server) GetService(ctx context.Context, req *apipb.GetServiceRequest) (
 	return resp, nil
 }
 
-func (s *Server) Watch(req *apipb.WatchRequest, stream grpc.ServerStreamingServer[apipb.WatchEvent]) error {
+func (s catalogService) Watch(req *apipb.WatchRequest, stream grpc.ServerStreamingServer[apipb.WatchEvent]) error {
 	ctx := stream.Context()
-	sub := s.cfg.Node.Store().Subscribe(req.FromIndex)
+	sub := s.store().Subscribe(req.FromIndex)
 	for {
 		ev, err := sub.Next(ctx)
 		if err != nil {

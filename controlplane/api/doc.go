@@ -5,6 +5,11 @@
 // leader, and converts errors to gRPC status codes in exactly one place
 // (status.go).
 //
-// The Raft node is reached only through the Node interface, implemented by
-// package controlplane. Handlers are safe for concurrent use.
+// Each service is a handler type of its own (catalogService, aclService,
+// ...) sharing Server: the interceptors, authentication and authorization,
+// forwarding to the leader, and the bounds on signing and diagnostics.
+// What a service needs of the server is a small interface declared in
+// node.go (Raft, Catalog, ACL, Operator, Cluster, Bundles, Gateways,
+// Intentions), implemented by package controlplane and given in Config.
+// Handlers are safe for concurrent use.
 package api

@@ -21,7 +21,7 @@ func (s federationService) validPeers(field string, peers []string, known bool) 
 		return fieldErr(field, "at most %d peers", MaxExportPeers)
 	}
 	names := map[string]bool{}
-	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+	for _, f := range s.store().ForeignBundles() {
 		if f.PeerName != "" {
 			names[f.PeerName] = true
 		}
@@ -66,7 +66,7 @@ func (s federationService) Export(ctx context.Context, req *apipb.ExportRequest)
 	s.exportMu.Lock()
 	defer s.exportMu.Unlock()
 	to := slices.Clone(e.To)
-	for _, cur := range s.cfg.Node.Store().Exports() {
+	for _, cur := range s.store().Exports() {
 		if cur.Namespace == e.Namespace && cur.Service == e.Service {
 			to = append(to, cur.To...)
 		}
@@ -93,13 +93,13 @@ func (s federationService) Unexport(ctx context.Context, req *apipb.UnexportRequ
 	s.exportMu.Lock()
 	defer s.exportMu.Unlock()
 	var cur *apipb.Export
-	for _, e := range s.cfg.Node.Store().Exports() {
+	for _, e := range s.store().Exports() {
 		if e.Namespace == req.Namespace && e.Service == req.Service {
 			cur = e
 		}
 	}
 	if cur == nil {
-		return nil, toStatus(notFound("export of %s/%s", req.Namespace, req.Service))
+		return nil, notFound("export of %s/%s", req.Namespace, req.Service)
 	}
 	var to []string
 	if len(req.From) > 0 {
@@ -117,5 +117,5 @@ func (s federationService) Unexport(ctx context.Context, req *apipb.UnexportRequ
 }
 
 func (s federationService) ListExports(ctx context.Context, req *apipb.ListExportsRequest) (*apipb.ListExportsResponse, error) {
-	return &apipb.ListExportsResponse{Exports: s.cfg.Node.Store().Exports()}, nil
+	return &apipb.ListExportsResponse{Exports: s.store().Exports()}, nil
 }

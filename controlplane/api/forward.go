@@ -33,14 +33,14 @@ func forward[Resp any](ctx context.Context, s *Server, call func(context.Context
 
 // forwardRead is forward for calls that are safe to repeat.
 func forwardRead[Resp any](ctx context.Context, s *Server, call func(context.Context, *grpc.ClientConn) (Resp, error)) (resp Resp, handled bool, err error) {
-	if s.cfg.Node.IsLeader() {
+	if s.cfg.Raft.IsLeader() {
 		return resp, false, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if len(md.Get(forwardedHeader)) > 0 {
 		return resp, true, retryable(ErrNotLeader.Error() + "; leadership moved, retry")
 	}
-	conn, err := s.cfg.Node.LeaderConn(ctx)
+	conn, err := s.cfg.Raft.LeaderConn(ctx)
 	if err != nil {
 		return resp, true, err
 	}

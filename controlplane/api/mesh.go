@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -9,8 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -44,12 +43,14 @@ const (
 type intentionService struct {
 	apipb.UnimplementedIntentionsServer
 	*Server
+	node Intentions
 }
 
 // gatewayService serves the Gateway API.
 type gatewayService struct {
 	apipb.UnimplementedGatewayServer
 	*Server
+	node Gateways
 }
 
 func (s intentionService) Set(ctx context.Context, req *apipb.SetIntentionRequest) (*apipb.SetIntentionResponse, error) {
@@ -83,8 +84,8 @@ func (s intentionService) Set(ctx context.Context, req *apipb.SetIntentionReques
 	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetIntention{SetIntention: n}}); err != nil {
 		return nil, err
 	}
-	resp := &apipb.SetIntentionResponse{Intention: n, Warnings: intentionWarnings(s.cfg.Node.Store(), n)}
-	for _, cur := range s.cfg.Node.Store().Intentions() {
+	resp := &apipb.SetIntentionResponse{Intention: n, Warnings: intentionWarnings(s.store(), n)}
+	for _, cur := range s.store().Intentions() {
 		if cur.Source == n.Source && cur.Destination == n.Destination {
 			resp.Intention = cur
 		}
@@ -138,7 +139,7 @@ func (s intentionService) Delete(ctx context.Context, req *apipb.DeleteIntention
 }
 
 func (s intentionService) List(ctx context.Context, req *apipb.ListIntentionsRequest) (*apipb.ListIntentionsResponse, error) {
-	return &apipb.ListIntentionsResponse{Intentions: s.cfg.Node.Store().Intentions()}, nil
+	return &apipb.ListIntentionsResponse{Intentions: s.store().Intentions()}, nil
 }
 
 func (s intentionService) Check(ctx context.Context, req *apipb.CheckIntentionRequest) (*apipb.CheckIntentionResponse, error) {
@@ -156,7 +157,7 @@ func (s intentionService) Check(ctx context.Context, req *apipb.CheckIntentionRe
 	if err != nil || dsvc == "*" {
 		return nil, fieldErr("destination", "want <namespace>/<service>")
 	}
-	ok, matched := policy.Decide(s.cfg.Node.Store().Intentions(), policy.Source{Site: site, Namespace: ns, Service: svc}, dns, dsvc)
+	ok, matched := policy.Decide(s.store().Intentions(), policy.Source{Site: site, Namespace: ns, Service: svc}, dns, dsvc)
 	return &apipb.CheckIntentionResponse{Allowed: ok, Matched: matched}, nil
 }
 
@@ -174,8 +175,8 @@ func (s gatewayService) Join(ctx context.Context, req *apipb.GatewayJoinRequest)
 	}
 	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_GATEWAY, "not a valid gateway token: create one with `strait token create --kind gateway`",
 		func() error {
-			if g, ok := s.cfg.Node.Store().Gateway(req.Name); ok && !g.Revoked {
-				return status.Errorf(codes.AlreadyExists, "gateway %q has already joined; if it lost its identity, run `strait gateway revoke %s` first", req.Name, req.Name)
+			if g, ok := s.store().Gateway(req.Name); ok && !g.Revoked {
+				return exists("gateway %q has already joined; if it lost its identity, run `strait gateway revoke %s` first", req.Name, req.Name)
 			}
 			return nil
 		})
@@ -195,16 +196,16 @@ func (s gatewayService) Join(ctx context.Context, req *apipb.GatewayJoinRequest)
 	return &apipb.GatewayJoinResponse{TrustDomain: s.cfg.TrustDomain().Name(), Svid: svid, Bundle: bundle}, nil
 }
 
-func (s *Server) signGateway(ctx context.Context, name string, csr []byte) (svid, bundle [][]byte, err error) {
+func (s gatewayService) signGateway(ctx context.Context, name string, csr []byte) (svid, bundle [][]byte, err error) {
 	id, err := trust.GatewayID(s.cfg.TrustDomain(), name)
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := s.cfg.Node.SignSVID(ctx, id, csr, GatewaySVIDTTL)
+	cert, err := s.node.SignSVID(ctx, id, csr, GatewaySVIDTTL)
 	if err != nil {
 		return nil, nil, err
 	}
-	auth, err := s.cfg.Node.Authorities()
+	auth, err := s.node.Authorities()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -259,9 +260,9 @@ func (s gatewayService) Heartbeat(ctx context.Context, req *apipb.GatewayHeartbe
 		GatewayMetaPeerGateways:   strconv.FormatUint(uint64(req.PeerGateways), 10),
 		GatewayMetaPeerGatewaysUp: strconv.FormatUint(uint64(min(req.PeerGatewaysUp, req.PeerGateways)), 10),
 	}
-	if in, ok := s.cfg.Node.Store().Instance(key); ok && in.Address == host && in.Ports[state.GatewayWANPort] == uint32(port) &&
+	if in, ok := s.store().Instance(key); ok && in.Address == host && in.Ports[state.GatewayWANPort] == uint32(port) &&
 		in.Health == apipb.Health_HEALTH_PASSING && maps.Equal(in.Meta, meta) {
-		return &apipb.GatewayHeartbeatResponse{}, s.cfg.Node.Heartbeat(ctx, key)
+		return &apipb.GatewayHeartbeatResponse{}, s.node.Heartbeat(ctx, key)
 	}
 	reg := &apipb.RegisterRequest{
 		Service: &apipb.Service{Namespace: state.GatewayNamespace, Name: state.GatewayService,
@@ -275,11 +276,11 @@ func (s gatewayService) Heartbeat(ctx context.Context, req *apipb.GatewayHeartbe
 	// The registration is this heartbeat: without the beat, the TTL
 	// tracker would take the last one it knew (or its own start) and mark
 	// the gateway critical again at once.
-	return &apipb.GatewayHeartbeatResponse{}, s.cfg.Node.Heartbeat(ctx, key)
+	return &apipb.GatewayHeartbeatResponse{}, s.node.Heartbeat(ctx, key)
 }
 
 func (s gatewayService) List(ctx context.Context, req *apipb.ListGatewaysRequest) (*apipb.ListGatewaysResponse, error) {
-	return &apipb.ListGatewaysResponse{Gateways: s.cfg.Node.Store().Gateways()}, nil
+	return &apipb.ListGatewaysResponse{Gateways: s.store().Gateways()}, nil
 }
 
 // Revoke makes every server refuse the gateway's SVID, and takes it out of
@@ -293,9 +294,9 @@ func (s gatewayService) Revoke(ctx context.Context, req *apipb.RevokeGatewayRequ
 	}); ok {
 		return r, err
 	}
-	g, ok := s.cfg.Node.Store().Gateway(req.Name)
+	g, ok := s.store().Gateway(req.Name)
 	if !ok {
-		return nil, toStatus(notFound("gateway %q", req.Name))
+		return nil, notFound("gateway %q", req.Name)
 	}
 	n := proto.Clone(g).(*apipb.GatewayRecord)
 	n.Revoked = true
@@ -303,7 +304,7 @@ func (s gatewayService) Revoke(ctx context.Context, req *apipb.RevokeGatewayRequ
 		return nil, err
 	}
 	dereg := &apipb.DeregisterRequest{Namespace: state.GatewayNamespace, Service: state.GatewayService, InstanceId: req.Name}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: dereg}}); err != nil && status.Code(toStatus(err)) != codes.NotFound {
+	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: dereg}}); err != nil && !errors.Is(err, state.ErrNotFound) {
 		return nil, err
 	}
 	return &apipb.RevokeGatewayResponse{}, nil
@@ -321,17 +322,17 @@ func (s intentionService) CheckPeer(ctx context.Context, req *apipb.CheckPeerInt
 	if err := validLabel("service", req.Service); err != nil {
 		return nil, err
 	}
-	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+	for _, f := range s.store().ForeignBundles() {
 		if f.PeerName == req.Peer {
 			release, err := s.diag.acquire(ctx, "CheckPeer")
 			if err != nil {
 				return nil, err
 			}
 			defer release()
-			return s.cfg.Node.PeerIntention(ctx, f, req.Namespace, req.Service)
+			return s.node.CheckIntention(ctx, f, req.Namespace, req.Service)
 		}
 	}
-	return nil, toStatus(notFound("peer %q", req.Peer))
+	return nil, notFound("peer %q", req.Peer)
 }
 
 // CheckFromPeer is a calling peer site's CheckPeer: this site's decision
@@ -339,9 +340,9 @@ func (s intentionService) CheckPeer(ctx context.Context, req *apipb.CheckPeerInt
 // only intentions for any namespace and service of the site can allow.
 func (s intentionService) CheckFromPeer(ctx context.Context, req *apipb.CheckPeerIntentionRequest) (*apipb.CheckIntentionResponse, error) {
 	td, _ := ctx.Value(peerTDKey).(string)
-	f, ok := s.cfg.Node.Store().ForeignBundle(td)
+	f, ok := s.store().ForeignBundle(td)
 	if !ok || f.PeerName == "" {
-		return nil, toStatus(notFound("peering with %s", td))
+		return nil, notFound("peering with %s", td)
 	}
 	if err := validLabel("namespace", req.Namespace); err != nil {
 		return nil, err
@@ -349,6 +350,6 @@ func (s intentionService) CheckFromPeer(ctx context.Context, req *apipb.CheckPee
 	if err := validLabel("service", req.Service); err != nil {
 		return nil, err
 	}
-	ok, matched := policy.Decide(s.cfg.Node.Store().Intentions(), policy.Source{Site: f.PeerName}, req.Namespace, req.Service)
+	ok, matched := policy.Decide(s.store().Intentions(), policy.Source{Site: f.PeerName}, req.Namespace, req.Service)
 	return &apipb.CheckIntentionResponse{Allowed: ok, Matched: matched}, nil
 }

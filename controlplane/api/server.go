@@ -13,11 +13,26 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
-// Config configures the API.
+// Config configures the API. Each service gets the small interface it
+// needs (see node.go); all are required.
 type Config struct {
-	// Node is the Raft node. Required.
+	// Store is the local replica of the state. Required.
+	Store *state.Store
+	// Raft is the Raft node. Required.
+	Raft       Raft
+	Catalog    Catalog
+	ACL        ACL
+	Operator   Operator
+	Cluster    Cluster
+	Bundles    Bundles
+	Gateways   Gateways
+	Intentions Intentions
+	// Node serves the Identity, Workload and Federation services until
+	// they move out (see Node). Required.
 	Node Node
 	// TrustDomain returns the site's trust domain. Required.
 	TrustDomain func() spiffeid.TrustDomain
@@ -56,15 +71,16 @@ const (
 	MinClientPing = 10 * time.Second
 )
 
-// Server implements the gRPC services.
+// Server is what the gRPC services share: configuration, metrics, the
+// interceptors (authentication and authorization of every call, and the
+// one conversion of errors to status codes), forwarding to the leader,
+// and the bounds on signing and diagnostics. Each service is served by
+// a handler type of its own that embeds it (catalogService,
+// aclService, ...); the Workload and Identity services are still served
+// by Server itself (identity.go).
 type Server struct {
-	apipb.UnimplementedCatalogServer
-	apipb.UnimplementedACLServer
-	apipb.UnimplementedOperatorServer
-	apipb.UnimplementedClusterServer
 	apipb.UnimplementedWorkloadServer
 	apipb.UnimplementedIdentityServer
-	apipb.UnimplementedBundleServer
 
 	cfg      Config
 	requests *prometheus.CounterVec
@@ -128,17 +144,25 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 
 // RegisterServices adds the services to g.
 func (s *Server) RegisterServices(g *grpc.Server) {
-	apipb.RegisterCatalogServer(g, s)
-	apipb.RegisterACLServer(g, s)
-	apipb.RegisterOperatorServer(g, s)
-	apipb.RegisterClusterServer(g, s)
+	apipb.RegisterCatalogServer(g, catalogService{Server: s, node: s.cfg.Catalog})
+	apipb.RegisterACLServer(g, aclService{Server: s, node: s.cfg.ACL})
+	apipb.RegisterOperatorServer(g, operatorService{Server: s, node: s.cfg.Operator})
+	apipb.RegisterClusterServer(g, clusterService{Server: s, node: s.cfg.Cluster})
 	apipb.RegisterWorkloadServer(g, s)
 	apipb.RegisterIdentityServer(g, s)
-	apipb.RegisterBundleServer(g, s)
+	apipb.RegisterBundleServer(g, bundleService{Server: s, node: s.cfg.Bundles})
 	apipb.RegisterFederationServer(g, federationService{Server: s})
-	apipb.RegisterIntentionsServer(g, intentionService{Server: s})
-	apipb.RegisterGatewayServer(g, gatewayService{Server: s})
+	apipb.RegisterIntentionsServer(g, intentionService{Server: s, node: s.cfg.Intentions})
+	apipb.RegisterGatewayServer(g, gatewayService{Server: s, node: s.cfg.Gateways})
 }
+
+// apply commits a command on the leader, forwarding is the caller's job.
+func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (any, uint64, error) {
+	return s.cfg.Raft.Apply(ctx, cmd)
+}
+
+// store is the local replica.
+func (s *Server) store() *state.Store { return s.cfg.Store }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()

@@ -29,31 +29,31 @@ const caExpiryWarning = 30 * 24 * time.Hour
 
 // ServerStatus is Status for another server of the site: SiteStatus on
 // that server probes this one with it.
-func (s *Server) ServerStatus(ctx context.Context, req *apipb.StatusRequest) (*apipb.StatusResponse, error) {
-	return s.cfg.Node.Status(), nil
+func (s clusterService) ServerStatus(ctx context.Context, req *apipb.StatusRequest) (*apipb.StatusResponse, error) {
+	return s.node.Status(), nil
 }
 
 // SiteStatus is answered by this server, whether or not it leads, so that
 // it works when the site has no leader: it probes every server, asks the
 // leader (when there is one) for the peers' streams, lists the gateways
 // and the CA, and judges the whole.
-func (s *Server) SiteStatus(ctx context.Context, req *apipb.SiteStatusRequest) (*apipb.SiteStatusResponse, error) {
+func (s operatorService) SiteStatus(ctx context.Context, req *apipb.SiteStatusRequest) (*apipb.SiteStatusResponse, error) {
 	release, err := s.diag.acquire(ctx, "SiteStatus")
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	own := s.cfg.Node.Status()
+	own := s.node.Status()
 	resp := &apipb.SiteStatusResponse{
 		Site: own.Site, TrustDomain: own.TrustDomain, AnsweredBy: own.NodeId,
 		LeaderId: own.LeaderId, LeaderAddress: own.LeaderAddress,
 		Services: own.Services, Instances: own.Instances,
 	}
-	resp.Servers = s.cfg.Node.ProbeServers(ctx)
+	resp.Servers = s.node.ProbeServers(ctx)
 	peers, leaderView := s.sitePeers(ctx, own)
 	resp.Peers = peers
 	resp.Gateways = s.gatewayHealth()
-	if ca, err := s.cfg.Node.CAStatus(); err == nil {
+	if ca, err := s.node.CAStatus(); err == nil {
 		resp.Ca = ca
 	}
 	resp.Problems, resp.Verdict = judgeSite(resp, leaderView, s.cfg.Now())
@@ -64,10 +64,10 @@ func (s *Server) SiteStatus(ctx context.Context, req *apipb.SiteStatusRequest) (
 // sitePeers lists the peerings with the leader's runtime view of the
 // streams when the leader answers in time (leaderView), this replica's
 // otherwise.
-func (s *Server) sitePeers(ctx context.Context, own *apipb.StatusResponse) (peers []*apipb.Peer, leaderView bool) {
+func (s operatorService) sitePeers(ctx context.Context, own *apipb.StatusResponse) (peers []*apipb.Peer, leaderView bool) {
 	if own.State != "leader" && own.LeaderId != "" {
 		fctx, cancel := context.WithTimeout(ctx, siteStatusPeersTimeout)
-		r, ok, err := forwardRead(fctx, s, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ListPeersFedResponse, error) {
+		r, ok, err := forwardRead(fctx, s.Server, func(ctx context.Context, c *grpc.ClientConn) (*apipb.ListPeersFedResponse, error) {
 			return apipb.NewFederationClient(c).List(ctx, &apipb.ListPeersFedRequest{})
 		})
 		cancel()
@@ -75,7 +75,7 @@ func (s *Server) sitePeers(ctx context.Context, own *apipb.StatusResponse) (peer
 			return r.Peers, true
 		}
 	}
-	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+	for _, f := range s.store().ForeignBundles() {
 		if f.PeerName != "" {
 			peers = append(peers, s.peerStatus(PeerOf(f)))
 		}
@@ -84,8 +84,8 @@ func (s *Server) sitePeers(ctx context.Context, own *apipb.StatusResponse) (peer
 }
 
 // gatewayHealth lists the gateways that joined, with their catalog health.
-func (s *Server) gatewayHealth() []*apipb.GatewayHealth {
-	st := s.cfg.Node.Store()
+func (s operatorService) gatewayHealth() []*apipb.GatewayHealth {
+	st := s.store()
 	_, insts, _, _ := st.Service(state.ServiceKey{Namespace: state.GatewayNamespace, Name: state.GatewayService}, false)
 	byName := make(map[string]*apipb.Instance, len(insts))
 	for _, in := range insts {

@@ -15,6 +15,60 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 )
 
+// Errors the server's components return; toStatus maps them to gRPC
+// status codes (Unavailable, ResourceExhausted).
+var (
+	ErrNotLeader = errors.New("this server is not the leader")
+	ErrNoLeader  = errors.New("the site has no leader right now (an election may be in progress); retry shortly")
+	// ErrOverloaded marks a request refused (or given up on) because a
+	// rate or concurrency bound was reached: ResourceExhausted.
+	ErrOverloaded = errors.New("over a rate or concurrency bound")
+	// ErrUnreachable marks a remote party (a peer site's servers) that did
+	// not answer: Unavailable.
+	ErrUnreachable = errors.New("unreachable")
+	// ErrDenied marks a request the caller may not make, whatever its
+	// token: PermissionDenied.
+	ErrDenied = errors.New("denied")
+	// ErrExists marks a request to create what exists already:
+	// AlreadyExists.
+	ErrExists = errors.New("already exists")
+)
+
+// kindError is an error that says msg and is (errors.Is) kind.
+type kindError struct {
+	kind error
+	msg  string
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
+
+// Overloaded is an ErrOverloaded saying what was over which bound.
+func Overloaded(format string, args ...any) error {
+	return &kindError{kind: ErrOverloaded, msg: fmt.Sprintf(format, args...)}
+}
+
+// Unreachable is an ErrUnreachable saying who did not answer.
+func Unreachable(format string, args ...any) error {
+	return &kindError{kind: ErrUnreachable, msg: fmt.Sprintf(format, args...)}
+}
+
+// denied is an ErrDenied saying why.
+func denied(format string, args ...any) error {
+	return &kindError{kind: ErrDenied, msg: fmt.Sprintf(format, args...)}
+}
+
+// exists is an ErrExists saying what exists.
+func exists(format string, args ...any) error {
+	return &kindError{kind: ErrExists, msg: fmt.Sprintf(format, args...)}
+}
+
+// conflict is a state.ErrConflict (FailedPrecondition) saying what the
+// request contradicts and what to do.
+func conflict(format string, args ...any) error {
+	return &kindError{kind: state.ErrConflict, msg: fmt.Sprintf(format, args...)}
+}
+
 // FieldError is a rejected request field: which one, and the rule it broke.
 type FieldError struct {
 	Field string
@@ -83,8 +137,14 @@ func toStatus(err error) error {
 		errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress),
 		errors.Is(err, raft.ErrRaftShutdown):
 		return retryable(err.Error())
-	case errors.Is(err, raft.ErrEnqueueTimeout):
+	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, ErrOverloaded):
 		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, ErrUnreachable):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrDenied):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):

@@ -28,7 +28,7 @@ func (a *AWSConfig) integrate(ctx context.Context, cfg *controlplane.Config, sit
 	}
 	if a.BundleBucket != "" {
 		bucket, key := a.BundleBucket, a.BundleKey
-		cfg.LeaderTasks = append(cfg.LeaderTasks, controlplane.LeaderTask{Name: "aws-bundle-s3", Run: func(ctx context.Context, s *controlplane.Server) error {
+		cfg.LeaderTasks = append(cfg.LeaderTasks, controlplane.LeaderTask{Name: "aws-bundle-s3", Run: func(ctx context.Context, s *controlplane.CloudSite) error {
 			if key == "" {
 				key = s.TrustDomain().Name() + "/bundle.json"
 			}
@@ -37,7 +37,7 @@ func (a *AWSConfig) integrate(ctx context.Context, cfg *controlplane.Config, sit
 		}})
 	}
 	if cm := a.CloudMap; cm.Namespace != "" {
-		cfg.LeaderTasks = append(cfg.LeaderTasks, controlplane.LeaderTask{Name: "aws-cloudmap", Run: func(ctx context.Context, s *controlplane.Server) error {
+		cfg.LeaderTasks = append(cfg.LeaderTasks, controlplane.LeaderTask{Name: "aws-cloudmap", Run: func(ctx context.Context, s *controlplane.CloudSite) error {
 			sync := &aws.CloudMapSync{Clients: clients, Namespace: cm.Namespace, StraitNamespace: cm.StraitNamespace, Publish: cm.Publish,
 				Site: s.Site(), Catalog: s, Interval: time.Duration(cm.Interval), Logger: cfg.Logger}
 			return sync.Run(ctx)

@@ -1,6 +1,7 @@
 // Package controlplane is a site's control-plane server: one Raft node
-// holding the replicated state (package state), the site CA, and the gRPC
-// API (package api), all served over mTLS on one port (package mux).
+// holding the replicated state (package state), the site authority
+// (package trust/authority), and the gRPC API (package api), all served
+// over mTLS on one port (package mux).
 //
 // A Server is built with New(Config) and run with Run(ctx). Run owns these
 // goroutines, as tasks of one errgroup (the first error stops the rest; a
@@ -10,13 +11,13 @@
 //   - the gRPC server;
 //   - the metrics HTTP server, when configured;
 //   - the leader loop: on gaining leadership it waits for a barrier before
-//     serving consistent reads, bootstraps the site once, makes sure a JWT
-//     key exists, and runs the TTL tracker, the CA rotator and the foreign
-//     bundle refresher (one goroutine per trust domain being fetched); on
-//     losing it, stops them all;
-//   - followIdentity: keeps the server's trust bundle and SVID in step
-//     with the site's CA roots;
-//   - SVID renewal of the server's own identity at half-life;
+//     serving consistent reads, bootstraps the site once, and runs the TTL
+//     tracker, the foreign bundle refresher (one goroutine per trust domain
+//     being fetched) and the leader tasks, the first of which is the site
+//     authority's (JWT key, CA rotation); on losing it, stops them all;
+//   - the site authority (package trust/authority): keeps the server's
+//     trust bundle and SVID in step with the site's CA roots, and renews
+//     the SVID at half-life;
 //   - promotion: a server that joined as a non-voter asks the leader to
 //     make it a voter once it has applied the log up to its join.
 //

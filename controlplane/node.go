@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,12 +9,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -25,7 +21,6 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust"
-	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -195,7 +190,7 @@ func (s *Server) Status() *apipb.StatusResponse {
 		CommitIndex:   parseStat(stats, "commit_index"),
 		AppliedIndex:  s.raft.AppliedIndex(),
 		Version:       Version,
-		SvidExpires:   s.svidExpires(),
+		SvidExpires:   s.auth.SVIDExpires(),
 		DnsAddress:    s.dnsAddress(),
 	}
 	lc := s.raft.LastContact()
@@ -279,7 +274,7 @@ func (s *Server) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.JoinR
 			return nil, fmt.Errorf("address %s is already used by server %q: %w", req.Address, srv.ID, state.ErrConflict)
 		}
 	}
-	root, err := s.siteCA()
+	root, err := s.auth.CA()
 	if err != nil {
 		return nil, err
 	}
@@ -335,37 +330,3 @@ func (s *Server) Leave(ctx context.Context, node string) error {
 	}
 	return s.RemovePeer(ctx, node)
 }
-
-// SignSVID implements api.Node. Every server holds the KEK, so any server
-// signs; the rate limit keeps a mass rotation from starving the rest.
-func (s *Server) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error) {
-	if _, err := ca.ParseCSR(csr); err != nil {
-		return nil, &api.FieldError{Field: "csr", Rule: err.Error()}
-	}
-	if err := s.signLimit.Wait(ctx); err != nil {
-		return nil, status.Errorf(codes.ResourceExhausted, "signing rate limit (%v/s): %v", s.signLimit.Limit(), err)
-	}
-	root, err := s.siteCA()
-	if err != nil {
-		return nil, err
-	}
-	cert, err := root.SignCSR(id, csr, s.cfg.Now(), ttl)
-	if err != nil {
-		return nil, err
-	}
-	s.metrics.signed.Inc()
-	return cert, nil
-}
-
-// Authorities implements api.Node: the site's trusted roots, the active
-// (signing) one first.
-func (s *Server) Authorities() ([]*x509.Certificate, error) {
-	site := s.store.Site()
-	if site == nil {
-		return nil, state.ErrNotBootstrapped
-	}
-	return authorities(site)
-}
-
-// WorkloadSVIDTTL implements api.Node.
-func (s *Server) WorkloadSVIDTTL() time.Duration { return s.cfg.WorkloadSVIDTTL }

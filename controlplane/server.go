@@ -14,7 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/api"
@@ -26,6 +25,7 @@ import (
 	"github.com/straitmesh/strait/internal/acceptloop"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/authority"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -41,13 +41,12 @@ type Server struct {
 	// Set by Run before any task starts; read-only afterwards.
 	id    *identity
 	ident *mtls.Identity
+	auth  *authority.Authority
 	mux   *mux.Mux
 	raft  *raft.Raft
 	close []func() error
 
-	ca        caCache
-	readyTerm atomic.Uint64 // see ConsistentRead
-	signLimit *rate.Limiter
+	readyTerm atomic.Uint64       // see ConsistentRead
 	accepts   *acceptloop.Metrics // accept retries of the server port and the bundle endpoint
 	ttl       *ttlTracker
 	conns     connPool
@@ -89,7 +88,6 @@ func New(cfg Config) (*Server, error) {
 		started:   make(chan struct{}),
 	}
 	s.ttl = newTTLTracker(s)
-	s.signLimit = rate.NewLimiter(rate.Limit(cfg.SignRate), max(1, cfg.SignRate/4))
 	s.metrics = newMetrics(s, cfg.Registerer)
 	s.accepts = acceptloop.NewMetrics(cfg.Registerer)
 	s.repl = replication.NewRegistry(cfg.Registerer, cfg.Now)
@@ -107,6 +105,9 @@ func (s *Server) Store() *state.Store { return s.store }
 
 // Bundle returns the site's CA certificates (after Run has started).
 func (s *Server) Bundle() *x509bundle.Bundle { return s.ident.Bundle() }
+
+// Authority is the site authority on this server (after Run has started).
+func (s *Server) Authority() *authority.Authority { return s.auth }
 
 // Started is closed once Raft runs.
 func (s *Server) Started() <-chan struct{} { return s.started }
@@ -144,13 +145,18 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return err
 	}
 	s.ident.SetFederated(peerBundles{s})
+	if s.auth, err = newAuthority(&s.cfg, s.id, s.ident, s.store, s, s.log); err != nil {
+		return err
+	}
+	// The authority's leader share runs first among the leader tasks.
+	s.cfg.LeaderTasks = append([]LeaderTask{authorityLeaderTask(s.auth)}, s.cfg.LeaderTasks...)
 	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log,
 		MaxConnections: s.cfg.APIMaxConnections, MaxConnectionsPerSource: s.cfg.APIMaxConnectionsPerSource,
 		Registerer: s.cfg.Registerer, AcceptMetrics: s.accepts})
 	if err != nil {
 		return err
 	}
-	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
+	apiSrv := api.New(api.Config{Node: s, Authority: s.auth, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
 		SignRatePerCaller: s.cfg.SignRatePerCaller, IdleTimeout: s.cfg.APIIdleTimeout})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
 	apiSrv.RegisterServices(gs)
@@ -174,8 +180,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.leaderLoop(gctx) })
-	g.Go(func() error { return s.renewLoop(gctx) })
-	g.Go(func() error { return s.followIdentity(gctx) })
+	g.Go(func() error { return s.auth.Run(gctx) })
 	g.Go(func() error { return s.promoteLoop(gctx) })
 	g.Go(func() error { return xs.Run(gctx) })
 	if s.cfg.MetricsAddr != "" {
@@ -256,22 +261,6 @@ func (s *Server) serveMetrics(ctx context.Context) error {
 		return fmt.Errorf("metrics_addr: %w", err)
 	}
 	return nil
-}
-
-// renewLoop keeps the server's own SVID fresh.
-func (s *Server) renewLoop(ctx context.Context) error {
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
-	for {
-		if err := s.renewSVID(); err != nil && !errors.Is(err, state.ErrNotBootstrapped) {
-			s.log.Warn("server svid renewal failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
 }
 
 // Site is the site's name (after Run has started).

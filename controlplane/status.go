@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
@@ -26,18 +25,6 @@ func (s *Server) dnsAddress() string {
 		return s.cfg.DNSPacketConn.LocalAddr().String()
 	}
 	return s.cfg.DNSAddr
-}
-
-// svidExpires is when this server's own SVID expires (nil before Run).
-func (s *Server) svidExpires() *timestamppb.Timestamp {
-	if s.ident == nil {
-		return nil
-	}
-	svid := s.ident.SVID()
-	if svid == nil || len(svid.Certificates) == 0 {
-		return nil
-	}
-	return timestamppb.New(svid.Certificates[0].NotAfter)
 }
 
 // ProbeServers implements api.Node: every server of the Raft

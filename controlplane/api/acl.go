@@ -95,7 +95,7 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 		return nil, err
 	}
 	if req.Kind == apipb.TokenKind_TOKEN_KIND_SERVER || req.Kind == apipb.TokenKind_TOKEN_KIND_AGENT || req.Kind == apipb.TokenKind_TOKEN_KIND_GATEWAY {
-		secret += "." + s.cfg.Node.TokenPin()
+		secret += "." + s.cfg.Authority.TokenPin()
 	}
 	return &apipb.CreateTokenResponse{Token: tok, Secret: secret}, nil
 }

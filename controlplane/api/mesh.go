@@ -200,11 +200,11 @@ func (s *Server) signGateway(ctx context.Context, name string, csr []byte) (svid
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := s.cfg.Node.SignSVID(ctx, id, csr, GatewaySVIDTTL)
+	cert, err := s.signSVID(ctx, id, csr, GatewaySVIDTTL)
 	if err != nil {
 		return nil, nil, err
 	}
-	auth, err := s.cfg.Node.Authorities()
+	auth, err := s.cfg.Authority.Authorities()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
 	"errors"
 	"time"
 
@@ -57,23 +55,6 @@ type Node interface {
 	Promote(ctx context.Context, node string, applied uint64) error
 	// Leave removes a server at its own request (leader only).
 	Leave(ctx context.Context, node string) error
-	// TokenPin is the suffix server and agent tokens carry to pin the site CA.
-	TokenPin() string
-	// SignSVID issues an X.509-SVID for id over the key in a PKCS#10 CSR,
-	// waiting for the signing rate limit (ctx bounds the wait).
-	SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error)
-	// Authorities are the site's X.509 CA certificates.
-	Authorities() ([]*x509.Certificate, error)
-	// WorkloadSVIDTTL is the default lifetime of workload SVIDs.
-	WorkloadSVIDTTL() time.Duration
-	// SignJWT issues a JWT-SVID for id and audience, valid for ttl.
-	SignJWT(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, error)
-	// JWTAuthorities are the site's JWT public keys by key ID.
-	JWTAuthorities() (map[string]crypto.PublicKey, error)
-	// RotateCA prepares a new CA root (leader only).
-	RotateCA(ctx context.Context) (*apipb.CARootStatus, error)
-	// CAStatus lists the site's roots and their phases.
-	CAStatus() (*apipb.CAStatusResponse, error)
 	// OwnBundle is the site's SPIFFE bundle.
 	OwnBundle() (*spiffebundle.Bundle, error)
 	// CreateInvite issues a federation token (leader only).

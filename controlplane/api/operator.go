@@ -45,7 +45,7 @@ func (s *Server) RotateCA(ctx context.Context, req *apipb.RotateCARequest) (*api
 	}); ok {
 		return r, err
 	}
-	st, err := s.cfg.Node.RotateCA(ctx)
+	st, err := s.cfg.Authority.RotateCA(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +53,7 @@ func (s *Server) RotateCA(ctx context.Context, req *apipb.RotateCARequest) (*api
 }
 
 func (s *Server) CAStatus(ctx context.Context, req *apipb.CAStatusRequest) (*apipb.CAStatusResponse, error) {
-	return s.cfg.Node.CAStatus()
+	return s.cfg.Authority.CAStatus()
 }
 
 // Join admits a new server: it validates the request, consumes the

@@ -19,6 +19,9 @@ import (
 type Config struct {
 	// Node is the Raft node. Required.
 	Node Node
+	// Authority is the site authority: SVID and JWT signing, the CA.
+	// Required.
+	Authority Authority
 	// TrustDomain returns the site's trust domain. Required.
 	TrustDomain func() spiffeid.TrustDomain
 	// Logger; slog.Default when nil.

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -40,45 +41,54 @@ type identity struct {
 	persistent bool   // write node.json once the site exists
 }
 
+// identityLoader prepares a server's identity before Raft starts: it
+// loads it from the data dir, or creates it by bootstrapping a new site
+// or joining an existing one.
+type identityLoader struct {
+	cfg       Config
+	log       *slog.Logger
+	advertise string
+}
+
 // prepareIdentity loads this server's identity, or creates it by
 // bootstrapping a new site or joining an existing one.
-func (s *Server) prepareIdentity(ctx context.Context) (*identity, error) {
-	c := &s.cfg
+func (l *identityLoader) prepareIdentity(ctx context.Context) (*identity, error) {
+	c := &l.cfg
 	if c.Dev {
-		return s.newSiteIdentity(nil)
+		return l.newSiteIdentity(nil)
 	}
 	dd := dataDir(c.DataDir)
 	n, err := dd.readNode()
 	switch {
 	case err == nil:
 		if c.JoinToken != "" {
-			s.log.Warn("join token ignored: the data dir already holds this server's identity", "data_dir", c.DataDir)
+			l.log.Warn("join token ignored: the data dir already holds this server's identity", "data_dir", c.DataDir)
 		}
-		return s.loadIdentity(ctx, dd, n)
+		return l.loadIdentity(ctx, dd, n)
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, err
 	case dd.hasRaftState():
 		return nil, fmt.Errorf("data_dir %s has Raft state but no node.json: an earlier bootstrap or join did not finish; remove the directory and start again", c.DataDir)
 	case c.Bootstrap:
-		kek, err := c.kekFile(s.log).LoadOrCreate(ctx, nil, c.Site, c.trustDomainName())
+		kek, err := c.kekFile(l.log).LoadOrCreate(ctx, nil, c.Site, c.trustDomainName())
 		if err != nil {
 			return nil, err
 		}
-		id, err := s.newSiteIdentity(kek)
+		id, err := l.newSiteIdentity(kek)
 		if err != nil {
 			return nil, err
 		}
 		id.persistent = true
 		return id, dd.writeIdentity(id.chain, id.key, id.bundle)
 	case len(c.Join) > 0 || len(c.RetryJoin) > 0:
-		return s.join(ctx, dd)
+		return l.join(ctx, dd)
 	}
 	return nil, fmt.Errorf("data_dir %s is empty: pass --bootstrap to create a new site, or --join (or retry_join) with --join-token to join one", c.DataDir)
 }
 
 // newSiteIdentity creates a CA and a server SVID for a new site.
-func (s *Server) newSiteIdentity(kek *keywrap.FileKEK) (*identity, error) {
-	c := &s.cfg
+func (l *identityLoader) newSiteIdentity(kek *keywrap.FileKEK) (*identity, error) {
+	c := &l.cfg
 	if kek == nil {
 		var err error
 		if kek, err = keywrap.Generate(); err != nil {
@@ -115,8 +125,8 @@ func (s *Server) newSiteIdentity(kek *keywrap.FileKEK) (*identity, error) {
 	}, nil
 }
 
-func (s *Server) loadIdentity(ctx context.Context, dd dataDir, n *nodeInfo) (*identity, error) {
-	c := &s.cfg
+func (l *identityLoader) loadIdentity(ctx context.Context, dd dataDir, n *nodeInfo) (*identity, error) {
+	c := &l.cfg
 	if c.Site != "" && c.Site != n.Site {
 		return nil, fmt.Errorf("site: configured %q but data_dir %s belongs to site %q", c.Site, c.DataDir, n.Site)
 	}
@@ -127,7 +137,7 @@ func (s *Server) loadIdentity(ctx context.Context, dd dataDir, n *nodeInfo) (*id
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dd.nodeFile(), err)
 	}
-	kek, err := c.kekFile(s.log).Load(ctx, n.Site, n.TrustDomain)
+	kek, err := c.kekFile(l.log).Load(ctx, n.Site, n.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
@@ -139,8 +149,8 @@ func (s *Server) loadIdentity(ctx context.Context, dd dataDir, n *nodeInfo) (*id
 }
 
 // join asks an existing server to admit this one.
-func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
-	c := &s.cfg
+func (l *identityLoader) join(ctx context.Context, dd dataDir) (*identity, error) {
+	c := &l.cfg
 	tok, err := jointoken.Parse(c.JoinToken)
 	if err != nil {
 		return nil, err
@@ -153,7 +163,7 @@ func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	req := &apipb.JoinRequest{NodeId: c.NodeID, Address: s.advertise, Csr: csr}
+	req := &apipb.JoinRequest{NodeId: c.NodeID, Address: l.advertise, Csr: csr}
 	backoff := time.Second
 	for {
 		addrs := c.Join
@@ -166,7 +176,7 @@ func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 			addrs = append(append([]string(nil), c.Join...), found...)
 		}
 		for _, addr := range addrs {
-			if addr == s.advertise {
+			if addr == l.advertise {
 				continue // discovery finds this server too
 			}
 			resp, err := joinOne(ctx, addr, tok, req)
@@ -174,11 +184,11 @@ func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 				errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 				continue
 			}
-			id, err := s.acceptJoin(ctx, dd, resp, key)
+			id, err := l.acceptJoin(ctx, dd, resp, key)
 			if err != nil {
 				return nil, err
 			}
-			s.log.Info("joined site", "site", resp.Site, "trust_domain", resp.TrustDomain, "via", addr)
+			l.log.Info("joined site", "site", resp.Site, "trust_domain", resp.TrustDomain, "via", addr)
 			return id, nil
 		}
 		if len(addrs) == 0 && len(errs) == 0 {
@@ -188,7 +198,7 @@ func (s *Server) join(ctx context.Context, dd dataDir) (*identity, error) {
 		if len(c.RetryJoin) == 0 || refusedJoin(errs) {
 			return nil, err
 		}
-		s.log.Warn("retry_join: not admitted yet; retrying", "servers", addrs, "retry_in", backoff, "err", err)
+		l.log.Warn("retry_join: not admitted yet; retrying", "servers", addrs, "retry_in", backoff, "err", err)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -225,8 +235,8 @@ func joinOne(ctx context.Context, addr string, tok jointoken.Token, req *apipb.J
 	return apipb.NewClusterClient(conn).Join(ctx, req)
 }
 
-func (s *Server) acceptJoin(ctx context.Context, dd dataDir, resp *apipb.JoinResponse, key crypto.Signer) (*identity, error) {
-	c := &s.cfg
+func (l *identityLoader) acceptJoin(ctx context.Context, dd dataDir, resp *apipb.JoinResponse, key crypto.Signer) (*identity, error) {
+	c := &l.cfg
 	if c.Site != "" && c.Site != resp.Site {
 		return nil, fmt.Errorf("join: token belongs to site %q, this server is configured for %q", resp.Site, c.Site)
 	}
@@ -260,7 +270,7 @@ func (s *Server) acceptJoin(ctx context.Context, dd dataDir, resp *apipb.JoinRes
 	if want, _ := trust.ServerID(td, c.NodeID); id != want {
 		return nil, fmt.Errorf("join: issued SVID is %s, want %s", id, want)
 	}
-	kek, err := c.kekFile(s.log).LoadOrCreate(ctx, resp.Kek, resp.Site, td.Name())
+	kek, err := c.kekFile(l.log).LoadOrCreate(ctx, resp.Kek, resp.Site, td.Name())
 	if err != nil {
 		return nil, err
 	}

@@ -138,7 +138,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}()
 	s.close = append(s.close, s.ln.Close)
-	if s.id, err = s.prepareIdentity(ctx); err != nil {
+	if s.id, err = (&identityLoader{cfg: s.cfg, log: s.log, advertise: s.advertise}).prepareIdentity(ctx); err != nil {
 		return err
 	}
 	if s.ident, err = newIdentitySource(s.id, s.cfg.Now); err != nil {

@@ -297,7 +297,7 @@ func TestKMSWrappedKEK(t *testing.T) {
 	if got := fmt.Sprint(s.Bundle().X509Authorities()[0].SerialNumber); got != roots {
 		t.Fatalf("root changed across a restart: %s, was %s", got, roots)
 	}
-	if b, err := s.GetBundleForTrustDomain(s.TrustDomain()); err != nil {
+	if b, err := s.Authority().GetBundleForTrustDomain(s.TrustDomain()); err != nil {
 		t.Fatal(err)
 	} else if _, err := b.Marshal(); err != nil {
 		t.Fatal(err)

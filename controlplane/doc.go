@@ -1,6 +1,7 @@
 // Package controlplane is a site's control-plane server: one Raft node
-// holding the replicated state (package state), the site CA, and the gRPC
-// API (package api), all served over mTLS on one port (package mux).
+// holding the replicated state (package state), the site authority
+// (package trust/authority), and the gRPC API (package api), all served
+// over mTLS on one port (package mux).
 //
 // A Server is built with New(Config) and run with Run(ctx). Run owns these
 // goroutines, as tasks of one errgroup (the first error stops the rest; a
@@ -11,14 +12,14 @@
 //   - the metrics HTTP server, when configured;
 //   - leadership (the leader-task runner, leaderRunner): on gaining
 //     leadership it runs the prepare steps in order (a barrier before
-//     serving consistent reads, the site's bootstrap once, the JWT key),
-//     then starts every leader task (the TTL tracker, the CA rotator, the
-//     foreign bundle refresher with one goroutine per trust domain being
-//     fetched, peer replication, the configured LeaderTasks); on losing
-//     it, cancels them all and waits for them;
-//   - followIdentity: keeps the server's trust bundle and SVID in step
-//     with the site's CA roots;
-//   - SVID renewal of the server's own identity at half-life;
+//     serving consistent reads, the site's bootstrap once), then starts
+//     every leader task (the TTL tracker, the site authority's leader work:
+//     JWT key and CA rotation, peering's leader work: foreign bundle
+//     refresh and replication, the configured LeaderTasks); on losing it,
+//     cancels them all and waits for them;
+//   - the site authority (package trust/authority): keeps the server's
+//     trust bundle and SVID in step with the site's CA roots, and renews
+//     the SVID at half-life;
 //   - promotion: a server that joined as a non-voter asks the leader to
 //     make it a voter once it has applied the log up to its join.
 //

@@ -32,7 +32,7 @@ const (
 
 // OwnBundle implements api.Node.
 func (s *Server) OwnBundle() (*spiffebundle.Bundle, error) {
-	return s.GetBundleForTrustDomain(s.id.td)
+	return s.auth.GetBundleForTrustDomain(s.id.td)
 }
 
 // FetchForeign implements api.Node: one fetch, authenticated per the

@@ -10,9 +10,8 @@ import (
 // metrics exports Raft and catalog state. Gauges are read from Raft and the
 // store at scrape time, so they cost nothing between scrapes.
 type metrics struct {
-	s      *Server
-	apply  prometheus.Histogram
-	signed prometheus.Counter
+	s     *Server
+	apply prometheus.Histogram
 
 	leader, term, commit, applied, lastContact, peers, services, instances *prometheus.Desc
 	peerUp, peerBundleAge, importContact, imported                         *prometheus.Desc
@@ -24,9 +23,6 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "strait_raft_apply_duration_seconds", Help: "Time from proposing a command to its commit and apply on the leader.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
-		}),
-		signed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "strait_ca_svids_signed_total", Help: "X.509-SVIDs signed by this server (agents, workloads).",
 		}),
 		leader:      prometheus.NewDesc("strait_raft_leader", "1 if this server is the Raft leader.", nil, nil),
 		term:        prometheus.NewDesc("strait_raft_term", "Current Raft term.", nil, nil),
@@ -45,7 +41,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		imported: prometheus.NewDesc("strait_federation_imported_instances",
 			"Instances imported from the peer.", []string{"peer"}, nil),
 	}
-	reg.MustRegister(m.apply, m.signed, m)
+	reg.MustRegister(m.apply, m)
 	return m
 }
 

@@ -323,14 +323,6 @@ type raftAdmin struct {
 // Status describes this server.
 func (a raftAdmin) Status() *apipb.StatusResponse { return a.s.Status() }
 
-// RotateCA prepares a new CA root (leader only).
-func (a raftAdmin) RotateCA(ctx context.Context) (*apipb.CARootStatus, error) {
-	return a.s.RotateCA(ctx)
-}
-
-// CAStatus lists the site's roots and their phases.
-func (a raftAdmin) CAStatus() (*apipb.CAStatusResponse, error) { return a.s.CAStatus() }
-
 // Join admits a new server whose token the API consumed: it signs the
 // server's SVID and adds it as a non-voter. It becomes a voter when it
 // asks, once caught up (promoteLoop).
@@ -339,7 +331,7 @@ func (a raftAdmin) Join(ctx context.Context, req *apipb.JoinRequest) (*apipb.Joi
 		return nil, err
 	}
 	s := a.s
-	root, err := s.siteCA()
+	root, err := s.auth.CA()
 	if err != nil {
 		return nil, err
 	}

@@ -124,7 +124,7 @@ func (s *Server) CreateInvite(ctx context.Context, peer string, ttl time.Duratio
 	if _, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: rec}}); err != nil {
 		return nil, err
 	}
-	root, err := s.siteCA()
+	root, err := s.auth.CA()
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -29,6 +28,7 @@ import (
 	"github.com/straitmesh/strait/internal/acceptloop"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/trust"
+	"github.com/straitmesh/strait/trust/authority"
 	"github.com/straitmesh/strait/trust/mtls"
 )
 
@@ -44,14 +44,13 @@ type Server struct {
 	// Set by Run before any task starts; read-only afterwards.
 	id    *identity
 	ident *mtls.Identity
+	auth  *authority.Authority
 	mux   *mux.Mux
 	raft  *raft.Raft // node.raft, for metrics and tests
 	close []func() error
 
-	node      *raftNode
-	leaders   *leaderRunner // leader-only work: see leaderTasks
-	ca        caCache
-	signLimit *rate.Limiter
+	node    *raftNode
+	leaders *leaderRunner // leader-only work: see leaderTasks
 	accepts   *acceptloop.Metrics // accept retries of the server port and the bundle endpoint
 	ttl       *ttlTracker
 	metrics   *metrics
@@ -91,7 +90,6 @@ func New(cfg Config) (*Server, error) {
 		store:     state.NewStore(0),
 		started:   make(chan struct{}),
 	}
-	s.signLimit = rate.NewLimiter(rate.Limit(cfg.SignRate), max(1, cfg.SignRate/4))
 	s.metrics = newMetrics(s, cfg.Registerer)
 	s.accepts = acceptloop.NewMetrics(cfg.Registerer)
 	s.repl = replication.NewRegistry(cfg.Registerer, cfg.Now)
@@ -117,16 +115,10 @@ func (s *Server) leaderTasks() {
 		}
 		return s.bootstrapSite()
 	})
-	l.Prepare("jwt-key", func(ctx context.Context) error {
-		if err := s.ensureJWTKey(ctx); err != nil {
-			s.log.Warn("no jwt signing key", "err", err)
-		}
-		return nil
-	})
 	for _, t := range s.cfg.LeaderTasks {
 		l.Go(t.Name, func(ctx context.Context) error { return t.Run(ctx, newCloudSite(s)) })
 	}
-	l.Go("ca-rotation", func(ctx context.Context) error { s.rotateLoop(ctx); return nil })
+	l.Go("authority", func(ctx context.Context) error { return s.auth.RunLeader(ctx) })
 	l.Go("foreign-bundles", func(ctx context.Context) error { s.refreshForeign(ctx); return nil })
 	l.Go("replication", func(ctx context.Context) error { s.replicate(ctx); return nil })
 	l.Go("ttl", s.ttl.run)
@@ -166,6 +158,9 @@ func (s *Server) Store() *state.Store { return s.store }
 // Bundle returns the site's CA certificates (after Run has started).
 func (s *Server) Bundle() *x509bundle.Bundle { return s.ident.Bundle() }
 
+// Authority is the site authority on this server (after Run has started).
+func (s *Server) Authority() *authority.Authority { return s.auth }
+
 // Started is closed once Raft runs.
 func (s *Server) Started() <-chan struct{} { return s.started }
 
@@ -195,13 +190,17 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}()
 	s.close = append(s.close, s.ln.Close)
-	if s.id, err = s.prepareIdentity(ctx); err != nil {
+	if s.id, err = (&identityLoader{cfg: s.cfg, log: s.log, advertise: s.advertise}).prepareIdentity(ctx); err != nil {
 		return err
 	}
 	if s.ident, err = newIdentitySource(s.id, s.cfg.Now); err != nil {
 		return err
 	}
 	s.ident.SetFederated(peerBundles{s})
+	if s.auth, err = newAuthority(&s.cfg, s.id, s.ident, s.store, s, s.log); err != nil {
+		return err
+	}
+	// The authority's leader share runs first among the leader tasks.
 	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log,
 		MaxConnections: s.cfg.APIMaxConnections, MaxConnectionsPerSource: s.cfg.APIMaxConnectionsPerSource,
 		Registerer: s.cfg.Registerer, AcceptMetrics: s.accepts})
@@ -210,8 +209,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	admin := raftAdmin{raftNode: s.node, s: s}
 	apiSrv := api.New(api.Config{
-		Store: s.store, Raft: s.node, Catalog: s.ttl, ACL: s, Operator: admin, Cluster: admin, Bundles: s,
-		Gateways: gateways{Signer: s, Catalog: s.ttl}, Intentions: s, Node: s,
+		Store: s.store, Raft: s.node, Catalog: s.ttl, Operator: admin, Cluster: admin, Bundles: s,
+		Intentions: s, Node: s, Authority: s.auth,
 		TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
 		SignRatePerCaller: s.cfg.SignRatePerCaller, IdleTimeout: s.cfg.APIIdleTimeout})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
@@ -239,8 +238,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.node.leadership(gctx) })
-	g.Go(func() error { return s.renewLoop(gctx) })
-	g.Go(func() error { return s.followIdentity(gctx) })
+	g.Go(func() error { return s.auth.Run(gctx) })
 	g.Go(func() error { return s.node.promoteLoop(gctx, s.id.node.JoinIndex) })
 	g.Go(func() error { return xs.Run(gctx) })
 	if s.cfg.MetricsAddr != "" {
@@ -321,22 +319,6 @@ func (s *Server) serveMetrics(ctx context.Context) error {
 	return nil
 }
 
-// renewLoop keeps the server's own SVID fresh.
-func (s *Server) renewLoop(ctx context.Context) error {
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
-	for {
-		if err := s.renewSVID(); err != nil && !errors.Is(err, state.ErrNotBootstrapped) {
-			s.log.Warn("server svid renewal failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
 // Site is the site's name (after Run has started).
 func (s *Server) Site() string { return s.id.node.Site }
 
@@ -364,13 +346,6 @@ func (s *Server) LeaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 
 func (s *Server) clientCreds() credentials.TransportCredentials {
 	return credentials.NewTLS(mtls.ClientConfig(s.ident, s.authorizeServer, mux.ProtoGRPC))
-}
-
-// gateways is the Gateway service's view: the CA's signing and the TTL
-// tracker's heartbeats.
-type gateways struct {
-	api.Signer
-	api.Catalog
 }
 
 // newDNS builds the server's mesh DNS, fed by the local replica's watch.

@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
@@ -28,7 +27,7 @@ func (s *Server) Status() *apipb.StatusResponse {
 		TrustDomain: s.id.td.Name(),
 		NodeId:      s.id.node.NodeID,
 		Version:     Version,
-		SvidExpires: s.svidExpires(),
+		SvidExpires: s.auth.SVIDExpires(),
 		DnsAddress:  s.dnsAddress(),
 	}
 	s.node.describe(st)
@@ -43,18 +42,6 @@ func (s *Server) dnsAddress() string {
 		return s.cfg.DNSPacketConn.LocalAddr().String()
 	}
 	return s.cfg.DNSAddr
-}
-
-// svidExpires is when this server's own SVID expires (nil before Run).
-func (s *Server) svidExpires() *timestamppb.Timestamp {
-	if s.ident == nil {
-		return nil
-	}
-	svid := s.ident.SVID()
-	if svid == nil || len(svid.Certificates) == 0 {
-		return nil
-	}
-	return timestamppb.New(svid.Certificates[0].NotAfter)
 }
 
 // ProbeServers asks every server of the Raft configuration for its own

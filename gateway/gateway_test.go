@@ -852,7 +852,7 @@ func workloadSVID(t *testing.T, s *site, id string) *x509svid.SVID {
 	t.Helper()
 	key, _ := ca.NewKey()
 	csr, _ := ca.NewCSR(key)
-	cert, err := s.Nodes[0].Server.SignSVID(controlplanetest.Ctx(t), spiffeid.RequireFromString(id), csr, time.Hour)
+	cert, err := s.Nodes[0].Server.Authority().SignSVID(controlplanetest.Ctx(t), spiffeid.RequireFromString(id), csr, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

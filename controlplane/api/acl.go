@@ -35,7 +35,6 @@ const MaxServerTokenUses = 7
 type aclService struct {
 	apipb.UnimplementedACLServer
 	*Server
-	node ACL
 }
 
 func notFound(format string, args ...any) error {
@@ -102,7 +101,7 @@ func (s aclService) CreateToken(ctx context.Context, req *apipb.CreateTokenReque
 		return nil, err
 	}
 	if req.Kind == apipb.TokenKind_TOKEN_KIND_SERVER || req.Kind == apipb.TokenKind_TOKEN_KIND_AGENT || req.Kind == apipb.TokenKind_TOKEN_KIND_GATEWAY {
-		secret += "." + s.node.TokenPin()
+		secret += "." + s.cfg.Authority.TokenPin()
 	}
 	return &apipb.CreateTokenResponse{Token: tok, Secret: secret}, nil
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -216,6 +217,14 @@ func (n *fakeNode) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl
 
 func (n *fakeNode) Authorities() ([]*x509.Certificate, error) { return nil, n.fail() }
 
+func (n *fakeNode) WorkloadSVIDTTL() time.Duration { return time.Hour }
+
+func (n *fakeNode) SignJWT(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, error) {
+	return "", n.fail()
+}
+
+func (n *fakeNode) JWTAuthorities() (map[string]crypto.PublicKey, error) { return nil, n.fail() }
+
 func (n *fakeNode) CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -225,11 +234,10 @@ func (n *fakeNode) CheckIntention(ctx context.Context, f *statepb.ForeignBundle,
 var (
 	_ Raft       = (*fakeRaft)(nil)
 	_ Catalog    = (*fakeNode)(nil)
-	_ ACL        = (*fakeNode)(nil)
+	_ Authority  = (*fakeNode)(nil)
 	_ Operator   = (*fakeNode)(nil)
 	_ Cluster    = (*fakeNode)(nil)
 	_ Bundles    = (*fakeNode)(nil)
-	_ Gateways   = (*fakeNode)(nil)
 	_ Intentions = (*fakeNode)(nil)
 )
 
@@ -248,7 +256,7 @@ func startAPI(t *testing.T, r *fakeRaft) *testServer {
 	t.Helper()
 	node := &fakeNode{pin: "PIN", status: &apipb.StatusResponse{Site: "test", NodeId: "s1", State: "leader", LeaderId: "s1", Healthy: true}}
 	srv := New(Config{
-		Store: r.store(), Raft: r, Catalog: node, ACL: node, Operator: node, Cluster: node, Bundles: node, Gateways: node, Intentions: node,
+		Store: r.store(), Raft: r, Catalog: node, Authority: node, Operator: node, Cluster: node, Bundles: node, Intentions: node,
 		TrustDomain: func() spiffeid.TrustDomain { return testTD }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	gs := grpc.NewServer(srv.ServerOptions()...)

@@ -159,11 +159,11 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	cert, err := s.cfg.Node.SignSVID(ctx, id, req.Csr, AgentSVIDTTL)
+	cert, err := s.signSVID(ctx, id, req.Csr, AgentSVIDTTL)
 	if err != nil {
 		return nil, err
 	}
-	auth, err := s.cfg.Node.Authorities()
+	auth, err := s.cfg.Authority.Authorities()
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func (s *Server) RenewAgent(ctx context.Context, req *apipb.RenewAgentRequest) (
 		return nil, err
 	}
 	defer release()
-	cert, err := s.cfg.Node.SignSVID(ctx, id, req.Csr, AgentSVIDTTL)
+	cert, err := s.signSVID(ctx, id, req.Csr, AgentSVIDTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +232,7 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 		if a, ok := st.Agent(node); ok && a.Revoked {
 			return enroll.RevokedStatus("agent", node)
 		}
-		auth, err := s.cfg.Node.Authorities()
+		auth, err := s.cfg.Authority.Authorities()
 		if err != nil {
 			return err
 		}
@@ -256,7 +256,7 @@ func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStre
 }
 
 func (s *Server) jwtAuthorities() ([]*apipb.JWTAuthority, error) {
-	keys, err := s.cfg.Node.JWTAuthorities()
+	keys, err := s.cfg.Authority.JWTAuthorities()
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +306,7 @@ func (s *Server) SignJWTSVID(ctx context.Context, req *apipb.SignJWTRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	tok, err := s.cfg.Node.SignJWT(ctx, id, req.Audience, JWTSVIDTTL)
+	tok, err := s.cfg.Authority.SignJWT(ctx, id, req.Audience, JWTSVIDTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -334,11 +334,11 @@ func (s *Server) SignX509SVIDs(ctx context.Context, req *apipb.SignRequest) (*ap
 		if err != nil {
 			return nil, fmt.Errorf("items[%d]: %w", i, err)
 		}
-		ttl := s.cfg.Node.WorkloadSVIDTTL()
+		ttl := s.cfg.Authority.WorkloadSVIDTTL()
 		if e.SvidTtl != nil {
 			ttl = e.SvidTtl.AsDuration()
 		}
-		cert, err := s.cfg.Node.SignSVID(ctx, id, it.Csr, ttl)
+		cert, err := s.signSVID(ctx, id, it.Csr, ttl)
 		if err != nil {
 			return nil, fmt.Errorf("items[%d]: %w", i, err)
 		}

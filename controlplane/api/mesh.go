@@ -50,7 +50,7 @@ type intentionService struct {
 type gatewayService struct {
 	apipb.UnimplementedGatewayServer
 	*Server
-	node Gateways
+	node Catalog
 }
 
 func (s intentionService) Set(ctx context.Context, req *apipb.SetIntentionRequest) (*apipb.SetIntentionResponse, error) {
@@ -201,11 +201,11 @@ func (s gatewayService) signGateway(ctx context.Context, name string, csr []byte
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := s.node.SignSVID(ctx, id, csr, GatewaySVIDTTL)
+	cert, err := s.signSVID(ctx, id, csr, GatewaySVIDTTL)
 	if err != nil {
 		return nil, nil, err
 	}
-	auth, err := s.node.Authorities()
+	auth, err := s.cfg.Authority.Authorities()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -45,13 +43,6 @@ type Catalog interface {
 	Heartbeat(ctx context.Context, k *apipb.InstanceKey) error
 }
 
-// ACL is what the ACL service needs beyond the store and Raft.
-type ACL interface {
-	// TokenPin is the suffix server, agent and gateway tokens carry to
-	// pin the site CA.
-	TokenPin() string
-}
-
 // Operator is what the Operator service needs beyond the store and Raft.
 type Operator interface {
 	// Status describes this server.
@@ -63,10 +54,6 @@ type Operator interface {
 	Peers() ([]*apipb.RaftPeer, error)
 	// RemovePeer removes a server from the Raft configuration (leader only).
 	RemovePeer(ctx context.Context, id string) error
-	// RotateCA prepares a new CA root (leader only).
-	RotateCA(ctx context.Context) (*apipb.CARootStatus, error)
-	// CAStatus lists the site's roots and their phases.
-	CAStatus() (*apipb.CAStatusResponse, error)
 }
 
 // Cluster is what the Cluster service (server membership) needs beyond
@@ -90,23 +77,6 @@ type Bundles interface {
 	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
 }
 
-// Gateways is what the Gateway service needs beyond the store and Raft.
-type Gateways interface {
-	Signer
-	// Heartbeat records a heartbeat of a TTL instance (leader only).
-	Heartbeat(ctx context.Context, k *apipb.InstanceKey) error
-}
-
-// Signer issues X.509-SVIDs from the site CA.
-type Signer interface {
-	// SignSVID issues an X.509-SVID for id over the key in a PKCS#10 CSR,
-	// waiting for the signing rate limit (ctx bounds the wait).
-	SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error)
-	// Authorities are the site's X.509 CA certificates, the active
-	// (signing) one first.
-	Authorities() ([]*x509.Certificate, error)
-}
-
 // Intentions is what the Intentions service needs beyond the store.
 type Intentions interface {
 	// CheckIntention asks the peer's servers for their decision on a
@@ -114,14 +84,8 @@ type Intentions interface {
 	CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error)
 }
 
-// Node is what the handlers of identity.go, federation.go and
-// replicate.go (the Identity, Workload and Federation services) still
+// Node is what the handlers of federation.go and replicate.go still
 // reach the server through.
-//
-// FOR THE LEAD: Node goes when those handlers move with the authority
-// (trust/authority) and peering (federation/peering) components, which
-// give each of those services its own small interface as above. Nothing
-// else in this package uses it.
 type Node interface {
 	// Store is the local replica.
 	Store() *state.Store
@@ -131,15 +95,8 @@ type Node interface {
 	LeaderConn(ctx context.Context) (*grpc.ClientConn, error)
 	// Peers lists the Raft configuration.
 	Peers() ([]*apipb.RaftPeer, error)
-
-	Signer
-	// WorkloadSVIDTTL is the default lifetime of workload SVIDs.
-	WorkloadSVIDTTL() time.Duration
-	// SignJWT issues a JWT-SVID for id and audience, valid for ttl.
-	SignJWT(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, error)
-	// JWTAuthorities are the site's JWT public keys by key ID.
-	JWTAuthorities() (map[string]crypto.PublicKey, error)
-
+	// OwnBundle is the site's SPIFFE bundle.
+	OwnBundle() (*spiffebundle.Bundle, error)
 	// CreateInvite issues a federation token (leader only).
 	CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error)
 	// JoinFederation redeems another site's federation token (leader only).

@@ -60,7 +60,7 @@ func (s operatorService) RotateCA(ctx context.Context, req *apipb.RotateCAReques
 	}); ok {
 		return r, err
 	}
-	st, err := s.node.RotateCA(ctx)
+	st, err := s.cfg.Authority.RotateCA(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +68,7 @@ func (s operatorService) RotateCA(ctx context.Context, req *apipb.RotateCAReques
 }
 
 func (s operatorService) CAStatus(ctx context.Context, req *apipb.CAStatusRequest) (*apipb.CAStatusResponse, error) {
-	return s.node.CAStatus()
+	return s.cfg.Authority.CAStatus()
 }
 
 // Join admits a new server: it validates the request, consumes the

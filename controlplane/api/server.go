@@ -23,17 +23,19 @@ type Config struct {
 	// Store is the local replica of the state. Required.
 	Store *state.Store
 	// Raft is the Raft node. Required.
-	Raft       Raft
+	Raft Raft
+	// Catalog records heartbeats (the Catalog and Gateway services).
 	Catalog    Catalog
-	ACL        ACL
 	Operator   Operator
 	Cluster    Cluster
 	Bundles    Bundles
-	Gateways   Gateways
 	Intentions Intentions
-	// Node serves the Identity, Workload and Federation services until
-	// they move out (see Node). Required.
+	// Node serves the Federation service until it moves out (see Node).
+	// Required.
 	Node Node
+	// Authority is the site authority: SVID and JWT signing, the CA
+	// (Identity, Workload, ACL, Operator and Gateway services). Required.
+	Authority Authority
 	// TrustDomain returns the site's trust domain. Required.
 	TrustDomain func() spiffeid.TrustDomain
 	// Logger; slog.Default when nil.
@@ -145,7 +147,7 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 // RegisterServices adds the services to g.
 func (s *Server) RegisterServices(g *grpc.Server) {
 	apipb.RegisterCatalogServer(g, catalogService{Server: s, node: s.cfg.Catalog})
-	apipb.RegisterACLServer(g, aclService{Server: s, node: s.cfg.ACL})
+	apipb.RegisterACLServer(g, aclService{Server: s})
 	apipb.RegisterOperatorServer(g, operatorService{Server: s, node: s.cfg.Operator})
 	apipb.RegisterClusterServer(g, clusterService{Server: s, node: s.cfg.Cluster})
 	apipb.RegisterWorkloadServer(g, s)
@@ -153,7 +155,7 @@ func (s *Server) RegisterServices(g *grpc.Server) {
 	apipb.RegisterBundleServer(g, bundleService{Server: s, node: s.cfg.Bundles})
 	apipb.RegisterFederationServer(g, federationService{Server: s})
 	apipb.RegisterIntentionsServer(g, intentionService{Server: s, node: s.cfg.Intentions})
-	apipb.RegisterGatewayServer(g, gatewayService{Server: s, node: s.cfg.Gateways})
+	apipb.RegisterGatewayServer(g, gatewayService{Server: s, node: s.cfg.Catalog})
 }
 
 // apply commits a command on the leader, forwarding is the caller's job.

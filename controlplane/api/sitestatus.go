@@ -53,7 +53,7 @@ func (s operatorService) SiteStatus(ctx context.Context, req *apipb.SiteStatusRe
 	peers, leaderView := s.sitePeers(ctx, own)
 	resp.Peers = peers
 	resp.Gateways = s.gatewayHealth()
-	if ca, err := s.node.CAStatus(); err == nil {
+	if ca, err := s.cfg.Authority.CAStatus(); err == nil {
 		resp.Ca = ca
 	}
 	resp.Problems, resp.Verdict = judgeSite(resp, leaderView, s.cfg.Now())

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/straitmesh/strait/controlplane/state"
+	"github.com/straitmesh/strait/trust/authority"
 )
 
 // Errors the server's components return; toStatus maps them to gRPC
@@ -127,7 +128,7 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, state.ErrTokenInvalid):
 		return status.Error(codes.PermissionDenied, "token "+err.Error())
-	case errors.Is(err, state.ErrNotBootstrapped):
+	case errors.Is(err, state.ErrNotBootstrapped), errors.Is(err, authority.ErrNotBootstrapped):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, raft.ErrLeadershipLost):
 		// The entry may still commit under the next leader: the outcome is

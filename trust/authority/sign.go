@@ -1,4 +1,4 @@
-package controlplane
+package authority
 
 import (
 	"bytes"
@@ -13,21 +13,46 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
-	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust/ca"
 )
+
+// SignSVID issues an X.509-SVID for id over the key in a PKCS#10 CSR,
+// valid for ttl. Every server holds the KEK, so any server signs; the
+// signing rate limit (waited for within ctx) keeps a mass rotation from
+// starving the rest. When the wait cannot fit in ctx the error is a gRPC
+// ResourceExhausted status.
+func (a *Authority) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error) {
+	if _, err := ca.ParseCSR(csr); err != nil {
+		return nil, fmt.Errorf("csr: %w", err)
+	}
+	if err := a.signLimit.Wait(ctx); err != nil {
+		return nil, status.Errorf(codes.ResourceExhausted, "signing rate limit (%v/s): %v", a.signLimit.Limit(), err)
+	}
+	root, err := a.CA()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := root.SignCSR(id, csr, a.cfg.Now(), ttl)
+	if err != nil {
+		return nil, err
+	}
+	a.signed.Inc()
+	return cert, nil
+}
 
 // JWT-SVIDs are signed with ES256 by the site's newest JWT key. Keys live
 // in the replicated state sealed under the KEK (context "<td>/jwt"), like
 // the CA key; their public halves are published in the bundle.
 
-func (s *Server) jwtContext() []byte { return []byte(s.id.td.Name() + "/jwt") }
+func (a *Authority) jwtContext() []byte { return []byte(a.cfg.TrustDomain.Name() + "/jwt") }
 
 // ensureJWTKey commits a signing key when the site has none. Leader only.
-func (s *Server) ensureJWTKey(ctx context.Context) error {
-	site := s.store.Site()
+func (a *Authority) ensureJWTKey(ctx context.Context) error {
+	site := a.cfg.Store.Site()
 	if site == nil || len(site.JwtKeys) > 0 {
 		return nil
 	}
@@ -43,7 +68,7 @@ func (s *Server) ensureJWTKey(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sealed, err := s.id.kek.Seal(priv, s.jwtContext())
+	sealed, err := a.cfg.KEK.Seal(priv, a.jwtContext())
 	if err != nil {
 		return err
 	}
@@ -54,18 +79,18 @@ func (s *Server) ensureJWTKey(ctx context.Context) error {
 	cmd := &statepb.Command{Cmd: &statepb.Command_AddJwtKey{AddJwtKey: &statepb.JWTKey{
 		Kid: base64.RawURLEncoding.EncodeToString(kid), PublicKey: pub, SealedKey: sealed,
 	}}}
-	if _, _, err := s.Apply(ctx, cmd); err != nil {
+	if _, _, err := a.cfg.Consensus.Apply(ctx, cmd); err != nil {
 		return fmt.Errorf("commit jwt key: %w", err)
 	}
-	s.log.Info("jwt signing key created")
+	a.log.Info("jwt signing key created")
 	return nil
 }
 
-// JWTAuthorities implements api.Node: the site's JWT public keys by key ID.
-func (s *Server) JWTAuthorities() (map[string]crypto.PublicKey, error) {
-	site := s.store.Site()
+// JWTAuthorities are the site's JWT public keys by key ID.
+func (a *Authority) JWTAuthorities() (map[string]crypto.PublicKey, error) {
+	site := a.cfg.Store.Site()
 	if site == nil {
-		return nil, state.ErrNotBootstrapped
+		return nil, ErrNotBootstrapped
 	}
 	out := make(map[string]crypto.PublicKey, len(site.JwtKeys))
 	for _, k := range site.JwtKeys {
@@ -85,18 +110,18 @@ type jwtCache struct {
 }
 
 // jwtSigner returns a signer for the newest key, opening it once.
-func (s *Server) jwtSigner() (jose.Signer, error) {
-	site := s.store.Site()
+func (a *Authority) jwtSigner() (jose.Signer, error) {
+	site := a.cfg.Store.Site()
 	if site == nil || len(site.JwtKeys) == 0 {
-		return nil, fmt.Errorf("no jwt signing key yet: %w", state.ErrNotBootstrapped)
+		return nil, fmt.Errorf("no jwt signing key yet: %w", ErrNotBootstrapped)
 	}
 	k := site.JwtKeys[len(site.JwtKeys)-1]
-	s.ca.mu.Lock()
-	defer s.ca.mu.Unlock()
-	if c := s.ca.jwt; c != nil && c.kid == k.Kid && bytes.Equal(c.sealed, k.SealedKey) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c := a.jwt; c != nil && c.kid == k.Kid && bytes.Equal(c.sealed, k.SealedKey) {
 		return c.signer, nil
 	}
-	der, err := s.id.kek.Open(k.SealedKey, s.jwtContext())
+	der, err := a.cfg.KEK.Open(k.SealedKey, a.jwtContext())
 	if err != nil {
 		return nil, fmt.Errorf("open jwt key: %w", err)
 	}
@@ -109,20 +134,21 @@ func (s *Server) jwtSigner() (jose.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.ca.jwt = &jwtCache{kid: k.Kid, sealed: k.SealedKey, signer: signer}
+	a.jwt = &jwtCache{kid: k.Kid, sealed: k.SealedKey, signer: signer}
 	return signer, nil
 }
 
-// SignJWT implements api.Node: a JWT-SVID for id, valid for ttl.
-func (s *Server) SignJWT(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, error) {
-	if err := s.signLimit.Wait(ctx); err != nil {
+// SignJWT issues a JWT-SVID for id and audience, valid for ttl, after
+// waiting for the signing rate limit within ctx.
+func (a *Authority) SignJWT(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, error) {
+	if err := a.signLimit.Wait(ctx); err != nil {
 		return "", err
 	}
-	signer, err := s.jwtSigner()
+	signer, err := a.jwtSigner()
 	if err != nil {
 		return "", err
 	}
-	now := s.cfg.Now()
+	now := a.cfg.Now()
 	claims := jwt.Claims{
 		Subject:  id.String(),
 		Audience: jwt.Audience(audience),

@@ -50,12 +50,12 @@ type Server struct {
 	close []func() error
 
 	node    *raftNode
-	leaders *leaderRunner // leader-only work: see leaderTasks
-	accepts   *acceptloop.Metrics // accept retries of the server port and the bundle endpoint
-	ttl       *ttlTracker
-	metrics   *metrics
-	started   chan struct{} // closed when Raft runs
-	repl      *replication.Registry
+	leaders *leaderRunner       // leader-only work: see leaderTasks
+	accepts *acceptloop.Metrics // accept retries of the server port and the bundle endpoint
+	ttl     *ttlTracker
+	metrics *metrics
+	started chan struct{} // closed when Raft runs
+	repl    *replication.Registry
 	// leading holds the context of the current term's leadership while
 	// this server leads (the leader runner's).
 	leading *atomic.Pointer[context.Context]

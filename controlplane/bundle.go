@@ -39,6 +39,25 @@ func (s *Server) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle
 	return b, nil
 }
 
+// OwnBundle implements api.Node.
+func (s *Server) OwnBundle() (*spiffebundle.Bundle, error) {
+	return s.GetBundleForTrustDomain(s.id.td)
+}
+
+// ownBundleDoc is the site's bundle document and sequence.
+func (s *Server) ownBundleDoc() ([]byte, uint64, error) {
+	b, err := s.OwnBundle()
+	if err != nil {
+		return nil, 0, err
+	}
+	doc, err := b.Marshal()
+	if err != nil {
+		return nil, 0, err
+	}
+	seq, _ := b.SequenceNumber()
+	return doc, seq, nil
+}
+
 // endpointCert is the certificate the bundle endpoint presents: the
 // operator's Web PKI certificate (https_web), or an SVID for
 // spiffe://<td>/strait/bundle-endpoint issued from the site CA and

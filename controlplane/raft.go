@@ -172,14 +172,11 @@ func (s *Server) lead(ctx context.Context) {
 	if err := s.ensureJWTKey(ctx); err != nil {
 		s.log.Warn("no jwt signing key", "err", err)
 	}
-	s.leading.Store(&ctx)
-	defer s.leading.Store(nil)
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.runLeaderTasks(ctx) }()
 	go func() { defer wg.Done(); s.rotateLoop(ctx) }()
-	go func() { defer wg.Done(); s.refreshForeign(ctx) }()
-	go func() { defer wg.Done(); s.replicate(ctx) }()
+	go func() { defer wg.Done(); _ = s.peering.RunLeader(ctx) }()
 	s.ttl.run(ctx)
 	wg.Wait()
 }

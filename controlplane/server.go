@@ -22,7 +22,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/dns"
-	"github.com/straitmesh/strait/federation/replication"
+	"github.com/straitmesh/strait/federation/peering"
 	"github.com/straitmesh/strait/internal/acceptloop"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/trust"
@@ -53,11 +53,8 @@ type Server struct {
 	conns     connPool
 	metrics   *metrics
 	started   chan struct{} // closed when Raft runs
-	repl      *replication.Registry
-	// leading holds the context of the current term's leadership while
-	// this server leads.
-	leading atomic.Pointer[context.Context]
-	ranOnce sync.Once
+	peering   *peering.Manager
+	ranOnce   sync.Once
 }
 
 // New validates cfg and binds the server's port. It does no other I/O.
@@ -92,7 +89,6 @@ func New(cfg Config) (*Server, error) {
 	s.signLimit = rate.NewLimiter(rate.Limit(cfg.SignRate), max(1, cfg.SignRate/4))
 	s.metrics = newMetrics(s, cfg.Registerer)
 	s.accepts = acceptloop.NewMetrics(cfg.Registerer)
-	s.repl = replication.NewRegistry(cfg.Registerer, cfg.Now)
 	return s, nil
 }
 
@@ -143,14 +139,17 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if s.ident, err = newIdentitySource(s.id, s.cfg.Now); err != nil {
 		return err
 	}
-	s.ident.SetFederated(peerBundles{s})
+	s.ident.SetFederated(peering.PeerBundles{Store: s.store})
+	if s.peering, err = s.newPeering(); err != nil {
+		return err
+	}
 	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log,
 		MaxConnections: s.cfg.APIMaxConnections, MaxConnectionsPerSource: s.cfg.APIMaxConnectionsPerSource,
 		Registerer: s.cfg.Registerer, AcceptMetrics: s.accepts})
 	if err != nil {
 		return err
 	}
-	apiSrv := api.New(api.Config{Node: s, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
+	apiSrv := api.New(api.Config{Node: s, Peering: s.peering, TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
 		SignRatePerCaller: s.cfg.SignRatePerCaller, IdleTimeout: s.cfg.APIIdleTimeout})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
 	apiSrv.RegisterServices(gs)

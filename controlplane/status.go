@@ -2,19 +2,15 @@ package controlplane
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // probeTimeout bounds how long a site status waits for one server.
@@ -102,21 +98,4 @@ func probeError(err error) string {
 		return strings.TrimSuffix(dial, `"`)
 	}
 	return msg
-}
-
-// PeerIntention implements api.Node: it asks the peer's servers, by way
-// of their gateways first, as NotifyUnpeer does.
-func (s *Server) PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
-	var resp *apipb.CheckIntentionResponse
-	errs := s.callPeer(ctx, f, 5*time.Second, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-		resp, err = apipb.NewIntentionsClient(conn).CheckFromPeer(ctx, &apipb.CheckPeerIntentionRequest{Namespace: ns, Service: svc})
-		return err
-	})
-	switch {
-	case resp != nil:
-		return resp, nil
-	case len(errs) == 0:
-		return nil, status.Errorf(codes.Unavailable, "peer %s: no address known", f.PeerName)
-	}
-	return nil, status.Errorf(codes.Unavailable, "peer %s did not answer: %v", f.PeerName, errors.Join(errs...))
 }

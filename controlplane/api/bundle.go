@@ -89,7 +89,7 @@ func (s *Server) SetForeign(ctx context.Context, req *apipb.SetForeignRequest) (
 	}
 	rec := &statepb.ForeignBundle{TrustDomain: td.Name(), EndpointUrl: req.EndpointUrl, EndpointSpiffeId: req.EndpointSpiffeId, Bundle: req.Bundle, Sequence: seq}
 	if len(rec.Bundle) == 0 { // https_web without a bundle: fetch it now
-		b, err := s.cfg.Node.FetchForeign(ctx, rec)
+		b, err := s.cfg.Peering.FetchForeign(ctx, rec)
 		if err != nil {
 			return nil, fieldErr("endpoint_url", "could not fetch the bundle: %v", err)
 		}

@@ -328,7 +328,7 @@ func (s intentionService) CheckPeer(ctx context.Context, req *apipb.CheckPeerInt
 				return nil, err
 			}
 			defer release()
-			return s.cfg.Node.PeerIntention(ctx, f, req.Namespace, req.Service)
+			return s.cfg.Peering.CheckIntention(ctx, f, req.Namespace, req.Service)
 		}
 	}
 	return nil, toStatus(notFound("peer %q", req.Peer))

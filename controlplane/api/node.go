@@ -15,8 +15,6 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
-	"github.com/straitmesh/strait/federation/replication"
-	"github.com/straitmesh/strait/trust"
 )
 
 // Errors a Node returns; status.go maps them to Unavailable.
@@ -76,28 +74,6 @@ type Node interface {
 	CAStatus() (*apipb.CAStatusResponse, error)
 	// OwnBundle is the site's SPIFFE bundle.
 	OwnBundle() (*spiffebundle.Bundle, error)
-	// CreateInvite issues a federation token (leader only).
-	CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error)
-	// JoinFederation redeems another site's federation token (leader only).
-	JoinFederation(ctx context.Context, token, name string) (*statepb.ForeignBundle, error)
-	// NotifyUnpeer tells a removed peer's servers, authenticating with this
-	// server's SVID.
-	NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error
-	// PeerIntention asks the peer's servers for their decision on a
-	// connection from this site to their service ns/svc.
-	PeerIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error)
-	// FetchForeign fetches a foreign bundle from its endpoint.
-	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
-	// ServeExport runs the replication stream of the peer with trust
-	// domain peerTD (leader only).
-	ServeExport(ctx context.Context, peerTD string, stream replication.Stream) error
-	// Replication is the runtime state of replication streams.
-	Replication() *replication.Registry
-	// PeerStaleAfter is how long imports are served without contact
-	// before they are marked stale.
-	PeerStaleAfter() time.Duration
 }
 
 func secondsDuration(s int64) time.Duration { return time.Duration(s) * time.Second }
-
-func bundleEndpointID(td spiffeid.TrustDomain) string { return trust.BundleEndpointID(td).String() }

@@ -16,7 +16,7 @@ func (s federationService) Replicate(stream apipb.Federation_ReplicateServer) er
 	ctx := stream.Context()
 	td, _ := ctx.Value(peerTDKey).(string)
 	if s.cfg.Node.IsLeader() {
-		return s.cfg.Node.ServeExport(ctx, td, stream)
+		return s.cfg.Peering.ServeExport(ctx, td, stream)
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if len(md.Get(forwardedHeader)) > 0 {
@@ -65,7 +65,7 @@ func (s *Server) importState(peer string) *apipb.ImportStatus {
 	if p, ok := store.PeerImport(peer); ok {
 		st.Version, st.LastContact, st.Gateways = p.Version, p.LastContact, p.Gateways
 		st.State = apipb.PeerState_PEER_STATE_ACTIVE
-		if p.LastContact == nil || s.cfg.Now().Sub(p.LastContact.AsTime()) > s.cfg.Node.PeerStaleAfter() {
+		if p.LastContact == nil || s.cfg.Now().Sub(p.LastContact.AsTime()) > s.cfg.Peering.StaleAfter() {
 			st.State = apipb.PeerState_PEER_STATE_STALE
 		}
 	}
@@ -80,7 +80,7 @@ func (s *Server) peerStatus(p *apipb.Peer) *apipb.Peer {
 	p.Imports = s.importState(p.Name)
 	p.Exports = &apipb.ExportStatus{}
 	if s.cfg.Node.IsLeader() {
-		reg := s.cfg.Node.Replication()
+		reg := s.cfg.Peering.Replication()
 		p.Exports = reg.Export(p.Name).Status()
 		reg.Import(p.Name).Fill(p.Imports)
 	}

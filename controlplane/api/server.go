@@ -19,6 +19,8 @@ import (
 type Config struct {
 	// Node is the Raft node. Required.
 	Node Node
+	// Peering is the site's peering component. Required.
+	Peering Peering
 	// TrustDomain returns the site's trust domain. Required.
 	TrustDomain func() spiffeid.TrustDomain
 	// Logger; slog.Default when nil.

@@ -11,8 +11,9 @@
 //   - the metrics HTTP server, when configured;
 //   - the leader loop: on gaining leadership it waits for a barrier before
 //     serving consistent reads, bootstraps the site once, makes sure a JWT
-//     key exists, and runs the TTL tracker, the CA rotator and the foreign
-//     bundle refresher (one goroutine per trust domain being fetched); on
+//     key exists, and runs the TTL tracker, the CA rotator, the leader
+//     tasks and peering's leader work (federation/peering's RunLeader:
+//     the replication importers and the foreign bundle refresher); on
 //     losing it, stops them all;
 //   - followIdentity: keeps the server's trust bundle and SVID in step
 //     with the site's CA roots;

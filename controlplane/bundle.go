@@ -6,8 +6,29 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+
 	"github.com/straitmesh/strait/trust/bundleendpoint"
 )
+
+// OwnBundle is the site's SPIFFE bundle (api.Bundles).
+func (s *Server) OwnBundle() (*spiffebundle.Bundle, error) {
+	return s.auth.GetBundleForTrustDomain(s.id.td)
+}
+
+// ownBundleDoc is the site's bundle document and sequence.
+func (s *Server) ownBundleDoc() ([]byte, uint64, error) {
+	b, err := s.OwnBundle()
+	if err != nil {
+		return nil, 0, err
+	}
+	doc, err := b.Marshal()
+	if err != nil {
+		return nil, 0, err
+	}
+	seq, _ := b.SequenceNumber()
+	return doc, seq, nil
+}
 
 // serveBundle runs the bundle endpoint. It presents the operator's Web PKI
 // certificate (https_web), or an SVID for

@@ -5,6 +5,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/straitmesh/strait/federation/peering"
 )
 
 // metrics exports Raft and catalog state. Gauges are read from Raft and the
@@ -86,7 +88,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		up := 0.0
-		if (f.LastAttempt != nil && f.LastError == "") || m.s.replicationFresh(f, m.s.cfg.Now()) {
+		if (f.LastAttempt != nil && f.LastError == "") || peering.ReplicationFresh(m.s.store, f, m.s.cfg.Now(), m.s.cfg.PeerStaleAfter) {
 			up = 1
 		}
 		g(m.peerUp, up, f.PeerName)

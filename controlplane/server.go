@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -24,7 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/controlplane/xds"
 	"github.com/straitmesh/strait/dns"
-	"github.com/straitmesh/strait/federation/replication"
+	"github.com/straitmesh/strait/federation/peering"
 	"github.com/straitmesh/strait/internal/acceptloop"
 	"github.com/straitmesh/strait/internal/metricsserver"
 	"github.com/straitmesh/strait/trust"
@@ -55,10 +54,7 @@ type Server struct {
 	ttl     *ttlTracker
 	metrics *metrics
 	started chan struct{} // closed when Raft runs
-	repl    *replication.Registry
-	// leading holds the context of the current term's leadership while
-	// this server leads (the leader runner's).
-	leading *atomic.Pointer[context.Context]
+	peering *peering.Manager
 	ranOnce sync.Once
 }
 
@@ -92,9 +88,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = newMetrics(s, cfg.Registerer)
 	s.accepts = acceptloop.NewMetrics(cfg.Registerer)
-	s.repl = replication.NewRegistry(cfg.Registerer, cfg.Now)
 	s.leaders = newLeaderRunner(s.log)
-	s.leading = &s.leaders.leading
 	s.node = &raftNode{store: s.store, self: raft.ServerID(cfg.NodeID), log: s.log, now: cfg.Now, heartbeat: cfg.Raft.Heartbeat,
 		applyTime: s.metrics.apply, creds: s.clientCreds, leaders: s.leaders, status: s.Status}
 	s.ttl = &ttlTracker{node: s.node, store: s.store, now: cfg.Now, log: s.log}
@@ -119,8 +113,7 @@ func (s *Server) leaderTasks() {
 		l.Go(t.Name, func(ctx context.Context) error { return t.Run(ctx, newCloudSite(s)) })
 	}
 	l.Go("authority", func(ctx context.Context) error { return s.auth.RunLeader(ctx) })
-	l.Go("foreign-bundles", func(ctx context.Context) error { s.refreshForeign(ctx); return nil })
-	l.Go("replication", func(ctx context.Context) error { s.replicate(ctx); return nil })
+	l.Go("peering", func(ctx context.Context) error { return s.peering.RunLeader(ctx) })
 	l.Go("ttl", s.ttl.run)
 }
 
@@ -196,11 +189,13 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if s.ident, err = newIdentitySource(s.id, s.cfg.Now); err != nil {
 		return err
 	}
-	s.ident.SetFederated(peerBundles{s})
+	s.ident.SetFederated(peering.PeerBundles{Store: s.store})
 	if s.auth, err = newAuthority(&s.cfg, s.id, s.ident, s.store, s, s.log); err != nil {
 		return err
 	}
-	// The authority's leader share runs first among the leader tasks.
+	if s.peering, err = s.newPeering(); err != nil {
+		return err
+	}
 	s.mux, err = mux.New(mux.Config{Listener: s.ln, Identity: s.ident, AuthorizeServer: s.authorizeServer, Logger: s.log,
 		MaxConnections: s.cfg.APIMaxConnections, MaxConnectionsPerSource: s.cfg.APIMaxConnectionsPerSource,
 		Registerer: s.cfg.Registerer, AcceptMetrics: s.accepts})
@@ -210,7 +205,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	admin := raftAdmin{raftNode: s.node, s: s}
 	apiSrv := api.New(api.Config{
 		Store: s.store, Raft: s.node, Catalog: s.ttl, Operator: admin, Cluster: admin, Bundles: s,
-		Intentions: s, Node: s, Authority: s.auth,
+		Authority: s.auth, Peering: s.peering,
 		TrustDomain: s.TrustDomain, Logger: s.log, Registerer: s.cfg.Registerer, Now: s.cfg.Now,
 		SignRatePerCaller: s.cfg.SignRatePerCaller, IdleTimeout: s.cfg.APIIdleTimeout})
 	gs := grpc.NewServer(append(apiSrv.ServerOptions(), grpc.Creds(mux.Handshaked()))...)
@@ -337,12 +332,6 @@ func (s *Server) Apply(ctx context.Context, cmd *statepb.Command) (any, uint64, 
 
 // Peers lists the Raft configuration.
 func (s *Server) Peers() ([]*apipb.RaftPeer, error) { return s.node.Peers() }
-
-// LeaderConn returns a connection to the current leader (api.Node).
-// FOR THE LEAD: goes with api.Node.
-func (s *Server) LeaderConn(ctx context.Context) (*grpc.ClientConn, error) {
-	return s.node.LeaderConn(ctx)
-}
 
 func (s *Server) clientCreds() credentials.TransportCredentials {
 	return credentials.NewTLS(mtls.ClientConfig(s.ident, s.authorizeServer, mux.ProtoGRPC))

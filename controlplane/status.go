@@ -2,18 +2,14 @@ package controlplane
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // probeTimeout bounds how long a site status waits for one server.
@@ -105,23 +101,4 @@ func probeError(err error) string {
 		return strings.TrimSuffix(dial, `"`)
 	}
 	return msg
-}
-
-// CheckIntention asks the peer's servers for their decision on a
-// connection from this site to their service ns/svc, by way of their
-// gateways first, as NotifyUnpeer does. A peer that does not answer is
-// api.ErrUnreachable.
-func (s *Server) CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
-	var resp *apipb.CheckIntentionResponse
-	errs := s.callPeer(ctx, f, 5*time.Second, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
-		resp, err = apipb.NewIntentionsClient(conn).CheckFromPeer(ctx, &apipb.CheckPeerIntentionRequest{Namespace: ns, Service: svc})
-		return err
-	})
-	switch {
-	case resp != nil:
-		return resp, nil
-	case len(errs) == 0:
-		return nil, api.Unreachable("peer %s: no address known", f.PeerName)
-	}
-	return nil, api.Unreachable("peer %s did not answer: %v", f.PeerName, errors.Join(errs...))
 }

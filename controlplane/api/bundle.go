@@ -95,7 +95,7 @@ func (s bundleService) SetForeign(ctx context.Context, req *apipb.SetForeignRequ
 	}
 	rec := &statepb.ForeignBundle{TrustDomain: td.Name(), EndpointUrl: req.EndpointUrl, EndpointSpiffeId: req.EndpointSpiffeId, Bundle: req.Bundle, Sequence: seq}
 	if len(rec.Bundle) == 0 { // https_web without a bundle: fetch it now
-		b, err := s.node.FetchForeign(ctx, rec)
+		b, err := s.cfg.Peering.FetchForeign(ctx, rec)
 		if err != nil {
 			return nil, fieldErr("endpoint_url", "could not fetch the bundle: %v", err)
 		}

@@ -9,7 +9,8 @@
 // ...) sharing Server: the interceptors, authentication and authorization,
 // forwarding to the leader, and the bounds on signing and diagnostics.
 // What a service needs of the server is a small interface declared in
-// node.go (Raft, Catalog, ACL, Operator, Cluster, Bundles, Gateways,
-// Intentions), implemented by package controlplane and given in Config.
+// node.go (Raft, Catalog, Operator, Cluster, Bundles), authority.go
+// (Authority: trust/authority) and peering.go (Peering: federation/peering),
+// implemented by those packages and given in Config.
 // Handlers are safe for concurrent use.
 package api

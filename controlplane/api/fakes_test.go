@@ -23,6 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/trust/ca"
 )
 
@@ -225,6 +226,35 @@ func (n *fakeNode) SignJWT(ctx context.Context, id spiffeid.ID, audience []strin
 
 func (n *fakeNode) JWTAuthorities() (map[string]crypto.PublicKey, error) { return nil, n.fail() }
 
+// fakePeering is the peering component: only CheckIntention and
+// FetchForeign (fakeNode's) are faked; the federation handlers are covered
+// by controlplane's multi-site tests.
+type fakePeering struct{ *fakeNode }
+
+func (fakePeering) CreateInvite(context.Context, string, time.Duration) (*apipb.CreateInviteResponse, error) {
+	return nil, errors.New("peering is not faked")
+}
+
+func (fakePeering) Join(context.Context, string, string) (*statepb.ForeignBundle, error) {
+	return nil, errors.New("peering is not faked")
+}
+
+func (fakePeering) Accept(context.Context, string, *apipb.AcceptRequest) (string, error) {
+	return "", errors.New("peering is not faked")
+}
+
+func (fakePeering) NotifyUnpeer(context.Context, *statepb.ForeignBundle) error {
+	return errors.New("peering is not faked")
+}
+
+func (fakePeering) ServeExport(context.Context, string, replication.Stream) error {
+	return errors.New("peering is not faked")
+}
+
+func (fakePeering) Replication() *replication.Registry { return replication.NewRegistry(nil, time.Now) }
+
+func (fakePeering) StaleAfter() time.Duration { return time.Minute }
+
 func (n *fakeNode) CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -232,13 +262,13 @@ func (n *fakeNode) CheckIntention(ctx context.Context, f *statepb.ForeignBundle,
 }
 
 var (
-	_ Raft       = (*fakeRaft)(nil)
-	_ Catalog    = (*fakeNode)(nil)
-	_ Authority  = (*fakeNode)(nil)
-	_ Operator   = (*fakeNode)(nil)
-	_ Cluster    = (*fakeNode)(nil)
-	_ Bundles    = (*fakeNode)(nil)
-	_ Intentions = (*fakeNode)(nil)
+	_ Raft      = (*fakeRaft)(nil)
+	_ Catalog   = (*fakeNode)(nil)
+	_ Authority = (*fakeNode)(nil)
+	_ Operator  = (*fakeNode)(nil)
+	_ Cluster   = (*fakeNode)(nil)
+	_ Bundles   = (*fakeNode)(nil)
+	_ Peering   = fakePeering{}
 )
 
 // testServer is one API server on loopback (plain gRPC: the tokens ride
@@ -256,7 +286,7 @@ func startAPI(t *testing.T, r *fakeRaft) *testServer {
 	t.Helper()
 	node := &fakeNode{pin: "PIN", status: &apipb.StatusResponse{Site: "test", NodeId: "s1", State: "leader", LeaderId: "s1", Healthy: true}}
 	srv := New(Config{
-		Store: r.store(), Raft: r, Catalog: node, Authority: node, Operator: node, Cluster: node, Bundles: node, Intentions: node,
+		Store: r.store(), Raft: r, Catalog: node, Authority: node, Operator: node, Cluster: node, Bundles: node, Peering: fakePeering{node},
 		TrustDomain: func() spiffeid.TrustDomain { return testTD }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	gs := grpc.NewServer(srv.ServerOptions()...)

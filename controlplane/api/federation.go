@@ -1,20 +1,15 @@
 package api
 
 import (
-	"cmp"
 	"context"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/peeraddr"
 	"github.com/straitmesh/strait/meshname"
@@ -37,37 +32,15 @@ func PeerOf(f *statepb.ForeignBundle) *apipb.Peer {
 		BundleEndpointUrl: f.EndpointUrl, Bundle: ForeignStatus(f)}
 }
 
-// CheckPeerFree reports a conflict when name or td is already federated,
-// or names this site. It is a courtesy check before a join does any work:
-// the state machine decides for good (AddPeer), so that of two concurrent
-// joins only one can win.
-func CheckPeerFree(st *state.Store, own spiffeid.TrustDomain, name, td string) error {
-	if td == own.Name() {
-		return status.Errorf(codes.InvalidArgument, "this token was issued by this site (%s); run `strait federation join` on the other site", td)
-	}
-	if site := st.Site(); site != nil && name == site.Site {
-		return status.Errorf(codes.InvalidArgument, "a peer cannot be named %q, this site's own name; pass --name to choose another", name)
-	}
-	for _, f := range st.ForeignBundles() {
-		if f.PeerName == name {
-			return status.Errorf(codes.AlreadyExists, "a peer named %q exists (trust domain %s); pass --name to choose another", name, f.TrustDomain)
-		}
-		if f.TrustDomain == td {
-			return status.Errorf(codes.AlreadyExists, "trust domain %s is already federated (as %q); remove it first", td, cmp.Or(f.PeerName, "a foreign bundle"))
-		}
-	}
-	return nil
-}
-
 func (s federationService) CreateInvite(ctx context.Context, req *apipb.CreateInviteRequest) (*apipb.CreateInviteResponse, error) {
 	if req.Peer != "" {
 		if err := validLabel("peer", req.Peer); err != nil {
 			return nil, err
 		}
-		if site := s.cfg.Node.Store().Site(); site != nil && req.Peer == site.Site {
+		if site := s.cfg.Store.Site(); site != nil && req.Peer == site.Site {
 			return nil, fieldErr("peer", "%q is this site's own name; name the site you invite", req.Peer)
 		}
-		for _, f := range s.cfg.Node.Store().ForeignBundles() {
+		for _, f := range s.cfg.Store.ForeignBundles() {
 			if f.PeerName == req.Peer {
 				return nil, fieldErr("peer", "a peer named %q exists (trust domain %s); choose another name or remove it first", req.Peer, f.TrustDomain)
 			}
@@ -87,13 +60,13 @@ func (s federationService) CreateInvite(ctx context.Context, req *apipb.CreateIn
 	}); ok {
 		return r, err
 	}
-	return s.cfg.Node.CreateInvite(ctx, req.Peer, ttl)
+	return s.cfg.Peering.CreateInvite(ctx, req.Peer, ttl)
 }
 
 // peerAddrsOnLoopback reports whether this site runs on loopback, so that
 // its peers may announce loopback addresses (see peeraddr).
 func (s *Server) peerAddrsOnLoopback() bool {
-	peers, err := s.cfg.Node.Peers()
+	peers, err := s.cfg.Operator.Peers()
 	if err != nil {
 		return false
 	}
@@ -115,7 +88,7 @@ func (s federationService) Join(ctx context.Context, req *apipb.JoinFederationRe
 	}); ok {
 		return r, err
 	}
-	f, err := s.cfg.Node.JoinFederation(ctx, req.Token, req.Name)
+	f, err := s.cfg.Peering.Join(ctx, req.Token, req.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -145,8 +118,7 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	if err := peeraddr.CheckList(req.Gateways, loopback); err != nil {
 		return nil, fieldErr("gateways", "%v", err)
 	}
-	b, err := bundleendpoint.Parse(td, req.Bundle)
-	if err != nil {
+	if _, err := bundleendpoint.Parse(td, req.Bundle); err != nil {
 		return nil, fieldErr("bundle", "%v", err)
 	}
 	if req.RequestedName != "" {
@@ -159,44 +131,11 @@ func (s federationService) Accept(ctx context.Context, req *apipb.AcceptRequest)
 	}); ok {
 		return r, err
 	}
-	// The invite decides the peer's name: the one the issuer gave it, or
-	// else the joining site's name. A joiner asking for another (a removed
-	// peer's, say) is refused, and the invite stays unused.
 	secret, _ := ctx.Value(secretKey).(string)
-	h := state.HashSecret(secret)
-	rec, ok := s.cfg.Node.Store().TokenBySecret(h)
-	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_FEDERATION {
-		return nil, status.Error(codes.PermissionDenied, "the federation token is not valid here (unknown, revoked, or from another site)")
-	}
-	if err := state.Usable(rec.Token, s.cfg.Now()); err != nil {
-		return nil, status.Errorf(codes.PermissionDenied, "token %v: ask for a new one", err)
-	}
-	intended := rec.PeerName
-	if intended == "" {
-		// Invites issued before the record kept the name carry it in
-		// their description only.
-		intended, _ = strings.CutPrefix(rec.Token.Description, "federation invite ")
-	}
-	name := cmp.Or(intended, req.Site)
-	if req.RequestedName != "" && req.RequestedName != name {
-		return nil, status.Errorf(codes.PermissionDenied, "this invitation was issued for a peer named %q, not %q: the issuing site names its peers; ask it for a new token", name, req.RequestedName)
-	}
-	if site := s.cfg.Node.Store().Site(); site != nil && name == site.Site {
-		return nil, status.Errorf(codes.InvalidArgument, "this site is named %q too, and a peer cannot take this site's own name: ask it for a token issued with `strait federation token --peer <another name>`", name)
-	}
-	if err := CheckPeerFree(s.cfg.Node.Store(), s.cfg.TrustDomain(), name, td.Name()); err != nil {
+	name, err := s.cfg.Peering.Accept(ctx, secret, req)
+	if err != nil {
 		return nil, err
 	}
-	seq, _ := b.SequenceNumber()
-	f := &statepb.ForeignBundle{
-		TrustDomain: td.Name(), EndpointUrl: req.BundleEndpointUrl, EndpointSpiffeId: bundleEndpointID(td),
-		Bundle: req.Bundle, Sequence: seq, PeerName: name, PeerSite: req.Site, PeerAddresses: req.Addresses, PeerGateways: req.Gateways,
-	}
-	cmd := &statepb.Command{Cmd: &statepb.Command_AddPeer{AddPeer: &statepb.AddPeer{Peer: f, InviteSecretHash: h[:]}}}
-	if _, _, err := s.apply(ctx, cmd); err != nil {
-		return nil, err
-	}
-	s.cfg.Logger.Info("site federated", "peer", name, "trust_domain", td.Name(), "token_accessor", rec.Token.AccessorId)
 	return &apipb.AcceptResponse{Name: name}, nil
 }
 
@@ -215,7 +154,7 @@ func (s federationService) List(ctx context.Context, req *apipb.ListPeersFedRequ
 		return r, nil
 	}
 	resp := &apipb.ListPeersFedResponse{}
-	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+	for _, f := range s.cfg.Store.ForeignBundles() {
 		if f.PeerName != "" && (req.Name == "" || req.Name == f.PeerName) {
 			resp.Peers = append(resp.Peers, s.peerStatus(PeerOf(f)))
 		}
@@ -235,7 +174,7 @@ func (s federationService) Remove(ctx context.Context, req *apipb.RemovePeeringR
 	}); ok {
 		return r, err
 	}
-	for _, f := range s.cfg.Node.Store().ForeignBundles() {
+	for _, f := range s.cfg.Store.ForeignBundles() {
 		if f.PeerName == req.Name {
 			cmd := &statepb.Command{Cmd: &statepb.Command_DeleteForeignBundle{DeleteForeignBundle: &statepb.DeleteForeignBundle{TrustDomain: f.TrustDomain}}}
 			if _, _, err := s.apply(ctx, cmd); err != nil {
@@ -243,7 +182,7 @@ func (s federationService) Remove(ctx context.Context, req *apipb.RemovePeeringR
 			}
 			// Tell the peer, so that it removes the peering too; if it
 			// cannot be reached, it keeps a stale peering it can remove.
-			if err := s.cfg.Node.NotifyUnpeer(ctx, f); err != nil {
+			if err := s.cfg.Peering.NotifyUnpeer(ctx, f); err != nil {
 				s.cfg.Logger.Warn("peer not told of the removal; remove the peering there too", "peer", f.PeerName, "err", err)
 			}
 			return &apipb.RemovePeeringResponse{}, nil
@@ -255,15 +194,15 @@ func (s federationService) Remove(ctx context.Context, req *apipb.RemovePeeringR
 // Unpeer removes the peering of the calling peer site.
 func (s federationService) Unpeer(ctx context.Context, req *apipb.UnpeerRequest) (*apipb.UnpeerResponse, error) {
 	td, _ := ctx.Value(peerTDKey).(string)
-	if !s.cfg.Node.IsLeader() {
-		conn, err := s.cfg.Node.LeaderConn(ctx)
+	if !s.cfg.Raft.IsLeader() {
+		conn, err := s.cfg.Raft.LeaderConn(ctx)
 		if err != nil {
 			return nil, err
 		}
 		ctx = metadata.NewOutgoingContext(ctx, metadata.Pairs(peerTDHeader, td))
 		return apipb.NewFederationClient(conn).Unpeer(ctx, req)
 	}
-	f, ok := s.cfg.Node.Store().ForeignBundle(td)
+	f, ok := s.cfg.Store.ForeignBundle(td)
 	if !ok || f.PeerName == "" {
 		return nil, toStatus(notFound("peering with %s", td))
 	}

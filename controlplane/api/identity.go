@@ -104,7 +104,7 @@ func (s *Server) CreateEntry(ctx context.Context, req *apipb.CreateEntryRequest)
 }
 
 func (s *Server) ListEntries(ctx context.Context, req *apipb.ListEntriesRequest) (*apipb.ListEntriesResponse, error) {
-	return &apipb.ListEntriesResponse{Entries: s.cfg.Node.Store().Entries("")}, nil
+	return &apipb.ListEntriesResponse{Entries: s.cfg.Store.Entries("")}, nil
 }
 
 func (s *Server) DeleteEntry(ctx context.Context, req *apipb.DeleteEntryRequest) (*apipb.DeleteEntryResponse, error) {
@@ -146,7 +146,7 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 	}
 	rec, err := s.consumeToken(ctx, apipb.TokenKind_TOKEN_KIND_AGENT, "not a valid agent token: create one with `strait token create --kind agent`",
 		func() error {
-			if a, ok := s.cfg.Node.Store().Agent(req.Node); ok && !a.Revoked {
+			if a, ok := s.cfg.Store.Agent(req.Node); ok && !a.Revoked {
 				return status.Errorf(codes.AlreadyExists, "agent %q has already joined; if it lost its identity, run `strait agent revoke %s` first", req.Node, req.Node)
 			}
 			return nil
@@ -176,7 +176,7 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 }
 
 func (s *Server) ListAgents(ctx context.Context, req *apipb.ListAgentsRequest) (*apipb.ListAgentsResponse, error) {
-	return &apipb.ListAgentsResponse{Agents: s.cfg.Node.Store().Agents()}, nil
+	return &apipb.ListAgentsResponse{Agents: s.cfg.Store.Agents()}, nil
 }
 
 // RevokeAgent makes every server refuse the agent's SVID from now on.
@@ -189,7 +189,7 @@ func (s *Server) RevokeAgent(ctx context.Context, req *apipb.RevokeAgentRequest)
 	}); ok {
 		return r, err
 	}
-	a, ok := s.cfg.Node.Store().Agent(req.Node)
+	a, ok := s.cfg.Store.Agent(req.Node)
 	if !ok {
 		return nil, toStatus(notFound("agent %q", req.Node))
 	}
@@ -226,7 +226,7 @@ func (s *Server) RenewAgent(ctx context.Context, req *apipb.RenewAgentRequest) (
 func (s *Server) WatchAgent(req *apipb.WatchAgentRequest, stream grpc.ServerStreamingServer[apipb.AgentUpdate]) error {
 	ctx := stream.Context()
 	node, _ := ctx.Value(agentNodeKey).(string)
-	st := s.cfg.Node.Store()
+	st := s.cfg.Store
 	for {
 		changed := st.IdentityChanged()
 		if a, ok := st.Agent(node); ok && a.Revoked {
@@ -281,7 +281,7 @@ const MaxAudiences = 10
 // agentEntry returns an entry the calling agent may issue, and its ID.
 func (s *Server) agentEntry(ctx context.Context, entryID string) (*apipb.WorkloadEntry, spiffeid.ID, error) {
 	node, _ := ctx.Value(agentNodeKey).(string)
-	e, ok := s.cfg.Node.Store().Entry(entryID)
+	e, ok := s.cfg.Store.Entry(entryID)
 	if !ok {
 		return nil, spiffeid.ID{}, toStatus(notFound("workload entry %q", entryID))
 	}

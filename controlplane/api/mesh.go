@@ -43,7 +43,6 @@ const (
 type intentionService struct {
 	apipb.UnimplementedIntentionsServer
 	*Server
-	node Intentions
 }
 
 // gatewayService serves the Gateway API.
@@ -329,7 +328,7 @@ func (s intentionService) CheckPeer(ctx context.Context, req *apipb.CheckPeerInt
 				return nil, err
 			}
 			defer release()
-			return s.node.CheckIntention(ctx, f, req.Namespace, req.Service)
+			return s.cfg.Peering.CheckIntention(ctx, f, req.Namespace, req.Service)
 		}
 	}
 	return nil, notFound("peer %q", req.Peer)

@@ -5,14 +5,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
-	"github.com/straitmesh/strait/federation/replication"
-	"github.com/straitmesh/strait/trust"
 )
 
 // What each service needs of the server, one small interface per service
@@ -73,47 +69,6 @@ type Cluster interface {
 type Bundles interface {
 	// OwnBundle is the site's SPIFFE bundle.
 	OwnBundle() (*spiffebundle.Bundle, error)
-	// FetchForeign fetches a foreign bundle from its endpoint.
-	FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error)
-}
-
-// Intentions is what the Intentions service needs beyond the store.
-type Intentions interface {
-	// CheckIntention asks the peer's servers for their decision on a
-	// connection from this site to their service ns/svc.
-	CheckIntention(ctx context.Context, f *statepb.ForeignBundle, ns, svc string) (*apipb.CheckIntentionResponse, error)
-}
-
-// Node is what the handlers of federation.go and replicate.go still
-// reach the server through.
-type Node interface {
-	// Store is the local replica.
-	Store() *state.Store
-	// IsLeader reports whether this server leads.
-	IsLeader() bool
-	// LeaderConn returns a connection to the current leader.
-	LeaderConn(ctx context.Context) (*grpc.ClientConn, error)
-	// Peers lists the Raft configuration.
-	Peers() ([]*apipb.RaftPeer, error)
-	// OwnBundle is the site's SPIFFE bundle.
-	OwnBundle() (*spiffebundle.Bundle, error)
-	// CreateInvite issues a federation token (leader only).
-	CreateInvite(ctx context.Context, peer string, ttl time.Duration) (*apipb.CreateInviteResponse, error)
-	// JoinFederation redeems another site's federation token (leader only).
-	JoinFederation(ctx context.Context, token, name string) (*statepb.ForeignBundle, error)
-	// NotifyUnpeer tells a removed peer's servers, authenticating with this
-	// server's SVID.
-	NotifyUnpeer(ctx context.Context, f *statepb.ForeignBundle) error
-	// ServeExport runs the replication stream of the peer with trust
-	// domain peerTD (leader only).
-	ServeExport(ctx context.Context, peerTD string, stream replication.Stream) error
-	// Replication is the runtime state of replication streams.
-	Replication() *replication.Registry
-	// PeerStaleAfter is how long imports are served without contact
-	// before they are marked stale.
-	PeerStaleAfter() time.Duration
 }
 
 func secondsDuration(s int64) time.Duration { return time.Duration(s) * time.Second }
-
-func bundleEndpointID(td spiffeid.TrustDomain) string { return trust.BundleEndpointID(td).String() }

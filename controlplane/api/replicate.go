@@ -15,14 +15,14 @@ import (
 func (s federationService) Replicate(stream apipb.Federation_ReplicateServer) error {
 	ctx := stream.Context()
 	td, _ := ctx.Value(peerTDKey).(string)
-	if s.cfg.Node.IsLeader() {
-		return s.cfg.Node.ServeExport(ctx, td, stream)
+	if s.cfg.Raft.IsLeader() {
+		return s.cfg.Peering.ServeExport(ctx, td, stream)
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if len(md.Get(forwardedHeader)) > 0 {
 		return retryable(ErrNotLeader.Error() + "; leadership moved, retry")
 	}
-	conn, err := s.cfg.Node.LeaderConn(ctx)
+	conn, err := s.cfg.Raft.LeaderConn(ctx)
 	if err != nil {
 		return err
 	}
@@ -61,11 +61,11 @@ func (s federationService) Replicate(stream apipb.Federation_ReplicateServer) er
 // importState is what this server's replica knows of a peer's imports.
 func (s *Server) importState(peer string) *apipb.ImportStatus {
 	st := &apipb.ImportStatus{State: apipb.PeerState_PEER_STATE_PENDING}
-	store := s.cfg.Node.Store()
+	store := s.cfg.Store
 	if p, ok := store.PeerImport(peer); ok {
 		st.Version, st.LastContact, st.Gateways = p.Version, p.LastContact, p.Gateways
 		st.State = apipb.PeerState_PEER_STATE_ACTIVE
-		if p.LastContact == nil || s.cfg.Now().Sub(p.LastContact.AsTime()) > s.cfg.Node.PeerStaleAfter() {
+		if p.LastContact == nil || s.cfg.Now().Sub(p.LastContact.AsTime()) > s.cfg.Peering.StaleAfter() {
 			st.State = apipb.PeerState_PEER_STATE_STALE
 		}
 	}
@@ -79,11 +79,11 @@ func (s *Server) importState(peer string) *apipb.ImportStatus {
 func (s *Server) peerStatus(p *apipb.Peer) *apipb.Peer {
 	p.Imports = s.importState(p.Name)
 	p.Exports = &apipb.ExportStatus{}
-	if s.cfg.Node.IsLeader() {
-		reg := s.cfg.Node.Replication()
+	if s.cfg.Raft.IsLeader() {
+		reg := s.cfg.Peering.Replication()
 		p.Exports = reg.Export(p.Name).Status()
 		reg.Import(p.Name).Fill(p.Imports)
 	}
-	p.Exports.Services = uint32(len(s.cfg.Node.Store().ExportedServices(p.Name)))
+	p.Exports.Services = uint32(len(s.cfg.Store.ExportedServices(p.Name)))
 	return p
 }

@@ -29,13 +29,11 @@ type Config struct {
 	Operator   Operator
 	Cluster    Cluster
 	Bundles    Bundles
-	Intentions Intentions
-	// Node serves the Federation service until it moves out (see Node).
-	// Required.
-	Node Node
 	// Authority is the site authority: SVID and JWT signing, the CA
 	// (Identity, Workload, ACL, Operator and Gateway services). Required.
 	Authority Authority
+	// Peering is the site's peering component. Required.
+	Peering Peering
 	// TrustDomain returns the site's trust domain. Required.
 	TrustDomain func() spiffeid.TrustDomain
 	// Logger; slog.Default when nil.
@@ -154,7 +152,7 @@ func (s *Server) RegisterServices(g *grpc.Server) {
 	apipb.RegisterIdentityServer(g, s)
 	apipb.RegisterBundleServer(g, bundleService{Server: s, node: s.cfg.Bundles})
 	apipb.RegisterFederationServer(g, federationService{Server: s})
-	apipb.RegisterIntentionsServer(g, intentionService{Server: s, node: s.cfg.Intentions})
+	apipb.RegisterIntentionsServer(g, intentionService{Server: s})
 	apipb.RegisterGatewayServer(g, gatewayService{Server: s, node: s.cfg.Catalog})
 }
 

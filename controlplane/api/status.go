@@ -114,6 +114,9 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if st, ok := peeringStatus(err); ok {
+		return st
+	}
 	var fe *FieldError
 	switch {
 	case errors.As(err, &fe):

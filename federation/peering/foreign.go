@@ -1,4 +1,4 @@
-package controlplane
+package peering
 
 import (
 	"context"
@@ -30,19 +30,15 @@ const (
 	maxFailureRetry    = 30 * time.Second
 )
 
-// OwnBundle implements api.Node.
-func (s *Server) OwnBundle() (*spiffebundle.Bundle, error) {
-	return s.auth.GetBundleForTrustDomain(s.id.td)
-}
-
-// FetchForeign implements api.Node: one fetch, authenticated per the
-// record's profile (against its stored bundle for https_spiffe).
-func (s *Server) FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error) {
+// FetchForeign fetches a foreign bundle from its endpoint: one fetch,
+// authenticated per the record's profile (against its stored bundle for
+// https_spiffe).
+func (m *Manager) FetchForeign(ctx context.Context, f *statepb.ForeignBundle) (*spiffebundle.Bundle, error) {
 	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
-	cfg := bundleendpoint.FetchConfig{URL: f.EndpointUrl, TrustDomain: td, WebRoots: s.cfg.ForeignWebRoots}
+	cfg := bundleendpoint.FetchConfig{URL: f.EndpointUrl, TrustDomain: td, WebRoots: m.cfg.ForeignWebRoots}
 	if f.EndpointSpiffeId != "" {
 		if cfg.EndpointID, err = spiffeid.FromString(f.EndpointSpiffeId); err != nil {
 			return nil, err
@@ -73,7 +69,7 @@ func nextRefresh(f *statepb.ForeignBundle) time.Time {
 }
 
 // refreshForeign runs while this server leads.
-func (s *Server) refreshForeign(ctx context.Context) {
+func (m *Manager) refreshForeign(ctx context.Context) {
 	var (
 		mu       sync.Mutex
 		fetching = map[string]bool{}
@@ -83,8 +79,8 @@ func (s *Server) refreshForeign(ctx context.Context) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
-		now := s.cfg.Now()
-		for _, f := range s.store.ForeignBundles() {
+		now := m.cfg.Now()
+		for _, f := range m.cfg.Store.ForeignBundles() {
 			mu.Lock()
 			busy := fetching[f.TrustDomain]
 			if !busy && !now.Before(nextRefresh(f)) {
@@ -92,7 +88,7 @@ func (s *Server) refreshForeign(ctx context.Context) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					s.refreshOne(ctx, f)
+					m.refreshOne(ctx, f)
 					mu.Lock()
 					delete(fetching, f.TrustDomain)
 					mu.Unlock()
@@ -109,26 +105,34 @@ func (s *Server) refreshForeign(ctx context.Context) {
 }
 
 // replicationFresh reports whether f is a peer whose replication stream
-// has been heard from within peer_stale_after: the stream carries every
-// change of its bundle (and crosses the gateways, where the bundle
-// endpoint may not be reachable).
-func (s *Server) replicationFresh(f *statepb.ForeignBundle, now time.Time) bool {
+// is fresh (see ReplicationFresh).
+func (m *Manager) replicationFresh(f *statepb.ForeignBundle, now time.Time) bool {
+	return ReplicationFresh(m.cfg.Store, f, now, m.cfg.StaleAfter)
+}
+
+// ReplicationFresh reports whether f is a peer whose replication stream
+// has been heard from within staleAfter (peer_stale_after): the stream
+// carries every change of its bundle (and crosses the gateways, where the
+// bundle endpoint may not be reachable).
+func ReplicationFresh(st interface {
+	PeerImport(peer string) (*statepb.PeerImport, bool)
+}, f *statepb.ForeignBundle, now time.Time, staleAfter time.Duration) bool {
 	if f.PeerName == "" {
 		return false
 	}
-	imp, ok := s.store.PeerImport(f.PeerName)
-	return ok && imp.LastContact != nil && now.Sub(imp.LastContact.AsTime()) < s.cfg.PeerStaleAfter
+	imp, ok := st.PeerImport(f.PeerName)
+	return ok && imp.LastContact != nil && now.Sub(imp.LastContact.AsTime()) < staleAfter
 }
 
-func (s *Server) refreshOne(ctx context.Context, f *statepb.ForeignBundle) {
+func (m *Manager) refreshOne(ctx context.Context, f *statepb.ForeignBundle) {
 	fctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	b, err := s.FetchForeign(fctx, f)
+	b, err := m.FetchForeign(fctx, f)
 	cancel()
 	if ctx.Err() != nil {
 		return
 	}
 	rec := proto.Clone(f).(*statepb.ForeignBundle)
-	now := s.cfg.Now()
+	now := m.cfg.Now()
 	rec.LastAttempt = timestamppb.New(now)
 	if err == nil {
 		seq, _ := b.SequenceNumber()
@@ -151,16 +155,16 @@ func (s *Server) refreshOne(ctx context.Context, f *statepb.ForeignBundle) {
 	if err != nil {
 		rec.LastError = err.Error()
 		lvl := slog.LevelWarn
-		if s.replicationFresh(f, now) {
+		if m.replicationFresh(f, now) {
 			lvl = slog.LevelDebug
 		}
-		s.log.Log(ctx, lvl, "foreign bundle refresh failed; keeping the last known bundle", "trust_domain", f.TrustDomain, "err", err)
+		m.log.Log(ctx, lvl, "foreign bundle refresh failed; keeping the last known bundle", "trust_domain", f.TrustDomain, "err", err)
 	}
 	// The relationship may have been removed or replaced meanwhile.
-	if cur, ok := s.store.ForeignBundle(f.TrustDomain); !ok || cur.EndpointUrl != f.EndpointUrl {
+	if cur, ok := m.cfg.Store.ForeignBundle(f.TrustDomain); !ok || cur.EndpointUrl != f.EndpointUrl {
 		return
 	}
-	if _, _, aerr := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: rec}}); aerr != nil && ctx.Err() == nil {
-		s.log.Warn("foreign bundle status not committed", "trust_domain", f.TrustDomain, "err", aerr)
+	if _, _, aerr := m.cfg.Consensus.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetForeignBundle{SetForeignBundle: rec}}); aerr != nil && ctx.Err() == nil {
+		m.log.Warn("foreign bundle status not committed", "trust_domain", f.TrustDomain, "err", aerr)
 	}
 }

@@ -8,6 +8,15 @@
 // readers and snapshots may keep the pointers they got, and must never
 // modify them.
 //
+// Layout: a Store holds the state and serves its readers; writes go
+// through a tx (apply.go), one per command, which holds the store's write
+// lock, the command's index and time, and the catalog changes for the
+// watch. The store's parts with rules of their own have their own types:
+// vipAllocator (virtual IPs of imported services, vip.go) and quotas
+// (what each peer's imports hold, quota.go). The files follow the state's
+// concerns: catalog.go, imports.go, tokens.go, identity.go, peers.go,
+// mesh.go; fsm.go adapts the store to Raft (apply, snapshot, restore).
+//
 // Determinism: apply uses only the command and its index, never the local
 // clock; the proposer stamps each command with its time.
 //

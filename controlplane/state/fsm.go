@@ -103,8 +103,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, p := range f.imports {
 		snap.imports = append(snap.imports, p)
 	}
-	if f.vipLast.IsValid() {
-		snap.vipLast = f.vipLast.AsSlice()
+	if f.vip.last.IsValid() {
+		snap.vipLast = f.vip.last.AsSlice()
 	}
 	for _, in := range f.intentions {
 		snap.intentions = append(snap.intentions, in)
@@ -268,7 +268,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		case *statepb.SnapshotRecord_Gateway:
 			n.gateways[r.Gateway.Name] = r.Gateway
 		case *statepb.SnapshotRecord_VipCursor:
-			n.vipLast, _ = netip.AddrFromSlice(r.VipCursor.Last)
+			n.vip.last, _ = netip.AddrFromSlice(r.VipCursor.Last)
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
@@ -277,30 +277,29 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		if n.instances[k] == nil {
 			n.instances[k] = make(map[string]*apipb.Instance)
 		}
-		n.trackVIP(svc)
+		n.vip.track(svc)
 	}
 	for k := range n.instances {
 		if _, ok := n.services[k]; !ok {
 			return fmt.Errorf("restore snapshot: instances of unknown service %s/%s", k.Namespace, k.Name)
 		}
 	}
-	n.recountImports()
+	n.quota.recount(&n.catalog, n.vip.byAddr)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.index, f.site = hdr.Index, n.site
-	f.services, f.instances, f.nInst = n.services, n.instances, n.nInst
+	f.catalog = n.catalog
 	f.tokens, f.byHash = n.tokens, n.byHash
 	f.entries = n.entries
 	f.foreign = n.foreign
 	f.exports = n.exports
 	f.agents = n.agents
 	f.imports = n.imports
-	f.vips, f.vipLast, f.vipIdx, f.use = n.vips, n.vipLast, [2]*vipIndex{}, n.use
+	f.vip, f.quota = vipAllocator{byAddr: n.vip.byAddr, last: n.vip.last}, n.quota
 	f.intentions, f.gateways = n.intentions, n.gateways
-	f.meshChanged()
+	wake(&f.meshCh)
 	f.events.restart(hdr.Index)
-	f.identityChanged()
-	close(f.exportsCh)
-	f.exportsCh = make(chan struct{})
+	wake(&f.identityCh)
+	wake(&f.exportsCh)
 	return nil
 }

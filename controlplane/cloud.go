@@ -8,7 +8,6 @@ import (
 	"github.com/straitmesh/strait/controlplane/api"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // A LeaderTask runs on the leader for as long as it leads, with a context
@@ -94,7 +93,7 @@ func (s *Server) RegisterInstance(ctx context.Context, li cloud.Instance) error 
 	if err := api.ValidateRegister(req); err != nil {
 		return err
 	}
-	_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}})
+	_, _, err := s.Apply(ctx, state.RegisterCommand(req))
 	return err
 }
 
@@ -118,7 +117,7 @@ func (s *Server) DeregisterService(ctx context.Context, namespace, name string) 
 // DeregisterInstance removes an instance (the whole service when id is
 // empty). Leader only.
 func (s *Server) DeregisterInstance(ctx context.Context, namespace, service, id string) error {
-	_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: &apipb.DeregisterRequest{
-		Namespace: namespace, Service: service, InstanceId: id}}})
+	_, _, err := s.Apply(ctx, state.DeregisterCommand(&apipb.DeregisterRequest{
+		Namespace: namespace, Service: service, InstanceId: id}))
 	return err
 }

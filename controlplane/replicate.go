@@ -127,14 +127,14 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 			}
 			return stream, nil
 		},
-		Apply: func(ctx context.Context, b *statepb.ImportBatch) error {
-			b.VirtualIpCidr = s.cfg.VirtualIPCIDR
+		Apply: func(ctx context.Context, b *state.ImportBatch) error {
+			b.VirtualIPCIDR = s.cfg.VirtualIPCIDR
 			// Refused here, a batch over quota never reaches the log;
 			// the state machine checks again, for the batches that do.
 			if err := s.store.CheckImport(b); err != nil {
 				return err
 			}
-			_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
+			_, _, err := s.Apply(ctx, state.ImportCommand(b))
 			if errors.Is(err, state.ErrNotFound) {
 				return replication.ErrPeerGone
 			}

@@ -8,7 +8,6 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // ttlTracker turns missed heartbeats into health changes. It runs on the
@@ -43,7 +42,7 @@ func (t *ttlTracker) run(ctx context.Context) {
 		case <-tick.C:
 		}
 		if expired := t.expired(); len(expired) > 0 {
-			cmd := &statepb.Command{Cmd: &statepb.Command_SetHealth{SetHealth: &statepb.SetHealth{Instances: expired, Health: apipb.Health_HEALTH_CRITICAL}}}
+			cmd := state.SetHealthCommand(expired, apipb.Health_HEALTH_CRITICAL)
 			if _, _, err := t.s.Apply(ctx, cmd); err != nil {
 				t.s.log.Warn("ttl expiry not committed", "instances", len(expired), "err", err)
 			} else {
@@ -104,7 +103,7 @@ func (t *ttlTracker) beat(ctx context.Context, k *apipb.InstanceKey) error {
 	if in.Health == apipb.Health_HEALTH_PASSING {
 		return nil
 	}
-	cmd := &statepb.Command{Cmd: &statepb.Command_SetHealth{SetHealth: &statepb.SetHealth{Instances: []*apipb.InstanceKey{k}, Health: apipb.Health_HEALTH_PASSING}}}
+	cmd := state.SetHealthCommand([]*apipb.InstanceKey{k}, apipb.Health_HEALTH_PASSING)
 	_, _, err := t.s.Apply(ctx, cmd)
 	return err
 }

@@ -90,7 +90,7 @@ func (s *Server) CreateToken(ctx context.Context, req *apipb.CreateTokenRequest)
 		tok.ExpireTime = timestamppb.New(now.Add(ttl))
 	}
 	h := state.HashSecret(secret)
-	cmd := &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: &statepb.TokenRecord{Token: tok, SecretHash: h[:]}}}
+	cmd := state.CreateTokenCommand(tok, h[:], "")
 	if _, _, err := s.apply(ctx, cmd); err != nil {
 		return nil, err
 	}

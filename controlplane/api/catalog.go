@@ -40,7 +40,7 @@ func (s *Server) Register(ctx context.Context, req *apipb.RegisterRequest) (*api
 	}); ok {
 		return r, err
 	}
-	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}})
+	_, idx, err := s.apply(ctx, state.RegisterCommand(req))
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +68,7 @@ func (s *Server) Deregister(ctx context.Context, req *apipb.DeregisterRequest) (
 	}); ok {
 		return r, err
 	}
-	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: req}})
+	_, idx, err := s.apply(ctx, state.DeregisterCommand(req))
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,14 @@ func (s *Store) ApplyCommand(index uint64, cmd *statepb.Command) (any, error) {
 }
 
 func (s *Store) applyLocked(index uint64, cmd *statepb.Command) (any, error) {
+	if s.halted != nil {
+		return nil, s.halted
+	}
+	if f := cmd.GetFormat(); f > CommandFormat {
+		s.halted = fmt.Errorf("command at index %d is in format %d; this server understands formats up to %d, so it stops applying the log: upgrade it, and it resumes from its last snapshot: %w",
+			index, f, CommandFormat, ErrFormat)
+		return nil, s.halted
+	}
 	if index > s.index {
 		s.index = index
 	}
@@ -47,35 +55,35 @@ func (t *tx) apply(cmd *statepb.Command) (any, error) {
 	case *statepb.Command_Bootstrap:
 		return nil, t.applyBootstrap(c.Bootstrap, cmd.GetTime())
 	case *statepb.Command_Register:
-		return nil, t.applyRegister(c.Register)
+		return nil, t.applyRegister(registerToAPI(c.Register))
 	case *statepb.Command_Deregister:
-		return nil, t.applyDeregister(c.Deregister)
+		return nil, t.applyDeregister(deregisterToAPI(c.Deregister))
 	case *statepb.Command_SetHealth:
 		t.applySetHealth(c.SetHealth)
 	case *statepb.Command_CreateToken:
-		return nil, t.applyCreateToken(c.CreateToken)
+		return nil, t.applyCreateToken(tokenRecordOf(c.CreateToken))
 	case *statepb.Command_RevokeToken:
 		return nil, t.applyRevokeToken(c.RevokeToken)
 	case *statepb.Command_ConsumeToken:
 		return t.applyConsumeToken(c.ConsumeToken)
 	case *statepb.Command_CreateEntry:
-		return nil, t.applyCreateEntry(c.CreateEntry)
+		return nil, t.applyCreateEntry(entryToAPI(c.CreateEntry))
 	case *statepb.Command_DeleteEntry:
 		return nil, t.applyDeleteEntry(c.DeleteEntry)
 	case *statepb.Command_AddJwtKey:
 		return nil, t.applyAddJWTKey(c.AddJwtKey)
 	case *statepb.Command_SetExport:
-		t.applySetExport(c.SetExport)
+		t.applySetExport(exportToAPI(c.SetExport))
 	case *statepb.Command_ImportBatch:
-		return nil, t.applyImport(c.ImportBatch)
+		return nil, t.applyImport(importBatchOf(c.ImportBatch))
 	case *statepb.Command_SetIntention:
-		t.applySetIntention(c.SetIntention)
+		t.applySetIntention(intentionToAPI(c.SetIntention))
 	case *statepb.Command_DeleteIntention:
 		return nil, t.applyDeleteIntention(c.DeleteIntention)
 	case *statepb.Command_SetGateway:
-		t.applySetGateway(c.SetGateway)
+		t.applySetGateway(gatewayToAPI(c.SetGateway))
 	case *statepb.Command_SetAgent:
-		t.applySetAgent(c.SetAgent)
+		t.applySetAgent(agentToAPI(c.SetAgent))
 	case *statepb.Command_SetForeignBundle:
 		return nil, t.applySetForeign(c.SetForeignBundle)
 	case *statepb.Command_AddPeer:
@@ -174,7 +182,7 @@ func wellFormed(cmd *statepb.Command) error {
 		return wellFormedImport(c.ImportBatch)
 	case *statepb.Command_SetIntention:
 		in := c.SetIntention
-		if in.Source == "" || in.Destination == "" || in.Action == apipb.IntentionAction_INTENTION_ACTION_UNSPECIFIED {
+		if in.Source == "" || in.Destination == "" || in.Action == statepb.IntentionAction_INTENTION_ACTION_UNSPECIFIED {
 			return bad("intention without source, destination or action")
 		}
 	case *statepb.Command_DeleteIntention:

@@ -19,11 +19,11 @@ func (t *tx) applyRegister(req *apipb.RegisterRequest) error {
 	if err := t.checkPortsInUse(k, req); err != nil {
 		return err
 	}
-	t.putService(k, proto.Clone(req.Service).(*apipb.Service))
+	t.putService(k, req.Service)
 	if req.Instance == nil {
 		return nil
 	}
-	in := proto.Clone(req.Instance).(*apipb.Instance)
+	in := req.Instance
 	in.Namespace, in.Service = k.Namespace, k.Name
 	if in.Health == apipb.Health_HEALTH_UNSPECIFIED {
 		in.Health = apipb.Health_HEALTH_PASSING
@@ -126,14 +126,15 @@ func (t *tx) applyDeregister(req *apipb.DeregisterRequest) error {
 }
 
 func (t *tx) applySetHealth(req *statepb.SetHealth) {
+	health := apipb.Health(req.Health)
 	for _, k := range req.Instances {
 		byID := t.s.instances[ServiceKey{"", k.Namespace, k.Service}]
 		in, ok := byID[k.Id]
-		if !ok || in.Health == req.Health {
+		if !ok || in.Health == health {
 			continue // deregistered or already there since the proposal
 		}
 		in = proto.Clone(in).(*apipb.Instance)
-		in.Health = req.Health
+		in.Health = health
 		in.ModifyIndex = t.index
 		byID[k.Id] = in
 		t.ch.instance(in)

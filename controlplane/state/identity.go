@@ -81,7 +81,7 @@ func (t *tx) applyCreateEntry(e *apipb.WorkloadEntry) error {
 			return fmt.Errorf("an identical workload entry exists (%s): %w", o.Id, ErrConflict)
 		}
 	}
-	n := proto.Clone(e).(*apipb.WorkloadEntry)
+	n := e
 	n.CreateIndex = t.index
 	t.s.entries[n.Id] = n
 	wake(&t.s.identityCh)
@@ -118,7 +118,7 @@ func (s *Store) Agents() []*apipb.Agent {
 }
 
 func (t *tx) applySetAgent(a *apipb.Agent) {
-	t.s.agents[a.Node] = proto.Clone(a).(*apipb.Agent)
+	t.s.agents[a.Node] = a
 	if a.Revoked {
 		wake(&t.s.identityCh) // the agent's watch ends at once
 	}
@@ -139,7 +139,7 @@ func (t *tx) applyBootstrap(b *statepb.Bootstrap, at *timestamppb.Timestamp) err
 	site.ManagementToken = nil
 	t.s.site = site
 	if mt != nil {
-		t.s.putToken(mt)
+		t.s.putToken(tokenRecordOf(mt))
 	}
 	return nil
 }

@@ -32,19 +32,19 @@ func wellFormedImport(b *statepb.ImportBatch) error {
 	}
 	for _, c := range b.Changes {
 		switch x := c.GetChange().(type) {
-		case *apipb.Change_Service:
+		case *statepb.Change_Service:
 			if x.Service.Namespace == "" || x.Service.Name == "" {
 				return bad("service without namespace or name")
 			}
-		case *apipb.Change_Instance:
+		case *statepb.Change_Instance:
 			if x.Instance.Namespace == "" || x.Instance.Service == "" || x.Instance.Id == "" {
 				return bad("instance without namespace, service or id")
 			}
-		case *apipb.Change_ServiceDeleted:
+		case *statepb.Change_ServiceDeleted:
 			if x.ServiceDeleted.Namespace == "" || x.ServiceDeleted.Name == "" {
 				return bad("deleted service without namespace or name")
 			}
-		case *apipb.Change_InstanceDeleted:
+		case *statepb.Change_InstanceDeleted:
 			if x.InstanceDeleted.Namespace == "" || x.InstanceDeleted.Service == "" || x.InstanceDeleted.Id == "" {
 				return bad("deleted instance without namespace, service or id")
 			}
@@ -55,7 +55,7 @@ func wellFormedImport(b *statepb.ImportBatch) error {
 	return nil
 }
 
-func (t *tx) applyImport(b *statepb.ImportBatch) error {
+func (t *tx) applyImport(b *ImportBatch) error {
 	if !t.s.peerExists(b.Peer) {
 		return fmt.Errorf("peer %q: %w", b.Peer, ErrNotFound)
 	}
@@ -94,7 +94,7 @@ func (t *tx) applyImport(b *statepb.ImportBatch) error {
 }
 
 // resyncImports makes the peer's imports exactly the batch's contents.
-func (t *tx) resyncImports(ic *importContext, b *statepb.ImportBatch, sizes []int64) {
+func (t *tx) resyncImports(ic *importContext, b *ImportBatch, sizes []int64) {
 	keep := make(map[ServiceKey]map[string]bool)
 	for _, c := range b.Changes {
 		switch x := c.Change.(type) {
@@ -168,8 +168,8 @@ type importContext struct {
 	vipQuota int
 }
 
-func (t *tx) importContext(b *statepb.ImportBatch) *importContext {
-	ic := &importContext{peer: b.Peer, cidr: b.VirtualIpCidr, vipQuota: -1}
+func (t *tx) importContext(b *ImportBatch) *importContext {
+	ic := &importContext{peer: b.Peer, cidr: b.VirtualIPCIDR, vipQuota: -1}
 	if b.Limits != nil {
 		peers := 0
 		for _, f := range t.s.foreign {
@@ -177,7 +177,7 @@ func (t *tx) importContext(b *statepb.ImportBatch) *importContext {
 				peers++
 			}
 		}
-		ic.vipQuota = t.s.vip.share(b.VirtualIpCidr, peers, b.Limits)
+		ic.vipQuota = t.s.vip.share(b.VirtualIPCIDR, peers, b.Limits)
 	}
 	return ic
 }
@@ -190,7 +190,7 @@ func (t *tx) applyImportChange(ic *importContext, c *apipb.Change, size int64) {
 	peer := ic.peer
 	switch x := c.Change.(type) {
 	case *apipb.Change_Service:
-		svc := proto.Clone(x.Service).(*apipb.Service)
+		svc := x.Service
 		svc.Peer, svc.VirtualIp = peer, ""
 		k := KeyOf(svc)
 		old, existed := t.s.services[k]
@@ -218,7 +218,7 @@ func (t *tx) applyImportChange(ic *importContext, c *apipb.Change, size int64) {
 		}
 		t.trackVIP(svc)
 	case *apipb.Change_Instance:
-		in := proto.Clone(x.Instance).(*apipb.Instance)
+		in := x.Instance
 		in.Peer, in.Ttl = peer, nil
 		if in.Health == apipb.Health_HEALTH_UNSPECIFIED {
 			in.Health = apipb.Health_HEALTH_PASSING

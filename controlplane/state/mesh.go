@@ -5,8 +5,6 @@ import (
 	"sort"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
@@ -26,7 +24,7 @@ func (s *Store) MeshChanged() <-chan struct{} {
 
 func (t *tx) applySetIntention(in *apipb.Intention) {
 	k := intentionKey(in.Source, in.Destination)
-	n := proto.Clone(in).(*apipb.Intention)
+	n := in
 	n.CreateIndex, n.ModifyIndex = t.index, t.index
 	if old, ok := t.s.intentions[k]; ok {
 		n.CreateIndex = old.CreateIndex
@@ -79,7 +77,7 @@ func (s *Store) Intentions() []*apipb.Intention {
 }
 
 func (t *tx) applySetGateway(g *apipb.GatewayRecord) {
-	t.s.gateways[g.Name] = proto.Clone(g).(*apipb.GatewayRecord)
+	t.s.gateways[g.Name] = g
 	wake(&t.s.meshCh)
 }
 

@@ -76,7 +76,7 @@ func (t *tx) applySetExport(e *apipb.Export) {
 	if len(e.To) == 0 {
 		delete(t.s.exports, k)
 	} else {
-		t.s.exports[k] = proto.Clone(e).(*apipb.Export)
+		t.s.exports[k] = e
 	}
 	wake(&t.s.exportsCh)
 }
@@ -221,9 +221,7 @@ func (t *tx) applyAddPeer(a *statepb.AddPeer) error {
 		if rec.PeerName != "" && rec.PeerName != f.PeerName {
 			return fmt.Errorf("the invitation was issued for peer %q, not %q: %w", rec.PeerName, f.PeerName, ErrConflict)
 		}
-		n := proto.Clone(rec).(*statepb.TokenRecord)
-		n.Token.Uses++
-		t.s.tokens[acc] = n
+		t.s.tokens[acc] = rec.used()
 	}
 	t.s.foreign[f.TrustDomain] = proto.Clone(f).(*statepb.ForeignBundle)
 	wake(&t.s.identityCh)

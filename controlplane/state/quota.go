@@ -190,7 +190,7 @@ func (q *quotas) recount(c *catalog, vips map[netip.Addr]ServiceKey) {
 // CheckImport reports whether applying b now would be refused for a quota
 // (a *QuotaError), without changing anything. The importer calls it before
 // proposing a batch; apply makes the same check.
-func (s *Store) CheckImport(b *statepb.ImportBatch) error {
+func (s *Store) CheckImport(b *ImportBatch) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if imp, ok := s.imports[b.Peer]; ok && !b.Resync && b.Version < imp.Version {
@@ -201,7 +201,7 @@ func (s *Store) CheckImport(b *statepb.ImportBatch) error {
 }
 
 // changeSizes returns ImportedSize of each change of b.
-func changeSizes(b *statepb.ImportBatch) []int64 {
+func changeSizes(b *ImportBatch) []int64 {
 	sizes := make([]int64, len(b.Changes))
 	for i, c := range b.Changes {
 		sizes[i] = ImportedSize(c)
@@ -213,7 +213,7 @@ func changeSizes(b *statepb.ImportBatch) []int64 {
 // a limit of the batch. A batch that does not grow a count already over its
 // limit (lowered since) passes, so that a peer over quota can shrink. It
 // returns the sizes of the batch's changes, for apply.
-func (q *quotas) check(c *catalog, b *statepb.ImportBatch) ([]int64, error) {
+func (q *quotas) check(c *catalog, b *ImportBatch) ([]int64, error) {
 	sizes := changeSizes(b)
 	lim := b.Limits
 	if lim == nil {
@@ -270,7 +270,7 @@ func within(u ImportUsage, lim *statepb.ImportLimits) bool {
 // services, and the instances of those services. (An instance sent before
 // its service counts although apply may skip it: the estimate never falls
 // short.)
-func resyncUsage(b *statepb.ImportBatch, sizes []int64) ImportUsage {
+func resyncUsage(b *ImportBatch, sizes []int64) ImportUsage {
 	var u ImportUsage
 	svcs := make(map[ServiceKey]int64)
 	for i, c := range b.Changes {
@@ -296,7 +296,7 @@ func resyncUsage(b *statepb.ImportBatch, sizes []int64) ImportUsage {
 // deltaUsage is what the peer's imports would hold after the delta b,
 // following apply's rules without touching the catalog: an overlay holds
 // the records the batch has changed so far.
-func (c *catalog) deltaUsage(b *statepb.ImportBatch, u ImportUsage, sizes []int64) ImportUsage {
+func (c *catalog) deltaUsage(b *ImportBatch, u ImportUsage, sizes []int64) ImportUsage {
 	const gone = -1
 	svcs := make(map[ServiceKey]int64)             // size, or gone
 	insts := make(map[ServiceKey]map[string]int64) // size, or gone

@@ -27,9 +27,13 @@ func KeyOfInstance(in *apipb.Instance) ServiceKey {
 type Store struct {
 	mu    sync.RWMutex
 	index uint64
-	site  *statepb.Bootstrap
+	// halted is set when a command could not be applied because its
+	// format is too new (ErrFormat): nothing is applied after it, until a
+	// restore.
+	halted error
+	site   *statepb.Bootstrap
 	catalog
-	tokens     map[string]*statepb.TokenRecord   // by accessor ID
+	tokens     map[string]*TokenRecord           // by accessor ID
 	byHash     map[[32]byte]string               // secret hash -> accessor ID
 	entries    map[string]*apipb.WorkloadEntry   // by ID
 	foreign    map[string]*statepb.ForeignBundle // by trust domain
@@ -74,7 +78,7 @@ func (s *Store) reset() {
 		services:  make(map[ServiceKey]*apipb.Service),
 		instances: make(map[ServiceKey]map[string]*apipb.Instance),
 	}
-	s.tokens = make(map[string]*statepb.TokenRecord)
+	s.tokens = make(map[string]*TokenRecord)
 	s.byHash = make(map[[32]byte]string)
 	s.entries = make(map[string]*apipb.WorkloadEntry)
 	s.foreign = make(map[string]*statepb.ForeignBundle)
@@ -95,6 +99,17 @@ func (s *Store) reset() {
 func wake(ch *chan struct{}) {
 	close(*ch)
 	*ch = make(chan struct{})
+}
+
+// Halted returns why the store stopped applying the log (ErrFormat), or
+// nil. A halted store keeps serving the state as of Index, refuses every
+// later command and every snapshot, so that it never records a state that
+// skipped a command; a restore (or a restart of an upgraded server, which
+// restores the last snapshot and replays the log) clears it.
+func (s *Store) Halted() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.halted
 }
 
 // Index is the Raft index of the last applied command.

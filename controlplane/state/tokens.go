@@ -19,7 +19,7 @@ import (
 func HashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
 
 // TokenBySecret resolves a secret to its token, if it exists.
-func (s *Store) TokenBySecret(hash [32]byte) (*statepb.TokenRecord, bool) {
+func (s *Store) TokenBySecret(hash [32]byte) (*TokenRecord, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	acc, ok := s.byHash[hash]
@@ -47,18 +47,18 @@ func (s *Store) Tokens() []*apipb.Token {
 	return out
 }
 
-func (s *Store) putToken(t *statepb.TokenRecord) {
+func (s *Store) putToken(t *TokenRecord) {
 	var h [32]byte
 	copy(h[:], t.SecretHash)
 	s.tokens[t.Token.AccessorId] = t
 	s.byHash[h] = t.Token.AccessorId
 }
 
-func (t *tx) applyCreateToken(rec *statepb.TokenRecord) error {
+func (t *tx) applyCreateToken(rec *TokenRecord) error {
 	if _, ok := t.s.tokens[rec.Token.AccessorId]; ok {
 		return fmt.Errorf("create token: accessor %s exists: %w", rec.Token.AccessorId, ErrConflict)
 	}
-	t.s.putToken(proto.Clone(rec).(*statepb.TokenRecord))
+	t.s.putToken(rec)
 	return nil
 }
 
@@ -86,9 +86,7 @@ func (t *tx) applyConsumeToken(req *statepb.ConsumeToken) (*apipb.Token, error) 
 	if err := Usable(rec.Token, t.now); err != nil {
 		return nil, err
 	}
-	n := proto.Clone(rec).(*statepb.TokenRecord)
-	n.Token.Uses++
-	t.s.tokens[acc] = n
+	t.s.tokens[acc] = rec.used()
 	return rec.Token, nil
 }
 
@@ -101,4 +99,12 @@ func Usable(t *apipb.Token, now time.Time) error {
 		return fmt.Errorf("already used: %w", ErrTokenInvalid)
 	}
 	return nil
+}
+
+// used returns a copy of the record with one more use.
+func (r *TokenRecord) used() *TokenRecord {
+	n := *r
+	n.Token = proto.Clone(r.Token).(*apipb.Token)
+	n.Token.Uses++
+	return &n
 }

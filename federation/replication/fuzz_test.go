@@ -107,9 +107,9 @@ func FuzzImportEvents(f *testing.F) {
 				}
 				return stream, nil
 			},
-			Apply: func(_ context.Context, b *statepb.ImportBatch) error {
-				b.VirtualIpCidr = "127.240.0.0/28"
-				err := apply(&statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
+			Apply: func(_ context.Context, b *state.ImportBatch) error {
+				b.VirtualIPCIDR = "127.240.0.0/28"
+				err := apply(state.ImportCommand(b))
 				if errors.Is(err, state.ErrNotFound) {
 					return replication.ErrPeerGone
 				}

@@ -94,7 +94,7 @@ type Importer struct {
 	Connect func(ctx context.Context) (ClientStream, error)
 	// Apply commits a batch through Raft; ErrPeerGone once the peering is
 	// removed.
-	Apply func(ctx context.Context, b *statepb.ImportBatch) error
+	Apply func(ctx context.Context, b *state.ImportBatch) error
 	// Bundle stores a bundle document the peer sent.
 	Bundle func(ctx context.Context, doc []byte) error
 	// Validate checks one change from the peer before anything of it is
@@ -207,9 +207,9 @@ type received struct {
 type importSession struct {
 	*Importer
 	stream   ClientStream
-	pending  *statepb.ImportBatch
+	pending  *state.ImportBatch
 	inResync bool
-	resync   *statepb.ImportBatch
+	resync   *state.ImportBatch
 	// What the resync being received holds so far: bytes on the wire,
 	// and services, instances and bytes as the quotas count them.
 	resyncWire                  int
@@ -272,7 +272,7 @@ func (im *Importer) session(ctx context.Context) (progressed bool, err error) {
 			}
 		}
 	}()
-	s := &importSession{Importer: im, stream: stream, pending: &statepb.ImportBatch{Peer: im.Peer}}
+	s := &importSession{Importer: im, stream: stream, pending: &state.ImportBatch{Peer: im.Peer}}
 	defer s.stopResyncTimer()
 	deadline := 3 * im.Heartbeat
 	idle := time.NewTimer(deadline)
@@ -350,7 +350,7 @@ func (s *importSession) take(ctx context.Context, ev *apipb.ReplicationEvent) er
 		// Deltas received before a resync are superseded by it.
 		s.inResync = true
 		s.resyncWire, s.resyncServices, s.resyncInsts, s.resyncBytes = 0, 0, 0, 0
-		s.resync = &statepb.ImportBatch{Peer: s.Peer, Resync: true, Gateways: &apipb.GatewaySet{}}
+		s.resync = &state.ImportBatch{Peer: s.Peer, Resync: true, Gateways: &apipb.GatewaySet{}}
 		s.resyncTimer = time.NewTimer(s.ResyncTimeout)
 	}
 	if s.inResync {
@@ -437,7 +437,7 @@ func (s *importSession) commit(ctx context.Context, force bool) error {
 	s.progressed = true
 	s.Stats.applied(len(b.Changes))
 	s.checkVIPs()
-	s.pending = &statepb.ImportBatch{Peer: s.Peer, Version: b.Version}
+	s.pending = &state.ImportBatch{Peer: s.Peer, Version: b.Version}
 	return s.ack(b.Version)
 }
 

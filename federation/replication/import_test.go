@@ -87,12 +87,12 @@ func testImporter(t *testing.T, fsm *state.FSM, peer *fakePeer, reg *replication
 			}()
 			return st, nil
 		},
-		Apply: func(_ context.Context, b *statepb.ImportBatch) error {
-			b.VirtualIpCidr = "127.240.0.0/16"
+		Apply: func(_ context.Context, b *state.ImportBatch) error {
+			b.VirtualIPCIDR = "127.240.0.0/16"
 			if err := fsm.CheckImport(b); err != nil {
 				return err
 			}
-			data, err := state.Encode(&statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
+			data, err := state.Encode(state.ImportCommand(b))
 			if err != nil {
 				return err
 			}

@@ -96,13 +96,14 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 		Heartbeat: s.cfg.PeerHeartbeat, ContactEvery: max(s.cfg.PeerStaleAfter/4, s.cfg.PeerHeartbeat),
 		Logger: s.log, Stats: s.repl.Import(peer),
 		Validate: api.ValidateImportedChange,
-		Limits: &statepb.ImportLimits{
+		Limits: &replication.Limits{
 			MaxServices: uint32(s.cfg.PeerMaxServices), MaxInstances: uint32(s.cfg.PeerMaxInstances),
 			MaxBytes: uint64(s.cfg.PeerMaxImportBytes),
 		},
 		ResyncTimeout:         s.cfg.PeerResyncTimeout,
 		AllowLoopbackGateways: s.onLoopback(),
-		Usage:                 func() state.ImportUsage { return s.store.ImportUsage(peer) },
+		WithoutVIP:            func() int { return s.store.ImportUsage(peer).WithoutVIP },
+		Size:                  state.ImportedSize,
 		Connect: func(ctx context.Context) (replication.ClientStream, error) {
 			cur, ok := s.store.ForeignBundle(td)
 			if !ok || cur.PeerName != peer {
@@ -127,8 +128,12 @@ func (s *Server) importer(f *statepb.ForeignBundle) *replication.Importer {
 			}
 			return stream, nil
 		},
-		Apply: func(ctx context.Context, b *state.ImportBatch) error {
-			b.VirtualIPCIDR = s.cfg.VirtualIPCIDR
+		Apply: func(ctx context.Context, rb *replication.Batch) error {
+			b := &state.ImportBatch{Peer: rb.Peer, Version: rb.Version, Resync: rb.Resync, Changes: rb.Changes,
+				Gateways: rb.Gateways, VirtualIPCIDR: s.cfg.VirtualIPCIDR}
+			if l := rb.Limits; l != nil {
+				b.Limits = &statepb.ImportLimits{MaxServices: l.MaxServices, MaxInstances: l.MaxInstances, MaxBytes: l.MaxBytes}
+			}
 			// Refused here, a batch over quota never reaches the log;
 			// the state machine checks again, for the batches that do.
 			if err := s.store.CheckImport(b); err != nil {

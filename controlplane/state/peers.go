@@ -122,6 +122,14 @@ func (s *Store) ForeignBundles() []*statepb.ForeignBundle {
 	return out
 }
 
+// PeerName returns the local name of the peer of a trust domain; "" when
+// it is not a peer (unknown, or a plain foreign bundle).
+func (s *Store) PeerName(trustDomain string) string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.foreign[trustDomain].GetPeerName()
+}
+
 // ForeignBundle returns one foreign bundle.
 func (s *Store) ForeignBundle(td string) (*statepb.ForeignBundle, bool) {
 	s.mu.RLock()

@@ -44,6 +44,10 @@ func (e *QuotaError) Error() string {
 	return fmt.Sprintf("imports from peer %q would hold %d %s, over the quota of %d", e.Peer, e.Would, e.Quota, e.Limit)
 }
 
+// ExceededQuota names the quota (QuotaServices, QuotaInstances or
+// QuotaBytes), for callers that test for the method rather than the type.
+func (e *QuotaError) ExceededQuota() string { return e.Quota }
+
 // Is makes errors.Is(err, ErrQuota) true.
 func (e *QuotaError) Is(target error) bool { return target == ErrQuota }
 

@@ -12,8 +12,10 @@ import (
 )
 
 // ServiceKey identifies a service: a local one when Peer is empty, else
-// one imported from that peer.
-type ServiceKey struct{ Peer, Namespace, Name string }
+// one imported from that peer. It is an alias of an unnamed struct so that
+// a package that must not import this one (federation/replication) can
+// declare the same type, and take the store as an interface of its own.
+type ServiceKey = struct{ Peer, Namespace, Name string }
 
 // KeyOf returns the key of a service.
 func KeyOf(svc *apipb.Service) ServiceKey { return ServiceKey{svc.Peer, svc.Namespace, svc.Name} }

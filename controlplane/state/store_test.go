@@ -184,7 +184,7 @@ func TestRestoreRejectsCorruptSnapshotAndKeepsState(t *testing.T) {
 	}
 }
 
-func next(t *testing.T, sub *state.Subscription) *apipb.WatchEvent {
+func next(t *testing.T, sub state.Watch) *apipb.WatchEvent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

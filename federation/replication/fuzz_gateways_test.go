@@ -74,8 +74,8 @@ func FuzzImportGateways(f *testing.F) {
 				}
 				return stream, nil
 			},
-			Apply: func(_ context.Context, b *state.ImportBatch) error {
-				err := apply(state.ImportCommand(b))
+			Apply: func(_ context.Context, b *replication.Batch) error {
+				err := apply(state.ImportCommand(stateBatch(b)))
 				if errors.Is(err, state.ErrNotFound) {
 					return replication.ErrPeerGone
 				}

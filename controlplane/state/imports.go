@@ -56,7 +56,7 @@ func wellFormedImport(b *statepb.ImportBatch) error {
 }
 
 func (t *tx) applyImport(b *ImportBatch) error {
-	if !t.s.peerExists(b.Peer) {
+	if !t.s.foreign.hasPeer(b.Peer) {
 		return fmt.Errorf("peer %q: %w", b.Peer, ErrNotFound)
 	}
 	imp := &statepb.PeerImport{Peer: b.Peer}
@@ -171,13 +171,7 @@ type importContext struct {
 func (t *tx) importContext(b *ImportBatch) *importContext {
 	ic := &importContext{peer: b.Peer, cidr: b.VirtualIPCIDR, vipQuota: -1}
 	if b.Limits != nil {
-		peers := 0
-		for _, f := range t.s.foreign {
-			if f.PeerName != "" {
-				peers++
-			}
-		}
-		ic.vipQuota = t.s.vip.share(b.VirtualIPCIDR, peers, b.Limits)
+		ic.vipQuota = t.s.vip.share(b.VirtualIPCIDR, t.s.foreign.peers(), b.Limits)
 	}
 	return ic
 }

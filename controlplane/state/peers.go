@@ -138,9 +138,13 @@ func (s *Store) ForeignBundle(td string) (*statepb.ForeignBundle, bool) {
 	return f, ok
 }
 
-// peerExists reports whether name is a current peering. Lock held.
-func (s *Store) peerExists(name string) bool {
-	for _, f := range s.foreign {
+// bundles are the foreign bundles by trust domain; those with a peer name
+// are the peerings.
+type bundles map[string]*statepb.ForeignBundle
+
+// hasPeer reports whether name is a current peering.
+func (b bundles) hasPeer(name string) bool {
+	for _, f := range b {
 		if f.PeerName == name {
 			return true
 		}
@@ -148,18 +152,29 @@ func (s *Store) peerExists(name string) bool {
 	return false
 }
 
+// peers counts the peerings.
+func (b bundles) peers() int {
+	n := 0
+	for _, f := range b {
+		if f.PeerName != "" {
+			n++
+		}
+	}
+	return n
+}
+
 // checkPeerFree refuses a new peering whose name or trust domain is taken,
-// or whose name is this site's. Lock held.
-func (s *Store) checkPeerFree(f *statepb.ForeignBundle) error {
-	if s.site != nil {
-		if f.TrustDomain == s.site.TrustDomain {
+// or whose name is that of this site (nil before bootstrap).
+func (b bundles) checkPeerFree(site *statepb.Bootstrap, f *statepb.ForeignBundle) error {
+	if site != nil {
+		if f.TrustDomain == site.TrustDomain {
 			return fmt.Errorf("%s is this site's own trust domain: %w", f.TrustDomain, ErrConflict)
 		}
-		if f.PeerName == s.site.Site {
+		if f.PeerName == site.Site {
 			return fmt.Errorf("a peer cannot be named %q, this site's own name: %w", f.PeerName, ErrConflict)
 		}
 	}
-	for _, o := range s.foreign {
+	for _, o := range b {
 		if o.TrustDomain == f.TrustDomain {
 			if o.PeerName != "" {
 				return fmt.Errorf("trust domain %s is already federated (as %q); remove it first: %w", f.TrustDomain, o.PeerName, ErrConflict)
@@ -190,7 +205,7 @@ func (t *tx) applySetForeign(f *statepb.ForeignBundle) error {
 		return fmt.Errorf("%s is a foreign bundle, not a peering; remove it first: %w", f.TrustDomain, ErrConflict)
 	}
 	if !ok && f.PeerName != "" {
-		if err := t.s.checkPeerFree(f); err != nil {
+		if err := t.s.foreign.checkPeerFree(t.s.site, f); err != nil {
 			return err
 		}
 	}
@@ -208,7 +223,7 @@ func (t *tx) applySetForeign(f *statepb.ForeignBundle) error {
 // (see AddPeer): everything or nothing.
 func (t *tx) applyAddPeer(a *statepb.AddPeer) error {
 	f := a.Peer
-	if err := t.s.checkPeerFree(f); err != nil {
+	if err := t.s.foreign.checkPeerFree(t.s.site, f); err != nil {
 		return err
 	}
 	var acc string

@@ -35,10 +35,10 @@ type Store struct {
 	halted error
 	site   *statepb.Bootstrap
 	catalog
-	tokens     map[string]*TokenRecord           // by accessor ID
-	byHash     map[[32]byte]string               // secret hash -> accessor ID
-	entries    map[string]*apipb.WorkloadEntry   // by ID
-	foreign    map[string]*statepb.ForeignBundle // by trust domain
+	tokens     map[string]*TokenRecord         // by accessor ID
+	byHash     map[[32]byte]string             // secret hash -> accessor ID
+	entries    map[string]*apipb.WorkloadEntry // by ID
+	foreign    bundles                         // by trust domain
 	exports    map[ServiceKey]*apipb.Export
 	agents     map[string]*apipb.Agent         // by node
 	imports    map[string]*statepb.PeerImport  // by peer name

@@ -9,7 +9,9 @@ import (
 )
 
 // ApplyCommand applies one command at index. On error the state is
-// unchanged. The result is the command's output (see each case).
+// unchanged. The result is the command's output (see each case). The
+// store may keep parts of cmd (maps, timestamps): the caller must not
+// modify it afterwards.
 func (s *Store) ApplyCommand(index uint64, cmd *statepb.Command) (any, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

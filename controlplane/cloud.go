@@ -105,7 +105,7 @@ func (c *CloudSite) RegisterInstance(ctx context.Context, li cloud.Instance) err
 	if err := api.ValidateRegister(req); err != nil {
 		return err
 	}
-	_, _, err := c.raft.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}})
+	_, _, err := c.raft.Apply(ctx, state.RegisterCommand(req))
 	return err
 }
 
@@ -129,7 +129,7 @@ func (c *CloudSite) DeregisterService(ctx context.Context, namespace, name strin
 // DeregisterInstance removes an instance (the whole service when id is
 // empty). Leader only.
 func (c *CloudSite) DeregisterInstance(ctx context.Context, namespace, service, id string) error {
-	_, _, err := c.raft.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: &apipb.DeregisterRequest{
-		Namespace: namespace, Service: service, InstanceId: id}}})
+	_, _, err := c.raft.Apply(ctx, state.DeregisterCommand(&apipb.DeregisterRequest{
+		Namespace: namespace, Service: service, InstanceId: id}))
 	return err
 }

@@ -300,7 +300,7 @@ func (s *Server) bootstrapCommand() (*statepb.Command, string, error) {
 		Site:            s.id.node.Site,
 		TrustDomain:     s.id.td.Name(),
 		Root:            root,
-		ManagementToken: &statepb.TokenRecord{Token: tok, SecretHash: h[:]},
+		ManagementToken: state.NewTokenRecord(tok, h[:], ""),
 	}}}, secret, nil
 }
 

@@ -58,7 +58,7 @@ func (t *ttlTracker) run(ctx context.Context) error {
 		case <-tick.C:
 		}
 		if expired := t.expired(); len(expired) > 0 {
-			cmd := &statepb.Command{Cmd: &statepb.Command_SetHealth{SetHealth: &statepb.SetHealth{Instances: expired, Health: apipb.Health_HEALTH_CRITICAL}}}
+			cmd := state.SetHealthCommand(expired, apipb.Health_HEALTH_CRITICAL)
 			if _, _, err := t.node.Apply(ctx, cmd); err != nil {
 				t.log.Warn("ttl expiry not committed", "instances", len(expired), "err", err)
 			} else {
@@ -123,7 +123,7 @@ func (t *ttlTracker) Heartbeat(ctx context.Context, k *apipb.InstanceKey) error 
 	if in.Health == apipb.Health_HEALTH_PASSING {
 		return nil
 	}
-	cmd := &statepb.Command{Cmd: &statepb.Command_SetHealth{SetHealth: &statepb.SetHealth{Instances: []*apipb.InstanceKey{k}, Health: apipb.Health_HEALTH_PASSING}}}
+	cmd := state.SetHealthCommand([]*apipb.InstanceKey{k}, apipb.Health_HEALTH_PASSING)
 	_, _, err := t.node.Apply(ctx, cmd)
 	return err
 }

@@ -67,7 +67,7 @@ func TestTTLTracker(t *testing.T) {
 			in.Ttl = durationpb.New(ttl)
 		}
 		req := &apipb.RegisterRequest{Service: &apipb.Service{Namespace: "default", Name: "api", Ports: []*apipb.ServicePort{{Name: "tcp", Protocol: apipb.Protocol_PROTOCOL_TCP}}}, Instance: in}
-		if _, _, err := node.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}}); err != nil {
+		if _, _, err := node.Apply(ctx, state.RegisterCommand(req)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -111,7 +111,7 @@ func TestTTLTracker(t *testing.T) {
 	}
 
 	// A heartbeat revives a critical instance through Raft.
-	cmd := &statepb.Command{Cmd: &statepb.Command_SetHealth{SetHealth: &statepb.SetHealth{Instances: got, Health: apipb.Health_HEALTH_CRITICAL}}}
+	cmd := state.SetHealthCommand(got, apipb.Health_HEALTH_CRITICAL)
 	if _, _, err := node.Apply(ctx, cmd); err != nil {
 		t.Fatal(err)
 	}

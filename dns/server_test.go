@@ -18,7 +18,6 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/controlplane/state"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/dns"
 	"github.com/straitmesh/strait/internal/acceptloop"
 )
@@ -43,7 +42,7 @@ func (ts *testServer) register(t testing.TB, ns, svc, id, addr string, passing b
 		in.Ports[p] = uint32(8080 + i)
 	}
 	ts.index++
-	if _, err := ts.store.ApplyCommand(ts.index, &statepb.Command{Cmd: &statepb.Command_Register{Register: &apipb.RegisterRequest{Service: s, Instance: in}}}); err != nil {
+	if _, err := ts.store.ApplyCommand(ts.index, state.RegisterCommand(&apipb.RegisterRequest{Service: s, Instance: in})); err != nil {
 		t.Fatal(err)
 	}
 }

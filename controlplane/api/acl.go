@@ -96,7 +96,7 @@ func (s aclService) CreateToken(ctx context.Context, req *apipb.CreateTokenReque
 		tok.ExpireTime = timestamppb.New(now.Add(ttl))
 	}
 	h := state.HashSecret(secret)
-	cmd := &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: &statepb.TokenRecord{Token: tok, SecretHash: h[:]}}}
+	cmd := state.CreateTokenCommand(tok, h[:], "")
 	if _, _, err := s.apply(ctx, cmd); err != nil {
 		return nil, err
 	}

@@ -263,7 +263,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 // be of kind (else PermissionDenied with invalid), unexpired and not used
 // up. check, when set, runs before the token is consumed, so a request
 // refused for another reason does not burn it.
-func (s *Server) consumeToken(ctx context.Context, kind apipb.TokenKind, invalid string, check func() error) (*statepb.TokenRecord, error) {
+func (s *Server) consumeToken(ctx context.Context, kind apipb.TokenKind, invalid string, check func() error) (*state.TokenRecord, error) {
 	secret, _ := ctx.Value(secretKey).(string)
 	h := state.HashSecret(secret)
 	rec, ok := s.store().TokenBySecret(h)

@@ -8,7 +8,6 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 // catalogService serves the Catalog API.
@@ -40,7 +39,7 @@ func (s catalogService) Register(ctx context.Context, req *apipb.RegisterRequest
 	}); ok {
 		return r, err
 	}
-	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: req}})
+	_, idx, err := s.apply(ctx, state.RegisterCommand(req))
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +67,7 @@ func (s catalogService) Deregister(ctx context.Context, req *apipb.DeregisterReq
 	}); ok {
 		return r, err
 	}
-	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: req}})
+	_, idx, err := s.apply(ctx, state.DeregisterCommand(req))
 	if err != nil {
 		return nil, err
 	}

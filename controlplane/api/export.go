@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/controlplane/state"
 )
 
 // MaxExportPeers bounds an export's peer list.
@@ -74,7 +74,7 @@ func (s federationService) Export(ctx context.Context, req *apipb.ExportRequest)
 	slices.Sort(to)
 	to = slices.Compact(to)
 	out := &apipb.Export{Namespace: e.Namespace, Service: e.Service, To: to}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetExport{SetExport: out}}); err != nil {
+	if _, _, err := s.apply(ctx, state.SetExportCommand(out)); err != nil {
 		return nil, err
 	}
 	return &apipb.ExportResponse{Export: out}, nil
@@ -110,7 +110,7 @@ func (s federationService) Unexport(ctx context.Context, req *apipb.UnexportRequ
 		}
 	}
 	out := &apipb.Export{Namespace: req.Namespace, Service: req.Service, To: to}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetExport{SetExport: out}}); err != nil {
+	if _, _, err := s.apply(ctx, state.SetExportCommand(out)); err != nil {
 		return nil, err
 	}
 	return &apipb.UnexportResponse{}, nil

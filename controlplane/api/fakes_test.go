@@ -324,7 +324,7 @@ func (ts *testServer) addToken(t *testing.T, kind apipb.TokenKind) string {
 	case apipb.TokenKind_TOKEN_KIND_SERVER, apipb.TokenKind_TOKEN_KIND_AGENT, apipb.TokenKind_TOKEN_KIND_GATEWAY:
 		tok.MaxUses = 1 // as ACL.CreateToken makes them by default
 	}
-	if _, _, err := ts.raft.commit(&statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: &statepb.TokenRecord{Token: tok, SecretHash: h[:]}}}); err != nil {
+	if _, _, err := ts.raft.commit(state.CreateTokenCommand(tok, h[:], "")); err != nil {
 		t.Fatal(err)
 	}
 	return secret

@@ -431,7 +431,7 @@ func TestBundleIntentionGatewayHandlers(t *testing.T) {
 			}},
 		{name: "gateway join twice", token: "gateway", code: codes.AlreadyExists, msg: "strait gateway revoke gw1",
 			setup: func(t *testing.T, ts *testServer) {
-				if _, _, err := ts.raft.commit(&statepb.Command{Cmd: &statepb.Command_SetGateway{SetGateway: &apipb.GatewayRecord{Name: "gw1"}}}); err != nil {
+				if _, _, err := ts.raft.commit(state.SetGatewayCommand(&apipb.GatewayRecord{Name: "gw1"})); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -463,7 +463,7 @@ func TestForwarding(t *testing.T) {
 	if !ok {
 		t.Fatal("no token")
 	}
-	if _, _, err := follower.raft.commit(&statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: rec}}); err != nil {
+	if _, _, err := follower.raft.commit(state.CreateTokenCommand(rec.Token, rec.SecretHash, rec.PeerName)); err != nil {
 		t.Fatal(err)
 	}
 	ctx := as(leader.token)

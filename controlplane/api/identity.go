@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
+	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
@@ -95,7 +96,7 @@ func (s *Server) CreateEntry(ctx context.Context, req *apipb.CreateEntryRequest)
 		return nil, err
 	}
 	req.Entry.Id = id
-	_, idx, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateEntry{CreateEntry: req.Entry}})
+	_, idx, err := s.apply(ctx, state.CreateEntryCommand(req.Entry))
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +169,7 @@ func (s *Server) AgentJoin(ctx context.Context, req *apipb.AgentJoinRequest) (*a
 		return nil, err
 	}
 	record := &apipb.Agent{Node: req.Node, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetAgent{SetAgent: record}}); err != nil {
+	if _, _, err := s.apply(ctx, state.SetAgentCommand(record)); err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Info("agent joined", "agent", req.Node, "token_accessor", rec.Token.AccessorId)
@@ -195,7 +196,7 @@ func (s *Server) RevokeAgent(ctx context.Context, req *apipb.RevokeAgentRequest)
 	}
 	n := proto.Clone(a).(*apipb.Agent)
 	n.Revoked = true
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetAgent{SetAgent: n}}); err != nil {
+	if _, _, err := s.apply(ctx, state.SetAgentCommand(n)); err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Info("agent revoked", "agent", req.Node)

@@ -80,7 +80,7 @@ func (s intentionService) Set(ctx context.Context, req *apipb.SetIntentionReques
 	}); ok {
 		return r, err
 	}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetIntention{SetIntention: n}}); err != nil {
+	if _, _, err := s.apply(ctx, state.SetIntentionCommand(n)); err != nil {
 		return nil, err
 	}
 	resp := &apipb.SetIntentionResponse{Intention: n, Warnings: intentionWarnings(s.store(), n)}
@@ -188,7 +188,7 @@ func (s gatewayService) Join(ctx context.Context, req *apipb.GatewayJoinRequest)
 		return nil, err
 	}
 	record := &apipb.GatewayRecord{Name: req.Name, Joined: timestamppb.New(s.cfg.Now()), TokenAccessor: rec.Token.AccessorId}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetGateway{SetGateway: record}}); err != nil {
+	if _, _, err := s.apply(ctx, state.SetGatewayCommand(record)); err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Info("gateway joined", "gateway", req.Name, "token_accessor", rec.Token.AccessorId)
@@ -269,7 +269,7 @@ func (s gatewayService) Heartbeat(ctx context.Context, req *apipb.GatewayHeartbe
 		Instance: &apipb.Instance{Id: name, Address: host, Ports: map[string]uint32{state.GatewayWANPort: uint32(port)},
 			Health: apipb.Health_HEALTH_PASSING, Ttl: durationpb.New(GatewayTTL), Meta: meta},
 	}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Register{Register: reg}}); err != nil {
+	if _, _, err := s.apply(ctx, state.RegisterCommand(reg)); err != nil {
 		return nil, err
 	}
 	// The registration is this heartbeat: without the beat, the TTL
@@ -299,11 +299,11 @@ func (s gatewayService) Revoke(ctx context.Context, req *apipb.RevokeGatewayRequ
 	}
 	n := proto.Clone(g).(*apipb.GatewayRecord)
 	n.Revoked = true
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_SetGateway{SetGateway: n}}); err != nil {
+	if _, _, err := s.apply(ctx, state.SetGatewayCommand(n)); err != nil {
 		return nil, err
 	}
 	dereg := &apipb.DeregisterRequest{Namespace: state.GatewayNamespace, Service: state.GatewayService, InstanceId: req.Name}
-	if _, _, err := s.apply(ctx, &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: dereg}}); err != nil && !errors.Is(err, state.ErrNotFound) {
+	if _, _, err := s.apply(ctx, state.DeregisterCommand(dereg)); err != nil && !errors.Is(err, state.ErrNotFound) {
 		return nil, err
 	}
 	return &apipb.RevokeGatewayResponse{}, nil

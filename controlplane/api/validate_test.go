@@ -11,7 +11,6 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 func validReq() *apipb.RegisterRequest {
@@ -101,7 +100,7 @@ func FuzzRegisterRequest(f *testing.F) {
 			return
 		}
 		st := state.NewStore(0)
-		_, err := st.ApplyCommand(1, &statepb.Command{Cmd: &statepb.Command_Register{Register: &req}})
+		_, err := st.ApplyCommand(1, state.RegisterCommand(&req))
 		if err != nil {
 			t.Fatalf("validated request rejected by the state machine: %v\n%v", err, &req)
 		}

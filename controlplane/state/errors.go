@@ -14,6 +14,9 @@ var (
 	// ErrMalformed: the command lacks a required part. The API validates
 	// requests before proposing them, so this means a bug or corruption.
 	ErrMalformed = errors.New("malformed command")
+	// ErrFormat: the command is in a format newer than this server
+	// understands. The store then stops applying the log (see Halted).
+	ErrFormat = errors.New("command format newer than this server understands")
 	// ErrNotBootstrapped: the site has no identity yet.
 	ErrNotBootstrapped = errors.New("site not bootstrapped")
 )

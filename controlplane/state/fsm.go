@@ -29,8 +29,17 @@ type Result struct {
 	Err   error
 }
 
-// Encode marshals a command for the Raft log.
+// CommandFormat is the command format this server writes, and the newest
+// it applies. Format 1 is the format since the first release (a command
+// without a format is format 1). See the package doc for how it changes.
+const CommandFormat = 1
+
+// Encode marshals a command for the Raft log, stamped with CommandFormat
+// unless it carries a format already.
 func Encode(cmd *statepb.Command) ([]byte, error) {
+	if cmd.Format == 0 {
+		cmd.Format = CommandFormat
+	}
 	return proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
 }
 
@@ -54,7 +63,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 
 func (f *FSM) applyLog(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
-		if l.Index > f.index {
+		if l.Index > f.index && f.halted == nil {
 			f.index = l.Index
 		}
 		return nil
@@ -76,6 +85,9 @@ const snapshotVersion = 1
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.halted != nil {
+		return nil, fmt.Errorf("snapshot: %w", f.halted)
+	}
 	snap := &fsmSnapshot{index: f.index, site: f.site}
 	snap.services = make([]*apipb.Service, 0, len(f.services))
 	snap.instances = make([]*apipb.Instance, 0, f.nInst)
@@ -103,8 +115,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, p := range f.imports {
 		snap.imports = append(snap.imports, p)
 	}
-	if f.vipLast.IsValid() {
-		snap.vipLast = f.vipLast.AsSlice()
+	if f.vip.last.IsValid() {
+		snap.vipLast = f.vip.last.AsSlice()
 	}
 	for _, in := range f.intentions {
 		snap.intentions = append(snap.intentions, in)
@@ -120,7 +132,7 @@ type fsmSnapshot struct {
 	site       *statepb.Bootstrap
 	services   []*apipb.Service
 	instances  []*apipb.Instance
-	tokens     []*statepb.TokenRecord
+	tokens     []*TokenRecord
 	entries    []*apipb.WorkloadEntry
 	foreign    []*statepb.ForeignBundle
 	exports    []*apipb.Export
@@ -154,22 +166,22 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		}
 	}
 	for _, v := range s.services {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Service{Service: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Service{Service: serviceToState(v)}}); err != nil {
 			return err
 		}
 	}
 	for _, v := range s.instances {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Instance{Instance: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Instance{Instance: instanceToState(v)}}); err != nil {
 			return err
 		}
 	}
 	for _, v := range s.tokens {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Token{Token: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Token{Token: tokenRecordToState(v)}}); err != nil {
 			return err
 		}
 	}
 	for _, v := range s.entries {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Entry{Entry: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Entry{Entry: entryToState(v)}}); err != nil {
 			return err
 		}
 	}
@@ -179,12 +191,12 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		}
 	}
 	for _, v := range s.exports {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Export{Export: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Export{Export: exportToState(v)}}); err != nil {
 			return err
 		}
 	}
 	for _, v := range s.agents {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Agent{Agent: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Agent{Agent: agentToState(v)}}); err != nil {
 			return err
 		}
 	}
@@ -194,12 +206,12 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		}
 	}
 	for _, v := range s.intentions {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Intention{Intention: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Intention{Intention: intentionToState(v)}}); err != nil {
 			return err
 		}
 	}
 	for _, v := range s.gateways {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Gateway{Gateway: v}}); err != nil {
+		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Gateway{Gateway: gatewayToState(v)}}); err != nil {
 			return err
 		}
 	}
@@ -243,32 +255,34 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		case *statepb.SnapshotRecord_Site:
 			n.site = r.Site
 		case *statepb.SnapshotRecord_Service:
-			n.services[KeyOf(r.Service)] = r.Service
+			svc := serviceToAPI(r.Service)
+			n.services[KeyOf(svc)] = svc
 		case *statepb.SnapshotRecord_Instance:
-			k := KeyOfInstance(r.Instance)
+			in := instanceToAPI(r.Instance)
+			k := KeyOfInstance(in)
 			if n.instances[k] == nil {
 				n.instances[k] = make(map[string]*apipb.Instance)
 			}
-			n.instances[k][r.Instance.Id] = r.Instance
+			n.instances[k][in.Id] = in
 			n.nInst++
 		case *statepb.SnapshotRecord_Token:
-			n.putToken(r.Token)
+			n.putToken(tokenRecordOf(r.Token))
 		case *statepb.SnapshotRecord_Entry:
-			n.entries[r.Entry.Id] = r.Entry
+			n.entries[r.Entry.Id] = entryToAPI(r.Entry)
 		case *statepb.SnapshotRecord_ForeignBundle:
 			n.foreign[r.ForeignBundle.TrustDomain] = r.ForeignBundle
 		case *statepb.SnapshotRecord_Export:
-			n.exports[ServiceKey{"", r.Export.Namespace, r.Export.Service}] = r.Export
+			n.exports[ServiceKey{"", r.Export.Namespace, r.Export.Service}] = exportToAPI(r.Export)
 		case *statepb.SnapshotRecord_Agent:
-			n.agents[r.Agent.Node] = r.Agent
+			n.agents[r.Agent.Node] = agentToAPI(r.Agent)
 		case *statepb.SnapshotRecord_PeerImport:
 			n.imports[r.PeerImport.Peer] = r.PeerImport
 		case *statepb.SnapshotRecord_Intention:
-			n.intentions[intentionKey(r.Intention.Source, r.Intention.Destination)] = r.Intention
+			n.intentions[intentionKey(r.Intention.Source, r.Intention.Destination)] = intentionToAPI(r.Intention)
 		case *statepb.SnapshotRecord_Gateway:
-			n.gateways[r.Gateway.Name] = r.Gateway
+			n.gateways[r.Gateway.Name] = gatewayToAPI(r.Gateway)
 		case *statepb.SnapshotRecord_VipCursor:
-			n.vipLast, _ = netip.AddrFromSlice(r.VipCursor.Last)
+			n.vip.last, _ = netip.AddrFromSlice(r.VipCursor.Last)
 		default:
 			return fmt.Errorf("restore snapshot: unknown record %T", rec.Record)
 		}
@@ -277,30 +291,29 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		if n.instances[k] == nil {
 			n.instances[k] = make(map[string]*apipb.Instance)
 		}
-		n.trackVIP(svc)
+		n.vip.track(svc)
 	}
 	for k := range n.instances {
 		if _, ok := n.services[k]; !ok {
 			return fmt.Errorf("restore snapshot: instances of unknown service %s/%s", k.Namespace, k.Name)
 		}
 	}
-	n.recountImports()
+	n.quota.recount(&n.catalog, n.vip.byAddr)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.index, f.site = hdr.Index, n.site
-	f.services, f.instances, f.nInst = n.services, n.instances, n.nInst
+	f.index, f.site, f.halted = hdr.Index, n.site, nil
+	f.catalog = n.catalog
 	f.tokens, f.byHash = n.tokens, n.byHash
 	f.entries = n.entries
 	f.foreign = n.foreign
 	f.exports = n.exports
 	f.agents = n.agents
 	f.imports = n.imports
-	f.vips, f.vipLast, f.vipIdx, f.use = n.vips, n.vipLast, [2]*vipIndex{}, n.use
+	f.vip, f.quota = vipAllocator{byAddr: n.vip.byAddr, last: n.vip.last}, n.quota
 	f.intentions, f.gateways = n.intentions, n.gateways
-	f.meshChanged()
+	wake(&f.meshCh)
 	f.events.restart(hdr.Index)
-	f.identityChanged()
-	close(f.exportsCh)
-	f.exportsCh = make(chan struct{})
+	wake(&f.identityCh)
+	wake(&f.exportsCh)
 	return nil
 }

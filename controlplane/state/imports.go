@@ -2,11 +2,8 @@ package state
 
 import (
 	"fmt"
-	"net"
 	"slices"
 	"sort"
-	"strconv"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -35,19 +32,19 @@ func wellFormedImport(b *statepb.ImportBatch) error {
 	}
 	for _, c := range b.Changes {
 		switch x := c.GetChange().(type) {
-		case *apipb.Change_Service:
+		case *statepb.Change_Service:
 			if x.Service.Namespace == "" || x.Service.Name == "" {
 				return bad("service without namespace or name")
 			}
-		case *apipb.Change_Instance:
+		case *statepb.Change_Instance:
 			if x.Instance.Namespace == "" || x.Instance.Service == "" || x.Instance.Id == "" {
 				return bad("instance without namespace, service or id")
 			}
-		case *apipb.Change_ServiceDeleted:
+		case *statepb.Change_ServiceDeleted:
 			if x.ServiceDeleted.Namespace == "" || x.ServiceDeleted.Name == "" {
 				return bad("deleted service without namespace or name")
 			}
-		case *apipb.Change_InstanceDeleted:
+		case *statepb.Change_InstanceDeleted:
 			if x.InstanceDeleted.Namespace == "" || x.InstanceDeleted.Service == "" || x.InstanceDeleted.Id == "" {
 				return bad("deleted instance without namespace, service or id")
 			}
@@ -58,56 +55,46 @@ func wellFormedImport(b *statepb.ImportBatch) error {
 	return nil
 }
 
-// peerExists reports whether name is a current peering. Lock held.
-func (s *Store) peerExists(name string) bool {
-	for _, f := range s.foreign {
-		if f.PeerName == name {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *Store) applyImport(index uint64, b *statepb.ImportBatch, now time.Time, ch *changes) error {
-	if !s.peerExists(b.Peer) {
+func (t *tx) applyImport(b *ImportBatch) error {
+	if !t.s.foreign.hasPeer(b.Peer) {
 		return fmt.Errorf("peer %q: %w", b.Peer, ErrNotFound)
 	}
 	imp := &statepb.PeerImport{Peer: b.Peer}
-	if old, ok := s.imports[b.Peer]; ok {
+	if old, ok := t.s.imports[b.Peer]; ok {
 		imp = proto.Clone(old).(*statepb.PeerImport)
 	}
 	applies := b.Resync || b.Version >= imp.Version
 	var sizes []int64
 	if applies {
 		var err error
-		if sizes, err = s.checkImportQuota(b); err != nil {
+		if sizes, err = t.s.quota.check(&t.s.catalog, b); err != nil {
 			return err
 		}
 	}
-	imp.LastContact = timestamppb.New(now)
+	imp.LastContact = timestamppb.New(t.now)
 	if b.Gateways != nil && !slices.Equal(imp.Gateways, b.Gateways.Addresses) {
 		imp.Gateways = append([]string(nil), b.Gateways.Addresses...)
-		s.meshChanged() // the gateways' configuration names them
+		wake(&t.s.meshCh) // the gateways' configuration names them
 	}
 	// A delta older than what is applied is a duplicate from a stream that
 	// has since been replaced; a resync is always current.
 	if applies {
 		imp.Version = b.Version
-		ic := s.importContext(index, b)
+		ic := t.importContext(b)
 		if b.Resync {
-			s.resyncImports(ic, b, sizes, ch)
+			t.resyncImports(ic, b, sizes)
 		} else {
 			for i, c := range b.Changes {
-				s.applyImportChange(ic, c, sizes[i], ch)
+				t.applyImportChange(ic, c, sizes[i])
 			}
 		}
 	}
-	s.imports[b.Peer] = imp
+	t.s.imports[b.Peer] = imp
 	return nil
 }
 
 // resyncImports makes the peer's imports exactly the batch's contents.
-func (s *Store) resyncImports(ic *importContext, b *statepb.ImportBatch, sizes []int64, ch *changes) {
+func (t *tx) resyncImports(ic *importContext, b *ImportBatch, sizes []int64) {
 	keep := make(map[ServiceKey]map[string]bool)
 	for _, c := range b.Changes {
 		switch x := c.Change.(type) {
@@ -123,20 +110,20 @@ func (s *Store) resyncImports(ic *importContext, b *statepb.ImportBatch, sizes [
 			}
 		}
 	}
-	s.dropImports(b.Peer, keep, ch)
+	t.dropImports(b.Peer, keep)
 	for i, c := range b.Changes {
 		switch c.Change.(type) {
 		case *apipb.Change_Service, *apipb.Change_Instance:
-			s.applyImportChange(ic, c, sizes[i], ch)
+			t.applyImportChange(ic, c, sizes[i])
 		}
 	}
 }
 
 // dropImports removes the peer's imported services and instances that
 // keep does not name (all of them when keep is nil). Lock held.
-func (s *Store) dropImports(peer string, keep map[ServiceKey]map[string]bool, ch *changes) {
+func (t *tx) dropImports(peer string, keep map[ServiceKey]map[string]bool) {
 	var gone []ServiceKey
-	for k := range s.services {
+	for k := range t.s.services {
 		if k.Peer == peer {
 			gone = append(gone, k)
 		}
@@ -150,10 +137,10 @@ func (s *Store) dropImports(peer string, keep map[ServiceKey]map[string]bool, ch
 	for _, k := range gone {
 		ids, kept := keep[k]
 		if !kept {
-			s.deleteService(k, ch)
+			t.deleteService(k)
 			continue
 		}
-		byID := s.instances[k]
+		byID := t.s.instances[k]
 		var drop []string
 		for id := range byID {
 			if !ids[id] {
@@ -161,63 +148,30 @@ func (s *Store) dropImports(peer string, keep map[ServiceKey]map[string]bool, ch
 			}
 		}
 		sort.Strings(drop)
-		u := s.usage(peer)
+		u := t.s.quota.usage(peer)
 		for _, id := range drop {
-			ch.instanceDeleted(byID[id])
+			t.ch.instanceDeleted(byID[id])
 			u.Instances--
 			u.Bytes -= instanceSize(byID[id])
 			delete(byID, id)
-			s.nInst--
+			t.s.nInst--
 		}
 	}
-	if u := s.use[peer]; u != nil && u.zero() {
-		delete(s.use, peer)
-	}
-}
-
-// deleteService removes a service and its instances. Lock held.
-func (s *Store) deleteService(k ServiceKey, ch *changes) {
-	byID := s.instances[k]
-	ids := make([]string, 0, len(byID))
-	for id := range byID {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		ch.instanceDeleted(byID[id])
-	}
-	s.nInst -= len(byID)
-	if k.Peer != "" {
-		u, svc := s.usage(k.Peer), s.services[k]
-		u.Services--
-		u.Instances -= len(byID)
-		u.Bytes -= serviceSize(svc)
-		for _, in := range byID {
-			u.Bytes -= instanceSize(in)
-		}
-		if svc.GetVirtualIp() == "" {
-			u.WithoutVIP--
-		}
-	}
-	s.releaseVIP(s.services[k])
-	delete(s.instances, k)
-	delete(s.services, k)
-	ch.serviceDeleted(k)
+	t.s.quota.forgetIfZero(peer)
 }
 
 // importContext is what applying one batch's changes needs.
 type importContext struct {
-	index      uint64
 	peer, cidr string
 	// vipQuota is how many virtual IPs the peer may hold; -1: no quota
 	// (a batch without limits, from before quotas existed).
 	vipQuota int
 }
 
-func (s *Store) importContext(index uint64, b *statepb.ImportBatch) *importContext {
-	ic := &importContext{index: index, peer: b.Peer, cidr: b.VirtualIpCidr, vipQuota: -1}
+func (t *tx) importContext(b *ImportBatch) *importContext {
+	ic := &importContext{peer: b.Peer, cidr: b.VirtualIPCIDR, vipQuota: -1}
 	if b.Limits != nil {
-		ic.vipQuota = s.vipQuota(b.VirtualIpCidr, b.Limits)
+		ic.vipQuota = t.s.vip.share(b.VirtualIPCIDR, t.s.foreign.peers(), b.Limits)
 	}
 	return ic
 }
@@ -226,24 +180,24 @@ func (s *Store) importContext(index uint64, b *statepb.ImportBatch) *importConte
 // copied and stamped with the peer and local indexes; an instance of a
 // service that was not sent first is ignored (the exporter always sends
 // the service before its instances). size is the change's ImportedSize.
-func (s *Store) applyImportChange(ic *importContext, c *apipb.Change, size int64, ch *changes) {
+func (t *tx) applyImportChange(ic *importContext, c *apipb.Change, size int64) {
 	peer := ic.peer
 	switch x := c.Change.(type) {
 	case *apipb.Change_Service:
-		svc := proto.Clone(x.Service).(*apipb.Service)
+		svc := x.Service
 		svc.Peer, svc.VirtualIp = peer, ""
 		k := KeyOf(svc)
-		old, existed := s.services[k]
+		old, existed := t.s.services[k]
 		if existed {
 			svc.VirtualIp = old.VirtualIp
 		}
-		u := s.usage(peer)
+		u := t.s.quota.usage(peer)
 		if svc.VirtualIp == "" && (ic.vipQuota < 0 || u.VIPs < ic.vipQuota) {
-			if a, ok := s.allocateVIP(ic.cidr); ok {
+			if a, ok := t.s.vip.allocate(ic.cidr); ok {
 				svc.VirtualIp = a.String()
 			}
 		}
-		s.putService(ic.index, k, svc, ch)
+		t.putService(k, svc)
 		if existed {
 			u.Bytes -= serviceSize(old)
 			if old.VirtualIp == "" {
@@ -256,38 +210,38 @@ func (s *Store) applyImportChange(ic *importContext, c *apipb.Change, size int64
 		if svc.VirtualIp == "" {
 			u.WithoutVIP++
 		}
-		s.trackVIP(svc)
+		t.trackVIP(svc)
 	case *apipb.Change_Instance:
-		in := proto.Clone(x.Instance).(*apipb.Instance)
+		in := x.Instance
 		in.Peer, in.Ttl = peer, nil
 		if in.Health == apipb.Health_HEALTH_UNSPECIFIED {
 			in.Health = apipb.Health_HEALTH_PASSING
 		}
-		if byID, ok := s.instances[KeyOfInstance(in)]; ok {
-			u := s.usage(peer)
+		if byID, ok := t.s.instances[KeyOfInstance(in)]; ok {
+			u := t.s.quota.usage(peer)
 			if prev, ok := byID[in.Id]; ok {
 				u.Bytes -= instanceSize(prev)
 			} else {
 				u.Instances++
 			}
 			u.Bytes += size
-			s.putInstance(ic.index, byID, in, ch)
+			t.putInstance(byID, in)
 		}
 	case *apipb.Change_ServiceDeleted:
 		k := ServiceKey{peer, x.ServiceDeleted.Namespace, x.ServiceDeleted.Name}
-		if _, ok := s.services[k]; ok {
-			s.deleteService(k, ch)
+		if _, ok := t.s.services[k]; ok {
+			t.deleteService(k)
 		}
 	case *apipb.Change_InstanceDeleted:
 		k := x.InstanceDeleted
-		byID := s.instances[ServiceKey{peer, k.Namespace, k.Service}]
+		byID := t.s.instances[ServiceKey{peer, k.Namespace, k.Service}]
 		if in, ok := byID[k.Id]; ok {
-			u := s.usage(peer)
+			u := t.s.quota.usage(peer)
 			u.Instances--
 			u.Bytes -= instanceSize(in)
-			ch.instanceDeleted(in)
+			t.ch.instanceDeleted(in)
 			delete(byID, k.Id)
-			s.nInst--
+			t.s.nInst--
 		}
 	}
 }
@@ -304,44 +258,4 @@ func (s *Store) PeerImport(peer string) (*statepb.PeerImport, bool) {
 func (s *Store) ImportCounts(peer string) (services, instances int) {
 	u := s.ImportUsage(peer)
 	return u.Services, u.Instances
-}
-
-// ExportedServices lists the local services exported to a peer (existing
-// or not yet registered), sorted.
-func (s *Store) ExportedServices(peer string) []ServiceKey {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []ServiceKey
-	for k, e := range s.exports {
-		for _, to := range e.To {
-			if to == peer || to == "*" {
-				out = append(out, k)
-				break
-			}
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Namespace != out[j].Namespace {
-			return out[i].Namespace < out[j].Namespace
-		}
-		return out[i].Name < out[j].Name
-	})
-	return out
-}
-
-// GatewayAddresses lists the WAN addresses of this site's passing
-// gateways, sorted.
-func (s *Store) GatewayAddresses() []string {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []string
-	for _, in := range s.instances[ServiceKey{"", GatewayNamespace, GatewayService}] {
-		port, ok := in.Ports[GatewayWANPort]
-		if !ok || in.Health != apipb.Health_HEALTH_PASSING {
-			continue
-		}
-		out = append(out, net.JoinHostPort(in.Address, strconv.Itoa(int(port))))
-	}
-	sort.Strings(out)
-	return out
 }

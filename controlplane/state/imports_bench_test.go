@@ -52,8 +52,8 @@ func BenchmarkImportApply(b *testing.B) {
 			var index uint64
 			apply := func(changes []*apipb.Change, resync bool) {
 				index++
-				cmd := &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: &statepb.ImportBatch{
-					Peer: "b", Version: index, Resync: resync, Changes: changes, VirtualIpCidr: "240.0.0.0/16", Limits: lim}}}
+				cmd := state.ImportCommand(&state.ImportBatch{
+					Peer: "b", Version: index, Resync: resync, Changes: changes, VirtualIPCIDR: "240.0.0.0/16", Limits: lim})
 				data, err := state.Encode(cmd)
 				if err != nil {
 					b.Fatal(err)

@@ -26,7 +26,7 @@ func instChange(svc, id string) *apipb.Change {
 }
 
 func batch(peer string, version uint64, resync bool, changes ...*apipb.Change) *statepb.Command {
-	return &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: &statepb.ImportBatch{Peer: peer, Version: version, Resync: resync, Changes: changes}}}
+	return state.ImportCommand(&state.ImportBatch{Peer: peer, Version: version, Resync: resync, Changes: changes})
 }
 
 // ids lists the instances of a service imported from peer; nil when the
@@ -112,7 +112,7 @@ func TestImports(t *testing.T) {
 	// A change of the peer's gateways wakes the mesh watchers (xDS).
 	meshCh := f.MeshChanged()
 	gw := batch("b", 20, false)
-	gw.GetImportBatch().Gateways = &apipb.GatewaySet{Addresses: []string{"192.0.2.1:8443"}}
+	gw.GetImportBatch().Gateways = &statepb.GatewaySet{Addresses: []string{"192.0.2.1:8443"}}
 	applyAll(t, f, 7, gw)
 	select {
 	case <-meshCh:
@@ -135,12 +135,12 @@ func TestImports(t *testing.T) {
 	// Only replication writes imports; and removing the peer drops them,
 	// and drops the peer from exports.
 	export := func(svc string, to ...string) *statepb.Command {
-		return &statepb.Command{Cmd: &statepb.Command_SetExport{SetExport: &apipb.Export{Namespace: "ns", Service: svc, To: to}}}
+		return state.SetExportCommand(&apipb.Export{Namespace: "ns", Service: svc, To: to})
 	}
 	applyAll(t, f, 8, export("api", "b", "c"), export("web", "b"))
 	exportsCh := f.ExportsChanged()
 	res = applyAll(t, f, 10,
-		&statepb.Command{Cmd: &statepb.Command_Register{Register: &apipb.RegisterRequest{Service: &apipb.Service{Namespace: "ns", Name: "api", Peer: "b"}}}},
+		state.RegisterCommand(&apipb.RegisterRequest{Service: &apipb.Service{Namespace: "ns", Name: "api", Peer: "b"}}),
 		&statepb.Command{Cmd: &statepb.Command_DeleteForeignBundle{DeleteForeignBundle: &statepb.DeleteForeignBundle{TrustDomain: "b.strait"}}},
 		batch("b", 21, false, instChange("api", "i9")),
 	)

@@ -5,8 +5,6 @@ import (
 	"sort"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
@@ -16,12 +14,6 @@ import (
 
 func intentionKey(src, dst string) string { return src + "\x00" + dst }
 
-// meshChanged wakes mesh watchers. Write lock held.
-func (s *Store) meshChanged() {
-	close(s.meshCh)
-	s.meshCh = make(chan struct{})
-}
-
 // MeshChanged returns a channel closed at the next change of intentions
 // or gateways.
 func (s *Store) MeshChanged() <-chan struct{} {
@@ -30,40 +22,40 @@ func (s *Store) MeshChanged() <-chan struct{} {
 	return s.meshCh
 }
 
-func (s *Store) applySetIntention(index uint64, in *apipb.Intention) {
+func (t *tx) applySetIntention(in *apipb.Intention) {
 	k := intentionKey(in.Source, in.Destination)
-	n := proto.Clone(in).(*apipb.Intention)
-	n.CreateIndex, n.ModifyIndex = index, index
-	if old, ok := s.intentions[k]; ok {
+	n := in
+	n.CreateIndex, n.ModifyIndex = t.index, t.index
+	if old, ok := t.s.intentions[k]; ok {
 		n.CreateIndex = old.CreateIndex
 	}
-	s.intentions[k] = n
-	s.meshChanged()
+	t.s.intentions[k] = n
+	wake(&t.s.meshCh)
 }
 
-func (s *Store) applyDeleteIntention(d *statepb.DeleteIntention) error {
+func (t *tx) applyDeleteIntention(d *statepb.DeleteIntention) error {
 	k := intentionKey(d.Source, d.Destination)
-	if _, ok := s.intentions[k]; !ok {
+	if _, ok := t.s.intentions[k]; !ok {
 		return fmt.Errorf("intention %s -> %s: %w", d.Source, d.Destination, ErrNotFound)
 	}
-	delete(s.intentions, k)
-	s.meshChanged()
+	delete(t.s.intentions, k)
+	wake(&t.s.meshCh)
 	return nil
 }
 
 // dropIntentionsFrom removes every intention whose source is a removed
 // peer's site, so that a later peer under the same name is granted
 // nothing. Lock held.
-func (s *Store) dropIntentionsFrom(peer string) {
+func (t *tx) dropIntentionsFrom(peer string) {
 	changed := false
-	for k, in := range s.intentions {
+	for k, in := range t.s.intentions {
 		if strings.HasPrefix(in.Source, peer+"/") {
-			delete(s.intentions, k)
+			delete(t.s.intentions, k)
 			changed = true
 		}
 	}
 	if changed {
-		s.meshChanged()
+		wake(&t.s.meshCh)
 	}
 }
 
@@ -84,9 +76,9 @@ func (s *Store) Intentions() []*apipb.Intention {
 	return out
 }
 
-func (s *Store) applySetGateway(g *apipb.GatewayRecord) {
-	s.gateways[g.Name] = proto.Clone(g).(*apipb.GatewayRecord)
-	s.meshChanged()
+func (t *tx) applySetGateway(g *apipb.GatewayRecord) {
+	t.s.gateways[g.Name] = g
+	wake(&t.s.meshCh)
 }
 
 // Gateway returns a gateway's record.

@@ -26,8 +26,8 @@ func bootstrapSite(t *testing.T, s *state.Store, site string) {
 func invite(t *testing.T, s *state.Store, secret, peer string, expires time.Time) []byte {
 	t.Helper()
 	h := state.HashSecret(secret)
-	rec := &statepb.TokenRecord{SecretHash: h[:], PeerName: peer, Token: &apipb.Token{
-		AccessorId: "acc-" + secret, Kind: apipb.TokenKind_TOKEN_KIND_FEDERATION, MaxUses: 1, ExpireTime: timestamppb.New(expires)}}
+	rec := state.NewTokenRecord(&apipb.Token{
+		AccessorId: "acc-" + secret, Kind: apipb.TokenKind_TOKEN_KIND_FEDERATION, MaxUses: 1, ExpireTime: timestamppb.New(expires)}, h[:], peer)
 	if _, err := s.ApplyCommand(s.Index()+1, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: rec}}); err != nil {
 		t.Fatal(err)
 	}
@@ -107,8 +107,7 @@ func TestAddPeerRefusals(t *testing.T) {
 	forNew := invite(t, s, "new", "newpartner", now.Add(time.Hour))
 	expired := invite(t, s, "old", "", now.Add(-time.Minute))
 	mgmt := state.HashSecret("mgmt")
-	if _, err := s.ApplyCommand(s.Index()+1, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: &statepb.TokenRecord{
-		SecretHash: mgmt[:], Token: &apipb.Token{AccessorId: "m", Kind: apipb.TokenKind_TOKEN_KIND_MANAGEMENT}}}}); err != nil {
+	if _, err := s.ApplyCommand(s.Index()+1, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: state.NewTokenRecord(&apipb.Token{AccessorId: "m", Kind: apipb.TokenKind_TOKEN_KIND_MANAGEMENT}, mgmt[:], "")}}); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -152,8 +151,8 @@ func TestPeeringRemovalDropsItsIntentions(t *testing.T) {
 		t.Fatal(err)
 	}
 	allow := func(src string) *statepb.Command {
-		return &statepb.Command{Cmd: &statepb.Command_SetIntention{SetIntention: &apipb.Intention{
-			Source: src, Destination: "shop/*", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW}}}
+		return state.SetIntentionCommand(&apipb.Intention{
+			Source: src, Destination: "shop/*", Action: apipb.IntentionAction_INTENTION_ACTION_ALLOW})
 	}
 	for i, src := range []string{"gcp-west/*/*", "gcp-west/web/front", "gcp-west-2/*/*", "dc1/*/*"} {
 		if _, err := s.ApplyCommand(uint64(3+i), allow(src)); err != nil {

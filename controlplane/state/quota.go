@@ -3,6 +3,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -42,6 +43,10 @@ type QuotaError struct {
 func (e *QuotaError) Error() string {
 	return fmt.Sprintf("imports from peer %q would hold %d %s, over the quota of %d", e.Peer, e.Would, e.Quota, e.Limit)
 }
+
+// ExceededQuota names the quota (QuotaServices, QuotaInstances or
+// QuotaBytes), for callers that test for the method rather than the type.
+func (e *QuotaError) ExceededQuota() string { return e.Quota }
 
 // Is makes errors.Is(err, ErrQuota) true.
 func (e *QuotaError) Is(target error) bool { return target == ErrQuota }
@@ -109,8 +114,7 @@ func instanceSize(in *apipb.Instance) int64 {
 	return int64(n)
 }
 
-func (u *ImportUsage) zero() bool               { return *u == ImportUsage{} }
-func (s *Store) usage(peer string) *ImportUsage { return s.useOf(peer, true) }
+func (u *ImportUsage) zero() bool { return *u == ImportUsage{} }
 
 // ImportedSize is what a change counts towards the bytes quota: the size
 // of the service or instance as the peer sent it, without the fields this
@@ -125,42 +129,62 @@ func ImportedSize(c *apipb.Change) int64 {
 	return 0
 }
 
-// useOf returns the peer's usage record, creating it when asked. Lock held.
-func (s *Store) useOf(peer string, create bool) *ImportUsage {
-	u := s.use[peer]
+// quotas keeps what each peer's imports hold up to date, and checks
+// import batches against their limits. It is part of the store: the
+// store's lock guards it.
+type quotas struct {
+	use map[string]*ImportUsage // by peer name
+}
+
+// usage returns the peer's usage record, creating it.
+func (q *quotas) usage(peer string) *ImportUsage {
+	u := q.use[peer]
 	if u == nil {
 		u = &ImportUsage{}
-		if create {
-			s.use[peer] = u
-		}
+		q.use[peer] = u
 	}
 	return u
+}
+
+// of returns what the peer's imports hold.
+func (q *quotas) of(peer string) ImportUsage {
+	if u := q.use[peer]; u != nil {
+		return *u
+	}
+	return ImportUsage{}
+}
+
+// forgetIfZero drops the peer's record when its imports hold nothing.
+func (q *quotas) forgetIfZero(peer string) {
+	if u := q.use[peer]; u != nil && u.zero() {
+		delete(q.use, peer)
+	}
 }
 
 // ImportUsage returns what the peer's imports hold.
 func (s *Store) ImportUsage(peer string) ImportUsage {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return *s.useOf(peer, false)
+	return s.quota.of(peer)
 }
 
-// recountImports rebuilds every peer's usage from the catalog (after a
-// restore). Lock held or store private.
-func (s *Store) recountImports() {
-	s.use = make(map[string]*ImportUsage)
-	for k, svc := range s.services {
+// recount rebuilds every peer's usage from the catalog and the virtual
+// IPs in use (after a restore).
+func (q *quotas) recount(c *catalog, vips map[netip.Addr]ServiceKey) {
+	q.use = make(map[string]*ImportUsage)
+	for k, svc := range c.services {
 		if k.Peer == "" {
 			continue
 		}
-		u := s.usage(k.Peer)
+		u := q.usage(k.Peer)
 		u.Services++
 		u.Bytes += serviceSize(svc)
 		if svc.VirtualIp == "" {
 			u.WithoutVIP++
-		} else if s.vips[vipOf(svc)] == k {
+		} else if vips[vipOf(svc)] == k {
 			u.VIPs++
 		}
-		for _, in := range s.instances[k] {
+		for _, in := range c.instances[k] {
 			u.Instances++
 			u.Bytes += instanceSize(in)
 		}
@@ -170,18 +194,18 @@ func (s *Store) recountImports() {
 // CheckImport reports whether applying b now would be refused for a quota
 // (a *QuotaError), without changing anything. The importer calls it before
 // proposing a batch; apply makes the same check.
-func (s *Store) CheckImport(b *statepb.ImportBatch) error {
+func (s *Store) CheckImport(b *ImportBatch) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if imp, ok := s.imports[b.Peer]; ok && !b.Resync && b.Version < imp.Version {
 		return nil // a stale delta, ignored by apply
 	}
-	_, err := s.checkImportQuota(b)
+	_, err := s.quota.check(&s.catalog, b)
 	return err
 }
 
 // changeSizes returns ImportedSize of each change of b.
-func changeSizes(b *statepb.ImportBatch) []int64 {
+func changeSizes(b *ImportBatch) []int64 {
 	sizes := make([]int64, len(b.Changes))
 	for i, c := range b.Changes {
 		sizes[i] = ImportedSize(c)
@@ -189,17 +213,17 @@ func changeSizes(b *statepb.ImportBatch) []int64 {
 	return sizes
 }
 
-// checkImportQuota refuses a batch that would take the peer's imports over
+// check refuses a batch that would take the peer's imports over
 // a limit of the batch. A batch that does not grow a count already over its
 // limit (lowered since) passes, so that a peer over quota can shrink. It
-// returns the sizes of the batch's changes, for apply. Lock held.
-func (s *Store) checkImportQuota(b *statepb.ImportBatch) ([]int64, error) {
+// returns the sizes of the batch's changes, for apply.
+func (q *quotas) check(c *catalog, b *ImportBatch) ([]int64, error) {
 	sizes := changeSizes(b)
 	lim := b.Limits
 	if lim == nil {
 		return sizes, nil
 	}
-	cur := *s.useOf(b.Peer, false)
+	cur := q.of(b.Peer)
 	// Most batches are far from every quota even if all they carry were
 	// new: then there is nothing to work out.
 	bound := cur
@@ -220,9 +244,9 @@ func (s *Store) checkImportQuota(b *statepb.ImportBatch) ([]int64, error) {
 	}
 	var next ImportUsage
 	if b.Resync {
-		next = s.resyncUsage(b, sizes)
+		next = resyncUsage(b, sizes)
 	} else {
-		next = s.deltaUsage(b, cur, sizes)
+		next = c.deltaUsage(b, cur, sizes)
 	}
 	for _, q := range []struct {
 		name       string
@@ -250,7 +274,7 @@ func within(u ImportUsage, lim *statepb.ImportLimits) bool {
 // services, and the instances of those services. (An instance sent before
 // its service counts although apply may skip it: the estimate never falls
 // short.)
-func (s *Store) resyncUsage(b *statepb.ImportBatch, sizes []int64) ImportUsage {
+func resyncUsage(b *ImportBatch, sizes []int64) ImportUsage {
 	var u ImportUsage
 	svcs := make(map[ServiceKey]int64)
 	for i, c := range b.Changes {
@@ -275,8 +299,8 @@ func (s *Store) resyncUsage(b *statepb.ImportBatch, sizes []int64) ImportUsage {
 
 // deltaUsage is what the peer's imports would hold after the delta b,
 // following apply's rules without touching the catalog: an overlay holds
-// the records the batch has changed so far. Lock held.
-func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage, sizes []int64) ImportUsage {
+// the records the batch has changed so far.
+func (c *catalog) deltaUsage(b *ImportBatch, u ImportUsage, sizes []int64) ImportUsage {
 	const gone = -1
 	svcs := make(map[ServiceKey]int64)             // size, or gone
 	insts := make(map[ServiceKey]map[string]int64) // size, or gone
@@ -285,7 +309,7 @@ func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage, sizes []int64)
 		if n, ok := svcs[k]; ok {
 			return n, n != gone
 		}
-		if svc, ok := s.services[k]; ok {
+		if svc, ok := c.services[k]; ok {
 			return serviceSize(svc), true
 		}
 		return 0, false
@@ -294,7 +318,7 @@ func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage, sizes []int64)
 		if n, ok := insts[k][id]; ok {
 			return n, n != gone
 		}
-		if in, ok := s.instances[k][id]; ok && !cleared[k] {
+		if in, ok := c.instances[k][id]; ok && !cleared[k] {
 			return instanceSize(in), true
 		}
 		return 0, false
@@ -305,8 +329,8 @@ func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage, sizes []int64)
 		}
 		insts[k][id] = n
 	}
-	for i, c := range b.Changes {
-		switch x := c.Change.(type) {
+	for i, ch := range b.Changes {
+		switch x := ch.Change.(type) {
 		case *apipb.Change_Service:
 			k := ServiceKey{b.Peer, x.Service.Namespace, x.Service.Name}
 			n := sizes[i]
@@ -340,7 +364,7 @@ func (s *Store) deltaUsage(b *statepb.ImportBatch, u ImportUsage, sizes []int64)
 			u.Bytes -= old
 			svcs[k] = gone
 			if !cleared[k] {
-				for id, in := range s.instances[k] {
+				for id, in := range c.instances[k] {
 					if _, ok := insts[k][id]; !ok {
 						u.Instances--
 						u.Bytes -= instanceSize(in)

@@ -156,11 +156,11 @@ func TestVIPShares(t *testing.T) {
 	const cidr = "127.240.0.0/26" // 62 usable: 31 per peer
 	lim := &statepb.ImportLimits{MaxServices: 1000}
 	flood := func(peer string, n int) *statepb.Command {
-		b := &statepb.ImportBatch{Peer: peer, Version: 1, Resync: true, VirtualIpCidr: cidr, Limits: lim}
+		b := &state.ImportBatch{Peer: peer, Version: 1, Resync: true, VirtualIPCIDR: cidr, Limits: lim}
 		for i := range n {
 			b.Changes = append(b.Changes, svcChange(fmt.Sprintf("s%03d", i)))
 		}
-		return &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}}
+		return state.ImportCommand(b)
 	}
 	for _, r := range applyAll(t, f, 1, peerCmd("flood", "flood.strait"), peerCmd("ok", "ok.strait"), flood("flood", 200), flood("ok", 20)) {
 		if r.Err != nil {
@@ -218,16 +218,16 @@ func BenchmarkVIPAlloc(b *testing.B) {
 			version := uint64(0)
 			one := func(cidr string, c *apipb.Change) *statepb.Command {
 				version++
-				return &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: &statepb.ImportBatch{Peer: "b", Version: version, VirtualIpCidr: cidr, Changes: []*apipb.Change{c}}}}
+				return state.ImportCommand(&state.ImportBatch{Peer: "b", Version: version, VirtualIPCIDR: cidr, Changes: []*apipb.Change{c}})
 			}
 			apply(peerCmd("b", "b.strait"))
 			for i := 0; i < n; i += 5000 {
 				version++
-				bt := &statepb.ImportBatch{Peer: "b", Version: version, VirtualIpCidr: cidr}
+				bt := &state.ImportBatch{Peer: "b", Version: version, VirtualIPCIDR: cidr}
 				for j := i; j < min(n, i+5000); j++ {
 					bt.Changes = append(bt.Changes, svcChange(fmt.Sprintf("s%d", j)))
 				}
-				apply(&statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: bt}})
+				apply(state.ImportCommand(bt))
 			}
 			if u := f.ImportUsage("b"); u.VIPs != n {
 				b.Fatalf("%d allocated, want %d", u.VIPs, n)

@@ -29,11 +29,11 @@ func regCmd(svc, id string, ports ...string) *statepb.Command {
 	if id != "" {
 		req.Instance = in
 	}
-	return &statepb.Command{Cmd: &statepb.Command_Register{Register: req}}
+	return state.RegisterCommand(req)
 }
 
 func deregCmd(svc, id string) *statepb.Command {
-	return &statepb.Command{Cmd: &statepb.Command_Deregister{Deregister: &apipb.DeregisterRequest{Namespace: "ns", Service: svc, InstanceId: id}}}
+	return state.DeregisterCommand(&apipb.DeregisterRequest{Namespace: "ns", Service: svc, InstanceId: id})
 }
 
 // applyAll applies commands at indexes 1..n through the FSM like Raft does.
@@ -62,10 +62,10 @@ func TestApplyRejectsWithoutChange(t *testing.T) {
 		{"deregister unknown instance", deregCmd("api", "nope"), state.ErrNotFound},
 		{"deregister unknown service", deregCmd("nope", ""), state.ErrNotFound},
 		{"drop a port an instance uses", regCmd("api", "", "grpc"), state.ErrConflict},
-		{"instance names an undefined port", &statepb.Command{Cmd: &statepb.Command_Register{Register: &apipb.RegisterRequest{
+		{"instance names an undefined port", state.RegisterCommand(&apipb.RegisterRequest{
 			Service:  &apipb.Service{Namespace: "ns", Name: "api", Ports: []*apipb.ServicePort{{Name: "http"}}},
 			Instance: &apipb.Instance{Id: "a2", Address: "10.0.0.2", Ports: map[string]uint32{"grpc": 1}},
-		}}}, state.ErrConflict},
+		}), state.ErrConflict},
 		{"revoke unknown token", &statepb.Command{Cmd: &statepb.Command_RevokeToken{RevokeToken: &statepb.RevokeToken{AccessorId: "x"}}}, state.ErrNotFound},
 		{"consume unknown token", &statepb.Command{Cmd: &statepb.Command_ConsumeToken{ConsumeToken: &statepb.ConsumeToken{SecretHash: make([]byte, 32)}}}, state.ErrTokenInvalid},
 	}
@@ -138,7 +138,7 @@ func stripOrder(t *testing.T, b []byte) []byte {
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	f := &state.FSM{Store: state.NewStore(0)}
 	now := timestamppb.New(time.Unix(1700000000, 0))
-	tok := &statepb.TokenRecord{Token: &apipb.Token{AccessorId: "acc", Kind: apipb.TokenKind_TOKEN_KIND_READ, CreateTime: now}, SecretHash: bytes.Repeat([]byte{7}, 32)}
+	tok := state.NewTokenRecord(&apipb.Token{AccessorId: "acc", Kind: apipb.TokenKind_TOKEN_KIND_READ, CreateTime: now}, bytes.Repeat([]byte{7}, 32), "")
 	applyAll(t, f, 1,
 		&statepb.Command{Cmd: &statepb.Command_Bootstrap{Bootstrap: &statepb.Bootstrap{Site: "s", TrustDomain: "s.strait", Root: &statepb.CARoot{Certificate: []byte{1}, SealedKey: []byte{2}}}}},
 		regCmd("api", "a1", "http"), regCmd("api", "a2", "http"), regCmd("empty", ""),
@@ -184,7 +184,7 @@ func TestRestoreRejectsCorruptSnapshotAndKeepsState(t *testing.T) {
 	}
 }
 
-func next(t *testing.T, sub *state.Subscription) *apipb.WatchEvent {
+func next(t *testing.T, sub state.Watch) *apipb.WatchEvent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -150,19 +150,28 @@ func (x *vipIndex) scan(from uint64) (uint64, bool) {
 	return 0, false
 }
 
-// vipIndexFor returns the index of the range cidr, building it from the
+// vipAllocator hands out the virtual IPs of imported services and keeps
+// track of those in use. It is part of the store: the store's lock guards
+// it.
+type vipAllocator struct {
+	byAddr map[netip.Addr]ServiceKey // addresses in use
+	last   netip.Addr                // the last address allocated
+	idx    [2]*vipIndex              // used addresses of the last two ranges allocated from; built on demand
+}
+
+// indexFor returns the index of the range cidr, building it from the
 // addresses in use when it is not one of the last two ranges used (a
 // change of virtual_ip_cidr, or leaders that disagree during a rolling
-// change of it); nil when cidr is unusable. Lock held.
-func (s *Store) vipIndexFor(cidr string) *vipIndex {
+// change of it); nil when cidr is unusable.
+func (v *vipAllocator) indexFor(cidr string) *vipIndex {
 	p, err := netip.ParsePrefix(cidr)
 	if err != nil {
 		return nil
 	}
 	p = p.Masked()
-	for i, x := range s.vipIdx {
+	for i, x := range v.idx {
 		if x != nil && x.prefix == p {
-			s.vipIdx[0], s.vipIdx[i] = x, s.vipIdx[0]
+			v.idx[0], v.idx[i] = x, v.idx[0]
 			return x
 		}
 	}
@@ -170,24 +179,24 @@ func (s *Store) vipIndexFor(cidr string) *vipIndex {
 		return nil
 	}
 	x := newVIPIndex(p)
-	for a := range s.vips {
+	for a := range v.byAddr {
 		if i, ok := x.offset(a); ok {
 			x.set(i)
 		}
 	}
-	s.vipIdx[0], s.vipIdx[1] = x, s.vipIdx[0]
+	v.idx[0], v.idx[1] = x, v.idx[0]
 	return x
 }
 
-// allocateVIP returns a free address of the range cidr, or false when the
-// range is unusable or full. Lock held.
-func (s *Store) allocateVIP(cidr string) (netip.Addr, bool) {
-	x := s.vipIndexFor(cidr)
+// allocate returns a free address of the range cidr, or false when the
+// range is unusable or full.
+func (v *vipAllocator) allocate(cidr string) (netip.Addr, bool) {
+	x := v.indexFor(cidr)
 	if x == nil || x.usable == 0 {
 		return netip.Addr{}, false
 	}
 	var from uint64 = 1 // skip the network address
-	if i, ok := x.offset(s.vipLast); ok && i+1 < x.n {
+	if i, ok := x.offset(v.last); ok && i+1 < x.n {
 		from = i + 1
 	}
 	i, ok := x.nextFree(from)
@@ -195,23 +204,17 @@ func (s *Store) allocateVIP(cidr string) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	a := x.addr(i)
-	s.vipLast = a
+	v.last = a
 	return a, true
 }
 
-// vipQuota is how many virtual IPs of the range cidr one peer may hold
-// under lim: an equal share of the range among the current peerings, and
-// no more than its service quota. Lock held.
-func (s *Store) vipQuota(cidr string, lim *statepb.ImportLimits) int {
-	x := s.vipIndexFor(cidr)
+// share is how many virtual IPs of the range cidr one peer may hold
+// under lim: an equal share of the range among the current peerings
+// (peers of them), and no more than its service quota.
+func (v *vipAllocator) share(cidr string, peers int, lim *statepb.ImportLimits) int {
+	x := v.indexFor(cidr)
 	if x == nil {
 		return 0
-	}
-	peers := 0
-	for _, f := range s.foreign {
-		if f.PeerName != "" {
-			peers++
-		}
 	}
 	share := x.usable / uint64(max(peers, 1))
 	if lim.MaxServices > 0 {
@@ -225,21 +228,19 @@ func vipOf(svc *apipb.Service) netip.Addr {
 	return a
 }
 
-// trackVIP records an imported service's address. Lock held.
-func (s *Store) trackVIP(svc *apipb.Service) {
+// track records an imported service's address; it reports whether the
+// address is newly the service's.
+func (v *vipAllocator) track(svc *apipb.Service) bool {
 	a := vipOf(svc)
 	if !a.IsValid() {
-		return
+		return false
 	}
 	k := KeyOf(svc)
-	if prev, ok := s.vips[a]; ok && prev == k {
-		return
+	if prev, ok := v.byAddr[a]; ok && prev == k {
+		return false
 	}
-	s.vips[a] = k
-	if k.Peer != "" {
-		s.usage(k.Peer).VIPs++
-	}
-	for _, x := range s.vipIdx {
+	v.byAddr[a] = k
+	for _, x := range v.idx {
 		if x == nil {
 			continue
 		}
@@ -247,25 +248,40 @@ func (s *Store) trackVIP(svc *apipb.Service) {
 			x.set(i)
 		}
 	}
+	return true
 }
 
-// releaseVIP forgets an imported service's address. Lock held.
-func (s *Store) releaseVIP(svc *apipb.Service) {
+// release forgets an imported service's address; it reports whether the
+// service held it.
+func (v *vipAllocator) release(svc *apipb.Service) bool {
 	a := vipOf(svc)
-	k, ok := s.vips[a]
+	k, ok := v.byAddr[a]
 	if !ok || k != KeyOf(svc) {
-		return
+		return false
 	}
-	delete(s.vips, a)
-	if k.Peer != "" {
-		s.usage(k.Peer).VIPs--
-	}
-	for _, x := range s.vipIdx {
+	delete(v.byAddr, a)
+	for _, x := range v.idx {
 		if x == nil {
 			continue
 		}
 		if i, ok := x.offset(a); ok {
 			x.clear(i)
 		}
+	}
+	return true
+}
+
+// trackVIP records an imported service's address, and counts it against
+// its peer.
+func (t *tx) trackVIP(svc *apipb.Service) {
+	if t.s.vip.track(svc) && svc.Peer != "" {
+		t.s.quota.usage(svc.Peer).VIPs++
+	}
+}
+
+// releaseVIP forgets an imported service's address.
+func (t *tx) releaseVIP(svc *apipb.Service) {
+	if t.s.vip.release(svc) && svc.Peer != "" {
+		t.s.quota.usage(svc.Peer).VIPs--
 	}
 }

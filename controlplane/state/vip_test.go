@@ -5,17 +5,16 @@ import (
 	"io"
 	"testing"
 
-	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 )
 
 func vipBatch(cidr string, version uint64, resync bool, svcs ...string) *statepb.Command {
-	b := &statepb.ImportBatch{Peer: "b", Version: version, Resync: resync, VirtualIpCidr: cidr}
+	b := &state.ImportBatch{Peer: "b", Version: version, Resync: resync, VirtualIPCIDR: cidr}
 	for _, s := range svcs {
 		b.Changes = append(b.Changes, svcChange(s))
 	}
-	return &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}}
+	return state.ImportCommand(b)
 }
 
 func vipOf(t *testing.T, s *state.Store, svc string) string {
@@ -66,7 +65,7 @@ func TestVirtualIPs(t *testing.T) {
 	}
 	next := vipBatch(cidr, 6, true, "a", "c", "d", "e", "f", "g", "h") // h still gets none
 	drop := vipBatch(cidr, 7, false)
-	drop.GetImportBatch().Changes = []*apipb.Change{{Change: &apipb.Change_ServiceDeleted{ServiceDeleted: &apipb.ServiceKey{Namespace: "ns", Name: "d"}}}}
+	drop.GetImportBatch().Changes = []*statepb.Change{{Change: &statepb.Change_ServiceDeleted{ServiceDeleted: &statepb.ServiceKey{Namespace: "ns", Name: "d"}}}}
 	again := vipBatch(cidr, 8, false, "i")
 	for _, fsm := range []*state.FSM{f, g} {
 		applyAll(t, fsm, 7, next, drop, again)

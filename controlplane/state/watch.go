@@ -78,10 +78,17 @@ type Subscription struct {
 	pending []*apipb.WatchEvent
 }
 
+// Watch is a watch of the catalog (a *Subscription). It is an alias of
+// an unnamed interface so that consumers that must not import this
+// package can declare the same type.
+type Watch = interface {
+	Next(ctx context.Context) (*apipb.WatchEvent, error)
+}
+
 // Subscribe starts a watch after fromIndex: a replay of the changes after it
 // when they are still retained, otherwise (and for zero) a reset and the
 // full state. Either way an event with synced set follows.
-func (s *Store) Subscribe(fromIndex uint64) *Subscription {
+func (s *Store) Subscribe(fromIndex uint64) Watch {
 	sub := &Subscription{s: s}
 	s.mu.RLock()
 	defer s.mu.RUnlock()

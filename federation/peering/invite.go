@@ -93,10 +93,10 @@ func (m *Manager) CreateInvite(ctx context.Context, peer string, ttl time.Durati
 	now := m.cfg.Now()
 	expires := timestamppb.New(now.Add(ttl))
 	h := state.HashSecret(secret)
-	rec := &statepb.TokenRecord{SecretHash: h[:], Token: &apipb.Token{
+	rec := state.NewTokenRecord(&apipb.Token{
 		AccessorId: accessor, Kind: apipb.TokenKind_TOKEN_KIND_FEDERATION, Description: "federation invite " + peer,
 		CreateTime: timestamppb.New(now), ExpireTime: expires, MaxUses: 1,
-	}, PeerName: peer}
+	}, h[:], peer)
 	if _, _, err := m.cfg.Consensus.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: rec}}); err != nil {
 		return nil, err
 	}

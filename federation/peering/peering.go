@@ -38,9 +38,9 @@ type Store interface {
 	ForeignBundles() []*statepb.ForeignBundle
 	PeerImport(peer string) (*statepb.PeerImport, bool)
 	GatewayAddresses() []string
-	TokenBySecret(hash [32]byte) (*statepb.TokenRecord, bool)
+	TokenBySecret(hash [32]byte) (*state.TokenRecord, bool)
 	ImportUsage(peer string) state.ImportUsage
-	CheckImport(b *statepb.ImportBatch) error
+	CheckImport(b *state.ImportBatch) error
 	// IdentityChanged is closed at the next change of the site's CA,
 	// JWT keys or foreign bundles (peerings included).
 	IdentityChanged() <-chan struct{}

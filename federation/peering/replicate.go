@@ -86,13 +86,14 @@ func (m *Manager) importer(f *statepb.ForeignBundle) *replication.Importer {
 		Heartbeat: m.cfg.Heartbeat, ContactEvery: max(m.cfg.StaleAfter/4, m.cfg.Heartbeat),
 		Logger: m.log, Stats: m.repl.Import(peer),
 		Validate: m.cfg.ValidateImport,
-		Limits: &statepb.ImportLimits{
+		Limits: &replication.Limits{
 			MaxServices: uint32(m.cfg.MaxServices), MaxInstances: uint32(m.cfg.MaxInstances),
 			MaxBytes: uint64(m.cfg.MaxImportBytes),
 		},
 		ResyncTimeout:         m.cfg.ResyncTimeout,
 		AllowLoopbackGateways: m.onLoopback(),
-		Usage:                 func() state.ImportUsage { return m.cfg.Store.ImportUsage(peer) },
+		WithoutVIP:            func() int { return m.cfg.Store.ImportUsage(peer).WithoutVIP },
+		Size:                  state.ImportedSize,
 		Connect: func(ctx context.Context) (replication.ClientStream, error) {
 			cur, ok := m.cfg.Store.ForeignBundle(td)
 			if !ok || cur.PeerName != peer {
@@ -117,14 +118,18 @@ func (m *Manager) importer(f *statepb.ForeignBundle) *replication.Importer {
 			}
 			return stream, nil
 		},
-		Apply: func(ctx context.Context, b *statepb.ImportBatch) error {
-			b.VirtualIpCidr = m.cfg.VirtualIPCIDR
+		Apply: func(ctx context.Context, rb *replication.Batch) error {
+			b := &state.ImportBatch{Peer: rb.Peer, Version: rb.Version, Resync: rb.Resync, Changes: rb.Changes,
+				Gateways: rb.Gateways, VirtualIPCIDR: m.cfg.VirtualIPCIDR}
+			if l := rb.Limits; l != nil {
+				b.Limits = &statepb.ImportLimits{MaxServices: l.MaxServices, MaxInstances: l.MaxInstances, MaxBytes: l.MaxBytes}
+			}
 			// Refused here, a batch over quota never reaches the log;
 			// the state machine checks again, for the batches that do.
 			if err := m.cfg.Store.CheckImport(b); err != nil {
 				return err
 			}
-			_, _, err := m.cfg.Consensus.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
+			_, _, err := m.cfg.Consensus.Apply(ctx, state.ImportCommand(b))
 			if errors.Is(err, state.ErrNotFound) {
 				return replication.ErrPeerGone
 			}

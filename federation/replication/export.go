@@ -22,6 +22,11 @@
 // the bytes quota on the wire, or older than ResyncTimeout (RefusedError);
 // the peer's earlier imports stay as they were. ExportStats.Open caps the
 // streams one peer holds open to the exporter's site.
+//
+// The package reads its site's state through the Catalog interface and
+// commits what it imports through Importer.Apply: it links neither the
+// state machine (controlplane/state) nor its format, so a change to either
+// does not reach the replication protocol.
 package replication
 
 import (
@@ -36,7 +41,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
 )
 
 // Limits of one event. The importer's gRPC client accepts 4 MiB messages;
@@ -58,7 +62,7 @@ type Stream interface {
 
 // Exporter serves one peer's replication stream on the leader.
 type Exporter struct {
-	Store *state.Store
+	Store Catalog
 	// Peer is the peer's local name; TrustDomain its trust domain.
 	Peer, TrustDomain string
 	// Bundle returns this site's bundle document and sequence.
@@ -79,15 +83,15 @@ type sentService struct {
 type exportRun struct {
 	*Exporter
 	stream  Stream
-	sent    map[state.ServiceKey]*sentService
+	sent    map[ServiceKey]*sentService
 	gws     []string
 	bundleN uint64
 	version uint64 // last version sent
 
 	all      bool
-	services map[state.ServiceKey]bool            // recompute the whole service
-	defs     map[state.ServiceKey]bool            // recompute the definition
-	insts    map[state.ServiceKey]map[string]bool // recompute these instances
+	services map[ServiceKey]bool            // recompute the whole service
+	defs     map[ServiceKey]bool            // recompute the definition
+	insts    map[ServiceKey]map[string]bool // recompute these instances
 }
 
 // Serve runs the stream until the peer leaves, ctx ends, the peering is
@@ -132,7 +136,7 @@ func (e *Exporter) Serve(ctx context.Context, stream Stream) error {
 		}
 	}()
 
-	r := &exportRun{Exporter: e, stream: stream, sent: make(map[state.ServiceKey]*sentService)}
+	r := &exportRun{Exporter: e, stream: stream, sent: make(map[ServiceKey]*sentService)}
 	r.clearDirty()
 	e.Stats.attach()
 	defer e.Stats.detach()
@@ -221,15 +225,14 @@ func (e *Exporter) Serve(ctx context.Context, stream Stream) error {
 
 // peered reports whether the peering still exists.
 func (e *Exporter) peered() bool {
-	f, ok := e.Store.ForeignBundle(e.TrustDomain)
-	return ok && f.PeerName == e.Peer
+	return e.Store.PeerName(e.TrustDomain) == e.Peer
 }
 
 func (r *exportRun) clearDirty() {
 	r.all = false
-	r.services = make(map[state.ServiceKey]bool)
-	r.defs = make(map[state.ServiceKey]bool)
-	r.insts = make(map[state.ServiceKey]map[string]bool)
+	r.services = make(map[ServiceKey]bool)
+	r.defs = make(map[ServiceKey]bool)
+	r.insts = make(map[ServiceKey]map[string]bool)
 }
 
 // mark records what a catalog event touched. Imported services are never
@@ -244,26 +247,26 @@ func (r *exportRun) mark(ev *apipb.WatchEvent) {
 	for _, c := range ev.Changes {
 		switch x := c.Change.(type) {
 		case *apipb.Change_Service:
-			if k := state.KeyOf(x.Service); k.Peer == "" {
+			if k := keyOf(x.Service); k.Peer == "" {
 				r.defs[k] = true
 			}
 		case *apipb.Change_ServiceDeleted:
 			if k := x.ServiceDeleted; k.Peer == "" {
-				r.services[state.ServiceKey{Namespace: k.Namespace, Name: k.Name}] = true
+				r.services[ServiceKey{Namespace: k.Namespace, Name: k.Name}] = true
 			}
 		case *apipb.Change_Instance:
 			if x.Instance.Peer == "" {
-				r.markInstance(state.KeyOfInstance(x.Instance), x.Instance.Id)
+				r.markInstance(keyOfInstance(x.Instance), x.Instance.Id)
 			}
 		case *apipb.Change_InstanceDeleted:
 			if k := x.InstanceDeleted; k.Peer == "" {
-				r.markInstance(state.ServiceKey{Namespace: k.Namespace, Name: k.Service}, k.Id)
+				r.markInstance(ServiceKey{Namespace: k.Namespace, Name: k.Service}, k.Id)
 			}
 		}
 	}
 }
 
-func (r *exportRun) markInstance(k state.ServiceKey, id string) {
+func (r *exportRun) markInstance(k ServiceKey, id string) {
 	m := r.insts[k]
 	if m == nil {
 		m = make(map[string]bool)
@@ -284,7 +287,7 @@ func (r *exportRun) flush(resync bool) error {
 	var out []*apipb.Change
 	gwChanged := false
 	if r.all {
-		keys := make(map[state.ServiceKey]bool)
+		keys := make(map[ServiceKey]bool)
 		for k := range r.sent {
 			keys[k] = true
 		}
@@ -312,8 +315,7 @@ func (r *exportRun) flush(resync bool) error {
 				out = r.diffInstance(out, k, id)
 			}
 		}
-		gw := state.ServiceKey{Namespace: state.GatewayNamespace, Name: state.GatewayService}
-		gwChanged = r.services[gw] || r.defs[gw] || r.insts[gw] != nil
+		gwChanged = r.services[gatewayKey] || r.defs[gatewayKey] || r.insts[gatewayKey] != nil
 	}
 	r.clearDirty()
 
@@ -375,7 +377,7 @@ func (r *exportRun) send(ev *apipb.ReplicationEvent) error {
 
 // desired returns the service as the peer should have it: nil when it is
 // not exported to the peer or does not exist.
-func (r *exportRun) desired(k state.ServiceKey) (*apipb.Service, []*apipb.Instance) {
+func (r *exportRun) desired(k ServiceKey) (*apipb.Service, []*apipb.Instance) {
 	if !r.Store.ExportedTo(k, r.Peer) {
 		return nil, nil
 	}
@@ -387,7 +389,7 @@ func (r *exportRun) desired(k state.ServiceKey) (*apipb.Service, []*apipb.Instan
 }
 
 // diffService compares a whole service.
-func (r *exportRun) diffService(out []*apipb.Change, k state.ServiceKey) []*apipb.Change {
+func (r *exportRun) diffService(out []*apipb.Change, k ServiceKey) []*apipb.Change {
 	svc, insts := r.desired(k)
 	old := r.sent[k]
 	if svc == nil {
@@ -414,7 +416,7 @@ func (r *exportRun) diffService(out []*apipb.Change, k state.ServiceKey) []*apip
 
 // diffDefinition compares a service's definition; a service the peer does
 // not have yet is sent whole.
-func (r *exportRun) diffDefinition(out []*apipb.Change, k state.ServiceKey) []*apipb.Change {
+func (r *exportRun) diffDefinition(out []*apipb.Change, k ServiceKey) []*apipb.Change {
 	svc, _ := r.desired(k)
 	if svc == nil || r.sent[k] == nil {
 		return r.diffService(out, k)
@@ -423,7 +425,7 @@ func (r *exportRun) diffDefinition(out []*apipb.Change, k state.ServiceKey) []*a
 }
 
 // diffInstance compares one instance.
-func (r *exportRun) diffInstance(out []*apipb.Change, k state.ServiceKey, id string) []*apipb.Change {
+func (r *exportRun) diffInstance(out []*apipb.Change, k ServiceKey, id string) []*apipb.Change {
 	cur := r.sent[k]
 	if cur == nil || !r.Store.ExportedTo(k, r.Peer) {
 		return r.diffService(out, k)
@@ -435,7 +437,7 @@ func (r *exportRun) diffInstance(out []*apipb.Change, k state.ServiceKey, id str
 	return r.putInstance(out, cur, in)
 }
 
-func (r *exportRun) putDefinition(out []*apipb.Change, k state.ServiceKey, svc *apipb.Service) []*apipb.Change {
+func (r *exportRun) putDefinition(out []*apipb.Change, k ServiceKey, svc *apipb.Service) []*apipb.Change {
 	w := wireService(svc)
 	cur := r.sent[k]
 	if cur != nil && proto.Equal(cur.svc, w) {
@@ -458,7 +460,7 @@ func (r *exportRun) putInstance(out []*apipb.Change, cur *sentService, in *apipb
 	return append(out, &apipb.Change{Change: &apipb.Change_Instance{Instance: w}})
 }
 
-func (r *exportRun) dropInstance(out []*apipb.Change, cur *sentService, k state.ServiceKey, id string) []*apipb.Change {
+func (r *exportRun) dropInstance(out []*apipb.Change, cur *sentService, k ServiceKey, id string) []*apipb.Change {
 	if _, ok := cur.instances[id]; !ok {
 		return out
 	}

@@ -111,16 +111,16 @@ func TestExporterConvergesUnderConcurrentChanges(t *testing.T) {
 		if !passing {
 			h = apipb.Health_HEALTH_CRITICAL
 		}
-		apply(&statepb.Command{Cmd: &statepb.Command_Register{Register: &apipb.RegisterRequest{
+		apply(state.RegisterCommand(&apipb.RegisterRequest{
 			Service:  &apipb.Service{Namespace: "ns", Name: svc},
-			Instance: &apipb.Instance{Id: id, Address: "10.0.0.1", Health: h}}}})
+			Instance: &apipb.Instance{Id: id, Address: "10.0.0.1", Health: h}}))
 	}
 	export := func(svc string, on bool) {
 		e := &apipb.Export{Namespace: "ns", Service: svc}
 		if on {
 			e.To = []string{"b"}
 		}
-		apply(&statepb.Command{Cmd: &statepb.Command_SetExport{SetExport: e}})
+		apply(state.SetExportCommand(e))
 	}
 	want := received{}
 	svcs := []string{"a", "b", "c"}

@@ -74,8 +74,8 @@ func FuzzImportGateways(f *testing.F) {
 				}
 				return stream, nil
 			},
-			Apply: func(_ context.Context, b *statepb.ImportBatch) error {
-				err := apply(&statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
+			Apply: func(_ context.Context, b *replication.Batch) error {
+				err := apply(state.ImportCommand(stateBatch(b)))
 				if errors.Is(err, state.ErrNotFound) {
 					return replication.ErrPeerGone
 				}

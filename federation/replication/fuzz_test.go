@@ -100,16 +100,17 @@ func FuzzImportEvents(f *testing.F) {
 		calls := 0
 		im := &replication.Importer{
 			Peer: "b", Site: "a", Validate: api.ValidateImportedChange, MaxBatch: 3, MinBackoff: time.Nanosecond,
-			RefusedBackoff: time.Nanosecond, Limits: &statepb.ImportLimits{MaxServices: 4, MaxInstances: 6, MaxBytes: 2048},
+			RefusedBackoff: time.Nanosecond, Limits: &replication.Limits{MaxServices: 4, MaxInstances: 6, MaxBytes: 2048},
 			Connect: func(context.Context) (replication.ClientStream, error) {
 				if calls++; calls > 1 {
 					return nil, replication.ErrPeerGone // one session only
 				}
 				return stream, nil
 			},
-			Apply: func(_ context.Context, b *statepb.ImportBatch) error {
-				b.VirtualIpCidr = "127.240.0.0/28"
-				err := apply(&statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
+			Apply: func(_ context.Context, rb *replication.Batch) error {
+				b := stateBatch(rb)
+				b.VirtualIPCIDR = "127.240.0.0/28"
+				err := apply(state.ImportCommand(b))
 				if errors.Is(err, state.ErrNotFound) {
 					return replication.ErrPeerGone
 				}

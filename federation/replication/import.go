@@ -11,8 +11,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
-	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/peeraddr"
 )
 
@@ -39,7 +37,7 @@ const (
 )
 
 // Reasons an import is refused, as the refusals metric labels them: the
-// three quotas (state.QuotaServices, QuotaInstances, QuotaBytes), and:
+// three quotas (QuotaServices, QuotaInstances, QuotaBytes), and:
 const (
 	// RefusedResyncBytes: a resync's messages exceeded twice the bytes
 	// quota (256 MiB without one) before it ended.
@@ -50,9 +48,9 @@ const (
 
 // quotaKeys names the server setting of each quota, for messages.
 var quotaKeys = map[string]string{
-	state.QuotaServices:  "peer_max_services",
-	state.QuotaInstances: "peer_max_instances",
-	state.QuotaBytes:     "peer_max_import_bytes",
+	QuotaServices:  "peer_max_services",
+	QuotaInstances: "peer_max_instances",
+	QuotaBytes:     "peer_max_import_bytes",
 }
 
 // RefusedError is why the importer dropped a stream whose contents it
@@ -94,7 +92,7 @@ type Importer struct {
 	Connect func(ctx context.Context) (ClientStream, error)
 	// Apply commits a batch through Raft; ErrPeerGone once the peering is
 	// removed.
-	Apply func(ctx context.Context, b *statepb.ImportBatch) error
+	Apply func(ctx context.Context, b *Batch) error
 	// Bundle stores a bundle document the peer sent.
 	Bundle func(ctx context.Context, doc []byte) error
 	// Validate checks one change from the peer before anything of it is
@@ -118,13 +116,17 @@ type Importer struct {
 	// batch for the state machine to enforce; nil: none. The importer
 	// also counts a resync as it arrives and drops the stream as soon as
 	// it is over one, rather than buffering the rest.
-	Limits *statepb.ImportLimits
+	Limits *Limits
 	// ResyncTimeout bounds the time from a resync's first message to its
 	// last; DefaultResyncTimeout when zero.
 	ResyncTimeout time.Duration
-	// Usage, when set, reports what the peer's imports hold; it is read
-	// after each commit to report services imported without a virtual IP.
-	Usage func() state.ImportUsage
+	// WithoutVIP, when set, reports how many of the peer's imported
+	// services have no virtual IP; it is read after each commit.
+	WithoutVIP func() int
+	// Size is what a change counts towards the bytes quota, as the state
+	// machine counts it; nil: the record's encoded size (an estimate that
+	// never falls short).
+	Size func(*apipb.Change) int64
 	// AllowLoopbackGateways admits loopback gateway addresses from the
 	// peer; only a site that itself runs on loopback (dev, demo, tests)
 	// sets it. Every other announced address is checked by peeraddr.
@@ -207,9 +209,9 @@ type received struct {
 type importSession struct {
 	*Importer
 	stream   ClientStream
-	pending  *statepb.ImportBatch
+	pending  *Batch
 	inResync bool
-	resync   *statepb.ImportBatch
+	resync   *Batch
 	// What the resync being received holds so far: bytes on the wire,
 	// and services, instances and bytes as the quotas count them.
 	resyncWire                  int
@@ -240,7 +242,7 @@ func (s *importSession) stopResyncTimer() {
 // maxResyncWire bounds the messages of one resync: twice the bytes quota
 // (room for the encoding and deletions), or 256 MiB without one.
 func (s *importSession) maxResyncWire() int {
-	if b := s.Limits.GetMaxBytes(); b > 0 {
+	if b := s.Limits.maxBytes(); b > 0 {
 		return int(min(2*b, 1<<40))
 	}
 	return maxResyncBytes
@@ -272,7 +274,7 @@ func (im *Importer) session(ctx context.Context) (progressed bool, err error) {
 			}
 		}
 	}()
-	s := &importSession{Importer: im, stream: stream, pending: &statepb.ImportBatch{Peer: im.Peer}}
+	s := &importSession{Importer: im, stream: stream, pending: &Batch{Peer: im.Peer}}
 	defer s.stopResyncTimer()
 	deadline := 3 * im.Heartbeat
 	idle := time.NewTimer(deadline)
@@ -350,7 +352,7 @@ func (s *importSession) take(ctx context.Context, ev *apipb.ReplicationEvent) er
 		// Deltas received before a resync are superseded by it.
 		s.inResync = true
 		s.resyncWire, s.resyncServices, s.resyncInsts, s.resyncBytes = 0, 0, 0, 0
-		s.resync = &statepb.ImportBatch{Peer: s.Peer, Resync: true, Gateways: &apipb.GatewaySet{}}
+		s.resync = &Batch{Peer: s.Peer, Resync: true, Gateways: &apipb.GatewaySet{}}
 		s.resyncTimer = time.NewTimer(s.ResyncTimeout)
 	}
 	if s.inResync {
@@ -396,23 +398,40 @@ func (s *importSession) countResync(ev *apipb.ReplicationEvent) error {
 		case *apipb.Change_Instance:
 			s.resyncInsts++
 		}
-		s.resyncBytes += uint64(state.ImportedSize(c))
+		s.resyncBytes += uint64(s.size(c))
 	}
-	lim := s.Limits
+	var lim Limits
+	if s.Limits != nil {
+		lim = *s.Limits
+	}
 	for _, q := range []struct {
 		name         string
 		limit, would uint64
 	}{
-		{state.QuotaServices, uint64(lim.GetMaxServices()), s.resyncServices},
-		{state.QuotaInstances, uint64(lim.GetMaxInstances()), s.resyncInsts},
-		{state.QuotaBytes, lim.GetMaxBytes(), s.resyncBytes},
+		{QuotaServices, uint64(lim.MaxServices), s.resyncServices},
+		{QuotaInstances, uint64(lim.MaxInstances), s.resyncInsts},
+		{QuotaBytes, lim.MaxBytes, s.resyncBytes},
 	} {
 		if q.limit > 0 && q.would > q.limit {
 			return &RefusedError{Peer: s.Peer, Reason: q.name,
-				Err: &state.QuotaError{Peer: s.Peer, Quota: q.name, Limit: q.limit, Would: q.would}}
+				Err: fmt.Errorf("imports from peer %q would hold %d %s, over the quota of %d", s.Peer, q.would, q.name, q.limit)}
 		}
 	}
 	return nil
+}
+
+// size is what c counts towards the bytes quota.
+func (s *importSession) size(c *apipb.Change) int64 {
+	if s.Size != nil {
+		return s.Size(c)
+	}
+	switch x := c.GetChange().(type) {
+	case *apipb.Change_Service:
+		return int64(proto.Size(x.Service))
+	case *apipb.Change_Instance:
+		return int64(proto.Size(x.Instance))
+	}
+	return 0
 }
 
 // commit applies the pending batch when it carries anything, or when
@@ -428,8 +447,8 @@ func (s *importSession) commit(ctx context.Context, force bool) error {
 	}
 	b.Limits = s.Limits
 	if err := s.Apply(ctx, b); err != nil {
-		if qe := (*state.QuotaError)(nil); errors.As(err, &qe) {
-			return &RefusedError{Peer: s.Peer, Reason: qe.Quota, Err: qe}
+		if qe := quotaExceeded(nil); errors.As(err, &qe) {
+			return &RefusedError{Peer: s.Peer, Reason: qe.ExceededQuota(), Err: qe}
 		}
 		return err
 	}
@@ -437,17 +456,17 @@ func (s *importSession) commit(ctx context.Context, force bool) error {
 	s.progressed = true
 	s.Stats.applied(len(b.Changes))
 	s.checkVIPs()
-	s.pending = &statepb.ImportBatch{Peer: s.Peer, Version: b.Version}
+	s.pending = &Batch{Peer: s.Peer, Version: b.Version}
 	return s.ack(b.Version)
 }
 
 // checkVIPs reports services of the peer's imports that have no virtual
 // IP, when their number has grown.
 func (s *importSession) checkVIPs() {
-	if s.Usage == nil {
+	if s.WithoutVIP == nil {
 		return
 	}
-	n := s.Usage().WithoutVIP
+	n := s.WithoutVIP()
 	s.Stats.setWithoutVIP(n)
 	if n > s.withoutVIP {
 		s.Logger.Warn("services imported without a virtual IP: mesh DNS and gateways do not serve them until one is free",

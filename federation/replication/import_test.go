@@ -51,15 +51,16 @@ func (s *fakeStream) Recv() (*apipb.ReplicationEvent, error) {
 
 // importer returns an importer of peer "b" committing into fsm through the
 // same check and command the servers use, with stats in reg.
-func testImporter(t *testing.T, fsm *state.FSM, peer *fakePeer, reg *replication.Registry, lim *statepb.ImportLimits) *replication.Importer {
+func testImporter(t *testing.T, fsm *state.FSM, peer *fakePeer, reg *replication.Registry, lim *replication.Limits) *replication.Importer {
 	var index uint64 = 100
 	var mu sync.Mutex
 	session := 0
 	return &replication.Importer{
 		Peer: "b", Site: "a", Validate: api.ValidateImportedChange, Limits: lim,
 		MinBackoff: time.Millisecond, RefusedBackoff: time.Millisecond, Heartbeat: time.Hour,
-		Stats: reg.Import("b"),
-		Usage: func() state.ImportUsage { return fsm.ImportUsage("b") },
+		Stats:      reg.Import("b"),
+		WithoutVIP: func() int { return fsm.ImportUsage("b").WithoutVIP },
+		Size:       state.ImportedSize,
 		Connect: func(ctx context.Context) (replication.ClientStream, error) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -87,12 +88,13 @@ func testImporter(t *testing.T, fsm *state.FSM, peer *fakePeer, reg *replication
 			}()
 			return st, nil
 		},
-		Apply: func(_ context.Context, b *statepb.ImportBatch) error {
-			b.VirtualIpCidr = "127.240.0.0/16"
+		Apply: func(_ context.Context, rb *replication.Batch) error {
+			b := stateBatch(rb)
+			b.VirtualIPCIDR = "127.240.0.0/16"
 			if err := fsm.CheckImport(b); err != nil {
 				return err
 			}
-			data, err := state.Encode(&statepb.Command{Cmd: &statepb.Command_ImportBatch{ImportBatch: b}})
+			data, err := state.Encode(state.ImportCommand(b))
 			if err != nil {
 				return err
 			}
@@ -104,6 +106,15 @@ func testImporter(t *testing.T, fsm *state.FSM, peer *fakePeer, reg *replication
 		},
 		Bundle: func(context.Context, []byte) error { return nil },
 	}
+}
+
+// stateBatch is the store's import batch of b, as the server makes it.
+func stateBatch(b *replication.Batch) *state.ImportBatch {
+	out := &state.ImportBatch{Peer: b.Peer, Version: b.Version, Resync: b.Resync, Changes: b.Changes, Gateways: b.Gateways}
+	if l := b.Limits; l != nil {
+		out.Limits = &statepb.ImportLimits{MaxServices: l.MaxServices, MaxInstances: l.MaxInstances, MaxBytes: l.MaxBytes}
+	}
+	return out
 }
 
 func newPeerFSM(t *testing.T) *state.FSM {
@@ -172,7 +183,7 @@ func refusals(t *testing.T, reg *replication.Registry) string {
 // with an error naming the quota, the refusal is counted, and the imports
 // stay as they were.
 func TestImporterRefusesOverQuota(t *testing.T) {
-	lim := &statepb.ImportLimits{MaxServices: 4, MaxInstances: 8, MaxBytes: 4 << 10}
+	lim := &replication.Limits{MaxServices: 4, MaxInstances: 8, MaxBytes: 4 << 10}
 	for _, tc := range []struct {
 		name, reason, key string
 		next              func(send func(*apipb.ReplicationEvent) bool)

@@ -9,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/gateway"
 	"github.com/straitmesh/strait/internal/wan"
 	"github.com/straitmesh/strait/trust/svidfile"
 )
@@ -85,4 +88,82 @@ func TestCARotationUnderLoad(t *testing.T) {
 		t.Fatalf("%d of %d connections failed during the rotations; first: %v", len(failed), ok+len(failed), failed[0])
 	}
 	t.Logf("%d connections across both rotations, none failed", ok)
+}
+
+// TestGatewayRenewsOnceAcrossARotation: while a CA rotation's new root is
+// prepared (trusted, not signing yet), the gateway keeps its SVID from
+// the active root rather than asking for another on every renewal check
+// (which could only bring one more from the same root); once the new
+// root is activated it renews onto it, once. The site's count of SVIDs
+// signed shows both.
+func TestGatewayRenewsOnceAcrossARotation(t *testing.T) {
+	const propagation = 2 * time.Minute
+	clock := &controlplanetest.Clock{}
+	reg := prometheus.NewRegistry()
+	s := &site{Cluster: controlplanetest.Start(t, 1, controlplanetest.Options{Site: "site-a", InMemoryRaft: true,
+		Registry: reg, Clock: clock, Tweak: func(c *controlplane.Config) { c.CAPropagationDelay = propagation }})}
+	s.startGateway(t, "gw-a", nil, func(c *gateway.Config) { c.Now = clock.Now })
+	ctx := controlplanetest.Ctx(t)
+	signed := func() float64 { return testutil.ToFloat64(&sumOf{reg, "strait_ca_svids_signed_total"}) }
+	// quiet waits for ten more heartbeats of the gateway: at least twenty
+	// of its renewal checks (RenewCheck is half the heartbeat interval).
+	quiet := func() {
+		t.Helper()
+		from := heartbeats(t, s, "ok")
+		controlplanetest.WaitFor(t, 30*time.Second, func() error {
+			if n := heartbeats(t, s, "ok") - from; n < 10 {
+				return fmt.Errorf("%v heartbeats so far", n)
+			}
+			return nil
+		})
+	}
+	issuer := func() string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(s.gwDir, "tls", "svid.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain, err := svidfile.ParseCerts(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%x", chain[0].AuthorityKeyId)
+	}
+	oldRoot := issuer()
+
+	// 1. A new root is prepared: the gateway trusts it, and renews nothing.
+	if _, err := s.Client(0).Operator.RotateCA(ctx, &apipb.RotateCARequest{}); err != nil {
+		t.Fatal(err)
+	}
+	controlplanetest.WaitFor(t, 15*time.Second, func() error {
+		if n := s.gw.OwnRoots(); n != 2 {
+			return fmt.Errorf("gateway trusts %d roots of its site, want 2", n)
+		}
+		return nil
+	})
+	before := signed()
+	quiet()
+	if n := signed() - before; n != 0 {
+		t.Fatalf("%v SVIDs signed while the new root was only prepared, want 0 (the gateway re-signs on every check)", n)
+	}
+	if got := issuer(); got != oldRoot {
+		t.Fatalf("gateway SVID re-issued by %s while the new root was only prepared", got)
+	}
+
+	// 2. The new root is activated: the gateway renews onto it, then stops.
+	clock.Advance(propagation + time.Second)
+	controlplanetest.WaitFor(t, 30*time.Second, func() error {
+		if issuer() == oldRoot {
+			return fmt.Errorf("gateway svid not from the new root yet")
+		}
+		return nil
+	})
+	renewed := signed()
+	if renewed-before < 1 {
+		t.Fatalf("%v SVIDs signed for the activation, want at least 1", renewed-before)
+	}
+	quiet()
+	if n := signed() - renewed; n != 0 {
+		t.Fatalf("%v more SVIDs signed after the gateway renewed onto the active root, want 0", n)
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
+	"github.com/straitmesh/strait/gateway/gatewaytest"
 	"github.com/straitmesh/strait/internal/wan"
 )
 
@@ -70,13 +71,8 @@ func startSiteN(t testing.TB, name string, w *wan.WAN, n int, tweaks ...func(*co
 // through a recording proxy.
 func (s *site) startGateway(t testing.TB, name string, tap func([]byte), tweaks ...func(*gateway.Config)) {
 	t.Helper()
-	ctx := controlplanetest.Ctx(t)
 	if s.gwDir == "" {
 		s.gwDir = t.TempDir()
-	}
-	tok, err := s.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_GATEWAY, MaxUses: 1})
-	if err != nil {
-		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -97,36 +93,15 @@ func (s *site) startGateway(t testing.TB, name string, tap func([]byte), tweaks 
 	if os.Getenv("STRAIT_TEST_LOGS") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("site", name)
 	}
-	servers := s.gwServers
-	if servers == nil {
-		servers = []string{s.Nodes[0].Addr}
-	}
-	cfg := gateway.Config{Name: name, Servers: servers, DataDir: s.gwDir, JoinToken: tok.Secret,
+	cfg := gateway.Config{Name: name, Servers: s.gwServers, DataDir: s.gwDir,
 		WANListener: ln, AdvertiseWAN: advertise, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: 2 * time.Second,
 		HandshakeTimeout: 500 * time.Millisecond, RenewCheck: 100 * time.Millisecond, TunnelsPerPeer: 2,
 		AccessLog: testLogLevel <= slog.LevelInfo, Registerer: s.reg, Gatherer: s.reg, Logger: logger}
 	for _, f := range tweaks {
 		f(&cfg)
 	}
-	gw, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	s.gw, s.stopGW, s.gwDone, s.wanAddr = gw, cancel, done, advertise
-	go func() { done <- gw.Run(gctx) }()
-	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); <-done }) }
-	s.stopGW = stop
-	t.Cleanup(stop)
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("gateway exited: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("gateway not ready within 20s")
-	}
+	gw := gatewaytest.Start(t, s.Cluster, cfg)
+	s.gw, s.stopGW, s.gwDone, s.wanAddr = gw.Gateway, gw.Stop, gw.Done, advertise
 }
 
 func federate(t testing.TB, a, b *site) {

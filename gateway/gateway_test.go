@@ -45,13 +45,7 @@ func TestTrafficBetweenSitesThroughGateways(t *testing.T) {
 	}
 
 	// In A, the name resolves to a virtual IP that A's gateway listens on.
-	var vip string
-	controlplanetest.WaitFor(t, 15*time.Second, func() error {
-		var err error
-		vip, err = resolve(t, a, "api.payments.site-b.mesh")
-		return err
-	})
-	addr := net.JoinHostPort(vip, strconv.Itoa(echoPort))
+	addr := resolvedAddr(t, a, "api.payments.site-b.mesh", echoPort, 15*time.Second)
 	// Without an intention, site B refuses: the connection closes.
 	controlplanetest.WaitFor(t, 15*time.Second, func() error {
 		got, err := echo(addr, "before")
@@ -148,16 +142,7 @@ func TestGatewayFailover(t *testing.T) {
 		}
 		return nil
 	})
-	var vip string
-	controlplanetest.WaitFor(t, 15*time.Second, func() error {
-		var err error
-		if vip, err = resolve(t, a, "api.payments.site-b.mesh"); err != nil {
-			return err
-		}
-		_, err = echo(net.JoinHostPort(vip, strconv.Itoa(port)), "warm-up")
-		return err
-	})
-	addr := net.JoinHostPort(vip, strconv.Itoa(port))
+	addr := reachable(t, a, "api.payments.site-b.mesh", port, 15*time.Second)
 
 	// Load: four clients, one connection after another.
 	type result struct {
@@ -254,13 +239,7 @@ func TestStopCutsHeldEgressConnections(t *testing.T) {
 	register(t, b, "payments", "api", "api-1", echoPort, apipb.Protocol_PROTOCOL_TCP)
 	exportTo(t, b, "payments", "api", "site-a")
 	allow(t, b, "site-a", "payments/*")
-	var vip string
-	controlplanetest.WaitFor(t, 15*time.Second, func() error {
-		var err error
-		vip, err = resolve(t, a, "api.payments.site-b.mesh")
-		return err
-	})
-	addr := net.JoinHostPort(vip, strconv.Itoa(echoPort))
+	addr := resolvedAddr(t, a, "api.payments.site-b.mesh", echoPort, 15*time.Second)
 	var held net.Conn
 	controlplanetest.WaitFor(t, 15*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)

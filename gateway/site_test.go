@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -178,6 +179,36 @@ func resolve(t testing.TB, s *site, name string) (string, error) {
 		return "", fmt.Errorf("%s: %d answers", name, len(r.Answer))
 	}
 	return r.Answer[0].(*mdns.A).A.String(), nil
+}
+
+// resolvedAddr waits (up to d) until s's mesh DNS resolves name, and
+// returns the address it resolved to with port.
+func resolvedAddr(t testing.TB, s *site, name string, port int, d time.Duration) string {
+	t.Helper()
+	var vip string
+	controlplanetest.WaitFor(t, d, func() error {
+		var err error
+		vip, err = resolve(t, s, name)
+		return err
+	})
+	return net.JoinHostPort(vip, strconv.Itoa(port))
+}
+
+// reachable is resolvedAddr, waiting also until a line echoes back
+// through that address.
+func reachable(t testing.TB, s *site, name string, port int, d time.Duration) string {
+	t.Helper()
+	var addr string
+	controlplanetest.WaitFor(t, d, func() error {
+		vip, err := resolve(t, s, name)
+		if err != nil {
+			return err
+		}
+		addr = net.JoinHostPort(vip, strconv.Itoa(port))
+		_, err = echo(addr, "warm-up")
+		return err
+	})
+	return addr
 }
 
 // echo sends a line through addr and returns what comes back.

@@ -23,7 +23,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
-	"github.com/straitmesh/strait/gateway/gatewaytest"
+	"github.com/straitmesh/strait/internal/sitetest"
 	"github.com/straitmesh/strait/internal/wan"
 )
 
@@ -101,7 +101,7 @@ func (s *site) startGateway(t testing.TB, name string, tap func([]byte), tweaks 
 	for _, f := range tweaks {
 		f(&cfg)
 	}
-	gw := gatewaytest.Start(t, s.Cluster, cfg)
+	gw := sitetest.StartGateway(t, s.Cluster, cfg)
 	s.gw, s.stopGW, s.gwDone, s.wanAddr = gw.Gateway, gw.Stop, gw.Done, advertise
 }
 

@@ -26,8 +26,8 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
-	"github.com/straitmesh/strait/gateway/gatewaytest"
 	"github.com/straitmesh/strait/internal/acceptloop/acceptlooptest"
+	"github.com/straitmesh/strait/internal/sitetest"
 	"github.com/straitmesh/strait/internal/wan"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust"
@@ -64,7 +64,7 @@ func startWANGateway(t *testing.T, s *site, name string, wrap func(net.Listener)
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	g := gatewaytest.Start(t, s.Cluster, cfg)
+	g := sitetest.StartGateway(t, s.Cluster, cfg)
 	w.gw, w.done = g.Gateway, g.Done
 	return w
 }

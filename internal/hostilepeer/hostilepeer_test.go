@@ -15,8 +15,8 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
-	"github.com/straitmesh/strait/gateway/gatewaytest"
 	"github.com/straitmesh/strait/internal/hostilepeer"
+	"github.com/straitmesh/strait/internal/sitetest"
 	"github.com/straitmesh/strait/meshname"
 )
 
@@ -40,7 +40,7 @@ func startSite(t *testing.T) *site {
 			c.DNSUpstreams = []string{up.Addr}
 			c.PeerHeartbeat, c.PeerStaleAfter = 200*time.Millisecond, 5*time.Second
 		}})
-	gw := gatewaytest.Start(t, c, gateway.Config{Name: "gw1", HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: time.Second,
+	gw := sitetest.StartGateway(t, c, gateway.Config{Name: "gw1", HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: time.Second,
 		HandshakeTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	return &site{Cluster: c, upstream: up, wanAddr: gw.Config.WANListener.Addr().String()}
 }

@@ -33,8 +33,8 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/apiclient"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/internal/sitetest"
 	"github.com/straitmesh/strait/trust/agent"
-	"github.com/straitmesh/strait/trust/agent/agenttest"
 	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
@@ -48,7 +48,7 @@ type site struct {
 	socket   string
 	clock    *controlplanetest.Clock
 	agent    *agent.Agent
-	run      *agenttest.Agent
+	run      *sitetest.Agent
 }
 
 // startSite starts a one-server site and an agent "node1" joined to it.
@@ -66,7 +66,7 @@ func startSite(t testing.TB, tweak ...func(*controlplane.Config)) *site {
 func startAgent(t testing.TB, c *controlplanetest.Cluster, servers []string, allowed ...error) *site {
 	t.Helper()
 	s := &site{c: c, clock: &controlplanetest.Clock{}, reg: prometheus.NewRegistry()}
-	s.run = agenttest.Start(t, c, agent.Config{Servers: servers, Now: s.clock.Now, Logger: testLogger(), Registerer: s.reg}, allowed...)
+	s.run = sitetest.StartAgent(t, c, agent.Config{Servers: servers, Now: s.clock.Now, Logger: testLogger(), Registerer: s.reg}, allowed...)
 	s.agent, s.agentDir, s.socket = s.run.Agent, s.run.Config.DataDir, s.run.Config.SocketPath
 	return s
 }

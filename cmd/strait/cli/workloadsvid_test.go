@@ -14,15 +14,15 @@ import (
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/internal/sitetest"
 	"github.com/straitmesh/strait/trust/agent"
-	"github.com/straitmesh/strait/trust/agent/agenttest"
 )
 
 // startAgent runs a real agent "node1" joined to c, and returns its
 // Workload API socket path.
 func startAgent(t *testing.T, c *controlplanetest.Cluster) string {
 	t.Helper()
-	return agenttest.Start(t, c, agent.Config{}).Config.SocketPath
+	return sitetest.StartAgent(t, c, agent.Config{}).Config.SocketPath
 }
 
 // TestWorkloadSVIDFetchesAndWrites: `strait workload svid` gets this

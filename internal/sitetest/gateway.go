@@ -1,7 +1,11 @@
-// Package gatewaytest runs a real gateway joined to a test site
-// (controlplanetest), for the gateway's own tests and for the tests of
-// what talks to a gateway. Only tests import it.
-package gatewaytest
+// Package sitetest joins real gateways and agents to a test site
+// (controlplanetest), for the tests of the gateway, of the agent and of
+// what talks to them. Only tests import it. It lives outside gateway/ and
+// trust/ because it links the servers, which those packages must not.
+//
+// Start functions are called from the test's goroutine; each node they
+// start runs in its own goroutines until it is stopped or the test ends.
+package sitetest
 
 import (
 	"context"
@@ -26,12 +30,12 @@ type Gateway struct {
 	Stop func()
 }
 
-// Start joins a gateway to c with a new one-use gateway token, runs it
+// StartGateway joins a gateway to c with a new one-use gateway token, runs it
 // and waits (up to 20s) until it accepts connections. Zero fields of cfg
 // get: Servers the address of c's first server, DataDir a temporary
 // directory, and, when neither WANAddr nor WANListener is set, a
 // WANListener on 127.0.0.1 port 0.
-func Start(t testing.TB, c *controlplanetest.Cluster, cfg gateway.Config) *Gateway {
+func StartGateway(t testing.TB, c *controlplanetest.Cluster, cfg gateway.Config) *Gateway {
 	t.Helper()
 	tok, err := c.Client(0).ACL.CreateToken(controlplanetest.Ctx(t), &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_GATEWAY, MaxUses: 1})
 	if err != nil {

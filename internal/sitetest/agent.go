@@ -1,7 +1,4 @@
-// Package agenttest runs a real agent joined to a test site
-// (controlplanetest), for the agent's own tests and for the tests of what
-// uses its Workload API. Only tests import it.
-package agenttest
+package sitetest
 
 import (
 	"context"
@@ -25,13 +22,13 @@ type Agent struct {
 	err    error
 }
 
-// Start joins an agent to c with a new agent token and runs it until the
+// StartAgent joins an agent to c with a new agent token and runs it until the
 // test ends. Zero fields of cfg get: Node "node1", Servers the address of
 // c's first server, DataDir a temporary directory, SocketPath a short
 // temporary path (a unix socket path is at most 108 bytes, more than a
 // test's TempDir may leave), CheckInterval 50ms. When the test ends, an
 // error from Run fails it unless it is one of allowed (errors.Is).
-func Start(t testing.TB, c *controlplanetest.Cluster, cfg agent.Config, allowed ...error) *Agent {
+func StartAgent(t testing.TB, c *controlplanetest.Cluster, cfg agent.Config, allowed ...error) *Agent {
 	t.Helper()
 	tok, err := c.Client(0).ACL.CreateToken(controlplanetest.Ctx(t), &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
 	if err != nil {

@@ -117,10 +117,7 @@ func TestTrafficBetweenSitesThroughGateways(t *testing.T) {
 // TestGatewayFailover: site B runs two gateways; one is stopped under
 // load; connections started after that all succeed on the other.
 func TestGatewayFailover(t *testing.T) {
-	w := wan.New(0)
-	t.Cleanup(func() { w.Close() })
-	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
-	federate(t, a, b)
+	a, b := federatedPair(t)
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b1", nil)
 	b1stop := b.stopGW // stops gw-b1 and waits for it
@@ -229,10 +226,7 @@ func TestConfigRefusals(t *testing.T) {
 // connection open (and never closes its half) is cut when the drain ends,
 // so the gateway stops within its DrainTimeout instead of waiting on it.
 func TestStopCutsHeldEgressConnections(t *testing.T) {
-	w := wan.New(0)
-	t.Cleanup(func() { w.Close() })
-	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
-	federate(t, a, b)
+	a, b := federatedPair(t)
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", nil)
 	echoPort := echoServer(t)

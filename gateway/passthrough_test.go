@@ -123,10 +123,7 @@ func workloadSVID(t *testing.T, s *site, id string) *x509svid.SVID {
 // verified against A's bundle, and nothing readable crosses between the
 // gateways.
 func TestEndToEndIdentityThroughGateways(t *testing.T) {
-	w := wan.New(0)
-	t.Cleanup(func() { w.Close() })
-	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
-	federate(t, a, b)
+	a, b := federatedPair(t)
 	rec := &recorder{}
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", rec.tap)

@@ -24,7 +24,6 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/internal/tunnelmux"
-	"github.com/straitmesh/strait/internal/wan"
 	"github.com/straitmesh/strait/meshname"
 	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/mtls"
@@ -62,10 +61,7 @@ func tunnelFrom(t *testing.T, dir string, to *site) (*tunnelmux.Session, error) 
 // exports and a claimed source (even one an intention allows: a claim
 // proves nothing) are all refused, and leave no goroutine behind.
 func TestGatewayRefusesWhatItShould(t *testing.T) {
-	w := wan.New(0)
-	t.Cleanup(func() { w.Close() })
-	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
-	federate(t, a, b)
+	a, b := federatedPair(t)
 	a.startGateway(t, "gw-a", nil)
 	b.startGateway(t, "gw-b", nil)
 	port := echoServer(t)

@@ -105,6 +105,17 @@ func (s *site) startGateway(t testing.TB, name string, tap func([]byte), tweaks 
 	s.gw, s.stopGW, s.gwDone, s.wanAddr = gw.Gateway, gw.Stop, gw.Done, advertise
 }
 
+// federatedPair starts site-a and site-b on a new emulated WAN and
+// federates them; neither has a gateway yet.
+func federatedPair(t testing.TB, tweaks ...func(*controlplane.Config)) (a, b *site) {
+	t.Helper()
+	w := wan.New(0)
+	t.Cleanup(func() { w.Close() })
+	a, b = startSite(t, "site-a", w, tweaks...), startSite(t, "site-b", w, tweaks...)
+	federate(t, a, b)
+	return a, b
+}
+
 func federate(t testing.TB, a, b *site) {
 	t.Helper()
 	ctx := controlplanetest.Ctx(t)

@@ -222,12 +222,6 @@ func (a *Agent) notify() {
 	a.changed = make(chan struct{})
 }
 
-// due reports whether a certificate should be renewed at now: past half
-// its life, or issued by a root that no longer signs (after a rotation).
-func due(c *x509.Certificate, active *x509.Certificate, now time.Time) bool {
-	return !now.Before(ca.RenewAt(c)) || (active != nil && !ca.IssuedBy(c, active))
-}
-
 // watchLoop keeps entries and the bundle current from the servers.
 func (a *Agent) watchLoop(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
@@ -360,7 +354,7 @@ func (a *Agent) mint(ctx context.Context) error {
 	var todo []pending
 	a.mu.Lock()
 	for _, e := range a.entries {
-		if s, ok := a.svids[e.Id]; ok && !due(s.chain[0], a.active, now) {
+		if s, ok := a.svids[e.Id]; ok && !ca.NeedsRenewal(s.chain[0], a.active, now) {
 			continue
 		}
 		id, err := trust.WorkloadID(a.td, e.Namespace, e.Service)
@@ -445,7 +439,7 @@ func (a *Agent) renewLoop(ctx context.Context) error {
 		a.mu.Lock()
 		active := a.active
 		a.mu.Unlock()
-		if !due(cur.Certificates[0], active, a.cfg.Now()) {
+		if !ca.NeedsRenewal(cur.Certificates[0], active, a.cfg.Now()) {
 			continue
 		}
 		err := a.renew(ctx)
@@ -558,7 +552,7 @@ func (a *Agent) Status() Status {
 	defer a.mu.Unlock()
 	st := Status{Entries: len(a.entries), SVIDs: len(a.svids)}
 	for _, e := range a.entries {
-		if s, ok := a.svids[e.Id]; !ok || due(s.chain[0], a.active, now) {
+		if s, ok := a.svids[e.Id]; !ok || ca.NeedsRenewal(s.chain[0], a.active, now) {
 			st.Due++
 		}
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/sitetest"
 	"github.com/straitmesh/strait/trust/ca"
 	"github.com/straitmesh/strait/trust/enroll"
 	"github.com/straitmesh/strait/trust/mtls"
@@ -47,9 +48,7 @@ type site struct {
 	socket   string
 	clock    *controlplanetest.Clock
 	agent    *agent.Agent
-	// exited is closed when the agent's Run returns runErr.
-	exited chan struct{}
-	runErr error
+	run      *sitetest.Agent
 }
 
 // startSite starts a one-server site and an agent "node1" joined to it.
@@ -59,38 +58,16 @@ func startSite(t testing.TB, tweak ...func(*controlplane.Config)) *site {
 	if len(tweak) > 0 {
 		opts.Tweak = tweak[0]
 	}
-	c := controlplanetest.Start(t, 1, opts)
-	ctx := controlplanetest.Ctx(t)
-	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// unix socket paths are short (108 bytes): keep it out of TempDir.
-	dir, err := os.MkdirTemp("", "sa")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}, agentDir: t.TempDir(), reg: prometheus.NewRegistry()}
-	a, err := agent.New(agent.Config{
-		Node: "node1", Servers: []string{c.Nodes[0].Addr}, JoinToken: tok.Secret,
-		DataDir: s.agentDir, SocketPath: s.socket, Now: s.clock.Now,
-		CheckInterval: 50 * time.Millisecond, Logger: testLogger(), Registerer: s.reg,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.agent = a
-	runCtx, cancel := context.WithCancel(context.Background())
-	s.exited = make(chan struct{})
-	go func() { s.runErr = a.Run(runCtx); close(s.exited) }()
-	t.Cleanup(func() {
-		cancel()
-		<-s.exited
-		if s.runErr != nil && !errors.Is(s.runErr, enroll.ErrRevoked) {
-			t.Errorf("agent: %v", s.runErr)
-		}
-	})
+	return startAgent(t, controlplanetest.Start(t, 1, opts), nil, enroll.ErrRevoked)
+}
+
+// startAgent starts the agent "node1" on site c, given servers (c's
+// first when nil); errors from its Run but allowed fail the test.
+func startAgent(t testing.TB, c *controlplanetest.Cluster, servers []string, allowed ...error) *site {
+	t.Helper()
+	s := &site{c: c, clock: &controlplanetest.Clock{}, reg: prometheus.NewRegistry()}
+	s.run = sitetest.StartAgent(t, c, agent.Config{Servers: servers, Now: s.clock.Now, Logger: testLogger(), Registerer: s.reg}, allowed...)
+	s.agent, s.agentDir, s.socket = s.run.Agent, s.run.Config.DataDir, s.run.Config.SocketPath
 	return s
 }
 
@@ -578,28 +555,11 @@ func (s *site) agentClient(t *testing.T) *apiclient.Client {
 // issuing and rotating when the server it talks to dies.
 func TestAgentSurvivesServerLoss(t *testing.T) {
 	c := controlplanetest.Start(t, 3, controlplanetest.Options{Site: "dc1"})
-	ctx := controlplanetest.Ctx(t)
-	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, _ := os.MkdirTemp("", "sa")
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &site{c: c, socket: filepath.Join(dir, "agent.sock"), clock: &controlplanetest.Clock{}, agentDir: t.TempDir(), reg: prometheus.NewRegistry()}
 	var addrs []string
 	for _, n := range c.Nodes {
 		addrs = append(addrs, n.Addr)
 	}
-	a, err := agent.New(agent.Config{Node: "node1", Servers: addrs, JoinToken: tok.Secret, DataDir: s.agentDir,
-		SocketPath: s.socket, Now: s.clock.Now, CheckInterval: 50 * time.Millisecond, Logger: testLogger(), Registerer: s.reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	s.agent = a
+	s := startAgent(t, c, addrs)
 	s.register(t, "api", "node1", uidSel(os.Getuid()))
 	src := s.source(t, "api")
 	before, _ := src.GetX509SVID()
@@ -610,7 +570,7 @@ func TestAgentSurvivesServerLoss(t *testing.T) {
 	}
 	// A new entry still reaches the agent, and rotation still works.
 	cl := c.Client(c.Leader())
-	_, err = cl.Workload.CreateEntry(ctx, &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
+	_, err := cl.Workload.CreateEntry(controlplanetest.Ctx(t), &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
 		Namespace: "payments", Service: "web", Agent: "node1", Selectors: []*apipb.Selector{uidSel(os.Getuid())}}})
 	if err != nil {
 		t.Fatal(err)
@@ -686,13 +646,13 @@ func TestRevokedAgentStopsAndRejoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-s.exited:
+	case <-s.run.Exited():
 	case <-time.After(20 * time.Second):
 		t.Fatal("the revoked agent still runs 20s after its revocation")
 	}
-	if !errors.Is(s.runErr, enroll.ErrRevoked) || !strings.Contains(s.runErr.Error(), "strait agent revoke node1") ||
-		!strings.Contains(s.runErr.Error(), "--join-token") {
-		t.Fatalf("revoked agent's error: %v", s.runErr)
+	if !errors.Is(s.run.Err(), enroll.ErrRevoked) || !strings.Contains(s.run.Err().Error(), "strait agent revoke node1") ||
+		!strings.Contains(s.run.Err().Error(), "--join-token") {
+		t.Fatalf("revoked agent's error: %v", s.run.Err())
 	}
 
 	// Started again on the same data dir: without a token it says it was

@@ -180,10 +180,7 @@ func TestExportPeerListHonoured(t *testing.T) {
 // counter (service="unknown"), and each is refused; they cost a handful
 // of log lines, not a thousand.
 func TestUnknownSNIsAreOneSeries(t *testing.T) {
-	w := wan.New(0)
-	t.Cleanup(func() { w.Close() })
-	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
-	federate(t, a, b)
+	a, b := federatedPair(t)
 	logs := newLogRecords()
 	a.startGateway(t, "gw-a", nil, func(cfg *gateway.Config) { cfg.Logger = slog.New(logs) })
 	b.startGateway(t, "gw-b", nil)
@@ -275,10 +272,7 @@ func gauge(t *testing.T, reg *prometheus.Registry, family, name, value string) f
 // so once, with what to check, and counts it; further configurations
 // (new exports of A's) log nothing more.
 func TestEgressListenerLimitAndBindFailures(t *testing.T) {
-	w := wan.New(0)
-	t.Cleanup(func() { w.Close() })
-	a, b := startSite(t, "site-a", w), startSite(t, "site-b", w)
-	federate(t, a, b)
+	a, b := federatedPair(t)
 	logs1, logs2 := newLogRecords(), newLogRecords()
 	a.startGateway(t, "gw-a1", nil, func(cfg *gateway.Config) { cfg.Logger, cfg.MaxEgressListeners = slog.New(logs1), 2 })
 	b.startGateway(t, "gw-b", nil)

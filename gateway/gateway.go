@@ -256,9 +256,6 @@ func New(cfg Config) (*Gateway, error) {
 // accepts connections.
 func (g *Gateway) Ready() <-chan struct{} { return g.ready }
 
-// WANAddr is the address peers reach this gateway at.
-func (g *Gateway) WANAddr() string { return g.wanAddr }
-
 func (g *Gateway) setConfig(c *config) {
 	g.cfgMu.Lock()
 	g.cur = c

@@ -91,25 +91,17 @@ func (g *Gateway) renewLoop(ctx context.Context) error {
 	}
 }
 
-// renewDue reports whether the SVID should be renewed: past half its life,
-// or issued by a root older than the newest one the site publishes (a CA
-// rotation: the new root signs once it is active; until then a renewal
-// yields a certificate from the old root, and the check repeats).
+// renewDue reports whether the SVID should be renewed (ca.NeedsRenewal):
+// past half its life, or not issued by the site's active root. The site
+// lists its active root first in the bundle it sends (on join, renewal
+// and over xDS); a root prepared in a CA rotation follows it, and does
+// not make the gateway renew until it is activated.
 func (g *Gateway) renewDue() bool {
-	leaf := g.ident.SVID().Certificates[0]
-	if !g.cfg.Now().Before(ca.RenewAt(leaf)) {
-		return true
+	var active *x509.Certificate
+	if roots := g.ident.Bundle().X509Authorities(); len(roots) > 0 {
+		active = roots[0]
 	}
-	var issuer, newest *x509.Certificate
-	for _, root := range g.ident.Bundle().X509Authorities() {
-		if ca.IssuedBy(leaf, root) {
-			issuer = root
-		}
-		if newest == nil || root.NotBefore.After(newest.NotBefore) {
-			newest = root
-		}
-	}
-	return issuer == nil || newest != issuer
+	return ca.NeedsRenewal(g.ident.SVID().Certificates[0], active, g.cfg.Now())
 }
 
 func (g *Gateway) renew(ctx context.Context) error {

@@ -2,8 +2,6 @@ package gateway_test
 
 import (
 	"fmt"
-	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -38,16 +36,7 @@ func TestGatewayOutlivesItsServer(t *testing.T) {
 	register(t, b, "payments", "api", "api-1", port, apipb.Protocol_PROTOCOL_TCP)
 	exportTo(t, b, "payments", "api", "site-a")
 	allow(t, b, "site-a", "payments/api")
-	var vip string
-	controlplanetest.WaitFor(t, 20*time.Second, func() error {
-		var err error
-		if vip, err = resolve(t, a, "api.payments.site-b.mesh"); err != nil {
-			return err
-		}
-		_, err = echo(net.JoinHostPort(vip, strconv.Itoa(port)), "warm-up")
-		return err
-	})
-	addr := net.JoinHostPort(vip, strconv.Itoa(port))
+	addr := reachable(t, a, "api.payments.site-b.mesh", port, 20*time.Second)
 	calls := func(n int) {
 		t.Helper()
 		for i := range n {

@@ -29,6 +29,7 @@ import (
 	"github.com/straitmesh/strait/internal/acceptloop/acceptlooptest"
 	"github.com/straitmesh/strait/internal/wan"
 	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/sitetest"
 	"github.com/straitmesh/strait/trust"
 	"github.com/straitmesh/strait/trust/mtls"
 )
@@ -44,12 +45,8 @@ type wanGateway struct {
 
 func startWANGateway(t *testing.T, s *site, name string, wrap func(net.Listener) net.Listener, tweak func(*gateway.Config)) *wanGateway {
 	t.Helper()
-	tok, err := s.Client(0).ACL.CreateToken(controlplanetest.Ctx(t), &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_GATEWAY, MaxUses: 1})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
@@ -60,28 +57,15 @@ func startWANGateway(t *testing.T, s *site, name string, wrap func(net.Listener)
 	if os.Getenv("STRAIT_TEST_LOGS") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("gateway", name)
 	}
-	w := &wanGateway{reg: prometheus.NewRegistry(), addr: addr, done: make(chan error, 1)}
-	cfg := gateway.Config{Name: name, Servers: []string{s.Nodes[0].Addr}, DataDir: t.TempDir(), JoinToken: tok.Secret,
-		WANListener: ln, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: time.Second,
+	w := &wanGateway{reg: prometheus.NewRegistry(), addr: addr}
+	cfg := gateway.Config{Name: name, WANListener: ln, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: time.Second,
 		HandshakeTimeout: 5 * time.Second, RenewCheck: time.Minute, TunnelsPerPeer: 1,
 		Registerer: w.reg, Gatherer: w.reg, Logger: logger}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	if w.gw, err = gateway.New(cfg); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() { w.done <- w.gw.Run(ctx); close(stopped) }()
-	t.Cleanup(func() { cancel(); <-stopped })
-	select {
-	case <-w.gw.Ready():
-	case err := <-w.done:
-		t.Fatalf("gateway exited: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("gateway not ready within 20s")
-	}
+	g := sitetest.StartGateway(t, s.Cluster, cfg)
+	w.gw, w.done = g.Gateway, g.Done
 	return w
 }
 

@@ -3,7 +3,6 @@ package scenarios
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -76,40 +75,9 @@ func buildHostile(t *testing.T, l *lab) string {
 // startWithMetrics is site.start with the gateway's /metrics on
 // <serverIP>:9401 (inside the site), so that its goroutines can be read.
 func (s *site) startWithMetrics() {
-	l := s.lab
-	args := []string{l.bin, "server", "--dev", "--site", s.name,
-		"--bind-addr", s.serverIP + ":7400", "--bundle-addr", s.serverIP + ":7401", "--dns-addr", s.serverIP + ":53", "--metrics-addr", s.serverIP + ":9400"}
-	if s.config != "" {
-		args = append(args, "--config", s.config)
-	}
-	s.server = l.start(s.name+"-server", s.ns, []string{"STRAIT_DEV_CONTEXT=" + s.ctxFile}, args...)
-	waitFor(l.t, 30*time.Second, func() error {
-		if _, err := os.Stat(s.ctxFile); err != nil {
-			return err
-		}
-		_, err := s.cli("status")
-		return err
-	})
-	out := s.mustCLI("token", "create", "--kind", "gateway", "--json")
-	var tok struct {
-		Secret string `json:"secret"`
-	}
-	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.Secret == "" {
-		l.t.Fatalf("gateway token: %v %s", err, out)
-	}
-	name := s.name + "-gw"
-	p := l.start(name, s.ns, []string{"STRAIT_JOIN_TOKEN=" + tok.Secret}, l.bin, "gateway", "--name", name, "--data-dir", filepath.Join(l.dir, name),
-		"--wan-addr", s.gatewayIP+":8443", "--metrics-addr", s.serverIP+":9401", "--server", s.serverIP+":7400", "--renew-check", "500ms")
-	waitFor(l.t, 30*time.Second, func() error {
-		out, err := s.cli("service", "show", "--ns", "strait", "--name", "gateway")
-		if err != nil || !strings.Contains(out, s.gatewayIP) {
-			return fmt.Errorf("gateway %s not registered yet: %v %s", name, err, out)
-		}
-		return nil
-	})
-	s.gateway = &gatewayProc{process: p, addr: s.gatewayIP + ":8443"}
-	l.start(s.name+"-echo", s.ns, nil, l.probe, "-serve", s.workIP+":7000")
-	s.mustCLI("service", "register", "--ns", "demo", "--name", "echo", "--port", "tcp=7000/tcp", "--address", s.workIP, "--id", "echo-1")
+	s.startServer()
+	s.gateway = s.addGateway(s.name+"-gw", s.gatewayIP, "--metrics-addr", s.serverIP+":9401")
+	s.startEcho()
 }
 
 // dialInNS opens a TCP connection from inside network namespace ns: the

@@ -325,6 +325,14 @@ func (s *site) exec(ctx context.Context, name string, args ...string) (string, e
 
 // start runs the site's server, gateway and an echo workload.
 func (s *site) start() {
+	s.startServer()
+	s.gateway = s.addGateway(s.name+"-gw", s.gatewayIP)
+	s.startEcho()
+}
+
+// startServer runs the site's server (a dev server) and waits until it
+// answers.
+func (s *site) startServer() {
 	l := s.lab
 	args := []string{l.bin, "server", "--dev", "--site", s.name,
 		"--bind-addr", s.serverIP + ":7400", "--bundle-addr", s.serverIP + ":7401", "--dns-addr", s.serverIP + ":53", "--metrics-addr", s.serverIP + ":9400"}
@@ -339,14 +347,17 @@ func (s *site) start() {
 		_, err := s.cli("status")
 		return err
 	})
-	s.gateway = s.addGateway(s.name+"-gw", s.gatewayIP)
-	l.start(s.name+"-echo", s.ns, nil, l.probe, "-serve", s.workIP+":7000")
+}
+
+// startEcho runs the echo workload and registers it as demo/echo.
+func (s *site) startEcho() {
+	s.lab.start(s.name+"-echo", s.ns, nil, s.lab.probe, "-serve", s.workIP+":7000")
 	s.mustCLI("service", "register", "--ns", "demo", "--name", "echo", "--port", "tcp=7000/tcp", "--address", s.workIP, "--id", "echo-1")
 }
 
 // addGateway joins and runs a gateway of s on ip (an address on the WAN
-// link), and waits until it is in the catalog.
-func (s *site) addGateway(name, ip string) *gatewayProc {
+// link), with extra flags, and waits until it is in the catalog.
+func (s *site) addGateway(name, ip string, extra ...string) *gatewayProc {
 	l := s.lab
 	l.t.Helper()
 	if ip != s.gatewayIP {
@@ -361,6 +372,7 @@ func (s *site) addGateway(name, ip string) *gatewayProc {
 	}
 	args := []string{l.bin, "gateway", "--name", name, "--data-dir", filepath.Join(l.dir, name), "--wan-addr", ip + ":8443",
 		"--renew-check", "500ms"}
+	args = append(args, extra...)
 	servers := s.servers
 	if len(servers) == 0 {
 		servers = []string{s.serverIP}

@@ -73,14 +73,7 @@ func TestWANPartition(t *testing.T) {
 	}
 	l.federateAll(2)
 	east, west := l.sites[0], l.sites[1]
-	var vip string
-	waitFor(t, 60*time.Second, func() error {
-		var err error
-		if vip, err = east.resolve("echo.demo.west.mesh"); err != nil {
-			return err
-		}
-		return east.call(vip + ":7000")
-	})
+	vip := east.reachEcho("west")
 	l.step(4, "cut west off the WAN")
 	west.setWAN(false)
 	l.step(5, "east's own service still answers locally, by name")
@@ -221,14 +214,7 @@ func TestControlPlaneDown(t *testing.T) {
 	}
 	east, west := l.sites[0], l.sites[1]
 	l.federateAll(2)
-	var vip string
-	waitFor(t, 60*time.Second, func() error {
-		var err error
-		if vip, err = east.resolve("echo.demo.west.mesh"); err != nil {
-			return err
-		}
-		return east.call(vip + ":7000")
-	})
+	vip := east.reachEcho("west")
 	l.step(4, "stop west's server (its whole control plane)")
 	west.server.stop()
 	l.step(5, "east still calls west's service through both gateways, for 5s")
@@ -330,14 +316,7 @@ func TestLeaderLoss(t *testing.T) {
 	east.start()
 	servers := west.startCluster()
 	l.federateAll(2)
-	var vip string
-	waitFor(t, 60*time.Second, func() error {
-		var err error
-		if vip, err = east.resolve("echo.demo.west.mesh"); err != nil {
-			return err
-		}
-		return east.call(vip + ":7000")
-	})
+	vip := east.reachEcho("west")
 	l.step(4, "call west from east in a loop, and kill west's Raft leader (SIGKILL)")
 	stop := east.callLoop(vip + ":7000")
 	time.Sleep(time.Second)
@@ -403,14 +382,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	west.start()
 	l.shape("200mbit")
 	l.federateAll(2)
-	var vip string
-	waitFor(t, 60*time.Second, func() error {
-		var err error
-		if vip, err = east.resolve("echo.demo.west.mesh"); err != nil {
-			return err
-		}
-		return east.call(vip + ":7000")
-	})
+	vip := east.reachEcho("west")
 	l.step(4, "call west from east in a loop, and rotate west's CA")
 	stop := east.callLoop(vip + ":7000")
 	before := west.mustCLI("ca", "status", "--json")
@@ -467,14 +439,7 @@ func TestLossyWAN(t *testing.T) {
 	east.start()
 	west.start()
 	l.federateAll(2)
-	var vip string
-	waitFor(t, 60*time.Second, func() error {
-		var err error
-		if vip, err = east.resolve("echo.demo.west.mesh"); err != nil {
-			return err
-		}
-		return east.call(vip + ":7000")
-	})
+	vip := east.reachEcho("west")
 	l.step(4, "call west from east in a loop for 5s")
 	stop := east.callLoop(vip + ":7000")
 	time.Sleep(5 * time.Second) // the load period

@@ -63,6 +63,21 @@ func (s *site) call(addr string) error {
 	return nil
 }
 
+// reachEcho waits (up to 60s) until site peer's echo service resolves in
+// s and answers a call through the gateways, and returns its address.
+func (s *site) reachEcho(peer string) string {
+	s.lab.t.Helper()
+	var vip string
+	waitFor(s.lab.t, 60*time.Second, func() error {
+		var err error
+		if vip, err = s.resolve("echo.demo." + peer + ".mesh"); err != nil {
+			return err
+		}
+		return s.call(vip + ":7000")
+	})
+	return vip
+}
+
 // TestJoinAndCall: three sites, each its own host, federate with tokens,
 // export a service each, and call each other's by DNS name through the
 // gateways.

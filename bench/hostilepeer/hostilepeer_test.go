@@ -17,6 +17,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
 	"github.com/straitmesh/strait/gateway"
 	"github.com/straitmesh/strait/meshname"
+	"github.com/straitmesh/strait/sitetest"
 )
 
 // site is a real one-server site with mesh DNS forwarding to a fake
@@ -39,35 +40,9 @@ func startSite(t *testing.T) *site {
 			c.DNSUpstreams = []string{up.Addr}
 			c.PeerHeartbeat, c.PeerStaleAfter = 200*time.Millisecond, 5*time.Second
 		}})
-	s := &site{Cluster: c, upstream: up}
-	ctx := controlplanetest.Ctx(t)
-	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_GATEWAY, MaxUses: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.wanAddr = ln.Addr().String()
-	gw, err := gateway.New(gateway.Config{Name: "gw1", Servers: []string{c.Nodes[0].Addr}, DataDir: t.TempDir(), JoinToken: tok.Secret,
-		WANListener: ln, HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: time.Second, HandshakeTimeout: time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(gctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-gw.Ready():
-	case err := <-done:
-		t.Fatalf("gateway exited: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("gateway not ready within 20s")
-	}
-	return s
+	gw := sitetest.StartGateway(t, c, gateway.Config{Name: "gw1", HeartbeatInterval: 200 * time.Millisecond, DrainTimeout: time.Second,
+		HandshakeTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return &site{Cluster: c, upstream: up, wanAddr: gw.Config.WANListener.Addr().String()}
 }
 
 // join makes a fake peer that redeems an invite of s and serves script.

@@ -50,7 +50,7 @@ func TestMaxStreams(t *testing.T) {
 		st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		_, err = st.Read(make([]byte, 1))
 		st.Close()
-		return errors.Is(err, ErrTimeout) // not reset: admitted
+		return errors.Is(err, errTimeout) // not reset: admitted
 	})
 }
 

@@ -258,12 +258,12 @@ func TestDeadlines(t *testing.T) {
 	c, s := sessions(t, Config{Window: 16 << 10})
 	st, in := openPair(t, c, s)
 	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrTimeout) {
+	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, errTimeout) {
 		t.Fatalf("read: %v", err)
 	}
 	var ne net.Error
-	if !errors.As(ErrTimeout, &ne) || !ne.Timeout() {
-		t.Fatal("ErrTimeout is not a net.Error timeout")
+	if !errors.As(errTimeout, &ne) || !ne.Timeout() {
+		t.Fatal("errTimeout is not a net.Error timeout")
 	}
 	st.SetReadDeadline(time.Time{})
 	in.Write([]byte("a"))
@@ -272,7 +272,7 @@ func TestDeadlines(t *testing.T) {
 	}
 	st.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 	n, err := st.Write(make([]byte, 64<<10)) // four windows, nobody reads
-	if !errors.Is(err, ErrTimeout) || n != 16<<10 {
+	if !errors.Is(err, errTimeout) || n != 16<<10 {
 		t.Fatalf("write: %d %v", n, err)
 	}
 	st.SetWriteDeadline(time.Time{})
@@ -324,10 +324,10 @@ func TestSessionEnd(t *testing.T) {
 		st.Write([]byte("last words"))
 		c.Close()
 		got, err := io.ReadAll(in)
-		if string(got) != "last words" || !errors.Is(err, ErrClosed) {
+		if string(got) != "last words" || !errors.Is(err, errClosed) {
 			t.Fatalf("server read %q %v", got, err)
 		}
-		if _, err := s.Accept(); !errors.Is(err, ErrClosed) {
+		if _, err := s.Accept(); !errors.Is(err, errClosed) {
 			t.Fatalf("accept on an ended session: %v", err)
 		}
 		if _, err := st.Write([]byte("x")); err == nil {
@@ -579,7 +579,7 @@ func TestWriteDeferred(t *testing.T) {
 		st.WriteDeferred([]byte("last words"))
 		c.Close()
 		got, err := io.ReadAll(in)
-		if string(got) != "last words" || !errors.Is(err, ErrClosed) {
+		if string(got) != "last words" || !errors.Is(err, errClosed) {
 			t.Fatalf("read %q, %v", got, err)
 		}
 	})

@@ -13,10 +13,10 @@ import (
 
 // Errors a session or stream returns.
 var (
-	ErrClosed    = errors.New("tunnel closed")
+	errClosed    = errors.New("tunnel closed")
 	ErrGoAway    = errors.New("the peer accepts no new streams on this tunnel")
 	ErrReset     = errors.New("stream reset")
-	ErrTimeout   = &timeoutError{}
+	errTimeout   = &timeoutError{} // a net.Error whose Timeout is true
 	errProtocol  = errors.New("tunnel protocol error")
 	errExhausted = errors.New("stream IDs exhausted")
 )
@@ -106,7 +106,7 @@ type Session struct {
 	wcond   sync.Cond
 	pending []byte
 	spare   []byte
-	werr    error // the first write error, or ErrClosed
+	werr    error // the first write error, or errClosed
 	writing bool  // a write to conn is in progress
 	closing bool
 	// deferred: pending holds only deferred frames, which the flusher
@@ -242,7 +242,7 @@ func (s *Session) Close() error {
 		}
 	}
 	s.wmu.Unlock()
-	s.shutdown(ErrClosed)
+	s.shutdown(errClosed)
 	return nil
 }
 
@@ -338,7 +338,7 @@ func (s *Session) write(fs []frame, wait <-chan struct{}, mode int) error {
 			select {
 			case <-wait:
 				s.wmu.Unlock()
-				return ErrTimeout
+				return errTimeout
 			default:
 			}
 		}
@@ -351,7 +351,7 @@ func (s *Session) write(fs []frame, wait <-chan struct{}, mode int) error {
 		return err
 	case s.closing:
 		s.wmu.Unlock()
-		return ErrClosed
+		return errClosed
 	case mode == modeDeferred && !s.writing && (len(s.pending) == 0 || s.deferred):
 		// Nothing is leaving now: wait for a frame to go with (or for
 		// the timer), out of the flusher's sight.
@@ -434,7 +434,7 @@ func (s *Session) flushLoop() {
 		}
 		if s.werr != nil || len(s.pending) == 0 {
 			if s.werr == nil {
-				s.werr = ErrClosed
+				s.werr = errClosed
 			}
 			s.wcond.Broadcast()
 			return
@@ -477,7 +477,7 @@ func readErr(err error) error {
 		return nil
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return ErrClosed
+		return errClosed
 	}
 	return fmt.Errorf("tunnel read: %w", err)
 }

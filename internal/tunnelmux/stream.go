@@ -80,7 +80,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		case st.rd.expired:
 			st.mu.Unlock()
-			return 0, ErrTimeout
+			return 0, errTimeout
 		case len(p) == 0:
 			st.mu.Unlock()
 			return 0, nil
@@ -141,7 +141,7 @@ func (st *Stream) writable() error {
 	case st.localDone:
 		return io.ErrClosedPipe
 	case st.wd.expired:
-		return ErrTimeout
+		return errTimeout
 	}
 	return nil
 }

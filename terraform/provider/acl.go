@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -22,7 +23,10 @@ import (
 
 // strait_acl_token: an API token (`strait token create`).
 
-type aclToken struct{ client }
+type aclToken struct {
+	client
+	named
+}
 
 type aclTokenModel struct {
 	ID          types.String `tfsdk:"id"`
@@ -36,11 +40,7 @@ type aclTokenModel struct {
 
 var tokenKinds = []string{"management", "write", "read", "server", "agent", "gateway"}
 
-func newACLToken() resource.Resource { return &aclToken{} }
-
-func (r *aclToken) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
-	resp.TypeName = req.ProviderTypeName + "_acl_token"
-}
+func newACLToken() resource.Resource { return &aclToken{named: "_acl_token"} }
 
 func (r *aclToken) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	replace := []planmodifier.String{stringplanmodifier.RequiresReplace()}
@@ -63,25 +63,21 @@ func (r *aclToken) Schema(_ context.Context, _ resource.SchemaRequest, resp *res
 }
 
 func (r *aclToken) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
-	var m aclTokenModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	in := &apipb.CreateTokenRequest{Kind: apipb.TokenKind(apipb.TokenKind_value["TOKEN_KIND_"+strings.ToUpper(m.Kind.ValueString())]),
-		Description: m.Description.ValueString(), MaxUses: uint32(m.MaxUses.ValueInt64())}
-	if !m.TTL.IsNull() {
-		d, _ := time.ParseDuration(m.TTL.ValueString())
-		in.Ttl = durationpb.New(d)
-	}
-	out, err := r.cl.ACL.CreateToken(ctx, in)
-	if err != nil {
-		apiError(&resp.Diagnostics, "create token", err)
-		return
-	}
-	m.ID, m.Secret = types.StringValue(out.Token.AccessorId), types.StringValue(out.Secret)
-	m.Expires = types.StringValue(expiry(out.Token))
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	planToState(ctx, req.Plan, &resp.State, &resp.Diagnostics, "create token", func(ctx context.Context, m *aclTokenModel) error {
+		in := &apipb.CreateTokenRequest{Kind: apipb.TokenKind(apipb.TokenKind_value["TOKEN_KIND_"+strings.ToUpper(m.Kind.ValueString())]),
+			Description: m.Description.ValueString(), MaxUses: uint32(m.MaxUses.ValueInt64())}
+		if !m.TTL.IsNull() {
+			d, _ := time.ParseDuration(m.TTL.ValueString())
+			in.Ttl = durationpb.New(d)
+		}
+		out, err := r.cl.ACL.CreateToken(ctx, in)
+		if err != nil {
+			return err
+		}
+		m.ID, m.Secret = types.StringValue(out.Token.AccessorId), types.StringValue(out.Secret)
+		m.Expires = types.StringValue(expiry(out.Token))
+		return nil
+	})
 }
 
 func expiry(t *apipb.Token) string {
@@ -92,30 +88,25 @@ func expiry(t *apipb.Token) string {
 }
 
 func (r *aclToken) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
-	var m aclTokenModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	out, err := r.cl.ACL.ListTokens(ctx, &apipb.ListTokensRequest{})
-	if err != nil {
-		apiError(&resp.Diagnostics, "list tokens", err)
-		return
-	}
-	for _, t := range out.Tokens {
-		if t.AccessorId != m.ID.ValueString() {
-			continue
+	refresh(ctx, req, resp, "list tokens", func(ctx context.Context, m *aclTokenModel, _ *diag.Diagnostics) (bool, error) {
+		out, err := r.cl.ACL.ListTokens(ctx, &apipb.ListTokensRequest{})
+		if err != nil {
+			return false, err
 		}
-		m.Kind = types.StringValue(strings.ToLower(strings.TrimPrefix(t.Kind.String(), "TOKEN_KIND_")))
-		m.Description = types.StringValue(t.Description)
-		m.Expires = types.StringValue(expiry(t))
-		if t.MaxUses > 0 && (!m.MaxUses.IsNull() || m.Secret.IsNull()) {
-			m.MaxUses = types.Int64Value(int64(t.MaxUses))
+		for _, t := range out.Tokens {
+			if t.AccessorId != m.ID.ValueString() {
+				continue
+			}
+			m.Kind = types.StringValue(strings.ToLower(strings.TrimPrefix(t.Kind.String(), "TOKEN_KIND_")))
+			m.Description = types.StringValue(t.Description)
+			m.Expires = types.StringValue(expiry(t))
+			if t.MaxUses > 0 && (!m.MaxUses.IsNull() || m.Secret.IsNull()) {
+				m.MaxUses = types.Int64Value(int64(t.MaxUses))
+			}
+			return true, nil
 		}
-		resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
-		return
-	}
-	resp.State.RemoveResource(ctx) // revoked
+		return false, nil // revoked
+	})
 }
 
 func (r *aclToken) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
@@ -123,14 +114,10 @@ func (r *aclToken) Update(ctx context.Context, req resource.UpdateRequest, resp 
 }
 
 func (r *aclToken) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
-	var m aclTokenModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if _, err := r.cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: m.ID.ValueString()}); err != nil && !notFound(err) {
-		apiError(&resp.Diagnostics, "revoke token", err)
-	}
+	remove(ctx, req, resp, "revoke token", func(ctx context.Context, m *aclTokenModel) error {
+		_, err := r.cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: m.ID.ValueString()})
+		return err
+	})
 }
 
 // ImportState takes the accessor ID.

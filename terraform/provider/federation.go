@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -18,7 +19,10 @@ import (
 
 // strait_federation_token: a one-time join token of this site for a peer.
 
-type federationToken struct{ client }
+type federationToken struct {
+	client
+	named
+}
 
 type federationTokenModel struct {
 	ID      types.String `tfsdk:"id"`
@@ -28,11 +32,7 @@ type federationTokenModel struct {
 	Expires types.String `tfsdk:"expires"`
 }
 
-func newFederationToken() resource.Resource { return &federationToken{} }
-
-func (r *federationToken) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
-	resp.TypeName = req.ProviderTypeName + "_federation_token"
-}
+func newFederationToken() resource.Resource { return &federationToken{named: "_federation_token"} }
 
 func (r *federationToken) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	replace := []planmodifier.String{stringplanmodifier.RequiresReplace()}
@@ -50,21 +50,17 @@ func (r *federationToken) Schema(_ context.Context, _ resource.SchemaRequest, re
 }
 
 func (r *federationToken) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
-	var m federationTokenModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	ttl, _ := time.ParseDuration(m.TTL.ValueString())
-	out, err := r.cl.Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{Peer: m.Peer.ValueString(), Ttl: durationpb.New(ttl)})
-	if err != nil {
-		apiError(&resp.Diagnostics, "create federation token", err)
-		return
-	}
-	m.ID = types.StringValue(out.AccessorId)
-	m.Token = types.StringValue(out.Token)
-	m.Expires = types.StringValue(out.Expires.AsTime().UTC().Format(time.RFC3339))
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	planToState(ctx, req.Plan, &resp.State, &resp.Diagnostics, "create federation token", func(ctx context.Context, m *federationTokenModel) error {
+		ttl, _ := time.ParseDuration(m.TTL.ValueString())
+		out, err := r.cl.Federation.CreateInvite(ctx, &apipb.CreateInviteRequest{Peer: m.Peer.ValueString(), Ttl: durationpb.New(ttl)})
+		if err != nil {
+			return err
+		}
+		m.ID = types.StringValue(out.AccessorId)
+		m.Token = types.StringValue(out.Token)
+		m.Expires = types.StringValue(out.Expires.AsTime().UTC().Format(time.RFC3339))
+		return nil
+	})
 }
 
 // Read keeps the token in state even once used or expired: it is a record
@@ -80,19 +76,18 @@ func (r *federationToken) Update(ctx context.Context, req resource.UpdateRequest
 }
 
 func (r *federationToken) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
-	var m federationTokenModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if _, err := r.cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: m.ID.ValueString()}); err != nil && !notFound(err) {
-		apiError(&resp.Diagnostics, "revoke federation token", err)
-	}
+	remove(ctx, req, resp, "revoke federation token", func(ctx context.Context, m *federationTokenModel) error {
+		_, err := r.cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: m.ID.ValueString()})
+		return err
+	})
 }
 
 // strait_peering: this site joins another with that site's token.
 
-type peering struct{ client }
+type peering struct {
+	client
+	named
+}
 
 type peeringModel struct {
 	ID          types.String `tfsdk:"id"`
@@ -102,11 +97,7 @@ type peeringModel struct {
 	TrustDomain types.String `tfsdk:"trust_domain"`
 }
 
-func newPeering() resource.Resource { return &peering{} }
-
-func (r *peering) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
-	resp.TypeName = req.ProviderTypeName + "_peering"
-}
+func newPeering() resource.Resource { return &peering{named: "_peering"} }
 
 func (r *peering) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	keep := []planmodifier.String{stringplanmodifier.UseStateForUnknown()}
@@ -129,18 +120,14 @@ func (r *peering) Schema(_ context.Context, _ resource.SchemaRequest, resp *reso
 }
 
 func (r *peering) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
-	var m peeringModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	out, err := r.cl.Federation.Join(ctx, &apipb.JoinFederationRequest{Token: m.Token.ValueString(), Name: m.Name.ValueString()})
-	if err != nil {
-		apiError(&resp.Diagnostics, "join the peer", err)
-		return
-	}
-	setPeer(&m, out.Peer)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	planToState(ctx, req.Plan, &resp.State, &resp.Diagnostics, "join the peer", func(ctx context.Context, m *peeringModel) error {
+		out, err := r.cl.Federation.Join(ctx, &apipb.JoinFederationRequest{Token: m.Token.ValueString(), Name: m.Name.ValueString()})
+		if err != nil {
+			return err
+		}
+		setPeer(m, out.Peer)
+		return nil
+	})
 }
 
 func setPeer(m *peeringModel, p *apipb.Peer) {
@@ -149,22 +136,17 @@ func setPeer(m *peeringModel, p *apipb.Peer) {
 }
 
 func (r *peering) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
-	var m peeringModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	out, err := r.cl.Federation.List(ctx, &apipb.ListPeersFedRequest{Name: m.ID.ValueString()})
-	if notFound(err) || (err == nil && len(out.Peers) == 0) {
-		resp.State.RemoveResource(ctx)
-		return
-	}
-	if err != nil {
-		apiError(&resp.Diagnostics, "read the peering", err)
-		return
-	}
-	setPeer(&m, out.Peers[0])
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	refresh(ctx, req, resp, "read the peering", func(ctx context.Context, m *peeringModel, _ *diag.Diagnostics) (bool, error) {
+		out, err := r.cl.Federation.List(ctx, &apipb.ListPeersFedRequest{Name: m.ID.ValueString()})
+		if notFound(err) || (err == nil && len(out.Peers) == 0) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		setPeer(m, out.Peers[0])
+		return true, nil
+	})
 }
 
 // Update only records a token after an import; nothing changes on the site.
@@ -173,14 +155,10 @@ func (r *peering) Update(ctx context.Context, req resource.UpdateRequest, resp *
 }
 
 func (r *peering) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
-	var m peeringModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if _, err := r.cl.Federation.Remove(ctx, &apipb.RemovePeeringRequest{Name: m.ID.ValueString()}); err != nil && !notFound(err) {
-		apiError(&resp.Diagnostics, "remove the peering", err)
-	}
+	remove(ctx, req, resp, "remove the peering", func(ctx context.Context, m *peeringModel) error {
+		_, err := r.cl.Federation.Remove(ctx, &apipb.RemovePeeringRequest{Name: m.ID.ValueString()})
+		return err
+	})
 }
 
 // ImportState takes the peer's local name.

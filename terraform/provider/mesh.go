@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/terraform-plugin-framework-validators/setvalidator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -22,7 +23,10 @@ import (
 
 // strait_export: a local service exported to chosen peers.
 
-type export struct{ client }
+type export struct {
+	client
+	named
+}
 
 type exportModel struct {
 	ID        types.String `tfsdk:"id"`
@@ -31,11 +35,7 @@ type exportModel struct {
 	To        types.Set    `tfsdk:"to"`
 }
 
-func newExport() resource.Resource { return &export{} }
-
-func (r *export) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
-	resp.TypeName = req.ProviderTypeName + "_export"
-}
+func newExport() resource.Resource { return &export{named: "_export"} }
 
 func (r *export) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	replace := []planmodifier.String{stringplanmodifier.RequiresReplace()}
@@ -72,28 +72,23 @@ func (r *export) Create(ctx context.Context, req resource.CreateRequest, resp *r
 }
 
 func (r *export) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
-	var m exportModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	ns, svc, _ := strings.Cut(m.ID.ValueString(), "/")
-	out, err := r.cl.Federation.ListExports(ctx, &apipb.ListExportsRequest{})
-	if err != nil {
-		apiError(&resp.Diagnostics, "list exports", err)
-		return
-	}
-	for _, e := range out.Exports {
-		if e.Namespace == ns && e.Service == svc {
-			m.Namespace, m.Service = types.StringValue(ns), types.StringValue(svc)
-			to, d := types.SetValueFrom(ctx, types.StringType, e.To)
-			resp.Diagnostics.Append(d...)
-			m.To = to
-			resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
-			return
+	refresh(ctx, req, resp, "list exports", func(ctx context.Context, m *exportModel, diags *diag.Diagnostics) (bool, error) {
+		ns, svc, _ := strings.Cut(m.ID.ValueString(), "/")
+		out, err := r.cl.Federation.ListExports(ctx, &apipb.ListExportsRequest{})
+		if err != nil {
+			return false, err
 		}
-	}
-	resp.State.RemoveResource(ctx)
+		for _, e := range out.Exports {
+			if e.Namespace == ns && e.Service == svc {
+				m.Namespace, m.Service = types.StringValue(ns), types.StringValue(svc)
+				to, d := types.SetValueFrom(ctx, types.StringType, e.To)
+				diags.Append(d...)
+				m.To = to
+				return true, nil
+			}
+		}
+		return false, nil
+	})
 }
 
 func (r *export) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
@@ -128,14 +123,10 @@ func (r *export) Update(ctx context.Context, req resource.UpdateRequest, resp *r
 }
 
 func (r *export) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
-	var m exportModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if _, err := r.cl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: m.Namespace.ValueString(), Service: m.Service.ValueString()}); err != nil && !notFound(err) {
-		apiError(&resp.Diagnostics, "unexport", err)
-	}
+	remove(ctx, req, resp, "unexport", func(ctx context.Context, m *exportModel) error {
+		_, err := r.cl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: m.Namespace.ValueString(), Service: m.Service.ValueString()})
+		return err
+	})
 }
 
 // ImportState takes "namespace/service".
@@ -149,7 +140,10 @@ func (r *export) ImportState(ctx context.Context, req resource.ImportStateReques
 
 // strait_intention: whether a source may call a destination.
 
-type intention struct{ client }
+type intention struct {
+	client
+	named
+}
 
 type intentionModel struct {
 	ID          types.String `tfsdk:"id"`
@@ -159,11 +153,7 @@ type intentionModel struct {
 	Description types.String `tfsdk:"description"`
 }
 
-func newIntention() resource.Resource { return &intention{} }
-
-func (r *intention) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
-	resp.TypeName = req.ProviderTypeName + "_intention"
-}
+func newIntention() resource.Resource { return &intention{named: "_intention"} }
 
 func (r *intention) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	replace := []planmodifier.String{stringplanmodifier.RequiresReplace()}
@@ -191,68 +181,46 @@ func (r *intention) set(ctx context.Context, m *intentionModel) error {
 }
 
 func (r *intention) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
-	var m intentionModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if err := r.set(ctx, &m); err != nil {
-		apiError(&resp.Diagnostics, "set intention", err)
-		return
-	}
-	m.ID = types.StringValue(m.Source.ValueString() + "," + m.Destination.ValueString())
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	planToState(ctx, req.Plan, &resp.State, &resp.Diagnostics, "set intention", func(ctx context.Context, m *intentionModel) error {
+		if err := r.set(ctx, m); err != nil {
+			return err
+		}
+		m.ID = types.StringValue(m.Source.ValueString() + "," + m.Destination.ValueString())
+		return nil
+	})
 }
 
 func (r *intention) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
-	var m intentionModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	src, dst, _ := strings.Cut(m.ID.ValueString(), ",")
-	out, err := r.cl.Intentions.List(ctx, &apipb.ListIntentionsRequest{})
-	if err != nil {
-		apiError(&resp.Diagnostics, "list intentions", err)
-		return
-	}
-	for _, in := range out.Intentions {
-		if in.Source == src && in.Destination == dst {
-			m.Source, m.Destination = types.StringValue(src), types.StringValue(dst)
-			m.Action = types.StringValue("deny")
-			if in.Action == apipb.IntentionAction_INTENTION_ACTION_ALLOW {
-				m.Action = types.StringValue("allow")
-			}
-			m.Description = types.StringValue(in.Description)
-			resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
-			return
+	refresh(ctx, req, resp, "list intentions", func(ctx context.Context, m *intentionModel, _ *diag.Diagnostics) (bool, error) {
+		src, dst, _ := strings.Cut(m.ID.ValueString(), ",")
+		out, err := r.cl.Intentions.List(ctx, &apipb.ListIntentionsRequest{})
+		if err != nil {
+			return false, err
 		}
-	}
-	resp.State.RemoveResource(ctx)
+		for _, in := range out.Intentions {
+			if in.Source == src && in.Destination == dst {
+				m.Source, m.Destination = types.StringValue(src), types.StringValue(dst)
+				m.Action = types.StringValue("deny")
+				if in.Action == apipb.IntentionAction_INTENTION_ACTION_ALLOW {
+					m.Action = types.StringValue("allow")
+				}
+				m.Description = types.StringValue(in.Description)
+				return true, nil
+			}
+		}
+		return false, nil
+	})
 }
 
 func (r *intention) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	var m intentionModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if err := r.set(ctx, &m); err != nil {
-		apiError(&resp.Diagnostics, "set intention", err)
-		return
-	}
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	planToState(ctx, req.Plan, &resp.State, &resp.Diagnostics, "set intention", r.set)
 }
 
 func (r *intention) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
-	var m intentionModel
-	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	if _, err := r.cl.Intentions.Delete(ctx, &apipb.DeleteIntentionRequest{Source: m.Source.ValueString(), Destination: m.Destination.ValueString()}); err != nil && !notFound(err) {
-		apiError(&resp.Diagnostics, "delete intention", err)
-	}
+	remove(ctx, req, resp, "delete intention", func(ctx context.Context, m *intentionModel) error {
+		_, err := r.cl.Intentions.Delete(ctx, &apipb.DeleteIntentionRequest{Source: m.Source.ValueString(), Destination: m.Destination.ValueString()})
+		return err
+	})
 }
 
 // ImportState takes "source,destination".

@@ -34,7 +34,7 @@ func (a *Authority) renewSVID() error {
 	if err != nil {
 		return err
 	}
-	if now.Before(ca.RenewAt(leaf)) && ca.IssuedBy(leaf, root.Certificate()) {
+	if !ca.NeedsRenewal(leaf, root.Certificate(), now) {
 		return nil
 	}
 	key, err := ca.NewKey()
@@ -171,7 +171,7 @@ func (a *Authority) BundleEndpointCertificate(*tls.ClientHelloInfo) (*tls.Certif
 	if err != nil {
 		return nil, err
 	}
-	if e.svid != nil && now.Before(ca.RenewAt(e.svid.Leaf)) && ca.IssuedBy(e.svid.Leaf, root.Certificate()) {
+	if e.svid != nil && !ca.NeedsRenewal(e.svid.Leaf, root.Certificate(), now) {
 		return e.svid, nil
 	}
 	key, err := ca.NewKey()

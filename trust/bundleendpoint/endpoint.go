@@ -108,9 +108,6 @@ func New(cfg Config) (*Endpoint, error) {
 	}}, nil
 }
 
-// Addr is the endpoint's address.
-func (e *Endpoint) Addr() net.Addr { return e.cfg.Listener.Addr() }
-
 // Run serves until ctx ends.
 func (e *Endpoint) Run(ctx context.Context) error {
 	go func() {

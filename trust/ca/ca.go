@@ -230,6 +230,20 @@ func RenewAt(c *x509.Certificate) time.Time {
 	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
 }
 
+// NeedsRenewal is the one rule for "renew this SVID now?": yes once leaf
+// is past half its lifetime (RenewAt), or when active, the root that
+// signs now, did not issue it (a CA rotation activated a new root, or the
+// leaf comes from a root the site dropped). A nil active means the
+// signing root is not known yet: only the lifetime counts.
+//
+// Only the active root counts, not the newest root a bundle publishes: a
+// root prepared in a rotation is trusted before it signs, and renewing
+// for it would only bring another leaf from the same active root, on
+// every check until the new root activates.
+func NeedsRenewal(leaf, active *x509.Certificate, now time.Time) bool {
+	return !now.Before(RenewAt(leaf)) || (active != nil && !IssuedBy(leaf, active))
+}
+
 // IssuedBy reports whether leaf names issuer's key as its authority key.
 // It is a cheap check for "signed by the current root", not a signature
 // verification.

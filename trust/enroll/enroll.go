@@ -48,11 +48,11 @@ type Identity struct {
 	Via string
 }
 
-// Enroll joins with token (a "<secret>.<pin>" join token) by calling join
+// enroll joins with token (a "<secret>.<pin>" join token) by calling join
 // on each server in turn until one admits the node, then writes the
 // identity into dir/tls and info (as JSON, merged with the trust domain)
 // into dir/infoFile.
-func Enroll(ctx context.Context, servers []string, token, dir, infoFile string, info map[string]string,
+func enroll(ctx context.Context, servers []string, token, dir, infoFile string, info map[string]string,
 	join func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*Response, error)) (*Identity, error) {
 	tok, err := jointoken.Parse(token)
 	if err != nil {
@@ -127,7 +127,7 @@ func ParseDERs(ders [][]byte) ([]*x509.Certificate, error) {
 // ErrNotEnrolled is returned by Load when dir holds no identity yet.
 var ErrNotEnrolled = errors.New("not enrolled yet")
 
-// Load reads the identity Enroll kept in dir, checking that the info
+// Load reads the identity enroll kept in dir, checking that the info
 // file's nameKey names this node (a data dir belongs to one node).
 func Load(dir, infoFile, nameKey, name string) (*Identity, error) {
 	path := filepath.Join(dir, infoFile)
@@ -165,7 +165,7 @@ type Node struct {
 	// Servers and Token: how to enroll when Dir holds no identity yet.
 	Servers []string
 	Token   string
-	// Join asks a server to sign the node's CSR (see Enroll).
+	// Join asks a server to sign the node's CSR (see enroll).
 	Join func(ctx context.Context, conn *grpc.ClientConn, csr []byte) (*Response, error)
 	// Now is the clock of the mTLS identity; time.Now when nil.
 	Now func() time.Time
@@ -194,7 +194,7 @@ func LoadOrEnroll(ctx context.Context, n Node) (id *Identity, ident *mtls.Identi
 	case n.Token == "":
 		return nil, nil, false, fmt.Errorf("this %s has not joined a site yet: pass --join-token (create one with `strait token create --kind %s`)", n.Kind, n.Kind)
 	default:
-		if id, err = Enroll(ctx, n.Servers, n.Token, n.Dir, n.InfoFile, map[string]string{n.NameKey: n.Name}, n.Join); err != nil {
+		if id, err = enroll(ctx, n.Servers, n.Token, n.Dir, n.InfoFile, map[string]string{n.NameKey: n.Name}, n.Join); err != nil {
 			return nil, nil, false, err
 		}
 		enrolled = true

@@ -55,19 +55,19 @@ func Parse(s string) (Token, error) {
 	return t, nil
 }
 
-// Pin is the SHA-256 of a CA certificate's public key.
-func Pin(c *x509.Certificate) [sha256.Size]byte { return sha256.Sum256(c.RawSubjectPublicKeyInfo) }
+// pinOf is the SHA-256 of a CA certificate's public key.
+func pinOf(c *x509.Certificate) [sha256.Size]byte { return sha256.Sum256(c.RawSubjectPublicKeyInfo) }
 
 // EncodePin is the token suffix for a CA certificate.
 func EncodePin(c *x509.Certificate) string {
-	p := Pin(c)
+	p := pinOf(c)
 	return base64.RawURLEncoding.EncodeToString(p[:])
 }
 
-// ClientConfig trusts a server whose chain ends in a CA matching pin and
+// clientConfig trusts a server whose chain ends in a CA matching pin and
 // whose SVID names a server of that CA's trust domain. Servers present
 // their CA after their leaf for this.
-func ClientConfig(pin [sha256.Size]byte) *tls.Config {
+func clientConfig(pin [sha256.Size]byte) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         []string{"h2"},
@@ -82,7 +82,7 @@ func ClientConfig(pin [sha256.Size]byte) *tls.Config {
 				certs = append(certs, c)
 			}
 			for _, c := range certs {
-				if !c.IsCA || Pin(c) != pin || len(c.URIs) != 1 {
+				if !c.IsCA || pinOf(c) != pin || len(c.URIs) != 1 {
 					continue
 				}
 				tdID, err := spiffeid.FromURI(c.URIs[0])
@@ -108,7 +108,7 @@ func ClientConfig(pin [sha256.Size]byte) *tls.Config {
 // sends the token's secret with every call.
 func Dial(addr string, t Token) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(ClientConfig(t.Pin))),
+		grpc.WithTransportCredentials(credentials.NewTLS(clientConfig(t.Pin))),
 		grpc.WithPerRPCCredentials(bearer(t.Secret)),
 		// A server that accepts connections but is not serving yet (it is
 		// joining too) must not hold a joiner for gRPC's default 20s.

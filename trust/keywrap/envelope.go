@@ -113,9 +113,9 @@ func gcm(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(b)
 }
 
-// IsEnvelope reports whether b (a KEK file's contents) is an envelope
+// isEnvelope reports whether b (a KEK file's contents) is an envelope
 // rather than a raw key.
-func IsEnvelope(b []byte) bool { return bytes.HasPrefix(bytes.TrimSpace(b), []byte("{")) }
+func isEnvelope(b []byte) bool { return bytes.HasPrefix(bytes.TrimSpace(b), []byte("{")) }
 
 // ReadEnvelope reads an envelope file, refusing one readable by others.
 func ReadEnvelope(path string) (*Envelope, error) {
@@ -130,7 +130,7 @@ func ReadEnvelope(path string) (*Envelope, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load key-encryption key: %w", err)
 	}
-	if !IsEnvelope(b) {
+	if !isEnvelope(b) {
 		return nil, fmt.Errorf("load key-encryption key: %s holds a plain key, but a key service is configured: wrap it first (see README, \"On AWS\")", path)
 	}
 	var e Envelope

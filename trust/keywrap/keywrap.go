@@ -4,8 +4,7 @@
 // The KEK is a 256-bit AES-GCM key in a file with 0600 permissions. Sealed
 // blobs name the KEK they were sealed with (an 8-byte key ID) and bind an
 // associated context (the trust domain), so opening with the wrong key or
-// for the wrong site fails with a clear error instead of garbage. A cloud
-// KMS implementation of Wrapper can replace the file KEK later.
+// for the wrong site fails with a clear error instead of garbage.
 //
 // A FileKEK is immutable and safe for concurrent use.
 package keywrap
@@ -22,15 +21,6 @@ import (
 	"os"
 	"path/filepath"
 )
-
-// Wrapper seals and opens small secrets. context is authenticated but not
-// encrypted; Open fails unless it matches the context given to Seal.
-type Wrapper interface {
-	Seal(plaintext, context []byte) ([]byte, error)
-	Open(sealed, context []byte) ([]byte, error)
-}
-
-var _ Wrapper = (*FileKEK)(nil)
 
 // ErrWrongKey means a blob was sealed with another key-encryption key.
 var ErrWrongKey = errors.New("sealed with a different key-encryption key")
@@ -83,7 +73,8 @@ func (k *FileKEK) ID() string { return hex.EncodeToString(k.id[:]) }
 // Raw returns the key bytes, for handing to a joining server over mTLS.
 func (k *FileKEK) Raw() []byte { return append([]byte(nil), k.raw...) }
 
-// Seal encrypts plaintext, binding context.
+// Seal encrypts plaintext, binding context: context is authenticated but
+// not encrypted, and Open fails unless it is given the same context.
 func (k *FileKEK) Seal(plaintext, context []byte) ([]byte, error) {
 	nonce := make([]byte, k.aead.NonceSize())
 	if _, err := rand.Read(nonce); err != nil {

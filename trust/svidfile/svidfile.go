@@ -33,10 +33,10 @@ func Write(dir string, chain []*x509.Certificate, key crypto.Signer, bundle []*x
 	if err := WriteFileAtomic(filepath.Join(dir, KeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, SVIDFile), EncodeCerts(chain), 0o644); err != nil {
+	if err := WriteFileAtomic(filepath.Join(dir, SVIDFile), encodeCerts(chain), 0o644); err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, BundleFile), EncodeCerts(bundle), 0o644)
+	return WriteFileAtomic(filepath.Join(dir, BundleFile), encodeCerts(bundle), 0o644)
 }
 
 // Read loads what Write stored.
@@ -77,8 +77,8 @@ func Read(dir string) (chain []*x509.Certificate, key crypto.Signer, bundle []*x
 	return
 }
 
-// EncodeCerts PEM-encodes certificates.
-func EncodeCerts(certs []*x509.Certificate) []byte {
+// encodeCerts PEM-encodes certificates.
+func encodeCerts(certs []*x509.Certificate) []byte {
 	var out []byte
 	for _, c := range certs {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)

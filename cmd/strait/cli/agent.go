@@ -65,41 +65,21 @@ SVIDs from the Workload API socket (export SPIFFE_ENDPOINT_SOCKET=unix://<socket
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address for Prometheus /metrics (default: off)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "", "text or json")
-	cmd.AddCommand(&cobra.Command{
+	cmd.AddCommand(listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List the agents that joined this site",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Workload.ListAgents(ctx, &apipb.ListAgentsRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "NODE", "JOINED", "TOKEN", "REVOKED")
-				for _, a := range resp.Agents {
-					t.row(a.Node, a.Joined.AsTime().Format(time.RFC3339), a.TokenAccessor, fmt.Sprint(a.Revoked))
-				}
-				return t.flush()
-			})
-		},
-	}, &cobra.Command{
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListAgentsResponse, error) {
+		return cl.Workload.ListAgents(ctx, &apipb.ListAgentsRequest{})
+	}, (*apipb.ListAgentsResponse).GetAgents, []string{"NODE", "JOINED", "TOKEN", "REVOKED"}, func(a *apipb.Agent) []string {
+		return []string{a.Node, a.Joined.AsTime().Format(time.RFC3339), a.TokenAccessor, fmt.Sprint(a.Revoked)}
+	}), actionCmd(g, &cobra.Command{
 		Use:   "revoke NODE",
 		Short: "Revoke an agent: servers refuse its SVID at once; it must rejoin with a new token",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: args[0]}); err != nil {
-					return err
-				}
-				if !g.json {
-					fmt.Fprintf(g.stdout, "Revoked agent %s\n", args[0])
-				}
-				return nil
-			})
-		},
-	})
+	}, func(ctx context.Context, cl *apiclient.Client, args []string) error {
+		_, err := cl.Workload.RevokeAgent(ctx, &apipb.RevokeAgentRequest{Node: args[0]})
+		return err
+	}, func(args []string) string { return "Revoked agent " + args[0] }))
 	return cmd
 }

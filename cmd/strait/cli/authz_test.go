@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -40,14 +39,7 @@ func TestIntentionCLI(t *testing.T) {
 // STRAIT_JOIN_TOKEN; a token on the command line still works, with a
 // warning that it is visible to the host's users.
 func TestJoinTokenSources(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	dir, write := tempFiles(t)
 	tok := write("tok", "strait_bogus\n")
 	empty := write("empty", "\n")
 	big := write("big", strings.Repeat("x", maxTokenFile+1))
@@ -84,14 +76,7 @@ func TestJoinTokenSources(t *testing.T) {
 // TestConfigRefusesShortPropagation: a CA propagation delay shorter than
 // three bundle refresh hints is refused, saying why.
 func TestConfigRefusesShortPropagation(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	_, write := tempFiles(t)
 	base := "site: a\nnode_name: s1\ndata_dir: /d\nbootstrap: true\n"
 	for _, tt := range []struct{ name, extra, wantErr string }{
 		{"short delay", "ca_propagation_delay: 10m\nbundle_refresh_hint: 5m\n", "ca_propagation_delay (10m0s) must be at least three times bundle_refresh_hint (5m0s)"},

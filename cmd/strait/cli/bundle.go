@@ -78,48 +78,28 @@ func newBundleCmd(g *globals) *cobra.Command {
 	f.StringVar(&endpointID, "endpoint-id", "", "the endpoint's SPIFFE ID (https_spiffe); omit for https_web")
 	f.StringVar(&bundleFile, "bundle-file", "", "its bundle document (required for https_spiffe)")
 
-	list := &cobra.Command{
+	list := listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List other trust domains' bundles and their refresh status",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Bundle.ListForeign(ctx, &apipb.ListForeignRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "TRUST DOMAIN", "PROFILE", "SEQUENCE", "ROOTS", "LAST SUCCESS", "LAST ERROR")
-				for _, b := range resp.Bundles {
-					ok := "never"
-					if b.LastSuccess != nil {
-						ok = ago(time.Since(b.LastSuccess.AsTime()))
-					}
-					t.row(b.TrustDomain, b.Profile, fmt.Sprint(b.Sequence), fmt.Sprint(b.X509Authorities), ok, cmp.Or(b.LastError, "-"))
-				}
-				return t.flush()
-			})
-		},
-	}
-	remove := &cobra.Command{
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListForeignResponse, error) {
+		return cl.Bundle.ListForeign(ctx, &apipb.ListForeignRequest{})
+	}, (*apipb.ListForeignResponse).GetBundles, []string{"TRUST DOMAIN", "PROFILE", "SEQUENCE", "ROOTS", "LAST SUCCESS", "LAST ERROR"}, func(b *apipb.ForeignBundleStatus) []string {
+		ok := "never"
+		if b.LastSuccess != nil {
+			ok = ago(time.Since(b.LastSuccess.AsTime()))
+		}
+		return []string{b.TrustDomain, b.Profile, fmt.Sprint(b.Sequence), fmt.Sprint(b.X509Authorities), ok, cmp.Or(b.LastError, "-")}
+	})
+	remove := actionCmd(g, &cobra.Command{
 		Use:     "delete TRUST_DOMAIN",
 		Aliases: []string{"remove"},
 		Short:   "Stop trusting another trust domain (a peer's: use `strait federation delete`)",
 		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.Bundle.RemoveForeign(ctx, &apipb.RemoveForeignRequest{TrustDomain: args[0]}); err != nil {
-					return err
-				}
-				if !g.json {
-					fmt.Fprintf(g.stdout, "Stopped trusting %s\n", args[0])
-				}
-				return nil
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client, args []string) error {
+		_, err := cl.Bundle.RemoveForeign(ctx, &apipb.RemoveForeignRequest{TrustDomain: args[0]})
+		return err
+	}, func(args []string) string { return "Stopped trusting " + args[0] })
 	cmd.AddCommand(show, federate, list, remove)
 	return cmd
 }

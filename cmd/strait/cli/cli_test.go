@@ -134,14 +134,7 @@ func TestParsePort(t *testing.T) {
 }
 
 func TestConfigFile(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	_, write := tempFiles(t)
 	good := write("good.yaml", "site: aws-east\nnode_name: s1\ndata_dir: /var/lib/strait\nbind_addr: 10.0.1.5:7400\njoin: [\"10.0.1.6:7400\"]\njoin_token_file: "+write("tok", "strait_x.y\n")+"\nlog_format: json\nraft:\n  heartbeat_timeout: 2s\n")
 	tests := []struct {
 		name, file, wantErr string
@@ -199,4 +192,18 @@ func FuzzParseConfig(f *testing.F) {
 		fc.JoinTokenFile = "" // no file reads from fuzzed input
 		_, _ = fc.serverConfig(false, "")
 	})
+}
+
+// tempFiles makes a temporary directory and a function that writes a
+// file (0600) there and returns its path.
+func tempFiles(t *testing.T) (dir string, write func(name, body string) string) {
+	t.Helper()
+	dir = t.TempDir()
+	return dir, func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 }

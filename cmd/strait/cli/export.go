@@ -41,53 +41,35 @@ func newExportCmd(g *globals) *cobra.Command {
 	}
 	svcFlags(cmd.Flags(), &ns, &svc)
 	cmd.Flags().StringSliceVar(&to, "to", nil, "peer names, or '*' for every peer (repeatable)")
-	cmd.AddCommand(&cobra.Command{
+	cmd.AddCommand(listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List exported services and their peers",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Federation.ListExports(ctx, &apipb.ListExportsRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "NAMESPACE", "SERVICE", "TO")
-				for _, e := range resp.Exports {
-					t.row(e.Namespace, e.Service, strings.Join(e.To, ","))
-				}
-				return t.flush()
-			})
-		},
-	})
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListExportsResponse, error) {
+		return cl.Federation.ListExports(ctx, &apipb.ListExportsRequest{})
+	}, (*apipb.ListExportsResponse).GetExports, []string{"NAMESPACE", "SERVICE", "TO"}, func(e *apipb.Export) []string {
+		return []string{e.Namespace, e.Service, strings.Join(e.To, ",")}
+	}))
 	return cmd
 }
 
 func newUnexportCmd(g *globals) *cobra.Command {
 	var ns, svc string
 	var from []string
-	cmd := &cobra.Command{
+	cmd := actionCmd(g, &cobra.Command{
 		Use:   "unexport",
 		Short: "Stop exporting a service (to some peers with --from, or to all)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: ns, Service: svc, From: from}); err != nil {
-					return err
-				}
-				if !g.json {
-					to := "every peer"
-					if len(from) > 0 {
-						to = strings.Join(from, ", ")
-					}
-					fmt.Fprintf(g.stdout, "Stopped exporting %s/%s to %s\n", cmp.Or(ns, meshname.DefaultNamespace), svc, to)
-				}
-				return nil
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client, _ []string) error {
+		_, err := cl.Federation.Unexport(ctx, &apipb.UnexportRequest{Namespace: ns, Service: svc, From: from})
+		return err
+	}, func([]string) string {
+		to := "every peer"
+		if len(from) > 0 {
+			to = strings.Join(from, ", ")
+		}
+		return fmt.Sprintf("Stopped exporting %s/%s to %s", cmp.Or(ns, meshname.DefaultNamespace), svc, to)
+	})
 	svcFlags(cmd.Flags(), &ns, &svc)
 	cmd.Flags().StringSliceVar(&from, "from", nil, "peers to stop exporting to (default: all)")
 	return cmd

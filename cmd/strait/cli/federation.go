@@ -66,28 +66,16 @@ func newFederationCmd(g *globals) *cobra.Command {
 	}
 	join.Flags().StringVar(&name, "name", "", "local name for the other site (default: its site name)")
 
-	list := &cobra.Command{
+	list := listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List peer sites and the state of replication with each",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Federation.List(ctx, &apipb.ListPeersFedRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "NAME", "SITE", "STATE", "LAST CONTACT", "IMPORTED", "EXPORTED", "LAG", "BUNDLE SEQ")
-				for _, p := range resp.Peers {
-					t.row(p.Name, p.Site, peerState(p), contactAgo(p.Imports), fmt.Sprintf("%d svc/%d inst", p.Imports.GetServices(), p.Imports.GetInstances()),
-						fmt.Sprintf("%d svc", p.Exports.GetServices()), exportLag(p.Exports), fmt.Sprint(p.Bundle.GetSequence()))
-				}
-				return t.flush()
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListPeersFedResponse, error) {
+		return cl.Federation.List(ctx, &apipb.ListPeersFedRequest{})
+	}, (*apipb.ListPeersFedResponse).GetPeers, []string{"NAME", "SITE", "STATE", "LAST CONTACT", "IMPORTED", "EXPORTED", "LAG", "BUNDLE SEQ"}, func(p *apipb.Peer) []string {
+		return []string{p.Name, p.Site, peerState(p), contactAgo(p.Imports), fmt.Sprintf("%d svc/%d inst", p.Imports.GetServices(), p.Imports.GetInstances()),
+			fmt.Sprintf("%d svc", p.Exports.GetServices()), exportLag(p.Exports), fmt.Sprint(p.Bundle.GetSequence())}
+	})
 	show := &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show one peer site in detail",

@@ -81,41 +81,21 @@ peers' gateways over multiplexed mTLS tunnels, and admits peers' connections on 
 	f.BoolVar(&cfg.AccessLog, "access-log", false, "log every connection served, at info (refusals and failures are logged whatever this says)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "", "text or json")
-	cmd.AddCommand(&cobra.Command{
+	cmd.AddCommand(listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List the gateways that joined this site",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Gateway.List(ctx, &apipb.ListGatewaysRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "NAME", "JOINED", "TOKEN", "REVOKED")
-				for _, gw := range resp.Gateways {
-					t.row(gw.Name, gw.Joined.AsTime().Format(time.RFC3339), gw.TokenAccessor, fmt.Sprint(gw.Revoked))
-				}
-				return t.flush()
-			})
-		},
-	}, &cobra.Command{
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListGatewaysResponse, error) {
+		return cl.Gateway.List(ctx, &apipb.ListGatewaysRequest{})
+	}, (*apipb.ListGatewaysResponse).GetGateways, []string{"NAME", "JOINED", "TOKEN", "REVOKED"}, func(gw *apipb.GatewayRecord) []string {
+		return []string{gw.Name, gw.Joined.AsTime().Format(time.RFC3339), gw.TokenAccessor, fmt.Sprint(gw.Revoked)}
+	}), actionCmd(g, &cobra.Command{
 		Use:   "revoke NAME",
 		Short: "Revoke a gateway: every server refuses its SVID from now on",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.Gateway.Revoke(ctx, &apipb.RevokeGatewayRequest{Name: args[0]}); err != nil {
-					return err
-				}
-				if !g.json {
-					fmt.Fprintf(g.stdout, "Revoked gateway %s\n", args[0])
-				}
-				return nil
-			})
-		},
-	})
+	}, func(ctx context.Context, cl *apiclient.Client, args []string) error {
+		_, err := cl.Gateway.Revoke(ctx, &apipb.RevokeGatewayRequest{Name: args[0]})
+		return err
+	}, func(args []string) string { return "Revoked gateway " + args[0] }))
 	return cmd
 }

@@ -55,46 +55,26 @@ specific intention wins; between an allow and a deny equally specific, the deny.
 		return c
 	}
 	var delFrom, delTo string
-	del := &cobra.Command{
+	del := actionCmd(g, &cobra.Command{
 		Use:     "delete",
 		Aliases: []string{"remove"},
 		Short:   "Delete an intention",
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.Intentions.Delete(ctx, &apipb.DeleteIntentionRequest{Source: delFrom, Destination: delTo}); err != nil {
-					return err
-				}
-				if !g.json {
-					fmt.Fprintf(g.stdout, "Deleted the intention %s -> %s\n", delFrom, delTo)
-				}
-				return nil
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client, _ []string) error {
+		_, err := cl.Intentions.Delete(ctx, &apipb.DeleteIntentionRequest{Source: delFrom, Destination: delTo})
+		return err
+	}, func([]string) string { return fmt.Sprintf("Deleted the intention %s -> %s", delFrom, delTo) })
 	del.Flags().StringVar(&delFrom, "from", "", "source, as given when it was set")
 	del.Flags().StringVar(&delTo, "to", "", "destination")
-	list := &cobra.Command{
+	list := listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List intentions",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Intentions.List(ctx, &apipb.ListIntentionsRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "SOURCE", "DESTINATION", "ACTION", "DESCRIPTION")
-				for _, in := range resp.Intentions {
-					t.row(in.Source, in.Destination, actionName(in.Action), cmp.Or(in.Description, "-"))
-				}
-				return t.flush()
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListIntentionsResponse, error) {
+		return cl.Intentions.List(ctx, &apipb.ListIntentionsRequest{})
+	}, (*apipb.ListIntentionsResponse).GetIntentions, []string{"SOURCE", "DESTINATION", "ACTION", "DESCRIPTION"}, func(in *apipb.Intention) []string {
+		return []string{in.Source, in.Destination, actionName(in.Action), cmp.Or(in.Description, "-")}
+	})
 	var chkFrom, chkTo string
 	check := &cobra.Command{
 		Use:   "check",

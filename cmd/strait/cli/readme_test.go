@@ -94,14 +94,7 @@ func TestReadmeExampleConfigValidates(t *testing.T) {
 		t.Fatal("README's Configuration section has no example")
 	}
 	ex, _, _ = strings.Cut(ex, "```")
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	dir, write := tempFiles(t)
 	m := regexp.MustCompile(`(?m)^join_token_file: (\S+)$`).FindStringSubmatch(ex)
 	if m == nil {
 		t.Fatalf("the example names no join_token_file:\n%s", ex)

@@ -184,31 +184,19 @@ func readMode(consistent bool) apipb.ReadMode {
 func newServiceListCmd(g *globals) *cobra.Command {
 	var ns string
 	var consistent bool
-	cmd := &cobra.Command{
+	cmd := listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List services",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Catalog.ListServices(ctx, &apipb.ListServicesRequest{Namespace: ns, Mode: readMode(consistent)})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "NAMESPACE", "SERVICE", "PEER", "PORTS", "INSTANCES", "PASSING")
-				for _, s := range resp.Services {
-					peer := cmp.Or(s.Service.Peer, "-")
-					if s.Stale {
-						peer += " (stale)"
-					}
-					t.row(s.Service.Namespace, s.Service.Name, peer, portsString(s.Service.Ports), strconv.Itoa(int(s.Instances)), strconv.Itoa(int(s.Passing)))
-				}
-				return t.flush()
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListServicesResponse, error) {
+		return cl.Catalog.ListServices(ctx, &apipb.ListServicesRequest{Namespace: ns, Mode: readMode(consistent)})
+	}, (*apipb.ListServicesResponse).GetServices, []string{"NAMESPACE", "SERVICE", "PEER", "PORTS", "INSTANCES", "PASSING"}, func(s *apipb.ServiceSummary) []string {
+		peer := cmp.Or(s.Service.Peer, "-")
+		if s.Stale {
+			peer += " (stale)"
+		}
+		return []string{s.Service.Namespace, s.Service.Name, peer, portsString(s.Service.Ports), strconv.Itoa(int(s.Instances)), strconv.Itoa(int(s.Passing))}
+	})
 	cmd.Flags().StringVar(&ns, "ns", "", "only this namespace")
 	cmd.Flags().BoolVar(&consistent, "consistent", false, "read through the leader (linearizable)")
 	return cmd
@@ -272,22 +260,16 @@ func newServiceShowCmd(g *globals) *cobra.Command {
 
 func newServiceHeartbeatCmd(g *globals) *cobra.Command {
 	var ns, name, id string
-	cmd := &cobra.Command{
+	cmd := actionCmd(g, &cobra.Command{
 		Use:   "heartbeat",
 		Short: "Send a heartbeat for an instance registered with --ttl",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.Catalog.Heartbeat(ctx, &apipb.HeartbeatRequest{Namespace: ns, Service: name, InstanceId: id}); err != nil {
-					return err
-				}
-				if !g.json {
-					fmt.Fprintf(g.stdout, "Heartbeat recorded for instance %s of service %s/%s\n", id, cmp.Or(ns, meshname.DefaultNamespace), name)
-				}
-				return nil
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client, _ []string) error {
+		_, err := cl.Catalog.Heartbeat(ctx, &apipb.HeartbeatRequest{Namespace: ns, Service: name, InstanceId: id})
+		return err
+	}, func([]string) string {
+		return fmt.Sprintf("Heartbeat recorded for instance %s of service %s/%s", id, cmp.Or(ns, meshname.DefaultNamespace), name)
+	})
 	svcFlags(cmd.Flags(), &ns, &name)
 	cmd.Flags().StringVar(&id, "id", "", "instance ID")
 	return cmd

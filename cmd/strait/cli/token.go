@@ -77,54 +77,34 @@ to daemons in a file (--join-token @FILE) or STRAIT_JOIN_TOKEN, never on the com
 }
 
 func newTokenListCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List tokens (never their secrets)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.ACL.ListTokens(ctx, &apipb.ListTokensRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "ACCESSOR", "KIND", "USES", "EXPIRES", "DESCRIPTION")
-				for _, tok := range resp.Tokens {
-					uses := strconv.Itoa(int(tok.Uses))
-					if tok.MaxUses > 0 {
-						uses += "/" + strconv.Itoa(int(tok.MaxUses))
-					}
-					exp := "never"
-					if tok.ExpireTime != nil {
-						exp = tok.ExpireTime.AsTime().Format(time.RFC3339)
-					}
-					t.row(tok.AccessorId, lowerEnum(tok.Kind.String(), "TOKEN_KIND_"), uses, exp, cmp.Or(tok.Description, "-"))
-				}
-				return t.flush()
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListTokensResponse, error) {
+		return cl.ACL.ListTokens(ctx, &apipb.ListTokensRequest{})
+	}, (*apipb.ListTokensResponse).GetTokens, []string{"ACCESSOR", "KIND", "USES", "EXPIRES", "DESCRIPTION"}, func(tok *apipb.Token) []string {
+		uses := strconv.Itoa(int(tok.Uses))
+		if tok.MaxUses > 0 {
+			uses += "/" + strconv.Itoa(int(tok.MaxUses))
+		}
+		exp := "never"
+		if tok.ExpireTime != nil {
+			exp = tok.ExpireTime.AsTime().Format(time.RFC3339)
+		}
+		return []string{tok.AccessorId, lowerEnum(tok.Kind.String(), "TOKEN_KIND_"), uses, exp, cmp.Or(tok.Description, "-")}
+	})
 }
 
 func newTokenRevokeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return actionCmd(g, &cobra.Command{
 		Use:   "revoke ACCESSOR",
 		Short: "Revoke a token by its accessor ID",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: args[0]}); err != nil {
-					return err
-				}
-				if !g.json {
-					fmt.Fprintf(g.stdout, "Revoked token %s\n", args[0])
-				}
-				return nil
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client, args []string) error {
+		_, err := cl.ACL.RevokeToken(ctx, &apipb.RevokeTokenRequest{AccessorId: args[0]})
+		return err
+	}, func(args []string) string { return "Revoked token " + args[0] })
 }
 
 // joinTokenHelp is the help of the daemons' --join-token flags.

@@ -74,49 +74,29 @@ func newWorkloadRegisterCmd(g *globals) *cobra.Command {
 }
 
 func newWorkloadListCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return listCmd(g, &cobra.Command{
 		Use:   "list",
 		Short: "List workload entries",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				resp, err := cl.Workload.ListEntries(ctx, &apipb.ListEntriesRequest{})
-				if err != nil {
-					return err
-				}
-				if g.json {
-					return g.printJSON(resp)
-				}
-				t := newTable(g.stdout, "ID", "NAMESPACE", "SERVICE", "AGENT", "SELECTORS")
-				for _, e := range resp.Entries {
-					var sels []string
-					for _, s := range e.Selectors {
-						sels = append(sels, s.Type+":"+s.Key+":"+s.Value)
-					}
-					t.row(e.Id, e.Namespace, e.Service, e.Agent, strings.Join(sels, ","))
-				}
-				return t.flush()
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client) (*apipb.ListEntriesResponse, error) {
+		return cl.Workload.ListEntries(ctx, &apipb.ListEntriesRequest{})
+	}, (*apipb.ListEntriesResponse).GetEntries, []string{"ID", "NAMESPACE", "SERVICE", "AGENT", "SELECTORS"}, func(e *apipb.WorkloadEntry) []string {
+		var sels []string
+		for _, s := range e.Selectors {
+			sels = append(sels, s.Type+":"+s.Key+":"+s.Value)
+		}
+		return []string{e.Id, e.Namespace, e.Service, e.Agent, strings.Join(sels, ",")}
+	})
 }
 
 func newWorkloadDeleteCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return actionCmd(g, &cobra.Command{
 		Use:     "delete ID",
 		Aliases: []string{"remove"},
 		Short:   "Delete a workload entry; its SVIDs are no longer renewed",
 		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withClient(cmd, func(ctx context.Context, cl *apiclient.Client) error {
-				if _, err := cl.Workload.DeleteEntry(ctx, &apipb.DeleteEntryRequest{Id: args[0]}); err != nil {
-					return err
-				}
-				if !g.json {
-					fmt.Fprintf(g.stdout, "Deleted workload entry %s\n", args[0])
-				}
-				return nil
-			})
-		},
-	}
+	}, func(ctx context.Context, cl *apiclient.Client, args []string) error {
+		_, err := cl.Workload.DeleteEntry(ctx, &apipb.DeleteEntryRequest{Id: args[0]})
+		return err
+	}, func(args []string) string { return "Deleted workload entry " + args[0] })
 }

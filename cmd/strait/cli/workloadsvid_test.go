@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -16,39 +15,14 @@ import (
 	"github.com/straitmesh/strait/agent"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/sitetest"
 )
 
 // startAgent runs a real agent "node1" joined to c, and returns its
 // Workload API socket path.
 func startAgent(t *testing.T, c *controlplanetest.Cluster) string {
 	t.Helper()
-	ctx := controlplanetest.Ctx(t)
-	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_AGENT})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// unix socket paths are short (108 bytes): keep it out of TempDir.
-	sockDir, err := os.MkdirTemp("", "sa")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	socket := filepath.Join(sockDir, "agent.sock")
-	a, err := agent.New(agent.Config{Node: "node1", Servers: []string{c.Nodes[0].Addr}, JoinToken: tok.Secret,
-		DataDir: t.TempDir(), SocketPath: socket, CheckInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
-	return socket
+	return sitetest.StartAgent(t, c, agent.Config{}).Config.SocketPath
 }
 
 // TestWorkloadSVIDFetchesAndWrites: `strait workload svid` gets this

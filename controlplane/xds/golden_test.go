@@ -200,8 +200,11 @@ func TestGoldenResources(t *testing.T) {
 			return in
 		},
 	}}
+	var used []string
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join("testdata", "golden", tt.name+".json")
+			used = append(used, path)
 			in := tt.in(t)
 			gw, err := xds.Build(in)
 			if err != nil {
@@ -212,8 +215,11 @@ func TestGoldenResources(t *testing.T) {
 				t.Fatalf("build proxyless: %v", err)
 			}
 			doc := map[string]any{"gateway": renderResources(t, gw), "proxyless": renderResources(t, pl)}
-			golden.Check(t, filepath.Join("testdata", "golden", tt.name+".json"), marshalIndent(t, doc), *update)
+			golden.Check(t, path, marshalIndent(t, doc), *update)
 		})
+	}
+	if len(used) == len(tests) { // every case ran: no -run selected some
+		golden.CheckUnused(t, filepath.Join("testdata", "golden"), used, *update)
 	}
 }
 

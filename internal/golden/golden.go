@@ -53,6 +53,47 @@ func check(path string, got []byte, update bool) error {
 	if bytes.Equal(want, got) {
 		return nil
 	}
-	return fmt.Errorf("output differs from golden file %s (- golden, + got):\n%s\nIf the change is intended, regenerate the golden files with\n\t%s\nand review their diff before committing.",
+	return fmt.Errorf("output differs from golden file %s (- golden, + got):\n%s\nIf the change is intended, regenerate the golden files with\n\t%s\nand review their diff before committing",
 		path, Diff(want, got, maxDiffLines), Regenerate)
+}
+
+// CheckUnused fails t for each file in dir that is not in used (the paths
+// the test passed to Check): a golden file that no case produces any more,
+// which would otherwise be kept and reviewed for nothing. With update it
+// removes them instead. Call it only when every case ran (not under a
+// -run that selects some).
+func CheckUnused(t testing.TB, dir string, used []string, update bool) {
+	t.Helper()
+	if err := checkUnused(dir, used, update); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkUnused(dir string, used []string, update bool) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("list golden files: %w", err)
+	}
+	keep := map[string]bool{}
+	for _, p := range used {
+		keep[filepath.Clean(p)] = true
+	}
+	var stale []string
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if e.IsDir() || keep[p] {
+			continue
+		}
+		if update {
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("remove unused golden file: %w", err)
+			}
+			continue
+		}
+		stale = append(stale, p)
+	}
+	if len(stale) > 0 {
+		return fmt.Errorf("golden files no case produces: %v: remove them with\n\t%s", stale, Regenerate)
+	}
+	return nil
 }

@@ -73,3 +73,27 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("mismatch: %v", err)
 	}
 }
+
+// TestCheckUnused: a file no case wrote fails the check, and -update
+// removes it, keeping the used ones.
+func TestCheckUnused(t *testing.T) {
+	dir := t.TempDir()
+	used, old := filepath.Join(dir, "01.kept.json"), filepath.Join(dir, "02.gone.json")
+	for _, p := range []string{used, old} {
+		if err := os.WriteFile(p, []byte("{}\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := checkUnused(dir, []string{used}, false); err == nil || !strings.Contains(err.Error(), "02.gone.json") || strings.Contains(err.Error(), "01.kept") {
+		t.Fatalf("unused file: %v", err)
+	}
+	if err := checkUnused(dir, []string{used}, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatalf("the unused file is still there: %v", err)
+	}
+	if err := checkUnused(dir, []string{used}, false); err != nil {
+		t.Fatalf("after update: %v", err)
+	}
+}

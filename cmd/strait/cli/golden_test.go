@@ -1,9 +1,13 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +19,7 @@ import (
 	"github.com/straitmesh/strait/controlplane"
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/controlplanetest"
+	"github.com/straitmesh/strait/gateway"
 	"github.com/straitmesh/strait/internal/golden"
 )
 
@@ -40,7 +45,8 @@ func startGoldenSite(t *testing.T, name string) goldenSite {
 
 // TestGoldenJSON runs every command that has a --json form against real
 // one-server sites (aws-east and gcp-west, federated halfway through;
-// onprem, whose bundle aws-east trusts) and a real agent and compares each output, normalized (normalizer), with
+// onprem, whose bundle aws-east trusts), a real agent and a real gateway
+// of aws-east and compares each output, normalized (normalizer), with
 // testdata/golden/<step>.json. The steps run in order: each starts from
 // the state the previous ones left. Regenerate with `make golden` and
 // review the diff: the --json forms are what scripts rely on.
@@ -53,6 +59,7 @@ func TestGoldenJSON(t *testing.T) {
 		t.Fatalf("bundle show: %d %q", code, errs)
 	}
 	socket := startAgent(t, east.c)
+	wan := startGateway(t, east.c)
 	svidDir := filepath.Join(t.TempDir(), "svid")
 	ctx := controlplanetest.Ctx(t)
 	if _, err := east.c.Client(0).Workload.CreateEntry(ctx, &apipb.CreateEntryRequest{Entry: &apipb.WorkloadEntry{
@@ -78,6 +85,7 @@ func TestGoldenJSON(t *testing.T) {
 	}
 	n.literal(svidDir, "<svid dir>")
 	n.literal(socket, "<agent socket>")
+	n.literal(wan, "<gw-1 wan>")
 	// The one uid selector is this process's (the entry workload svid uses).
 	n.literal(`"value": "`+strconv.Itoa(os.Getuid())+`"`, `"value": "<this process's uid>"`)
 
@@ -125,14 +133,14 @@ func TestGoldenJSON(t *testing.T) {
 		{name: "federation-join", site: west, args: func() []string { return []string{"federation", "join", invite} }},
 		{name: "export", site: east, args: fixed("export", "--ns", "payments", "--svc", "api", "--to", "gcp-west")},
 		{name: "export-list", site: east, args: fixed("export", "list")},
-		{name: "federation-list-exporter", site: east, args: fixed("federation", "list"), ready: peerSettled(1, 0)},
-		{name: "federation-show", site: east, args: fixed("federation", "show", "gcp-west"), ready: peerSettled(0, 0)},
-		{name: "federation-list-importer", site: west, args: fixed("federation", "list"), ready: peerSettled(1, 1)},
+		{name: "federation-list-exporter", site: east, args: fixed("federation", "list"), ready: peerSettled(1, 0, 0)},
+		{name: "federation-show", site: east, args: fixed("federation", "show", "gcp-west"), ready: peerSettled(0, 0, 0)},
+		{name: "federation-list-importer", site: west, args: fixed("federation", "list"), ready: peerSettled(1, 1, 1)},
 		{name: "service-list-imported", site: west, args: fixed("service", "list"),
 			ready: func(code int, out string) error { return wantCount(code, out, "services", 1) }},
 		{name: "service-show-imported", site: west, args: fixed("service", "show", "--ns", "payments", "--svc", "api", "--peer", "aws-east")},
 		{name: "bundle-list-peer", site: west, args: fixed("bundle", "list"), ready: bundlesFetched},
-		{name: "status", site: east, args: fixed("status")},
+		{name: "status", site: east, args: fixed("status"), ready: gatewaysPassing},
 		{name: "ping-unresolved", site: west, args: fixed("ping", "nope.payments.aws-east.mesh"), code: 1},
 		{name: "federation-delete", site: west, args: fixed("federation", "delete", "aws-east")},
 	}
@@ -214,11 +222,75 @@ func bundlesFetched(code int, out string) error {
 	return nil
 }
 
+// gatewaysPassing is a ready condition for `status`: every gateway
+// passing.
+func gatewaysPassing(code int, out string) error {
+	var st struct {
+		Gateways []struct{ Health string }
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return fmt.Errorf("exit %d, %v: %s", code, err, out)
+	}
+	for _, g := range st.Gateways {
+		if g.Health != "passing" {
+			return fmt.Errorf("a gateway is %q", g.Health)
+		}
+	}
+	return nil
+}
+
+// startGateway runs a real gateway "gw-1" joined to c on a loopback WAN
+// address, and returns that address once the gateway is ready and
+// passing in the catalog.
+func startGateway(t *testing.T, c *controlplanetest.Cluster) string {
+	t.Helper()
+	ctx := controlplanetest.Ctx(t)
+	tok, err := c.Client(0).ACL.CreateToken(ctx, &apipb.CreateTokenRequest{Kind: apipb.TokenKind_TOKEN_KIND_GATEWAY})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{Name: "gw-1", Servers: []string{c.Nodes[0].Addr}, DataDir: t.TempDir(), JoinToken: tok.Secret,
+		WANListener: ln, DrainTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway: %v", err)
+		}
+	})
+	select {
+	case <-gw.Ready():
+	case err := <-done:
+		t.Fatalf("gateway exited: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("gateway not ready within 30s")
+	}
+	// Its first heartbeat puts it in the catalog, passing.
+	controlplanetest.WaitFor(t, 30*time.Second, func() error {
+		resp, err := c.Client(0).Catalog.GetService(ctx, &apipb.GetServiceRequest{Namespace: "strait", Name: "gateway", PassingOnly: true})
+		if err != nil || len(resp.Instances) != 1 {
+			return fmt.Errorf("passing gateways %v, %v", resp, err)
+		}
+		return nil
+	})
+	return ln.Addr().String()
+}
+
 // peerSettled is a ready condition for `federation list` (peers > 0) or
 // `federation show` (peers == 0: one peer object): each peer active, both
-// streams connected, every export acknowledged, imported services
-// imported, and its bundle fetched from its endpoint once.
-func peerSettled(peers, imported int) func(code int, out string) error {
+// streams connected, every export acknowledged, imported services and
+// the peer's gateways imported, and its bundle fetched from its endpoint
+// once.
+func peerSettled(peers, imported, gateways int) func(code int, out string) error {
 	return func(code int, out string) error {
 		type peer struct {
 			Bundle struct {
@@ -228,6 +300,7 @@ func peerSettled(peers, imported int) func(code int, out string) error {
 				State     string
 				Connected bool
 				Services  int
+				Gateways  []string
 			}
 			Exports struct {
 				Connected bool
@@ -253,7 +326,7 @@ func peerSettled(peers, imported int) func(code int, out string) error {
 			}
 		}
 		for _, p := range list {
-			if p.Bundle.LastSuccess == "" || p.Imports.State != "PEER_STATE_ACTIVE" || !p.Imports.Connected || p.Imports.Services != imported ||
+			if p.Bundle.LastSuccess == "" || p.Imports.State != "PEER_STATE_ACTIVE" || !p.Imports.Connected || p.Imports.Services != imported || len(p.Imports.Gateways) != gateways ||
 				!p.Exports.Connected || fmt.Sprint(p.Exports.Sent) != fmt.Sprint(p.Exports.Acked) {
 				return fmt.Errorf("peer not settled: %+v", p)
 			}

@@ -18,7 +18,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
 FUZZSLOW  := ./dns:FuzzForward ./trust/bundleendpoint:FuzzFetch ./gateway:FuzzIngressHeader ./controlplane/api:FuzzAccept
 FUZZSLOWTIME ?= $(FUZZTIME)
 
-.PHONY: all build provider test test-long fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean
+.PHONY: all build provider test test-long golden fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean
 
 all: build
 
@@ -40,6 +40,11 @@ scenarios:
 ## test-long: also the long fuzz smoke and chaos runs.
 test-long:
 	STRAIT_LONG=1 $(GO) test -race -count=1 -timeout 40m $(PKGS)
+
+## golden: rewrite the golden files (xDS resources, --json output) from the current output;
+## review their diff before committing (internal/golden).
+golden:
+	$(GO) test ./controlplane/xds ./cmd/strait/cli -update
 
 ## fuzz: every fuzz target for FUZZTIME each (CI runs a short smoke).
 fuzz:

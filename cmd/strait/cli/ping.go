@@ -153,6 +153,11 @@ func ping(ctx context.Context, cl *apiclient.Client, r *pingResult, o pingOption
 	}}
 	start := time.Now()
 	addrs, err := res.LookupNetIP(ctx, "ip4", r.Name)
+	if dnsErr := (*net.DNSError)(nil); errors.As(err, &dnsErr) {
+		// The resolver names a server of the host's resolv.conf, which
+		// it did not ask: the dial above went to r.DNSServer.
+		dnsErr.Server = ""
+	}
 	if err != nil || len(addrs) == 0 {
 		return fail("dns", fmt.Errorf("%s does not resolve through %s (%v): is %s/%s exported by %s to %s? see `strait service list`",
 			r.Name, r.DNSServer, err, r.Namespace, r.Service, r.Site, r.From))

@@ -18,7 +18,7 @@ FUZZ      := ./controlplane/state:FuzzApplyCommand ./controlplane/api:FuzzRegist
 FUZZSLOW  := ./dns:FuzzForward ./trust/bundleendpoint:FuzzFetch ./gateway:FuzzIngressHeader ./controlplane/api:FuzzAccept
 FUZZSLOWTIME ?= $(FUZZTIME)
 
-.PHONY: all build provider test test-long golden fuzz lint fmt generate bench bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean
+.PHONY: all build provider test test-long golden fuzz lint fmt generate bench bench-compare bench-smoke bench-dns bench-gateway bench-hostile demo scenarios clean
 
 all: build
 
@@ -79,6 +79,15 @@ bench:
 	$(GO) test ./gateway/ -run '^$$' -bench 'DataPath' -benchtime 1x -count 3
 	$(GO) test ./gateway/ -run '^$$' -bench 'NewConnections' -benchtime 1x -count 5
 	$(GO) test ./controlplane/ -run '^$$' -bench 'XDSPush' -benchtime 10x -count 3
+
+## bench-compare: two builds before/after in one session, interleaved (binary size, gateway RSS, the
+## control plane benchmarks, benchstat), a Markdown block in bench/compare-out.md; see BENCHMARKS.md.
+## make bench-compare OLD=<rev> [NEW=HEAD] [COUNT=3]; QUICK=1 only checks that the harness runs.
+NEW   ?= HEAD
+COUNT ?= 3
+bench-compare:
+	@test -n "$(OLD)" || { echo "usage: make bench-compare OLD=<rev> [NEW=HEAD] [COUNT=3]" >&2; exit 2; }
+	bench/compare.sh $(OLD) $(NEW) $(COUNT)
 
 ## bench-smoke: one short iteration of the quick benchmarks, so that they keep running (CI).
 bench-smoke:

@@ -454,20 +454,12 @@ func readProc(p *proc) sample {
 		return s
 	}
 	pid := p.cmd.Process.Pid
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			switch f[0] {
-			case "VmRSS:":
-				if v, err := strconv.ParseInt(f[1], 10, 64); err == nil {
-					s.rss = v << 10
-				}
-			case "Threads:":
-				s.threads, _ = strconv.ParseInt(f[1], 10, 64)
-			}
+	if st, err := procStatus(pid); err == nil {
+		if v, ok := st["VmRSS"]; ok {
+			s.rss = v << 10
+		}
+		if v, ok := st["Threads"]; ok {
+			s.threads = v
 		}
 	}
 	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
@@ -477,9 +469,32 @@ func readProc(p *proc) sample {
 	return s
 }
 
+// procStatus reads the fields of /proc/PID/status that start with a
+// number (memory figures are in KiB).
+func procStatus(pid int) (map[string]int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	st := make(map[string]int64)
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if f := strings.Fields(v); ok && len(f) > 0 {
+			if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+				st[k] = n
+			}
+		}
+	}
+	return st, nil
+}
+
 // goroutines reads go_goroutines from a /metrics endpoint (-1 when the
 // binary does not export it or does not answer within 2s).
-func goroutines(addr string) int64 {
+func goroutines(addr string) int64 { return gauge(addr, "go_goroutines") }
+
+// gauge reads an unlabelled metric from a /metrics endpoint (-1 when the
+// binary does not export it or does not answer within 2s).
+func gauge(addr, name string) int64 {
 	if addr == "" {
 		return -1
 	}
@@ -492,7 +507,7 @@ func goroutines(addr string) int64 {
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 64<<20))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err == nil {
 				return int64(f)

@@ -7,6 +7,7 @@
 //	hostile idle     -addr ADDR -n 2000 -mode h2 [-sni servers.<td>] -for 30s
 //	hostile dnsflood -addr ADDR -n 45000 -rate 15000 [-domain example.org]
 //	hostile upstream -listen ADDR -mode silent|tc -for 30s
+//	hostile rss      -strait ./bin/strait [-idle 10s -calls 2000]  gateways' VmRSS/VmHWM idle and after a load (see rss.go)
 //
 // Every attack is bounded in count and in time (-for), and everything is
 // closed when the command ends. Each prints one line per result, "key=value"
@@ -28,13 +29,13 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: hostile bench|peer|idle|dnsflood|upstream [flags] (see the package doc)")
+		fmt.Fprintln(os.Stderr, "usage: hostile bench|peer|idle|dnsflood|upstream|rss [flags] (see the package doc)")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	cmds := map[string]func(context.Context, []string) error{
-		"bench": runBench, "peer": runPeer, "idle": runIdle, "dnsflood": runDNSFlood, "upstream": runUpstream,
+		"bench": runBench, "peer": runPeer, "idle": runIdle, "dnsflood": runDNSFlood, "upstream": runUpstream, "rss": runRSS,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {

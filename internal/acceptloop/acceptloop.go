@@ -121,8 +121,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 			if refused == "" {
 				return slot.Conn(c), nil
 			}
-			c.Close()
+			// Counted before the close, so that a client that sees
+			// its connection closed also finds it in the metrics.
 			l.refused(refused, c)
+			c.Close()
 			continue
 		}
 		select {

@@ -32,7 +32,7 @@ import (
 type process struct {
 	name string
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *syncWriter
 }
 
 type lab struct {
@@ -199,8 +199,9 @@ func (l *lab) start(name, ns string, env []string, args ...string) *process {
 	l.t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
-	out := &bytes.Buffer{}
-	cmd.Stdout, cmd.Stderr = &syncWriter{w: out}, &syncWriter{w: out}
+	// One writer for both streams: exec copies each on its own goroutine.
+	out := &syncWriter{w: &bytes.Buffer{}}
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		l.t.Fatalf("start %s: %v", name, err)

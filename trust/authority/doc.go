@@ -36,6 +36,6 @@
 //
 // Imported by controlplane (which builds it and passes adapters) and
 // tests. Of controlplane it imports only the generated messages
-// (controlplane/api/apipb, controlplane/state/statepb) and the join-token
-// pin encoding (controlplane/jointoken, which moves to trust/jointoken).
+// (controlplane/api/apipb, controlplane/state/statepb); it also uses the join-token
+// pin encoding (trust/jointoken).
 package authority

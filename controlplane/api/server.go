@@ -25,10 +25,10 @@ type Config struct {
 	// Raft is the Raft node. Required.
 	Raft Raft
 	// Catalog records heartbeats (the Catalog and Gateway services).
-	Catalog    Catalog
-	Operator   Operator
-	Cluster    Cluster
-	Bundles    Bundles
+	Catalog  Catalog
+	Operator Operator
+	Cluster  Cluster
+	Bundles  Bundles
 	// Authority is the site authority: SVID and JWT signing, the CA
 	// (Identity, Workload, ACL, Operator and Gateway services). Required.
 	Authority Authority

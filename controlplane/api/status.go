@@ -141,7 +141,7 @@ func toStatus(err error) error {
 		errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress),
 		errors.Is(err, raft.ErrRaftShutdown):
 		return retryable(err.Error())
-	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, ErrOverloaded):
+	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, ErrOverloaded), errors.Is(err, authority.ErrSignRateLimited):
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, ErrUnreachable):
 		return status.Error(codes.Unavailable, err.Error())

@@ -7,14 +7,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/trust/ca"
@@ -23,14 +22,14 @@ import (
 // SignSVID issues an X.509-SVID for id over the key in a PKCS#10 CSR,
 // valid for ttl. Every server holds the KEK, so any server signs; the
 // signing rate limit (waited for within ctx) keeps a mass rotation from
-// starving the rest. When the wait cannot fit in ctx the error is a gRPC
-// ResourceExhausted status.
+// starving the rest. When the wait cannot fit in ctx the error is
+// ErrSignRateLimited.
 func (a *Authority) SignSVID(ctx context.Context, id spiffeid.ID, csr []byte, ttl time.Duration) (*x509.Certificate, error) {
 	if _, err := ca.ParseCSR(csr); err != nil {
 		return nil, fmt.Errorf("csr: %w", err)
 	}
 	if err := a.signLimit.Wait(ctx); err != nil {
-		return nil, status.Errorf(codes.ResourceExhausted, "signing rate limit (%v/s): %v", a.signLimit.Limit(), err)
+		return nil, rateLimited(fmt.Sprintf("signing rate limit (%v/s): %v", a.signLimit.Limit(), err))
 	}
 	root, err := a.CA()
 	if err != nil {
@@ -157,3 +156,14 @@ func (a *Authority) SignJWT(ctx context.Context, id spiffeid.ID, audience []stri
 	}
 	return jwt.Signed(signer).Claims(claims).Serialize()
 }
+
+// ErrSignRateLimited is what SignSVID returns (errors.Is) when the
+// signing rate limit could not be waited for within the caller's context.
+// The API answers it with ResourceExhausted.
+var ErrSignRateLimited = errors.New("signing rate limit reached")
+
+// rateLimited is an ErrSignRateLimited with its own message.
+type rateLimited string
+
+func (e rateLimited) Error() string        { return string(e) }
+func (e rateLimited) Is(target error) bool { return target == ErrSignRateLimited }

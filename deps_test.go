@@ -41,13 +41,8 @@ var depRules = []depRule{
 	},
 	{
 		from:   []string{"federation/..."},
-		banned: []string{"controlplane", "controlplane/api", "github.com/hashicorp/raft/..."},
+		banned: []string{"controlplane", "controlplane/api", "controlplane/state", "github.com/hashicorp/raft/..."},
 		why:    "federation/ gets consensus and state through interfaces it declares",
-	},
-	{
-		from:   []string{"federation/replication/..."},
-		banned: []string{"controlplane/state"},
-		why:    "the replication stream reads the catalog through an interface it declares",
 	},
 	{
 		from: []string{"internal/...", "meshname/...", "policy/...", "trust/...", "federation/...", "dns/...",

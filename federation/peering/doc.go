@@ -9,11 +9,13 @@
 // A Manager owns the replication registry (the streams' runtime state and
 // metrics) and the goroutines below. It reaches Raft, the replicated
 // state and the site's identity only through the small interfaces of its
-// Config (Consensus, Store, Identity), which the control-plane server
+// Config (Consensus, Store, Identity, Invites, Imports, and
+// replication.Catalog for Exports), which the control-plane server
 // implements with adapters; it imports neither hashicorp/raft nor the
-// controlplane package. It returns errors, never gRPC statuses: the
-// sentinel kinds in errors.go are mapped to status codes by the API
-// (controlplane/api), the one place they are made.
+// controlplane package nor its state machine (controlplane/state), only
+// their message packages (apipb, statepb). It returns errors, never gRPC
+// statuses: the sentinel kinds in errors.go are mapped to status codes by
+// the API (controlplane/api), the one place they are made.
 //
 // Goroutines. All of them run only while this server leads, under
 // RunLeader, which the server's leader-task runner starts when leadership

@@ -20,7 +20,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/peeraddr"
 	"github.com/straitmesh/strait/federation/token"
@@ -92,12 +91,10 @@ func (m *Manager) CreateInvite(ctx context.Context, peer string, ttl time.Durati
 	}
 	now := m.cfg.Now()
 	expires := timestamppb.New(now.Add(ttl))
-	h := state.HashSecret(secret)
-	rec := state.NewTokenRecord(&apipb.Token{
+	if err := m.cfg.Invites.CommitInvite(ctx, &apipb.Token{
 		AccessorId: accessor, Kind: apipb.TokenKind_TOKEN_KIND_FEDERATION, Description: "federation invite " + peer,
 		CreateTime: timestamppb.New(now), ExpireTime: expires, MaxUses: 1,
-	}, h[:], peer)
-	if _, _, err := m.cfg.Consensus.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: rec}}); err != nil {
+	}, secret, peer); err != nil {
 		return nil, err
 	}
 	signer, err := m.cfg.Identity.InviteSigner()
@@ -227,19 +224,18 @@ func (m *Manager) Accept(ctx context.Context, secret string, req *apipb.AcceptRe
 	// The invite decides the peer's name: the one the issuer gave it, or
 	// else the joining site's name. A joiner asking for another (a removed
 	// peer's, say) is refused, and the invite stays unused.
-	h := state.HashSecret(secret)
-	rec, ok := m.cfg.Store.TokenBySecret(h)
-	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_FEDERATION {
+	inv, ok := m.cfg.Invites.Invite(secret, m.cfg.Now())
+	if !ok {
 		return "", refuse(ErrDenied, "the federation token is not valid here (unknown, revoked, or from another site)")
 	}
-	if err := state.Usable(rec.Token, m.cfg.Now()); err != nil {
-		return "", refuse(ErrDenied, "token %v: ask for a new one", err)
+	if inv.Unusable != nil {
+		return "", refuse(ErrDenied, "token %v: ask for a new one", inv.Unusable)
 	}
-	intended := rec.PeerName
+	intended := inv.Peer
 	if intended == "" {
 		// Invites issued before the record kept the name carry it in
 		// their description only.
-		intended, _ = strings.CutPrefix(rec.Token.Description, "federation invite ")
+		intended, _ = strings.CutPrefix(inv.Token.Description, "federation invite ")
 	}
 	name := cmp.Or(intended, req.Site)
 	if req.RequestedName != "" && req.RequestedName != name {
@@ -256,11 +252,11 @@ func (m *Manager) Accept(ctx context.Context, secret string, req *apipb.AcceptRe
 		TrustDomain: td.Name(), EndpointUrl: req.BundleEndpointUrl, EndpointSpiffeId: trust.BundleEndpointID(td).String(),
 		Bundle: req.Bundle, Sequence: seq, PeerName: name, PeerSite: req.Site, PeerAddresses: req.Addresses, PeerGateways: req.Gateways,
 	}
-	cmd := &statepb.Command{Cmd: &statepb.Command_AddPeer{AddPeer: &statepb.AddPeer{Peer: f, InviteSecretHash: h[:]}}}
+	cmd := &statepb.Command{Cmd: &statepb.Command_AddPeer{AddPeer: &statepb.AddPeer{Peer: f, InviteSecretHash: inv.SecretHash}}}
 	if _, _, err := m.cfg.Consensus.Apply(ctx, cmd); err != nil {
 		return "", err
 	}
-	m.log.Info("site federated", "peer", name, "trust_domain", td.Name(), "token_accessor", rec.Token.AccessorId)
+	m.log.Info("site federated", "peer", name, "trust_domain", td.Name(), "token_accessor", inv.Token.AccessorId)
 	return name, nil
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/replication"
 )
@@ -38,12 +37,51 @@ type Store interface {
 	ForeignBundles() []*statepb.ForeignBundle
 	PeerImport(peer string) (*statepb.PeerImport, bool)
 	GatewayAddresses() []string
-	TokenBySecret(hash [32]byte) (*state.TokenRecord, bool)
-	ImportUsage(peer string) state.ImportUsage
-	CheckImport(b *state.ImportBatch) error
 	// IdentityChanged is closed at the next change of the site's CA,
 	// JWT keys or foreign bundles (peerings included).
 	IdentityChanged() <-chan struct{}
+}
+
+// Invites is where the site keeps the federation invites it issued:
+// single-use tokens of its token store, each for one peer.
+type Invites interface {
+	// CommitInvite commits tok, a federation token whose secret is
+	// secret, as the invite of a peer to be named peer (the joining
+	// site's own name when empty).
+	CommitInvite(ctx context.Context, tok *apipb.Token, secret, peer string) error
+	// Invite finds the federation invite whose secret is secret, and
+	// whether it can be used at now. ok is false when there is none
+	// (unknown, revoked, or not a federation token).
+	Invite(secret string, now time.Time) (inv Invite, ok bool)
+}
+
+// Invite is a federation invite as the site's token store holds it.
+type Invite struct {
+	Token *apipb.Token
+	// Peer is the name the issuer gave the invited site; empty: its own
+	// site name.
+	Peer string
+	// SecretHash is how the store knows the invite's secret: the AddPeer
+	// command that consumes the invite names it.
+	SecretHash []byte
+	// Unusable is why the invite cannot be used at the time asked
+	// (expired, used); nil when it can.
+	Unusable error
+}
+
+// Imports is where what peers export to this site is committed: the
+// site's replicated state, under the quotas on each peer's imports.
+type Imports interface {
+	// CommitImport commits a batch a peer's replication stream
+	// delivered, or refuses it for a quota (a batch over quota never
+	// reaches the log). It returns replication.ErrPeerGone once the
+	// peering no longer exists.
+	CommitImport(ctx context.Context, b *replication.Batch) error
+	// ImportsWithoutVIP is how many of the peer's imported services hold
+	// no virtual IP (the range, or the peer's share of it, was used up).
+	ImportsWithoutVIP(peer string) int
+	// ImportedSize is what a change counts towards the bytes quota.
+	ImportedSize(c *apipb.Change) int64
 }
 
 // Identity is what peering needs of this site's identity.
@@ -61,12 +99,15 @@ type Identity interface {
 // Config configures a Manager.
 type Config struct {
 	// Consensus, Store and Identity are the site's Raft node, its local
-	// replica and its identity. Required.
+	// replica and its identity; Invites and Imports keep the invites
+	// this site issued and what peers export to it. Required.
 	Consensus Consensus
 	Store     Store
 	Identity  Identity
+	Invites   Invites
+	Imports   Imports
 	// Exports is the replica the exporters serve peers from. Required.
-	Exports *state.Store
+	Exports replication.Catalog
 	// Site and TrustDomain are this site's name and trust domain. Required.
 	Site        string
 	TrustDomain spiffeid.TrustDomain
@@ -103,9 +144,6 @@ type Config struct {
 	// MaxStreams caps the replication streams one peer may hold open to
 	// this site; 2 when zero.
 	MaxStreams int
-	// VirtualIPCIDR is where virtual IPs of imported services come from.
-	// Required.
-	VirtualIPCIDR string
 	// ForeignWebRoots verify bundle endpoints of the https_web profile;
 	// the system roots when nil.
 	ForeignWebRoots *x509.CertPool
@@ -131,14 +169,12 @@ type Manager struct {
 // New checks cfg and returns a Manager. It does no I/O.
 func New(cfg Config) (*Manager, error) {
 	switch {
-	case cfg.Consensus == nil, cfg.Store == nil, cfg.Identity == nil, cfg.Exports == nil:
-		return nil, errors.New("peering: Consensus, Store, Identity and Exports are required")
+	case cfg.Consensus == nil, cfg.Store == nil, cfg.Identity == nil, cfg.Invites == nil, cfg.Imports == nil, cfg.Exports == nil:
+		return nil, errors.New("peering: Consensus, Store, Identity, Invites, Imports and Exports are required")
 	case cfg.Site == "", cfg.TrustDomain.IsZero():
 		return nil, errors.New("peering: Site and TrustDomain are required")
 	case cfg.NewSecret == nil, cfg.ValidateImport == nil:
 		return nil, errors.New("peering: NewSecret and ValidateImport are required")
-	case cfg.VirtualIPCIDR == "":
-		return nil, errors.New("peering: VirtualIPCIDR is required")
 	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = replication.DefaultHeartbeat

@@ -17,13 +17,14 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/federation/token"
 	"github.com/straitmesh/strait/trust/ca"
 )
 
 // testSite is one site of one server without Raft: commands apply straight
-// to a real store, and its identity is a real CA. A fake of Consensus and
-// Identity is enough here: these tests check the Manager's own decisions
+// to a real store, and its identity is a real CA. A fake of Consensus,
+// Identity, Invites and Imports is enough here: these tests check the Manager's own decisions
 // (what it refuses, with which error kind, and what it commits). The real
 // path (Raft, the API, TLS between two sites, replication) is covered by
 // controlplane's multi-site tests (TestFederation*, TestPeering*,
@@ -84,14 +85,39 @@ func (s *testSite) BundleDoc() ([]byte, uint64, error) {
 	return doc, 0, err
 }
 
+func (s *testSite) CommitInvite(ctx context.Context, tok *apipb.Token, secret, peer string) error {
+	h := state.HashSecret(secret)
+	_, _, err := s.Apply(ctx, &statepb.Command{Cmd: &statepb.Command_CreateToken{CreateToken: state.NewTokenRecord(tok, h[:], peer)}})
+	return err
+}
+
+func (s *testSite) Invite(secret string, now time.Time) (Invite, bool) {
+	h := state.HashSecret(secret)
+	rec, ok := s.store.TokenBySecret(h)
+	if !ok || rec.Token.Kind != apipb.TokenKind_TOKEN_KIND_FEDERATION {
+		return Invite{}, false
+	}
+	return Invite{Token: rec.Token, Peer: rec.PeerName, SecretHash: h[:], Unusable: state.Usable(rec.Token, now)}, true
+}
+
+// CommitImport is never called: no test here runs an importer (the
+// multi-site tests in controlplane do, through the server's adapter).
+func (s *testSite) CommitImport(context.Context, *replication.Batch) error {
+	return errors.New("the test site commits no imports")
+}
+
+func (s *testSite) ImportsWithoutVIP(peer string) int { return s.store.ImportUsage(peer).WithoutVIP }
+
+func (s *testSite) ImportedSize(c *apipb.Change) int64 { return state.ImportedSize(c) }
+
 func (s *testSite) manager(t testing.TB) *Manager {
 	t.Helper()
 	m, err := New(Config{
-		Consensus: s, Store: s.store, Identity: s, Exports: s.store, Site: s.name, TrustDomain: s.td,
+		Consensus: s, Store: s.store, Identity: s, Invites: s, Imports: s, Exports: s.store, Site: s.name, TrustDomain: s.td,
 		BundleAddr: "0.0.0.0:8443", Advertise: s.addrs[0],
 		NewSecret:      func() (string, string, error) { return "strait_secret-" + s.name, "acc-" + s.name, nil },
 		ValidateImport: func(*apipb.Change) error { return nil },
-		VirtualIPCIDR:  "240.0.0.0/16", Now: func() time.Time { return s.now },
+		Now:            func() time.Time { return s.now },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/api/apipb"
-	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
 	"github.com/straitmesh/strait/federation/replication"
 	"github.com/straitmesh/strait/trust/bundleendpoint"
@@ -92,8 +91,8 @@ func (m *Manager) importer(f *statepb.ForeignBundle) *replication.Importer {
 		},
 		ResyncTimeout:         m.cfg.ResyncTimeout,
 		AllowLoopbackGateways: m.onLoopback(),
-		WithoutVIP:            func() int { return m.cfg.Store.ImportUsage(peer).WithoutVIP },
-		Size:                  state.ImportedSize,
+		WithoutVIP:            func() int { return m.cfg.Imports.ImportsWithoutVIP(peer) },
+		Size:                  m.cfg.Imports.ImportedSize,
 		Connect: func(ctx context.Context) (replication.ClientStream, error) {
 			cur, ok := m.cfg.Store.ForeignBundle(td)
 			if !ok || cur.PeerName != peer {
@@ -118,23 +117,7 @@ func (m *Manager) importer(f *statepb.ForeignBundle) *replication.Importer {
 			}
 			return stream, nil
 		},
-		Apply: func(ctx context.Context, rb *replication.Batch) error {
-			b := &state.ImportBatch{Peer: rb.Peer, Version: rb.Version, Resync: rb.Resync, Changes: rb.Changes,
-				Gateways: rb.Gateways, VirtualIPCIDR: m.cfg.VirtualIPCIDR}
-			if l := rb.Limits; l != nil {
-				b.Limits = &statepb.ImportLimits{MaxServices: l.MaxServices, MaxInstances: l.MaxInstances, MaxBytes: l.MaxBytes}
-			}
-			// Refused here, a batch over quota never reaches the log;
-			// the state machine checks again, for the batches that do.
-			if err := m.cfg.Store.CheckImport(b); err != nil {
-				return err
-			}
-			_, _, err := m.cfg.Consensus.Apply(ctx, state.ImportCommand(b))
-			if errors.Is(err, state.ErrNotFound) {
-				return replication.ErrPeerGone
-			}
-			return err
-		},
+		Apply:  m.cfg.Imports.CommitImport,
 		Bundle: func(ctx context.Context, doc []byte) error { return m.storePeerBundle(ctx, td, doc) },
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/straitmesh/strait/controlplane/api/apipb"
 	"github.com/straitmesh/strait/controlplane/state"
 	"github.com/straitmesh/strait/controlplane/state/statepb"
+	"github.com/straitmesh/strait/trust/authority"
 )
 
 // Handler tests over fakes (see fakes_test.go for why a fake is enough).
@@ -527,6 +528,7 @@ func TestToStatus(t *testing.T) {
 		{"raft shut down", raft.ErrRaftShutdown, codes.Unavailable, true},
 		{"enqueue timeout", raft.ErrEnqueueTimeout, codes.ResourceExhausted, false},
 		{"overloaded", Overloaded("signing rate limit (10/s): context deadline exceeded"), codes.ResourceExhausted, false},
+		{"signing rate", fmt.Errorf("sign: %w", authority.ErrSignRateLimited), codes.ResourceExhausted, false},
 		{"unreachable", Unreachable("peer east did not answer"), codes.Unavailable, false},
 		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded, false},
 		{"canceled", context.Canceled, codes.Canceled, false},

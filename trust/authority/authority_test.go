@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,8 +24,6 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/straitmesh/strait/controlplane/state"
@@ -243,11 +242,12 @@ func TestSignSVID(t *testing.T) {
 		t.Fatal("signed a malformed CSR")
 	}
 	// The burst is spent: a caller that cannot wait for the next token is
-	// refused with ResourceExhausted rather than queued.
+	// refused with ErrSignRateLimited (ResourceExhausted at the API) rather
+	// than queued.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancel()
-	if _, err := s.a.SignSVID(ctx, id, newCSR(t), time.Hour); status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("over the signing rate: %v, want ResourceExhausted", err)
+	if _, err := s.a.SignSVID(ctx, id, newCSR(t), time.Hour); !errors.Is(err, ErrSignRateLimited) || !strings.HasPrefix(err.Error(), "signing rate limit (") {
+		t.Fatalf("over the signing rate: %v, want ErrSignRateLimited", err)
 	}
 }
 

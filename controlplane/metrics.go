@@ -16,6 +16,7 @@ type metrics struct {
 	apply prometheus.Histogram
 
 	leader, term, commit, applied, lastContact, peers, services, instances *prometheus.Desc
+	halted                                                                 *prometheus.Desc
 	peerUp, peerBundleAge, importContact, imported                         *prometheus.Desc
 }
 
@@ -32,8 +33,10 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		applied:     prometheus.NewDesc("strait_raft_applied_index", "Raft index applied to the state machine.", nil, nil),
 		lastContact: prometheus.NewDesc("strait_raft_last_contact_seconds", "Time since a follower last heard from the leader.", nil, nil),
 		peers:       prometheus.NewDesc("strait_raft_peers", "Servers in the Raft configuration.", []string{"suffrage"}, nil),
-		services:    prometheus.NewDesc("strait_catalog_services", "Services in the catalog.", nil, nil),
-		instances:   prometheus.NewDesc("strait_catalog_instances", "Service instances in the catalog.", nil, nil),
+		halted: prometheus.NewDesc("strait_state_halted",
+			"1 if this server stopped applying the Raft log at a command in a newer format than it understands (upgrade it).", nil, nil),
+		services:  prometheus.NewDesc("strait_catalog_services", "Services in the catalog.", nil, nil),
+		instances: prometheus.NewDesc("strait_catalog_instances", "Service instances in the catalog.", nil, nil),
 		peerUp: prometheus.NewDesc("strait_federation_peer_up",
 			"1 if the peer's replication stream is alive or the last fetch of its bundle succeeded.", []string{"peer"}, nil),
 		peerBundleAge: prometheus.NewDesc("strait_federation_peer_bundle_age_seconds",
@@ -48,7 +51,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.lastContact, m.peers, m.services, m.instances, m.peerUp, m.peerBundleAge, m.importContact, m.imported} {
+	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.lastContact, m.halted, m.peers, m.services, m.instances, m.peerUp, m.peerBundleAge, m.importContact, m.imported} {
 		ch <- d
 	}
 }
@@ -67,6 +70,11 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		leader = 1
 	}
 	g(m.leader, leader)
+	halted := 0.0
+	if m.s.store.Halted() != nil {
+		halted = 1
+	}
+	g(m.halted, halted)
 	g(m.term, float64(st.Term))
 	g(m.commit, float64(st.CommitIndex))
 	g(m.applied, float64(st.AppliedIndex))

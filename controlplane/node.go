@@ -197,7 +197,7 @@ func (n *raftNode) describe(st *apipb.StatusResponse) {
 	}
 	st.Peers, _ = n.Peers()
 	fresh := n.raft.State() == raft.Leader || (!lc.IsZero() && time.Since(lc) < 3*n.heartbeat)
-	st.Healthy = leader != "" && fresh && n.store.Site() != nil
+	st.Healthy = leader != "" && fresh && n.store.Site() != nil && n.store.Halted() == nil
 }
 
 func stateName(st raft.RaftState) string {

@@ -281,8 +281,20 @@ func FuzzApplyCommand(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fsm := &state.FSM{Store: state.NewStore(0)}
 		res := fsm.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data})
-		if _, ok := res.(state.Result); !ok {
+		r, ok := res.(state.Result)
+		if !ok {
 			t.Fatalf("apply returned %T", res)
+		}
+		// A command in a newer format halts the store, which then refuses
+		// to snapshot (it must never save a state that skipped a command).
+		if err := fsm.Halted(); err != nil {
+			if !errors.Is(err, state.ErrFormat) || !errors.Is(r.Err, state.ErrFormat) {
+				t.Fatalf("halted with %v (result %v), want ErrFormat", err, r.Err)
+			}
+			if _, err := fsm.Snapshot(); err == nil {
+				t.Fatal("a halted store took a snapshot")
+			}
+			return
 		}
 		// Whatever was applied must survive a snapshot round trip.
 		snap := snapshotBytes(t, fsm)

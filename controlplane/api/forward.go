@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,6 +26,11 @@ const forwardedHeader = "strait-forwarded"
 // clients do not retry it blindly.
 func forward[Resp any](ctx context.Context, s *Server, call func(context.Context, *grpc.ClientConn) (Resp, error)) (Resp, bool, error) {
 	resp, handled, err := forwardRead(ctx, s, call)
+	if handled && notSent(err) {
+		// The connection to the leader was found dead only when the call
+		// was made, and redialing it failed: nothing reached the leader.
+		return resp, handled, ErrNoLeader
+	}
 	if handled && err != nil && status.Code(err) == codes.Unavailable && !safeToRetry(err) {
 		err = status.Errorf(codes.Aborted, "lost the leader while forwarding the write; it may or may not have been applied: read it back before retrying (%s)", status.Convert(err).Message())
 	}
@@ -79,4 +85,14 @@ func ready(ctx context.Context, conn *grpc.ClientConn) bool {
 			return false
 		}
 	}
+}
+
+// notSent reports whether a forwarded call failed because no transport to
+// the leader could be established, so the request never left this server.
+// grpc-go says so only in the status message of the failed dial, which it
+// has worded this way since v1.0 ("connection error: desc = \"transport:
+// Error while dialing ...\"").
+func notSent(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable && strings.Contains(st.Message(), "transport: Error while dialing")
 }

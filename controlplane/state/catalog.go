@@ -33,7 +33,7 @@ func (t *tx) applyRegister(req *apipb.RegisterRequest) error {
 }
 
 // putInstance stores a new version of an instance (a copy the caller owns)
-// unless nothing changed. Lock held.
+// unless nothing changed.
 func (t *tx) putInstance(byID map[string]*apipb.Instance, in *apipb.Instance) {
 	if prev, ok := byID[in.Id]; ok {
 		in.CreateIndex, in.ModifyIndex = prev.CreateIndex, prev.ModifyIndex
@@ -50,7 +50,7 @@ func (t *tx) putInstance(byID map[string]*apipb.Instance, in *apipb.Instance) {
 }
 
 // putService stores a new version of a service definition (a copy the
-// caller owns) unless nothing changed. Lock held.
+// caller owns) unless nothing changed.
 func (t *tx) putService(k ServiceKey, svc *apipb.Service) {
 	if old, ok := t.s.services[k]; ok {
 		svc.CreateIndex, svc.ModifyIndex = old.CreateIndex, old.ModifyIndex
@@ -141,7 +141,7 @@ func (t *tx) applySetHealth(req *statepb.SetHealth) {
 	}
 }
 
-// deleteService removes a service and its instances. Lock held.
+// deleteService removes a service and its instances.
 func (t *tx) deleteService(k ServiceKey) {
 	byID := t.s.instances[k]
 	ids := make([]string, 0, len(byID))

@@ -120,7 +120,7 @@ func (t *tx) resyncImports(ic *importContext, b *ImportBatch, sizes []int64) {
 }
 
 // dropImports removes the peer's imported services and instances that
-// keep does not name (all of them when keep is nil). Lock held.
+// keep does not name (all of them when keep is nil).
 func (t *tx) dropImports(peer string, keep map[ServiceKey]map[string]bool) {
 	var gone []ServiceKey
 	for k := range t.s.services {

@@ -45,7 +45,7 @@ func (t *tx) applyDeleteIntention(d *statepb.DeleteIntention) error {
 
 // dropIntentionsFrom removes every intention whose source is a removed
 // peer's site, so that a later peer under the same name is granted
-// nothing. Lock held.
+// nothing.
 func (t *tx) dropIntentionsFrom(peer string) {
 	changed := false
 	for k, in := range t.s.intentions {

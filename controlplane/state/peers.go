@@ -82,7 +82,7 @@ func (t *tx) applySetExport(e *apipb.Export) {
 }
 
 // dropExportsTo removes a removed peer from every export, so that a later
-// peering under the same name does not inherit them. Lock held.
+// peering under the same name does not inherit them.
 func (t *tx) dropExportsTo(peer string) {
 	changed := false
 	for k, e := range t.s.exports {

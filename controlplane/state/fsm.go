@@ -157,6 +157,9 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 		_, err := protodelim.MarshalTo(bw, m)
 		return err
 	}
+	// One record and one wrapper per kind serve every record of that kind:
+	// each is marshalled before the next is set.
+	rec := &statepb.SnapshotRecord{}
 	if err := put(&statepb.SnapshotHeader{Version: snapshotVersion, Index: s.index}); err != nil {
 		return err
 	}
@@ -165,54 +168,104 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 			return err
 		}
 	}
-	for _, v := range s.services {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Service{Service: serviceToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Service{}
+		rec.Record = one
+		for _, v := range s.services {
+			one.Service = serviceToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.instances {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Instance{Instance: instanceToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Instance{}
+		rec.Record = one
+		for _, v := range s.instances {
+			one.Instance = instanceToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.tokens {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Token{Token: tokenRecordToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Token{}
+		rec.Record = one
+		for _, v := range s.tokens {
+			one.Token = tokenRecordToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.entries {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Entry{Entry: entryToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Entry{}
+		rec.Record = one
+		for _, v := range s.entries {
+			one.Entry = entryToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.foreign {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_ForeignBundle{ForeignBundle: v}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_ForeignBundle{}
+		rec.Record = one
+		for _, v := range s.foreign {
+			one.ForeignBundle = v
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.exports {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Export{Export: exportToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Export{}
+		rec.Record = one
+		for _, v := range s.exports {
+			one.Export = exportToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.agents {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Agent{Agent: agentToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Agent{}
+		rec.Record = one
+		for _, v := range s.agents {
+			one.Agent = agentToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.imports {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_PeerImport{PeerImport: v}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_PeerImport{}
+		rec.Record = one
+		for _, v := range s.imports {
+			one.PeerImport = v
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.intentions {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Intention{Intention: intentionToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Intention{}
+		rec.Record = one
+		for _, v := range s.intentions {
+			one.Intention = intentionToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
-	for _, v := range s.gateways {
-		if err := put(&statepb.SnapshotRecord{Record: &statepb.SnapshotRecord_Gateway{Gateway: gatewayToState(v)}}); err != nil {
-			return err
+	{
+		one := &statepb.SnapshotRecord_Gateway{}
+		rec.Record = one
+		for _, v := range s.gateways {
+			one.Gateway = gatewayToState(v)
+			if err := put(rec); err != nil {
+				return err
+			}
 		}
 	}
 	if s.vipLast != nil {

@@ -27,7 +27,7 @@ type depRule struct {
 // The rules of docs/architecture.md ("Who may import whom").
 var depRules = []depRule{
 	{
-		from: []string{"gateway/...", "dns/...", "agent/...", "trust/agent/...", "apiclient/...", "proxyless/...",
+		from: []string{"gateway/...", "dns/...", "agent/...", "apiclient/...", "proxyless/...",
 			"terraform/provider/...", "cmd/terraform-provider-strait"},
 		banned: []string{"github.com/hashicorp/raft/...", "github.com/hashicorp/raft-wal/...",
 			"controlplane", "controlplane/state", "github.com/aws/aws-sdk-go-v2/..."},
@@ -169,7 +169,7 @@ func TestDependencyRulesCatchViolations(t *testing.T) {
 	pkgs := map[string]pkgInfo{
 		m + "gateway":                {imports: []string{m + "apiclient"}, deps: []string{m + "apiclient", "github.com/hashicorp/raft"}},
 		m + "apiclient":              {imports: []string{"github.com/hashicorp/raft"}, deps: []string{"github.com/hashicorp/raft"}},
-		m + "trust/agent":            {deps: []string{m + "controlplane/api/apipb", m + "controlplane/mux"}},
+		m + "trust/enroll":           {deps: []string{m + "controlplane/api/apipb", m + "controlplane/mux"}},
 		m + "federation/replication": {deps: []string{m + "controlplane/state/statepb", m + "controlplane/state"}},
 		m + "internal/acceptloop":    {deps: []string{m + "cmd/strait/cli"}},
 		m + "dns":                    {deps: []string{m + "controlplane/api/apipb"}},
@@ -180,7 +180,7 @@ func TestDependencyRulesCatchViolations(t *testing.T) {
 		"federation/replication links controlplane/state (",
 		"gateway links github.com/hashicorp/raft (via gateway -> apiclient -> github.com/hashicorp/raft)",
 		"internal/acceptloop links cmd/strait/cli",
-		"trust/agent links controlplane/mux",
+		"trust/enroll links controlplane/mux",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d violations, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))

@@ -45,7 +45,7 @@ var depRules = []depRule{
 		why:    "federation/ gets consensus and state through interfaces it declares",
 	},
 	{
-		from: []string{"internal/...", "meshname/...", "policy/...", "trust/...", "federation/...", "dns/...",
+		from: []string{"internal/...", "meshname/...", "policy/...", "trust/...", "federation/...", "dns/...", "sitetest/...", "terraform/...",
 			"gateway/...", "controlplane/...", "cloud/...", "apiclient/...", "proxyless/..."},
 		banned: []string{"cmd/...", "demo/...", "scenarios/...", "bench/..."},
 		why:    "no arrow runs back up: only binaries, the demo and tests wire the whole graph",

@@ -80,6 +80,8 @@ func (l *leaderRunner) Run(ctx context.Context, isLeader func() bool, changed <-
 			stop()
 		}
 	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		leads := isLeader()
 		switch {
@@ -93,7 +95,7 @@ func (l *leaderRunner) Run(ctx context.Context, isLeader func() bool, changed <-
 		case <-ctx.Done():
 			return nil
 		case <-changed:
-		case <-time.After(time.Second):
+		case <-tick.C:
 		}
 	}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -29,7 +30,7 @@ func forward[Resp any](ctx context.Context, s *Server, call func(context.Context
 	if handled && notSent(err) {
 		// The connection to the leader was found dead only when the call
 		// was made, and redialing it failed: nothing reached the leader.
-		return resp, handled, ErrNoLeader
+		return resp, handled, fmt.Errorf("%w (%s)", ErrNoLeader, status.Convert(err).Message())
 	}
 	if handled && err != nil && status.Code(err) == codes.Unavailable && !safeToRetry(err) {
 		err = status.Errorf(codes.Aborted, "lost the leader while forwarding the write; it may or may not have been applied: read it back before retrying (%s)", status.Convert(err).Message())
